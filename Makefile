@@ -1,0 +1,160 @@
+# tally: `make` builds libtally.so, libtally.a and the tally CLI; `make test`, `make demo`,
+# `make bench`; `make install PREFIX=/usr/local`. SAN=asan (ASan+UBSan) or SAN=tsan builds into
+# build/asan or build/tsan so sanitizer and plain objects never mix.
+
+VERSION    := 0.1.0
+SOVERSION  := 0
+PREFIX     ?= /usr/local
+SAN        ?=
+CC         ?= gcc
+
+ifeq ($(SAN),asan)
+  BUILD    := build/asan
+  SANFLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+  OPT      := -O1 -g
+else ifeq ($(SAN),tsan)
+  BUILD    := build/tsan
+  SANFLAGS := -fsanitize=thread
+  OPT      := -O1 -g
+else
+  BUILD    := build/release
+  SANFLAGS :=
+  OPT      ?= -O2 -g
+endif
+
+LUASRC     := build/lua-src
+# quiet by default: `make V=1` shows the commands
+ifeq ($(V),1)
+  Q :=
+  say = @true
+else
+  Q := @
+  say = @printf '  %-6s %s\n' $(1) $(2)
+endif
+WARN       := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden \
+              -Iinclude -Isrc -I$(LUASRC)/src $(CFLAGS)
+LIBS       := -lcurl -lsqlite3 -lz -lm -lpthread -ldl
+LDFLAGS_ALL := $(SANFLAGS) $(LDFLAGS)
+
+CORE_SRC   := $(wildcard src/*.c)
+CORE_OBJ   := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
+CLI_SRC    := $(wildcard src/cli/*.c)
+CLI_OBJ    := $(patsubst src/cli/%.c,$(BUILD)/obj/cli/%.o,$(CLI_SRC))
+LUA_CORE   := lapi lcode lctype ldebug ldo ldump lfunc lgc llex lmem lobject lopcodes lparser \
+              lstate lstring ltable ltm lundump lvm lzio lauxlib lbaselib lcorolib lmathlib \
+              lstrlib ltablib lutf8lib loslib
+LUA_OBJ    := $(patsubst %,$(BUILD)/lua/%.o,$(LUA_CORE))
+
+TEST_SRC   := $(wildcard tests/c/test_*.c)
+TEST_BIN   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(TEST_SRC))
+TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c
+
+.PHONY: all deps lib cli test test-asan test-tsan demo bench install clean fuzz check-symbols
+all: lib cli
+
+deps:
+	@bash scripts/deps.sh test
+
+$(LUASRC)/src/lapi.c:
+	@bash scripts/deps.sh build
+	@bash scripts/lua-src.sh $(LUASRC)
+
+# The embedded Lua: position independent, every symbol hidden, no dlopen (LUA_USE_POSIX, not
+# LUA_USE_LINUX) since scripts must never load native code.
+$(BUILD)/lua/%.o: $(LUASRC)/src/lapi.c
+	@mkdir -p $(dir $@)
+	$(call say,LUA,$@)
+	$(Q)$(CC) -std=gnu99 -O2 -g $(SANFLAGS) -fPIC -fvisibility=hidden -DLUA_USE_POSIX -w \
+	    -c $(LUASRC)/src/$*.c -o $@
+
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/tally.h | $(LUASRC)/src/lapi.c
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# One relocatable object holding the core and the embedded Lua, with every hidden symbol made
+# local: whatever links it (our .so, our .a, the Lua module, a host with its own Lua or LuaJIT)
+# sees only tally_* and can never bind to our lua_* by accident.
+$(BUILD)/tally_all.o: $(CORE_OBJ) $(LUA_OBJ)
+	$(call say,LD,$@)
+	$(Q)ld -r -o $@.tmp $^
+	$(Q)objcopy --localize-hidden $@.tmp $@
+	@rm -f $@.tmp
+
+$(BUILD)/libtally.so.$(VERSION): $(BUILD)/tally_all.o
+	$(call say,LINK,$@)
+	$(Q)$(CC) -shared -Wl,-soname,libtally.so.$(SOVERSION) -o $@ $< $(LDFLAGS_ALL) $(LIBS)
+	$(Q)ln -sf libtally.so.$(VERSION) $(BUILD)/libtally.so.$(SOVERSION)
+	$(Q)ln -sf libtally.so.$(VERSION) $(BUILD)/libtally.so
+
+$(BUILD)/libtally.a: $(BUILD)/tally_all.o
+	$(call say,AR,$@)
+	$(Q)rm -f $@
+	$(Q)ar rcs $@ $<
+
+lib: $(BUILD)/libtally.so.$(VERSION) $(BUILD)/libtally.a
+	@ln -sfn $(notdir $(BUILD)) build/current 2>/dev/null || true
+
+$(BUILD)/obj/cli/%.o: src/cli/%.c $(wildcard src/cli/*.h) include/tally.h | $(LUASRC)/src/lapi.c
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# The CLI is ours: it links the core objects directly to share the codec and the config table.
+$(BUILD)/tally: $(CLI_OBJ) $(CORE_OBJ) $(LUA_OBJ)
+	$(call say,LINK,$@)
+	$(Q)$(CC) -o $@ $(CLI_OBJ) $(CORE_OBJ) $(LUA_OBJ) $(LDFLAGS_ALL) $(LIBS)
+
+cli: $(BUILD)/tally
+
+# Tests link the core objects directly (not tally_all.o) so they can reach internal functions.
+$(BUILD)/tests/%: tests/c/%.c $(TEST_SUPPORT) tests/c/harness.h $(CORE_OBJ) $(LUA_OBJ)
+	@mkdir -p $(dir $@)
+	$(call say,TEST,$@)
+	$(Q)$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $< $(TEST_SUPPORT) $(CORE_OBJ) $(LUA_OBJ) $(LDFLAGS_ALL) $(LIBS)
+
+test-bins: $(TEST_BIN) $(BUILD)/tally
+
+# The README's test command. Installs what is missing, builds, runs every suite, prints one
+# "N passed, M failed" line for all of them.
+test: deps
+	@$(MAKE) --no-print-directory test-bins lib
+	@BUILD=$(BUILD) SAN=$(SAN) bash scripts/run-tests.sh
+
+test-asan:
+	@$(MAKE) --no-print-directory test SAN=asan
+
+test-tsan:
+	@$(MAKE) --no-print-directory test SAN=tsan
+
+check-symbols: lib
+	@bad=$$(nm -D --defined-only $(BUILD)/libtally.so | awk '{print $$3}' | grep -v '^tally_' || true); \
+	if [ -n "$$bad" ]; then echo "exported non-tally symbols:"; echo "$$bad"; exit 1; fi; \
+	echo "libtally.so exports only tally_* symbols"
+
+demo: deps
+	@$(MAKE) --no-print-directory all
+	@BUILD=$(BUILD) bash examples/demo.sh
+
+bench:
+	@bash scripts/deps.sh bench
+	@$(MAKE) --no-print-directory all OPT="-O2 -g -DNDEBUG"
+	@BUILD=$(BUILD) bash bench/run.sh
+
+fuzz:
+	@bash scripts/fuzz.sh $(or $(SECONDS_PER_TARGET),60)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 644 include/tally.h $(DESTDIR)$(PREFIX)/include/
+	install -m 755 $(BUILD)/libtally.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
+	ln -sf libtally.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libtally.so.$(SOVERSION)
+	ln -sf libtally.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libtally.so
+	install -m 644 $(BUILD)/libtally.a $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(BUILD)/tally $(DESTDIR)$(PREFIX)/bin/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' tally.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/tally.pc
+
+clean:
+	rm -rf build/release build/asan build/tsan build/current build/fuzz

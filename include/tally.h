@@ -1,0 +1,177 @@
+/*
+ * tally.h: the public C API of tally, a scriptable analytics runtime.
+ *
+ * This is the only header an application includes. Every handle is opaque; every function that can
+ * fail returns an int status: TALLY_OK (0) on success or a negative TALLY_E* code. The text of the
+ * last failure on the calling thread is tally_errmsg(); a fixed description of a code is
+ * tally_strerror(). Error text names the field and the limit ("properties: nesting deeper than 64
+ * at offset 130"), and never contains the write key.
+ *
+ * Threads. A tally_config is a plain value: use one from one thread at a time. A tally_t handle is
+ * safe to share: every call except tally_close() may be made from any thread concurrently. The
+ * calls that enqueue messages (tally_track ... tally_send, tally_reset) never block: they validate,
+ * copy into a bounded in-memory queue and return; a background worker thread does the rest (IDs,
+ * rules, storage, delivery). Only tally_flush() and tally_close() wait, each for at most its
+ * timeout.
+ *
+ * Strings are UTF-8 and NUL-terminated. JSON arguments are text; NULL means "absent". Nothing the
+ * caller passes is retained: the library copies what it needs before returning.
+ *
+ * Fork: a handle belongs to the process that opened it. In a child after fork() every call returns
+ * TALLY_EFORK; open a new handle there.
+ */
+#ifndef TALLY_H
+#define TALLY_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(__GNUC__)
+#define TALLY_API __attribute__((visibility("default")))
+#else
+#define TALLY_API
+#endif
+
+#define TALLY_VERSION "0.1.0"
+#define TALLY_VERSION_NUM 100 /* major * 10000 + minor * 100 + patch */
+
+/* ---- status codes (stable: never renumbered) ---- */
+#define TALLY_OK         0
+#define TALLY_EINVAL    -1  /* bad argument or message (field and limit in tally_errmsg) */
+#define TALLY_ENOMEM    -2  /* out of memory */
+#define TALLY_EFULL     -3  /* queue full and on_full = drop_newest: this message was not accepted */
+#define TALLY_ETIMEDOUT -4  /* flush/close: the timeout passed before everything was delivered */
+#define TALLY_ECLOSED   -5  /* the handle is closing */
+#define TALLY_EFORK     -6  /* the handle was opened by another process (we are a fork child) */
+#define TALLY_ECONFIG   -7  /* unknown configuration key or bad value */
+#define TALLY_EIO       -8  /* a file, store or destination could not be opened or written */
+#define TALLY_ETOOBIG   -9  /* message larger than 32 KB */
+#define TALLY_ELUA     -10  /* a Lua script (config file or rule) failed to load or run */
+
+#define TALLY_MAX_MESSAGE_BYTES 32768
+
+typedef struct tally_config tally_config;
+typedef struct tally tally_t;
+
+/* Log levels, as passed to a log callback. */
+#define TALLY_LOG_ERROR 0
+#define TALLY_LOG_WARN  1
+#define TALLY_LOG_INFO  2
+#define TALLY_LOG_DEBUG 3
+
+/* Receives the runtime's log lines (already filtered by log_level). Called from the worker thread
+ * or from the thread of the call that logs; must be thread-safe and must not call back into tally.
+ * `msg` is valid only during the call. */
+typedef void (*tally_log_fn)(void *userdata, int level, const char *msg);
+
+/* ---- configuration ---- */
+
+/* Returns a new configuration with every key at its default, or NULL when out of memory.
+ * The caller owns it and frees it with tally_config_free(). Any thread; not shared. */
+TALLY_API tally_config *tally_config_new(void);
+
+/* Sets one key from its text form. Keys and values are documented in README.md ("Configuration").
+ * Numbers are decimal text, booleans "true"/"false", `destinations` a JSON array of objects.
+ * Setting a key twice keeps the last value; `out`, `endpoint` and `destinations` add up.
+ * Returns TALLY_OK, TALLY_ECONFIG for an unknown key or a bad value (errmsg names both),
+ * TALLY_EINVAL for NULL arguments, TALLY_ENOMEM. Copies key and value. */
+TALLY_API int tally_config_set(tally_config *cfg, const char *key, const char *value);
+
+/* Runs a Lua config file (sandboxed: no io, no os.execute) that returns a table of the same keys,
+ * and sets each. Returns TALLY_OK, TALLY_ELUA (load or run error), TALLY_ECONFIG, TALLY_EIO. */
+TALLY_API int tally_config_load(tally_config *cfg, const char *path);
+
+/* Routes log lines to `fn` instead of stderr (NULL restores stderr). */
+TALLY_API int tally_config_set_logger(tally_config *cfg, tally_log_fn fn, void *userdata);
+
+/* Frees a configuration. NULL is a no-op. Handles opened from it are unaffected. */
+TALLY_API void tally_config_free(tally_config *cfg);
+
+/* ---- lifecycle ---- */
+
+/* Opens a runtime from `cfg` (NULL: all defaults, plus TALLY_WRITE_KEY / TALLY_ENDPOINT from the
+ * environment when those keys are not set). Starts the worker thread, opens the store and the
+ * destinations. On success *out owns the handle and `cfg` may be freed at once.
+ * Returns TALLY_OK, TALLY_ECONFIG, TALLY_EIO, TALLY_ELUA, TALLY_ENOMEM; *out is NULL on failure
+ * and tally_errmsg(NULL) says why. Any thread. */
+TALLY_API int tally_open(const tally_config *cfg, tally_t **out);
+
+/* Flushes for up to timeout_ms (0: do not wait, <0: wait without limit), stops the worker and frees
+ * the handle. What was not delivered in time stays in the store for the next open (with a
+ * ":memory:" store it is lost, and the count is logged). Returns TALLY_OK when everything was
+ * delivered, TALLY_ETIMEDOUT otherwise; the handle is freed either way. NULL is a no-op.
+ * Must not run concurrently with other calls on the same handle: the caller stops using it first. */
+TALLY_API int tally_close(tally_t *t, int timeout_ms);
+
+/* ---- messages (any thread, never block) ----
+ * Each validates its arguments, copies them, and returns. TALLY_OK means accepted: the message is
+ * in the queue and will be stamped (messageId, timestamp, ids, context.library), run through the
+ * rules and stored by the worker. Other results: TALLY_EINVAL / TALLY_ETOOBIG (nothing queued,
+ * errmsg names the field), TALLY_EFULL (queue full under drop_newest; counted in stats),
+ * TALLY_ECLOSED, TALLY_EFORK. `*_json` arguments must be JSON objects or NULL. */
+
+/* A `track` event: `event` is required and non-empty. */
+TALLY_API int tally_track(tally_t *t, const char *event, const char *properties_json);
+
+/* Login: sets the user id for this and later messages (the anonymous id keeps flowing). `user_id`
+ * may be NULL to attach traits to the anonymous user. */
+TALLY_API int tally_identify(tally_t *t, const char *user_id, const char *traits_json);
+
+/* A page view. `category` and `name` may be NULL. */
+TALLY_API int tally_page(tally_t *t, const char *category, const char *name, const char *properties_json);
+
+/* A mobile/game screen view. `name` may be NULL. */
+TALLY_API int tally_screen(tally_t *t, const char *name, const char *properties_json);
+
+/* Associates the user with a group; `group_id` is required. */
+TALLY_API int tally_group(tally_t *t, const char *group_id, const char *traits_json);
+
+/* Merges two identities: `user_id` is required; `previous_id` NULL means the current anonymous id. */
+TALLY_API int tally_alias(tally_t *t, const char *user_id, const char *previous_id);
+
+/* A whole Segment Spec message as JSON text (`type` required: track, identify, page, screen,
+ * group, alias). Fields the caller gives are kept exactly (messageId, timestamp, context, ...);
+ * missing ones are stamped. The server-style entry point: each message names its own ids. */
+TALLY_API int tally_send(tally_t *t, const char *message_json);
+
+/* Logout: clears the user id and traits, issues a new anonymous id and a new session. Applies in
+ * order: messages enqueued before it keep the old identity. Never blocks. */
+TALLY_API int tally_reset(tally_t *t);
+
+/* Starts a new session now (a new context.session.id, index + 1) for this and later messages;
+ * sessions also start on their own after session_timeout_s idle and at tally_reset. Never blocks. */
+TALLY_API int tally_session_start(tally_t *t);
+
+/* ---- waiting and introspection ---- */
+
+/* Waits until every message accepted (on any thread) before this call has been delivered by every
+ * destination (or dead-lettered), for at most timeout_ms (<0: no limit). Returns TALLY_OK or
+ * TALLY_ETIMEDOUT (nothing is lost: delivery goes on in the background). Any thread; blocks. */
+TALLY_API int tally_flush(tally_t *t, int timeout_ms);
+
+/* Counters as a JSON object (accepted, rejected, dropped, delivered, failed, queue sizes, per
+ * destination). *json_out is malloc'd: free it with tally_free(). Any thread, does not block on
+ * the worker. Returns TALLY_OK, TALLY_EINVAL, TALLY_ENOMEM. */
+TALLY_API int tally_stats(tally_t *t, char **json_out);
+
+/* Frees memory returned by tally (tally_stats). NULL is a no-op. */
+TALLY_API void tally_free(void *p);
+
+/* A fixed English description of a status code ("invalid argument", ...). Never NULL. */
+TALLY_API const char *tally_strerror(int rc);
+
+/* The text of the last failure of a tally call on the calling thread (t may be NULL, e.g. after a
+ * failed tally_open). Valid until the next tally call on this thread. Never NULL ("" if none). */
+TALLY_API const char *tally_errmsg(const tally_t *t);
+
+/* The library's version, e.g. "0.1.0". */
+TALLY_API const char *tally_version(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* TALLY_H */

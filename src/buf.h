@@ -1,0 +1,26 @@
+/* Growable byte buffer used by the codec, the message builder and the destinations.
+ * Allocation failure is sticky (b->oom) so call sites can append freely and check once. */
+#ifndef TALLY_BUF_H
+#define TALLY_BUF_H
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct tbuf {
+    char  *data;   /* always NUL-terminated when non-NULL */
+    size_t len;
+    size_t cap;
+    int    oom;    /* set once any append failed; contents are then incomplete */
+} tbuf;
+
+#define TBUF_INIT {NULL, 0, 0, 0}
+
+int  tbuf_reserve(tbuf *b, size_t extra);           /* 0 ok, -1 on OOM (and b->oom set) */
+void tbuf_append(tbuf *b, const void *p, size_t n);
+void tbuf_puts(tbuf *b, const char *s);
+void tbuf_putc(tbuf *b, char c);
+void tbuf_printf(tbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void tbuf_reset(tbuf *b);                           /* len = 0, keeps capacity */
+void tbuf_free(tbuf *b);
+char *tbuf_steal(tbuf *b);                          /* caller owns the returned string; b is reset */
+
+#endif

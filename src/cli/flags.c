@@ -1,0 +1,146 @@
+/* Flag parsing and message assembly for the CLI, kept free of I/O so it can be fuzzed. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "json.h"
+#include "config.h"
+#include "message.h"
+
+static const struct {
+    const char *flag;   /* as typed, camelCase like Segment's CLI */
+    const char *field;  /* the message field it fills */
+    int         json;   /* the value is a JSON object */
+} field_flags[CF_COUNT] = {
+    [CF_USER_ID] = {"userId", "userId", 0},           [CF_ANONYMOUS_ID] = {"anonymousId", "anonymousId", 0},
+    [CF_EVENT] = {"event", "event", 0},               [CF_NAME] = {"name", "name", 0},
+    [CF_CATEGORY] = {"category", "category", 0},      [CF_GROUP_ID] = {"groupId", "groupId", 0},
+    [CF_PREVIOUS_ID] = {"previousId", "previousId", 0}, [CF_MESSAGE_ID] = {"messageId", "messageId", 0},
+    [CF_TIMESTAMP] = {"timestamp", "timestamp", 0},   [CF_PROPERTIES] = {"properties", "properties", 1},
+    [CF_TRAITS] = {"traits", "traits", 1},            [CF_CONTEXT] = {"context", "context", 1},
+    [CF_INTEGRATIONS] = {"integrations", "integrations", 1},
+};
+
+/* Segment's CLI spells some configuration keys in camelCase; every other key is accepted as is. */
+static const struct { const char *flag, *key; } config_aliases[] = {
+    {"writeKey", "write_key"}, {"host", "endpoint"},
+};
+
+static const char *const commands[] = {"track", "identify", "page", "screen", "group", "alias",
+                                       "send", "help", "version", NULL};
+
+static int fail(char *err, size_t errlen, const char *fmt, const char *a, const char *b)
+{
+    snprintf(err, errlen, fmt, a, b ? b : "");
+    return 2;
+}
+
+const char *cli_config_key(const char *flag, size_t len)
+{
+    for (size_t i = 0; i < sizeof config_aliases / sizeof *config_aliases; i++)
+        if (strlen(config_aliases[i].flag) == len && !memcmp(config_aliases[i].flag, flag, len))
+            return config_aliases[i].key;
+    return config_key_lookup(flag, len);
+}
+
+static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
+{
+    for (int i = 0; commands[i]; i++) {
+        if (!strcmp(cmd, commands[i])) {
+            if (o->command && strcmp(o->command, commands[i]))
+                return fail(err, errlen, "--type: conflicts with command \"%s\"%s", o->command, NULL);
+            o->command = commands[i];
+            return 0;
+        }
+    }
+    return fail(err, errlen, "unknown command \"%s\" (track, identify, page, screen, group, alias, send)%s",
+                cmd, NULL);
+}
+
+static int parse_flag(cli_opts *o, const char *arg, char *err, size_t errlen)
+{
+    const char *name = arg + 2, *eq = strchr(name, '=');
+    size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+    const char *val = eq ? eq + 1 : NULL;
+    if (nlen == 4 && !memcmp(name, "help", 4)) { o->command = "help"; return 0; }
+    if (!val) return fail(err, errlen, "--%s: expected --%s=VALUE", name, name);
+    if (nlen == 4 && !memcmp(name, "type", 4)) return set_command(o, val, err, errlen);
+    if (nlen == 6 && !memcmp(name, "config", 6)) { o->config_file = val; return 0; }
+    if (nlen == 7 && !memcmp(name, "wait_ms", 7)) {
+        char *end;
+        long ms = strtol(val, &end, 10);
+        if (end == val || *end || ms < 0 || ms > 3600000)
+            return fail(err, errlen, "--wait_ms: expected milliseconds from 0 to 3600000, got \"%s\"%s", val, NULL);
+        o->wait_ms = (int)ms;
+        return 0;
+    }
+    for (int f = 0; f < CF_COUNT; f++) {
+        if (strlen(field_flags[f].flag) == nlen && !memcmp(field_flags[f].flag, name, nlen)) {
+            o->fields[f] = val;
+            return 0;
+        }
+    }
+    const char *key = cli_config_key(name, nlen);
+    if (key) {
+        if (o->nset == CLI_MAX_SETTINGS) return fail(err, errlen, "--%s: too many settings%s", key, NULL);
+        o->set_key[o->nset] = key;
+        o->set_val[o->nset++] = val;
+        return 0;
+    }
+    char flag[64];
+    snprintf(flag, sizeof flag, "%.*s", (int)(nlen < 60 ? nlen : 60), name);
+    return fail(err, errlen, "unknown flag --%s%s", flag, NULL);
+}
+
+int cli_parse(int argc, char **argv, cli_opts *o, char *err, size_t errlen)
+{
+    memset(o, 0, sizeof *o);
+    o->wait_ms = 30000;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int rc;
+        if (a[0] == '-' && a[1] == '-' && a[2]) {
+            rc = parse_flag(o, a, err, errlen);
+        } else if (!o->command) {
+            rc = set_command(o, a, err, errlen);
+        } else if (o->npositional < (int)(sizeof o->positional / sizeof *o->positional)) {
+            o->positional[o->npositional++] = a;
+            rc = 0;
+        } else {
+            rc = fail(err, errlen, "too many arguments at \"%s\"%s", a, NULL);
+        }
+        if (rc) return rc;
+    }
+    if (!o->command) return fail(err, errlen, "no command: use track, identify, page, screen, group, alias or send (or --type=...)%s%s", "", NULL);
+    return 0;
+}
+
+int cli_build_message(const cli_opts *o, tbuf *out, char *err, size_t errlen)
+{
+    tbuf_reset(out);
+    tbuf_puts(out, "{\"type\":");
+    tj_write_string(out, o->command, strlen(o->command));
+    for (int f = 0; f < CF_COUNT; f++) {
+        const char *v = o->fields[f];
+        if (!v) continue;
+        size_t len = strlen(v), bad;
+        tj_error je;
+        if (field_flags[f].json) {
+            size_t i = 0;
+            if (tj_validate(v, len, &je))
+                return fail(err, errlen, "--%s: invalid JSON: %s", field_flags[f].flag, je.msg);
+            while (v[i] == ' ' || v[i] == '\t' || v[i] == '\n' || v[i] == '\r') i++;
+            if (v[i] != '{') return fail(err, errlen, "--%s: expected a JSON object%s", field_flags[f].flag, NULL);
+        } else if (!tj_utf8_valid(v, len, &bad)) {
+            return fail(err, errlen, "--%s: invalid UTF-8%s", field_flags[f].flag, NULL);
+        }
+        tbuf_putc(out, ',');
+        tj_write_string(out, field_flags[f].field, strlen(field_flags[f].field));
+        tbuf_putc(out, ':');
+        if (field_flags[f].json) tbuf_append(out, v, len);
+        else tj_write_string(out, v, len);
+    }
+    tbuf_putc(out, '}');
+    return out->oom ? fail(err, errlen, "out of memory%s%s", "", NULL) : 0;
+}

@@ -1,0 +1,305 @@
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+
+void config_defaults(struct tally_config *c)
+{
+    memset(c, 0, sizeof *c);
+    c->flush_at = 100;
+    c->flush_interval_ms = 1000;
+    c->max_queue_bytes = 16u << 20;
+    c->max_queue_rows = 65536;
+    c->on_full = 0; /* ON_FULL_DROP_NEWEST: the caller is told (TALLY_EFULL) */
+    c->timeout_ms = 10000;
+    c->mode = MODE_CLIENT;
+    c->log_level = TALLY_LOG_WARN;
+    c->max_retries = 15;
+    c->retry_base_ms = 200;
+    c->retry_cap_ms = 60000;
+    c->commit_interval_ms = 5;
+    c->max_store_bytes = 256LL << 20;
+    c->max_store_rows = 1000000;
+    c->store_on_full = 1; /* drop_oldest: a full disk queue keeps the newest data */
+    c->session_timeout_s = 1800;
+}
+
+static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
+
+int config_copy(struct tally_config *dst, const struct tally_config *src)
+{
+    *dst = *src;
+    dst->write_key = dup_or_null(src->write_key);
+    dst->endpoint = dup_or_null(src->endpoint);
+    dst->store = dup_or_null(src->store);
+    dst->rules = dup_or_null(src->rules);
+    dst->ca_bundle = dup_or_null(src->ca_bundle);
+    dst->proxy = dup_or_null(src->proxy);
+    dst->dests = NULL;
+    dst->ndests = 0;
+    int oom = (src->write_key && !dst->write_key) || (src->endpoint && !dst->endpoint) ||
+              (src->store && !dst->store) || (src->rules && !dst->rules) ||
+              (src->ca_bundle && !dst->ca_bundle) || (src->proxy && !dst->proxy);
+    for (size_t i = 0; i < src->ndests && !oom; i++) oom = config_add_dest(dst, src->dests[i]) != 0;
+    if (oom) { config_clear(dst); return -1; }
+    return 0;
+}
+
+void config_clear(struct tally_config *c)
+{
+    free(c->write_key);
+    free(c->endpoint);
+    free(c->store);
+    free(c->rules);
+    free(c->ca_bundle);
+    free(c->proxy);
+    for (size_t i = 0; i < c->ndests; i++) free(c->dests[i]);
+    free(c->dests);
+    memset(c, 0, sizeof *c);
+}
+
+int config_add_dest(struct tally_config *c, const char *json_object)
+{
+    char **d = realloc(c->dests, (c->ndests + 1) * sizeof *d);
+    if (!d) return -1;
+    c->dests = d;
+    if (!(d[c->ndests] = strdup(json_object))) return -1;
+    c->ndests++;
+    return 0;
+}
+
+/* ---- value parsers: each names the key and the accepted range in its error ---- */
+
+static int parse_long(const char *key, const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || end == v || *end != '\0' || n < lo || n > hi)
+        return tly_fail(TALLY_ECONFIG, "%s: expected an integer from %ld to %ld, got \"%s\"", key, lo, hi, v);
+    *out = n;
+    return TALLY_OK;
+}
+
+static int parse_bool(const char *key, const char *v, int *out)
+{
+    if (!strcmp(v, "true") || !strcmp(v, "1")) { *out = 1; return TALLY_OK; }
+    if (!strcmp(v, "false") || !strcmp(v, "0")) { *out = 0; return TALLY_OK; }
+    return tly_fail(TALLY_ECONFIG, "%s: expected true or false, got \"%s\"", key, v);
+}
+
+static int parse_choice(const char *key, const char *v, const char *const *names, int *out)
+{
+    for (int i = 0; names[i]; i++)
+        if (!strcmp(v, names[i])) { *out = i; return TALLY_OK; }
+    char list[160] = "";
+    for (int i = 0; names[i]; i++) {
+        strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
+        strncat(list, names[i], sizeof list - strlen(list) - 1);
+    }
+    return tly_fail(TALLY_ECONFIG, "%s: expected one of %s, got \"%s\"", key, list, v);
+}
+
+static int set_string(const char *key, char **slot, const char *v)
+{
+    if (!*v) return tly_fail(TALLY_ECONFIG, "%s: must not be empty", key);
+    char *s = strdup(v);
+    if (!s) return tly_fail(TALLY_ENOMEM, "%s: out of memory", key);
+    free(*slot);
+    *slot = s;
+    return TALLY_OK;
+}
+
+static int check_url(const char *key, const char *v)
+{
+    if (strncmp(v, "http://", 7) && strncmp(v, "https://", 8))
+        return tly_fail(TALLY_ECONFIG, "%s: expected an http:// or https:// URL, got \"%s\"", key, v);
+    return TALLY_OK;
+}
+
+/* Validates a destinations array now, so a typo fails at tally_config_set, naming the entry. */
+static int add_destinations(struct tally_config *c, const char *v)
+{
+    tj_arena *a = tj_arena_new();
+    if (!a) return tly_fail(TALLY_ENOMEM, "destinations: out of memory");
+    tj_value *root;
+    tj_error err;
+    int rc = TALLY_OK;
+    if (tj_parse(a, v, strlen(v), &root, &err)) {
+        rc = tly_fail(TALLY_ECONFIG, "destinations: invalid JSON: %s", err.msg);
+    } else if (root->type != TJ_ARRAY) {
+        rc = tly_fail(TALLY_ECONFIG, "destinations: expected a JSON array of objects");
+    }
+    for (size_t i = 0; rc == TALLY_OK && i < root->u.arr.n; i++) {
+        tj_value *d = root->u.arr.items[i], *type = tj_object_get(d, "type");
+        if (d->type != TJ_OBJECT || !type || type->type != TJ_STRING) {
+            rc = tly_fail(TALLY_ECONFIG, "destinations[%zu]: expected an object with a string \"type\"", i);
+            break;
+        }
+        tbuf b = TBUF_INIT;
+        tj_write(&b, d);
+        if (b.oom || config_add_dest(c, b.data)) rc = tly_fail(TALLY_ENOMEM, "destinations: out of memory");
+        tbuf_free(&b);
+    }
+    tj_arena_free(a);
+    return rc;
+}
+
+static int add_file_dest(struct tally_config *c, const char *path)
+{
+    if (!*path) return tly_fail(TALLY_ECONFIG, "out: must not be empty");
+    tbuf b = TBUF_INIT;
+    tbuf_puts(&b, "{\"type\":\"file\",\"path\":");
+    tj_write_string(&b, path, strlen(path));
+    tbuf_putc(&b, '}');
+    int rc = (b.oom || config_add_dest(c, b.data)) ? tly_fail(TALLY_ENOMEM, "out: out of memory") : TALLY_OK;
+    tbuf_free(&b);
+    return rc;
+}
+
+static const char *const on_full_names[] = {"drop_newest", "drop_oldest", NULL};
+static const char *const mode_names[] = {"client", "server", NULL};
+static const char *const level_names[] = {"error", "warn", "info", "debug", "off", NULL};
+
+enum key_kind { K_STR, K_URL, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_LEVEL, K_OUT, K_DESTS };
+
+/* Every configuration key: its type, where it lands, and its accepted range. */
+static const struct key_def {
+    const char        *key;
+    int                kind;
+    size_t             off;
+    long               lo, hi;
+    const char *const *choices;
+} keys[] = {
+#define F(field) offsetof(struct tally_config, field)
+    {"write_key", K_STR, F(write_key), 0, 0, NULL},
+    {"endpoint", K_URL, F(endpoint), 0, 0, NULL},
+    {"store", K_STR, F(store), 0, 0, NULL},
+    {"rules", K_STR, F(rules), 0, 0, NULL},
+    {"ca_bundle", K_STR, F(ca_bundle), 0, 0, NULL},
+    {"proxy", K_STR, F(proxy), 0, 0, NULL},
+    {"out", K_OUT, 0, 0, 0, NULL},
+    {"destinations", K_DESTS, 0, 0, 0, NULL},
+    {"flush_at", K_INT, F(flush_at), 1, 10000, NULL},
+    {"flush_interval_ms", K_INT, F(flush_interval_ms), 1, 3600000, NULL},
+    {"max_queue_bytes", K_SIZE, F(max_queue_bytes), 65536, LONG_MAX, NULL},
+    {"max_queue_rows", K_SIZE, F(max_queue_rows), 16, 1L << 24, NULL},
+    {"timeout_ms", K_INT, F(timeout_ms), 1, 600000, NULL},
+    {"max_retries", K_INT, F(max_retries), 0, 1000, NULL},
+    {"retry_base_ms", K_INT, F(retry_base_ms), 1, 60000, NULL},
+    {"retry_cap_ms", K_INT, F(retry_cap_ms), 1, 3600000, NULL},
+    {"commit_interval_ms", K_INT, F(commit_interval_ms), 0, 60000, NULL},
+    {"max_store_bytes", K_LLONG, F(max_store_bytes), 65536, LONG_MAX, NULL},
+    {"max_store_rows", K_LLONG, F(max_store_rows), 16, LONG_MAX, NULL},
+    {"session_timeout_s", K_INT, F(session_timeout_s), 1, 31536000, NULL},
+    {"gzip", K_BOOL, F(gzip), 0, 0, NULL},
+    {"context_traits", K_BOOL, F(context_traits), 0, 0, NULL},
+    {"on_full", K_CHOICE, F(on_full), 0, 0, on_full_names},
+    {"store_on_full", K_CHOICE, F(store_on_full), 0, 0, on_full_names},
+    {"mode", K_CHOICE, F(mode), 0, 0, mode_names},
+    {"log_level", K_LEVEL, F(log_level), 0, 0, level_names},
+#undef F
+};
+
+const char *config_key_lookup(const char *name, size_t len)
+{
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        if (strlen(keys[i].key) == len && !memcmp(keys[i].key, name, len)) return keys[i].key;
+    return NULL;
+}
+
+static int apply_key(tally_config *c, const struct key_def *k, const char *v)
+{
+    char *field = (char *)c + k->off;
+    long n;
+    int rc, choice;
+    switch (k->kind) {
+    case K_URL:
+        if ((rc = check_url(k->key, v))) return rc;
+        /* fall through */
+    case K_STR: return set_string(k->key, (char **)field, v);
+    case K_OUT: return add_file_dest(c, v);
+    case K_DESTS: return add_destinations(c, v);
+    case K_INT:
+        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n))) return rc;
+        *(int *)field = (int)n;
+        return TALLY_OK;
+    case K_LLONG:
+        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n))) return rc;
+        *(long long *)field = n;
+        return TALLY_OK;
+    case K_SIZE:
+        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n))) return rc;
+        *(size_t *)field = (size_t)n;
+        return TALLY_OK;
+    case K_BOOL: return parse_bool(k->key, v, (int *)field);
+    case K_CHOICE: return parse_choice(k->key, v, k->choices, (int *)field);
+    case K_LEVEL:
+        if ((rc = parse_choice(k->key, v, k->choices, &choice))) return rc;
+        *(int *)field = choice == 4 ? -1 : choice; /* "off": below every level */
+        return TALLY_OK;
+    }
+    return TALLY_ECONFIG;
+}
+
+int tally_config_set(tally_config *c, const char *key, const char *v)
+{
+    if (!c || !key || !v) return tly_fail(TALLY_EINVAL, "tally_config_set: NULL argument");
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        if (!strcmp(keys[i].key, key)) return apply_key(c, &keys[i], v);
+    return tly_fail(TALLY_ECONFIG, "unknown configuration key \"%s\"", key);
+}
+
+tally_config *tally_config_new(void)
+{
+    tally_config *c = malloc(sizeof *c);
+    if (c) config_defaults(c);
+    return c;
+}
+
+void tally_config_free(tally_config *c)
+{
+    if (!c) return;
+    config_clear(c);
+    free(c);
+}
+
+int tally_config_set_logger(tally_config *c, tally_log_fn fn, void *ud)
+{
+    if (!c) return tly_fail(TALLY_EINVAL, "tally_config_set_logger: NULL config");
+    c->log_fn = fn;
+    c->log_ud = ud;
+    return TALLY_OK;
+}
+
+int config_apply_env(struct tally_config *c)
+{
+    const char *k = getenv("TALLY_WRITE_KEY"), *e = getenv("TALLY_ENDPOINT");
+    int rc;
+    if (!c->write_key && k && *k && (rc = set_string("TALLY_WRITE_KEY", &c->write_key, k))) return rc;
+    if (!c->endpoint && e && *e) {
+        if ((rc = check_url("TALLY_ENDPOINT", e))) return rc;
+        if ((rc = set_string("TALLY_ENDPOINT", &c->endpoint, e))) return rc;
+    }
+    return TALLY_OK;
+}
+
+int config_resolve_dests(struct tally_config *c)
+{
+    if (!c->write_key && !c->endpoint) return TALLY_OK;
+    if (!c->write_key)
+        return tly_fail(TALLY_ECONFIG, "write_key: required with endpoint (set write_key or TALLY_WRITE_KEY)");
+    tbuf b = TBUF_INIT;
+    tbuf_puts(&b, "{\"type\":\"segment\",\"endpoint\":");
+    const char *ep = c->endpoint ? c->endpoint : "https://api.segment.io";
+    tj_write_string(&b, ep, strlen(ep));
+    tbuf_putc(&b, '}');
+    int rc = (b.oom || config_add_dest(c, b.data)) ? tly_fail(TALLY_ENOMEM, "out of memory") : TALLY_OK;
+    tbuf_free(&b);
+    return rc;
+}

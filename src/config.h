@@ -1,0 +1,54 @@
+/* Configuration: one table of keys shared by tally_config_set, Lua config files, the CLI and
+ * tally.open{} from Lua, so a key means the same thing everywhere. */
+#ifndef TALLY_CONFIG_H
+#define TALLY_CONFIG_H
+
+#include <stddef.h>
+
+#include "internal.h"
+
+enum { MODE_CLIENT, MODE_SERVER };
+
+struct tally_config {
+    char  *write_key;
+    char  *endpoint;
+    char  *store;
+    char  *rules;
+    int    flush_at;
+    int    flush_interval_ms;
+    size_t max_queue_bytes;
+    size_t max_queue_rows;
+    int    on_full;
+    int    gzip;
+    int    timeout_ms;
+    int    mode;
+    int    log_level;
+    char  *ca_bundle;
+    char  *proxy;
+    int    max_retries;
+    int    retry_base_ms;
+    int    retry_cap_ms;
+    int    commit_interval_ms;
+    long long max_store_bytes;
+    long long max_store_rows;
+    int    store_on_full;
+    int    session_timeout_s;
+    int    context_traits;
+    char **dests;          /* JSON objects, one per destination, in the order given */
+    size_t ndests;
+    tally_log_fn log_fn;
+    void  *log_ud;
+};
+
+void config_defaults(struct tally_config *c);
+/* The canonical (static) name of a configuration key, or NULL when there is no such key. */
+const char *config_key_lookup(const char *name, size_t len);
+int  config_copy(struct tally_config *dst, const struct tally_config *src);
+void config_clear(struct tally_config *c);
+int  config_add_dest(struct tally_config *c, const char *json_object);
+/* Fills write_key/endpoint from TALLY_WRITE_KEY/TALLY_ENDPOINT when unset. */
+int  config_apply_env(struct tally_config *c);
+/* Builds the final destination list: explicit ones plus the write_key/endpoint shorthand. */
+int  config_resolve_dests(struct tally_config *c);
+
+#endif

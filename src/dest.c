@@ -1,0 +1,87 @@
+#include "dest.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+int batch_add(dest_batch *b, const char *json, size_t len)
+{
+    if (b->n + 2 > b->cap) {
+        size_t cap = b->cap ? b->cap * 2 : 128;
+        size_t *off = realloc(b->off, cap * sizeof *off);
+        if (!off) return -1;
+        b->off = off;
+        b->cap = cap;
+    }
+    if (b->n == 0) b->off[0] = b->data.len;
+    tbuf_append(&b->data, json, len);
+    tbuf_putc(&b->data, '\n');
+    if (b->data.oom) return -1;
+    b->off[++b->n] = b->data.len;
+    return 0;
+}
+
+void batch_clear(dest_batch *b)
+{
+    tbuf_reset(&b->data);
+    b->n = 0;
+}
+
+void batch_free(dest_batch *b)
+{
+    tbuf_free(&b->data);
+    free(b->off);
+    memset(b, 0, sizeof *b);
+}
+
+static const dest_ops *const all_dests[] = {&dest_segment_ops, &dest_file_ops, &dest_sqlite_ops};
+
+int dest_open(dest *d, const char *json_cfg, const dest_env *env, const tly_logger *log)
+{
+    memset(d, 0, sizeof *d);
+    d->log = log;
+    tj_arena *a = tj_arena_new();
+    if (!a) return tly_fail(TALLY_ENOMEM, "destinations: out of memory");
+    tj_value *cfg;
+    tj_error err;
+    int rc;
+    if (tj_parse(a, json_cfg, strlen(json_cfg), &cfg, &err)) {
+        rc = tly_fail(TALLY_ECONFIG, "destinations: invalid JSON: %s", err.msg);
+        goto out;
+    }
+    const tj_value *type = tj_object_get(cfg, "type");
+    rc = tly_fail(TALLY_ECONFIG, "destinations: unknown type \"%.*s\" (known: segment, file, sqlite)",
+                  type && type->type == TJ_STRING ? (int)type->u.str.len : 1,
+                  type && type->type == TJ_STRING ? type->u.str.s : "?");
+    for (size_t i = 0; i < sizeof all_dests / sizeof *all_dests; i++) {
+        if (type && type->type == TJ_STRING && type->u.str.len == strlen(all_dests[i]->type) &&
+            !memcmp(type->u.str.s, all_dests[i]->type, type->u.str.len)) {
+            d->ops = all_dests[i];
+            tly_clear_error();
+            rc = d->ops->open(d, cfg, env);
+            break;
+        }
+    }
+out:
+    tj_arena_free(a);
+    if (rc) d->ops = NULL;
+    return rc;
+}
+
+void dest_close(dest *d)
+{
+    if (d->ops) d->ops->close(d);
+    d->ops = NULL;
+}
+
+void dest_outcome_set(dest_outcome *o, int result, int status, const char *fmt, ...)
+{
+    o->result = result;
+    o->status = status;
+    o->retry_after_ms = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(o->reason, sizeof o->reason, fmt, ap);
+    va_end(ap);
+}

@@ -1,0 +1,234 @@
+/* The segment destination: Segment's HTTP Tracking API (also RudderStack's and any compatible
+ * collector). POST {endpoint}/v1/batch with {"batch":[...],"sentAt":...}, Basic auth "writeKey:",
+ * optional gzip. Transfers run on the worker's curl multi handle, one batch in flight per
+ * destination, so a slow collector costs no thread and never blocks the other destinations. */
+#include <curl/curl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "dest.h"
+
+#define BODY_EXCERPT 200
+
+typedef struct segment_dest {
+    CURLM             *multi;
+    CURL              *easy;        /* reused: keeps the connection (and TLS session) alive */
+    struct curl_slist *headers;
+    char              *url;
+    char              *write_key;
+    int                gzip;
+    int                busy;
+    tbuf               body;        /* the request body (gzip'd when enabled) */
+    tbuf               json;        /* the batch as JSON before compression */
+    tbuf               response;    /* the first bytes of the response, for error reasons */
+} segment_dest;
+
+static const char *str_opt(const tj_value *cfg, const char *key, const char *fallback)
+{
+    const tj_value *v = tj_object_get(cfg, key);
+    return v && v->type == TJ_STRING ? v->u.str.s : fallback;
+}
+
+static size_t on_response(char *p, size_t size, size_t n, void *ud)
+{
+    tbuf *b = ud;
+    size_t len = size * n;
+    if (b->len < BODY_EXCERPT) tbuf_append(b, p, len < BODY_EXCERPT - b->len ? len : BODY_EXCERPT - b->len);
+    return len; /* read everything so the connection stays reusable */
+}
+
+static int check_keys(const tj_value *cfg)
+{
+    static const char *const known[] = {"type", "name", "endpoint", "write_key", "gzip", "timeout_ms",
+                                        "ca_bundle", "proxy", NULL};
+    for (size_t i = 0; i < cfg->u.obj.n; i++) {
+        int ok = 0;
+        for (int k = 0; known[k] && !ok; k++) ok = !strcmp(cfg->u.obj.m[i].key, known[k]);
+        if (!ok) return tly_fail(TALLY_ECONFIG, "destinations: segment: unknown key \"%s\"", cfg->u.obj.m[i].key);
+    }
+    return TALLY_OK;
+}
+
+static void segment_close(dest *d)
+{
+    segment_dest *s = d->impl;
+    if (!s) return;
+    if (s->easy) {
+        if (s->busy) curl_multi_remove_handle(s->multi, s->easy);
+        curl_easy_cleanup(s->easy);
+    }
+    curl_slist_free_all(s->headers);
+    if (s->write_key) memset(s->write_key, 0, strlen(s->write_key));
+    free(s->write_key);
+    free(s->url);
+    tbuf_free(&s->body);
+    tbuf_free(&s->json);
+    tbuf_free(&s->response);
+    free(s);
+    d->impl = NULL;
+}
+
+static int setup_easy(dest *d, segment_dest *s, const tj_value *cfg, const dest_env *env)
+{
+    const tj_value *tmo = tj_object_get(cfg, "timeout_ms");
+    long timeout = tmo && tmo->type == TJ_INT ? (long)tmo->u.i : env->timeout_ms;
+    const char *ca = str_opt(cfg, "ca_bundle", env->ca_bundle), *proxy = str_opt(cfg, "proxy", env->proxy);
+    char ua[64];
+    snprintf(ua, sizeof ua, "User-Agent: tally/%s", TALLY_VERSION);
+    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
+    if (h) h = curl_slist_append(h, ua);
+    if (h && s->gzip) h = curl_slist_append(h, "Content-Encoding: gzip");
+    if (h) h = curl_slist_append(h, "Expect:"); /* no 100-continue round trip per batch */
+    if (!h || !(s->easy = curl_easy_init())) {
+        curl_slist_free_all(h);
+        return tly_fail(TALLY_ENOMEM, "%s: out of memory", d->name);
+    }
+    s->headers = h;
+    CURL *e = s->easy;
+    curl_easy_setopt(e, CURLOPT_URL, s->url);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->headers);
+    curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+    curl_easy_setopt(e, CURLOPT_USERNAME, s->write_key);
+    curl_easy_setopt(e, CURLOPT_PASSWORD, "");
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout < 10000 ? timeout : 10000L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_response);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, &s->response);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, d);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
+    curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (ca) curl_easy_setopt(e, CURLOPT_CAINFO, ca);
+    if (proxy) curl_easy_setopt(e, CURLOPT_PROXY, proxy);
+    return TALLY_OK;
+}
+
+static int segment_open(dest *d, const tj_value *cfg, const dest_env *env)
+{
+    int rc = check_keys(cfg);
+    if (rc) return rc;
+    const char *endpoint = str_opt(cfg, "endpoint", "https://api.segment.io");
+    const char *key = str_opt(cfg, "write_key", env->write_key);
+    if (strncmp(endpoint, "http://", 7) && strncmp(endpoint, "https://", 8))
+        return tly_fail(TALLY_ECONFIG, "destinations: segment: endpoint must be an http:// or https:// URL");
+    if (!key || !*key)
+        return tly_fail(TALLY_ECONFIG, "destinations: segment: write_key required (or TALLY_WRITE_KEY)");
+    if (!env->multi) return tly_fail(TALLY_ECONFIG, "destinations: segment: no transfer loop");
+    segment_dest *s = calloc(1, sizeof *s);
+    if (!s) return tly_fail(TALLY_ENOMEM, "segment destination: out of memory");
+    d->impl = s;
+    s->multi = env->multi;
+    const tj_value *gz = tj_object_get(cfg, "gzip");
+    s->gzip = gz ? gz->type == TJ_TRUE : env->gzip;
+    size_t elen = strlen(endpoint);
+    while (elen > 0 && endpoint[elen - 1] == '/') elen--;
+    if (!(s->url = malloc(elen + sizeof "/v1/batch")) || !(s->write_key = strdup(key))) {
+        segment_close(d);
+        return tly_fail(TALLY_ENOMEM, "segment destination: out of memory");
+    }
+    memcpy(s->url, endpoint, elen);
+    strcpy(s->url + elen, "/v1/batch");
+    const tj_value *name = tj_object_get(cfg, "name");
+    snprintf(d->name, sizeof d->name, "segment:%.*s", (int)(name && name->type == TJ_STRING ? name->u.str.len : elen),
+             name && name->type == TJ_STRING ? name->u.str.s : endpoint);
+    if ((rc = setup_easy(d, s, cfg, env))) segment_close(d);
+    return rc;
+}
+
+static int gzip_into(tbuf *out, const char *p, size_t n)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) return -1;
+    size_t bound = deflateBound(&z, (uLong)n);
+    tbuf_reset(out);
+    if (tbuf_reserve(out, bound)) { deflateEnd(&z); return -1; }
+    z.next_in = (Bytef *)p;
+    z.avail_in = (uInt)n;
+    z.next_out = (Bytef *)out->data;
+    z.avail_out = (uInt)bound;
+    int rc = deflate(&z, Z_FINISH);
+    out->len = z.total_out;
+    deflateEnd(&z);
+    return rc == Z_STREAM_END ? 0 : -1;
+}
+
+static void build_json(segment_dest *s, const dest_batch *b)
+{
+    tbuf *j = &s->json;
+    tbuf_reset(j);
+    tbuf_puts(j, "{\"batch\":[");
+    for (size_t i = 0; i < b->n; i++) {
+        if (i) tbuf_putc(j, ',');
+        tbuf_append(j, b->data.data + b->off[i], b->off[i + 1] - b->off[i] - 1);
+    }
+    char sent_at[25];
+    tly_iso8601(tly_now_ms(), sent_at);
+    tbuf_printf(j, "],\"sentAt\":\"%s\"}", sent_at);
+}
+
+static int segment_submit(dest *d, const dest_batch *b, dest_outcome *out)
+{
+    segment_dest *s = d->impl;
+    build_json(s, b);
+    const tbuf *body = &s->json;
+    if (s->gzip) {
+        if (gzip_into(&s->body, s->json.data, s->json.len)) {
+            dest_outcome_set(out, DEST_RETRY, 0, "gzip failed (out of memory)");
+            return 1;
+        }
+        body = &s->body;
+    }
+    if (s->json.oom) {
+        dest_outcome_set(out, DEST_RETRY, 0, "out of memory building the batch");
+        return 1;
+    }
+    tbuf_reset(&s->response);
+    curl_easy_setopt(s->easy, CURLOPT_POSTFIELDS, body->data);
+    curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
+    CURLMcode mc = curl_multi_add_handle(s->multi, s->easy);
+    if (mc != CURLM_OK) {
+        dest_outcome_set(out, DEST_RETRY, 0, "cannot start the transfer: %s", curl_multi_strerror(mc));
+        return 1;
+    }
+    s->busy = 1;
+    return 0;
+}
+
+/* Which answers are worth another try: Segment's documented retry set. */
+static int retryable_status(long status)
+{
+    return status == 408 || status == 429 || (status >= 500 && status != 501 && status != 505);
+}
+
+static void segment_finish(dest *d, void *handle, int code, dest_outcome *out)
+{
+    segment_dest *s = d->impl;
+    (void)handle;
+    curl_multi_remove_handle(s->multi, s->easy);
+    s->busy = 0;
+    if (code != CURLE_OK) {
+        dest_outcome_set(out, DEST_RETRY, 0, "network error: %s", curl_easy_strerror((CURLcode)code));
+        return;
+    }
+    long status = 0;
+    curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
+    const char *excerpt = s->response.data ? s->response.data : "";
+    if (status >= 200 && status < 300) {
+        dest_outcome_set(out, DEST_OK, (int)status, "HTTP %ld", status);
+    } else if (retryable_status(status)) {
+        dest_outcome_set(out, DEST_RETRY, (int)status, "HTTP %ld: %.*s", status, BODY_EXCERPT, excerpt);
+        curl_off_t after = -1;
+        if (curl_easy_getinfo(s->easy, CURLINFO_RETRY_AFTER, &after) == CURLE_OK && after > 0)
+            out->retry_after_ms = (int64_t)after * 1000;
+    } else {
+        dest_outcome_set(out, DEST_FAIL, (int)status, "HTTP %ld: %.*s", status, BODY_EXCERPT, excerpt);
+    }
+}
+
+static int segment_sync(dest *d) { (void)d; return 0; }
+
+const dest_ops dest_segment_ops = {"segment", segment_open, segment_submit, segment_finish, segment_sync, segment_close};

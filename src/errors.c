@@ -1,0 +1,46 @@
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+static _Thread_local char last_error[512];
+
+int tly_fail(int rc, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+void tly_clear_error(void) { last_error[0] = '\0'; }
+
+const char *tally_errmsg(const tally_t *t)
+{
+    (void)t; /* the text is per thread, whichever handle failed on it */
+    return last_error;
+}
+
+const char *tally_strerror(int rc)
+{
+    switch (rc) {
+    case TALLY_OK:        return "ok";
+    case TALLY_EINVAL:    return "invalid argument";
+    case TALLY_ENOMEM:    return "out of memory";
+    case TALLY_EFULL:     return "queue full: message dropped";
+    case TALLY_ETIMEDOUT: return "timed out";
+    case TALLY_ECLOSED:   return "handle is closing";
+    case TALLY_EFORK:     return "handle belongs to the parent process (fork)";
+    case TALLY_ECONFIG:   return "bad configuration";
+    case TALLY_EIO:       return "input/output error";
+    case TALLY_ETOOBIG:   return "message too large";
+    case TALLY_ELUA:      return "Lua script error";
+    default:              return "unknown error";
+    }
+}
+
+const char *tally_version(void) { return TALLY_VERSION; }
+
+void tally_free(void *p) { free(p); }

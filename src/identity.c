@@ -1,0 +1,144 @@
+#include "identity.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+
+static int64_t meta_int(store *s, const char *key)
+{
+    char *v = store_meta_get(s, key);
+    int64_t n = v ? strtoll(v, NULL, 10) : 0;
+    free(v);
+    return n;
+}
+
+static void meta_set_int(store *s, const char *key, int64_t v)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "%lld", (long long)v);
+    store_meta_set(s, key, buf);
+}
+
+static void copy_id(char dst[37], const char *src)
+{
+    snprintf(dst, 37, "%s", src ? src : "");
+}
+
+static void new_session(identity *id, store *s, int64_t now_wall)
+{
+    tly_uuid4(id->session_id);
+    id->session_index++;
+    id->session_started_ms = now_wall;
+    store_meta_set(s, "session_id", id->session_id);
+    meta_set_int(s, "session_index", id->session_index);
+    meta_set_int(s, "session_started_ms", id->session_started_ms);
+}
+
+int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
+{
+    memset(id, 0, sizeof *id);
+    id->timeout_ms = timeout_ms;
+    char *anon = store_meta_get(s, "anonymous_id");
+    if (anon && strlen(anon) == 36) {
+        copy_id(id->anonymous_id, anon);
+    } else {
+        if (tly_uuid4(id->anonymous_id)) { free(anon); return -1; }
+        store_meta_set(s, "anonymous_id", id->anonymous_id);
+    }
+    free(anon);
+    id->user_id = store_meta_get(s, "user_id");
+    id->traits = store_meta_get(s, "traits");
+    char *sid = store_meta_get(s, "session_id");
+    copy_id(id->session_id, sid);
+    free(sid);
+    id->session_index = meta_int(s, "session_index");
+    id->session_started_ms = meta_int(s, "session_started_ms");
+    id->last_seen_wall = id->saved_wall = meta_int(s, "last_seen_ms");
+    (void)now_wall;
+    return store_commit(s);
+}
+
+void identity_free(identity *id)
+{
+    free(id->user_id);
+    free(id->traits);
+    id->user_id = id->traits = NULL;
+}
+
+/* Merges an identify call's traits into the stored ones (later values win, key by key). */
+static void merge_traits(identity *id, store *s, const char *json, size_t len)
+{
+    tj_arena *a = tj_arena_new();
+    if (!a) return;
+    tj_value *old = NULL, *add = NULL;
+    tj_error err;
+    if (tj_parse(a, json, len, &add, &err) || add->type != TJ_OBJECT) goto out;
+    if (!id->traits || tj_parse(a, id->traits, strlen(id->traits), &old, &err) || old->type != TJ_OBJECT)
+        old = tj_new(a, TJ_OBJECT);
+    if (!old) goto out;
+    for (size_t i = 0; i < add->u.obj.n; i++)
+        if (tj_object_set(a, old, add->u.obj.m[i].key, add->u.obj.m[i].klen, add->u.obj.m[i].val)) goto out;
+    tbuf b = TBUF_INIT;
+    if (tj_write(&b, old) == 0 && !b.oom) {
+        free(id->traits);
+        id->traits = tbuf_steal(&b);
+        store_meta_set(s, "traits", id->traits);
+    }
+    tbuf_free(&b);
+out:
+    tj_arena_free(a);
+}
+
+static void logout(identity *id, store *s)
+{
+    free(id->user_id);
+    free(id->traits);
+    id->user_id = id->traits = NULL;
+    store_meta_set(s, "user_id", NULL);
+    store_meta_set(s, "traits", NULL);
+    tly_uuid4(id->anonymous_id);
+    store_meta_set(s, "anonymous_id", id->anonymous_id);
+}
+
+void identity_apply(identity *id, store *s, int kind, const intake_rec *r, int64_t now_mono, int64_t now_wall)
+{
+    if (kind == REC_RESET) {
+        logout(id, s);
+        new_session(id, s, now_wall);
+    } else if (kind == REC_SESSION_START) {
+        new_session(id, s, now_wall);
+    } else {
+        /* idle time: monotonic within this run; across a restart only the wall clock can tell */
+        int64_t idle = id->last_seen_mono ? now_mono - id->last_seen_mono
+                                          : (id->last_seen_wall ? now_wall - id->last_seen_wall : 0);
+        if (!id->session_id[0] || idle >= id->timeout_ms) new_session(id, s, now_wall);
+    }
+    if (kind == REC_IDENTIFY && r && r->s1) {
+        char *u = strdup(r->s1);
+        if (u) {
+            free(id->user_id);
+            id->user_id = u;
+            store_meta_set(s, "user_id", u);
+        }
+    }
+    if (kind == REC_IDENTIFY && r && r->json) merge_traits(id, s, r->json, r->json_len);
+    id->last_seen_mono = now_mono;
+    /* persisted at most once a second: the timeout is minutes, and a write per message is waste */
+    id->last_seen_wall = now_wall;
+    if (now_wall - id->saved_wall >= 1000) {
+        meta_set_int(s, "last_seen_ms", now_wall);
+        id->saved_wall = now_wall;
+    }
+}
+
+void identity_ids(const identity *id, msg_ids *out)
+{
+    out->anonymous_id = id->anonymous_id;
+    out->user_id = id->user_id;
+    out->session_id = id->session_id[0] ? id->session_id : NULL;
+    out->session_index = id->session_index;
+    out->session_started_ms = id->session_started_ms;
+    out->traits = id->traits;
+}

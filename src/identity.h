@@ -1,0 +1,37 @@
+/* Who the device's user is: the anonymous id (the cookie equivalent), the logged-in user id and
+ * traits, and the current session. Owned by the worker, persisted in the store's meta table in the
+ * same transactions as the messages it stamps, so identity and messages never disagree after a
+ * crash. */
+#ifndef TALLY_IDENTITY_H
+#define TALLY_IDENTITY_H
+
+#include <stdint.h>
+
+#include "message.h"
+#include "store.h"
+
+typedef struct identity {
+    char    anonymous_id[37];
+    char   *user_id;            /* NULL when logged out */
+    char   *traits;             /* merged identify traits as a JSON object text, or NULL */
+    char    session_id[37];
+    int64_t session_index;      /* 1 for the device's first session */
+    int64_t session_started_ms; /* wall clock */
+    int64_t last_seen_mono;     /* monotonic ms of the last message in this run; 0: none yet */
+    int64_t last_seen_wall;     /* wall ms of the last message, for continuing across restarts */
+    int64_t saved_wall;         /* last_seen_wall as last written to the store */
+    int64_t timeout_ms;         /* idle time that ends a session */
+} identity;
+
+/* Loads (or creates and persists) the identity. 0 or -1. */
+int  identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall);
+void identity_free(identity *id);
+
+/* Applies a record to the identity before its message is stamped: session rollover after idle
+ * time, identify (user id + traits), reset (logout), session start. Persists what changed. */
+void identity_apply(identity *id, store *s, int kind, const intake_rec *r, int64_t now_mono, int64_t now_wall);
+
+/* The ids to stamp on the next message (pointers into id). */
+void identity_ids(const identity *id, msg_ids *out);
+
+#endif

@@ -1,0 +1,105 @@
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+int64_t tly_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+int64_t tly_mono_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static char *put_digits(char *p, int v, int width)
+{
+    for (int i = width - 1; i >= 0; i--) { p[i] = (char)('0' + v % 10); v /= 10; }
+    return p + width;
+}
+
+/* Hand-formatted: this runs for every message on the worker, and snprintf is several times slower. */
+void tly_iso8601(int64_t ms, char out[25])
+{
+    time_t secs = (time_t)(ms / 1000);
+    int frac = (int)(ms % 1000);
+    if (frac < 0) { frac += 1000; secs -= 1; }
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    int year = tm.tm_year + 1900;
+    if (year < 0) year = 0;
+    if (year > 9999) year = 9999;
+    char *p = put_digits(out, year, 4);
+    *p++ = '-';
+    p = put_digits(p, tm.tm_mon + 1, 2);
+    *p++ = '-';
+    p = put_digits(p, tm.tm_mday, 2);
+    *p++ = 'T';
+    p = put_digits(p, tm.tm_hour, 2);
+    *p++ = ':';
+    p = put_digits(p, tm.tm_min, 2);
+    *p++ = ':';
+    p = put_digits(p, tm.tm_sec, 2);
+    *p++ = '.';
+    p = put_digits(p, frac, 3);
+    *p++ = 'Z';
+    *p = '\0';
+}
+
+/* getrandom() per UUID would be a syscall per message; a per-thread pool refilled 4 KB at a time
+ * keeps the OS random source (the requirement) at a fraction of the cost. A forked child must not
+ * replay its parent's pool, so the pool remembers the pid it was filled in. */
+static _Thread_local struct {
+    unsigned char bytes[4096];
+    size_t        used;
+    pid_t         pid;
+} pool = {{0}, sizeof pool.bytes, 0};
+
+static int fill_random(unsigned char *p, size_t n)
+{
+    while (n) {
+        ssize_t got = getrandom(p, n, 0);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        p += got;
+        n -= (size_t)got;
+    }
+    return 0;
+}
+
+int tly_uuid4(char out[37])
+{
+    pid_t pid = getpid();
+    if (pool.used + 16 > sizeof pool.bytes || pool.pid != pid) {
+        if (fill_random(pool.bytes, sizeof pool.bytes)) return -1;
+        pool.used = 0;
+        pool.pid = pid;
+    }
+    unsigned char u[16];
+    memcpy(u, pool.bytes + pool.used, 16);
+    memset(pool.bytes + pool.used, 0, 16); /* a used id is never handed out twice */
+    pool.used += 16;
+    u[6] = (unsigned char)((u[6] & 0x0f) | 0x40); /* version 4 */
+    u[8] = (unsigned char)((u[8] & 0x3f) | 0x80); /* RFC 4122 variant */
+    static const char hex[] = "0123456789abcdef";
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
+        out[o++] = hex[u[i] >> 4];
+        out[o++] = hex[u[i] & 15];
+    }
+    out[o] = '\0';
+    return 0;
+}

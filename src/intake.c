@@ -1,0 +1,147 @@
+#include "intake.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+intake_rec *intake_rec_new(int kind, const char *s1, const char *s2, const char *json, size_t json_len)
+{
+    size_t l1 = s1 ? strlen(s1) : 0, l2 = s2 ? strlen(s2) : 0;
+    size_t size = sizeof(intake_rec) + l1 + 1 + l2 + 1 + json_len + 1;
+    intake_rec *r = malloc(size);
+    if (!r) return NULL;
+    r->size = (uint32_t)size;
+    r->kind = (uint8_t)kind;
+    r->ts_ms = tly_now_ms();
+    char *p = r->data;
+    r->s1 = s1 ? p : NULL;
+    r->s1_len = (uint32_t)l1;
+    if (s1) memcpy(p, s1, l1);
+    p[l1] = '\0';
+    p += l1 + 1;
+    r->s2 = s2 ? p : NULL;
+    r->s2_len = (uint32_t)l2;
+    if (s2) memcpy(p, s2, l2);
+    p[l2] = '\0';
+    p += l2 + 1;
+    r->json = json ? p : NULL;
+    r->json_len = (uint32_t)json_len;
+    if (json) memcpy(p, json, json_len);
+    p[json_len] = '\0';
+    return r;
+}
+
+int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
+{
+    size_t n = 2;
+    while (n < rows) n <<= 1;
+    q->cells = calloc(n, sizeof *q->cells);
+    if (!q->cells) return -1;
+    for (size_t i = 0; i < n; i++) atomic_init(&q->cells[i].seq, i);
+    q->mask = n - 1;
+    q->max_bytes = max_bytes;
+    q->on_full = on_full;
+    atomic_init(&q->head, 0);
+    atomic_init(&q->tail, 0);
+    atomic_init(&q->bytes, 0);
+    atomic_init(&q->dropped, 0);
+    return 0;
+}
+
+void intake_destroy(intake *q)
+{
+    intake_rec *r;
+    while ((r = intake_pop(q)) != NULL) free(r);
+    free(q->cells);
+    q->cells = NULL;
+}
+
+/* The cell protocol: a cell whose seq equals the position is free for the producer claiming that
+ * position; seq == position + 1 means filled and ready for the consumer; after taking it the
+ * consumer sets seq = position + capacity, freeing it for the next lap. */
+static int try_push(intake *q, intake_rec *r)
+{
+    size_t pos = atomic_load_explicit(&q->head, memory_order_relaxed);
+    for (;;) {
+        intake_cell *c = &q->cells[pos & q->mask];
+        size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+        intptr_t dif = (intptr_t)seq - (intptr_t)pos;
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&q->head, &pos, pos + 1,
+                                                      memory_order_relaxed, memory_order_relaxed)) {
+                c->rec = r;
+                atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
+                return 0;
+            }
+        } else if (dif < 0) {
+            return -1; /* the cell still holds last lap's record: no free cell */
+        } else {
+            pos = atomic_load_explicit(&q->head, memory_order_relaxed);
+        }
+    }
+}
+
+intake_rec *intake_pop(intake *q)
+{
+    size_t pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+    for (;;) {
+        intake_cell *c = &q->cells[pos & q->mask];
+        size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+        intptr_t dif = (intptr_t)seq - (intptr_t)(pos + 1);
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&q->tail, &pos, pos + 1,
+                                                      memory_order_relaxed, memory_order_relaxed)) {
+                intake_rec *r = c->rec;
+                atomic_store_explicit(&c->seq, pos + q->mask + 1, memory_order_release);
+                atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed);
+                return r;
+            }
+        } else if (dif < 0) {
+            return NULL;
+        } else {
+            pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
+        }
+    }
+}
+
+static void drop_one_oldest(intake *q)
+{
+    intake_rec *old = intake_pop(q);
+    if (old) {
+        free(old);
+        atomic_fetch_add_explicit(&q->dropped, 1, memory_order_relaxed);
+    }
+}
+
+int intake_push(intake *q, intake_rec *r, int *dropped_oldest)
+{
+    *dropped_oldest = 0;
+    size_t before = atomic_fetch_add_explicit(&q->bytes, r->size, memory_order_relaxed);
+    int over_bytes = before + r->size > q->max_bytes;
+    if (q->on_full == ON_FULL_DROP_NEWEST) {
+        if (over_bytes || try_push(q, r) != 0) {
+            atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed);
+            atomic_fetch_add_explicit(&q->dropped, 1, memory_order_relaxed);
+            return -1;
+        }
+        return 0;
+    }
+    /* drop_oldest: make room by discarding from the front until this record fits. Bounded: each
+     * round removes one record or finds the queue empty, in which case the record fits alone. */
+    while (atomic_load_explicit(&q->bytes, memory_order_relaxed) > q->max_bytes &&
+           atomic_load_explicit(&q->tail, memory_order_relaxed) !=
+               atomic_load_explicit(&q->head, memory_order_relaxed)) {
+        drop_one_oldest(q);
+        *dropped_oldest = 1;
+    }
+    while (try_push(q, r) != 0) {
+        drop_one_oldest(q);
+        *dropped_oldest = 1;
+    }
+    return 0;
+}
+
+size_t intake_position(intake *q) { return atomic_load_explicit(&q->head, memory_order_acquire); }
+size_t intake_taken(intake *q) { return atomic_load_explicit(&q->tail, memory_order_acquire); }
+size_t intake_bytes(intake *q) { return atomic_load_explicit(&q->bytes, memory_order_relaxed); }

@@ -1,0 +1,61 @@
+/* The intake: a bounded multi-producer queue between caller threads and the worker.
+ *
+ * Callers must never block, so the queue is lock-free (a ring of sequenced cells, one pointer
+ * each). It is bounded twice: by cells (max_queue_rows) and by the bytes of the records it holds
+ * (max_queue_bytes), so memory stays capped whatever the message sizes. When full, the policy
+ * decides: drop_newest refuses the new record (the caller gets TALLY_EFULL), drop_oldest removes
+ * the oldest queued record to make room. Either way the drop is counted. */
+#ifndef TALLY_INTAKE_H
+#define TALLY_INTAKE_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum rec_kind {
+    REC_TRACK, REC_IDENTIFY, REC_PAGE, REC_SCREEN, REC_GROUP, REC_ALIAS, REC_SEND, REC_RESET,
+    REC_SESSION_START
+};
+
+/* One caller request, copied into a single allocation. s1/s2 are the call's string arguments
+ * (event, user id, name, group id, previous id, category), json its JSON argument. */
+typedef struct intake_rec {
+    uint32_t size;       /* bytes of this allocation, for the byte bound */
+    uint8_t  kind;       /* enum rec_kind */
+    int64_t  ts_ms;      /* wall clock at the call: the message's timestamp */
+    const char *s1, *s2, *json;
+    uint32_t s1_len, s2_len, json_len;
+    char     data[];
+} intake_rec;
+
+intake_rec *intake_rec_new(int kind, const char *s1, const char *s2, const char *json, size_t json_len);
+
+enum { ON_FULL_DROP_NEWEST, ON_FULL_DROP_OLDEST };
+
+typedef struct intake_cell {
+    _Atomic size_t seq;
+    intake_rec    *rec;
+} intake_cell;
+
+typedef struct intake {
+    intake_cell *cells;
+    size_t       mask;
+    size_t       max_bytes;
+    int          on_full;
+    _Alignas(64) _Atomic size_t head;   /* next position to fill (producers) */
+    _Alignas(64) _Atomic size_t tail;   /* next position to take (worker; drop_oldest producers) */
+    _Alignas(64) _Atomic size_t bytes;  /* bytes of queued records */
+    _Atomic uint64_t dropped;           /* records dropped by the full policy */
+} intake;
+
+int  intake_init(intake *q, size_t rows, size_t max_bytes, int on_full); /* rows: rounded up to 2^k */
+void intake_destroy(intake *q);          /* frees queued records too */
+/* 0 queued; -1 refused (drop_newest, full). Under drop_oldest it always queues; *dropped_oldest
+ * is set to 1 when an older record was discarded for it. */
+int  intake_push(intake *q, intake_rec *r, int *dropped_oldest);
+intake_rec *intake_pop(intake *q);       /* NULL when empty */
+size_t intake_position(intake *q);       /* how many records have ever been queued */
+size_t intake_taken(intake *q);          /* how many have left the queue (popped or dropped) */
+size_t intake_bytes(intake *q);
+
+#endif

@@ -1,0 +1,36 @@
+/* Internal declarations shared by the core's files. Nothing here is public API. */
+#ifndef TALLY_INTERNAL_H
+#define TALLY_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "tally.h"
+#include "buf.h"
+
+#define HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- errors (errors.c) ----
+ * The last failure text is per thread: calls are made from any thread, and a caller reads the
+ * text right after its own failing call. Returns rc so call sites can `return tly_fail(...)`. */
+int  tly_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void tly_clear_error(void);
+
+/* ---- logging (log.c) ---- */
+typedef struct tly_logger {
+    tally_log_fn fn;
+    void        *ud;
+    int          level;   /* lines above this level are dropped */
+} tly_logger;
+
+void tly_log(const tly_logger *lg, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* ---- time and ids (ids.c) ---- */
+int64_t tly_now_ms(void);                   /* wall clock, ms since the epoch: timestamps only */
+int64_t tly_mono_ms(void);                  /* monotonic clock: idle times and deadlines */
+void    tly_iso8601(int64_t ms, char out[25]); /* "2026-11-24T20:31:02.123Z" */
+/* A random (version 4) UUID in canonical text form, from the OS random source. 0 or -1. */
+int     tly_uuid4(char out[37]);
+
+#endif

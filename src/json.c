@@ -1,0 +1,1185 @@
+/* tally's JSON codec; the contract is in json.h.
+ *
+ * Design:
+ *  - tj_validate is the single authority on what is valid JSON. It is an iterative, table-driven
+ *    scanner with a 64-bit "container kind" stack, so it needs no allocation and no recursion, and
+ *    it skips runs of ordinary string bytes eight at a time (SWAR).
+ *  - tj_parse first runs tj_validate and then builds the tree with a builder that trusts its input.
+ *    That makes "identical acceptance" true by construction instead of by keeping two parsers in
+ *    sync, and the builder stays free of error paths (except OOM).
+ *  - Numbers are converted without the C library's locale: an exact fast path (Clinger: at most 2^53
+ *    as the decimal significand and |exponent| <= 22, one correctly rounded IEEE operation) covers
+ *    almost every literal; the rest goes to strtod_l with a private "C" locale, because writing a
+ *    correct arbitrary-precision decimal conversion is far more code than it is worth here.
+ *  - Doubles are written in the shortest form that reads back to the same bits. Integers and short
+ *    decimals (the bulk of event data) are found with exact double arithmetic; the rest is rounded
+ *    from one exactly rounded printf("%.24e") and checked by reading it back (shortest_digits()). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* strtod_l and newlocale */
+#endif
+#include "json.h"
+
+#include <float.h>
+#include <locale.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#ifdef __APPLE__
+#include <xlocale.h>
+#endif
+
+/* ======================================================================== arena */
+
+#define ARENA_ALIGN     16
+#define ARENA_FIRST     4096          /* the chunk that survives tj_arena_reset */
+#define ARENA_GROW_MIN  8192
+#define ARENA_GROW_MAX  (256 * 1024)
+
+typedef struct tj_chunk { struct tj_chunk *next; } tj_chunk;
+
+struct tj_arena {
+    uintptr_t cur, end;       /* bump region; integers so over-aligned "cur" is never UB */
+    tj_chunk *extra;          /* every chunk after the first, newest first */
+    size_t grow;              /* size of the next regular chunk */
+    uintptr_t first, first_end;
+    unsigned char *scratch;   /* the parser's work stack, kept across parses */
+    size_t scratch_cap;
+};
+
+static uintptr_t align_up(uintptr_t p) { return (p + (ARENA_ALIGN - 1)) & ~(uintptr_t)(ARENA_ALIGN - 1); }
+
+tj_arena *tj_arena_new(void)
+{
+    tj_arena *a = malloc(sizeof *a + ARENA_ALIGN + ARENA_FIRST);
+    if (!a) return NULL;
+    a->first = align_up((uintptr_t)(a + 1));
+    a->first_end = a->first + ARENA_FIRST;
+    a->extra = NULL;
+    a->scratch = NULL;
+    a->scratch_cap = 0;
+    tj_arena_reset(a);
+    return a;
+}
+
+static void free_extra(tj_arena *a)
+{
+    while (a->extra) {
+        tj_chunk *n = a->extra->next;
+        free(a->extra);
+        a->extra = n;
+    }
+}
+
+void tj_arena_reset(tj_arena *a)
+{
+    free_extra(a);
+    a->cur = a->first;
+    a->end = a->first_end;
+    a->grow = ARENA_GROW_MIN;
+}
+
+void tj_arena_free(tj_arena *a)
+{
+    if (!a) return;
+    free_extra(a);
+    free(a->scratch);
+    free(a);
+}
+
+/* Returns the usable, aligned start of a new chunk with room for n bytes. */
+static uintptr_t new_chunk(tj_arena *a, size_t n)
+{
+    if (n > SIZE_MAX - sizeof(tj_chunk) - ARENA_ALIGN) return 0;
+    tj_chunk *c = malloc(sizeof *c + ARENA_ALIGN + n);
+    if (!c) return 0;
+    c->next = a->extra;
+    a->extra = c;
+    return align_up((uintptr_t)(c + 1));
+}
+
+static void *alloc_slow(tj_arena *a, size_t n)
+{
+    /* A big block gets a chunk of its own so it neither wastes the rest of the current chunk nor
+     * forces the regular chunk size up. */
+    if (n > a->grow / 4) return (void *)new_chunk(a, n);
+    uintptr_t p = new_chunk(a, a->grow);
+    if (!p) return NULL;
+    a->end = p + a->grow;
+    if (a->grow < ARENA_GROW_MAX) a->grow *= 2;
+    a->cur = p + n;
+    return (void *)p;
+}
+
+void *tj_alloc(tj_arena *a, size_t n)
+{
+    if (n == 0) n = 1;
+    uintptr_t p = align_up(a->cur);
+    if (p <= a->end && n <= a->end - p) {
+        a->cur = p + n;
+        return (void *)p;
+    }
+    return alloc_slow(a, n);
+}
+
+/* Unaligned bump for string bytes: strings are the bulk of a tree and need no alignment. */
+static char *alloc_bytes(tj_arena *a, size_t n)
+{
+    if (n <= a->end - a->cur) {
+        char *p = (char *)a->cur;
+        a->cur += n;
+        return p;
+    }
+    return alloc_slow(a, n);
+}
+
+char *tj_strdup(tj_arena *a, const char *s, size_t n)
+{
+    if (n == SIZE_MAX) return NULL;
+    char *p = alloc_bytes(a, n + 1);
+    if (!p) return NULL;
+    if (n) memcpy(p, s, n);
+    p[n] = '\0';
+    return p;
+}
+
+/* ======================================================================== numbers */
+
+static pthread_once_t c_locale_once = PTHREAD_ONCE_INIT;
+static locale_t c_locale;
+
+static void c_locale_init(void) { c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0); }
+
+/* strtod that always uses '.' whatever LC_NUMERIC says. s must be NUL-terminated. */
+static double c_strtod(const char *s)
+{
+    pthread_once(&c_locale_once, c_locale_init);
+    if (c_locale) return strtod_l(s, NULL, c_locale);
+    return strtod(s, NULL); /* newlocale("C") cannot really fail; the C locale is then assumed */
+}
+
+static const double pow10_exact[23] = {
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+    1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+};
+
+#define TWO53 9007199254740992ULL
+
+/* w * 10^e10 exactly rounded, when one IEEE operation on exact operands gives it. */
+static int fast_scale(uint64_t w, int64_t e10, double *out)
+{
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    if (w > TWO53 || e10 < -22 || e10 > 22) return 0;
+    *out = e10 >= 0 ? (double)w * pow10_exact[e10] : (double)w / pow10_exact[-e10];
+    return 1;
+#else
+    (void)w; (void)e10; (void)out;
+    return 0; /* extended-precision evaluation would round twice */
+#endif
+}
+
+static int is_digit(unsigned char c) { return (unsigned)(c - '0') < 10; }
+
+/* Converts a JSON number literal [s, e) known to be well formed. */
+static double literal_to_double(const char *s, const char *e)
+{
+    const char *p = s;
+    int neg = *p == '-';
+    if (neg) p++;
+    uint64_t w = 0;
+    int nd = 0, exact = 1;
+    int64_t e10 = 0;
+    for (; p < e && is_digit((unsigned char)*p); p++) {
+        if (w || *p != '0') { if (nd++ < 19) w = w * 10 + (uint64_t)(*p - '0'); else exact = 0; }
+    }
+    if (p < e && *p == '.') {
+        for (p++; p < e && is_digit((unsigned char)*p); p++) {
+            if (w || *p != '0') { if (nd++ < 19) w = w * 10 + (uint64_t)(*p - '0'); else exact = 0; }
+            e10--;
+        }
+    }
+    if (p < e) { /* exponent */
+        p++;
+        int eneg = *p == '-';
+        if (*p == '+' || *p == '-') p++;
+        int64_t x = 0;
+        for (; p < e; p++) if (x < 100000) x = x * 10 + (*p - '0');
+        e10 += eneg ? -x : x;
+    }
+    double d;
+    if (w == 0) d = 0.0;
+    else if (!(exact && fast_scale(w, e10, &d))) {
+        char small[128];
+        size_t n = (size_t)(e - s);
+        char *buf = n < sizeof small ? small : malloc(n + 1);
+        if (!buf) return NAN; /* only reachable on OOM; reported by the caller */
+        memcpy(buf, s, n);
+        buf[n] = '\0';
+        d = c_strtod(buf);
+        if (buf != small) free(buf);
+        return d;
+    }
+    return neg ? -d : d;
+}
+
+/* Does the well-formed literal [s, e) fit in a double (underflow is fine)? Decides from the decimal
+ * magnitude, so strtod only runs for the narrow band around DBL_MAX. */
+static int literal_finite(const unsigned char *s, const unsigned char *e)
+{
+    const unsigned char *p = s + (*s == '-');
+    const unsigned char *i0 = p;
+    while (p < e && is_digit(*p)) p++;
+    const unsigned char *i1 = p, *f0 = p, *f1 = p;
+    if (p < e && *p == '.') {
+        f0 = ++p;
+        while (p < e && is_digit(*p)) p++;
+        f1 = p;
+    }
+    int64_t x = 0;
+    if (p < e) {
+        p++;
+        int eneg = *p == '-';
+        if (*p == '+' || *p == '-') p++;
+        for (; p < e; p++) if (x < 1000000000) x = x * 10 + (*p - '0');
+        if (eneg) x = -x;
+    }
+    const int64_t cap = 1000000000000LL;
+    const unsigned char *sig;
+    int64_t mag; /* value is in [10^(mag-1), 10^mag) */
+    if (*i0 != '0') {
+        sig = i0;
+        mag = (i1 - i0 < cap ? i1 - i0 : cap) + x;
+    } else {
+        sig = f0;
+        while (sig < f1 && *sig == '0') sig++;
+        if (sig == f1) return 1; /* zero */
+        mag = -(sig - f0 < cap ? sig - f0 : cap) + x;
+    }
+    if (mag < 309) return 1;  /* < 1e308 < DBL_MAX */
+    if (mag > 309) return 0;  /* >= 1e309 */
+    /* Within [1e308, 1e309): round exactly. 400 significant digits plus a sticky digit decide it
+     * because every double and every rounding midpoint up there is an integer of <= 309 digits. */
+    char buf[420];
+    size_t n = 0;
+    int sticky = 0;
+    buf[n++] = '0';
+    buf[n++] = '.';
+    for (const unsigned char *q = sig; q < f1; q++) {
+        if (q == i1) { q = f0; if (q == f1) break; }
+        if (n < 402) buf[n++] = (char)*q;
+        else if (*q != '0') sticky = 1;
+    }
+    if (sticky) buf[n++] = '1';
+    memcpy(buf + n, "e309", 5);
+    return !isinf(c_strtod(buf));
+}
+
+/* ======================================================================== UTF-8 */
+
+/* Length of the valid multi-byte sequence at p (lead byte >= 0x80), or 0 when it is invalid:
+ * overlong, a UTF-16 surrogate, beyond U+10FFFF or truncated. */
+static int utf8_seq(const unsigned char *p, const unsigned char *end)
+{
+    unsigned c = p[0];
+    size_t avail = (size_t)(end - p);
+    if (c < 0xC2) return 0;
+    if (c < 0xE0) return avail >= 2 && (p[1] & 0xC0) == 0x80 ? 2 : 0;
+    if (c < 0xF0) {
+        unsigned lo = c == 0xE0 ? 0xA0 : 0x80, hi = c == 0xED ? 0x9F : 0xBF;
+        if (avail < 3 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80) return 0;
+        return 3;
+    }
+    if (c < 0xF5) {
+        unsigned lo = c == 0xF0 ? 0x90 : 0x80, hi = c == 0xF4 ? 0x8F : 0xBF;
+        if (avail < 4 || p[1] < lo || p[1] > hi || (p[2] & 0xC0) != 0x80 || (p[3] & 0xC0) != 0x80)
+            return 0;
+        return 4;
+    }
+    return 0;
+}
+
+#define ONES  0x0101010101010101ULL
+#define HIGHS 0x8080808080808080ULL
+
+static uint64_t load8(const unsigned char *p)
+{
+    uint64_t w;
+    memcpy(&w, p, 8);
+    return w;
+}
+
+static uint64_t has_zero_byte(uint64_t v) { return (v - ONES) & ~v & HIGHS; }
+
+/* Any byte that is not plain printable ASCII inside a JSON string: < 0x20, >= 0x80, '"', '\\'. */
+static uint64_t str_special8(uint64_t w)
+{
+    return (((w - ONES * 0x20) | w) & HIGHS) | has_zero_byte(w ^ (ONES * '"')) |
+           has_zero_byte(w ^ (ONES * '\\'));
+}
+
+int tj_utf8_valid(const char *s, size_t len, size_t *bad_offset)
+{
+    const unsigned char *base = (const unsigned char *)s, *p = base, *end = base + len;
+    while (p < end) {
+        while (end - p >= 8 && !(load8(p) & HIGHS)) p += 8;
+        if (p == end) break;
+        if (*p < 0x80) { p++; continue; }
+        int n = utf8_seq(p, end);
+        if (!n) {
+            if (bad_offset) *bad_offset = (size_t)(p - base);
+            return 0;
+        }
+        p += n;
+    }
+    return 1;
+}
+
+/* ======================================================================== validate */
+
+enum { SC_PLAIN, SC_QUOTE, SC_ESC, SC_CTRL, SC_HIGH };
+
+#define R8(x)  x, x, x, x, x, x, x, x
+#define R16(x) R8(x), R8(x)
+static const unsigned char str_class[256] = {
+    R16(SC_CTRL), R16(SC_CTRL),
+    SC_PLAIN, SC_PLAIN, SC_QUOTE, SC_PLAIN, R8(SC_PLAIN), SC_PLAIN, SC_PLAIN, SC_PLAIN, SC_PLAIN,
+    R16(SC_PLAIN), R16(SC_PLAIN),
+    R8(SC_PLAIN), SC_PLAIN, SC_PLAIN, SC_PLAIN, SC_PLAIN, SC_ESC, SC_PLAIN, SC_PLAIN, SC_PLAIN,
+    R16(SC_PLAIN), R16(SC_PLAIN),
+    R16(SC_HIGH), R16(SC_HIGH), R16(SC_HIGH), R16(SC_HIGH),
+    R16(SC_HIGH), R16(SC_HIGH), R16(SC_HIGH), R16(SC_HIGH),
+};
+
+/* -1 for a non-hex character */
+static int hexval(unsigned char c)
+{
+    if (is_digit(c)) return c - '0';
+    c |= 0x20;
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    return -1;
+}
+
+/* The 4 hex digits at p (caller checked they are in bounds), or -1. */
+static long hex4(const unsigned char *p)
+{
+    int a = hexval(p[0]), b = hexval(p[1]), c = hexval(p[2]), d = hexval(p[3]);
+    if ((a | b | c | d) < 0) return -1;
+    return (long)a << 12 | b << 8 | c << 4 | d;
+}
+
+typedef struct {
+    const unsigned char *base, *end;
+    tj_error *err;
+} vctx;
+
+static const unsigned char *vfail(const vctx *v, const unsigned char *at, const char *what)
+{
+    v->err->offset = (size_t)(at - v->base);
+    snprintf(v->err->msg, sizeof v->err->msg, "%s at offset %zu", what, v->err->offset);
+    return NULL;
+}
+
+static const unsigned char *vfail_char(const vctx *v, const unsigned char *at)
+{
+    char what[48];
+    if (at == v->end) return vfail(v, at, "unexpected end of input");
+    if (*at >= 0x20 && *at < 0x7F) snprintf(what, sizeof what, "unexpected character '%c'", *at);
+    else snprintf(what, sizeof what, "unexpected byte 0x%02X", *at);
+    return vfail(v, at, what);
+}
+
+/* An escape; p is at the backslash. Returns the position after it. */
+static const unsigned char *v_escape(const vctx *v, const unsigned char *p)
+{
+    const unsigned char *end = v->end;
+    if (end - p < 2) return vfail(v, p, "unterminated escape");
+    switch (p[1]) {
+    case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
+        return p + 2;
+    case 'u': break;
+    default: return vfail(v, p, "invalid escape");
+    }
+    long u;
+    if (end - p < 6 || (u = hex4(p + 2)) < 0) return vfail(v, p, "invalid \\u escape");
+    if (u >= 0xDC00 && u <= 0xDFFF) return vfail(v, p, "lone surrogate in \\u escape");
+    if (u < 0xD800 || u > 0xDBFF) return p + 6;
+    long lo;
+    if (end - p < 12 || p[6] != '\\' || p[7] != 'u' || (lo = hex4(p + 8)) < 0xDC00 || lo > 0xDFFF)
+        return vfail(v, p, "lone surrogate in \\u escape");
+    return p + 12;
+}
+
+/* A string; p is at the opening quote. Returns the position after the closing quote. */
+static const unsigned char *v_string(const vctx *v, const unsigned char *p)
+{
+    const unsigned char *open = p, *end = v->end;
+    p++;
+    for (;;) {
+        while (end - p >= 8 && !str_special8(load8(p))) p += 8;
+        if (p == end) return vfail(v, open, "unterminated string");
+        switch (str_class[*p]) {
+        case SC_PLAIN: p++; break;
+        case SC_QUOTE: return p + 1;
+        case SC_ESC:
+            if (!(p = v_escape(v, p))) return NULL;
+            break;
+        case SC_CTRL: return vfail(v, p, "control character in string");
+        default: {
+            int n = utf8_seq(p, end);
+            if (!n) return vfail(v, p, "invalid UTF-8");
+            p += n;
+        }
+        }
+    }
+}
+
+static const unsigned char *v_digits(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end && is_digit(*p)) p++;
+    return p;
+}
+
+/* A number; p is at '-' or a digit. Returns the position after it. */
+static const unsigned char *v_number(const vctx *v, const unsigned char *p)
+{
+    const unsigned char *start = p, *end = v->end;
+    if (*p == '-') p++;
+    if (p == end || !is_digit(*p)) return vfail(v, start, "invalid number");
+    const unsigned char *i0 = p;
+    p = *p == '0' ? p + 1 : v_digits(p, end);
+    int check = p - i0 > 308;
+    if (p < end && *p == '.') {
+        p++;
+        if (p == end || !is_digit(*p)) return vfail(v, start, "invalid number");
+        p = v_digits(p, end);
+    }
+    if (p < end && (*p | 0x20) == 'e') {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p == end || !is_digit(*p)) return vfail(v, start, "invalid number");
+        p = v_digits(p, end);
+        check = 1;
+    }
+    if (check && !literal_finite(start, p)) return vfail(v, start, "number out of range");
+    return p;
+}
+
+static const unsigned char *v_literal(const vctx *v, const unsigned char *p, const char *word, size_t n)
+{
+    if ((size_t)(v->end - p) < n || memcmp(p, word, n) != 0) return vfail(v, p, "invalid literal");
+    return p + n;
+}
+
+static int is_ws(unsigned char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+
+static const unsigned char *skip_ws(const unsigned char *p, const unsigned char *end)
+{
+    while (p < end && is_ws(*p)) p++;
+    return p;
+}
+
+int tj_validate(const char *s, size_t len, tj_error *err)
+{
+    tj_error scratch_err;
+    vctx v = {(const unsigned char *)s, (const unsigned char *)s + len, err ? err : &scratch_err};
+    const unsigned char *p = v.base, *end = v.end;
+    uint64_t objects = 0; /* bit 0 describes the innermost open container: 1 = object */
+    int depth = 0;
+
+value:
+    p = skip_ws(p, end);
+    if (p == end) goto bad_char;
+    switch (*p) {
+    case '"': p = v_string(&v, p); break;
+    case '{':
+    case '[':
+        if (depth == TJ_MAX_DEPTH) {
+            char what[40];
+            snprintf(what, sizeof what, "nesting deeper than %d", TJ_MAX_DEPTH);
+            vfail(&v, p, what);
+            return -1;
+        }
+        depth++;
+        objects = objects << 1 | (*p == '{');
+        p = skip_ws(p + 1, end);
+        if (p < end && *p == (objects & 1 ? '}' : ']')) { p++; goto close; }
+        if (objects & 1) goto key;
+        goto value;
+    case 't': p = v_literal(&v, p, "true", 4); break;
+    case 'f': p = v_literal(&v, p, "false", 5); break;
+    case 'n': p = v_literal(&v, p, "null", 4); break;
+    case '-': case '0': case '1': case '2': case '3': case '4':
+    case '5': case '6': case '7': case '8': case '9':
+        p = v_number(&v, p);
+        break;
+    default: goto bad_char;
+    }
+    if (!p) return -1;
+after:
+    p = skip_ws(p, end);
+    if (depth == 0) {
+        if (p != end) { vfail(&v, p, "trailing characters"); return -1; }
+        return 0;
+    }
+    if (p == end) goto bad_char;
+    if (*p == ',') {
+        p = skip_ws(p + 1, end);
+        if (objects & 1) goto key;
+        goto value;
+    }
+    if (*p != (objects & 1 ? '}' : ']')) goto bad_char;
+    p++;
+close:
+    depth--;
+    objects >>= 1;
+    goto after;
+key:
+    if (p == end || *p != '"') goto bad_char;
+    if (!(p = v_string(&v, p))) return -1;
+    p = skip_ws(p, end);
+    if (p == end || *p != ':') goto bad_char;
+    p++;
+    goto value;
+bad_char:
+    vfail_char(&v, p);
+    return -1;
+}
+
+/* ======================================================================== build */
+
+tj_value *tj_new(tj_arena *a, tj_type t)
+{
+    tj_value *v = tj_alloc(a, sizeof *v);
+    if (!v) return NULL;
+    memset(v, 0, sizeof *v);
+    v->type = t;
+    if (t == TJ_STRING || t == TJ_RAW) v->u.str.s = "";
+    return v;
+}
+
+tj_value *tj_new_int(tj_arena *a, int64_t i)
+{
+    tj_value *v = tj_new(a, TJ_INT);
+    if (v) v->u.i = i;
+    return v;
+}
+
+tj_value *tj_new_double(tj_arena *a, double d)
+{
+    tj_value *v = tj_new(a, TJ_DOUBLE);
+    if (v) v->u.d = d;
+    return v;
+}
+
+static tj_value *new_strlike(tj_arena *a, tj_type t, const char *s, size_t len)
+{
+    tj_value *v = tj_new(a, t);
+    if (!v) return NULL;
+    char *c = tj_strdup(a, s, len);
+    if (!c) return NULL;
+    v->u.str.s = c;
+    v->u.str.len = len;
+    return v;
+}
+
+tj_value *tj_new_string(tj_arena *a, const char *s, size_t len) { return new_strlike(a, TJ_STRING, s, len); }
+tj_value *tj_new_raw(tj_arena *a, const char *json, size_t len) { return new_strlike(a, TJ_RAW, json, len); }
+
+/* Makes room for one more element of size sz in an arena array; the old block is simply abandoned. */
+static void *grow_array(tj_arena *a, void *items, size_t n, size_t *cap, size_t sz)
+{
+    if (n < *cap) return items;
+    size_t ncap = *cap ? *cap * 2 : 4;
+    if (ncap < n + 1) ncap = n + 1;
+    if (ncap > SIZE_MAX / sz) return NULL;
+    void *p = tj_alloc(a, ncap * sz);
+    if (!p) return NULL;
+    if (n) memcpy(p, items, n * sz);
+    *cap = ncap;
+    return p;
+}
+
+int tj_array_push(tj_arena *a, tj_value *arr, tj_value *v)
+{
+    if (!arr || arr->type != TJ_ARRAY) return -1;
+    tj_value **items = grow_array(a, arr->u.arr.items, arr->u.arr.n, &arr->u.arr.cap, sizeof *items);
+    if (!items) return -1;
+    items[arr->u.arr.n++] = v;
+    arr->u.arr.items = items;
+    return 0;
+}
+
+/* Index of the last member named key (JSON's "last one wins"), or -1. */
+static long find_member(const tj_value *obj, const char *key, size_t klen)
+{
+    for (size_t i = obj->u.obj.n; i-- > 0;) {
+        const tj_member *m = &obj->u.obj.m[i];
+        if (m->klen == klen && memcmp(m->key, key, klen) == 0) return (long)i;
+    }
+    return -1;
+}
+
+int tj_object_set(tj_arena *a, tj_value *obj, const char *key, size_t klen, tj_value *v)
+{
+    if (!obj || obj->type != TJ_OBJECT) return -1;
+    long i = find_member(obj, key, klen);
+    if (i >= 0) {
+        obj->u.obj.m[i].val = v;
+        return 0;
+    }
+    char *k = tj_strdup(a, key, klen);
+    tj_member *m = grow_array(a, obj->u.obj.m, obj->u.obj.n, &obj->u.obj.cap, sizeof *m);
+    if (!k || !m) return -1;
+    m[obj->u.obj.n++] = (tj_member){k, klen, v};
+    obj->u.obj.m = m;
+    return 0;
+}
+
+tj_value *tj_object_get(const tj_value *obj, const char *key)
+{
+    if (!obj || obj->type != TJ_OBJECT) return NULL;
+    long i = find_member(obj, key, strlen(key));
+    return i < 0 ? NULL : obj->u.obj.m[i].val;
+}
+
+int tj_object_remove(tj_value *obj, const char *key)
+{
+    if (!obj || obj->type != TJ_OBJECT) return 0;
+    size_t klen = strlen(key), kept = 0, n = obj->u.obj.n;
+    tj_member *m = obj->u.obj.m;
+    for (size_t i = 0; i < n; i++) /* drops duplicates too, keeping the order of the rest */
+        if (!(m[i].klen == klen && memcmp(m[i].key, key, klen) == 0)) m[kept++] = m[i];
+    obj->u.obj.n = kept;
+    return kept != n;
+}
+
+/* ======================================================================== parse (trusting builder) */
+
+typedef struct {
+    tj_arena *a;
+    const unsigned char *p, *end;
+    size_t top; /* bytes used in a->scratch */
+} bctx;
+
+static int scratch_push(bctx *c, const void *item, size_t sz)
+{
+    tj_arena *a = c->a;
+    if (c->top + sz > a->scratch_cap) {
+        size_t cap = a->scratch_cap ? a->scratch_cap * 2 : 1024;
+        unsigned char *s = realloc(a->scratch, cap);
+        if (!s) return -1;
+        a->scratch = s;
+        a->scratch_cap = cap;
+    }
+    memcpy(a->scratch + c->top, item, sz);
+    c->top += sz;
+    return 0;
+}
+
+static void b_ws(bctx *c) { c->p = skip_ws(c->p, c->end); }
+
+static char *put_utf8(char *o, unsigned long u)
+{
+    if (u < 0x80) { *o++ = (char)u; return o; }
+    if (u < 0x800) {
+        *o++ = (char)(0xC0 | u >> 6);
+    } else {
+        if (u < 0x10000) {
+            *o++ = (char)(0xE0 | u >> 12);
+        } else {
+            *o++ = (char)(0xF0 | u >> 18);
+            *o++ = (char)(0x80 | (u >> 12 & 0x3F));
+        }
+        *o++ = (char)(0x80 | (u >> 6 & 0x3F));
+    }
+    *o++ = (char)(0x80 | (u & 0x3F));
+    return o;
+}
+
+/* Decodes the escaped string body [p, e) into o; returns the end of the output. */
+static char *unescape(char *o, const unsigned char *p, const unsigned char *e)
+{
+    while (p < e) {
+        if (*p != '\\') { *o++ = (char)*p++; continue; }
+        unsigned char c = p[1];
+        p += 2;
+        switch (c) {
+        case 'b': *o++ = '\b'; break;
+        case 'f': *o++ = '\f'; break;
+        case 'n': *o++ = '\n'; break;
+        case 'r': *o++ = '\r'; break;
+        case 't': *o++ = '\t'; break;
+        case 'u': {
+            unsigned long u = (unsigned long)hex4(p);
+            p += 4;
+            if (u >= 0xD800 && u <= 0xDBFF) { /* the validator guaranteed the low half follows */
+                u = 0x10000 + ((u - 0xD800) << 10) + ((unsigned long)hex4(p + 2) - 0xDC00);
+                p += 6;
+            }
+            o = put_utf8(o, u);
+            break;
+        }
+        default: *o++ = (char)c; /* " \ / */
+        }
+    }
+    return o;
+}
+
+/* Reads a string at c->p (the opening quote) into the arena. */
+static int b_string(bctx *c, const char **out, size_t *outlen)
+{
+    const unsigned char *q = c->p + 1, *r = q, *end = c->end;
+    int escaped = 0;
+    for (;;) {
+        while (end - r >= 8) {
+            uint64_t w = load8(r);
+            if (has_zero_byte(w ^ (ONES * '"')) | has_zero_byte(w ^ (ONES * '\\'))) break;
+            r += 8;
+        }
+        if (*r == '"') break;
+        if (*r == '\\') { escaped = 1; r += 2; }
+        else r++;
+    }
+    c->p = r + 1;
+    size_t n = (size_t)(r - q);
+    if (!escaped) {
+        *out = tj_strdup(c->a, (const char *)q, n);
+        *outlen = n;
+        return *out ? 0 : -1;
+    }
+    char *s = alloc_bytes(c->a, n + 1); /* decoding never lengthens the text */
+    if (!s) return -1;
+    char *e = unescape(s, q, r);
+    *e = '\0';
+    *out = s;
+    *outlen = (size_t)(e - s);
+    return 0;
+}
+
+static tj_value *b_number(bctx *c)
+{
+    const unsigned char *s = c->p, *p = s;
+    int neg = *p == '-';
+    p += neg;
+    uint64_t u = 0;
+    int fits = 1;
+    for (; p < c->end && is_digit(*p); p++) {
+        unsigned d = *p - '0';
+        if (u > (UINT64_MAX - d) / 10) fits = 0;
+        else u = u * 10 + d;
+    }
+    int integral = !(p < c->end && (*p == '.' || (*p | 0x20) == 'e'));
+    while (p < c->end && (is_digit(*p) || *p == '.' || *p == 'e' || *p == 'E' || *p == '+' || *p == '-'))
+        p++;
+    c->p = p;
+    /* "-0" stays a double so that it keeps its sign through a round trip. */
+    if (integral && fits && !(neg && u == 0)) {
+        if (!neg && u <= (uint64_t)INT64_MAX) return tj_new_int(c->a, (int64_t)u);
+        if (neg && u <= (uint64_t)INT64_MAX + 1) return tj_new_int(c->a, (int64_t)(0 - u));
+    }
+    double d = literal_to_double((const char *)s, (const char *)p);
+    if (isnan(d)) return NULL; /* OOM for a huge literal */
+    return tj_new_double(c->a, d);
+}
+
+static tj_value *b_value(bctx *c);
+
+static tj_value *b_array(bctx *c)
+{
+    tj_value *v = tj_new(c->a, TJ_ARRAY);
+    if (!v) return NULL;
+    c->p++;
+    b_ws(c);
+    if (*c->p == ']') { c->p++; return v; }
+    size_t base = c->top;
+    for (;;) {
+        tj_value *item = b_value(c);
+        if (!item || scratch_push(c, &item, sizeof item)) return NULL;
+        b_ws(c);
+        if (*c->p++ == ']') break;
+    }
+    size_t n = (c->top - base) / sizeof(tj_value *);
+    tj_value **items = tj_alloc(c->a, n * sizeof *items);
+    if (!items) return NULL;
+    memcpy(items, c->a->scratch + base, n * sizeof *items);
+    c->top = base;
+    v->u.arr.items = items;
+    v->u.arr.n = v->u.arr.cap = n;
+    return v;
+}
+
+static tj_value *b_object(bctx *c)
+{
+    tj_value *v = tj_new(c->a, TJ_OBJECT);
+    if (!v) return NULL;
+    c->p++;
+    b_ws(c);
+    if (*c->p == '}') { c->p++; return v; }
+    size_t base = c->top;
+    for (;;) {
+        tj_member m;
+        b_ws(c);
+        if (b_string(c, &m.key, &m.klen)) return NULL;
+        b_ws(c);
+        c->p++; /* ':' */
+        if (!(m.val = b_value(c)) || scratch_push(c, &m, sizeof m)) return NULL;
+        b_ws(c);
+        if (*c->p++ == '}') break;
+    }
+    size_t n = (c->top - base) / sizeof(tj_member);
+    tj_member *m = tj_alloc(c->a, n * sizeof *m);
+    if (!m) return NULL;
+    memcpy(m, c->a->scratch + base, n * sizeof *m);
+    c->top = base;
+    v->u.obj.m = m;
+    v->u.obj.n = v->u.obj.cap = n;
+    return v;
+}
+
+static tj_value *b_value(bctx *c)
+{
+    b_ws(c);
+    switch (*c->p) {
+    case '{': return b_object(c);
+    case '[': return b_array(c);
+    case '"': {
+        tj_value *v = tj_new(c->a, TJ_STRING);
+        if (!v || b_string(c, &v->u.str.s, &v->u.str.len)) return NULL;
+        return v;
+    }
+    case 't': c->p += 4; return tj_new(c->a, TJ_TRUE);
+    case 'f': c->p += 5; return tj_new(c->a, TJ_FALSE);
+    case 'n': c->p += 4; return tj_new(c->a, TJ_NULL);
+    default: return b_number(c);
+    }
+}
+
+int tj_parse(tj_arena *a, const char *s, size_t len, tj_value **out, tj_error *err)
+{
+    tj_error scratch_err;
+    if (!err) err = &scratch_err;
+    *out = NULL;
+    if (tj_validate(s, len, err)) return -1;
+    bctx c = {a, (const unsigned char *)s, (const unsigned char *)s + len, 0};
+    tj_value *v = b_value(&c);
+    if (!v) {
+        err->offset = 0;
+        snprintf(err->msg, sizeof err->msg, "out of memory");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int tj_expand(tj_arena *a, tj_value *v, tj_error *err)
+{
+    if (v->type != TJ_RAW) return 0;
+    tj_value *t;
+    if (tj_parse(a, v->u.str.s, v->u.str.len, &t, err)) return -1;
+    *v = *t;
+    return 0;
+}
+
+/* ======================================================================== write: numbers */
+
+static size_t put_u64(char *o, uint64_t u)
+{
+    char tmp[20];
+    size_t n = 0;
+    do { tmp[n++] = (char)('0' + u % 10); u /= 10; } while (u);
+    for (size_t i = 0; i < n; i++) o[i] = tmp[n - 1 - i];
+    return n;
+}
+
+static void write_int(tbuf *b, int64_t i)
+{
+    char buf[24];
+    size_t n = 0;
+    uint64_t u = (uint64_t)i;
+    if (i < 0) { buf[n++] = '-'; u = 0 - u; }
+    n += put_u64(buf + n, u);
+    tbuf_append(b, buf, n);
+}
+
+/* The `prec` significant digits of d > 0 as printf rounds them exactly; *e10 gets the decimal
+ * exponent of the first digit. Only digits are read back, so the locale's decimal point (which
+ * printf does honour) cannot leak into the result. */
+static int digits_at(double d, int prec, char *dig, int *e10)
+{
+    char buf[64];
+    snprintf(buf, sizeof buf, "%.*e", prec - 1, d);
+    int k = 0;
+    const char *p = buf;
+    for (; *p && *p != 'e'; p++) if (is_digit((unsigned char)*p)) dig[k++] = *p;
+    *e10 = atoi(p + 1);
+    return k;
+}
+
+static uint64_t digits_value(const char *dig, int k)
+{
+    uint64_t w = 0;
+    for (int i = 0; i < k; i++) w = w * 10 + (uint64_t)(dig[i] - '0');
+    return w;
+}
+
+/* The double nearest to 0.dig * 10^(e10+1), i.e. d[0].d[1..] * 10^e10. */
+static double digits_to_double(const char *dig, int k, int e10)
+{
+    double d;
+    if (fast_scale(digits_value(dig, k), e10 - (k - 1), &d)) return d;
+    char buf[48];
+    memcpy(buf, dig, (size_t)k);
+    snprintf(buf + k, sizeof buf - (size_t)k, "e%d", e10 - (k - 1));
+    return c_strtod(buf);
+}
+
+static int strip_zeros(const char *dig, int k)
+{
+    while (k > 1 && dig[k - 1] == '0') k--;
+    return k;
+}
+
+/* The nearest k-digit candidate failed; the one on the other side of d may still round-trip. This
+ * matters just above powers of two, where the round-trip interval is lopsided. */
+static int try_other_side(double d, char *dig, int k, int *e10)
+{
+    uint64_t w = digits_value(dig, k), lo = 1, hi;
+    for (int i = 1; i < k; i++) lo *= 10;
+    hi = lo * 10;
+    int e = *e10;
+    if (digits_to_double(dig, k, e) < d) { if (++w == hi) { w = lo; e++; } }
+    else if (--w < lo) { w = hi - 1; e--; }
+    char cand[20];
+    for (int i = k; i-- > 0; w /= 10) cand[i] = (char)('0' + w % 10);
+    if (digits_to_double(cand, k, e) != d) return 0;
+    memcpy(dig, cand, (size_t)k);
+    *e10 = e;
+    return 1;
+}
+
+/* Digits of the integer w (> 0) taken as w * 10^-scale. */
+static int digits_of(uint64_t w, int scale, char *dig, int *e10)
+{
+    int k = (int)put_u64(dig, w);
+    *e10 = k - 1 - scale;
+    return strip_zeros(dig, k);
+}
+
+/* Events are full of short decimals (prices, ratios, durations). Finds the fewest decimals k for
+ * which an integer w makes w / 10^k read back as d, using one exact division per try. Below 2^51
+ * the round-trip radius of x = d*10^k is <= 0.25 and fl(x) is within 0.125 of x, so the only
+ * possible w is the integer nearest fl(x): the first k that works gives the shortest digits. */
+static int short_decimal(double d, char *dig, int *e10)
+{
+#if defined(FLT_EVAL_METHOD) && FLT_EVAL_METHOD == 0
+    for (int k = 1; k <= 22; k++) {
+        double x = d * pow10_exact[k];
+        if (x >= 2251799813685248.0) break;
+        double w = floor(x + 0.5);
+        if (w > 0 && w / pow10_exact[k] == d) return digits_of((uint64_t)w, k, dig, e10);
+    }
+#else
+    (void)d; (void)dig; (void)e10;
+#endif
+    return 0;
+}
+
+/* printf's exactly rounded digits of d at WIDE significant digits. nearest() rounds them to fewer
+ * digits itself, so the general case costs one printf instead of one per precision tried. */
+#define WIDE 25
+typedef struct {
+    double d;
+    char dig[WIDE + 1];
+    int e10;
+} wide_t;
+
+static void wide_init(wide_t *w, double d)
+{
+    w->d = d;
+    w->dig[digits_at(d, WIDE, w->dig, &w->e10)] = '\0';
+}
+
+/* The nearest p-digit (p < WIDE) decimal to w->d. */
+static int nearest(const wide_t *w, int p, char *dig, int *e10)
+{
+    const char *cut = w->dig + p;
+    int up = *cut > '5' || (*cut == '5' && strspn(cut + 1, "0") < (size_t)(WIDE - p - 1));
+    /* "5000..." at WIDE digits may itself be rounded, so only printf knows which way it goes */
+    if (*cut == '5' && !up) return digits_at(w->d, p, dig, e10);
+    memcpy(dig, w->dig, (size_t)p);
+    *e10 = w->e10;
+    if (up) {
+        int i = p - 1;
+        while (i >= 0 && dig[i] == '9') dig[i--] = '0';
+        if (i >= 0) dig[i]++;
+        else { dig[0] = '1'; ++*e10; }
+    }
+    return p;
+}
+
+/* Shortest digits that read back as d (finite, > 0). Returns the digit count, no trailing zeros. */
+static int shortest_digits(double d, char *dig, int *e10)
+{
+    /* An integer below 2^53 is exact and any shorter decimal is at least 1 away: print it. */
+    if (d < (double)TWO53 && d == (double)(uint64_t)d) return digits_of((uint64_t)d, 0, dig, e10);
+    int k = short_decimal(d, dig, e10);
+    if (k) return k;
+    wide_t w;
+    wide_init(&w, d);
+    if (d >= DBL_MIN) {
+        /* Any decimal of <= 15 digits survives decimal->double->15 digits (DBL_DIG), so if a
+         * 15-digit rendering round-trips, stripping its zeros gives the shortest. Otherwise 16
+         * digits may do (nearest or its other neighbour), and 17 always do. */
+        k = strip_zeros(dig, nearest(&w, 15, dig, e10));
+        if (digits_to_double(dig, k, *e10) == d) return k;
+        k = nearest(&w, 16, dig, e10);
+        if (digits_to_double(dig, k, *e10) == d || try_other_side(d, dig, k, e10))
+            return strip_zeros(dig, k);
+        return strip_zeros(dig, nearest(&w, 17, dig, e10));
+    }
+    /* Subnormals have fewer significant bits, so DBL_DIG does not apply; their round-trip interval
+     * is symmetric, so "nearest p digits round-trip" is monotone in p: binary search. */
+    int lo = 1, hi = 17;
+    while (lo < hi) {
+        int mid = (lo + hi) / 2, e;
+        char tmp[WIDE];
+        k = nearest(&w, mid, tmp, &e);
+        if (digits_to_double(tmp, k, e) == d) hi = mid;
+        else lo = mid + 1;
+    }
+    return strip_zeros(dig, nearest(&w, hi, dig, e10));
+}
+
+/* Formats finite d; returns the length. Plain notation for exponents -6..20, else d.ddde-N. */
+static size_t format_double(double d, char *out)
+{
+    char *o = out;
+    if (signbit(d)) { *o++ = '-'; d = -d; }
+    if (d == 0) { memcpy(o, "0.0", 3); return (size_t)(o + 3 - out); }
+    char dig[24];
+    int e, k = shortest_digits(d, dig, &e);
+    if (e > 20 || e < -6) {
+        *o++ = dig[0];
+        if (k > 1) { *o++ = '.'; memcpy(o, dig + 1, (size_t)k - 1); o += k - 1; }
+        o += sprintf(o, "e%d", e);
+    } else if (e < 0) {
+        *o++ = '0';
+        *o++ = '.';
+        for (int i = -1; i > e; i--) *o++ = '0';
+        memcpy(o, dig, (size_t)k);
+        o += k;
+    } else {
+        for (int i = 0; i <= e; i++) *o++ = i < k ? dig[i] : '0';
+        *o++ = '.';
+        if (k > e + 1) { memcpy(o, dig + e + 1, (size_t)(k - e - 1)); o += k - e - 1; }
+        else *o++ = '0';
+    }
+    return (size_t)(o - out);
+}
+
+void tj_write_double(tbuf *b, double d)
+{
+    if (!isfinite(d)) { tbuf_append(b, "null", 4); return; }
+    char buf[48];
+    tbuf_append(b, buf, format_double(d, buf));
+}
+
+/* ======================================================================== write: strings, trees */
+
+/* Bytes the writer must look at: < 0x20, '"', '\\' and 0xE2 (lead byte of U+2028/U+2029). */
+static uint64_t write_special8(uint64_t w)
+{
+    return ((w - ONES * 0x20) & ~w & HIGHS) | has_zero_byte(w ^ (ONES * '"')) |
+           has_zero_byte(w ^ (ONES * '\\')) | has_zero_byte(w ^ (ONES * 0xE2));
+}
+
+static int needs_escape(const unsigned char *p, const unsigned char *end)
+{
+    unsigned char c = *p;
+    if (c == 0xE2) return end - p >= 3 && p[1] == 0x80 && (p[2] == 0xA8 || p[2] == 0xA9);
+    return c < 0x20 || c == '"' || c == '\\';
+}
+
+/* Writes the escape for the byte(s) at p (needs_escape() said so); returns the bytes consumed. */
+static size_t write_escape(tbuf *b, const unsigned char *p)
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char c = *p;
+    char e[6] = {'\\', 0};
+    switch (c) {
+    case '"': case '\\': e[1] = (char)c; break;
+    case '\b': e[1] = 'b'; break;
+    case '\f': e[1] = 'f'; break;
+    case '\n': e[1] = 'n'; break;
+    case '\r': e[1] = 'r'; break;
+    case '\t': e[1] = 't'; break;
+    case 0xE2:
+        tbuf_append(b, p[2] == 0xA8 ? "\\u2028" : "\\u2029", 6);
+        return 3;
+    default:
+        memcpy(e, "\\u00", 4);
+        e[4] = hex[c >> 4];
+        e[5] = hex[c & 15];
+        tbuf_append(b, e, 6);
+        return 1;
+    }
+    tbuf_append(b, e, 2);
+    return 1;
+}
+
+void tj_write_string(tbuf *b, const char *s, size_t len)
+{
+    if (tbuf_reserve(b, len + 2)) return;
+    tbuf_putc(b, '"');
+    const unsigned char *p = (const unsigned char *)s, *end = p + len, *run = p;
+    while (p < end) {
+        while (end - p >= 8 && !write_special8(load8(p))) p += 8;
+        if (p == end) break;
+        if (!needs_escape(p, end)) { p++; continue; }
+        if (p > run) tbuf_append(b, run, (size_t)(p - run));
+        p += write_escape(b, p);
+        run = p;
+    }
+    if (p > run) tbuf_append(b, run, (size_t)(p - run));
+    tbuf_putc(b, '"');
+}
+
+static int write_value(tbuf *b, const tj_value *v)
+{
+    switch (v->type) {
+    case TJ_NULL: tbuf_append(b, "null", 4); break;
+    case TJ_FALSE: tbuf_append(b, "false", 5); break;
+    case TJ_TRUE: tbuf_append(b, "true", 4); break;
+    case TJ_INT: write_int(b, v->u.i); break;
+    case TJ_DOUBLE:
+        if (!isfinite(v->u.d)) return -1;
+        tj_write_double(b, v->u.d);
+        break;
+    case TJ_STRING: tj_write_string(b, v->u.str.s, v->u.str.len); break;
+    case TJ_RAW: tbuf_append(b, v->u.str.s, v->u.str.len); break;
+    case TJ_ARRAY:
+        tbuf_putc(b, '[');
+        for (size_t i = 0; i < v->u.arr.n; i++) {
+            if (i) tbuf_putc(b, ',');
+            if (write_value(b, v->u.arr.items[i])) return -1;
+        }
+        tbuf_putc(b, ']');
+        break;
+    case TJ_OBJECT:
+        tbuf_putc(b, '{');
+        for (size_t i = 0; i < v->u.obj.n; i++) {
+            const tj_member *m = &v->u.obj.m[i];
+            if (i) tbuf_putc(b, ',');
+            tj_write_string(b, m->key, m->klen);
+            tbuf_putc(b, ':');
+            if (write_value(b, m->val)) return -1;
+        }
+        tbuf_putc(b, '}');
+        break;
+    default: return -1;
+    }
+    return b->oom ? -1 : 0;
+}
+
+int tj_write(tbuf *b, const tj_value *v) { return write_value(b, v); }

@@ -1,0 +1,98 @@
+/* tally's exact JSON codec.
+ *
+ * Why our own: messages must survive JSON -> C -> Lua -> JSON unchanged. 64-bit integers stay
+ * integers, doubles print in the shortest form that reads back to the same bits, null and [] keep
+ * their identity, and strings are validated UTF-8. Debian's lua-cjson does none of these exactly.
+ *
+ * Values live in an arena (tj_arena): a message's whole tree is freed at once. Strings are stored
+ * with their length and may contain NUL. TJ_RAW holds already-validated JSON text that is written
+ * out verbatim: the hot path passes caller properties through without building a tree. */
+#ifndef TALLY_JSON_H
+#define TALLY_JSON_H
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+#define TJ_MAX_DEPTH 64
+
+typedef enum {
+    TJ_NULL, TJ_FALSE, TJ_TRUE, TJ_INT, TJ_DOUBLE, TJ_STRING, TJ_ARRAY, TJ_OBJECT, TJ_RAW
+} tj_type;
+
+typedef struct tj_value  tj_value;
+typedef struct tj_member tj_member;
+
+struct tj_value {
+    tj_type type;
+    union {
+        int64_t i;
+        double  d;
+        struct { const char *s; size_t len; } str;           /* TJ_STRING and TJ_RAW */
+        struct { tj_value **items; size_t n, cap; } arr;      /* TJ_ARRAY */
+        struct { tj_member *m; size_t n, cap; } obj;          /* TJ_OBJECT, insertion order kept */
+    } u;
+};
+
+struct tj_member {
+    const char *key;
+    size_t      klen;
+    tj_value   *val;
+};
+
+typedef struct tj_error {
+    size_t offset;     /* byte offset into the input where the problem was found */
+    char   msg[128];   /* e.g. "invalid UTF-8 at offset 17", "nesting deeper than 64 at offset 130" */
+} tj_error;
+
+/* ---- arena ---- */
+typedef struct tj_arena tj_arena;
+tj_arena *tj_arena_new(void);
+void     *tj_alloc(tj_arena *a, size_t n);           /* 16-byte aligned; NULL on OOM */
+char     *tj_strdup(tj_arena *a, const char *s, size_t n); /* NUL-terminated copy */
+void      tj_arena_reset(tj_arena *a);               /* frees all values, keeps the first chunk */
+void      tj_arena_free(tj_arena *a);
+
+/* ---- parse / validate ----
+ * Both return 0 on success, -1 with *err filled on failure. Whitespace around the value is allowed,
+ * anything else after it is an error. Numbers: an integer literal (no '.', 'e') within int64 is
+ * TJ_INT; anything else is TJ_DOUBLE; literals that overflow a double (1e999) are errors. */
+int tj_parse(tj_arena *a, const char *s, size_t len, tj_value **out, tj_error *err);
+/* Same checks as tj_parse (syntax, UTF-8, depth, numbers) without building anything: cheap enough
+ * for the caller's thread. */
+int tj_validate(const char *s, size_t len, tj_error *err);
+
+/* ---- build ---- (NULL on OOM) */
+tj_value *tj_new(tj_arena *a, tj_type t);
+tj_value *tj_new_int(tj_arena *a, int64_t i);
+tj_value *tj_new_double(tj_arena *a, double d);
+tj_value *tj_new_string(tj_arena *a, const char *s, size_t len);  /* copies s */
+tj_value *tj_new_raw(tj_arena *a, const char *json, size_t len);  /* copies; caller vouches it is valid */
+int       tj_array_push(tj_arena *a, tj_value *arr, tj_value *v);  /* 0 ok, -1 OOM */
+/* Sets key (replacing an existing member with the same key); copies the key. 0 ok, -1 OOM. */
+int       tj_object_set(tj_arena *a, tj_value *obj, const char *key, size_t klen, tj_value *v);
+tj_value *tj_object_get(const tj_value *obj, const char *key);     /* NULL when absent or not object */
+int       tj_object_remove(tj_value *obj, const char *key);        /* 1 removed, 0 absent */
+/* Turns a TJ_RAW value into a real tree in place (same arena). 0 ok, -1 on error. */
+int       tj_expand(tj_arena *a, tj_value *v, tj_error *err);
+
+/* ---- write ----
+ * Compact JSON (no spaces). Strings: escapes only what JSON requires ("\\ \" and < 0x20, plus
+ * U+2028/2029 as \u2028/\u2029); other UTF-8 is written as is. Doubles: shortest round-trip text;
+ * an integral double keeps a ".0" (or exponent) so it reads back as a double. NaN and +-Inf cannot
+ * be represented: tj_write returns -1 for them. Returns 0, or -1 (b->oom or NaN/Inf). */
+int tj_write(tbuf *b, const tj_value *v);
+void tj_write_string(tbuf *b, const char *s, size_t len);           /* quoted + escaped */
+void tj_write_double(tbuf *b, double d);                            /* shortest round-trip form */
+/* Doubles use plain notation when the decimal exponent is in [-6, 20] ("0.000001", "1.0", "-0.0",
+ * "123456789012345680000.0"), else "1e21", "1e-7", "1.7976931348623157e308" (no '+', no leading
+ * exponent zeros). tj_write_double writes "null" for NaN/Inf; tj_write refuses them instead.
+ * Objects: tj_object_get/tj_object_set act on the LAST member with that key (JSON's "last one
+ * wins" when a parsed object has duplicates); tj_object_remove removes every member with it. */
+
+/* UTF-8 check used for strings that do not come through the parser (C API arguments).
+ * Returns 1 when valid; 0 when not, with *bad_offset (if non-NULL) set to the first bad byte.
+ * Rejects overlongs, surrogates (U+D800-DFFF), code points above U+10FFFF and truncated sequences. */
+int tj_utf8_valid(const char *s, size_t len, size_t *bad_offset);
+
+#endif

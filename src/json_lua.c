@@ -1,0 +1,490 @@
+/* tj_value <-> Lua bridge; the contract is in json_lua.h.
+ *
+ * This file is compiled against two different Lua builds, so it must not keep C state or rely on
+ * anything but the public API: shared objects (the array metatable, the arena box metatable) are
+ * found in the registry by name each time. */
+#include "json_lua.h"
+
+#include <lauxlib.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ARENA_BOX_MT "tally.arena_box"
+#define PUSH_MAX_DEPTH (4 * TJ_MAX_DEPTH) /* C-stack guard for trees built by hand */
+
+/* Only its address matters: it is what makes the empty-array marker unique. Never written. */
+static char empty_array_marker;
+
+/* ======================================================================== sentinels */
+
+void tjl_init(lua_State *L)
+{
+    luaL_newmetatable(L, TJL_ARRAY_MT); /* sets __name; returns the existing one if present */
+    lua_pop(L, 1);
+}
+
+void tjl_push_null(lua_State *L) { lua_pushlightuserdata(L, NULL); }
+void tjl_push_empty_array(lua_State *L) { lua_pushlightuserdata(L, &empty_array_marker); }
+
+int tjl_is_null(lua_State *L, int idx)
+{
+    return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == NULL;
+}
+
+int tjl_is_empty_array(lua_State *L, int idx)
+{
+    return lua_type(L, idx) == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == &empty_array_marker;
+}
+
+/* Pushes the array metatable, creating it on first use. */
+static void push_array_mt(lua_State *L)
+{
+    if (luaL_getmetatable(L, TJL_ARRAY_MT) == LUA_TTABLE) return;
+    lua_pop(L, 1);
+    luaL_newmetatable(L, TJL_ARRAY_MT);
+}
+
+void tjl_set_array(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE) return;
+    idx = lua_absindex(L, idx);
+    push_array_mt(L);
+    lua_setmetatable(L, idx);
+}
+
+/* Is the table at idx tagged with the metatable at stack index mt (0: none registered)? */
+static int has_mt(lua_State *L, int idx, int mt)
+{
+    if (!mt || !lua_getmetatable(L, idx)) return 0;
+    int same = lua_rawequal(L, -1, mt);
+    lua_pop(L, 1);
+    return same;
+}
+
+int tjl_is_array(lua_State *L, int idx)
+{
+    if (lua_type(L, idx) != LUA_TTABLE) return 0;
+    idx = lua_absindex(L, idx);
+    int found = luaL_getmetatable(L, TJL_ARRAY_MT) == LUA_TTABLE;
+    int r = found && has_mt(L, idx, lua_gettop(L));
+    lua_pop(L, 1);
+    return r;
+}
+
+/* ======================================================================== JSON -> Lua */
+
+typedef struct {
+    lua_State *L;
+    int mt; /* stack index of the array metatable */
+} pctx;
+
+static int push_value(pctx *c, const tj_value *v, int depth);
+
+static int push_array(pctx *c, const tj_value *v, int depth)
+{
+    lua_State *L = c->L;
+    size_t n = v->u.arr.n;
+    lua_createtable(L, n <= INT_MAX ? (int)n : 0, 0);
+    for (size_t i = 0; i < n; i++) {
+        if (push_value(c, v->u.arr.items[i], depth + 1)) return -1;
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    lua_pushvalue(L, c->mt);
+    lua_setmetatable(L, -2);
+    return 0;
+}
+
+static int push_object(pctx *c, const tj_value *v, int depth)
+{
+    lua_State *L = c->L;
+    size_t n = v->u.obj.n;
+    lua_createtable(L, 0, n <= INT_MAX ? (int)n : 0);
+    for (size_t i = 0; i < n; i++) {
+        const tj_member *m = &v->u.obj.m[i];
+        lua_pushlstring(L, m->key, m->klen);
+        if (push_value(c, m->val, depth + 1)) return -1;
+        lua_rawset(L, -3);
+    }
+    return 0;
+}
+
+static int arena_box_gc(lua_State *L)
+{
+    tj_arena **box = lua_touserdata(L, 1);
+    if (box && *box) {
+        tj_arena_free(*box);
+        *box = NULL;
+    }
+    return 0;
+}
+
+/* The parse arena lives in a full userdata with __gc while Lua values are being created, so a Lua
+ * memory error (a longjmp) cannot leak it. */
+static int push_raw(pctx *c, const tj_value *v, int depth)
+{
+    lua_State *L = c->L;
+    tj_arena **box = lua_newuserdata(L, sizeof *box);
+    *box = NULL;
+    if (luaL_newmetatable(L, ARENA_BOX_MT)) {
+        lua_pushcfunction(L, arena_box_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    if (!(*box = tj_arena_new())) return -1;
+    tj_value *t;
+    tj_error err;
+    int r = tj_parse(*box, v->u.str.s, v->u.str.len, &t, &err);
+    if (r == 0) r = push_value(c, t, depth);
+    tj_arena_free(*box);
+    *box = NULL;
+    if (r == 0) lua_remove(L, -2); /* the box */
+    return r;
+}
+
+static int push_value(pctx *c, const tj_value *v, int depth)
+{
+    lua_State *L = c->L;
+    if (depth > PUSH_MAX_DEPTH || !lua_checkstack(L, 4)) return -1;
+    switch (v->type) {
+    case TJ_NULL: lua_pushlightuserdata(L, NULL); return 0;
+    case TJ_FALSE: lua_pushboolean(L, 0); return 0;
+    case TJ_TRUE: lua_pushboolean(L, 1); return 0;
+    case TJ_INT:
+        /* a Lua built with 32-bit integers gets a float rather than a wrapped value */
+        if (v->u.i < LUA_MININTEGER || v->u.i > LUA_MAXINTEGER) lua_pushnumber(L, (lua_Number)v->u.i);
+        else lua_pushinteger(L, (lua_Integer)v->u.i);
+        return 0;
+    case TJ_DOUBLE: lua_pushnumber(L, (lua_Number)v->u.d); return 0;
+    case TJ_STRING: lua_pushlstring(L, v->u.str.s, v->u.str.len); return 0;
+    case TJ_ARRAY: return push_array(c, v, depth);
+    case TJ_OBJECT: return push_object(c, v, depth);
+    case TJ_RAW: return push_raw(c, v, depth);
+    }
+    return -1;
+}
+
+int tjl_push(lua_State *L, const tj_value *v)
+{
+    int top = lua_gettop(L);
+    if (!lua_checkstack(L, 8)) return -1;
+    push_array_mt(L);
+    pctx c = {L, lua_gettop(L)};
+    if (push_value(&c, v, 0)) {
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_remove(L, c.mt);
+    return 0;
+}
+
+/* ======================================================================== Lua -> JSON */
+
+typedef struct {
+    const char *key; /* NULL: array element */
+    size_t klen;
+    size_t index;    /* 0-based */
+} seg;
+
+typedef struct {
+    lua_State *L;
+    tj_arena *a;
+    tj_error *err;
+    const char *root;
+    int mt;     /* stack index of the array metatable, 0 when none is registered */
+    int depth;  /* tables being converted */
+    int npath;
+    seg path[TJ_MAX_DEPTH + 1];
+} cctx;
+
+/* Appends to a bounded buffer; the result is always NUL-terminated and possibly cut short. */
+typedef struct {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *p, size_t n)
+{
+    if (n > b->cap - 1 - b->len) n = b->cap - 1 - b->len;
+    memcpy(b->s + b->len, p, n);
+    b->len += n;
+    b->s[b->len] = '\0';
+}
+
+static int is_cont(unsigned char c) { return (c & 0xC0) == 0x80; }
+
+static int ident_like(const char *k, size_t n)
+{
+    if (n == 0 || (k[0] >= '0' && k[0] <= '9')) return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (!((c | 0x20) >= 'a' && (c | 0x20) <= 'z') && !(c >= '0' && c <= '9') && c != '_' &&
+            c != '$' && c != '-')
+            return 0;
+    }
+    return 1;
+}
+
+#define KEY_SHOWN 32 /* longer keys are cut to this many bytes in messages */
+
+static void put_key(sbuf *b, const char *k, size_t n, int first)
+{
+    size_t shown = n;
+    if (shown > KEY_SHOWN) {
+        shown = KEY_SHOWN - 3;
+        while (shown > 0 && is_cont((unsigned char)k[shown])) shown--; /* whole characters */
+    }
+    int ident = ident_like(k, n);
+    if (ident) {
+        if (!first) sb_put(b, ".", 1);
+    } else {
+        sb_put(b, "[\"", 2);
+    }
+    for (size_t i = 0; i < shown; i++) {
+        unsigned char c = (unsigned char)k[i];
+        if (c == '"' || c == '\\') sb_put(b, "\\", 1);
+        sb_put(b, c < 0x20 || c == 0x7F ? "?" : &k[i], 1); /* keep messages one clean line */
+    }
+    if (shown < n) sb_put(b, "...", 3);
+    if (!ident) sb_put(b, "\"]", 2);
+}
+
+static void format_path(const cctx *c, sbuf *b)
+{
+    if (c->root) sb_put(b, c->root, strlen(c->root));
+    for (int i = 0; i < c->npath; i++) {
+        const seg *s = &c->path[i];
+        if (s->key) {
+            put_key(b, s->key, s->klen, b->len == 0);
+        } else {
+            char idx[32];
+            sb_put(b, idx, (size_t)snprintf(idx, sizeof idx, "[%zu]", s->index));
+        }
+    }
+}
+
+/* Writes "path: what" into err->msg, eliding the middle of the path if it does not fit. */
+static int cfail(cctx *c, const char *fmt, ...)
+{
+    char what[96], pathbuf[(KEY_SHOWN + 8) * (TJ_MAX_DEPTH + 2)];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    sbuf path = {pathbuf, 0, sizeof pathbuf};
+    pathbuf[0] = '\0';
+    format_path(c, &path);
+    sbuf msg = {c->err->msg, 0, sizeof c->err->msg};
+    c->err->offset = 0;
+    size_t wlen = strlen(what), room = msg.cap - 1 - wlen - 2; /* what is left for the path */
+    if (path.len > room) {
+        size_t head = room / 2 - 2, from = path.len - (room - head - 3);
+        while (head > 0 && is_cont((unsigned char)pathbuf[head])) head--;
+        while (from < path.len && is_cont((unsigned char)pathbuf[from])) from++;
+        sb_put(&msg, pathbuf, head);
+        sb_put(&msg, "...", 3);
+        sb_put(&msg, pathbuf + from, path.len - from);
+    } else {
+        sb_put(&msg, pathbuf, path.len);
+    }
+    if (path.len) sb_put(&msg, ": ", 2);
+    sb_put(&msg, what, wlen);
+    return -1;
+}
+
+static int oom(cctx *c) { return cfail(c, "out of memory"); }
+
+static int conv(cctx *c, int idx, tj_value **out);
+
+static int conv_child(cctx *c, seg s, tj_value **out)
+{
+    c->path[c->npath++] = s;
+    int r = conv(c, lua_gettop(c->L), out);
+    c->npath--;
+    return r;
+}
+
+typedef struct {
+    size_t n, nstr, nint;
+    lua_Integer maxint;
+    int all_pos;  /* every integer key >= 1 */
+    int bad_type; /* type of a key that is neither string nor integer, or LUA_TNONE */
+} keyscan;
+
+static void scan_keys(lua_State *L, int idx, keyscan *k)
+{
+    memset(k, 0, sizeof *k);
+    k->all_pos = 1;
+    k->bad_type = LUA_TNONE;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        k->n++;
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            k->nstr++;
+        } else if (lua_isinteger(L, -2)) {
+            lua_Integer i = lua_tointeger(L, -2);
+            k->nint++;
+            if (i < 1) k->all_pos = 0;
+            if (i > k->maxint) k->maxint = i;
+        } else if (k->bad_type == LUA_TNONE) {
+            k->bad_type = lua_type(L, -2);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static int is_sequence(const keyscan *k)
+{
+    /* n distinct integer keys, all >= 1, the largest being n: exactly 1..n */
+    return k->nint == k->n && k->all_pos && (lua_Unsigned)k->maxint == (lua_Unsigned)k->n;
+}
+
+static int conv_array(cctx *c, int idx, size_t n, tj_value **out)
+{
+    tj_value *v = tj_new(c->a, TJ_ARRAY);
+    tj_value **items = n ? tj_alloc(c->a, n * sizeof *items) : NULL;
+    if (!v || (n && !items)) return oom(c);
+    for (size_t i = 0; i < n; i++) {
+        lua_rawgeti(c->L, idx, (lua_Integer)i + 1);
+        if (conv_child(c, (seg){NULL, 0, i}, &items[i])) return -1;
+        lua_pop(c->L, 1);
+    }
+    v->u.arr.items = items;
+    v->u.arr.n = v->u.arr.cap = n;
+    *out = v;
+    return 0;
+}
+
+static int member_cmp(const void *pa, const void *pb)
+{
+    const tj_member *a = pa, *b = pb;
+    int r = memcmp(a->key, b->key, a->klen < b->klen ? a->klen : b->klen);
+    if (r) return r;
+    return (a->klen > b->klen) - (a->klen < b->klen);
+}
+
+static int conv_object(cctx *c, int idx, size_t n, tj_value **out)
+{
+    lua_State *L = c->L;
+    tj_value *v = tj_new(c->a, TJ_OBJECT);
+    tj_member *m = tj_alloc(c->a, n * sizeof *m);
+    if (!v || !m) return oom(c);
+    size_t i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        /* a finalizer run by the GC could have touched the table since scan_keys */
+        if (i == n || lua_type(L, -2) != LUA_TSTRING) return cfail(c, "table modified during conversion");
+        size_t klen, bad;
+        const char *k = lua_tolstring(L, -2, &klen);
+        if (!tj_utf8_valid(k, klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
+        if (!(m[i].key = tj_strdup(c->a, k, klen))) return oom(c);
+        m[i].klen = klen;
+        if (conv_child(c, (seg){k, klen, 0}, &m[i].val)) return -1;
+        lua_pop(L, 1);
+        i++;
+    }
+    qsort(m, i, sizeof *m, member_cmp);
+    v->u.obj.m = m;
+    v->u.obj.n = v->u.obj.cap = i;
+    *out = v;
+    return 0;
+}
+
+static int table_shape_error(cctx *c, const keyscan *k, int tagged)
+{
+    if (tagged) return cfail(c, "array is not a sequence 1..n (holes or non-integer keys)");
+    if (k->bad_type != LUA_TNONE)
+        return cfail(c, "table has a %s key; JSON object keys must be strings",
+                     k->bad_type == LUA_TNUMBER ? "non-integer number" : lua_typename(c->L, k->bad_type));
+    if (k->nstr) return cfail(c, "table mixes string and integer keys");
+    return cfail(c, "table with integer keys is not a sequence 1..n");
+}
+
+static int conv_table(cctx *c, int idx, tj_value **out)
+{
+    if (c->depth == TJ_MAX_DEPTH) return cfail(c, "table nested deeper than %d (cycle?)", TJ_MAX_DEPTH);
+    if (!lua_checkstack(c->L, 8)) return cfail(c, "out of memory (Lua stack)");
+    int tagged = has_mt(c->L, idx, c->mt);
+    keyscan k;
+    scan_keys(c->L, idx, &k);
+    int r;
+    c->depth++;
+    if (k.n == 0 && !tagged) {
+        r = (*out = tj_new(c->a, TJ_OBJECT)) ? 0 : oom(c);
+    } else if (is_sequence(&k)) {
+        r = conv_array(c, idx, k.n, out);
+    } else if (!tagged && k.nstr == k.n) {
+        r = conv_object(c, idx, k.n, out);
+    } else {
+        r = table_shape_error(c, &k, tagged);
+    }
+    c->depth--;
+    return r;
+}
+
+static int conv_number(cctx *c, int idx, tj_value **out)
+{
+    if (lua_isinteger(c->L, idx)) {
+        *out = tj_new_int(c->a, (int64_t)lua_tointeger(c->L, idx));
+    } else {
+        double d = (double)lua_tonumber(c->L, idx);
+        if (isnan(d)) return cfail(c, "NaN is not valid JSON");
+        if (isinf(d)) return cfail(c, "%s is not valid JSON", d < 0 ? "-inf" : "inf");
+        *out = tj_new_double(c->a, d);
+    }
+    return *out ? 0 : oom(c);
+}
+
+static int conv_string(cctx *c, int idx, tj_value **out)
+{
+    size_t len, bad;
+    const char *s = lua_tolstring(c->L, idx, &len);
+    if (!tj_utf8_valid(s, len, &bad)) return cfail(c, "invalid UTF-8 at byte %zu", bad);
+    return (*out = tj_new_string(c->a, s, len)) ? 0 : oom(c);
+}
+
+static int conv(cctx *c, int idx, tj_value **out)
+{
+    lua_State *L = c->L;
+    int t = lua_type(L, idx);
+    switch (t) {
+    case LUA_TNIL: return cfail(c, "nil is not valid JSON");
+    case LUA_TBOOLEAN:
+        *out = tj_new(c->a, lua_toboolean(L, idx) ? TJ_TRUE : TJ_FALSE);
+        return *out ? 0 : oom(c);
+    case LUA_TNUMBER: return conv_number(c, idx, out);
+    case LUA_TSTRING: return conv_string(c, idx, out);
+    case LUA_TTABLE: return conv_table(c, idx, out);
+    case LUA_TLIGHTUSERDATA:
+        if (tjl_is_null(L, idx)) *out = tj_new(c->a, TJ_NULL);
+        else if (tjl_is_empty_array(L, idx)) *out = tj_new(c->a, TJ_ARRAY);
+        else return cfail(c, "light userdata is not valid JSON");
+        return *out ? 0 : oom(c);
+    default: return cfail(c, "%s is not valid JSON", lua_typename(L, t));
+    }
+}
+
+int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
+                   tj_error *err)
+{
+    tj_error scratch;
+    cctx c = {L, a, err ? err : &scratch, root, 0, 0, 0, {{NULL, 0, 0}}};
+    int top = lua_gettop(L);
+    idx = lua_absindex(L, idx);
+    *out = NULL;
+    if (!lua_checkstack(L, 8)) return cfail(&c, "out of memory (Lua stack)");
+    if (luaL_getmetatable(L, TJL_ARRAY_MT) == LUA_TTABLE) c.mt = lua_gettop(L);
+    tj_value *v = NULL;
+    int r = conv(&c, idx, &v);
+    lua_settop(L, top); /* error paths return with keys and values still pushed */
+    if (r == 0) *out = v;
+    return r;
+}
+
+int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *err)
+{
+    return tjl_to_json_at(L, idx, NULL, a, out, err);
+}

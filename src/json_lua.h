@@ -1,0 +1,81 @@
+/* Bridge between tj_value trees (json.h) and Lua values.
+ *
+ * Only the public Lua C API is used (it builds against Lua 5.3 and 5.4), and the module keeps no C
+ * state: everything shared lives in the Lua registry, so the same source can be compiled once
+ * against tally's embedded Lua and once against a host's Lua.
+ *
+ * Mapping, JSON -> Lua (tjl_push):
+ *   null    -> the null sentinel: a light userdata holding NULL (tjl_push_null)
+ *   true/false -> booleans
+ *   TJ_INT  -> integer subtype (math.type(x) == "integer")
+ *   TJ_DOUBLE -> float subtype, even when integral: 1.0 stays 1.0
+ *   string  -> string (may contain NULs)
+ *   array   -> table 1..n carrying the array metatable (registry["tally.array"], whose __name is
+ *              "tally.array"), so [] and emptied arrays are still encoded as arrays later
+ *   object  -> plain table (duplicate keys: the last one wins)
+ *   TJ_RAW  -> parsed, then pushed like the above
+ *
+ * Lua -> JSON (tjl_to_json):
+ *   null sentinel -> null; empty-array marker (tjl_push_empty_array) -> [] anywhere
+ *   boolean; integer -> TJ_INT; float -> TJ_DOUBLE (NaN and +-inf are errors)
+ *   string -> TJ_STRING; must be valid UTF-8
+ *   table with the array metatable -> array; it must be a sequence 1..n (n may be 0)
+ *   untagged table with keys exactly 1..n (n >= 1) -> array
+ *   untagged empty table -> {}
+ *   table whose keys are all strings -> object, members sorted bytewise by key so the output is
+ *     deterministic whatever Lua's hash order
+ *   anything else (nil at the top, mixed or non-string keys, sparse integer keys, functions,
+ *     userdata, threads, other light userdata, tables nested deeper than TJ_MAX_DEPTH -- which is
+ *     also how cycles are caught) -> error
+ *
+ * Error messages name the path of the offending value, then the problem, e.g.
+ *   "properties.items[2]: NaN is not valid JSON"
+ *   "traits.name: invalid UTF-8 at byte 4"          (byte offset inside that string)
+ *   "properties.self.self...self: table nested deeper than 64 (cycle?)"
+ * Array indexes are printed 0-based, JSON-path style (items[2] is Lua's items[3]). Keys that are not
+ * identifier-like are printed as ["a key"]. Long paths are shortened in the middle with "...".
+ * err->offset is always 0 for Lua conversions.
+ *
+ * Errors: none of these functions raises a Lua error for bad data, and none calls a metamethod
+ * (only raw accesses and lua_next). Lua memory errors can still be raised from inside them, so
+ * call them in protected mode (lua_pcall) when that matters; no C memory is leaked when that
+ * happens. */
+#ifndef TALLY_JSON_LUA_H
+#define TALLY_JSON_LUA_H
+
+#include <lua.h>
+
+#include "json.h"
+
+#define TJL_ARRAY_MT "tally.array"  /* registry key and __name of the array metatable */
+
+/* Creates the array metatable in the registry. Idempotent; the other functions call it on demand,
+ * so calling it at state creation is only to make the metatable available to scripts early. */
+void tjl_init(lua_State *L);
+
+/* Pushes the null sentinel (a light userdata NULL). */
+void tjl_push_null(lua_State *L);
+/* Pushes the empty-array marker: a light userdata that tjl_to_json encodes as []. */
+void tjl_push_empty_array(lua_State *L);
+int  tjl_is_null(lua_State *L, int idx);
+int  tjl_is_empty_array(lua_State *L, int idx);
+
+/* Gives the table at idx the array metatable (what tjl_push does for arrays), so that it is encoded
+ * as an array even when empty. Does nothing if idx is not a table. */
+void tjl_set_array(lua_State *L, int idx);
+/* 1 if the value at idx is a table carrying the array metatable. */
+int  tjl_is_array(lua_State *L, int idx);
+
+/* Pushes v as one Lua value. Returns 0, or -1 (nothing pushed) when a TJ_RAW does not parse, the C
+ * side runs out of memory, the Lua stack cannot grow or the tree is deeper than 4 * TJ_MAX_DEPTH. */
+int tjl_push(lua_State *L, const tj_value *v);
+
+/* Converts the Lua value at idx into a tree allocated in a. Returns 0 with *out set, or -1 with
+ * err->msg describing the problem and its path. The Lua stack is left as it was. */
+int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *err);
+/* Same, with paths in messages starting at `root` (e.g. "properties" gives
+ * "properties.items[2]: ..." and, for the value itself, "properties: ..."). root may be NULL. */
+int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
+                   tj_error *err);
+
+#endif

@@ -1,0 +1,196 @@
+#include "message.h"
+
+#include <string.h>
+
+#include "internal.h"
+
+static const char *const type_names[MT_COUNT] = {"track", "identify", "page", "screen", "group", "alias"};
+
+const char *msg_type_name(int t) { return t >= 0 && t < MT_COUNT ? type_names[t] : "?"; }
+
+int msg_type_from(const char *s, size_t len)
+{
+    for (int i = 0; i < MT_COUNT; i++)
+        if (strlen(type_names[i]) == len && !memcmp(s, type_names[i], len)) return i;
+    return -1;
+}
+
+int msg_check_string(const char *field, const char *s, int required)
+{
+    if (!s) return required ? tly_fail(TALLY_EINVAL, "%s: required", field) : TALLY_OK;
+    size_t len = strlen(s), bad;
+    if (required && len == 0) return tly_fail(TALLY_EINVAL, "%s: must not be empty", field);
+    if (len > TALLY_MAX_MESSAGE_BYTES)
+        return tly_fail(TALLY_ETOOBIG, "%s: %zu bytes, over the %d-byte message limit", field, len,
+                        TALLY_MAX_MESSAGE_BYTES);
+    if (!tj_utf8_valid(s, len, &bad))
+        return tly_fail(TALLY_EINVAL, "%s: invalid UTF-8 at byte %zu", field, bad);
+    return TALLY_OK;
+}
+
+int msg_check_object(const char *field, const char *json, size_t *len)
+{
+    *len = 0;
+    if (!json) return TALLY_OK;
+    size_t n = strlen(json);
+    if (n > TALLY_MAX_MESSAGE_BYTES)
+        return tly_fail(TALLY_ETOOBIG, "%s: %zu bytes, over the %d-byte message limit", field, n,
+                        TALLY_MAX_MESSAGE_BYTES);
+    tj_error err;
+    if (tj_validate(json, n, &err)) return tly_fail(TALLY_EINVAL, "%s: invalid JSON: %s", field, err.msg);
+    size_t i = 0;
+    while (json[i] == ' ' || json[i] == '\t' || json[i] == '\n' || json[i] == '\r') i++;
+    if (json[i] != '{') return tly_fail(TALLY_EINVAL, "%s: expected a JSON object", field);
+    *len = n;
+    return TALLY_OK;
+}
+
+/* ---- whole-message validation ---- */
+
+static int want_string(const tj_value *m, const char *field, int required)
+{
+    const tj_value *v = tj_object_get(m, field);
+    if (!v) return required ? tly_fail(TALLY_EINVAL, "%s: required", field) : TALLY_OK;
+    if (v->type != TJ_STRING) return tly_fail(TALLY_EINVAL, "%s: expected a string", field);
+    if (required && v->u.str.len == 0) return tly_fail(TALLY_EINVAL, "%s: must not be empty", field);
+    return TALLY_OK;
+}
+
+static int want_object(const tj_value *m, const char *field)
+{
+    const tj_value *v = tj_object_get(m, field);
+    if (!v || v->type == TJ_OBJECT) return TALLY_OK;
+    if (v->type == TJ_RAW && v->u.str.len && v->u.str.s[0] == '{') return TALLY_OK;
+    return tly_fail(TALLY_EINVAL, "%s: expected an object", field);
+}
+
+static int has_id(const tj_value *m, const char *field)
+{
+    const tj_value *v = tj_object_get(m, field);
+    return v && v->type == TJ_STRING && v->u.str.len > 0;
+}
+
+int msg_validate(const tj_value *m, int need_id)
+{
+    if (!m || m->type != TJ_OBJECT) return tly_fail(TALLY_EINVAL, "message: expected a JSON object");
+    const tj_value *type = tj_object_get(m, "type");
+    if (!type) return tly_fail(TALLY_EINVAL, "type: required (track, identify, page, screen, group or alias)");
+    int t = type->type == TJ_STRING ? msg_type_from(type->u.str.s, type->u.str.len) : -1;
+    if (t < 0) return tly_fail(TALLY_EINVAL, "type: expected one of track, identify, page, screen, group, alias");
+    int rc;
+    static const char *const objects[] = {"properties", "traits", "context", "integrations"};
+    for (size_t i = 0; i < sizeof objects / sizeof *objects; i++)
+        if ((rc = want_object(m, objects[i]))) return rc;
+    static const char *const strings[] = {"messageId", "timestamp", "userId", "anonymousId", "name", "category"};
+    for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
+        if ((rc = want_string(m, strings[i], 0))) return rc;
+    if (t == MT_TRACK && (rc = want_string(m, "event", 1))) return rc;
+    if (t == MT_GROUP && (rc = want_string(m, "groupId", 1))) return rc;
+    if (t == MT_ALIAS && ((rc = want_string(m, "previousId", 1)) || (rc = want_string(m, "userId", 1))))
+        return rc;
+    if (need_id && !has_id(m, "userId") && !has_id(m, "anonymousId"))
+        return tly_fail(TALLY_EINVAL, "userId or anonymousId: one is required");
+    return TALLY_OK;
+}
+
+/* ---- building ---- */
+
+static int put_str(tj_arena *a, tj_value *m, const char *key, const char *s, size_t len)
+{
+    if (!s) return 0;
+    tj_value *v = tj_new_string(a, s, len);
+    return v ? tj_object_set(a, m, key, strlen(key), v) : -1;
+}
+
+static int put_raw(tj_arena *a, tj_value *m, const char *key, const char *json, size_t len)
+{
+    if (!json) return 0;
+    tj_value *v = tj_new_raw(a, json, len);
+    return v ? tj_object_set(a, m, key, strlen(key), v) : -1;
+}
+
+static const struct {
+    int         type;
+    const char *s1, *s2, *json;  /* field names for the record's three arguments */
+} rec_shape[] = {
+    [REC_TRACK]    = {MT_TRACK, "event", NULL, "properties"},
+    [REC_IDENTIFY] = {MT_IDENTIFY, "userId", NULL, "traits"},
+    [REC_PAGE]     = {MT_PAGE, "name", "category", "properties"},
+    [REC_SCREEN]   = {MT_SCREEN, "name", NULL, "properties"},
+    [REC_GROUP]    = {MT_GROUP, "groupId", NULL, "traits"},
+    [REC_ALIAS]    = {MT_ALIAS, "userId", "previousId", NULL},
+};
+
+tj_value *msg_from_rec(tj_arena *a, const intake_rec *r, tj_error *err)
+{
+    if (r->kind == REC_SEND) {
+        tj_value *m;
+        return tj_parse(a, r->json, r->json_len, &m, err) ? NULL : m;
+    }
+    tj_value *m = tj_new(a, TJ_OBJECT);
+    if (!m) return NULL;
+    const char *tn = type_names[rec_shape[r->kind].type];
+    if (put_str(a, m, "type", tn, strlen(tn)) ||
+        put_str(a, m, rec_shape[r->kind].s1, r->s1, r->s1_len) ||
+        (rec_shape[r->kind].s2 && put_str(a, m, rec_shape[r->kind].s2, r->s2, r->s2_len)) ||
+        (rec_shape[r->kind].json && put_raw(a, m, rec_shape[r->kind].json, r->json, r->json_len)))
+        return NULL;
+    return m;
+}
+
+/* ---- stamping ---- */
+
+static int stamp_context(tj_arena *a, tj_value *m, const msg_ids *ids, tj_error *err)
+{
+    tj_value *ctx = tj_object_get(m, "context");
+    if (!ctx) {
+        if (!(ctx = tj_new(a, TJ_OBJECT)) || tj_object_set(a, m, "context", 7, ctx)) return -1;
+    } else if (ctx->type == TJ_RAW && tj_expand(a, ctx, err)) {
+        return -1;
+    }
+    if (ctx->type != TJ_OBJECT) return -1;
+    if (!tj_object_get(ctx, "library")) {
+        tj_value *lib = tj_new(a, TJ_OBJECT);
+        if (!lib || put_str(a, lib, "name", "tally", 5) ||
+            put_str(a, lib, "version", TALLY_VERSION, strlen(TALLY_VERSION)) ||
+            tj_object_set(a, ctx, "library", 7, lib))
+            return -1;
+    }
+    if (ids->traits && !tj_object_get(ctx, "traits") && put_raw(a, ctx, "traits", ids->traits, strlen(ids->traits)))
+        return -1;
+    if (ids->session_id && !tj_object_get(ctx, "session")) {
+        char started[25];
+        tly_iso8601(ids->session_started_ms, started);
+        tj_value *s = tj_new(a, TJ_OBJECT), *idx = tj_new_int(a, ids->session_index);
+        if (!s || !idx || put_str(a, s, "id", ids->session_id, strlen(ids->session_id)) ||
+            tj_object_set(a, s, "index", 5, idx) || put_str(a, s, "started_at", started, 24) ||
+            tj_object_set(a, ctx, "session", 7, s))
+            return -1;
+    }
+    return 0;
+}
+
+int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tj_error *err)
+{
+    if (!tj_object_get(m, "messageId")) {
+        char id[37];
+        if (tly_uuid4(id) || put_str(a, m, "messageId", id, 36)) return -1;
+    }
+    if (!tj_object_get(m, "timestamp")) {
+        char ts[25];
+        tly_iso8601(ts_ms, ts);
+        if (put_str(a, m, "timestamp", ts, 24)) return -1;
+    }
+    if (ids->anonymous_id && !tj_object_get(m, "anonymousId") &&
+        put_str(a, m, "anonymousId", ids->anonymous_id, strlen(ids->anonymous_id)))
+        return -1;
+    const tj_value *type = tj_object_get(m, "type");
+    if (ids->anonymous_id && type && type->type == TJ_STRING && type->u.str.len == 5 &&
+        !memcmp(type->u.str.s, "alias", 5) && !tj_object_get(m, "previousId") &&
+        put_str(a, m, "previousId", ids->anonymous_id, strlen(ids->anonymous_id)))
+        return -1;
+    if (ids->user_id && !tj_object_get(m, "userId") &&
+        put_str(a, m, "userId", ids->user_id, strlen(ids->user_id)))
+        return -1;
+    return stamp_context(a, m, ids, err);
+}

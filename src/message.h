@@ -1,0 +1,42 @@
+/* Segment Spec messages: validation (shared by the caller side and the worker, so a rule that
+ * breaks a message is caught by the same checks as a caller), building a message from an intake
+ * record, and stamping the fields the runtime owns. */
+#ifndef TALLY_MESSAGE_H
+#define TALLY_MESSAGE_H
+
+#include "intake.h"
+#include "json.h"
+
+enum msg_type { MT_TRACK, MT_IDENTIFY, MT_PAGE, MT_SCREEN, MT_GROUP, MT_ALIAS, MT_COUNT };
+
+const char *msg_type_name(int t);
+int         msg_type_from(const char *s, size_t len); /* -1 when unknown */
+
+/* Caller-side checks on C API arguments. Each returns TALLY_OK or fails naming `field`. */
+int msg_check_string(const char *field, const char *s, int required);
+int msg_check_object(const char *field, const char *json, size_t *len);
+
+/* Checks a whole message against the Spec: known type, required fields per type, field types.
+ * need_id: a userId or anonymousId must be present (server mode, and after stamping).
+ * Returns TALLY_OK or TALLY_EINVAL with the field named. */
+int msg_validate(const tj_value *m, int need_id);
+
+/* Builds the message tree for an intake record (not REC_RESET). Caller JSON stays TJ_RAW so it is
+ * passed through byte for byte unless a rule looks inside. NULL on OOM or invalid REC_SEND JSON. */
+tj_value *msg_from_rec(tj_arena *a, const intake_rec *r, tj_error *err);
+
+typedef struct msg_ids {
+    const char *anonymous_id;   /* NULL in server mode */
+    const char *user_id;        /* NULL when logged out */
+    const char *session_id;     /* NULL: no session context */
+    int64_t     session_index;
+    int64_t     session_started_ms;
+    const char *traits;         /* identify traits (JSON object) for context.traits, or NULL */
+} msg_ids;
+
+/* Adds what the caller did not give: messageId, timestamp (from ts_ms), anonymousId/userId from
+ * ids, context.library and context.session. Fields the caller set are left exactly as they were.
+ * 0 or -1 (OOM, or a caller `context` that is not an object). */
+int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tj_error *err);
+
+#endif

@@ -1,0 +1,63 @@
+/* The runtime handle and the worker that owns everything past the intake. */
+#ifndef TALLY_RUNTIME_H
+#define TALLY_RUNTIME_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "config.h"
+#include "dest.h"
+#include "intake.h"
+#include "internal.h"
+
+/* A caller waiting in tally_flush(): lives on that caller's stack, linked into t->flushes. */
+typedef struct flush_req {
+    size_t            ticket;   /* intake position at the call: everything before must be delivered */
+    int               drained;  /* worker: all records before the ticket are processed */
+    int               done;
+    int64_t           mark;     /* worker: the last store id when it drained */
+    struct flush_req *next;
+} flush_req;
+
+typedef struct tally_counters {
+    _Atomic uint64_t accepted;       /* queued by callers */
+    _Atomic uint64_t rejected;       /* refused at the call (invalid) */
+    _Atomic uint64_t processed;      /* stamped and handed to destinations */
+    _Atomic uint64_t invalid;        /* refused by the worker (e.g. over 32 KB after stamping) */
+    _Atomic uint64_t store_dropped;  /* removed by the store's full policy */
+    _Atomic uint64_t store_errors;   /* failed store writes (disk full, I/O) */
+} tally_counters;
+
+struct tally {
+    struct tally_config cfg;
+    tly_logger          log;
+    intake              q;
+    unsigned            fork_gen;   /* process generation at open; see tally.c */
+    _Atomic int         closing;
+    _Atomic int64_t     clock_skew_ms; /* tests move time forward instead of sleeping */
+    tally_counters      n;
+
+    /* waking the worker: callers write the eventfd only when the worker said it sleeps, so the
+     * common case costs an atomic load, not a syscall */
+    int                 wake_fd;
+    _Atomic int         sleeping;
+
+    pthread_mutex_t     mu;         /* guards flushes and stop */
+    pthread_cond_t      cv;
+    flush_req          *flushes;
+    int                 stop;
+    pthread_t           thread;
+
+    /* worker-owned below this line */
+    dest               *dests;
+    size_t              ndests;
+    struct worker      *w;
+};
+
+void tly_wake(tally_t *t);
+int64_t tly_clock_mono(tally_t *t);   /* monotonic ms plus clock_skew_ms */
+int64_t tly_clock_wall(tally_t *t);   /* wall ms plus clock_skew_ms */
+int  worker_start(tally_t *t);     /* TALLY_OK or fails (errmsg set) */
+void worker_stop(tally_t *t);      /* asks the worker to finish what is queued and joins it */
+
+#endif

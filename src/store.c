@@ -1,0 +1,489 @@
+#include "store.h"
+
+#include <errno.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "json.h"
+
+enum {
+    Q_INSERT, Q_LOAD, Q_RANGE_SIZE, Q_ACK, Q_DEAD_COPY, Q_PENDING, Q_PENDING_UPTO, Q_OLDEST,
+    Q_DELETE_ONE, Q_MIN, Q_COUNT, Q_META_GET, Q_META_SET, Q_META_DEL, Q_DEST_GET, Q_DEST_ADD, Q_N
+};
+
+static const char *const sql_text[Q_N] = {
+    [Q_INSERT] = "INSERT INTO queue(id, dest, body) VALUES (?1, ?2, ?3)",
+    [Q_LOAD] = "SELECT id, body FROM queue WHERE dest = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+    [Q_RANGE_SIZE] = "SELECT count(*), total(length(body)) FROM queue WHERE dest = ?1 AND id BETWEEN ?2 AND ?3",
+    [Q_ACK] = "DELETE FROM queue WHERE dest = ?1 AND id BETWEEN ?2 AND ?3",
+    [Q_DEAD_COPY] = "INSERT INTO dead(dest, body, status, reason, at) "
+                    "SELECT dest, body, ?4, ?5, ?6 FROM queue WHERE dest = ?1 AND id BETWEEN ?2 AND ?3 ORDER BY id",
+    [Q_PENDING] = "SELECT count(*) FROM queue WHERE dest = ?1",
+    [Q_PENDING_UPTO] = "SELECT count(*) FROM queue WHERE dest = ?1 AND id <= ?2",
+    [Q_OLDEST] = "SELECT id, dest, length(body) FROM queue ORDER BY id LIMIT 64",
+    [Q_DELETE_ONE] = "DELETE FROM queue WHERE id = ?1",
+    [Q_MIN] = "SELECT min(id) FROM queue WHERE dest = ?1",
+    [Q_COUNT] = "INSERT INTO counters(dest, name, value) VALUES (?1, ?2, ?3) "
+                "ON CONFLICT(dest, name) DO UPDATE SET value = value + excluded.value",
+    [Q_META_GET] = "SELECT value FROM meta WHERE key = ?1",
+    [Q_META_SET] = "INSERT INTO meta(key, value) VALUES (?1, ?2) "
+                   "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+    [Q_META_DEL] = "DELETE FROM meta WHERE key = ?1",
+    [Q_DEST_GET] = "SELECT id FROM dests WHERE name = ?1",
+    [Q_DEST_ADD] = "INSERT INTO dests(name) VALUES (?1)",
+};
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS dests(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS queue(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS queue_dest ON queue(dest, id);"
+    "CREATE TABLE IF NOT EXISTS dead(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL,"
+    " status INTEGER, reason TEXT, at INTEGER);"
+    "CREATE TABLE IF NOT EXISTS counters(dest INTEGER NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,"
+    " PRIMARY KEY(dest, name)) WITHOUT ROWID;";
+
+struct store {
+    sqlite3          *db;
+    sqlite3_stmt     *q[Q_N];
+    char             *path;
+    const tly_logger *log;
+    store_limits      lim;
+    int               in_txn;
+    int64_t           last_id;   /* ids are ours, not SQLite's: never reused within a run */
+    int64_t           rows, bytes;
+};
+
+static int exec(store *s, const char *sql)
+{
+    char *err = NULL;
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &err);
+    if (rc != SQLITE_OK) {
+        tly_log(s->log, TALLY_LOG_ERROR, "store %s: %s", s->path, err ? err : sqlite3_errstr(rc));
+        sqlite3_free(err);
+    }
+    return rc;
+}
+
+static void finalize_all(store *s)
+{
+    for (int i = 0; i < Q_N; i++) {
+        sqlite3_finalize(s->q[i]);
+        s->q[i] = NULL;
+    }
+}
+
+static int is_memory(const char *path) { return !strcmp(path, ":memory:"); }
+
+/* Opens the database, applies the schema and reads the totals. Returns an SQLite code. */
+static int open_db(store *s)
+{
+    int rc = sqlite3_open_v2(s->path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) return rc;
+    sqlite3_busy_timeout(s->db, 2000); /* `tally inspect` may read at the same time */
+    if (!is_memory(s->path) && (rc = exec(s, "PRAGMA journal_mode=WAL")) != SQLITE_OK) return rc;
+    /* NORMAL in WAL mode: a commit survives a crash of the process; only an OS crash or power
+     * loss can take back the last commits. */
+    if ((rc = exec(s, "PRAGMA synchronous=NORMAL")) != SQLITE_OK) return rc;
+    if ((rc = exec(s, schema)) != SQLITE_OK) return rc;
+    for (int i = 0; i < Q_N; i++)
+        if ((rc = sqlite3_prepare_v3(s->db, sql_text[i], -1, SQLITE_PREPARE_PERSISTENT, &s->q[i], NULL)) != SQLITE_OK)
+            return rc;
+    sqlite3_stmt *st;
+    /* Reading every row's length also walks every page, so a damaged file is found here. */
+    rc = sqlite3_prepare_v2(s->db, "SELECT count(*), total(length(body)), coalesce(max(id), 0) FROM queue", -1, &st, NULL);
+    if (rc != SQLITE_OK) return rc;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        s->rows = sqlite3_column_int64(st, 0);
+        s->bytes = (int64_t)sqlite3_column_double(st, 1);
+        s->last_id = sqlite3_column_int64(st, 2);
+        rc = SQLITE_OK;
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+static void close_db(store *s)
+{
+    finalize_all(s);
+    sqlite3_close(s->db);
+    s->db = NULL;
+}
+
+/* A damaged store must not stop the host: keep the evidence, start empty, say so loudly. */
+static int move_aside(store *s, int why)
+{
+    char aside[4096];
+    snprintf(aside, sizeof aside, "%s.corrupt-%lld", s->path, (long long)(tly_now_ms() / 1000));
+    if (rename(s->path, aside) != 0)
+        return tly_fail(TALLY_EIO, "store %s: unreadable (%s) and cannot be moved aside: %s", s->path,
+                        sqlite3_errstr(why), strerror(errno));
+    char side[4200];
+    snprintf(side, sizeof side, "%s-wal", s->path);
+    unlink(side);
+    snprintf(side, sizeof side, "%s-shm", s->path);
+    unlink(side);
+    tly_log(s->log, TALLY_LOG_ERROR, "store %s: unreadable (%s); moved to %s, starting a fresh store", s->path,
+            sqlite3_errstr(why), aside);
+    return TALLY_OK;
+}
+
+int store_open(store **out, const char *path, const store_limits *lim, const tly_logger *log)
+{
+    *out = NULL;
+    store *s = calloc(1, sizeof *s);
+    if (!s || !(s->path = strdup(path))) {
+        free(s);
+        return tly_fail(TALLY_ENOMEM, "store: out of memory");
+    }
+    s->log = log;
+    s->lim = *lim;
+    int rc = open_db(s);
+    if ((rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT) && !is_memory(path)) {
+        close_db(s);
+        int moved = move_aside(s, rc);
+        if (moved) { free(s->path); free(s); return moved; }
+        rc = open_db(s);
+    }
+    if (rc != SQLITE_OK) {
+        int e = tly_fail(TALLY_EIO, "store %s: cannot open: %s", path,
+                         s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        close_db(s);
+        free(s->path);
+        free(s);
+        return e;
+    }
+    *out = s;
+    return TALLY_OK;
+}
+
+void store_close(store *s)
+{
+    if (!s) return;
+    if (s->in_txn) store_commit(s);
+    close_db(s);
+    free(s->path);
+    free(s);
+}
+
+static int begin(store *s)
+{
+    if (s->in_txn) return 0;
+    if (exec(s, "BEGIN") != SQLITE_OK) return -1;
+    s->in_txn = 1;
+    return 0;
+}
+
+int store_in_txn(const store *s) { return s->in_txn; }
+int64_t store_last_id(const store *s) { return s->last_id; }
+
+int store_commit(store *s)
+{
+    if (!s->in_txn) return 0;
+    int rc = exec(s, "COMMIT");
+    if (rc == SQLITE_OK) {
+        s->in_txn = 0;
+        return 0;
+    }
+    /* SQLITE_BUSY keeps the transaction open for another try; anything else rolls back */
+    if (rc != SQLITE_BUSY) {
+        exec(s, "ROLLBACK");
+        s->in_txn = 0;
+    }
+    return -1;
+}
+
+static sqlite3_stmt *stmt(store *s, int q)
+{
+    sqlite3_reset(s->q[q]);
+    sqlite3_clear_bindings(s->q[q]);
+    return s->q[q];
+}
+
+static int step_done(store *s, sqlite3_stmt *st)
+{
+    int rc = sqlite3_step(st);
+    sqlite3_reset(st);
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return 0;
+    tly_log(s->log, TALLY_LOG_ERROR, "store %s: %s", s->path, sqlite3_errmsg(s->db));
+    return -1;
+}
+
+int store_dest_id(store *s, const char *name, int *id)
+{
+    sqlite3_stmt *st = stmt(s, Q_DEST_GET);
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        *id = sqlite3_column_int(st, 0);
+        sqlite3_reset(st);
+        return 0;
+    }
+    sqlite3_reset(st);
+    st = stmt(s, Q_DEST_ADD);
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    if (step_done(s, st)) return -1;
+    *id = (int)sqlite3_last_insert_rowid(s->db);
+    return 0;
+}
+
+/* Removes the oldest rows (any destination) until one more of `len` bytes fits. */
+static int make_room(store *s, size_t len, int64_t *dropped)
+{
+    while (s->rows > 0 && (s->rows + 1 > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes)) {
+        sqlite3_stmt *st = stmt(s, Q_OLDEST);
+        int64_t ids[64], dests[64], sizes[64];
+        int n = 0;
+        while (n < 64 && sqlite3_step(st) == SQLITE_ROW) {
+            ids[n] = sqlite3_column_int64(st, 0);
+            dests[n] = sqlite3_column_int64(st, 1);
+            sizes[n] = sqlite3_column_int64(st, 2);
+            n++;
+        }
+        sqlite3_reset(st);
+        if (n == 0) break;
+        for (int i = 0; i < n && (s->rows + 1 > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes); i++) {
+            sqlite3_stmt *d = stmt(s, Q_DELETE_ONE);
+            sqlite3_bind_int64(d, 1, ids[i]);
+            if (step_done(s, d)) return -1;
+            s->rows--;
+            s->bytes -= sizes[i];
+            (*dropped)++;
+            store_count(s, (int)dests[i], "dropped", 1);
+        }
+    }
+    return 0;
+}
+
+int store_append(store *s, int dest_id, const char *body, size_t len, int64_t *dropped)
+{
+    *dropped = 0;
+    if (begin(s)) return -1;
+    if (s->rows + 1 > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes) {
+        if (s->lim.drop_newest) {
+            store_count(s, dest_id, "dropped", 1);
+            return 1;
+        }
+        if (make_room(s, len, dropped)) return -1;
+    }
+    sqlite3_stmt *st = stmt(s, Q_INSERT);
+    sqlite3_bind_int64(st, 1, s->last_id + 1);
+    sqlite3_bind_int(st, 2, dest_id);
+    sqlite3_bind_blob(st, 3, body, (int)len, SQLITE_STATIC);
+    if (step_done(s, st)) return -1;
+    s->last_id++;
+    s->rows++;
+    s->bytes += (int64_t)len;
+    return 0;
+}
+
+int store_load(store *s, int dest_id, int64_t after, size_t max_n, size_t max_bytes, dest_batch *b)
+{
+    batch_clear(b);
+    b->first_id = b->last_id = 0;
+    sqlite3_stmt *st = stmt(s, Q_LOAD);
+    sqlite3_bind_int(st, 1, dest_id);
+    sqlite3_bind_int64(st, 2, after);
+    sqlite3_bind_int64(st, 3, (sqlite3_int64)max_n);
+    size_t bytes = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *body = sqlite3_column_blob(st, 1);
+        size_t len = (size_t)sqlite3_column_bytes(st, 1);
+        if (b->n > 0 && bytes + len + 1 > max_bytes) break; /* the batch is full by size */
+        if (batch_add(b, body, len)) { sqlite3_reset(st); return -1; }
+        int64_t id = sqlite3_column_int64(st, 0);
+        if (b->n == 1) b->first_id = id;
+        b->last_id = id;
+        bytes += len + 1;
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        tly_log(s->log, TALLY_LOG_ERROR, "store %s: %s", s->path, sqlite3_errmsg(s->db));
+        return -1;
+    }
+    return (int)b->n;
+}
+
+static int range_size(store *s, int dest_id, int64_t first, int64_t last, int64_t *rows, int64_t *bytes)
+{
+    sqlite3_stmt *st = stmt(s, Q_RANGE_SIZE);
+    sqlite3_bind_int(st, 1, dest_id);
+    sqlite3_bind_int64(st, 2, first);
+    sqlite3_bind_int64(st, 3, last);
+    int ok = sqlite3_step(st) == SQLITE_ROW;
+    if (ok) {
+        *rows = sqlite3_column_int64(st, 0);
+        *bytes = (int64_t)sqlite3_column_double(st, 1);
+    }
+    sqlite3_reset(st);
+    return ok ? 0 : -1;
+}
+
+static int delete_range(store *s, int dest_id, int64_t first, int64_t last)
+{
+    int64_t rows = 0, bytes = 0;
+    if (range_size(s, dest_id, first, last, &rows, &bytes)) return -1;
+    sqlite3_stmt *st = stmt(s, Q_ACK);
+    sqlite3_bind_int(st, 1, dest_id);
+    sqlite3_bind_int64(st, 2, first);
+    sqlite3_bind_int64(st, 3, last);
+    if (step_done(s, st)) return -1;
+    s->rows -= rows;
+    s->bytes -= bytes;
+    return 0;
+}
+
+int store_ack(store *s, int dest_id, int64_t first, int64_t last)
+{
+    if (begin(s)) return -1;
+    return delete_range(s, dest_id, first, last);
+}
+
+int store_dead(store *s, int dest_id, int64_t first, int64_t last, int status, const char *reason)
+{
+    if (begin(s)) return -1;
+    sqlite3_stmt *st = stmt(s, Q_DEAD_COPY);
+    sqlite3_bind_int(st, 1, dest_id);
+    sqlite3_bind_int64(st, 2, first);
+    sqlite3_bind_int64(st, 3, last);
+    sqlite3_bind_int(st, 4, status);
+    sqlite3_bind_text(st, 5, reason, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, tly_now_ms());
+    if (step_done(s, st)) return -1;
+    return delete_range(s, dest_id, first, last);
+}
+
+int64_t store_pending(store *s, int dest_id, int64_t upto)
+{
+    sqlite3_stmt *st = stmt(s, upto >= 0 ? Q_PENDING_UPTO : Q_PENDING);
+    sqlite3_bind_int(st, 1, dest_id);
+    if (upto >= 0) sqlite3_bind_int64(st, 2, upto);
+    int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    sqlite3_reset(st);
+    return n;
+}
+
+int64_t store_oldest(store *s, int dest_id)
+{
+    sqlite3_stmt *st = stmt(s, Q_MIN);
+    sqlite3_bind_int(st, 1, dest_id);
+    int64_t id = INT64_MAX;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_type(st, 0) != SQLITE_NULL) id = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    return id;
+}
+
+void store_count(store *s, int dest_id, const char *name, int64_t delta)
+{
+    if (begin(s)) return;
+    sqlite3_stmt *st = stmt(s, Q_COUNT);
+    sqlite3_bind_int(st, 1, dest_id);
+    sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, delta);
+    step_done(s, st);
+}
+
+char *store_meta_get(store *s, const char *key)
+{
+    sqlite3_stmt *st = stmt(s, Q_META_GET);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    char *v = NULL;
+    if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+        v = strdup((const char *)sqlite3_column_text(st, 0));
+    sqlite3_reset(st);
+    return v;
+}
+
+int store_meta_set(store *s, const char *key, const char *value)
+{
+    if (begin(s)) return -1;
+    sqlite3_stmt *st = stmt(s, value ? Q_META_SET : Q_META_DEL);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    if (value) sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+    return step_done(s, st);
+}
+
+/* ---- inspect ---- */
+
+static void report_dest(sqlite3 *db, tbuf *b, int id, const char *name)
+{
+    static const char *const q[] = {
+        "SELECT count(*) FROM queue WHERE dest = ?1",
+        "SELECT count(*) FROM dead WHERE dest = ?1",
+    };
+    int64_t v[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(db, q[i], -1, &st, NULL) != SQLITE_OK) continue;
+        sqlite3_bind_int(st, 1, id);
+        if (sqlite3_step(st) == SQLITE_ROW) v[i] = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+    }
+    tbuf_puts(b, "{\"name\":");
+    tj_write_string(b, name, strlen(name));
+    tbuf_printf(b, ",\"queued\":%lld,\"dead_letters\":%lld", (long long)v[0], (long long)v[1]);
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT name, value FROM counters WHERE dest = ?1 ORDER BY name", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_bind_int(st, 1, id);
+        while (sqlite3_step(st) == SQLITE_ROW) {
+            const char *n = (const char *)sqlite3_column_text(st, 0);
+            tbuf_putc(b, ',');
+            tj_write_string(b, n, strlen(n));
+            tbuf_printf(b, ":%lld", (long long)sqlite3_column_int64(st, 1));
+        }
+        sqlite3_finalize(st);
+    }
+    tbuf_puts(b, ",\"recent_dead\":[");
+    if (sqlite3_prepare_v2(db, "SELECT status, reason, at FROM dead WHERE dest = ?1 ORDER BY id DESC LIMIT 5", -1, &st,
+                           NULL) == SQLITE_OK) {
+        sqlite3_bind_int(st, 1, id);
+        for (int i = 0; sqlite3_step(st) == SQLITE_ROW; i++) {
+            const char *r = (const char *)sqlite3_column_text(st, 1);
+            tbuf_printf(b, "%s{\"status\":%d,\"reason\":", i ? "," : "", sqlite3_column_int(st, 0));
+            tj_write_string(b, r ? r : "", r ? strlen(r) : 0);
+            char at[25];
+            tly_iso8601(sqlite3_column_int64(st, 2), at);
+            tbuf_printf(b, ",\"at\":\"%s\"}", at);
+        }
+        sqlite3_finalize(st);
+    }
+    tbuf_puts(b, "]}");
+}
+
+char *store_report(const char *path, char *err, size_t errlen)
+{
+    sqlite3 *db;
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
+        sqlite3_close(db);
+        return NULL;
+    }
+    sqlite3_busy_timeout(db, 2000);
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT id, name FROM dests ORDER BY id", -1, &st, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: not a tally store (%s)", path, sqlite3_errmsg(db));
+        sqlite3_close(db);
+        return NULL;
+    }
+    tbuf b = TBUF_INIT;
+    tbuf_puts(&b, "{\"store\":");
+    tj_write_string(&b, path, strlen(path));
+    tbuf_puts(&b, ",\"destinations\":[");
+    for (int i = 0; sqlite3_step(st) == SQLITE_ROW; i++) {
+        if (i) tbuf_putc(&b, ',');
+        report_dest(db, &b, sqlite3_column_int(st, 0), (const char *)sqlite3_column_text(st, 1));
+    }
+    sqlite3_finalize(st);
+    tbuf_puts(&b, "]}");
+    sqlite3_close(db);
+    if (b.oom) {
+        snprintf(err, errlen, "out of memory");
+        tbuf_free(&b);
+        return NULL;
+    }
+    return tbuf_steal(&b);
+}

@@ -1,0 +1,62 @@
+/* The durable queue: one SQLite database owned by the worker (WAL, one connection, prepared
+ * statements). Rows are per destination, so each destination keeps its own cursor and a dead one
+ * never stalls another. Writes are group-committed: appends join an open transaction that the
+ * worker commits every commit_interval_ms, or at once for a flush. A message is durable when its
+ * transaction commits. ":memory:" gives the same behaviour without a file. */
+#ifndef TALLY_STORE_H
+#define TALLY_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "dest.h"
+#include "internal.h"
+
+typedef struct store store;
+
+typedef struct store_limits {
+    int64_t max_bytes;     /* bytes of queued message bodies, all destinations */
+    int64_t max_rows;
+    int     drop_newest;   /* 0: drop the oldest rows to make room (default) */
+} store_limits;
+
+/* Opens (creating if needed) the store at path. A file that is not a database or is corrupt is
+ * renamed to PATH.corrupt-<epoch> with an error logged, and a fresh store is created in its place.
+ * Returns TALLY_OK, or TALLY_EIO with errmsg set (e.g. the directory is not writable). */
+int  store_open(store **out, const char *path, const store_limits *lim, const tly_logger *log);
+void store_close(store *s);        /* commits what is pending */
+
+/* Destination ids are stable across restarts: rows left by a previous run keep their owner. */
+int  store_dest_id(store *s, const char *name, int *id);
+
+/* Appends one message for one destination inside the open group-commit transaction. Applies the
+ * full policy first; returns 0 stored, 1 dropped (drop_newest at the limit), -1 on error. *dropped
+ * counts rows removed to make room (drop_oldest). */
+int  store_append(store *s, int dest_id, const char *body, size_t len, int64_t *dropped);
+int  store_commit(store *s);       /* 0, or -1 (the transaction is rolled back and logged) */
+int  store_in_txn(const store *s);
+
+/* Loads up to max_n messages / max_bytes of JSON for dest with id > after into b (cleared first),
+ * setting b->first_id / b->last_id. Returns the number loaded or -1. */
+int  store_load(store *s, int dest_id, int64_t after, size_t max_n, size_t max_bytes, dest_batch *b);
+/* Removes delivered rows first..last of dest. */
+int  store_ack(store *s, int dest_id, int64_t first, int64_t last);
+/* Moves rows first..last of dest to the dead-letter table with the reason. */
+int  store_dead(store *s, int dest_id, int64_t first, int64_t last, int status, const char *reason);
+/* Rows queued for dest (all, or with id <= upto when upto >= 0). */
+int64_t store_pending(store *s, int dest_id, int64_t upto);
+int64_t store_last_id(const store *s);
+/* The smallest queued id of dest_id, INT64_MAX when it has none. */
+int64_t store_oldest(store *s, int dest_id);
+
+/* Cumulative per-destination counters kept in the store, for `tally inspect`. */
+void store_count(store *s, int dest_id, const char *name, int64_t delta);
+
+/* Small key/value state (identity, sessions). get returns a malloc'd string or NULL. */
+char *store_meta_get(store *s, const char *key);
+int   store_meta_set(store *s, const char *key, const char *value); /* value NULL deletes */
+
+/* Read-only report for `tally inspect`: JSON text, malloc'd. */
+char *store_report(const char *path, char *err, size_t errlen);
+
+#endif

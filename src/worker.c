@@ -1,0 +1,452 @@
+/* The worker thread: the only thread that stamps, stores and delivers. Callers only touch the
+ * intake; everything that can be slow (rules, SQLite, the network) happens here, on one event
+ * loop: curl_multi_poll waits for transfers, for the wake eventfd and for the next deadline. */
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "identity.h"
+#include "message.h"
+#include "runtime.h"
+#include "store.h"
+
+#define BATCH_MAX_BYTES (475 * 1024) /* Segment accepts 500 KB; leave room for the envelope */
+
+typedef struct dest_state {
+    int        store_id;
+    dest_batch batch;        /* the batch in flight, or last tried */
+    int        in_flight;
+    int64_t    pending;      /* rows queued in the store for this destination */
+    int64_t    since_ms;     /* monotonic: when the oldest pending row arrived */
+    int64_t    retry_at;     /* monotonic; 0 = not backing off */
+    int        attempts;
+} dest_state;
+
+struct worker {
+    store      *st;
+    CURLM      *multi;
+    tj_arena   *arena;
+    tbuf        out;
+    dest_state *ds;
+    identity    id;
+    int64_t     txn_since;   /* monotonic: when the open group-commit transaction began */
+    unsigned    rng;
+};
+
+int64_t tly_clock_mono(tally_t *t) { return tly_mono_ms() + atomic_load(&t->clock_skew_ms); }
+int64_t tly_clock_wall(tally_t *t) { return tly_now_ms() + atomic_load(&t->clock_skew_ms); }
+
+void tly_wake(tally_t *t)
+{
+    /* pairs with the fence in worker_sleep: either the worker sees our record, or we see it asleep */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&t->sleeping, memory_order_relaxed) &&
+        atomic_exchange_explicit(&t->sleeping, 0, memory_order_acq_rel)) {
+        uint64_t one = 1;
+        ssize_t r = write(t->wake_fd, &one, sizeof one);
+        (void)r; /* EAGAIN means a wake is already pending: fine */
+    }
+}
+
+/* ---- processing: intake record -> stamped message -> one store row per destination ---- */
+
+static void reject(tally_t *t, const char *why)
+{
+    atomic_fetch_add(&t->n.invalid, 1);
+    tly_log(&t->log, TALLY_LOG_WARN, "message dropped by the worker: %s", why);
+}
+
+static void store_for_dests(tally_t *t, struct worker *w, const char *json, size_t len)
+{
+    int64_t now = tly_clock_mono(t);
+    if (!store_in_txn(w->st)) w->txn_since = now;
+    for (size_t i = 0; i < t->ndests; i++) {
+        dest_state *s = &w->ds[i];
+        int64_t dropped = 0;
+        int rc = store_append(w->st, s->store_id, json, len, &dropped);
+        if (dropped) {
+            atomic_fetch_add(&t->n.store_dropped, (uint64_t)dropped);
+            tly_log(&t->log, TALLY_LOG_WARN, "store full (max_store_bytes/max_store_rows): dropped %lld oldest",
+                    (long long)dropped);
+            /* the drop may have taken rows of any destination: recount rather than guess */
+            for (size_t k = 0; k < t->ndests; k++) w->ds[k].pending = store_pending(w->st, w->ds[k].store_id, -1);
+        }
+        if (rc == 1) {
+            atomic_fetch_add(&t->n.store_dropped, 1);
+            tly_log(&t->log, TALLY_LOG_WARN, "%s: store full, newest message dropped (store_on_full=drop_newest)",
+                    t->dests[i].name);
+        } else if (rc < 0) {
+            atomic_fetch_add(&t->n.store_errors, 1);
+        } else {
+            if (s->pending++ == 0) s->since_ms = now;
+        }
+    }
+}
+
+static void process(tally_t *t, struct worker *w, const intake_rec *r)
+{
+    int server = t->cfg.mode == MODE_SERVER;
+    if (!server) identity_apply(&w->id, w->st, r->kind, r, tly_clock_mono(t), tly_clock_wall(t));
+    if (r->kind == REC_RESET || r->kind == REC_SESSION_START) return;
+    tj_arena_reset(w->arena);
+    tj_error err = {0, ""};
+    tj_value *m = msg_from_rec(w->arena, r, &err);
+    msg_ids ids = {0};
+    if (!server) identity_ids(&w->id, &ids);
+    if (!t->cfg.context_traits) ids.traits = NULL;
+    if (!m || msg_stamp(w->arena, m, &ids, r->ts_ms, &err)) {
+        reject(t, err.msg[0] ? err.msg : "out of memory");
+        return;
+    }
+    if (msg_validate(m, 1)) {
+        reject(t, tally_errmsg(t));
+        return;
+    }
+    tbuf_reset(&w->out);
+    if (tj_write(&w->out, m) || w->out.oom) {
+        reject(t, "cannot serialize (out of memory)");
+        return;
+    }
+    if (w->out.len > TALLY_MAX_MESSAGE_BYTES) {
+        char why[128];
+        snprintf(why, sizeof why, "%zu bytes after stamping, over the %d-byte limit", w->out.len, TALLY_MAX_MESSAGE_BYTES);
+        reject(t, why);
+        return;
+    }
+    store_for_dests(t, w, w->out.data, w->out.len);
+    atomic_fetch_add(&t->n.processed, 1);
+}
+
+static int drain(tally_t *t, struct worker *w, int budget)
+{
+    int n = 0;
+    intake_rec *r;
+    while (n < budget && (r = intake_pop(&t->q)) != NULL) {
+        process(t, w, r);
+        free(r);
+        n++;
+    }
+    return n;
+}
+
+static void commit(tally_t *t, struct worker *w)
+{
+    if (store_in_txn(w->st) && store_commit(w->st)) atomic_fetch_add(&t->n.store_errors, 1);
+}
+
+/* ---- delivery ---- */
+
+/* Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)], so many
+ * devices retrying after the same outage spread out instead of arriving together. */
+static int64_t backoff_ms(tally_t *t, struct worker *w, int attempt)
+{
+    int64_t ceiling = t->cfg.retry_base_ms;
+    for (int i = 1; i < attempt && ceiling < t->cfg.retry_cap_ms; i++) ceiling *= 2;
+    if (ceiling > t->cfg.retry_cap_ms) ceiling = t->cfg.retry_cap_ms;
+    return (int64_t)(rand_r(&w->rng) % (unsigned)(ceiling + 1));
+}
+
+static void outcome(tally_t *t, struct worker *w, size_t i, const dest_outcome *o)
+{
+    dest *d = &t->dests[i];
+    dest_state *s = &w->ds[i];
+    s->in_flight = 0;
+    int64_t n = (int64_t)s->batch.n, now = tly_clock_mono(t);
+    int removed = 1; /* the batch's rows left the queue (delivered or dead-lettered) */
+    if (o->result == DEST_OK) {
+        store_ack(w->st, s->store_id, s->batch.first_id, s->batch.last_id);
+        store_count(w->st, s->store_id, "delivered", n);
+        atomic_fetch_add(&d->delivered, (uint64_t)n);
+        s->attempts = 0;
+        s->retry_at = 0;
+    } else if (o->result == DEST_RETRY && s->attempts < t->cfg.max_retries) {
+        s->attempts++;
+        int64_t wait = o->retry_after_ms > 0 ? o->retry_after_ms : backoff_ms(t, w, s->attempts);
+        if (wait > t->cfg.retry_cap_ms) wait = t->cfg.retry_cap_ms;
+        s->retry_at = now + (wait > 0 ? wait : 1);
+        removed = 0;
+        store_count(w->st, s->store_id, "retried", n);
+        atomic_fetch_add(&d->retried, (uint64_t)n);
+        tly_log(&t->log, TALLY_LOG_WARN, "%s: %s; retry %d of %d in %lld ms", d->name, o->reason, s->attempts,
+                t->cfg.max_retries, (long long)wait);
+    } else {
+        char reason[300];
+        if (o->result == DEST_RETRY) snprintf(reason, sizeof reason, "gave up after %d retries: %s", s->attempts, o->reason);
+        else snprintf(reason, sizeof reason, "%s", o->reason);
+        store_dead(w->st, s->store_id, s->batch.first_id, s->batch.last_id, o->status, reason);
+        store_count(w->st, s->store_id, "dead_lettered", n);
+        atomic_fetch_add(&d->failed, (uint64_t)n);
+        tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)n, reason);
+        s->attempts = 0;
+        s->retry_at = 0;
+    }
+    if (removed) {
+        s->pending -= n;
+        if (s->pending < 0) s->pending = 0;
+        s->since_ms = now; /* what remains is sent on its own schedule */
+    }
+}
+
+static int due(tally_t *t, const dest_state *s, int64_t now, int force)
+{
+    if (s->in_flight || s->pending == 0 || (s->retry_at && now < s->retry_at)) return 0;
+    return force || s->retry_at || s->pending >= t->cfg.flush_at || now - s->since_ms >= t->cfg.flush_interval_ms;
+}
+
+/* Sends what is due. Synchronous destinations (file, sqlite) are drained batch after batch while
+ * they stay due, so a backlog is not paced by flush_interval_ms. */
+static void deliver(tally_t *t, struct worker *w, int force)
+{
+    for (size_t i = 0; i < t->ndests; i++) {
+        dest_state *s = &w->ds[i];
+        while (due(t, s, tly_clock_mono(t), force)) {
+            commit(t, w); /* what we send is on disk first */
+            int n = store_load(w->st, s->store_id, 0, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
+            if (n <= 0) {
+                if (n == 0) s->pending = 0; /* rows were dropped by the full policy */
+                break;
+            }
+            atomic_fetch_add(&t->dests[i].batches, 1);
+            dest_outcome o;
+            s->in_flight = 1;
+            if (!t->dests[i].ops->submit(&t->dests[i], &s->batch, &o)) break; /* runs on the event loop */
+            outcome(t, w, i, &o);
+        }
+    }
+}
+
+static void collect_transfers(tally_t *t, struct worker *w)
+{
+    int running;
+    curl_multi_perform(w->multi, &running);
+    CURLMsg *m;
+    int left;
+    while ((m = curl_multi_info_read(w->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE) continue;
+        dest *d = NULL;
+        curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&d);
+        if (!d) continue;
+        size_t i = (size_t)(d - t->dests);
+        dest_outcome o;
+        d->ops->finish(d, m->easy_handle, m->data.result, &o);
+        outcome(t, w, i, &o);
+    }
+}
+
+/* ---- flush ---- */
+
+/* Everything with a store id below the returned one has left every destination's queue. */
+static int64_t delivered_frontier(tally_t *t, struct worker *w)
+{
+    int64_t frontier = INT64_MAX;
+    for (size_t i = 0; i < t->ndests; i++) {
+        int64_t oldest = store_oldest(w->st, w->ds[i].store_id);
+        if (oldest < frontier) frontier = oldest;
+    }
+    return frontier;
+}
+
+/* A flush request is drained once every record before its ticket left the intake (we process
+ * what we pop before coming here); it is done when no destination has a row up to the store id
+ * that was last when it drained. Requests live on their callers' stacks and a caller may give up
+ * (timeout) at any moment, so they are only touched with the lock held. */
+static void serve_flushes(tally_t *t, struct worker *w)
+{
+    size_t taken = intake_taken(&t->q);
+    int waiting = 0;
+    pthread_mutex_lock(&t->mu);
+    for (flush_req *f = t->flushes; f; f = f->next) {
+        if (!f->drained && taken >= f->ticket) {
+            f->drained = 1;
+            f->mark = store_last_id(w->st);
+        }
+        waiting |= f->drained && !f->done;
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (!waiting) return;
+    commit(t, w);
+    deliver(t, w, 1);
+    commit(t, w);
+    int64_t frontier = delivered_frontier(t, w);
+    int any = 0;
+    pthread_mutex_lock(&t->mu);
+    for (flush_req *f = t->flushes; f; f = f->next) any |= f->drained && !f->done && f->mark < frontier;
+    pthread_mutex_unlock(&t->mu);
+    if (!any) return;
+    for (size_t i = 0; i < t->ndests; i++) t->dests[i].ops->sync(&t->dests[i]);
+    pthread_mutex_lock(&t->mu);
+    for (flush_req *f = t->flushes; f; f = f->next)
+        if (f->drained && f->mark < frontier) f->done = 1;
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+}
+
+static int flush_waiting(tally_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int any = 0;
+    for (flush_req *f = t->flushes; f && !any; f = f->next) any = !f->done;
+    pthread_mutex_unlock(&t->mu);
+    return any;
+}
+
+/* ---- the loop ---- */
+
+static int next_timeout_ms(tally_t *t, struct worker *w)
+{
+    int64_t now = tly_clock_mono(t), next = now + 1000; /* a periodic wake as a safety net */
+    if (store_in_txn(w->st) && w->txn_since + t->cfg.commit_interval_ms < next)
+        next = w->txn_since + t->cfg.commit_interval_ms;
+    for (size_t i = 0; i < t->ndests; i++) {
+        dest_state *s = &w->ds[i];
+        if (s->in_flight || !s->pending) continue;
+        int64_t when = s->retry_at ? s->retry_at
+                     : s->pending >= t->cfg.flush_at ? now
+                                                     : s->since_ms + t->cfg.flush_interval_ms;
+        if (when < next) next = when;
+    }
+    return next <= now ? 0 : (int)(next - now);
+}
+
+static void worker_sleep(tally_t *t, struct worker *w, int timeout_ms)
+{
+    atomic_store_explicit(&t->sleeping, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (intake_position(&t->q) != intake_taken(&t->q)) {
+        atomic_store(&t->sleeping, 0);
+        return;
+    }
+    struct curl_waitfd wake = {t->wake_fd, CURL_WAIT_POLLIN, 0};
+    int n;
+    curl_multi_poll(w->multi, &wake, 1, timeout_ms, &n);
+    if (wake.revents) {
+        uint64_t v;
+        ssize_t r = read(t->wake_fd, &v, sizeof v);
+        (void)r;
+    }
+    atomic_store(&t->sleeping, 0);
+}
+
+static int stop_requested(tally_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int s = t->stop;
+    pthread_mutex_unlock(&t->mu);
+    return s;
+}
+
+static void *worker_main(void *arg)
+{
+    tally_t *t = arg;
+    struct worker *w = t->w;
+    for (;;) {
+        int did = drain(t, w, 1024);
+        if (store_in_txn(w->st) && tly_clock_mono(t) - w->txn_since >= t->cfg.commit_interval_ms) commit(t, w);
+        collect_transfers(t, w);
+        deliver(t, w, 0);
+        if (flush_waiting(t)) serve_flushes(t, w);
+        if (!did && stop_requested(t) && intake_position(&t->q) == intake_taken(&t->q)) break;
+        if (!did) worker_sleep(t, w, next_timeout_ms(t, w));
+    }
+    commit(t, w);
+    return NULL;
+}
+
+/* ---- start / stop ---- */
+
+static void worker_free(tally_t *t, struct worker *w)
+{
+    if (!w) return;
+    int64_t left = 0;
+    for (size_t i = 0; i < t->ndests && w->ds; i++) {
+        left += w->ds[i].pending;
+        batch_free(&w->ds[i].batch);
+    }
+    /* destinations hold easy handles on the multi handle: close them before it goes */
+    for (size_t i = 0; i < t->ndests; i++) dest_close(&t->dests[i]);
+    if (left && t->cfg.store && strcmp(t->cfg.store, ":memory:") != 0)
+        tly_log(&t->log, TALLY_LOG_INFO, "close: %lld deliveries left in the store for the next start", (long long)left);
+    else if (left)
+        tly_log(&t->log, TALLY_LOG_ERROR, "close: %lld undelivered messages lost (store is :memory:)", (long long)left);
+    identity_free(&w->id);
+    store_close(w->st);
+    if (w->multi) curl_multi_cleanup(w->multi);
+    free(w->ds);
+    tbuf_free(&w->out);
+    tj_arena_free(w->arena);
+    free(w);
+}
+
+static int open_dests(tally_t *t, struct worker *w)
+{
+    if (t->cfg.ndests == 0)
+        return tly_fail(TALLY_ECONFIG, "no destination: set write_key (or TALLY_WRITE_KEY), out, or destinations");
+    if (!(t->dests = calloc(t->cfg.ndests, sizeof *t->dests)) || !(w->ds = calloc(t->cfg.ndests, sizeof *w->ds)))
+        return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
+    dest_env env = {t->cfg.write_key, t->cfg.ca_bundle, t->cfg.proxy, t->cfg.gzip, t->cfg.timeout_ms, w->multi};
+    int64_t now = tly_clock_mono(t);
+    for (size_t i = 0; i < t->cfg.ndests; i++) {
+        int rc = dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log);
+        if (rc) return rc;
+        t->ndests++;
+        for (size_t k = 0; k < i; k++)
+            if (!strcmp(t->dests[k].name, t->dests[i].name))
+                return tly_fail(TALLY_ECONFIG, "destinations: \"%s\" is configured twice (give one a \"name\")",
+                                t->dests[i].name);
+        dest_state *s = &w->ds[i];
+        if (store_dest_id(w->st, t->dests[i].name, &s->store_id))
+            return tly_fail(TALLY_EIO, "store: cannot register destination %s", t->dests[i].name);
+        /* rows left by an earlier run go out at once */
+        s->pending = store_pending(w->st, s->store_id, -1);
+        s->since_ms = now - t->cfg.flush_interval_ms;
+    }
+    if (store_commit(w->st)) return tly_fail(TALLY_EIO, "store: cannot write");
+    return TALLY_OK;
+}
+
+static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
+
+int worker_start(tally_t *t)
+{
+    static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
+    pthread_once(&curl_once, curl_init_once);
+    struct worker *w = calloc(1, sizeof *w);
+    if (!w || !(w->arena = tj_arena_new()) || !(w->multi = curl_multi_init())) {
+        worker_free(t, w);
+        return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
+    }
+    w->rng = (unsigned)tly_now_ms() ^ (unsigned)(uintptr_t)w;
+    const char *path = t->cfg.store ? t->cfg.store : ":memory:";
+    store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full == 0};
+    int rc = store_open(&w->st, path, &lim, &t->log);
+    if (!rc) rc = open_dests(t, w);
+    if (!rc && t->cfg.mode != MODE_SERVER &&
+        identity_load(&w->id, w->st, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
+        rc = tly_fail(TALLY_EIO, "store: cannot load the identity");
+    if (!rc) {
+        t->w = w;
+        int e = pthread_create(&t->thread, NULL, worker_main, t);
+        if (e) {
+            t->w = NULL;
+            rc = tly_fail(TALLY_ENOMEM, "tally_open: cannot start the worker thread: %s", strerror(e));
+        }
+    }
+    if (rc) worker_free(t, w);
+    return rc;
+}
+
+void worker_stop(tally_t *t)
+{
+    if (!t->w) return;
+    pthread_mutex_lock(&t->mu);
+    t->stop = 1;
+    pthread_mutex_unlock(&t->mu);
+    atomic_store(&t->sleeping, 1); /* force the eventfd write even if the worker looks busy */
+    tly_wake(t);
+    pthread_join(t->thread, NULL);
+    worker_free(t, t->w);
+    t->w = NULL;
+}

@@ -1,0 +1,343 @@
+/* Tests for the tj_value <-> Lua bridge (src/json_lua.c). */
+#include <lauxlib.h>
+#include <lualib.h>
+#include <stdint.h>
+
+#include "harness.h"
+#include "json.h"
+#include "json_lua.h"
+
+/* ---------------------------------------------------------------- helpers */
+
+static lua_State *new_state(void)
+{
+    lua_State *L = luaL_newstate();
+    luaL_openlibs(L);
+    tjl_init(L);
+    tjl_push_null(L);
+    lua_setglobal(L, "null");
+    tjl_push_empty_array(L);
+    lua_setglobal(L, "empty_array");
+    return L;
+}
+
+/* Encodes the value on top of the stack (and pops it); "ERROR: msg" on failure. */
+static const char *encode_top(lua_State *L, const char *root)
+{
+    static tbuf out = TBUF_INIT;
+    tbuf_reset(&out);
+    tj_arena *a = tj_arena_new();
+    tj_value *v;
+    tj_error err;
+    int top = lua_gettop(L);
+    if (tjl_to_json_at(L, -1, root, a, &v, &err)) tbuf_printf(&out, "ERROR: %s", err.msg);
+    else if (tj_write(&out, v)) tbuf_puts(&out, "WRITE FAILED");
+    CHECK_EQ_INT(lua_gettop(L), top); /* stack untouched, success or not */
+    lua_pop(L, 1);
+    tj_arena_free(a);
+    return out.data;
+}
+
+/* Runs `script` (a chunk returning one value). */
+static const char *run(lua_State *L, const char *script, const char *root)
+{
+    if (luaL_dostring(L, script)) {
+        static char msg[256];
+        snprintf(msg, sizeof msg, "LUA ERROR: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return msg;
+    }
+    return encode_top(L, root);
+}
+
+/* Decodes json, passes it to script as `...`, encodes what the script returns. */
+static const char *through_lua(const char *json, const char *script)
+{
+    static char msg[256];
+    lua_State *L = new_state();
+    tj_arena *a = tj_arena_new();
+    tj_value *v;
+    tj_error err;
+    const char *res = msg;
+    if (tj_parse(a, json, strlen(json), &v, &err)) {
+        snprintf(msg, sizeof msg, "PARSE ERROR: %s", err.msg);
+    } else if (luaL_loadstring(L, script ? script : "return ...")) {
+        snprintf(msg, sizeof msg, "LOAD ERROR: %s", lua_tostring(L, -1));
+    } else if (tjl_push(L, v)) {
+        snprintf(msg, sizeof msg, "PUSH FAILED");
+    } else if (lua_pcall(L, 1, 1, 0)) {
+        snprintf(msg, sizeof msg, "LUA ERROR: %s", lua_tostring(L, -1));
+    } else {
+        res = encode_top(L, NULL);
+        CHECK_EQ_INT(lua_gettop(L), 0);
+    }
+    tj_arena_free(a);
+    lua_close(L);
+    return res;
+}
+
+/* ---------------------------------------------------------------- JSON -> Lua -> JSON */
+
+TEST(lua_round_trip_sample)
+{
+    CHECK_STR(through_lua("{\"n\":9007199254740993,\"f\":0.1,\"a\":[],\"z\":null}", NULL),
+              "{\"a\":[],\"f\":0.1,\"n\":9007199254740993,\"z\":null}");
+    static const char *same[] = {
+        "{\"a\":[],\"f\":0.1,\"n\":9007199254740993,\"z\":null}",
+        "[1,2.5,-0.0,1.0,100.0,1e21,5e-324,-9223372036854775808,9223372036854775807]",
+        "[null,1,null,\"x\",null]",
+        "{\"a\":null,\"b\":{\"c\":null},\"d\":[null]}",
+        "[[],{},[[]],[{}],{\"e\":[]}]",
+        "\"caf\xC3\xA9 \\u0000 \\n \\u2028\"",
+        "true", "false", "null", "0", "-7", "1.5", "[]", "{}",
+    };
+    for (size_t i = 0; i < sizeof same / sizeof *same; i++) CHECK_STR(through_lua(same[i], NULL), same[i]);
+}
+
+TEST(lua_keys_sorted_bytewise)
+{
+    CHECK_STR(through_lua("{\"b\":1,\"a\":2,\"ab\":3,\"\xC3\xA9\":4,\"B\":5,\"\":6}", NULL),
+              "{\"\":6,\"B\":5,\"a\":2,\"ab\":3,\"b\":1,\"\xC3\xA9\":4}");
+    /* duplicate keys: the last one wins, as in every JSON reader */
+    CHECK_STR(through_lua("{\"x\":1,\"x\":2}", NULL), "{\"x\":2}");
+}
+
+TEST(lua_number_subtypes)
+{
+    CHECK_STR(through_lua("{\"i\":9007199254740993,\"f\":1.0,\"g\":0.5,\"m\":-9223372036854775808}",
+                          "local t = ...; return {math.type(t.i), math.type(t.f), math.type(t.g), "
+                          "math.type(t.m), t.i == 9007199254740993, t.m == math.mininteger}"),
+              "[\"integer\",\"float\",\"float\",\"integer\",true,true]");
+    CHECK_STR(through_lua("[1.0]", "local t = ...; t[2] = t[1] * 3; t[3] = 7 // 2; return t"),
+              "[1.0,3.0,3]");
+    CHECK_STR(through_lua("9223372036854775808", "local x = ...; return math.type(x)"), "\"float\"");
+}
+
+TEST(lua_null_survives)
+{
+    CHECK_STR(through_lua("{\"a\":null,\"b\":[null,null]}",
+                          "local t = ...; return {t.a == null, t.b[1] == null, #t.b, t.a ~= nil}"),
+              "[true,true,2,true]");
+    CHECK_STR(through_lua("[1]", "local t = ...; t[2] = null; t[3] = 3; return t"), "[1,null,3]");
+}
+
+TEST(lua_empty_arrays)
+{
+    CHECK_STR(through_lua("[]", "local t = ...; return {t, getmetatable(t).__name, #t}"),
+              "[[],\"tally.array\",0]");
+    CHECK_STR(through_lua("{\"a\":[1,2,3]}",
+                          "local t = ...; for i = #t.a, 1, -1 do table.remove(t.a) end; return t"),
+              "{\"a\":[]}");
+    CHECK_STR(through_lua("{\"a\":[1]}", "local t = ...; t.a[1] = nil; return t"), "{\"a\":[]}");
+    CHECK_STR(through_lua("{}", "local t = ...; t.list = empty_array; t.l2 = {empty_array}; return t"),
+              "{\"l2\":[[]],\"list\":[]}");
+    lua_State *L = new_state();
+    CHECK_STR(run(L, "return empty_array", NULL), "[]");
+    CHECK_STR(run(L, "return {}", NULL), "{}");
+    CHECK_STR(run(L, "return setmetatable({}, debug.getregistry()['tally.array'])", NULL), "[]");
+    lua_close(L);
+}
+
+TEST(lua_raw_values_are_expanded)
+{
+    lua_State *L = new_state();
+    tj_arena *a = tj_arena_new();
+    tj_value *o = tj_new(a, TJ_OBJECT);
+    tj_object_set(a, o, "p", 1, tj_new_raw(a, "{\"x\":[1,2.0,null]}", 18));
+    REQUIRE(tjl_push(L, o) == 0);
+    CHECK_EQ_INT(lua_gettop(L), 1);
+    CHECK_STR(encode_top(L, NULL), "{\"p\":{\"x\":[1,2.0,null]}}");
+    tj_value *bad = tj_new_raw(a, "{\"x\":", 5);
+    lua_pushinteger(L, 42);
+    CHECK(tjl_push(L, bad) == -1);
+    CHECK_EQ_INT(lua_gettop(L), 1); /* nothing pushed on failure */
+    lua_close(L);
+    tj_arena_free(a);
+}
+
+TEST(lua_strings_with_nul_and_utf8)
+{
+    CHECK_STR(through_lua("\"a\\u0000b\"", "local s = ...; return {#s, s:byte(2)}"), "[3,0]");
+    lua_State *L = new_state();
+    CHECK_STR(run(L, "return {name = 'ab\\xC0\\x80'}", "traits"),
+              "ERROR: traits.name: invalid UTF-8 at byte 2");
+    CHECK_STR(run(L, "return {['k\\xFF'] = 1}", "traits"),
+              "ERROR: traits: invalid UTF-8 in key at byte 1");
+    CHECK_STR(run(L, "return 'ok \\u{1F600}'", NULL), "\"ok \xF0\x9F\x98\x80\"");
+    CHECK_STR(run(L, "return '\\xED\\xA0\\x80'", NULL), "ERROR: invalid UTF-8 at byte 0");
+    lua_close(L);
+}
+
+/* ---------------------------------------------------------------- Lua -> JSON errors */
+
+TEST(lua_error_paths)
+{
+    lua_State *L = new_state();
+    CHECK_STR(run(L, "return {items = {1, 2, 0/0}}", "properties"),
+              "ERROR: properties.items[2]: NaN is not valid JSON");
+    CHECK_STR(run(L, "return {a = {b = {math.huge}}}", NULL), "ERROR: a.b[0]: inf is not valid JSON");
+    CHECK_STR(run(L, "return -math.huge", "x"), "ERROR: x: -inf is not valid JSON");
+    CHECK_STR(run(L, "return {['a key'] = {{}, print}}", "p"),
+              "ERROR: p[\"a key\"][1]: function is not valid JSON");
+    CHECK_STR(run(L, "return {['1x'] = coroutine.create(print)}", NULL),
+              "ERROR: [\"1x\"]: thread is not valid JSON");
+    CHECK_STR(run(L, "return {f = io.stdout}", NULL), "ERROR: f: userdata is not valid JSON");
+    CHECK_STR(run(L, "return nil", "properties"), "ERROR: properties: nil is not valid JSON");
+    CHECK_STR(run(L, "return 0/0", NULL), "ERROR: NaN is not valid JSON");
+    lua_close(L);
+}
+
+TEST(lua_table_shapes)
+{
+    lua_State *L = new_state();
+    CHECK_STR(run(L, "return {1, 2, x = 3}", "p"), "ERROR: p: table mixes string and integer keys");
+    CHECK_STR(run(L, "return {[1] = 1, [3] = 3}", "p"), "ERROR: p: table with integer keys is not a sequence 1..n");
+    CHECK_STR(run(L, "return {[0] = 1}", NULL), "ERROR: table with integer keys is not a sequence 1..n");
+    CHECK_STR(run(L, "return {[-1] = 1, [1] = 2}", NULL),
+              "ERROR: table with integer keys is not a sequence 1..n");
+    CHECK_STR(run(L, "return {x = {[true] = 1}}", NULL),
+              "ERROR: x: table has a boolean key; JSON object keys must be strings");
+    CHECK_STR(run(L, "return {[1.5] = 1}", NULL),
+              "ERROR: table has a non-integer number key; JSON object keys must be strings");
+    CHECK_STR(run(L, "return {[{}] = 1}", NULL),
+              "ERROR: table has a table key; JSON object keys must be strings");
+    CHECK_STR(run(L, "return {[2.0] = 'b', [1] = 'a'}", NULL), "[\"a\",\"b\"]"); /* 2.0 is key 2 */
+    CHECK_STR(run(L, "return {'a', 'b', 'c'}", NULL), "[\"a\",\"b\",\"c\"]");
+    CHECK_STR(run(L, "local t = setmetatable({1, 2, 3}, debug.getregistry()['tally.array']); "
+                     "t[2] = nil; return {list = t}", NULL),
+              "ERROR: list: array is not a sequence 1..n (holes or non-integer keys)");
+    CHECK_STR(run(L, "local t = setmetatable({}, debug.getregistry()['tally.array']); "
+                     "t.x = 1; return t", NULL),
+              "ERROR: array is not a sequence 1..n (holes or non-integer keys)");
+    CHECK_STR(run(L, "return {x = io.stdout and {} or 1, y = 2}", NULL), "{\"x\":{},\"y\":2}");
+    /* other light userdata: only our two sentinels mean something */
+    lua_pushlightuserdata(L, (void *)L);
+    CHECK_STR(encode_top(L, "u"), "ERROR: u: light userdata is not valid JSON");
+    lua_close(L);
+}
+
+TEST(lua_metamethods_are_not_called)
+{
+    lua_State *L = new_state();
+    CHECK_STR(run(L, "local t = setmetatable({a = 1}, {__index = function() error('no') end, "
+                     "__pairs = function() error('no') end, __len = function() error('no') end}); "
+                     "return t", NULL),
+              "{\"a\":1}");
+    lua_close(L);
+}
+
+TEST(lua_cycles_and_depth)
+{
+    lua_State *L = new_state();
+    const char *r = run(L, "local t = {}; t.self = t; return t", "properties");
+    CHECK_CONTAINS(r, "ERROR: properties.self.self");
+    CHECK_CONTAINS(r, "...");
+    CHECK_CONTAINS(r, ".self: table nested deeper than 64 (cycle?)");
+    CHECK(strlen(r) - strlen("ERROR: ") < sizeof(((tj_error *)0)->msg));
+    r = run(L, "local t = {}; t[1] = t; return t", NULL);
+    CHECK_CONTAINS(r, "ERROR: [0][0][0]");
+    CHECK_CONTAINS(r, "[0]: table nested deeper than 64 (cycle?)");
+    /* exactly 64 tables are fine, 65 are not, as in the parser */
+    CHECK_CONTAINS(run(L, "local t = {} for i = 2, 64 do t = {t} end return t", NULL), "[[[[");
+    CHECK_CONTAINS(run(L, "local t = {} for i = 2, 65 do t = {t} end return t", NULL),
+                   "table nested deeper than 64");
+    CHECK_CONTAINS(run(L, "local t = empty_array for i = 1, 64 do t = {t} end return t", NULL), "[[[[");
+    /* long keys and odd bytes are shortened in messages, and UTF-8 is never cut */
+    r = run(L, "return {[string.rep('\\u{E9}', 40)] = {['a\\n\"b'] = 0/0}}", NULL);
+    CHECK_CONTAINS(r, "ERROR: [\"\xC3\xA9\xC3\xA9");
+    CHECK_CONTAINS(r, "...\"][\"a?\\\"b\"]: NaN is not valid JSON");
+    lua_close(L);
+
+    /* 64 nested JSON arrays decode and encode again */
+    tbuf b = TBUF_INIT;
+    for (int i = 0; i < 64; i++) tbuf_putc(&b, '[');
+    for (int i = 0; i < 64; i++) tbuf_putc(&b, ']');
+    CHECK_STR(through_lua(b.data, NULL), b.data);
+    tbuf_free(&b);
+}
+
+TEST(lua_helpers)
+{
+    lua_State *L = new_state();
+    tjl_init(L); /* idempotent */
+    lua_newtable(L);
+    CHECK(!tjl_is_array(L, -1));
+    tjl_set_array(L, -1);
+    CHECK(tjl_is_array(L, -1));
+    CHECK_STR(encode_top(L, NULL), "[]");
+    tjl_push_null(L);
+    CHECK(tjl_is_null(L, -1) && !tjl_is_empty_array(L, -1));
+    tjl_push_empty_array(L);
+    CHECK(tjl_is_empty_array(L, -1) && !tjl_is_null(L, -1));
+    lua_pushnil(L);
+    CHECK(!tjl_is_null(L, -1) && !tjl_is_array(L, -1));
+    tjl_set_array(L, -1); /* not a table: ignored */
+    lua_settop(L, 0);
+    lua_close(L);
+
+    /* a state where tjl_init never ran: tjl_push creates the metatable on demand */
+    L = luaL_newstate();
+    tj_arena *a = tj_arena_new();
+    tj_value *v;
+    tj_error err;
+    REQUIRE(tj_parse(a, "[[]]", 4, &v, &err) == 0);
+    CHECK(tjl_push(L, v) == 0);
+    CHECK_STR(encode_top(L, NULL), "[[]]");
+    lua_newtable(L);
+    CHECK_STR(encode_top(L, NULL), "{}");
+    tj_arena_free(a);
+    lua_close(L);
+}
+
+/* ---------------------------------------------------------------- Lua memory errors */
+
+typedef struct { long budget; } limit;
+
+static void *limited_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    limit *l = ud;
+    (void)osize;
+    if (nsize == 0) { free(ptr); return NULL; }
+    if (l->budget-- <= 0 && nsize > (ptr ? osize : 0)) return NULL;
+    return realloc(ptr, nsize);
+}
+
+static int push_under_pcall(lua_State *L)
+{
+    tj_value *v = lua_touserdata(L, 1);
+    lua_pushinteger(L, tjl_push(L, v));
+    return 2;
+}
+
+TEST(lua_memory_errors_leak_nothing)
+{
+    /* Fail the Nth Lua allocation for every N: tjl_push must either succeed, fail cleanly or raise
+     * a memory error under pcall, without leaking the arena used for TJ_RAW (ASan checks). */
+    tj_arena *a = tj_arena_new();
+    tj_value *o = tj_new(a, TJ_OBJECT);
+    const char *raw = "{\"x\":[1,2,{\"y\":\"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\"}]}";
+    tj_object_set(a, o, "raw", 3, tj_new_raw(a, raw, strlen(raw)));
+    tj_object_set(a, o, "arr", 3, tj_new(a, TJ_ARRAY));
+    int successes = 0, errors = 0;
+    for (long n = 0; n < 400; n++) {
+        limit l = {1000000};
+        lua_State *L = lua_newstate(limited_alloc, &l);
+        REQUIRE(L);
+        lua_pushcfunction(L, push_under_pcall);
+        lua_pushlightuserdata(L, o);
+        l.budget = n;
+        int r = lua_pcall(L, 1, 2, 0);
+        l.budget = 1000000;
+        if (r == LUA_OK && lua_tointeger(L, -1) == 0) {
+            lua_pop(L, 1);
+            CHECK_STR(encode_top(L, NULL), "{\"arr\":[],\"raw\":{\"x\":[1,2,{\"y\":\"zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz\"}]}}");
+            successes++;
+        } else {
+            errors++;
+        }
+        lua_close(L);
+    }
+    if (!(successes > 0 && errors > 0)) fprintf(stderr, "  successes %d errors %d\n", successes, errors);
+    CHECK(successes > 0 && errors > 0);
+    tj_arena_free(a);
+}

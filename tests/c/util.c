@@ -1,0 +1,98 @@
+#include "util.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "tally.h"
+
+char *tu_read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while (buf && (got = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += got;
+        if (cap - n < 2) {
+            char *b = realloc(buf, cap *= 2);
+            if (!b) { free(buf); buf = NULL; }
+            else buf = b;
+        }
+    }
+    fclose(f);
+    if (buf) buf[n] = '\0';
+    if (len) *len = n;
+    return buf;
+}
+
+int tu_count_lines(const char *path)
+{
+    char *s = tu_read_file(path, NULL);
+    if (!s) return -1;
+    int n = 0;
+    for (char *p = s; *p; p++) n += *p == '\n';
+    free(s);
+    return n;
+}
+
+char *tu_line(const char *path, int n)
+{
+    char *s = tu_read_file(path, NULL);
+    if (!s) return NULL;
+    char *p = s;
+    for (int i = 0; i < n && p; i++) {
+        p = strchr(p, '\n');
+        if (p) p++;
+    }
+    char *out = NULL;
+    if (p && *p) {
+        char *e = strchr(p, '\n');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        out = malloc(len + 1);
+        if (out) { memcpy(out, p, len); out[len] = '\0'; }
+    }
+    free(s);
+    return out;
+}
+
+const char *tu_tmpdir(void)
+{
+    static char dir[256];
+    if (!dir[0]) {
+        snprintf(dir, sizeof dir, "/tmp/tally-test-XXXXXX");
+        if (!mkdtemp(dir)) { perror("mkdtemp"); exit(2); }
+    }
+    return dir;
+}
+
+char *tu_path(const char *name)
+{
+    char *p = malloc(strlen(tu_tmpdir()) + strlen(name) + 2);
+    if (p) sprintf(p, "%s/%s", tu_tmpdir(), name);
+    return p;
+}
+
+struct tally *tu_open_file(const char *file, ...)
+{
+    tally_config *cfg = tally_config_new();
+    if (!cfg) return NULL;
+    unlink(file);
+    tally_config_set(cfg, "out", file);
+    tally_config_set(cfg, "log_level", "off");
+    va_list ap;
+    va_start(ap, file);
+    const char *k;
+    while ((k = va_arg(ap, const char *)) != NULL) {
+        const char *v = va_arg(ap, const char *);
+        if (tally_config_set(cfg, k, v) != TALLY_OK) fprintf(stderr, "tu_open_file: %s\n", tally_errmsg(NULL));
+    }
+    va_end(ap);
+    tally_t *t = NULL;
+    if (tally_open(cfg, &t) != TALLY_OK) fprintf(stderr, "tu_open_file: %s\n", tally_errmsg(NULL));
+    tally_config_free(cfg);
+    return t;
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The tally CLI: Segment's library CLI contract, exact output, and exit 2 with the flag named.
+set -u
+TALLY=${TALLY_BIN:-build/release/tally}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+pass=0 fail=0
+ok()  { pass=$((pass + 1)); echo "ok   $1"; }
+bad() { fail=$((fail + 1)); echo "FAIL $1: $2"; }
+
+# expect NAME WANT_EXIT STDERR_SUBSTRING -- command...
+expect() {
+  local name=$1 want=$2 errsub=$3; shift 4
+  "$@" >"$dir/out" 2>"$dir/err"; local rc=$?
+  if [ "$rc" -ne "$want" ]; then bad "$name" "exit $rc, wanted $want; stderr: $(cat "$dir/err")"; return; fi
+  if [ -n "$errsub" ] && ! grep -qF -- "$errsub" "$dir/err"; then bad "$name" "stderr lacks '$errsub': $(cat "$dir/err")"; return; fi
+  if [ "$want" -eq 2 ] && [ "$(wc -l <"$dir/err")" -ne 1 ]; then bad "$name" "error is not one line: $(cat "$dir/err")"; return; fi
+  ok "$name"
+}
+
+# The issue's acceptance command: properties byte for byte.
+rm -f "$dir/x.ndjson"
+expect track_exact 0 "" -- "$TALLY" track --userId=u1 --event='Button Clicked' \
+  --properties='{"n":9007199254740993,"f":0.1,"a":[],"z":null}' --out="$dir/x.ndjson"
+if grep -qF '"properties":{"n":9007199254740993,"f":0.1,"a":[],"z":null}' "$dir/x.ndjson" &&
+   grep -qF '"userId":"u1"' "$dir/x.ndjson" && grep -qF '"event":"Button Clicked"' "$dir/x.ndjson"; then
+  ok track_exact_content
+else
+  bad track_exact_content "$(cat "$dir/x.ndjson")"
+fi
+# one-shot mode adds nothing to context but library, and no anonymousId of its own
+if grep -qF '"context":{"library":{"name":"tally","version":"' "$dir/x.ndjson" && ! grep -q anonymousId "$dir/x.ndjson"; then
+  ok single_shot_context_is_library_only
+else
+  bad single_shot_context_is_library_only "$(cat "$dir/x.ndjson")"
+fi
+
+rm -f "$dir/y.ndjson"
+expect type_flag_form 0 "" -- "$TALLY" --type=identify --userId=u2 --traits='{"email":"a@b.c"}' --out="$dir/y.ndjson"
+grep -qF '"type":"identify"' "$dir/y.ndjson" && grep -qF '"traits":{"email":"a@b.c"}' "$dir/y.ndjson" \
+  && ok type_flag_content || bad type_flag_content "$(cat "$dir/y.ndjson" 2>/dev/null)"
+
+expect page_fields 0 "" -- "$TALLY" page --anonymousId=a1 --name=Home --category=Docs \
+  --messageId=m-1 --timestamp=2024-01-01T00:00:00.000Z --context='{"ip":"1.2.3.4"}' --integrations='{"All":true}' --out="$dir/p.ndjson"
+for want in '"name":"Home"' '"category":"Docs"' '"messageId":"m-1"' '"timestamp":"2024-01-01T00:00:00.000Z"' '"ip":"1.2.3.4"' '"integrations":{"All":true}'; do
+  grep -qF "$want" "$dir/p.ndjson" && ok "page_has_$want" || bad "page_has_$want" "$(cat "$dir/p.ndjson")"
+done
+expect group_and_alias 0 "" -- sh -c "'$TALLY' group --userId=u1 --groupId=g1 --out='$dir/g.ndjson' && '$TALLY' alias --userId=u1 --previousId=a1 --out='$dir/g.ndjson'"
+[ "$(wc -l <"$dir/g.ndjson")" -eq 2 ] && ok group_alias_lines || bad group_alias_lines "$(cat "$dir/g.ndjson")"
+
+expect unknown_flag 2 "--colour" -- "$TALLY" track --userId=u1 --event=E --colour=red --out="$dir/z"
+expect flag_without_value 2 "--event" -- "$TALLY" track --userId=u1 --event --out="$dir/z"
+expect bad_json 2 "--properties: invalid JSON" -- "$TALLY" track --userId=u1 --event=E --properties='{"a":' --out="$dir/z"
+expect json_not_object 2 "--traits: expected a JSON object" -- "$TALLY" identify --userId=u1 --traits='[1]' --out="$dir/z"
+expect missing_event 2 "--event: required" -- "$TALLY" track --userId=u1 --out="$dir/z"
+expect missing_ids 2 "--userId or --anonymousId" -- "$TALLY" track --event=E --out="$dir/z"
+expect unknown_command 2 "unknown command" -- "$TALLY" click --userId=u1 --out="$dir/z"
+expect conflicting_type 2 "--type" -- "$TALLY" track --type=page --userId=u1 --out="$dir/z"
+expect bad_config_value 2 "flush_at" -- "$TALLY" track --userId=u1 --event=E --flush_at=0 --out="$dir/z"
+expect no_destination 2 "no destination" -- env -u TALLY_WRITE_KEY -u TALLY_ENDPOINT "$TALLY" track --userId=u1 --event=E
+expect invalid_utf8_flag 2 "--event: invalid UTF-8" -- "$TALLY" track --userId=u1 --event=$'\xff' --out="$dir/z"
+[ ! -s "$dir/z" ] && ok rejected_calls_wrote_nothing || bad rejected_calls_wrote_nothing "$(cat "$dir/z")"
+
+printf '%s\n' '{"type":"track","event":"A","userId":"u1"}' '' '{"type":"page","anonymousId":"x"}' >"$dir/in.ndjson"
+rm -f "$dir/s.ndjson"
+expect send_stdin 0 "" -- sh -c "'$TALLY' send --out='$dir/s.ndjson' < '$dir/in.ndjson'"
+[ "$(wc -l <"$dir/s.ndjson")" -eq 2 ] && ok send_stdin_lines || bad send_stdin_lines "$(cat "$dir/s.ndjson")"
+printf '%s\n' '{"type":"track","userId":"u1"}' '{"type":"track","event":"B","userId":"u1"}' >"$dir/in2.ndjson"
+expect send_reports_bad_line 2 "line 1: event: required" -- "$TALLY" send --out="$dir/s2.ndjson" "$dir/in2.ndjson"
+[ "$(wc -l <"$dir/s2.ndjson")" -eq 1 ] && ok send_keeps_good_lines || bad send_keeps_good_lines "$(cat "$dir/s2.ndjson")"
+
+cat >"$dir/conf.lua" <<LUA
+return { out = "$dir/c.ndjson", flush_at = 10 }
+LUA
+expect config_file 0 "" -- "$TALLY" track --config="$dir/conf.lua" --userId=u1 --event=E
+[ "$(wc -l <"$dir/c.ndjson")" -eq 1 ] && ok config_file_output || bad config_file_output "missing"
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
