@@ -158,7 +158,13 @@ TALLY_API int tally_flush(tally_t *t, int timeout_ms);
  * the worker. Returns TALLY_OK, TALLY_EINVAL, TALLY_ENOMEM. */
 TALLY_API int tally_stats(tally_t *t, char **json_out);
 
-/* Frees memory returned by tally (tally_stats). NULL is a no-op. */
+/* The device's current identity as a JSON object: {"anonymousId", "userId" (when logged in),
+ * "session": {"id", "index", "started_at"}}; "{}" in server mode. It reflects the calls the worker
+ * has processed: after tally_flush() it includes every earlier call of this thread. *json_out is
+ * malloc'd: free it with tally_free(). Any thread; does not wait for the worker. */
+TALLY_API int tally_identity(tally_t *t, char **json_out);
+
+/* Frees memory returned by tally (tally_stats, tally_identity). NULL is a no-op. */
 TALLY_API void tally_free(void *p);
 
 /* A fixed English description of a status code ("invalid argument", ...). Never NULL. */

@@ -28,6 +28,7 @@ static void copy_id(char dst[37], const char *src)
 
 static void new_session(identity *id, store *s, int64_t now_wall)
 {
+    id->changed = 1;
     tly_uuid4(id->session_id);
     id->session_index++;
     id->session_started_ms = now_wall;
@@ -93,6 +94,7 @@ out:
 
 static void logout(identity *id, store *s)
 {
+    id->changed = 1;
     free(id->user_id);
     free(id->traits);
     id->user_id = id->traits = NULL;
@@ -102,7 +104,32 @@ static void logout(identity *id, store *s)
     store_meta_set(s, "anonymous_id", id->anonymous_id);
 }
 
-void identity_apply(identity *id, store *s, int kind, const intake_rec *r, int64_t now_mono, int64_t now_wall)
+static int is_identify(const tj_value *m)
+{
+    const tj_value *type = tj_object_get(m, "type");
+    return type && type->type == TJ_STRING && type->u.str.len == 8 && !memcmp(type->u.str.s, "identify", 8);
+}
+
+static void apply_identify(identity *id, store *s, const tj_value *m)
+{
+    const tj_value *user = tj_object_get(m, "userId"), *traits = tj_object_get(m, "traits");
+    if (user && user->type == TJ_STRING && user->u.str.len) {
+        char *u = strdup(user->u.str.s);
+        if (u) {
+            free(id->user_id);
+            id->user_id = u;
+            store_meta_set(s, "user_id", u);
+            id->changed = 1;
+        }
+    }
+    if (traits) {
+        tbuf b = TBUF_INIT;
+        if (tj_write(&b, traits) == 0 && !b.oom) merge_traits(id, s, b.data, b.len);
+        tbuf_free(&b);
+    }
+}
+
+void identity_apply(identity *id, store *s, int kind, const tj_value *m, int64_t now_mono, int64_t now_wall)
 {
     if (kind == REC_RESET) {
         logout(id, s);
@@ -115,15 +142,7 @@ void identity_apply(identity *id, store *s, int kind, const intake_rec *r, int64
                                           : (id->last_seen_wall ? now_wall - id->last_seen_wall : 0);
         if (!id->session_id[0] || idle >= id->timeout_ms) new_session(id, s, now_wall);
     }
-    if (kind == REC_IDENTIFY && r && r->s1) {
-        char *u = strdup(r->s1);
-        if (u) {
-            free(id->user_id);
-            id->user_id = u;
-            store_meta_set(s, "user_id", u);
-        }
-    }
-    if (kind == REC_IDENTIFY && r && r->json) merge_traits(id, s, r->json, r->json_len);
+    if (m && is_identify(m)) apply_identify(id, s, m);
     id->last_seen_mono = now_mono;
     /* persisted at most once a second: the timeout is minutes, and a write per message is waste */
     id->last_seen_wall = now_wall;
@@ -141,4 +160,27 @@ void identity_ids(const identity *id, msg_ids *out)
     out->session_index = id->session_index;
     out->session_started_ms = id->session_started_ms;
     out->traits = id->traits;
+}
+
+char *identity_json(const identity *id)
+{
+    tbuf b = TBUF_INIT;
+    tbuf_puts(&b, "{\"anonymousId\":");
+    tj_write_string(&b, id->anonymous_id, strlen(id->anonymous_id));
+    if (id->user_id) {
+        tbuf_puts(&b, ",\"userId\":");
+        tj_write_string(&b, id->user_id, strlen(id->user_id));
+    }
+    if (id->session_id[0]) {
+        char started[25];
+        tly_iso8601(id->session_started_ms, started);
+        tbuf_printf(&b, ",\"session\":{\"id\":\"%s\",\"index\":%lld,\"started_at\":\"%s\"}", id->session_id,
+                    (long long)id->session_index, started);
+    }
+    tbuf_putc(&b, '}');
+    if (b.oom) {
+        tbuf_free(&b);
+        return NULL;
+    }
+    return tbuf_steal(&b);
 }

@@ -21,6 +21,7 @@ typedef struct identity {
     int64_t last_seen_wall;     /* wall ms of the last message, for continuing across restarts */
     int64_t saved_wall;         /* last_seen_wall as last written to the store */
     int64_t timeout_ms;         /* idle time that ends a session */
+    int     changed;            /* set by identity_apply when ids or session changed */
 } identity;
 
 /* Loads (or creates and persists) the identity. 0 or -1. */
@@ -28,8 +29,13 @@ int  identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
 void identity_free(identity *id);
 
 /* Applies a record to the identity before its message is stamped: session rollover after idle
- * time, identify (user id + traits), reset (logout), session start. Persists what changed. */
-void identity_apply(identity *id, store *s, int kind, const intake_rec *r, int64_t now_mono, int64_t now_wall);
+ * time, identify (user id + traits, from tally_identify or a sent identify message), reset
+ * (logout), session start. `m` is the record's message (NULL for reset / session start).
+ * Persists what changed. */
+void identity_apply(identity *id, store *s, int kind, const tj_value *m, int64_t now_mono, int64_t now_wall);
+
+/* The current ids as a JSON object text (malloc'd), for tally_identity(). */
+char *identity_json(const identity *id);
 
 /* The ids to stamp on the next message (pointers into id). */
 void identity_ids(const identity *id, msg_ids *out);

@@ -312,10 +312,32 @@ typedef struct {
     lua_Integer maxint;
     int all_pos;  /* every integer key >= 1 */
     int bad_type; /* type of a key that is neither string nor integer, or LUA_TNONE */
+    int oom;
+    tj_member *m; /* copies of the string keys, so objects need no second lua_next pass */
+    size_t mcap;
 } keyscan;
 
-static void scan_keys(lua_State *L, int idx, keyscan *k)
+static void keep_key(cctx *c, keyscan *k)
 {
+    size_t klen;
+    const char *s = lua_tolstring(c->L, -2, &klen);
+    if (k->nstr == k->mcap) {
+        size_t cap = k->mcap ? k->mcap * 2 : 8;
+        tj_member *m = tj_alloc(c->a, cap * sizeof *m);
+        if (!m) { k->oom = 1; return; }
+        if (k->nstr) memcpy(m, k->m, k->nstr * sizeof *m);
+        k->m = m;
+        k->mcap = cap;
+    }
+    tj_member *dst = &k->m[k->nstr];
+    if (!(dst->key = tj_strdup(c->a, s, klen))) k->oom = 1;
+    dst->klen = klen;
+    dst->val = NULL;
+}
+
+static void scan_keys(cctx *c, int idx, keyscan *k)
+{
+    lua_State *L = c->L;
     memset(k, 0, sizeof *k);
     k->all_pos = 1;
     k->bad_type = LUA_TNONE;
@@ -323,6 +345,7 @@ static void scan_keys(lua_State *L, int idx, keyscan *k)
     while (lua_next(L, idx)) {
         k->n++;
         if (lua_type(L, -2) == LUA_TSTRING) {
+            if (!k->oom) keep_key(c, k);
             k->nstr++;
         } else if (lua_isinteger(L, -2)) {
             lua_Integer i = lua_tointeger(L, -2);
@@ -366,29 +389,26 @@ static int member_cmp(const void *pa, const void *pb)
     return (a->klen > b->klen) - (a->klen < b->klen);
 }
 
-static int conv_object(cctx *c, int idx, size_t n, tj_value **out)
+/* Members are converted in sorted key order, not lua_next order: Lua's string hashing is seeded
+ * per state, so with two bad values the one reported would otherwise change from run to run. */
+static int conv_object(cctx *c, int idx, keyscan *k, tj_value **out)
 {
     lua_State *L = c->L;
     tj_value *v = tj_new(c->a, TJ_OBJECT);
-    tj_member *m = tj_alloc(c->a, n * sizeof *m);
-    if (!v || !m) return oom(c);
-    size_t i = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        /* a finalizer run by the GC could have touched the table since scan_keys */
-        if (i == n || lua_type(L, -2) != LUA_TSTRING) return cfail(c, "table modified during conversion");
-        size_t klen, bad;
-        const char *k = lua_tolstring(L, -2, &klen);
-        if (!tj_utf8_valid(k, klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
-        if (!(m[i].key = tj_strdup(c->a, k, klen))) return oom(c);
-        m[i].klen = klen;
-        if (conv_child(c, (seg){k, klen, 0}, &m[i].val)) return -1;
+    if (!v || k->oom) return oom(c);
+    tj_member *m = k->m;
+    qsort(m, k->nstr, sizeof *m, member_cmp);
+    for (size_t i = 0; i < k->nstr; i++) {
+        size_t bad;
+        if (!tj_utf8_valid(m[i].key, m[i].klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
+        lua_pushlstring(L, m[i].key, m[i].klen);
+        lua_rawget(L, idx);
+        if (conv_child(c, (seg){m[i].key, m[i].klen, 0}, &m[i].val)) return -1;
         lua_pop(L, 1);
-        i++;
     }
-    qsort(m, i, sizeof *m, member_cmp);
     v->u.obj.m = m;
-    v->u.obj.n = v->u.obj.cap = i;
+    v->u.obj.n = k->nstr;
+    v->u.obj.cap = k->mcap;
     *out = v;
     return 0;
 }
@@ -409,7 +429,7 @@ static int conv_table(cctx *c, int idx, tj_value **out)
     if (!lua_checkstack(c->L, 8)) return cfail(c, "out of memory (Lua stack)");
     int tagged = has_mt(c->L, idx, c->mt);
     keyscan k;
-    scan_keys(c->L, idx, &k);
+    scan_keys(c, idx, &k);
     int r;
     c->depth++;
     if (k.n == 0 && !tagged) {
@@ -417,7 +437,7 @@ static int conv_table(cctx *c, int idx, tj_value **out)
     } else if (is_sequence(&k)) {
         r = conv_array(c, idx, k.n, out);
     } else if (!tagged && k.nstr == k.n) {
-        r = conv_object(c, idx, k.n, out);
+        r = conv_object(c, idx, &k, out);
     } else {
         r = table_shape_error(c, &k, tagged);
     }

@@ -1,8 +1,8 @@
 /* Bridge between tj_value trees (json.h) and Lua values.
  *
- * Only the public Lua C API is used (it builds against Lua 5.3 and 5.4), and the module keeps no C
- * state: everything shared lives in the Lua registry, so the same source can be compiled once
- * against tally's embedded Lua and once against a host's Lua.
+ * Only the public Lua C API is used (written for 5.4, nothing newer than 5.3's API; only 5.4 is
+ * tested), and the module keeps no C state: everything shared lives in the Lua registry, so the
+ * same source can be compiled once against tally's embedded Lua and once against a host's Lua.
  *
  * Mapping, JSON -> Lua (tjl_push):
  *   null    -> the null sentinel: a light userdata holding NULL (tjl_push_null)

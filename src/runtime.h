@@ -45,6 +45,7 @@ struct tally {
     pthread_mutex_t     mu;         /* guards flushes and stop */
     pthread_cond_t      cv;
     flush_req          *flushes;
+    char               *identity_snapshot; /* JSON of the worker's current ids, for tally_identity */
     int                 stop;
     pthread_t           thread;
 

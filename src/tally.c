@@ -43,6 +43,7 @@ static void free_handle(tally_t *t)
     pthread_mutex_destroy(&t->mu);
     pthread_cond_destroy(&t->cv);
     config_clear(&t->cfg);
+    free(t->identity_snapshot);
     free(t);
 }
 
@@ -263,6 +264,17 @@ int tally_flush(tally_t *t, int timeout_ms)
     pthread_mutex_unlock(&t->mu);
     if (!done) return tly_fail(TALLY_ETIMEDOUT, "flush: not everything was delivered within %d ms", timeout_ms);
     return TALLY_OK;
+}
+
+int tally_identity(tally_t *t, char **json_out)
+{
+    if (!t || !json_out) return tly_fail(TALLY_EINVAL, "tally_identity: NULL argument");
+    *json_out = NULL;
+    pthread_mutex_lock(&t->mu);
+    const char *snap = t->identity_snapshot ? t->identity_snapshot : "{}";
+    *json_out = strdup(snap);
+    pthread_mutex_unlock(&t->mu);
+    return *json_out ? TALLY_OK : tly_fail(TALLY_ENOMEM, "tally_identity: out of memory");
 }
 
 int tally_stats(tally_t *t, char **json_out)

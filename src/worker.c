@@ -86,18 +86,37 @@ static void store_for_dests(tally_t *t, struct worker *w, const char *json, size
     }
 }
 
+/* Callers read the ids through a snapshot: the identity itself belongs to this thread. */
+static void publish_identity(tally_t *t, struct worker *w)
+{
+    char *snap = identity_json(&w->id);
+    if (!snap) return;
+    w->id.changed = 0;
+    pthread_mutex_lock(&t->mu);
+    free(t->identity_snapshot);
+    t->identity_snapshot = snap;
+    pthread_mutex_unlock(&t->mu);
+}
+
 static void process(tally_t *t, struct worker *w, const intake_rec *r)
 {
-    int server = t->cfg.mode == MODE_SERVER;
-    if (!server) identity_apply(&w->id, w->st, r->kind, r, tly_clock_mono(t), tly_clock_wall(t));
-    if (r->kind == REC_RESET || r->kind == REC_SESSION_START) return;
+    int server = t->cfg.mode == MODE_SERVER, control = r->kind == REC_RESET || r->kind == REC_SESSION_START;
     tj_arena_reset(w->arena);
     tj_error err = {0, ""};
-    tj_value *m = msg_from_rec(w->arena, r, &err);
+    tj_value *m = control ? NULL : msg_from_rec(w->arena, r, &err);
+    if (!control && !m) {
+        reject(t, err.msg[0] ? err.msg : "out of memory");
+        return;
+    }
+    if (!server) {
+        identity_apply(&w->id, w->st, r->kind, m, tly_clock_mono(t), tly_clock_wall(t));
+        if (w->id.changed) publish_identity(t, w);
+    }
+    if (control) return;
     msg_ids ids = {0};
     if (!server) identity_ids(&w->id, &ids);
     if (!t->cfg.context_traits) ids.traits = NULL;
-    if (!m || msg_stamp(w->arena, m, &ids, r->ts_ms, &err)) {
+    if (msg_stamp(w->arena, m, &ids, r->ts_ms, &err)) {
         reject(t, err.msg[0] ? err.msg : "out of memory");
         return;
     }
@@ -426,6 +445,7 @@ int worker_start(tally_t *t)
     if (!rc && t->cfg.mode != MODE_SERVER &&
         identity_load(&w->id, w->st, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
         rc = tly_fail(TALLY_EIO, "store: cannot load the identity");
+    if (!rc && t->cfg.mode != MODE_SERVER) publish_identity(t, w);
     if (!rc) {
         t->w = w;
         int e = pthread_create(&t->thread, NULL, worker_main, t);

@@ -22,6 +22,7 @@ typedef struct cli_opts {
     const char *set_val[CLI_MAX_SETTINGS];
     int         nset;
     int         wait_ms;                 /* how long single-message commands wait for delivery */
+    int         json_output;             /* --json: machine-readable output (inspect) */
     const char *positional[8];           /* file arguments (send, check, inspect) */
     int         npositional;
 } cli_opts;

@@ -28,7 +28,7 @@ static const struct { const char *flag, *key; } config_aliases[] = {
 };
 
 static const char *const commands[] = {"track", "identify", "page", "screen", "group", "alias",
-                                       "send", "help", "version", NULL};
+                                       "send", "inspect", "help", "version", NULL};
 
 static int fail(char *err, size_t errlen, const char *fmt, const char *a, const char *b)
 {
@@ -54,7 +54,7 @@ static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
             return 0;
         }
     }
-    return fail(err, errlen, "unknown command \"%s\" (track, identify, page, screen, group, alias, send)%s",
+    return fail(err, errlen, "unknown command \"%s\" (track, identify, page, screen, group, alias, send, inspect)%s",
                 cmd, NULL);
 }
 
@@ -64,9 +64,11 @@ static int parse_flag(cli_opts *o, const char *arg, char *err, size_t errlen)
     size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
     const char *val = eq ? eq + 1 : NULL;
     if (nlen == 4 && !memcmp(name, "help", 4)) { o->command = "help"; return 0; }
+    if (nlen == 4 && !memcmp(name, "json", 4) && !val) { o->json_output = 1; return 0; }
     if (!val) return fail(err, errlen, "--%s: expected --%s=VALUE", name, name);
     if (nlen == 4 && !memcmp(name, "type", 4)) return set_command(o, val, err, errlen);
     if (nlen == 6 && !memcmp(name, "config", 6)) { o->config_file = val; return 0; }
+    if (nlen == 4 && !memcmp(name, "json", 4)) { o->json_output = strcmp(val, "false") != 0; return 0; }
     if (nlen == 7 && !memcmp(name, "wait_ms", 7)) {
         char *end;
         long ms = strtol(val, &end, 10);

@@ -5,6 +5,8 @@
 #include <string.h>
 
 #include "cli.h"
+#include "json.h"
+#include "store.h"
 #include "tally.h"
 
 static const char usage[] =
@@ -14,6 +16,7 @@ static const char usage[] =
     "        [--context=JSON] [--integrations=JSON] [--messageId=ID] [--timestamp=ISO8601]\n"
     "  tally --type=track ...            same, Segment library CLI style\n"
     "  tally send [FILE]                 one JSON message per line (stdin when no FILE)\n"
+    "  tally inspect STORE [--json]      queued / delivered / retried / dead-lettered / dropped\n"
     "configuration flags: --writeKey= --endpoint= --out=FILE --store= --rules= --config=FILE.lua\n"
     "  and any configuration key as --key=value (see README); --wait_ms= delivery wait (30000)\n";
 
@@ -126,6 +129,49 @@ static int run_send(const cli_opts *o, tally_config *cfg)
     return rc ? rc : bad ? 2 : 0;
 }
 
+/* `tally inspect STORE`: what is queued, delivered, retried, dead-lettered and dropped, per
+ * destination, read straight from the store (safe while the owner is running: WAL readers). */
+static int run_inspect(const cli_opts *o)
+{
+    if (o->npositional != 1) return die(2, "inspect", "expected exactly one store path: tally inspect STORE");
+    char err[512];
+    char *json = store_report(o->positional[0], err, sizeof err);
+    if (!json) return die(1, "inspect", err);
+    if (o->json_output) {
+        printf("%s\n", json);
+        free(json);
+        return 0;
+    }
+    tj_arena *a = tj_arena_new();
+    tj_value *r;
+    tj_error je;
+    if (!a || tj_parse(a, json, strlen(json), &r, &je)) {
+        printf("%s\n", json);
+    } else {
+        static const char *const cols[] = {"queued", "delivered", "retried", "dead_lettered", "dropped"};
+        printf("store %s\n%-44s", o->positional[0], "destination");
+        for (int c = 0; c < 5; c++) printf(" %13s", cols[c]);
+        printf("\n");
+        tj_value *dests = tj_object_get(r, "destinations");
+        for (size_t i = 0; dests && i < dests->u.arr.n; i++) {
+            tj_value *d = dests->u.arr.items[i];
+            printf("%-44s", tj_object_get(d, "name")->u.str.s);
+            for (int c = 0; c < 5; c++) {
+                tj_value *v = tj_object_get(d, cols[c]);
+                printf(" %13lld", v && v->type == TJ_INT ? (long long)v->u.i : 0LL);
+            }
+            printf("\n");
+            tj_value *dead = tj_object_get(d, "recent_dead");
+            for (size_t k = 0; dead && k < dead->u.arr.n; k++)
+                printf("    dead letter at %s: %s\n", tj_object_get(dead->u.arr.items[k], "at")->u.str.s,
+                       tj_object_get(dead->u.arr.items[k], "reason")->u.str.s);
+        }
+    }
+    tj_arena_free(a);
+    free(json);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cli_opts o;
@@ -136,6 +182,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(o.command, "help")) { fputs(usage, stdout); return 0; }
     if (!strcmp(o.command, "version")) { printf("tally %s\n", tally_version()); return 0; }
+    if (!strcmp(o.command, "inspect")) return run_inspect(&o);
     tally_config *cfg = tally_config_new();
     if (!cfg) return die(1, "", "out of memory");
     int single = strcmp(o.command, "send") && strcmp(o.command, "check") && strcmp(o.command, "inspect");

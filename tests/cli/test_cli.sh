@@ -75,5 +75,20 @@ LUA
 expect config_file 0 "" -- "$TALLY" track --config="$dir/conf.lua" --userId=u1 --event=E
 [ "$(wc -l <"$dir/c.ndjson")" -eq 1 ] && ok config_file_output || bad config_file_output "missing"
 
+# --store keeps the device identity and the queue; inspect reads it back
+rm -f "$dir/st.db" "$dir/st.ndjson"
+expect store_identify 0 "" -- "$TALLY" identify --userId=u5 --store="$dir/st.db" --out="$dir/st.ndjson"
+expect store_track 0 "" -- "$TALLY" track --event=E --store="$dir/st.db" --out="$dir/st.ndjson"
+if [ "$(grep -c '"userId":"u5"' "$dir/st.ndjson")" -eq 2 ] && grep -q '"session":{' "$dir/st.ndjson"; then
+  ok store_keeps_identity
+else
+  bad store_keeps_identity "$(cat "$dir/st.ndjson")"
+fi
+expect inspect_table 0 "" -- "$TALLY" inspect "$dir/st.db"
+if grep -qE "file:$dir/st.ndjson +0 +2 +0 +0 +0" "$dir/out"; then ok inspect_counts; else bad inspect_counts "$(cat "$dir/out")"; fi
+expect inspect_json 0 "" -- "$TALLY" inspect "$dir/st.db" --json
+grep -qF '"delivered":2' "$dir/out" && ok inspect_json_counts || bad inspect_json_counts "$(cat "$dir/out")"
+expect inspect_missing 1 "inspect" -- "$TALLY" inspect "$dir/nope.db"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
