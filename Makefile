@@ -38,7 +38,8 @@ LIBS       := -lcurl -lsqlite3 -lz -lm -lpthread -ldl
 LDFLAGS_ALL := $(SANFLAGS) $(LDFLAGS)
 
 CORE_SRC   := $(wildcard src/*.c)
-CORE_OBJ   := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC))
+CORE_OBJ   := $(patsubst src/%.c,$(BUILD)/obj/%.o,$(CORE_SRC)) $(BUILD)/obj/bundled_lua.o
+BUNDLED    := $(wildcard lua/tally/*.lua)
 CLI_SRC    := $(wildcard src/cli/*.c)
 CLI_OBJ    := $(patsubst src/cli/%.c,$(BUILD)/obj/cli/%.o,$(CLI_SRC))
 LUA_CORE   := lapi lcode lctype ldebug ldo ldump lfunc lgc llex lmem lobject lopcodes lparser \
@@ -69,6 +70,16 @@ $(BUILD)/lua/%.o: $(LUASRC)/src/lapi.c
 	    -c $(LUASRC)/src/$*.c -o $@
 
 $(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/tally.h | $(LUASRC)/src/lapi.c
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+
+# The bundled rule modules, compiled into the library (see scripts/embed-lua.sh).
+build/gen/bundled_lua.c: $(BUNDLED) scripts/embed-lua.sh
+	$(call say,GEN,$@)
+	$(Q)bash scripts/embed-lua.sh $@
+
+$(BUILD)/obj/bundled_lua.o: build/gen/bundled_lua.c
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
 	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@

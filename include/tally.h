@@ -148,6 +148,13 @@ TALLY_API int tally_session_start(tally_t *t);
 
 /* ---- waiting and introspection ---- */
 
+/* Loads the configured rules again (after editing the scripts) and swaps them in between two
+ * messages: everything enqueued before the call runs through the old rules, everything after
+ * through the new ones; nothing queued is lost. If any script fails to load, the running rules
+ * stay and TALLY_ELUA names the script and line. Waits at most timeout_ms for the worker.
+ * Returns TALLY_OK, TALLY_ELUA, TALLY_ECONFIG (no rules configured), TALLY_ETIMEDOUT. Any thread. */
+TALLY_API int tally_reload(tally_t *t, int timeout_ms);
+
 /* Waits until every message accepted (on any thread) before this call has been delivered by every
  * destination (or dead-lettered), for at most timeout_ms (<0: no limit). Returns TALLY_OK or
  * TALLY_ETIMEDOUT (nothing is lost: delivery goes on in the background). Any thread; blocks. */

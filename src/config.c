@@ -27,6 +27,9 @@ void config_defaults(struct tally_config *c)
     c->max_store_rows = 1000000;
     c->store_on_full = 1; /* drop_oldest: a full disk queue keeps the newest data */
     c->session_timeout_s = 1800;
+    c->lua_memory = 64LL << 20;
+    c->lua_instructions = 1000000;
+    c->rule_breaker = 10;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -40,11 +43,13 @@ int config_copy(struct tally_config *dst, const struct tally_config *src)
     dst->rules = dup_or_null(src->rules);
     dst->ca_bundle = dup_or_null(src->ca_bundle);
     dst->proxy = dup_or_null(src->proxy);
+    dst->rule_config = dup_or_null(src->rule_config);
     dst->dests = NULL;
     dst->ndests = 0;
     int oom = (src->write_key && !dst->write_key) || (src->endpoint && !dst->endpoint) ||
               (src->store && !dst->store) || (src->rules && !dst->rules) ||
-              (src->ca_bundle && !dst->ca_bundle) || (src->proxy && !dst->proxy);
+              (src->ca_bundle && !dst->ca_bundle) || (src->proxy && !dst->proxy) ||
+              (src->rule_config && !dst->rule_config);
     for (size_t i = 0; i < src->ndests && !oom; i++) oom = config_add_dest(dst, src->dests[i]) != 0;
     if (oom) { config_clear(dst); return -1; }
     return 0;
@@ -58,6 +63,7 @@ void config_clear(struct tally_config *c)
     free(c->rules);
     free(c->ca_bundle);
     free(c->proxy);
+    free(c->rule_config);
     for (size_t i = 0; i < c->ndests; i++) free(c->dests[i]);
     free(c->dests);
     memset(c, 0, sizeof *c);
@@ -166,7 +172,7 @@ static const char *const on_full_names[] = {"drop_newest", "drop_oldest", NULL};
 static const char *const mode_names[] = {"client", "server", NULL};
 static const char *const level_names[] = {"error", "warn", "info", "debug", "off", NULL};
 
-enum key_kind { K_STR, K_URL, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_LEVEL, K_OUT, K_DESTS };
+enum key_kind { K_STR, K_URL, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_LEVEL, K_OUT, K_DESTS, K_JSON_OBJECT };
 
 /* Every configuration key: its type, where it lands, and its accepted range. */
 static const struct key_def {
@@ -181,6 +187,10 @@ static const struct key_def {
     {"endpoint", K_URL, F(endpoint), 0, 0, NULL},
     {"store", K_STR, F(store), 0, 0, NULL},
     {"rules", K_STR, F(rules), 0, 0, NULL},
+    {"rule_config", K_JSON_OBJECT, F(rule_config), 0, 0, NULL},
+    {"lua_memory", K_LLONG, F(lua_memory), 1L << 20, 1L << 34, NULL},
+    {"lua_instructions", K_LLONG, F(lua_instructions), 1000, 1000000000, NULL},
+    {"rule_breaker", K_INT, F(rule_breaker), 0, 1000000, NULL},
     {"ca_bundle", K_STR, F(ca_bundle), 0, 0, NULL},
     {"proxy", K_STR, F(proxy), 0, 0, NULL},
     {"out", K_OUT, 0, 0, 0, NULL},
@@ -224,6 +234,14 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v)
         /* fall through */
     case K_STR: return set_string(k->key, (char **)field, v);
     case K_OUT: return add_file_dest(c, v);
+    case K_JSON_OBJECT: {
+        tj_error err;
+        size_t i = 0;
+        if (tj_validate(v, strlen(v), &err)) return tly_fail(TALLY_ECONFIG, "%s: invalid JSON: %s", k->key, err.msg);
+        while (v[i] == ' ' || v[i] == '\n' || v[i] == '\t' || v[i] == '\r') i++;
+        if (v[i] != '{') return tly_fail(TALLY_ECONFIG, "%s: expected a JSON object", k->key);
+        return set_string(k->key, (char **)field, v);
+    }
     case K_DESTS: return add_destinations(c, v);
     case K_INT:
         if ((rc = parse_long(k->key, v, k->lo, k->hi, &n))) return rc;

@@ -34,6 +34,10 @@ struct tally_config {
     int    store_on_full;
     int    session_timeout_s;
     int    context_traits;
+    char  *rule_config;    /* JSON object: rule name -> ctx.config */
+    long long lua_memory;
+    long long lua_instructions;
+    int    rule_breaker;
     char **dests;          /* JSON objects, one per destination, in the order given */
     size_t ndests;
     tally_log_fn log_fn;

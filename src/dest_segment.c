@@ -18,6 +18,8 @@ typedef struct segment_dest {
     struct curl_slist *headers;
     char              *url;
     char              *write_key;
+    char              *auth_b64;    /* base64("writeKey:"), as sent in the Authorization header */
+    size_t             keep;        /* response bytes kept: the excerpt plus room to mask a secret */
     int                gzip;
     int                busy;
     tbuf               body;        /* the request body (gzip'd when enabled) */
@@ -33,10 +35,53 @@ static const char *str_opt(const tj_value *cfg, const char *key, const char *fal
 
 static size_t on_response(char *p, size_t size, size_t n, void *ud)
 {
-    tbuf *b = ud;
+    segment_dest *s = ud;
+    tbuf *b = &s->response;
     size_t len = size * n;
-    if (b->len < BODY_EXCERPT) tbuf_append(b, p, len < BODY_EXCERPT - b->len ? len : BODY_EXCERPT - b->len);
+    if (b->len < s->keep) tbuf_append(b, p, len < s->keep - b->len ? len : s->keep - b->len);
     return len; /* read everything so the connection stays reusable */
+}
+
+static char *base64(const char *in, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    char *out = malloc((n + 2) / 3 * 4 + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n; i += 3) {
+        unsigned v = (unsigned char)in[i] << 16 | (i + 1 < n ? (unsigned char)in[i + 1] << 8 : 0) |
+                     (i + 2 < n ? (unsigned char)in[i + 2] : 0);
+        *o++ = tab[v >> 18 & 63];
+        *o++ = tab[v >> 12 & 63];
+        *o++ = i + 1 < n ? tab[v >> 6 & 63] : '=';
+        *o++ = i + 2 < n ? tab[v & 63] : '=';
+    }
+    *o = '\0';
+    return out;
+}
+
+/* The first bytes of the response for the reason (log and dead letters), on one line. A server
+ * may echo the credentials it rejected ("invalid write key 'wk_...'", or the Authorization
+ * header): those are masked, since the reason must never hold the write key. */
+static void response_excerpt(const segment_dest *s, char *out, size_t outlen)
+{
+    const char *p = s->response.data ? s->response.data : "";
+    const char *secrets[] = {s->auth_b64, s->write_key};
+    size_t n = s->response.len, o = 0;
+    for (size_t i = 0; i < n && i < BODY_EXCERPT && o + 1 < outlen;) {
+        size_t skip = 0;
+        for (size_t k = 0; k < sizeof secrets / sizeof *secrets && !skip; k++) {
+            size_t kl = secrets[k] ? strlen(secrets[k]) : 0;
+            if (kl && kl <= n - i && !memcmp(p + i, secrets[k], kl)) skip = kl;
+        }
+        if (skip) {
+            for (const char *m = "***"; *m && o + 1 < outlen; m++) out[o++] = *m;
+            i += skip;
+        } else {
+            unsigned char ch = (unsigned char)p[i++];
+            out[o++] = ch < 0x20 || ch == 0x7f ? ' ' : (char)ch;
+        }
+    }
+    out[o] = '\0';
 }
 
 static int check_keys(const tj_value *cfg)
@@ -61,7 +106,9 @@ static void segment_close(dest *d)
     }
     curl_slist_free_all(s->headers);
     if (s->write_key) memset(s->write_key, 0, strlen(s->write_key));
+    if (s->auth_b64) memset(s->auth_b64, 0, strlen(s->auth_b64));
     free(s->write_key);
+    free(s->auth_b64);
     free(s->url);
     tbuf_free(&s->body);
     tbuf_free(&s->json);
@@ -96,7 +143,7 @@ static int setup_easy(dest *d, segment_dest *s, const tj_value *cfg, const dest_
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout < 10000 ? timeout : 10000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_response);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, &s->response);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(e, CURLOPT_PRIVATE, d);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
@@ -125,10 +172,20 @@ static int segment_open(dest *d, const tj_value *cfg, const dest_env *env)
     s->gzip = gz ? gz->type == TJ_TRUE : env->gzip;
     size_t elen = strlen(endpoint);
     while (elen > 0 && endpoint[elen - 1] == '/') elen--;
-    if (!(s->url = malloc(elen + sizeof "/v1/batch")) || !(s->write_key = strdup(key))) {
+    size_t klen = strlen(key);
+    char *userpass = malloc(klen + 2);
+    if (userpass) {
+        memcpy(userpass, key, klen);
+        memcpy(userpass + klen, ":", 2);
+        s->auth_b64 = base64(userpass, klen + 1);
+        memset(userpass, 0, klen + 1);
+        free(userpass);
+    }
+    if (!(s->url = malloc(elen + sizeof "/v1/batch")) || !(s->write_key = strdup(key)) || !s->auth_b64) {
         segment_close(d);
         return tly_fail(TALLY_ENOMEM, "segment destination: out of memory");
     }
+    s->keep = BODY_EXCERPT + strlen(s->auth_b64);
     memcpy(s->url, endpoint, elen);
     strcpy(s->url + elen, "/v1/batch");
     const tj_value *name = tj_object_get(cfg, "name");
@@ -216,7 +273,8 @@ static void segment_finish(dest *d, void *handle, int code, dest_outcome *out)
     }
     long status = 0;
     curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
-    const char *excerpt = s->response.data ? s->response.data : "";
+    char excerpt[BODY_EXCERPT + 1];
+    response_excerpt(s, excerpt, sizeof excerpt);
     if (status >= 200 && status < 300) {
         dest_outcome_set(out, DEST_OK, (int)status, "HTTP %ld", status);
     } else if (retryable_status(status)) {

@@ -16,6 +16,10 @@ typedef struct flush_req {
     int               drained;  /* worker: all records before the ticket are processed */
     int               done;
     int64_t           mark;     /* worker: the last store id when it drained */
+    int               reload;   /* a tally_reload request rather than a flush */
+    uint64_t          seq;      /* unique per request */
+    int               result;   /* reload: its status */
+    char              err[512]; /* reload: why it failed */
     struct flush_req *next;
 } flush_req;
 
@@ -26,6 +30,8 @@ typedef struct tally_counters {
     _Atomic uint64_t invalid;        /* refused by the worker (e.g. over 32 KB after stamping) */
     _Atomic uint64_t store_dropped;  /* removed by the store's full policy */
     _Atomic uint64_t store_errors;   /* failed store writes (disk full, I/O) */
+    _Atomic uint64_t violations;     /* ctx:violation calls by rules */
+    _Atomic uint64_t rule_dropped;   /* messages dropped by rules (nil, block, fail closed) */
 } tally_counters;
 
 struct tally {
@@ -45,7 +51,9 @@ struct tally {
     pthread_mutex_t     mu;         /* guards flushes and stop */
     pthread_cond_t      cv;
     flush_req          *flushes;
+    uint64_t            next_seq;   /* numbers flush_req (under mu) */
     char               *identity_snapshot; /* JSON of the worker's current ids, for tally_identity */
+    struct rules       *rules;      /* the worker's current rule set, for tally_stats (under mu) */
     int                 stop;
     pthread_t           thread;
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "message.h"
+#include "rules.h"
 #include "runtime.h"
 
 /* Fork detection without a getpid() syscall per call: the child handler bumps a generation that
@@ -237,14 +238,14 @@ static void unlink_req(tally_t *t, flush_req *r)
         if (*p == r) { *p = r->next; return; }
 }
 
-int tally_flush(tally_t *t, int timeout_ms)
+/* Queues a request for the worker and waits for it to be done, at most timeout_ms (<0: no limit).
+ * Returns 1 when done, 0 on timeout. */
+static int wait_request(tally_t *t, flush_req *req, int timeout_ms)
 {
-    int rc = usable(t);
-    if (rc) return rc;
-    flush_req req = {intake_position(&t->q), 0, 0, 0, NULL};
     pthread_mutex_lock(&t->mu);
-    req.next = t->flushes;
-    t->flushes = &req;
+    req->seq = ++t->next_seq;
+    req->next = t->flushes;
+    t->flushes = req;
     pthread_mutex_unlock(&t->mu);
     atomic_store(&t->sleeping, 1); /* make tly_wake signal even if the worker looks busy */
     tly_wake(t);
@@ -252,17 +253,43 @@ int tally_flush(tally_t *t, int timeout_ms)
     struct timespec until;
     if (timeout_ms >= 0) deadline_after(&until, timeout_ms);
     pthread_mutex_lock(&t->mu);
-    while (!req.done) {
+    while (!req->done) {
         if (timeout_ms < 0) {
             pthread_cond_wait(&t->cv, &t->mu);
         } else if (pthread_cond_timedwait(&t->cv, &t->mu, &until) == ETIMEDOUT) {
             break;
         }
     }
-    int done = req.done;
-    unlink_req(t, &req);
+    int done = req->done;
+    unlink_req(t, req);
     pthread_mutex_unlock(&t->mu);
-    if (!done) return tly_fail(TALLY_ETIMEDOUT, "flush: not everything was delivered within %d ms", timeout_ms);
+    return done;
+}
+
+int tally_flush(tally_t *t, int timeout_ms)
+{
+    int rc = usable(t);
+    if (rc) return rc;
+    flush_req req;
+    memset(&req, 0, sizeof req);
+    req.ticket = intake_position(&t->q);
+    if (!wait_request(t, &req, timeout_ms))
+        return tly_fail(TALLY_ETIMEDOUT, "flush: not everything was delivered within %d ms", timeout_ms);
+    return TALLY_OK;
+}
+
+int tally_reload(tally_t *t, int timeout_ms)
+{
+    int rc = usable(t);
+    if (rc) return rc;
+    if (!t->cfg.rules) return tly_fail(TALLY_ECONFIG, "reload: no rules configured");
+    flush_req req;
+    memset(&req, 0, sizeof req);
+    req.ticket = intake_position(&t->q);
+    req.reload = 1;
+    if (!wait_request(t, &req, timeout_ms))
+        return tly_fail(TALLY_ETIMEDOUT, "reload: not done within %d ms (it still happens)", timeout_ms);
+    if (req.result) return tly_fail(req.result, "reload: %s (the previous rules stay)", req.err);
     return TALLY_OK;
 }
 
@@ -291,13 +318,19 @@ int tally_stats(tally_t *t, char **json_out)
                 (unsigned long long)atomic_load(&t->n.store_errors), queued, intake_bytes(&t->q));
     for (size_t i = 0; i < t->ndests; i++) {
         dest *d = &t->dests[i];
+        if (!d->ops) continue;
         tbuf_puts(&b, i ? ",{\"name\":" : "{\"name\":");
         tj_write_string(&b, d->name, strlen(d->name));
         tbuf_printf(&b, ",\"delivered\":%llu,\"failed\":%llu,\"retried\":%llu,\"batches\":%llu}",
                     (unsigned long long)atomic_load(&d->delivered), (unsigned long long)atomic_load(&d->failed),
                     (unsigned long long)atomic_load(&d->retried), (unsigned long long)atomic_load(&d->batches));
     }
-    tbuf_puts(&b, "]}");
+    tbuf_printf(&b, "],\"violations\":%llu,\"rule_dropped\":%llu,\"rules\":",
+                (unsigned long long)atomic_load(&t->n.violations), (unsigned long long)atomic_load(&t->n.rule_dropped));
+    pthread_mutex_lock(&t->mu);
+    rules_stats(t->rules, &b);
+    pthread_mutex_unlock(&t->mu);
+    tbuf_putc(&b, '}');
     if (b.oom) {
         tbuf_free(&b);
         return tly_fail(TALLY_ENOMEM, "tally_stats: out of memory");

@@ -10,6 +10,7 @@
 
 #include "identity.h"
 #include "message.h"
+#include "rules.h"
 #include "runtime.h"
 #include "store.h"
 
@@ -23,6 +24,8 @@ typedef struct dest_state {
     int64_t    since_ms;     /* monotonic: when the oldest pending row arrived */
     int64_t    retry_at;     /* monotonic; 0 = not backing off */
     int        attempts;
+    char      *mapping;      /* name of the destination-stage rule that shapes its payloads */
+    int        map_idx;      /* that rule's index in the current rule set, -1 for none */
 } dest_state;
 
 struct worker {
@@ -32,6 +35,10 @@ struct worker {
     tbuf        out;
     dest_state *ds;
     identity    id;
+    rules      *R;
+    msg_list    results;     /* messages after the rules */
+    msg_list    payloads;    /* one destination's mapped payloads */
+    tbuf        mapped;
     int64_t     txn_since;   /* monotonic: when the open group-commit transaction began */
     unsigned    rng;
 };
@@ -59,29 +66,61 @@ static void reject(tally_t *t, const char *why)
     tly_log(&t->log, TALLY_LOG_WARN, "message dropped by the worker: %s", why);
 }
 
-static void store_for_dests(tally_t *t, struct worker *w, const char *json, size_t len)
+static void store_row(tally_t *t, struct worker *w, size_t i, const char *json, size_t len, int64_t now)
+{
+    dest_state *s = &w->ds[i];
+    int64_t dropped = 0;
+    int rc = store_append(w->st, s->store_id, json, len, &dropped);
+    if (dropped) {
+        atomic_fetch_add(&t->n.store_dropped, (uint64_t)dropped);
+        tly_log(&t->log, TALLY_LOG_WARN, "store full (max_store_bytes/max_store_rows): dropped %lld oldest",
+                (long long)dropped);
+        /* the drop may have taken rows of any destination: recount rather than guess */
+        for (size_t k = 0; k < t->ndests; k++) w->ds[k].pending = store_pending(w->st, w->ds[k].store_id, -1);
+    }
+    if (rc == 1) {
+        atomic_fetch_add(&t->n.store_dropped, 1);
+        tly_log(&t->log, TALLY_LOG_WARN, "%s: store full, newest message dropped (store_on_full=drop_newest)",
+                t->dests[i].name);
+    } else if (rc < 0) {
+        atomic_fetch_add(&t->n.store_errors, 1);
+    } else if (s->pending++ == 0) {
+        s->since_ms = now;
+    }
+}
+
+static void on_violation(void *ud, const char *rule, const char *code, const char *text)
+{
+    tally_t *t = ud;
+    atomic_fetch_add(&t->n.violations, 1);
+    tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s: violation %s: %s", rule, code, text);
+}
+
+static void on_rule_drop(void *ud, const char *rule, const char *why)
+{
+    tally_t *t = ud;
+    atomic_fetch_add(&t->n.rule_dropped, 1);
+    tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s dropped a message: %s", rule, why);
+}
+
+/* One stored row per destination: the message itself, or what the destination's mapping makes
+ * of it (none, one or several payloads). */
+static void store_for_dests(tally_t *t, struct worker *w, const tj_value *m, const char *json, size_t len)
 {
     int64_t now = tly_clock_mono(t);
     if (!store_in_txn(w->st)) w->txn_since = now;
     for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
-        int64_t dropped = 0;
-        int rc = store_append(w->st, s->store_id, json, len, &dropped);
-        if (dropped) {
-            atomic_fetch_add(&t->n.store_dropped, (uint64_t)dropped);
-            tly_log(&t->log, TALLY_LOG_WARN, "store full (max_store_bytes/max_store_rows): dropped %lld oldest",
-                    (long long)dropped);
-            /* the drop may have taken rows of any destination: recount rather than guess */
-            for (size_t k = 0; k < t->ndests; k++) w->ds[k].pending = store_pending(w->st, w->ds[k].store_id, -1);
+        if (s->map_idx < 0) {
+            store_row(t, w, i, json, len, now);
+            continue;
         }
-        if (rc == 1) {
-            atomic_fetch_add(&t->n.store_dropped, 1);
-            tly_log(&t->log, TALLY_LOG_WARN, "%s: store full, newest message dropped (store_on_full=drop_newest)",
-                    t->dests[i].name);
-        } else if (rc < 0) {
-            atomic_fetch_add(&t->n.store_errors, 1);
-        } else {
-            if (s->pending++ == 0) s->since_ms = now;
+        rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
+        rules_map(w->R, s->map_idx, w->arena, m, tly_clock_wall(t), &w->payloads, &rep);
+        for (size_t k = 0; k < w->payloads.n; k++) {
+            tbuf_reset(&w->mapped);
+            if (tj_write(&w->mapped, w->payloads.v[k]) || w->mapped.oom) continue;
+            store_row(t, w, i, w->mapped.data, w->mapped.len, now);
         }
     }
 }
@@ -124,19 +163,25 @@ static void process(tally_t *t, struct worker *w, const intake_rec *r)
         reject(t, tally_errmsg(t));
         return;
     }
-    tbuf_reset(&w->out);
-    if (tj_write(&w->out, m) || w->out.oom) {
-        reject(t, "cannot serialize (out of memory)");
-        return;
+    rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
+    rules_process(w->R, w->arena, m, tly_clock_wall(t), &w->results, &rep);
+    for (size_t i = 0; i < w->results.n; i++) {
+        tj_value *v = w->results.v[i];
+        tbuf_reset(&w->out);
+        if (tj_write(&w->out, v) || w->out.oom) {
+            reject(t, "cannot serialize (out of memory)");
+            continue;
+        }
+        if (w->out.len > TALLY_MAX_MESSAGE_BYTES) {
+            char why[128];
+            snprintf(why, sizeof why, "%zu bytes after stamping and rules, over the %d-byte limit", w->out.len,
+                     TALLY_MAX_MESSAGE_BYTES);
+            reject(t, why);
+            continue;
+        }
+        store_for_dests(t, w, v, w->out.data, w->out.len);
+        atomic_fetch_add(&t->n.processed, 1);
     }
-    if (w->out.len > TALLY_MAX_MESSAGE_BYTES) {
-        char why[128];
-        snprintf(why, sizeof why, "%zu bytes after stamping, over the %d-byte limit", w->out.len, TALLY_MAX_MESSAGE_BYTES);
-        reject(t, why);
-        return;
-    }
-    store_for_dests(t, w, w->out.data, w->out.len);
-    atomic_fetch_add(&t->n.processed, 1);
 }
 
 static int drain(tally_t *t, struct worker *w, int budget)
@@ -204,7 +249,7 @@ static void outcome(tally_t *t, struct worker *w, size_t i, const dest_outcome *
     }
     if (removed) {
         s->pending -= n;
-        if (s->pending < 0) s->pending = 0;
+        if (s->pending <= 0 && (s->pending = store_pending(w->st, s->store_id, -1)) < 0) s->pending = 0;
         s->since_ms = now; /* what remains is sent on its own schedule */
     }
 }
@@ -278,6 +323,7 @@ static void serve_flushes(tally_t *t, struct worker *w)
     int waiting = 0;
     pthread_mutex_lock(&t->mu);
     for (flush_req *f = t->flushes; f; f = f->next) {
+        if (f->reload) continue;
         if (!f->drained && taken >= f->ticket) {
             f->drained = 1;
             f->mark = store_last_id(w->st);
@@ -292,15 +338,80 @@ static void serve_flushes(tally_t *t, struct worker *w)
     int64_t frontier = delivered_frontier(t, w);
     int any = 0;
     pthread_mutex_lock(&t->mu);
-    for (flush_req *f = t->flushes; f; f = f->next) any |= f->drained && !f->done && f->mark < frontier;
+    for (flush_req *f = t->flushes; f; f = f->next) any |= !f->reload && f->drained && !f->done && f->mark < frontier;
     pthread_mutex_unlock(&t->mu);
     if (!any) return;
     for (size_t i = 0; i < t->ndests; i++) t->dests[i].ops->sync(&t->dests[i]);
     pthread_mutex_lock(&t->mu);
     for (flush_req *f = t->flushes; f; f = f->next)
-        if (f->drained && f->mark < frontier) f->done = 1;
+        if (!f->reload && f->drained && f->mark < frontier) f->done = 1;
     pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
+}
+
+static int open_rules(tally_t *t, const char *spec, rules **out)
+{
+    rules_opts o = {(size_t)t->cfg.lua_memory, (long)t->cfg.lua_instructions, t->cfg.rule_breaker, 1, t->cfg.rule_config};
+    return rules_open(out, spec, &o, &t->log);
+}
+
+/* Loads the rule set again into a new state; only a set that loads completely replaces the
+ * running one, and mappings must still resolve. */
+static int reload_rules(tally_t *t, struct worker *w, char *err, size_t errlen)
+{
+    if (!t->cfg.rules) {
+        snprintf(err, errlen, "no rules configured");
+        return TALLY_ECONFIG;
+    }
+    rules *R = NULL;
+    int rc = open_rules(t, t->cfg.rules, &R);
+    for (size_t i = 0; !rc && i < t->ndests; i++)
+        if (w->ds[i].mapping && rules_find_mapping(R, w->ds[i].mapping) < 0)
+            rc = tly_fail(TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", w->ds[i].mapping, t->dests[i].name);
+    if (rc) {
+        snprintf(err, errlen, "%s", tally_errmsg(t));
+        tly_log(&t->log, TALLY_LOG_ERROR, "rules reload failed, the previous rules stay: %s", err);
+        rules_free(R);
+        return rc;
+    }
+    for (size_t i = 0; i < t->ndests; i++)
+        if (w->ds[i].mapping) w->ds[i].map_idx = rules_find_mapping(R, w->ds[i].mapping);
+    pthread_mutex_lock(&t->mu);
+    rules *old = w->R;
+    w->R = t->rules = R;
+    pthread_mutex_unlock(&t->mu);
+    rules_free(old);
+    tly_log(&t->log, TALLY_LOG_INFO, "rules reloaded: %zu scripts", rules_count(R));
+    return TALLY_OK;
+}
+
+/* Reload requests apply in order with messages: once every record before the call is processed. */
+static void serve_reloads(tally_t *t, struct worker *w)
+{
+    size_t taken = intake_taken(&t->q);
+    for (;;) {
+        pthread_mutex_lock(&t->mu);
+        flush_req *f = t->flushes;
+        while (f && !(f->reload && !f->done && taken >= f->ticket)) f = f->next;
+        if (!f) {
+            pthread_mutex_unlock(&t->mu);
+            return;
+        }
+        /* the caller may give up while we reload: find its request again by number, not pointer */
+        uint64_t seq = f->seq;
+        pthread_mutex_unlock(&t->mu);
+        char err[sizeof f->err];
+        int rc = reload_rules(t, w, err, sizeof err);
+        pthread_mutex_lock(&t->mu);
+        for (flush_req *g = t->flushes; g; g = g->next) {
+            if (g->seq != seq) continue;
+            g->result = rc;
+            snprintf(g->err, sizeof g->err, "%s", rc ? err : "");
+            g->done = 1;
+        }
+        pthread_cond_broadcast(&t->cv);
+        pthread_mutex_unlock(&t->mu);
+    }
 }
 
 static int flush_waiting(tally_t *t)
@@ -366,7 +477,10 @@ static void *worker_main(void *arg)
         if (store_in_txn(w->st) && tly_clock_mono(t) - w->txn_since >= t->cfg.commit_interval_ms) commit(t, w);
         collect_transfers(t, w);
         deliver(t, w, 0);
-        if (flush_waiting(t)) serve_flushes(t, w);
+        if (flush_waiting(t)) {
+            serve_reloads(t, w);
+            serve_flushes(t, w);
+        }
         if (!did && stop_requested(t) && intake_position(&t->q) == intake_taken(&t->q)) break;
         if (!did) worker_sleep(t, w, next_timeout_ms(t, w));
     }
@@ -391,12 +505,41 @@ static void worker_free(tally_t *t, struct worker *w)
     else if (left)
         tly_log(&t->log, TALLY_LOG_ERROR, "close: %lld undelivered messages lost (store is :memory:)", (long long)left);
     identity_free(&w->id);
+    for (size_t i = 0; i < t->ndests && w->ds; i++) free(w->ds[i].mapping);
+    pthread_mutex_lock(&t->mu);
+    t->rules = NULL;
+    pthread_mutex_unlock(&t->mu);
+    rules_free(w->R);
+    msg_list_free(&w->results);
+    msg_list_free(&w->payloads);
+    tbuf_free(&w->mapped);
     store_close(w->st);
     if (w->multi) curl_multi_cleanup(w->multi);
     free(w->ds);
     tbuf_free(&w->out);
     tj_arena_free(w->arena);
     free(w);
+}
+
+/* A destination naming a "mapping" gets its payloads from that destination-stage rule. */
+static int read_mapping(tally_t *t, struct worker *w, size_t i)
+{
+    dest_state *s = &w->ds[i];
+    s->map_idx = -1;
+    tj_arena *a = tj_arena_new();
+    tj_value *cfg, *m;
+    tj_error err;
+    if (!a) return tly_fail(TALLY_ENOMEM, "out of memory");
+    if (tj_parse(a, t->cfg.dests[i], strlen(t->cfg.dests[i]), &cfg, &err) == 0 &&
+        (m = tj_object_get(cfg, "mapping")) != NULL && m->type == TJ_STRING)
+        s->mapping = strdup(m->u.str.s);
+    tj_arena_free(a);
+    if (!s->mapping) return TALLY_OK;
+    s->map_idx = rules_find_mapping(w->R, s->mapping);
+    if (s->map_idx < 0)
+        return tly_fail(TALLY_ECONFIG, "%s: mapping \"%s\" is not a loaded rule with stage \"destination\"",
+                        t->dests[i].name, s->mapping);
+    return TALLY_OK;
 }
 
 static int open_dests(tally_t *t, struct worker *w)
@@ -416,6 +559,7 @@ static int open_dests(tally_t *t, struct worker *w)
                 return tly_fail(TALLY_ECONFIG, "destinations: \"%s\" is configured twice (give one a \"name\")",
                                 t->dests[i].name);
         dest_state *s = &w->ds[i];
+        if ((rc = read_mapping(t, w, i))) return rc;
         if (store_dest_id(w->st, t->dests[i].name, &s->store_id))
             return tly_fail(TALLY_EIO, "store: cannot register destination %s", t->dests[i].name);
         /* rows left by an earlier run go out at once */
@@ -441,7 +585,13 @@ int worker_start(tally_t *t)
     const char *path = t->cfg.store ? t->cfg.store : ":memory:";
     store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full == 0};
     int rc = store_open(&w->st, path, &lim, &t->log);
-    if (!rc) rc = open_dests(t, w);
+    if (!rc && t->cfg.rules) rc = open_rules(t, t->cfg.rules, &w->R);
+    if (!rc) {
+        pthread_mutex_lock(&t->mu);
+        t->rules = w->R;
+        pthread_mutex_unlock(&t->mu);
+        rc = open_dests(t, w);
+    }
     if (!rc && t->cfg.mode != MODE_SERVER &&
         identity_load(&w->id, w->st, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
         rc = tly_fail(TALLY_EIO, "store: cannot load the identity");

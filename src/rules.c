@@ -1,0 +1,546 @@
+#include "rules.h"
+
+#include <dirent.h>
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "json_lua.h"
+#include "message.h"
+#include "sandbox.h"
+
+typedef struct rule {
+    char            *name;
+    char            *file;
+    int              stage;
+    unsigned         types;        /* bit per msg_type; 0 = every type */
+    int              on_error_pass;
+    int              fn_ref;       /* process or map */
+    int              ctx_ref;      /* the ctx table handed to every call, reused */
+    int              failures_in_a_row;
+    _Atomic uint64_t calls, errors, dropped, violations;
+    _Atomic int      disabled;
+} rule;
+
+struct rules {
+    sandbox          *sb;
+    rule             *r;
+    size_t            n;
+    const tly_logger *log;
+    rules_opts        o;
+    rule             *current;     /* the script running now, for ctx methods */
+    rules_report     *rep;
+};
+
+static const char *const stage_names[] = {"before", "enrichment", "destination", NULL};
+
+int msg_list_push(msg_list *l, tj_value *v)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 4;
+        tj_value **p = realloc(l->v, cap * sizeof *p);
+        if (!p) return -1;
+        l->v = p;
+        l->cap = cap;
+    }
+    l->v[l->n++] = v;
+    return 0;
+}
+
+void msg_list_free(msg_list *l)
+{
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+/* ---- ctx methods ---- */
+
+static rules *ctx_rules(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
+
+static int ctx_violation(lua_State *L)
+{
+    rules *R = ctx_rules(L);
+    const char *code = luaL_checkstring(L, 2), *text = luaL_optstring(L, 3, "");
+    if (R->current) atomic_fetch_add(&R->current->violations, 1);
+    if (R->rep && R->rep->on_violation) R->rep->on_violation(R->rep->ud, R->current ? R->current->name : "?", code, text);
+    return 0;
+}
+
+static int ctx_log(lua_State *L)
+{
+    rules *R = ctx_rules(L);
+    static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
+    int level = luaL_checkoption(L, 2, "info", levels);
+    const char *text = luaL_checkstring(L, 3);
+    tly_log(R->log, level, "rule %s: %s", R->current ? R->current->name : "?", text);
+    return 0;
+}
+
+static int ctx_sample(lua_State *L)
+{
+    double rate = luaL_checknumber(L, 2);
+    if (lua_isnoneornil(L, 3)) {
+        lua_pushboolean(L, 1); /* nothing to key on: keep the message */
+        return 1;
+    }
+    size_t len;
+    const char *key = luaL_tolstring(L, 3, &len);
+    lua_pushboolean(L, sb_sample(rate, key, len));
+    return 1;
+}
+
+static void push_ctx_methods(lua_State *L, rules *R)
+{
+    lua_newtable(L); /* metatable */
+    lua_newtable(L); /* __index */
+    static const struct { const char *name; lua_CFunction fn; } m[] = {
+        {"violation", ctx_violation}, {"log", ctx_log}, {"sample", ctx_sample}};
+    for (size_t i = 0; i < sizeof m / sizeof *m; i++) {
+        lua_pushlightuserdata(L, R);
+        lua_pushcclosure(L, m[i].fn, 1);
+        lua_setfield(L, -2, m[i].name);
+    }
+    lua_setfield(L, -2, "__index");
+}
+
+/* ---- loading ---- */
+
+static int fail_script(const char *file, const char *fmt, const char *detail)
+{
+    return tly_fail(TALLY_ELUA, fmt, file, detail ? detail : "");
+}
+
+static int read_types(lua_State *L, int idx, const char *file, unsigned *mask)
+{
+    *mask = 0;
+    lua_getfield(L, idx, "types");
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return TALLY_OK; }
+    if (!lua_istable(L, -1)) { lua_pop(L, 1); return fail_script(file, "%s: \"types\" must be a list of message types%s", NULL); }
+    for (lua_Integer i = 1;; i++) {
+        if (lua_rawgeti(L, -1, i) == LUA_TNIL) { lua_pop(L, 1); break; }
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        int t = s ? msg_type_from(s, len) : -1;
+        lua_pop(L, 1);
+        if (t < 0) {
+            lua_pop(L, 1);
+            return fail_script(file, "%s: \"types\": unknown message type (track, identify, page, screen, group, alias)%s", NULL);
+        }
+        *mask |= 1u << t;
+    }
+    lua_pop(L, 1);
+    return TALLY_OK;
+}
+
+static int read_choice(lua_State *L, int idx, const char *field, const char *const *names, int dflt, const char *file,
+                       int *out)
+{
+    lua_getfield(L, idx, field);
+    *out = dflt;
+    if (!lua_isnil(L, -1)) {
+        const char *s = lua_tostring(L, -1);
+        *out = -1;
+        for (int i = 0; s && names[i]; i++)
+            if (!strcmp(s, names[i])) *out = i;
+    }
+    lua_pop(L, 1);
+    if (*out < 0) return tly_fail(TALLY_ELUA, "%s: \"%s\": expected %s or %s%s", file, field, names[0], names[1], names[2] ? ", ..." : "");
+    return TALLY_OK;
+}
+
+/* Checks the plugin table at the top of the stack and records it as rule r (pops the table). */
+static int adopt_plugin(rules *R, rule *r, const char *file)
+{
+    lua_State *L = sb_state(R->sb);
+    int t = lua_gettop(L);
+    if (!lua_istable(L, t)) {
+        lua_pop(L, 1);
+        return fail_script(file, "%s: must return a plugin table { name = ..., stage = ..., process = function(msg, ctx) ... end }%s", NULL);
+    }
+    lua_getfield(L, t, "name");
+    const char *name = lua_tostring(L, -1);
+    if (!name || !*name) {
+        lua_pop(L, 2);
+        return fail_script(file, "%s: plugin needs a non-empty string \"name\"%s", NULL);
+    }
+    r->name = strdup(name);
+    r->file = strdup(file);
+    lua_pop(L, 1);
+    static const char *const on_error_names[] = {"drop", "pass", NULL};
+    int rc = read_choice(L, t, "stage", stage_names, STAGE_BEFORE, file, &r->stage);
+    if (!rc) rc = read_choice(L, t, "on_error", on_error_names, r->stage == STAGE_BEFORE ? 0 : 1, file, &r->on_error_pass);
+    if (!rc) rc = read_types(L, t, file, &r->types);
+    if (rc) { lua_pop(L, 1); return rc; }
+    const char *fn = r->stage == STAGE_DESTINATION ? "map" : "process";
+    lua_getfield(L, t, fn);
+    if (!lua_isfunction(L, -1)) {
+        lua_pop(L, 2);
+        return tly_fail(TALLY_ELUA, "%s: stage \"%s\" needs a function \"%s\"", file, stage_names[r->stage], fn);
+    }
+    r->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    /* ctx: { now, config, rule } with the methods; config from rule_config[name] */
+    lua_newtable(L);
+    push_ctx_methods(L, R);
+    lua_setmetatable(L, -2);
+    lua_pushstring(L, r->name);
+    lua_setfield(L, -2, "rule");
+    lua_newtable(L);
+    lua_setfield(L, -2, "config");
+    r->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1);
+    return TALLY_OK;
+}
+
+static int set_rule_configs(rules *R)
+{
+    if (!R->o.rule_config) return TALLY_OK;
+    tj_arena *a = tj_arena_new();
+    tj_value *cfg;
+    tj_error err;
+    int rc = TALLY_OK;
+    if (!a) return tly_fail(TALLY_ENOMEM, "rule_config: out of memory");
+    if (tj_parse(a, R->o.rule_config, strlen(R->o.rule_config), &cfg, &err) || cfg->type != TJ_OBJECT) {
+        tj_arena_free(a);
+        return tly_fail(TALLY_ECONFIG, "rule_config: expected a JSON object of rule name -> options");
+    }
+    lua_State *L = sb_state(R->sb);
+    for (size_t i = 0; i < cfg->u.obj.n && !rc; i++) {
+        size_t k = 0;
+        while (k < R->n && strcmp(R->r[k].name, cfg->u.obj.m[i].key)) k++;
+        if (k == R->n) {
+            rc = tly_fail(TALLY_ECONFIG, "rule_config: no rule named \"%s\"", cfg->u.obj.m[i].key);
+            break;
+        }
+        lua_rawgeti(L, LUA_REGISTRYINDEX, R->r[k].ctx_ref);
+        if (tjl_push(L, cfg->u.obj.m[i].val)) rc = tly_fail(TALLY_ENOMEM, "rule_config: out of memory");
+        else lua_setfield(L, -2, "config");
+        lua_settop(L, 0);
+    }
+    tj_arena_free(a);
+    return rc;
+}
+
+static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Appends the script files a spec entry names: the file itself, or a folder's *.lua sorted. */
+static int expand_entry(const char *entry, char ***files, size_t *nfiles, char ***dirs, size_t *ndirs)
+{
+    struct stat st;
+    if (stat(entry, &st) != 0) return tly_fail(TALLY_EIO, "rules: %s: no such file or folder", entry);
+    char *dir = strdup(entry);
+    if (!dir) return tly_fail(TALLY_ENOMEM, "rules: out of memory");
+    if (!S_ISDIR(st.st_mode)) {
+        char *slash = strrchr(dir, '/');
+        if (slash) *slash = '\0';
+        else strcpy(dir, ".");
+    }
+    *dirs = realloc(*dirs, (*ndirs + 2) * sizeof **dirs);
+    (*dirs)[(*ndirs)++] = dir;
+    (*dirs)[*ndirs] = NULL;
+    size_t first = *nfiles;
+    if (S_ISDIR(st.st_mode)) {
+        DIR *d = opendir(entry);
+        if (!d) return tly_fail(TALLY_EIO, "rules: %s: cannot read the folder", entry);
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            size_t len = strlen(e->d_name);
+            if (len < 5 || strcmp(e->d_name + len - 4, ".lua") || e->d_name[0] == '.') continue;
+            char *path = malloc(strlen(entry) + len + 2);
+            if (!path) break;
+            sprintf(path, "%s/%s", entry, e->d_name);
+            *files = realloc(*files, (*nfiles + 1) * sizeof **files);
+            (*files)[(*nfiles)++] = path;
+        }
+        closedir(d);
+        qsort(*files + first, *nfiles - first, sizeof **files, cmp_names);
+    } else {
+        *files = realloc(*files, (*nfiles + 1) * sizeof **files);
+        (*files)[(*nfiles)++] = strdup(entry);
+    }
+    return TALLY_OK;
+}
+
+static int expand_spec(const char *spec, char ***files, size_t *nfiles, char ***dirs, size_t *ndirs)
+{
+    if (spec[0] != '[') return expand_entry(spec, files, nfiles, dirs, ndirs);
+    tj_arena *a = tj_arena_new();
+    tj_value *list;
+    tj_error err;
+    int rc = TALLY_OK;
+    if (!a || tj_parse(a, spec, strlen(spec), &list, &err) || list->type != TJ_ARRAY) {
+        tj_arena_free(a);
+        return tly_fail(TALLY_ECONFIG, "rules: expected a path or a JSON array of paths");
+    }
+    for (size_t i = 0; i < list->u.arr.n && !rc; i++) {
+        tj_value *p = list->u.arr.items[i];
+        if (p->type != TJ_STRING) rc = tly_fail(TALLY_ECONFIG, "rules[%zu]: expected a path string", i);
+        else rc = expand_entry(p->u.str.s, files, nfiles, dirs, ndirs);
+    }
+    tj_arena_free(a);
+    return rc;
+}
+
+static void free_list(char **l, size_t n)
+{
+    for (size_t i = 0; i < n; i++) free(l[i]);
+    free(l);
+}
+
+int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_logger *log)
+{
+    *out = NULL;
+    char **files = NULL, **dirs = NULL;
+    size_t nfiles = 0, ndirs = 0;
+    int rc = expand_spec(spec, &files, &nfiles, &dirs, &ndirs);
+    rules *R = calloc(1, sizeof *R);
+    if (!rc && (!R || !(R->r = calloc(nfiles ? nfiles : 1, sizeof *R->r)))) rc = tly_fail(TALLY_ENOMEM, "rules: out of memory");
+    if (!rc) {
+        R->log = log;
+        R->o = *o;
+        sb_limits lim = {o->max_memory, o->max_instructions};
+        if (!(R->sb = sb_new(&lim, (const char *const *)dirs, log))) rc = tly_fail(TALLY_ENOMEM, "rules: cannot create the Lua state");
+    }
+    for (size_t i = 0; !rc && i < nfiles; i++) {
+        char err[1024];
+        if (sb_load_file(R->sb, files[i], err, sizeof err)) {
+            rc = tly_fail(TALLY_ELUA, "%s", err);
+            break;
+        }
+        rc = adopt_plugin(R, &R->r[R->n], files[i]);
+        if (!rc) {
+            for (size_t k = 0; k < R->n && !rc; k++)
+                if (!strcmp(R->r[k].name, R->r[R->n].name))
+                    rc = tly_fail(TALLY_ELUA, "%s: a rule named \"%s\" is already loaded from %s", files[i], R->r[k].name, R->r[k].file);
+        }
+        if (R->r[R->n].name || R->r[R->n].file) R->n++; /* counted for cleanup even when rejected */
+    }
+    if (!rc) rc = set_rule_configs(R);
+    free_list(files, nfiles);
+    free_list(dirs, ndirs);
+    if (rc) {
+        rules_free(R);
+        return rc;
+    }
+    *out = R;
+    return TALLY_OK;
+}
+
+void rules_free(rules *R)
+{
+    if (!R) return;
+    sb_free(R->sb);
+    for (size_t i = 0; R->r && i < R->n; i++) {
+        free(R->r[i].name);
+        free(R->r[i].file);
+    }
+    free(R->r);
+    free(R);
+}
+
+size_t rules_count(const rules *R) { return R ? R->n : 0; }
+
+/* ---- running ---- */
+
+static int message_type(const tj_value *m)
+{
+    const tj_value *t = tj_object_get(m, "type");
+    return t && t->type == TJ_STRING ? msg_type_from(t->u.str.s, t->u.str.len) : -1;
+}
+
+static void script_failed(rules *R, rule *r, const char *text)
+{
+    atomic_fetch_add(&r->errors, 1);
+    if (R->rep) {
+        R->rep->failed = 1;
+        if (R->rep->on_error) R->rep->on_error(R->rep->ud, r->name, text);
+    }
+    tly_log(R->log, TALLY_LOG_WARN, "rule %s failed: %s", r->name, text);
+    if (R->o.breaker_threshold > 0 && ++r->failures_in_a_row >= R->o.breaker_threshold) {
+        atomic_store(&r->disabled, 1);
+        tly_log(R->log, TALLY_LOG_ERROR, "rule %s (%s) DISABLED after %d failures in a row; last: %s. "
+                "Fix the script and reload.", r->name, r->file, r->failures_in_a_row, text);
+    }
+}
+
+static void dropped_by(rules *R, rule *r, const char *why)
+{
+    atomic_fetch_add(&r->dropped, 1);
+    if (R->rep) {
+        R->rep->dropped = 1;
+        if (R->rep->on_drop) R->rep->on_drop(R->rep->ud, r->name, why);
+    }
+}
+
+/* Calls r's function with (value at the top of the stack, ctx); leaves the result on the stack.
+ * 0, or -1 after reporting the failure. */
+static int call_rule(rules *R, rule *r, int64_t now_ms)
+{
+    lua_State *L = sb_state(R->sb);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn_ref);
+    lua_insert(L, -2);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
+    lua_pushinteger(L, now_ms);
+    lua_setfield(L, -2, "now");
+    R->current = r;
+    atomic_fetch_add(&r->calls, 1);
+    char err[1024];
+    int rc = sb_call(R->sb, 2, 1, err, sizeof err);
+    R->current = NULL;
+    if (rc != LUA_OK) {
+        script_failed(R, r, err);
+        return -1;
+    }
+    return 0;
+}
+
+/* Converts the Lua value at the top into a message and checks it like a caller's. */
+static tj_value *take_message(rules *R, rule *r, tj_arena *a, int idx)
+{
+    lua_State *L = sb_state(R->sb);
+    tj_value *v;
+    tj_error err;
+    if (tjl_to_json_at(L, idx, "message", a, &v, &err)) {
+        script_failed(R, r, err.msg);
+        return NULL;
+    }
+    if (msg_validate(v, R->o.need_id)) {
+        char text[600];
+        snprintf(text, sizeof text, "returned an invalid message: %s", tally_errmsg(NULL));
+        script_failed(R, r, text);
+        return NULL;
+    }
+    return v;
+}
+
+/* Runs one before/enrichment script on one message, appending what it yields to out. */
+static void run_one(rules *R, rule *r, tj_arena *a, tj_value *m, int64_t now_ms, msg_list *out)
+{
+    lua_State *L = sb_state(R->sb);
+    int top = lua_gettop(L);
+    int t = message_type(m);
+    if (atomic_load(&r->disabled) || (r->types && (t < 0 || !(r->types & (1u << t))))) {
+        msg_list_push(out, m);
+        return;
+    }
+    int ok = tjl_push(L, m) == 0 && call_rule(R, r, now_ms) == 0;
+    size_t before = out->n;
+    int bad = !ok;
+    if (ok && lua_isnil(L, -1)) {
+        dropped_by(R, r, "process returned nil");
+    } else if (ok && lua_istable(L, -1)) {
+        lua_pushliteral(L, "type");
+        int single = lua_rawget(L, -2) != LUA_TNIL;
+        lua_pop(L, 1);
+        lua_Integer n = single ? 1 : (lua_Integer)lua_rawlen(L, -1);
+        if (!single && n == 0) {
+            script_failed(R, r, "process must return the message, nil, or a list of messages");
+            bad = 1;
+        }
+        for (lua_Integer i = 1; !bad && i <= n; i++) {
+            if (!single) lua_rawgeti(L, -1, i);
+            tj_value *v = take_message(R, r, a, -1);
+            if (!single) lua_pop(L, 1);
+            if (!v) bad = 1;
+            else msg_list_push(out, v);
+        }
+    } else if (ok) {
+        script_failed(R, r, "process must return the message, nil, or a list of messages");
+        bad = 1;
+    }
+    if (ok && !bad) r->failures_in_a_row = 0;
+    if (bad) {
+        out->n = before; /* nothing partial from a failed call */
+        if (r->on_error_pass) msg_list_push(out, m);
+        else dropped_by(R, r, "failed and on_error is drop");
+    }
+    lua_settop(L, top);
+}
+
+void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list *out, rules_report *rep)
+{
+    out->n = 0;
+    msg_list_push(out, m);
+    if (!R) return;
+    R->rep = rep;
+    msg_list next = {0};
+    for (int stage = STAGE_BEFORE; stage <= STAGE_ENRICHMENT; stage++) {
+        for (size_t i = 0; i < R->n && out->n; i++) {
+            if (R->r[i].stage != stage) continue;
+            next.n = 0;
+            for (size_t k = 0; k < out->n; k++) run_one(R, &R->r[i], a, out->v[k], now_ms, &next);
+            msg_list swap = *out;
+            *out = next;
+            next = swap;
+        }
+    }
+    msg_list_free(&next);
+    R->rep = NULL;
+}
+
+int rules_find_mapping(const rules *R, const char *name)
+{
+    for (size_t i = 0; R && i < R->n; i++)
+        if (R->r[i].stage == STAGE_DESTINATION && !strcmp(R->r[i].name, name)) return (int)i;
+    return -1;
+}
+
+static tj_value *take_payload(rules *R, rule *r, tj_arena *a, int idx)
+{
+    tj_value *v;
+    tj_error err;
+    if (tjl_to_json_at(sb_state(R->sb), idx, "payload", a, &v, &err)) {
+        script_failed(R, r, err.msg);
+        return NULL;
+    }
+    return v;
+}
+
+void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms, msg_list *out, rules_report *rep)
+{
+    out->n = 0;
+    rule *r = &R->r[idx];
+    lua_State *L = sb_state(R->sb);
+    int top = lua_gettop(L);
+    int t = message_type(m);
+    if (atomic_load(&r->disabled) || (r->types && (t < 0 || !(r->types & (1u << t))))) return;
+    R->rep = rep;
+    if (tjl_push(L, m) == 0 && call_rule(R, r, now_ms) == 0 && lua_istable(L, -1)) {
+        r->failures_in_a_row = 0;
+        lua_getfield(L, -1, "tally_many");
+        if (lua_istable(L, -1)) {
+            lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+            for (lua_Integer i = 1; i <= n; i++) {
+                lua_rawgeti(L, -1, i);
+                tj_value *v = take_payload(R, r, a, -1);
+                lua_pop(L, 1);
+                if (!v) { out->n = 0; break; }
+                msg_list_push(out, v);
+            }
+        } else {
+            lua_pop(L, 1);
+            tj_value *v = take_payload(R, r, a, -1);
+            if (v) msg_list_push(out, v);
+        }
+    } else if (lua_gettop(L) > top && !lua_isnil(L, -1) && !lua_istable(L, -1)) {
+        script_failed(R, r, "map must return a payload table, { tally_many = {...} } or nil");
+    }
+    lua_settop(L, top);
+    R->rep = NULL;
+}
+
+void rules_stats(const rules *R, tbuf *b)
+{
+    tbuf_putc(b, '[');
+    for (size_t i = 0; R && i < R->n; i++) {
+        const rule *r = &R->r[i];
+        tbuf_puts(b, i ? ",{\"name\":" : "{\"name\":");
+        tj_write_string(b, r->name, strlen(r->name));
+        tbuf_printf(b, ",\"stage\":\"%s\",\"calls\":%llu,\"errors\":%llu,\"dropped\":%llu,\"violations\":%llu,\"disabled\":%s}",
+                    stage_names[r->stage], (unsigned long long)atomic_load(&r->calls),
+                    (unsigned long long)atomic_load(&r->errors), (unsigned long long)atomic_load(&r->dropped),
+                    (unsigned long long)atomic_load(&r->violations), atomic_load(&r->disabled) ? "true" : "false");
+    }
+    tbuf_putc(b, ']');
+}

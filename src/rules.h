@@ -1,0 +1,67 @@
+/* Rules: user Lua scripts that change tracking without recompiling. Each script returns a plugin
+ * table (name, stage, types, on_error, process or map); see docs/rules.md for the contract.
+ *
+ * Stages run in this order: "before" scripts (fail closed: on_error defaults to "drop"), then
+ * "enrichment" scripts (fail open: "pass"), each in load order; "destination" scripts are mappings
+ * a destination names with "mapping": they turn a message into that destination's payloads. */
+#ifndef TALLY_RULES_H
+#define TALLY_RULES_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "internal.h"
+#include "json.h"
+
+enum { STAGE_BEFORE, STAGE_ENRICHMENT, STAGE_DESTINATION };
+
+typedef struct rules rules;
+
+typedef struct rules_opts {
+    size_t      max_memory;          /* bytes for all scripts together */
+    long        max_instructions;    /* per process/map call */
+    int         breaker_threshold;   /* consecutive failures that disable a script */
+    int         need_id;             /* results must carry userId or anonymousId */
+    const char *rule_config;         /* JSON object: rule name -> its ctx.config, or NULL */
+} rules_opts;
+
+/* What happened to one message, for the caller's logs, counters and `tally check`. */
+typedef struct rules_report {
+    void (*on_violation)(void *ud, const char *rule, const char *code, const char *text);
+    void (*on_error)(void *ud, const char *rule, const char *text);
+    void (*on_drop)(void *ud, const char *rule, const char *why);
+    void  *ud;
+    int    dropped;   /* set when a rule dropped the message (returned nil or failed closed) */
+    int    failed;    /* set when any script raised an error */
+} rules_report;
+
+/* A growable list of message trees (living in the caller's arena). */
+typedef struct msg_list {
+    tj_value **v;
+    size_t     n, cap;
+} msg_list;
+
+int  msg_list_push(msg_list *l, tj_value *v);
+void msg_list_free(msg_list *l);
+
+/* Loads the scripts named by spec: a file, a folder (its *.lua files in name order), or a JSON
+ * array of files and folders. TALLY_OK, or TALLY_ELUA / TALLY_EIO / TALLY_ECONFIG with errmsg set
+ * naming the script and line. */
+int  rules_open(rules **out, const char *spec, const rules_opts *o, const tly_logger *log);
+void rules_free(rules *R);
+size_t rules_count(const rules *R);
+
+/* Runs the before and enrichment stages on m. `out` receives the resulting messages: none
+ * (dropped), m itself (possibly changed) or several (split). Never fails: errors go through the
+ * report and each script's on_error policy. */
+void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list *out, rules_report *rep);
+
+/* The index of the destination-stage script called `name`, or -1. */
+int  rules_find_mapping(const rules *R, const char *name);
+/* Runs mapping `idx` on m: `out` receives the payloads (none when the mapping skips m). */
+void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms, msg_list *out, rules_report *rep);
+
+/* Per-script counters as a JSON array (appended to b); safe from any thread. */
+void rules_stats(const rules *R, tbuf *b);
+
+#endif

@@ -1,0 +1,43 @@
+/* The Lua sandbox: one Lua 5.4 state owned by the worker, in which untrusted rule scripts run.
+ *
+ * It is a security boundary (game mods are untrusted code), built from three fences:
+ *  - what a script can reach: each script gets its own _ENV holding copies of the safe parts of the
+ *    standard library (no io, debug, package, dofile, loadfile, string.dump, binary chunks; os only
+ *    time/clock/date/difftime; `require` only bundled tally.* modules and the rule folders);
+ *  - how much memory all scripts together may hold: our allocator refuses past the cap;
+ *  - how long one call may run: a count hook installed at state creation (so it is inherited by
+ *    every coroutine) charges instructions against a per-call budget, and once the budget is spent
+ *    it fires on every instruction, so a script that catches the error with pcall is stopped again
+ *    at its very next instruction until the error reaches us. */
+#ifndef TALLY_SANDBOX_H
+#define TALLY_SANDBOX_H
+
+#include <lua.h>
+#include <stddef.h>
+
+#include "internal.h"
+
+typedef struct sandbox sandbox;
+
+typedef struct sb_limits {
+    size_t max_memory;        /* bytes for the whole state */
+    long   max_instructions;  /* per sb_call */
+} sb_limits;
+
+/* dirs: NULL-terminated list of folders `require` and tally.load_json may read (the rule folders). */
+sandbox   *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger *log);
+void       sb_free(sandbox *sb);
+lua_State *sb_state(sandbox *sb);
+
+/* Loads a script file (text only) into a fresh environment and runs it under the limits; on
+ * success pushes its return value. 0, or -1 with err set ("rules/a.lua:3: ..."). */
+int sb_load_file(sandbox *sb, const char *path, char *err, size_t errlen);
+
+/* lua_pcall under the instruction budget, with the error message (and its script:line) in err.
+ * Returns a Lua status code (LUA_OK on success). */
+int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen);
+
+/* Deterministic sampling shared by ctx:sample and the sample module: FNV-1a of key. */
+int sb_sample(double rate, const char *key, size_t len);
+
+#endif

@@ -1,0 +1,435 @@
+/* Lua rules through the public API: the plugin contract, reload, mappings, and the sandbox escape
+ * list. Every hostile script must be contained: the host stays up and the next message still goes
+ * through the rules that work. Named after the trick each one stops. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "tally.h"
+#include "util.h"
+
+static int dir_counter;
+
+/* Makes a fresh rules folder holding the given (filename, source) pairs, NULL-terminated. */
+static char *rules_dir(const char *first, ...)
+{
+    char name[64];
+    snprintf(name, sizeof name, "rules-%d", ++dir_counter);
+    char *dir = tu_path(name);
+    mkdir(dir, 0755);
+    va_list ap;
+    va_start(ap, first);
+    for (const char *file = first; file; file = va_arg(ap, const char *)) {
+        const char *src = va_arg(ap, const char *);
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        FILE *f = fopen(path, "w");
+        if (f) { fputs(src, f); fclose(f); }
+    }
+    va_end(ap);
+    return dir;
+}
+
+static tally_t *open_rules(const char *dir, const char *out, const char *extra_key, const char *extra_val)
+{
+    tally_config *c = tally_config_new();
+    unlink(out);
+    tally_config_set(c, "out", out);
+    tally_config_set(c, "rules", dir);
+    tally_config_set(c, "log_level", "off");
+    tally_config_set(c, "lua_instructions", "200000");
+    tally_config_set(c, "lua_memory", "16777216");
+    if (extra_key) tally_config_set(c, extra_key, extra_val);
+    tally_t *t = NULL;
+    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
+    tally_config_free(c);
+    return t;
+}
+
+/* A hostile "before" script runs first; a marker script after it proves the pipeline goes on. */
+static const char marker[] =
+    "return { name = 'marker', stage = 'enrichment', process = function(m, ctx)\n"
+    "  m.properties = m.properties or {}; m.properties.marked = true; return m end }\n";
+
+/* Runs one hostile script against two messages; returns the output lines, and requires the host
+ * to be alive and to have written the second (good-path) message through the marker. */
+static void contained(const char *hostile_src, int on_error_pass)
+{
+    char src[4096];
+    snprintf(src, sizeof src,
+             "return { name = 'hostile', on_error = '%s', process = function(m, ctx)\n"
+             "  if m.event == 'attack' then\n%s\n  end\n  return m end }\n",
+             on_error_pass ? "pass" : "drop", hostile_src);
+    char *dir = rules_dir("10_hostile.lua", src, "20_marker.lua", marker, NULL);
+    char *out = tu_path("contained.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "attack", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_track(t, "after", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_flush(t, 20000), TALLY_OK);
+    char *all = tu_read_file(out, NULL);
+    CHECK_CONTAINS(all, "\"event\":\"after\"");
+    CHECK_CONTAINS(all, "\"marked\":true");
+    CHECK(all && !strstr(all, "\"event\":\"attack\"")); /* failed closed: the attack message is dropped */
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"name\":\"hostile\",\"stage\":\"before\",\"calls\":2,\"errors\":1");
+    tally_free(stats);
+    free(all);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    free(out);
+    free(dir);
+}
+
+TEST(escape_io_is_absent) { contained("io.open('/etc/passwd'):read('a')", 0); }
+TEST(escape_os_execute_is_absent) { contained("os.execute('touch /tmp/tally-pwned')", 0); }
+TEST(escape_debug_is_absent) { contained("debug.sethook()", 0); }
+TEST(escape_package_loadlib_is_absent) { contained("package.loadlib('/lib/x86_64-linux-gnu/libc.so.6', 'system')", 0); }
+TEST(escape_dofile_loadfile_absent) { contained("local f = dofile or loadfile; f('/etc/passwd')", 0); }
+TEST(escape_string_dump_absent) { contained("load(string.dump(function() end))", 0); }
+TEST(escape_binary_chunk_refused)
+{
+    contained("local f, e = load('\\27Lua\\84\\0\\25\\147\\13\\10\\26\\10') assert(f, e)", 0);
+}
+TEST(escape_string_metatable_hidden) { contained("local mt = getmetatable('') mt.__index.upper = nil", 0); }
+TEST(escape_native_require_refused) { contained("require('os')", 0); }
+TEST(escape_require_path_traversal_refused) { contained("require('..etc.passwd')", 0); }
+TEST(escape_infinite_loop_stopped) { contained("while true do end", 0); }
+TEST(escape_infinite_loop_inside_pcall_stopped)
+{
+    contained("while true do pcall(function() while true do end end) end", 0);
+}
+TEST(escape_infinite_loop_in_coroutine_stopped)
+{
+    contained("coroutine.wrap(function() while true do end end)()", 0);
+}
+TEST(escape_error_swallowing_loop_stopped)
+{
+    contained("for i = 1, 1e12 do pcall(error, 'x') end", 0);
+}
+TEST(escape_string_rep_bomb_contained) { contained("local s = string.rep('x', 2^40)", 0); }
+TEST(escape_table_bomb_contained) { contained("local t = {} for i = 1, 1e9 do t[i] = {i, i, i} end", 0); }
+TEST(escape_gc_finalizer_refused)
+{
+    contained("setmetatable({}, { __gc = function() while true do end end })", 0);
+}
+
+TEST(escape_globals_do_not_leak_between_scripts)
+{
+    char *dir = rules_dir("10_a.lua",
+                          "leaked = 'yes'\nstring.upper = nil\ntable.insert = nil\n"
+                          "return { name = 'a', process = function(m) shared_state = 1; return m end }\n",
+                          "20_b.lua",
+                          "return { name = 'b', process = function(m)\n"
+                          "  m.properties = { leaked = tostring(leaked), shared = tostring(shared_state),\n"
+                          "    upper = string.upper('ok'), insert = type(table.insert) }\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("leak.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "E", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *line = tu_line(out, 0);
+    CHECK_CONTAINS(line, "\"properties\":{\"insert\":\"function\",\"leaked\":\"nil\",\"shared\":\"nil\",\"upper\":\"OK\"}");
+    free(line);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+/* ---- the contract ---- */
+
+TEST(rule_modifies_drops_and_splits)
+{
+    char *dir = rules_dir("10_rules.lua",
+                          "return { name = 'shape', types = { 'track' }, process = function(m, ctx)\n"
+                          "  if m.event == 'drop me' then return nil end\n"
+                          "  if m.event == 'split me' then\n"
+                          "    local a, b = {}, {}\n"
+                          "    for k, v in pairs(m) do a[k] = v; b[k] = v end\n"
+                          "    a.event = 'part one'; a.messageId = m.messageId .. '-1'\n"
+                          "    b.event = 'part two'; b.messageId = m.messageId .. '-2'\n"
+                          "    return { a, b } end\n"
+                          "  m.properties.seen_by = ctx.rule\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("shape.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "keep me", "{\"n\":9007199254740993,\"f\":0.1,\"a\":[],\"z\":null}");
+    tally_track(t, "drop me", NULL);
+    tally_track(t, "split me", NULL);
+    tally_page(t, NULL, "Home", NULL); /* not a track: the rule is skipped */
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 4);
+    char *all = tu_read_file(out, NULL);
+    /* exact values survive the trip through Lua */
+    CHECK_CONTAINS(all, "\"properties\":{\"a\":[],\"f\":0.1,\"n\":9007199254740993,\"seen_by\":\"shape\",\"z\":null}");
+    CHECK(all && !strstr(all, "drop me"));
+    CHECK_CONTAINS(all, "\"event\":\"part one\"");
+    CHECK_CONTAINS(all, "\"event\":\"part two\"");
+    CHECK_CONTAINS(all, "\"type\":\"page\"");
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"rule_dropped\":1");
+    tally_free(stats);
+    free(all);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(enrichment_fails_open_before_fails_closed)
+{
+    char *dir = rules_dir("10_enrich.lua",
+                          "return { name = 'broken_enrich', stage = 'enrichment', process = function(m) error('boom') end }\n",
+                          NULL);
+    char *out = tu_path("failopen.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "still delivered", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 1);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(rule_returning_invalid_message_is_an_error)
+{
+    char *dir = rules_dir("10_bad.lua",
+                          "return { name = 'bad', on_error = 'pass', process = function(m) m.event = nil; return m end }\n",
+                          NULL);
+    char *out = tu_path("invalid.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "E", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *line = tu_line(out, 0);
+    CHECK_CONTAINS(line, "\"event\":\"E\""); /* on_error = pass: the original went on */
+    free(line);
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"name\":\"bad\",\"stage\":\"before\",\"calls\":1,\"errors\":1");
+    tally_free(stats);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(circuit_breaker_disables_a_failing_script)
+{
+    char *dir = rules_dir("10_flaky.lua",
+                          "return { name = 'flaky', on_error = 'pass', process = function(m) error('always') end }\n", NULL);
+    char *out = tu_path("breaker.ndjson");
+    tally_t *t = open_rules(dir, out, "rule_breaker", "3");
+    REQUIRE(t);
+    for (int i = 0; i < 5; i++) tally_track(t, "E", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"name\":\"flaky\",\"stage\":\"before\",\"calls\":3,\"errors\":3,\"dropped\":0,\"violations\":0,\"disabled\":true");
+    tally_free(stats);
+    CHECK_EQ_INT(tu_count_lines(out), 5);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(violations_are_counted_and_sampling_is_deterministic)
+{
+    char *dir = rules_dir("10_v.lua",
+                          "return { name = 'v', process = function(m, ctx)\n"
+                          "  ctx:violation('naming.case', 'not lower case')\n"
+                          "  m.properties = { a = ctx:sample(0.5, 'user-1'), b = ctx:sample(0.5, 'user-1'),\n"
+                          "                   all = ctx:sample(1, 'x'), none = ctx:sample(0, 'x'), now = math.type(ctx.now) }\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("viol.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "E", NULL);
+    tally_track(t, "E", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *l0 = tu_line(out, 0), *l1 = tu_line(out, 1);
+    CHECK_CONTAINS(l0, "\"all\":true");
+    CHECK_CONTAINS(l0, "\"none\":false");
+    CHECK_CONTAINS(l0, "\"now\":\"integer\"");
+    const char *a0 = strstr(l0, "\"a\":"), *a1 = strstr(l1, "\"a\":");
+    CHECK(a0 && a1 && strncmp(a0, a1, 9) == 0); /* same key, same answer */
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"violations\":2,");
+    tally_free(stats);
+    free(l0);
+    free(l1);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(rule_config_reaches_ctx_config)
+{
+    char *dir = rules_dir("10_c.lua",
+                          "return { name = 'cfg', process = function(m, ctx) m.properties = { level = ctx.config.level } return m end }\n",
+                          NULL);
+    char *out = tu_path("cfg.ndjson");
+    tally_t *t = open_rules(dir, out, "rule_config", "{\"cfg\":{\"level\":7}}");
+    REQUIRE(t);
+    tally_track(t, "E", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *line = tu_line(out, 0);
+    CHECK_CONTAINS(line, "\"properties\":{\"level\":7}");
+    free(line);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(bad_scripts_fail_open_with_file_and_line)
+{
+    const struct { const char *src, *want; } cases[] = {
+        {"return {", "10_x.lua:1:"},
+        {"return 42", "must return a plugin table"},
+        {"return { stage = 'before', process = function() end }", "non-empty string \"name\""},
+        {"return { name = 'x', stage = 'sometimes', process = function() end }", "\"stage\""},
+        {"return { name = 'x' }", "needs a function \"process\""},
+        {"return { name = 'x', types = { 'click' }, process = function() end }", "unknown message type"},
+        {"error('at load')", "10_x.lua:1: at load"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        char *dir = rules_dir("10_x.lua", cases[i].src, NULL);
+        tally_config *c = tally_config_new();
+        tally_config_set(c, "out", "/dev/null");
+        tally_config_set(c, "rules", dir);
+        tally_t *t = NULL;
+        CHECK_EQ_INT(tally_open(c, &t), TALLY_ELUA);
+        CHECK_CONTAINS(tally_errmsg(NULL), cases[i].want);
+        tally_config_free(c);
+        free(dir);
+    }
+}
+
+TEST(bytecode_rule_file_is_refused)
+{
+    char *dir = rules_dir("10_bin.lua", "\x1bLua\x54", NULL);
+    tally_config *c = tally_config_new();
+    tally_config_set(c, "out", "/dev/null");
+    tally_config_set(c, "rules", dir);
+    tally_t *t = NULL;
+    CHECK_EQ_INT(tally_open(c, &t), TALLY_ELUA);
+    CHECK_CONTAINS(tally_errmsg(NULL), "binary");
+    tally_config_free(c);
+    free(dir);
+}
+
+TEST(reload_swaps_rules_in_order_and_keeps_old_on_error)
+{
+    char *dir = rules_dir("10_r.lua",
+                          "return { name = 'r', process = function(m) m.properties = { version = 1 } return m end }\n", NULL);
+    char *out = tu_path("reload.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "before reload", NULL);
+    char path[512];
+    snprintf(path, sizeof path, "%s/10_r.lua", dir);
+    FILE *f = fopen(path, "w");
+    REQUIRE(f);
+    fputs("return { name = 'r', process = function(m) m.properties = { version = 2 } return m end }\n", f);
+    fclose(f);
+    CHECK_EQ_INT(tally_reload(t, 5000), TALLY_OK);
+    tally_track(t, "after reload", NULL);
+    f = fopen(path, "w");
+    fputs("return { name = 'r', process = function(m) syntax error here", f);
+    fclose(f);
+    CHECK_EQ_INT(tally_reload(t, 5000), TALLY_ELUA);
+    CHECK_CONTAINS(tally_errmsg(t), "10_r.lua:1:");
+    tally_track(t, "after failed reload", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *l0 = tu_line(out, 0), *l1 = tu_line(out, 1), *l2 = tu_line(out, 2);
+    CHECK_CONTAINS(l0, "\"version\":1");
+    CHECK_CONTAINS(l1, "\"version\":2");
+    CHECK_CONTAINS(l2, "\"version\":2"); /* the broken file did not replace the working set */
+    free(l0);
+    free(l1);
+    free(l2);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(destination_mapping_shapes_payloads)
+{
+    char *dir = rules_dir("90_map.lua",
+                          "return { name = 'activities', stage = 'destination', map = function(m, ctx)\n"
+                          "  if m.type ~= 'track' then return nil end\n"
+                          "  local out = {}\n"
+                          "  for i, p in ipairs(m.properties.products or {}) do\n"
+                          "    out[i] = { type = 'purchase', sku = p.sku, cents = math.floor(p.price * 100 + 0.5) } end\n"
+                          "  return { tally_many = out } end }\n",
+                          NULL);
+    char *raw = tu_path("raw.ndjson"), *mapped = tu_path("mapped.ndjson");
+    unlink(raw);
+    unlink(mapped);
+    tally_config *c = tally_config_new();
+    char dests[1024];
+    snprintf(dests, sizeof dests, "[{\"type\":\"file\",\"path\":\"%s\"},{\"type\":\"file\",\"path\":\"%s\",\"mapping\":\"activities\"}]",
+             raw, mapped);
+    tally_config_set(c, "destinations", dests);
+    tally_config_set(c, "rules", dir);
+    tally_t *t = NULL;
+    REQUIRE(tally_open(c, &t) == TALLY_OK);
+    tally_track(t, "Order Completed", "{\"products\":[{\"sku\":\"a\",\"price\":19.99},{\"sku\":\"b\",\"price\":5}]}");
+    tally_page(t, NULL, "Home", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(raw), 2);
+    CHECK_EQ_INT(tu_count_lines(mapped), 2);
+    char *l0 = tu_line(mapped, 0), *l1 = tu_line(mapped, 1);
+    CHECK_STR(l0, "{\"cents\":1999,\"sku\":\"a\",\"type\":\"purchase\"}");
+    CHECK_STR(l1, "{\"cents\":500,\"sku\":\"b\",\"type\":\"purchase\"}");
+    free(l0);
+    free(l1);
+    tally_close(t, 1000);
+    tally_config_free(c);
+    free(raw);
+    free(mapped);
+    free(dir);
+}
+
+TEST(mapping_that_is_not_loaded_is_a_config_error)
+{
+    tally_config *c = tally_config_new();
+    tally_config_set(c, "destinations", "[{\"type\":\"file\",\"path\":\"/dev/null\",\"mapping\":\"nope\"}]");
+    tally_t *t = NULL;
+    CHECK_EQ_INT(tally_open(c, &t), TALLY_ECONFIG);
+    CHECK_CONTAINS(tally_errmsg(NULL), "mapping \"nope\"");
+    tally_config_free(c);
+}
+
+TEST(tally_helpers_inside_the_sandbox)
+{
+    char *dir = rules_dir("plan.json", "{\"limit\": 9007199254740993, \"list\": []}",
+                          "10_h.lua",
+                          "local plan = tally.load_json('plan.json')\n"
+                          "return { name = 'h', process = function(m)\n"
+                          "  m.properties = { limit = plan.limit, list = plan.list, null = tally.null,\n"
+                          "    empty = tally.empty_array, enc = tally.json.encode({ x = 1.5 }) }\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("helpers.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "E", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *line = tu_line(out, 0);
+    CHECK_CONTAINS(line, "\"properties\":{\"empty\":[],\"enc\":\"{\\\"x\\\":1.5}\",\"limit\":9007199254740993,\"list\":[],\"null\":null}");
+    free(line);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
