@@ -500,6 +500,7 @@ static tj_value *take_payload(rules *R, rule *r, tj_arena *a, int idx)
 void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms, msg_list *out, rules_report *rep)
 {
     out->n = 0;
+    if (!R || idx < 0 || (size_t)idx >= R->n || R->r[idx].stage != STAGE_DESTINATION) return;
     rule *r = &R->r[idx];
     lua_State *L = sb_state(R->sb);
     int top = lua_gettop(L);

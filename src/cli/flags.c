@@ -28,7 +28,7 @@ static const struct { const char *flag, *key; } config_aliases[] = {
 };
 
 static const char *const commands[] = {"track", "identify", "page", "screen", "group", "alias",
-                                       "send", "inspect", "help", "version", NULL};
+                                       "send", "check", "inspect", "help", "version", NULL};
 
 static int fail(char *err, size_t errlen, const char *fmt, const char *a, const char *b)
 {
@@ -54,7 +54,7 @@ static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
             return 0;
         }
     }
-    return fail(err, errlen, "unknown command \"%s\" (track, identify, page, screen, group, alias, send, inspect)%s",
+    return fail(err, errlen, "unknown command \"%s\" (track, identify, page, screen, group, alias, send, check, inspect)%s",
                 cmd, NULL);
 }
 

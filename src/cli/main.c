@@ -17,6 +17,7 @@ static const char usage[] =
     "  tally --type=track ...            same, Segment library CLI style\n"
     "  tally send [FILE]                 one JSON message per line (stdin when no FILE)\n"
     "  tally inspect STORE [--json]      queued / delivered / retried / dead-lettered / dropped\n"
+    "  tally check --rules=PATH [FILE]   run the rules on NDJSON messages without sending\n"
     "configuration flags: --writeKey= --endpoint= --out=FILE --store= --rules= --config=FILE.lua\n"
     "  and any configuration key as --key=value (see README); --wait_ms= delivery wait (30000)\n";
 
@@ -183,6 +184,12 @@ int main(int argc, char **argv)
     if (!strcmp(o.command, "help")) { fputs(usage, stdout); return 0; }
     if (!strcmp(o.command, "version")) { printf("tally %s\n", tally_version()); return 0; }
     if (!strcmp(o.command, "inspect")) return run_inspect(&o);
+    if (!strcmp(o.command, "check")) {
+        const char *spec = NULL;
+        for (int i = 0; i < o.nset; i++)
+            if (!strcmp(o.set_key[i], "rules")) spec = o.set_val[i];
+        return cli_check(&o, spec);
+    }
     tally_config *cfg = tally_config_new();
     if (!cfg) return die(1, "", "out of memory");
     int single = strcmp(o.command, "send") && strcmp(o.command, "check") && strcmp(o.command, "inspect");

@@ -90,5 +90,29 @@ expect inspect_json 0 "" -- "$TALLY" inspect "$dir/st.db" --json
 grep -qF '"delivered":2' "$dir/out" && ok inspect_json_counts || bad inspect_json_counts "$(cat "$dir/out")"
 expect inspect_missing 1 "inspect" -- "$TALLY" inspect "$dir/nope.db"
 
+# tally check: results, violations, exit 1 when a message is blocked or a script fails
+mkdir -p "$dir/rules"
+cat >"$dir/rules/10_lower.lua" <<'LUA'
+return { name = "lower", process = function(m, ctx)
+  if m.event ~= m.event:lower() then ctx:violation("naming.case", "not lower case: " .. m.event) end
+  if m.event == "blocked" then return nil end
+  m.event = m.event:lower()
+  return m end }
+LUA
+printf '%s\n' '{"type":"track","event":"Button Clicked","userId":"u"}' >"$dir/ok.ndjson"
+expect check_passes 0 "" -- "$TALLY" check --rules="$dir/rules" "$dir/ok.ndjson"
+grep -qF 'violation [lower] naming.case: not lower case: Button Clicked' "$dir/out" && grep -qF '"event":"button clicked"' "$dir/out" \
+  && ok check_prints_violation_and_result || bad check_prints_violation_and_result "$(cat "$dir/out")"
+printf '%s\n' '{"type":"track","event":"blocked","userId":"u"}' >"$dir/blocked.ndjson"
+expect check_blocked_exits_1 1 "" -- sh -c "'$TALLY' check --rules='$dir/rules' < '$dir/blocked.ndjson'"
+grep -qF 'dropped by [lower]' "$dir/out" && ok check_names_the_blocking_rule || bad check_names_the_blocking_rule "$(cat "$dir/out")"
+echo 'return { name = "broken", process = function(m) error("kaput") end }' >"$dir/rules/20_broken.lua"
+expect check_script_error_exits_1 1 "" -- "$TALLY" check --rules="$dir/rules" "$dir/ok.ndjson"
+grep -qF 'error [broken]' "$dir/out" && grep -qF '20_broken.lua:1: kaput' "$dir/out" \
+  && ok check_reports_script_and_line || bad check_reports_script_and_line "$(cat "$dir/out")"
+echo 'return {' >"$dir/rules/30_syntax.lua"
+expect check_load_error 1 "30_syntax.lua:2: unexpected symbol" -- "$TALLY" check --rules="$dir/rules" "$dir/ok.ndjson"
+expect check_needs_rules 2 "--rules" -- "$TALLY" check "$dir/ok.ndjson"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
