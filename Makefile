@@ -169,3 +169,12 @@ install: all
 
 clean:
 	rm -rf build/release build/asan build/tsan build/current build/fuzz
+
+# ---- examples ----
+$(BUILD)/examples/quickstart: examples/quickstart.c include/tally.h $(BUILD)/libtally.so.$(VERSION)
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) -std=c11 -Wall -Wextra -Werror $(SANFLAGS) -Iinclude -o $@ $< -L$(BUILD) -ltally -Wl,-rpath,$(abspath $(BUILD))
+
+examples: $(BUILD)/examples/quickstart
+test-bins: examples

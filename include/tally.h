@@ -184,6 +184,48 @@ TALLY_API const char *tally_errmsg(const tally_t *t);
 /* The library's version, e.g. "0.1.0". */
 TALLY_API const char *tally_version(void);
 
+/* ---- Lua hosts ----
+ * For a C/C++ program that embeds its own Lua 5.4 (a game running mods, say). Defined in
+ * libtally_lua.a, which is compiled against the host's Lua headers (Debian: lua5.4) and links with
+ * libtally: cc game.o libtally_lua.a -ltally -llua5.4 (or libtally.a plus -lcurl -lsqlite3 -lz -lm
+ * -lpthread -ldl). libtally's own Lua is private, so the two never mix. Plain Lua programs use the
+ * `tally` module (tally.so, `require "tally"`) instead, which also offers the same tables via
+ * t:mod(name, version, max_events_per_second). */
+struct lua_State;
+
+/* Pushes onto L's stack a table bound to the runtime `t`, for one mod: scripts in L call
+ * tally.track(event, props[, opts]), tally.page(name, props[, opts]), tally.screen(name, props
+ * [, opts]), tally.group(groupId, traits[, opts]), tally.send(message) (dot or colon calls), plus
+ * tally.session() (the current ids), tally.stats() (this table's own counters: accepted, rejected,
+ * rate_limited), tally.null, tally.empty_array, tally.array(t), tally.json and tally.version.
+ * Calls return true, or nil and an error text; wrong argument types raise Lua errors.
+ *
+ * Every message sent through the table carries context.mod = {"name": mod_name, "version":
+ * mod_version} (replacing any context.mod the script set; "version" is left out when mod_version
+ * is NULL). Identity belongs to the host: the table has no identify, alias, reset, flush or close,
+ * and tally.send refuses identify and alias messages.
+ *
+ * Rate limit: a token bucket of max_events_per_second with a burst of twice that (at least 1).
+ * Over it, calls return nil, "rate limited (mod NAME: N events/s)", enqueue nothing and count in
+ * stats().rate_limited. max_events_per_second 0 (or +inf) means no limit.
+ *
+ * mod_name (1 to 255 bytes) and mod_version (NULL or up to 255 bytes) must be valid UTF-8; both are
+ * copied. Returns TALLY_OK with the table on top of the stack, or TALLY_EINVAL (NULL L, t or
+ * mod_name, bad lengths or UTF-8, max_events_per_second negative or NaN) with nothing pushed and
+ * tally_errmsg() left as it was. Like any Lua API call that allocates, it raises a Lua error when L
+ * runs out of memory.
+ *
+ * Ownership: `t` is borrowed, never closed by the table (collecting it does not touch `t`). Keep
+ * `t` open while code in L may still call the table: lua_close(L) (or stop running its scripts)
+ * before tally_close(t).
+ *
+ * Threads: the table belongs to L and must be used from whichever thread runs L, as L itself. Each
+ * call makes its own table with its own bucket and counters, so one state per mod on different
+ * threads, all bound to the same `t`, is fine: the runtime is thread-safe and the calls never block.
+ */
+TALLY_API int tally_lua_push_mod(struct lua_State *L, tally_t *t, const char *mod_name,
+                                 const char *mod_version, double max_events_per_second);
+
 #ifdef __cplusplus
 }
 #endif

@@ -35,7 +35,7 @@ void batch_free(dest_batch *b)
     memset(b, 0, sizeof *b);
 }
 
-static const dest_ops *const all_dests[] = {&dest_segment_ops, &dest_file_ops, &dest_sqlite_ops};
+static const dest_ops *const all_dests[] = {&dest_segment_ops, &dest_http_ops, &dest_file_ops, &dest_sqlite_ops};
 
 int dest_open(dest *d, const char *json_cfg, const dest_env *env, const tly_logger *log)
 {
@@ -51,7 +51,7 @@ int dest_open(dest *d, const char *json_cfg, const dest_env *env, const tly_logg
         goto out;
     }
     const tj_value *type = tj_object_get(cfg, "type");
-    rc = tly_fail(TALLY_ECONFIG, "destinations: unknown type \"%.*s\" (known: segment, file, sqlite)",
+    rc = tly_fail(TALLY_ECONFIG, "destinations: unknown type \"%.*s\" (known: segment, http, file, sqlite)",
                   type && type->type == TJ_STRING ? (int)type->u.str.len : 1,
                   type && type->type == TJ_STRING ? type->u.str.s : "?");
     for (size_t i = 0; i < sizeof all_dests / sizeof *all_dests; i++) {

@@ -77,5 +77,6 @@ void dest_outcome_set(dest_outcome *o, int result, int status, const char *fmt, 
 extern const dest_ops dest_file_ops;
 extern const dest_ops dest_sqlite_ops;
 extern const dest_ops dest_segment_ops;
+extern const dest_ops dest_http_ops;
 
 #endif

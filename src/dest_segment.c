@@ -1,7 +1,9 @@
-/* The segment destination: Segment's HTTP Tracking API (also RudderStack's and any compatible
- * collector). POST {endpoint}/v1/batch with {"batch":[...],"sentAt":...}, Basic auth "writeKey:",
- * optional gzip. Transfers run on the worker's curl multi handle, one batch in flight per
- * destination, so a slow collector costs no thread and never blocks the other destinations. */
+/* HTTP destinations, on the worker's curl multi handle (one batch in flight per destination, so a
+ * slow collector costs no thread and never blocks the other destinations):
+ *  - segment: Segment's HTTP Tracking API (also RudderStack's and any compatible collector).
+ *    POST {endpoint}/v1/batch with {"batch":[...],"sentAt":...}, Basic auth "writeKey:", gzip.
+ *  - http: any JSON endpoint. POST {url} with a JSON array of the batch's payloads (usually shaped
+ *    by a destination-stage rule, "mapping"), optional headers and Basic auth. */
 #include <curl/curl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +24,7 @@ typedef struct segment_dest {
     size_t             keep;        /* response bytes kept: the excerpt plus room to mask a secret */
     int                gzip;
     int                busy;
+    int                array_body;  /* http: a bare JSON array instead of Segment's envelope */
     tbuf               body;        /* the request body (gzip'd when enabled) */
     tbuf               json;        /* the batch as JSON before compression */
     tbuf               response;    /* the first bytes of the response, for error reasons */
@@ -84,16 +87,29 @@ static void response_excerpt(const segment_dest *s, char *out, size_t outlen)
     out[o] = '\0';
 }
 
-static int check_keys(const tj_value *cfg)
+static int check_keys(const tj_value *cfg, const char *type, const char *const *known)
 {
-    static const char *const known[] = {"type", "name", "endpoint", "write_key", "gzip", "timeout_ms",
-                                        "ca_bundle", "proxy", NULL};
     for (size_t i = 0; i < cfg->u.obj.n; i++) {
         int ok = 0;
         for (int k = 0; known[k] && !ok; k++) ok = !strcmp(cfg->u.obj.m[i].key, known[k]);
-        if (!ok) return tly_fail(TALLY_ECONFIG, "destinations: segment: unknown key \"%s\"", cfg->u.obj.m[i].key);
+        if (!ok) return tly_fail(TALLY_ECONFIG, "destinations: %s: unknown key \"%s\"", type, cfg->u.obj.m[i].key);
     }
     return TALLY_OK;
+}
+
+/* headers: { "Name": "value", ... } for the http destination */
+static struct curl_slist *add_headers(struct curl_slist *h, const tj_value *cfg)
+{
+    const tj_value *hs = tj_object_get(cfg, "headers");
+    for (size_t i = 0; h && hs && hs->type == TJ_OBJECT && i < hs->u.obj.n; i++) {
+        const tj_value *v = hs->u.obj.m[i].val;
+        if (v->type != TJ_STRING) continue;
+        tbuf line = TBUF_INIT;
+        tbuf_printf(&line, "%s: %s", hs->u.obj.m[i].key, v->u.str.s);
+        h = line.oom ? NULL : curl_slist_append(h, line.data);
+        tbuf_free(&line);
+    }
+    return h;
 }
 
 static void segment_close(dest *d)
@@ -127,6 +143,7 @@ static int setup_easy(dest *d, segment_dest *s, const tj_value *cfg, const dest_
     struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
     if (h) h = curl_slist_append(h, ua);
     if (h && s->gzip) h = curl_slist_append(h, "Content-Encoding: gzip");
+    if (h) h = add_headers(h, cfg);
     if (h) h = curl_slist_append(h, "Expect:"); /* no 100-continue round trip per batch */
     if (!h || !(s->easy = curl_easy_init())) {
         curl_slist_free_all(h);
@@ -136,9 +153,11 @@ static int setup_easy(dest *d, segment_dest *s, const tj_value *cfg, const dest_
     CURL *e = s->easy;
     curl_easy_setopt(e, CURLOPT_URL, s->url);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->headers);
-    curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
-    curl_easy_setopt(e, CURLOPT_USERNAME, s->write_key);
-    curl_easy_setopt(e, CURLOPT_PASSWORD, "");
+    if (s->write_key) {
+        curl_easy_setopt(e, CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        curl_easy_setopt(e, CURLOPT_USERNAME, s->write_key);
+        curl_easy_setopt(e, CURLOPT_PASSWORD, "");
+    }
     curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout < 10000 ? timeout : 10000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
@@ -153,46 +172,74 @@ static int setup_easy(dest *d, segment_dest *s, const tj_value *cfg, const dest_
     return TALLY_OK;
 }
 
+static int common_open(dest *d, const tj_value *cfg, const dest_env *env, const char *url, size_t ulen,
+                       const char *suffix, const char *key, int array_body)
+{
+    if (!env->multi) return tly_fail(TALLY_ECONFIG, "destinations: %s: no transfer loop", d->ops->type);
+    segment_dest *s = calloc(1, sizeof *s);
+    if (!s) return tly_fail(TALLY_ENOMEM, "%s destination: out of memory", d->ops->type);
+    d->impl = s;
+    s->multi = env->multi;
+    s->array_body = array_body;
+    const tj_value *gz = tj_object_get(cfg, "gzip");
+    s->gzip = gz ? gz->type == TJ_TRUE : env->gzip;
+    if (key) { /* base64("key:") as in the Authorization header, to mask it in echoed responses */
+        size_t klen = strlen(key);
+        char *userpass = malloc(klen + 2);
+        if (userpass) {
+            memcpy(userpass, key, klen);
+            memcpy(userpass + klen, ":", 2);
+            s->auth_b64 = base64(userpass, klen + 1);
+            memset(userpass, 0, klen + 1);
+            free(userpass);
+        }
+    }
+    if (!(s->url = malloc(ulen + strlen(suffix) + 1)) || (key && (!(s->write_key = strdup(key)) || !s->auth_b64))) {
+        segment_close(d);
+        return tly_fail(TALLY_ENOMEM, "%s destination: out of memory", d->ops->type);
+    }
+    s->keep = BODY_EXCERPT + (s->auth_b64 ? strlen(s->auth_b64) : 0);
+    memcpy(s->url, url, ulen);
+    strcpy(s->url + ulen, suffix);
+    const tj_value *name = tj_object_get(cfg, "name");
+    snprintf(d->name, sizeof d->name, "%s:%.*s", d->ops->type,
+             (int)(name && name->type == TJ_STRING ? name->u.str.len : ulen),
+             name && name->type == TJ_STRING ? name->u.str.s : url);
+    int rc = setup_easy(d, s, cfg, env);
+    if (rc) segment_close(d);
+    return rc;
+}
+
+static int url_ok(const char *u) { return !strncmp(u, "http://", 7) || !strncmp(u, "https://", 8); }
+
 static int segment_open(dest *d, const tj_value *cfg, const dest_env *env)
 {
-    int rc = check_keys(cfg);
+    static const char *const known[] = {"type", "name", "endpoint", "write_key", "gzip", "timeout_ms",
+                                        "ca_bundle", "proxy", "mapping", NULL};
+    int rc = check_keys(cfg, "segment", known);
     if (rc) return rc;
     const char *endpoint = str_opt(cfg, "endpoint", "https://api.segment.io");
     const char *key = str_opt(cfg, "write_key", env->write_key);
-    if (strncmp(endpoint, "http://", 7) && strncmp(endpoint, "https://", 8))
+    if (!url_ok(endpoint))
         return tly_fail(TALLY_ECONFIG, "destinations: segment: endpoint must be an http:// or https:// URL");
     if (!key || !*key)
         return tly_fail(TALLY_ECONFIG, "destinations: segment: write_key required (or TALLY_WRITE_KEY)");
-    if (!env->multi) return tly_fail(TALLY_ECONFIG, "destinations: segment: no transfer loop");
-    segment_dest *s = calloc(1, sizeof *s);
-    if (!s) return tly_fail(TALLY_ENOMEM, "segment destination: out of memory");
-    d->impl = s;
-    s->multi = env->multi;
-    const tj_value *gz = tj_object_get(cfg, "gzip");
-    s->gzip = gz ? gz->type == TJ_TRUE : env->gzip;
     size_t elen = strlen(endpoint);
     while (elen > 0 && endpoint[elen - 1] == '/') elen--;
-    size_t klen = strlen(key);
-    char *userpass = malloc(klen + 2);
-    if (userpass) {
-        memcpy(userpass, key, klen);
-        memcpy(userpass + klen, ":", 2);
-        s->auth_b64 = base64(userpass, klen + 1);
-        memset(userpass, 0, klen + 1);
-        free(userpass);
-    }
-    if (!(s->url = malloc(elen + sizeof "/v1/batch")) || !(s->write_key = strdup(key)) || !s->auth_b64) {
-        segment_close(d);
-        return tly_fail(TALLY_ENOMEM, "segment destination: out of memory");
-    }
-    s->keep = BODY_EXCERPT + strlen(s->auth_b64);
-    memcpy(s->url, endpoint, elen);
-    strcpy(s->url + elen, "/v1/batch");
-    const tj_value *name = tj_object_get(cfg, "name");
-    snprintf(d->name, sizeof d->name, "segment:%.*s", (int)(name && name->type == TJ_STRING ? name->u.str.len : elen),
-             name && name->type == TJ_STRING ? name->u.str.s : endpoint);
-    if ((rc = setup_easy(d, s, cfg, env))) segment_close(d);
-    return rc;
+    return common_open(d, cfg, env, endpoint, elen, "/v1/batch", key, 0);
+}
+
+static int http_open(dest *d, const tj_value *cfg, const dest_env *env)
+{
+    static const char *const known[] = {"type", "name", "url", "write_key", "headers", "gzip", "timeout_ms",
+                                        "ca_bundle", "proxy", "mapping", NULL};
+    int rc = check_keys(cfg, "http", known);
+    if (rc) return rc;
+    const char *url = str_opt(cfg, "url", NULL);
+    if (!url || !url_ok(url)) return tly_fail(TALLY_ECONFIG, "destinations: http: \"url\" must be an http:// or https:// URL");
+    const tj_value *h = tj_object_get(cfg, "headers");
+    if (h && h->type != TJ_OBJECT) return tly_fail(TALLY_ECONFIG, "destinations: http: \"headers\" must be an object of strings");
+    return common_open(d, cfg, env, url, strlen(url), "", str_opt(cfg, "write_key", NULL), 1);
 }
 
 static int gzip_into(tbuf *out, const char *p, size_t n)
@@ -217,10 +264,14 @@ static void build_json(segment_dest *s, const dest_batch *b)
 {
     tbuf *j = &s->json;
     tbuf_reset(j);
-    tbuf_puts(j, "{\"batch\":[");
+    tbuf_puts(j, s->array_body ? "[" : "{\"batch\":[");
     for (size_t i = 0; i < b->n; i++) {
         if (i) tbuf_putc(j, ',');
         tbuf_append(j, b->data.data + b->off[i], b->off[i + 1] - b->off[i] - 1);
+    }
+    if (s->array_body) {
+        tbuf_putc(j, ']');
+        return;
     }
     char sent_at[25];
     tly_iso8601(tly_now_ms(), sent_at);
@@ -290,3 +341,4 @@ static void segment_finish(dest *d, void *handle, int code, dest_outcome *out)
 static int segment_sync(dest *d) { (void)d; return 0; }
 
 const dest_ops dest_segment_ops = {"segment", segment_open, segment_submit, segment_finish, segment_sync, segment_close};
+const dest_ops dest_http_ops = {"http", http_open, segment_submit, segment_finish, segment_sync, segment_close};

@@ -107,7 +107,8 @@ static int enqueue(tally_t *t, int kind, const char *s1, const char *s2, const c
         return tly_fail(TALLY_EFULL, "queue full (max_queue_bytes=%zu, max_queue_rows=%zu): message dropped",
                         t->cfg.max_queue_bytes, t->cfg.max_queue_rows);
     }
-    atomic_fetch_add_explicit(&t->n.accepted, 1, memory_order_relaxed);
+    if (kind != REC_RESET && kind != REC_SESSION_START) /* control records are not messages */
+        atomic_fetch_add_explicit(&t->n.accepted, 1, memory_order_relaxed);
     tly_wake(t);
     return TALLY_OK;
 }

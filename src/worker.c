@@ -14,6 +14,12 @@
 #include "runtime.h"
 #include "store.h"
 
+#if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ >= 12
+/* gcc -Werror=tsan refuses atomic_thread_fence (TSan does not model fences); the atomics of the
+ * wake protocol are still checked */
+#pragma GCC diagnostic ignored "-Wtsan"
+#endif
+
 #define BATCH_MAX_BYTES (475 * 1024) /* Segment accepts 500 KB; leave room for the envelope */
 
 typedef struct dest_state {

@@ -45,7 +45,7 @@ end
 --- Percent-decodes a query component, with "+" as a space. Returns the input unchanged when the
 -- decoded bytes would not be valid UTF-8 (the C codec refuses such strings in messages).
 function M.decode(s)
-  local out = s:gsub("+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
+  local out = s:gsub("%+", " "):gsub("%%(%x%x)", function(h) return string.char(tonumber(h, 16)) end)
   if utf8.len(out) == nil then return s end
   return out
 end
@@ -137,7 +137,7 @@ local function fill_page_properties(msg, context, url)
   local props = msg.properties
   if not util.is_object(props) then return end
   local page = type(context.page) == "table" and context.page or {}
-  local derived = { url = u.href, path = u.path, search = u.search,
+  local derived = { url = u.href, path = u.path ~= "" and u.path or nil, search = u.search,
                     referrer = page.referrer, title = page.title }
   for _, k in ipairs{ "url", "path", "search", "referrer", "title" } do
     if props[k] == nil and derived[k] ~= nil then props[k] = derived[k] end
