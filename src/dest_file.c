@@ -14,6 +14,18 @@ typedef struct file_dest {
     char *path;
 } file_dest;
 
+/* A crash in the middle of a write leaves a line without its newline; the batch is sent again
+ * after restart, so close the torn line first rather than glue the next message onto it. */
+static void end_torn_line(dest *d, file_dest *f)
+{
+    off_t size = lseek(f->fd, 0, SEEK_END);
+    char last = '\n';
+    if (size > 0 && pread(f->fd, &last, 1, size - 1) == 1 && last != '\n') {
+        tly_log(d->log, TALLY_LOG_WARN, "%s: ends in a torn line (crash during a write?); closing it", d->name);
+        if (write(f->fd, "\n", 1) != 1) tly_log(d->log, TALLY_LOG_ERROR, "%s: cannot repair: %s", d->name, strerror(errno));
+    }
+}
+
 static int file_open(dest *d, const tj_value *cfg, const dest_env *env)
 {
     const tj_value *path = tj_object_get(cfg, "path");
@@ -24,7 +36,7 @@ static int file_open(dest *d, const tj_value *cfg, const dest_env *env)
         free(f);
         return tly_fail(TALLY_ENOMEM, "file destination: out of memory");
     }
-    f->fd = open(f->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+    f->fd = open(f->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (f->fd < 0) {
         int e = errno;
         free(f->path);
@@ -33,6 +45,7 @@ static int file_open(dest *d, const tj_value *cfg, const dest_env *env)
     }
     d->impl = f;
     snprintf(d->name, sizeof d->name, "file:%s", f->path);
+    end_torn_line(d, f);
     return TALLY_OK;
 }
 

@@ -254,7 +254,7 @@ static int expand_entry(const char *entry, char ***files, size_t *nfiles, char *
             (*files)[(*nfiles)++] = path;
         }
         closedir(d);
-        qsort(*files + first, *nfiles - first, sizeof **files, cmp_names);
+        if (*nfiles > first) qsort(*files + first, *nfiles - first, sizeof **files, cmp_names);
     } else {
         *files = realloc(*files, (*nfiles + 1) * sizeof **files);
         (*files)[(*nfiles)++] = strdup(entry);

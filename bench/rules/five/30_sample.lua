@@ -1,0 +1,1 @@
+return require("tally.sample").rule{ name = "sample", rate = 1.0, key = "anonymousId" }

@@ -1,0 +1,1 @@
+return require("tally.naming").rule{ name = "naming", style = "lower", property_case = "snake", mode = "fix" }
