@@ -152,7 +152,9 @@ local function derived_segments(msg)
   local out = {}
   local device = type(context.device) == "table" and context.device or {}
   local os_info = type(context.os) == "table" and context.os or {}
-  for _, v in ipairs{ device.type, os_info.name } do
+  local candidates = { device.type, os_info.name } -- either may be nil: no ipairs
+  for i = 1, 2 do
+    local v = candidates[i]
     if type(v) == "string" and v ~= "" then out[#out + 1] = v end
   end
   return out
@@ -179,9 +181,10 @@ local function page_path(msg)
   local context = type(msg.context) == "table" and msg.context or {}
   local page = type(context.page) == "table" and context.page or {}
   local u = enrich.parse_url(props.url)
-  local candidates = { props.path, u and u.path, page.path }
-  if msg.type == "screen" or msg.type == "page" then candidates[#candidates + 1] = msg.name end
-  for _, p in ipairs(candidates) do
+  -- in order of preference; some may be nil, hence the explicit count
+  local candidates = { props.path, u and u.path, page.path, msg.name }
+  for i = 1, 4 do
+    local p = candidates[i]
     if type(p) == "string" and p ~= "" then return p end
   end
   return nil
@@ -213,11 +216,10 @@ local function metadata_for(action, item, props, msg)
   return m
 end
 
--- The message's items: each product of properties.products, or the properties themselves.
+-- The message's items: each product of properties.products, or the properties themselves when
+-- there is no list. An explicit empty list means no product, not "the properties are one".
 local function items_of(msg, props)
-  if msg.type == "track" and util.is_array(props.products) and #props.products > 0 then
-    return props.products
-  end
+  if msg.type == "track" and util.is_array(props.products) then return props.products end
   return { props }
 end
 
@@ -248,8 +250,13 @@ local function build(opts)
     local timestamp = type(msg.timestamp) == "string" and msg.timestamp
       or (ctx and math.type(ctx.now) and M.iso8601(ctx.now)) or nil
     local segments = segments_of(c, msg)
+    local items = items_of(msg, props)
+    if #items == 0 and PRODUCT_ACTIONS[action] then
+      util.violation(ctx, "crownpeak.product_id", string.format(
+        "%s for track %s: properties.products is empty, no activity", action, util.show(msg.event)))
+    end
     local activities = {}
-    for i, item in ipairs(items_of(msg, props)) do
+    for i, item in ipairs(items) do
       local target = target_for(action, item, msg)
       if target then
         activities[#activities + 1] = {

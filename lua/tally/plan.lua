@@ -477,6 +477,7 @@ local function record(msg, v)
   if type(protocols) ~= "table" then return end
   if protocols.violations == nil then protocols.violations = util.array() end
   local list = protocols.violations
+  if type(list) ~= "table" then return end
   list[#list + 1] = { type = v.type, field = v.field, description = v.description }
 end
 

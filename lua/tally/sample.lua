@@ -72,7 +72,8 @@ end
 --   events = { "Heartbeat" }          only sample these track events (default: every message)
 --   salt = ""                         prefixed to the key: rules with different salts sample
 --                                     independent sets of users at the same rate
---   hash = "fnv1a" (default) | "ctx"  "ctx" asks ctx:sample(rate, key) instead of hashing here
+--   hash = "fnv1a" (default) | "ctx"  "ctx" asks ctx:sample(rate, salt .. key), which the runtime
+--                                     computes with the same FNV-1a formula in C
 M.rule = util.constructor{
   module = MODULE, name = "sample", stage = "before", entry = "process",
   options = OPTIONS, build = build,

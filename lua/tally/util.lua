@@ -183,7 +183,7 @@ end
 
 --- Short, quoted rendering of a value for violation texts.
 function M.show(v)
-  local s = M.canonical(v)
+  local s = M.canonical(v):gsub("\\\n", "\\n") -- %q breaks lines; texts are one line
   if #s > 60 then s = s:sub(1, 57) .. "..." end
   return s
 end

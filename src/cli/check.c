@@ -85,7 +85,7 @@ static void check_one(rules *R, tj_arena *a, const char *line, size_t len, check
     }
 }
 
-int cli_check(const cli_opts *o, const char *rules_spec)
+int cli_check(const cli_opts *o, const char *rules_spec, const char *rule_config)
 {
     if (!rules_spec) {
         fprintf(stderr, "tally: check: --rules=PATH is required\n");
@@ -97,7 +97,7 @@ int cli_check(const cli_opts *o, const char *rules_spec)
         return 2;
     }
     tly_logger log = {NULL, NULL, TALLY_LOG_ERROR};
-    rules_opts ro = {64u << 20, 1000000, 0, 0, NULL};
+    rules_opts ro = {64u << 20, 1000000, 0, 0, rule_config};
     rules *R;
     if (rules_open(&R, rules_spec, &ro, &log) != TALLY_OK) {
         fprintf(stderr, "tally: check: %s\n", tally_errmsg(NULL));

@@ -37,6 +37,6 @@ int cli_build_message(const cli_opts *o, tbuf *out, char *err, size_t errlen);
 const char *cli_config_key(const char *flag, size_t len);
 
 /* `tally check`: 0 all passed, 1 a message was blocked or a script failed, 2 usage. */
-int cli_check(const cli_opts *o, const char *rules_spec);
+int cli_check(const cli_opts *o, const char *rules_spec, const char *rule_config);
 
 #endif

@@ -185,10 +185,12 @@ int main(int argc, char **argv)
     if (!strcmp(o.command, "version")) { printf("tally %s\n", tally_version()); return 0; }
     if (!strcmp(o.command, "inspect")) return run_inspect(&o);
     if (!strcmp(o.command, "check")) {
-        const char *spec = NULL;
-        for (int i = 0; i < o.nset; i++)
+        const char *spec = NULL, *rule_config = NULL;
+        for (int i = 0; i < o.nset; i++) {
             if (!strcmp(o.set_key[i], "rules")) spec = o.set_val[i];
-        return cli_check(&o, spec);
+            if (!strcmp(o.set_key[i], "rule_config")) rule_config = o.set_val[i];
+        }
+        return cli_check(&o, spec, rule_config);
     }
     tally_config *cfg = tally_config_new();
     if (!cfg) return die(1, "", "out of memory");

@@ -214,8 +214,9 @@ describe("tally.naming", function()
         track("a b", { channelId = "c1" }))
       assert.same({ episode_id = "c1" }, msg.properties)
       assert.same({}, ctx.violations)
-      _, ctx = run({ property_case = "snake", forbidden = { channel_id = "use episode_id" } },
+      msg, ctx = run({ property_case = "snake", forbidden = { channel_id = "use episode_id" } },
         track("a b", { channelId = "c1" }))
+      assert.same({ channelId = "c1" }, msg.properties) -- report mode: untouched
       assert.same({ "naming.property_case", "naming.forbidden" }, ctx:codes())
     end)
 
