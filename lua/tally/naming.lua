@@ -41,10 +41,38 @@ local STYLES = {
   snake = function(ws) for i, w in ipairs(ws) do ws[i] = w:lower() end return table.concat(ws, "_") end,
 }
 
+-- Event names and property keys repeat from message to message, and splitting them into words
+-- takes several pattern passes: remember the answers, in a bounded cache that is simply dropped
+-- when full (a script sees a few thousand distinct names, not millions).
+local MEMO_MAX = 4096
+local memo, memo_size = {}, 0
+
+local function remember(kind, s, compute)
+  local cache = memo[kind]
+  if not cache then
+    cache = {}
+    memo[kind] = cache
+  end
+  local hit = cache[s]
+  if hit ~= nil then return hit end
+  local value = compute(s)
+  if memo_size >= MEMO_MAX then
+    memo, memo_size = { [kind] = {} }, 0
+    cache = memo[kind]
+  end
+  cache[s] = value
+  memo_size = memo_size + 1
+  return value
+end
+
 --- Rewrites a name in a style: "lower" (`user signed up`), "title" (`Button Clicked`) or "snake"
 -- (`button_clicked`). A name conforms to a style exactly when to_style(name, style) == name.
 function M.to_style(s, style)
-  return STYLES[style](M.words(s))
+  return remember(style, s, function(name) return STYLES[style](M.words(name)) end)
+end
+
+local function word_count(s)
+  return remember("#words", s, function(name) return #M.words(name) end)
 end
 
 --- snake_case form of a property key: "buttonName" and "Button Name" -> "button_name".
@@ -249,7 +277,7 @@ local function check_case(c, work, found)
 end
 
 local function check_object_action(work, found)
-  if #M.words(work.event) >= 2 then return end
+  if word_count(work.event) >= 2 then return end
   found("naming.object_action", string.format(
     "event %s is not Object Action (name the object, then the action: 'call started')",
     util.show(work.event)), false)
