@@ -307,9 +307,19 @@ int config_apply_env(struct tally_config *c)
     return TALLY_OK;
 }
 
+/* The write_key/endpoint shorthand adds a segment destination, unless `destinations` already has
+ * one: then the top-level key is that destination's default key, not a second, unasked-for
+ * destination at api.segment.io. */
+static int has_segment_dest(const struct tally_config *c)
+{
+    for (size_t i = 0; i < c->ndests; i++)
+        if (strstr(c->dests[i], "\"type\":\"segment\"")) return 1;
+    return 0;
+}
+
 int config_resolve_dests(struct tally_config *c)
 {
-    if (!c->write_key && !c->endpoint) return TALLY_OK;
+    if ((!c->write_key && !c->endpoint) || has_segment_dest(c)) return TALLY_OK;
     if (!c->write_key)
         return tly_fail(TALLY_ECONFIG, "write_key: required with endpoint (set write_key or TALLY_WRITE_KEY)");
     tbuf b = TBUF_INIT;

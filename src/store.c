@@ -407,6 +407,16 @@ int store_meta_set(store *s, const char *key, const char *value)
     return step_done(s, st);
 }
 
+void store_each_queued_dest(store *s, void (*fn)(void *ud, const char *name, int64_t rows), void *ud)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT d.name, count(*) FROM queue q JOIN dests d ON d.id = q.dest GROUP BY q.dest",
+                           -1, &st, NULL) != SQLITE_OK)
+        return;
+    while (sqlite3_step(st) == SQLITE_ROW) fn(ud, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1));
+    sqlite3_finalize(st);
+}
+
 /* ---- inspect ---- */
 
 static void report_dest(sqlite3 *db, tbuf *b, int id, const char *name)

@@ -49,6 +49,9 @@ int64_t store_last_id(const store *s);
 /* The smallest queued id of dest_id, INT64_MAX when it has none. */
 int64_t store_oldest(store *s, int dest_id);
 
+/* Calls fn for every destination (by name) that has queued rows. */
+void store_each_queued_dest(store *s, void (*fn)(void *ud, const char *name, int64_t rows), void *ud);
+
 /* Cumulative per-destination counters kept in the store, for `tally inspect`. */
 void store_count(store *s, int dest_id, const char *name, int64_t delta);
 

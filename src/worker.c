@@ -548,6 +548,19 @@ static int read_mapping(tally_t *t, struct worker *w, size_t i)
     return TALLY_OK;
 }
 
+/* Rows belong to a destination by name (by default its type and endpoint or path). Rows left for a
+ * name that is no longer configured would wait forever without a word: say so at open. */
+static void warn_orphan(void *ud, const char *name, int64_t rows)
+{
+    tally_t *t = ud;
+    for (size_t i = 0; i < t->ndests; i++)
+        if (!strcmp(t->dests[i].name, name)) return;
+    tly_log(&t->log, TALLY_LOG_WARN,
+            "store holds %lld queued messages for \"%s\", which is not configured now; they wait until it is "
+            "(give destinations a stable \"name\" to change their endpoint or path)",
+            (long long)rows, name);
+}
+
 static int open_dests(tally_t *t, struct worker *w)
 {
     if (t->cfg.ndests == 0)
@@ -573,6 +586,7 @@ static int open_dests(tally_t *t, struct worker *w)
         s->since_ms = now - t->cfg.flush_interval_ms;
     }
     if (store_commit(w->st)) return tly_fail(TALLY_EIO, "store: cannot write");
+    store_each_queued_dest(w->st, warn_orphan, t);
     return TALLY_OK;
 }
 

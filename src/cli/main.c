@@ -27,24 +27,27 @@ static int die(int code, const char *what, const char *msg)
     return code;
 }
 
+static int has_store(const cli_opts *o)
+{
+    for (int i = 0; i < o->nset; i++)
+        if (!strcmp(o->set_key[i], "store") && strcmp(o->set_val[i], ":memory:")) return 1;
+    return 0;
+}
+
 static int configure(const cli_opts *o, tally_config *cfg, int single)
 {
     if (o->config_file && tally_config_load(cfg, o->config_file) != TALLY_OK)
         return die(2, "--config", tally_errmsg(NULL));
-    int has_store = 0;
-    for (int i = 0; i < o->nset; i++) {
-        if (tally_config_set(cfg, o->set_key[i], o->set_val[i]) != TALLY_OK)
-            return die(2, "", tally_errmsg(NULL));
-        has_store |= !strcmp(o->set_key[i], "store");
-    }
+    for (int i = 0; i < o->nset; i++)
+        if (tally_config_set(cfg, o->set_key[i], o->set_val[i]) != TALLY_OK) return die(2, "", tally_errmsg(NULL));
     /* A one-shot command has no device to remember: the ids come from the flags. */
-    if (single && !has_store && tally_config_set(cfg, "mode", "server") != TALLY_OK)
+    if (single && !has_store(o) && tally_config_set(cfg, "mode", "server") != TALLY_OK)
         return die(2, "", tally_errmsg(NULL));
     return 0;
 }
 
 /* Waits for delivery and reports whether every message reached every destination. */
-static int finish(tally_t *t, int wait_ms)
+static int finish(tally_t *t, int wait_ms, int durable)
 {
     int rc = tally_flush(t, wait_ms);
     char *stats = NULL;
@@ -55,7 +58,9 @@ static int finish(tally_t *t, int wait_ms)
     }
     tally_free(stats);
     tally_close(t, 0);
-    if (rc != TALLY_OK) return die(1, "delivery", "not delivered within --wait_ms; messages left in the store");
+    if (rc != TALLY_OK)
+        return die(1, "delivery", durable ? "not delivered within --wait_ms; the rest stays in --store for the next run"
+                                          : "not delivered within --wait_ms (no --store: undelivered messages are lost)");
     if (failed) return die(1, "delivery", "a destination refused the message (see the log above)");
     return 0;
 }
@@ -99,7 +104,7 @@ static int run_single(const cli_opts *o, tally_config *cfg)
         tally_close(t, 0);
         return die(2, "", flag);
     }
-    return finish(t, o->wait_ms);
+    return finish(t, o->wait_ms, has_store(o));
 }
 
 static int run_send(const cli_opts *o, tally_config *cfg)
@@ -126,7 +131,7 @@ static int run_send(const cli_opts *o, tally_config *cfg)
     }
     free(line);
     if (in != stdin) fclose(in);
-    int rc = finish(t, o->wait_ms);
+    int rc = finish(t, o->wait_ms, has_store(o));
     return rc ? rc : bad ? 2 : 0;
 }
 

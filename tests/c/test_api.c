@@ -398,3 +398,38 @@ TEST(batches_close_at_flush_at_without_waiting_for_the_interval)
     tally_close(t, 1000);
     free(out);
 }
+
+TEST(top_level_write_key_adds_no_second_segment_destination)
+{
+    tally_config *c = tally_config_new();
+    tally_config_set(c, "write_key", "k1");
+    tally_config_set(c, "destinations", "[{\"type\":\"segment\",\"endpoint\":\"http://127.0.0.1:9\",\"name\":\"mine\"}]");
+    tally_config_set(c, "log_level", "off");
+    tally_t *t = NULL;
+    REQUIRE(tally_open(c, &t) == TALLY_OK);
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"name\":\"segment:mine\"");
+    CHECK(stats && !strstr(stats, "api.segment.io"));
+    tally_free(stats);
+    tally_close(t, 0);
+    tally_config_free(c);
+}
+
+TEST(write_key_shorthand_with_other_destinations_adds_segment)
+{
+    tally_config *c = tally_config_new();
+    tally_config_set(c, "write_key", "k1");
+    tally_config_set(c, "endpoint", "http://127.0.0.1:9");
+    tally_config_set(c, "out", "/dev/null");
+    tally_config_set(c, "log_level", "off");
+    tally_t *t = NULL;
+    REQUIRE(tally_open(c, &t) == TALLY_OK);
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"name\":\"file:/dev/null\"");
+    CHECK_CONTAINS(stats, "\"name\":\"segment:http://127.0.0.1:9\"");
+    tally_free(stats);
+    tally_close(t, 0);
+    tally_config_free(c);
+}

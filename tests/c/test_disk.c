@@ -174,3 +174,25 @@ TEST(full_filesystem_is_reported_and_recovered_from)
     free(dir);
     free(out);
 }
+
+TEST(rows_for_a_destination_no_longer_configured_are_reported_at_open)
+{
+    char *store = tu_path("orphan.db");
+    unlink(store);
+    tally_config *c = tally_config_new();
+    tally_config_set(c, "store", store);
+    tally_config_set(c, "destinations", "[{\"type\":\"segment\",\"endpoint\":\"http://127.0.0.1:9\",\"write_key\":\"k\",\"name\":\"old\"}]");
+    tally_config_set(c, "log_level", "off");
+    tally_t *t = NULL;
+    REQUIRE(tally_open(c, &t) == TALLY_OK);
+    tally_config_free(c);
+    for (int i = 0; i < 3; i++) tally_track(t, "Queued", NULL);
+    tally_close(t, 0);
+    last_log[0] = '\0';
+    int rc;
+    t = open_at(store, "/dev/null", &rc);
+    REQUIRE(t);
+    CHECK_CONTAINS(last_log, "3 queued messages for \"segment:old\", which is not configured now");
+    tally_close(t, 1000);
+    free(store);
+}

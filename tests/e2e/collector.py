@@ -178,6 +178,8 @@ def parse_basic_auth(header):
 
 
 class Handler(BaseHTTPRequestHandler):
+    # small responses must not wait for the delayed-ACK/Nagle dance (~40 ms per request)
+    disable_nagle_algorithm = True
     protocol_version = "HTTP/1.1"
     server_version = "tally-test-collector"
 
