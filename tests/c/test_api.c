@@ -433,3 +433,22 @@ TEST(write_key_shorthand_with_other_destinations_adds_segment)
     tally_close(t, 0);
     tally_config_free(c);
 }
+
+TEST(nan_inf_and_overflowing_numbers_are_rejected)
+{
+    char *out = tu_path("nan.ndjson");
+    tally_t *t = tu_open_file(out, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "E", "{\"x\":NaN}"), TALLY_EINVAL);
+    CHECK_CONTAINS(tally_errmsg(t), "properties: invalid JSON");
+    CHECK_EQ_INT(tally_track(t, "E", "{\"x\":Infinity}"), TALLY_EINVAL);
+    CHECK_EQ_INT(tally_track(t, "E", "{\"x\":-Infinity}"), TALLY_EINVAL);
+    CHECK_EQ_INT(tally_track(t, "E", "{\"x\":1e999}"), TALLY_EINVAL);
+    CHECK_CONTAINS(tally_errmsg(t), "out of range");
+    CHECK_EQ_INT(tally_send(t, "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"x\":-1e400}}"), TALLY_EINVAL);
+    CHECK_EQ_INT(tally_track(t, "E", "{\"x\":1e308}"), TALLY_OK);
+    CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 1);
+    tally_close(t, 1000);
+    free(out);
+}
