@@ -56,14 +56,17 @@ static sandbox *from_state(lua_State *L)
 
 static void count_hook(lua_State *L, lua_Debug *ar)
 {
-    (void)ar;
     sandbox *sb = from_state(L);
     sb->budget -= HOOK_EVERY;
     if (sb->budget > 0) return;
     /* From now on fire at every instruction of this thread: a script that swallows the error with
      * pcall cannot execute even one more instruction without raising it again. */
     lua_sethook(L, count_hook, LUA_MASKCOUNT, 1);
-    luaL_error(L, "instruction limit exceeded (%ld per call)", sb->max_instructions);
+    /* luaL_where would name the hook; name the script line that was running instead */
+    lua_getinfo(L, "Sl", ar);
+    lua_pushfstring(L, "%s:%d: instruction limit exceeded (%I per call)", ar->short_src, ar->currentline,
+                    (lua_Integer)sb->max_instructions);
+    lua_error(L);
 }
 
 /* ---- what a script can reach ---- */

@@ -132,7 +132,7 @@ TEST(config_file_errors_are_reported_not_fatal)
     fputs("while true do end", f);
     fclose(f);
     CHECK_EQ_INT(tally_config_load(c, path), TALLY_ELUA);
-    CHECK_CONTAINS(tally_errmsg(NULL), "instructions");
+    CHECK_CONTAINS(tally_errmsg(NULL), "instruction limit");
     f = fopen(path, "w");
     fputs("local s = string.rep('x', 1 << 40) return {}", f);
     fclose(f);

@@ -34,13 +34,24 @@ static char *rules_dir(const char *first, ...)
     return dir;
 }
 
+static char logged[16384];
+static void capture(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    (void)level;
+    size_t n = strlen(logged);
+    snprintf(logged + n, sizeof logged - n, "%s\n", msg);
+}
+
 static tally_t *open_rules(const char *dir, const char *out, const char *extra_key, const char *extra_val)
 {
     tally_config *c = tally_config_new();
     unlink(out);
+    logged[0] = '\0';
     tally_config_set(c, "out", out);
     tally_config_set(c, "rules", dir);
-    tally_config_set(c, "log_level", "off");
+    tally_config_set(c, "log_level", "warn");
+    tally_config_set_logger(c, capture, NULL);
     tally_config_set(c, "lua_instructions", "200000");
     tally_config_set(c, "lua_memory", "16777216");
     if (extra_key) tally_config_set(c, extra_key, extra_val);
@@ -57,7 +68,7 @@ static const char marker[] =
 
 /* Runs one hostile script against two messages; returns the output lines, and requires the host
  * to be alive and to have written the second (good-path) message through the marker. */
-static void contained(const char *hostile_src, int on_error_pass)
+static void contained(const char *hostile_src, int on_error_pass, const char *why)
 {
     char src[4096];
     snprintf(src, sizeof src,
@@ -79,43 +90,50 @@ static void contained(const char *hostile_src, int on_error_pass)
     tally_stats(t, &stats);
     CHECK_CONTAINS(stats, "\"name\":\"hostile\",\"stage\":\"before\",\"calls\":2,\"errors\":1");
     tally_free(stats);
+    CHECK_CONTAINS(logged, "rule hostile failed: ");
+    if (!strstr(why, "memory")) CHECK_CONTAINS(logged, "10_hostile.lua:"); /* Lua's memory error has no position */
+    CHECK_CONTAINS(logged, why); /* stopped for the right reason, with the script's name and line */
     free(all);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     free(out);
     free(dir);
 }
 
-TEST(escape_io_is_absent) { contained("io.open('/etc/passwd'):read('a')", 0); }
-TEST(escape_os_execute_is_absent) { contained("os.execute('touch /tmp/tally-pwned')", 0); }
-TEST(escape_debug_is_absent) { contained("debug.sethook()", 0); }
-TEST(escape_package_loadlib_is_absent) { contained("package.loadlib('/lib/x86_64-linux-gnu/libc.so.6', 'system')", 0); }
-TEST(escape_dofile_loadfile_absent) { contained("local f = dofile or loadfile; f('/etc/passwd')", 0); }
-TEST(escape_string_dump_absent) { contained("load(string.dump(function() end))", 0); }
+TEST(escape_io_is_absent) { contained("io.open('/etc/passwd'):read('a')", 0, "global 'io'"); }
+TEST(escape_os_execute_is_absent) { contained("os.execute('touch /tmp/tally-pwned')", 0, "field 'execute'"); }
+TEST(escape_debug_is_absent) { contained("debug.sethook()", 0, "global 'debug'"); }
+TEST(escape_package_loadlib_is_absent) { contained("package.loadlib('/lib/x86_64-linux-gnu/libc.so.6', 'system')", 0, "global 'package'"); }
+TEST(escape_dofile_loadfile_absent) { contained("local f = dofile or loadfile; f('/etc/passwd')", 0, "a nil value"); }
+TEST(escape_string_dump_absent) { contained("load(string.dump(function() end))", 0, "field 'dump'"); }
 TEST(escape_binary_chunk_refused)
 {
-    contained("local f, e = load('\\27Lua\\84\\0\\25\\147\\13\\10\\26\\10') assert(f, e)", 0);
+    contained("local f, e = load('\\27Lua\\84\\0\\25\\147\\13\\10\\26\\10') assert(f, e)", 0, "attempt to load a binary chunk");
 }
-TEST(escape_string_metatable_hidden) { contained("local mt = getmetatable('') mt.__index.upper = nil", 0); }
-TEST(escape_native_require_refused) { contained("require('os')", 0); }
-TEST(escape_require_path_traversal_refused) { contained("require('..etc.passwd')", 0); }
-TEST(escape_infinite_loop_stopped) { contained("while true do end", 0); }
+TEST(escape_string_metatable_hidden) { contained("local mt = getmetatable('') mt.__index.upper = nil", 0, "a boolean value"); }
+TEST(escape_native_require_refused) { contained("require('os')", 0, "module 'os' not found"); }
+TEST(escape_require_path_traversal_refused) { contained("require('..etc.passwd')", 0, "not found"); }
+TEST(escape_infinite_loop_stopped) { contained("while true do end", 0, "instruction limit exceeded (200000 per call)"); }
 TEST(escape_infinite_loop_inside_pcall_stopped)
 {
-    contained("while true do pcall(function() while true do end end) end", 0);
+    contained("while true do pcall(function() while true do end end) end", 0, "instruction limit exceeded");
 }
 TEST(escape_infinite_loop_in_coroutine_stopped)
 {
-    contained("coroutine.wrap(function() while true do end end)()", 0);
+    contained("coroutine.wrap(function() while true do end end)()", 0, "instruction limit exceeded");
 }
 TEST(escape_error_swallowing_loop_stopped)
 {
-    contained("for i = 1, 1e12 do pcall(error, 'x') end", 0);
+    contained("for i = 1, 1e12 do pcall(error, 'x') end", 0, "instruction limit exceeded");
 }
-TEST(escape_string_rep_bomb_contained) { contained("local s = string.rep('x', 2^40)", 0); }
-TEST(escape_table_bomb_contained) { contained("local t = {} for i = 1, 1e9 do t[i] = {i, i, i} end", 0); }
+TEST(escape_string_rep_bomb_contained) { contained("local s = string.rep('x', 2^30)", 0, "memory limit exceeded"); }
+TEST(escape_string_rep_overflow_contained) { contained("local s = string.rep('x', 2^40)", 0, "resulting string too large"); }
+TEST(escape_table_bomb_contained)
+{
+    contained("local t = {} for i = 1, 1e9 do t[i] = { string.rep('x', 4096) .. i } end", 0, "memory limit exceeded");
+}
 TEST(escape_gc_finalizer_refused)
 {
-    contained("setmetatable({}, { __gc = function() while true do end end })", 0);
+    contained("setmetatable({}, { __gc = function() while true do end end })", 0, "__gc metamethods are not allowed");
 }
 
 TEST(escape_globals_do_not_leak_between_scripts)
