@@ -21,6 +21,7 @@ typedef struct segment_dest {
     char              *url;
     char              *write_key;
     char              *auth_b64;    /* base64("writeKey:"), as sent in the Authorization header */
+    char               curl_error[CURL_ERROR_SIZE]; /* libcurl's detail: which certificate check failed, ... */
     size_t             keep;        /* response bytes kept: the excerpt plus room to mask a secret */
     int                gzip;
     int                busy;
@@ -164,6 +165,7 @@ static int setup_easy(dest *d, segment_dest *s, const tj_value *cfg, const dest_
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_response);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
     curl_easy_setopt(e, CURLOPT_PRIVATE, d);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_error);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -295,6 +297,7 @@ static int segment_submit(dest *d, const dest_batch *b, dest_outcome *out)
         return 1;
     }
     tbuf_reset(&s->response);
+    s->curl_error[0] = '\0';
     curl_easy_setopt(s->easy, CURLOPT_POSTFIELDS, body->data);
     curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
     CURLMcode mc = curl_multi_add_handle(s->multi, s->easy);
@@ -319,7 +322,8 @@ static void segment_finish(dest *d, void *handle, int code, dest_outcome *out)
     curl_multi_remove_handle(s->multi, s->easy);
     s->busy = 0;
     if (code != CURLE_OK) {
-        dest_outcome_set(out, DEST_RETRY, 0, "network error: %s", curl_easy_strerror((CURLcode)code));
+        dest_outcome_set(out, DEST_RETRY, 0, "network error: %s (%s)", curl_easy_strerror((CURLcode)code),
+                         s->curl_error[0] ? s->curl_error : "no detail");
         return;
     }
     long status = 0;

@@ -1,6 +1,8 @@
 #include "store.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,6 +50,7 @@ static const char schema[] =
 
 struct store {
     sqlite3          *db;
+    int               lock_fd;   /* flock'd for the life of the store: one writer process per file */
     sqlite3_stmt     *q[Q_N];
     char             *path;
     const tly_logger *log;
@@ -77,6 +80,31 @@ static void finalize_all(store *s)
 }
 
 static int is_memory(const char *path) { return !strcmp(path, ":memory:"); }
+
+/* Two processes appending to one store would hand out the same row ids and lose rows, so the
+ * file is locked for as long as a runtime uses it. flock, not fcntl: closing this descriptor must
+ * not drop SQLite's own fcntl locks on the same file, and it is only closed after SQLite is. */
+static int lock_store(store *s)
+{
+    s->lock_fd = -1;
+    if (is_memory(s->path)) return TALLY_OK;
+    s->lock_fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (s->lock_fd < 0) return tly_fail(TALLY_EIO, "store %s: cannot open: %s", s->path, strerror(errno));
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        close(s->lock_fd);
+        s->lock_fd = -1;
+        return tly_fail(TALLY_EIO, "store %s: %s", s->path,
+                        e == EWOULDBLOCK ? "in use by another process (one runtime per store file)" : strerror(e));
+    }
+    return TALLY_OK;
+}
+
+static void unlock_store(store *s)
+{
+    if (s->lock_fd >= 0) close(s->lock_fd);
+    s->lock_fd = -1;
+}
 
 /* Opens the database, applies the schema and reads the totals. Returns an SQLite code. */
 static int open_db(store *s)
@@ -142,10 +170,18 @@ int store_open(store **out, const char *path, const store_limits *lim, const tly
     }
     s->log = log;
     s->lim = *lim;
+    int locked = lock_store(s);
+    if (locked) {
+        free(s->path);
+        free(s);
+        return locked;
+    }
     int rc = open_db(s);
     if ((rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT) && !is_memory(path)) {
         close_db(s);
+        unlock_store(s); /* the lock belongs to the file being moved aside */
         int moved = move_aside(s, rc);
+        if (!moved) moved = lock_store(s);
         if (moved) { free(s->path); free(s); return moved; }
         rc = open_db(s);
     }
@@ -153,6 +189,7 @@ int store_open(store **out, const char *path, const store_limits *lim, const tly
         int e = tly_fail(TALLY_EIO, "store %s: cannot open: %s", path,
                          s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         close_db(s);
+        unlock_store(s);
         free(s->path);
         free(s);
         return e;
@@ -166,6 +203,7 @@ void store_close(store *s)
     if (!s) return;
     if (s->in_txn) store_commit(s);
     close_db(s);
+    unlock_store(s);
     free(s->path);
     free(s);
 }

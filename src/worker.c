@@ -3,6 +3,7 @@
  * loop: curl_multi_poll waits for transfers, for the wake eventfd and for the next deadline. */
 #include <curl/curl.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -618,7 +619,13 @@ int worker_start(tally_t *t)
     if (!rc && t->cfg.mode != MODE_SERVER) publish_identity(t, w);
     if (!rc) {
         t->w = w;
+        /* The worker must not take the host's signals (nginx runs its event loop on them): it
+         * starts with all of them blocked, and the caller's mask is restored right after. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
         int e = pthread_create(&t->thread, NULL, worker_main, t);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
         if (e) {
             t->w = NULL;
             rc = tly_fail(TALLY_ENOMEM, "tally_open: cannot start the worker thread: %s", strerror(e));

@@ -196,3 +196,21 @@ TEST(rows_for_a_destination_no_longer_configured_are_reported_at_open)
     tally_close(t, 1000);
     free(store);
 }
+
+TEST(a_store_file_is_used_by_one_runtime_at_a_time)
+{
+    char *store = tu_path("locked.db");
+    unlink(store);
+    int rc;
+    tally_t *a = open_at(store, "/dev/null", &rc);
+    REQUIRE(a);
+    tally_t *b = open_at(store, "/dev/null", &rc);
+    CHECK(b == NULL);
+    CHECK_EQ_INT(rc, TALLY_EIO);
+    CHECK_CONTAINS(tally_errmsg(NULL), "in use by another process");
+    tally_close(a, 1000);
+    b = open_at(store, "/dev/null", &rc); /* released at close */
+    CHECK_EQ_INT(rc, TALLY_OK);
+    tally_close(b, 1000);
+    free(store);
+}
