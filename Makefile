@@ -150,7 +150,7 @@ demo: deps
 
 bench:
 	@bash scripts/deps.sh bench
-	@$(MAKE) --no-print-directory all OPT="-O2 -g -DNDEBUG"
+	@$(MAKE) --no-print-directory all bench-bins
 	@BUILD=$(BUILD) bash bench/run.sh
 
 fuzz:
@@ -178,3 +178,83 @@ $(BUILD)/examples/quickstart: examples/quickstart.c include/tally.h $(BUILD)/lib
 
 examples: $(BUILD)/examples/quickstart
 test-bins: examples
+
+# ---- benchmarks ----
+$(BUILD)/bench/throughput: bench/throughput.c include/tally.h $(BUILD)/libtally.a
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(SANFLAGS) -Iinclude -o $@ $< $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LIBS)
+
+bench-bins: $(BUILD)/bench/throughput
+
+# ==== Lua hosts (src/lua_module) ===================================================== begin ====
+# tally.so (the `tally` Lua module), libtally_lua.a (tally_lua_push_mod for C hosts that embed
+# their own Lua 5.4), the game example and its C test. These objects are compiled against the
+# HOST's Lua headers, never against $(LUASRC): the module's lua_* calls must bind to the host
+# interpreter. The bridge (json_lua.c) and the codec it calls (json.c, buf.c) are compiled a second
+# time for that Lua and made local like tally_all.o, so they can clash with nothing.
+LUA_HOST_CFLAGS ?= $(shell pkg-config --cflags lua5.4 2>/dev/null || echo -I/usr/include/lua5.4)
+LUA_HOST_LIBS   ?= $(shell pkg-config --libs lua5.4 2>/dev/null || echo -llua5.4)
+LUA_LIBDIR      ?= $(PREFIX)/lib/lua/5.4
+LUAMOD          := $(BUILD)/luamod
+LUAMOD_CFLAGS   := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden \
+                   -Iinclude -Isrc $(LUA_HOST_CFLAGS) $(CFLAGS)
+LUAMOD_OBJ      := $(LUAMOD)/obj/tally_lua.o $(LUAMOD)/obj/json_lua.o $(LUAMOD)/obj/json.o $(LUAMOD)/obj/buf.o
+
+.PHONY: luamod demo-bins install-luamod
+
+$(LUAMOD)/obj/tally_lua.o: src/lua_module/tally_lua.c $(wildcard src/*.h) include/tally.h
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) $(LUAMOD_CFLAGS) -c $< -o $@
+
+$(LUAMOD)/obj/json_lua.o $(LUAMOD)/obj/json.o $(LUAMOD)/obj/buf.o: $(LUAMOD)/obj/%.o: src/%.c $(wildcard src/*.h)
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) $(LUAMOD_CFLAGS) -c $< -o $@
+
+$(LUAMOD)/tally_lua_all.o: $(LUAMOD_OBJ)
+	$(call say,LD,$@)
+	$(Q)ld -r -o $@.tmp $^
+	$(Q)objcopy --localize-hidden $@.tmp $@
+	@rm -f $@.tmp
+
+# Not linked with -llua5.4: the interpreter that loads the module provides lua_*.
+$(LUAMOD)/tally.so: $(LUAMOD)/tally_lua_all.o $(BUILD)/tally_all.o src/lua_module/tally.map
+	$(call say,LINK,$@)
+	$(Q)$(CC) -shared -o $@ $(LUAMOD)/tally_lua_all.o $(BUILD)/tally_all.o \
+	    -Wl,--version-script=src/lua_module/tally.map $(LDFLAGS_ALL) $(LIBS)
+
+# For C hosts: link with libtally (.a or .so) and the host's Lua (-llua5.4).
+$(LUAMOD)/libtally_lua.a: $(LUAMOD)/tally_lua_all.o
+	$(call say,AR,$@)
+	$(Q)rm -f $@
+	$(Q)ar rcs $@ $<
+
+luamod: $(LUAMOD)/tally.so $(LUAMOD)/libtally_lua.a
+
+# The generic test rule links the core objects and our embedded Lua; this test is a Lua host, so it
+# links like one (an explicit rule wins over the pattern rule).
+$(BUILD)/tests/test_game_mods: tests/c/test_game_mods.c tests/c/harness.c tests/c/util.c tests/c/harness.h \
+                               tests/c/util.h include/tally.h $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a
+	@mkdir -p $(dir $@)
+	$(call say,TEST,$@)
+	$(Q)$(CC) $(LUAMOD_CFLAGS) -Itests/c -o $@ tests/c/test_game_mods.c tests/c/harness.c tests/c/util.c \
+	    $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LUA_HOST_LIBS) $(LIBS)
+
+$(BUILD)/examples/game: examples/game/game.c include/tally.h $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a
+	@mkdir -p $(dir $@)
+	$(call say,LINK,$@)
+	$(Q)$(CC) $(LUAMOD_CFLAGS) -o $@ $< $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a \
+	    $(LDFLAGS_ALL) $(LUA_HOST_LIBS) $(LIBS)
+
+demo-bins: $(BUILD)/examples/game $(BUILD)/tally
+
+test-bins: luamod demo-bins
+demo: demo-bins
+
+# Used by the rockspec (luarocks passes LUA_LIBDIR); also works by hand.
+install-luamod: luamod
+	install -d $(DESTDIR)$(LUA_LIBDIR)
+	install -m 755 $(LUAMOD)/tally.so $(DESTDIR)$(LUA_LIBDIR)/
+# ==== Lua hosts (src/lua_module) ======================================================= end ====

@@ -157,7 +157,7 @@ static double now_s(void)
 
 /* Token bucket: refilled continuously at `rate`, capped at `burst`. Checked before any conversion
  * so a flooding mod costs little more than this. */
-static int rate_ok(lua_State *L, call *c)
+static int rate_ok(call *c)
 {
     binding *b = c->b;
     if (!b->mod || b->rate <= 0) return 1;
@@ -408,7 +408,7 @@ static int emit(lua_State *L, enum kind k)
     if (d->payload) tbl = opt_table(L, c.arg + 1);
     else s2 = opt_str(L, c.arg + 1, &l2);
     int opts = opt_table(L, c.arg + 2);
-    if (!rate_ok(L, &c)) return limited(L, &c);
+    if (!rate_ok(&c)) return limited(L, &c);
 
     build bd = {L, get_scratch(L), ""};
     if (!opts && !c.b->mod && !has_nul(s1, l1) && !has_nul(s2, l2)) {
@@ -461,7 +461,7 @@ static int l_send(lua_State *L)
     call c;
     open_call(L, &c);
     luaL_checktype(L, c.arg, LUA_TTABLE);
-    if (!rate_ok(L, &c)) return limited(L, &c);
+    if (!rate_ok(&c)) return limited(L, &c);
     build bd = {L, get_scratch(L), ""};
     tj_value *m;
     if (convert(&bd, c.arg, NULL, &m)) return refuse(L, &c, bd.err);
@@ -660,7 +660,7 @@ static void push_mod_table(lua_State *L)
     lua_remove(L, b);
 }
 
-EXPORT int tally_lua_push_mod(struct lua_State *L, tally_t *t, const char *mod_name, const char *mod_version,
+TALLY_API int tally_lua_push_mod(struct lua_State *L, tally_t *t, const char *mod_name, const char *mod_version,
                               double max_events_per_second)
 {
     if (!L || !t || !mod_name || !*mod_name || !valid_text(mod_name, MOD_TEXT_MAX) ||
