@@ -10,7 +10,8 @@ command -v clang >/dev/null || { echo "fuzz: clang missing (make deps installs i
 out=build/fuzz
 mkdir -p "$out"
 [ -f build/lua-src/src/lapi.c ] || { bash scripts/deps.sh build && bash scripts/lua-src.sh build/lua-src; } || exit 1
-core=$(ls src/*.c src/cli/flags.c)
+bash scripts/embed-lua.sh build/gen/bundled_lua.c
+core="$(ls src/*.c src/cli/flags.c) build/gen/bundled_lua.c"
 lua=$(for f in lapi lcode lctype ldebug ldo ldump lfunc lgc llex lmem lobject lopcodes lparser lstate lstring ltable ltm lundump lvm lzio lauxlib lbaselib lcorolib lmathlib lstrlib ltablib lutf8lib loslib; do echo build/lua-src/src/$f.c; done)
 pass=0 fail=0
 for h in tests/fuzz/fuzz_*.c; do
