@@ -31,7 +31,7 @@ count() { # $1 = suite name, $2 = exit code, $3 = log file
   fi
   total_pass=$((total_pass + p)); total_fail=$((total_fail + f))
   echo "suite $1: $line"
-  [ "$f" -eq 0 ] || grep -E '^(FAIL|not ok)|CHECK|REQUIRE|ERROR|Sanitizer' "$3" | head -n 40
+  [ "$f" -eq 0 ] || grep -E '^(FAIL|not ok)|^  [a-z/_.]+:[0-9]+: |CHECK|REQUIRE|ERROR|Sanitizer' "$3" | head -n 40
 }
 
 run_suite() { # $1 = name, rest = command
