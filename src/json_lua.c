@@ -122,11 +122,10 @@ static int arena_box_gc(lua_State *L)
     return 0;
 }
 
-/* The parse arena lives in a full userdata with __gc while Lua values are being created, so a Lua
- * memory error (a longjmp) cannot leak it. */
-static int push_raw(pctx *c, const tj_value *v, int depth)
+/* Pushes a full userdata owning a new arena (freed by __gc or by the caller): arenas live in one
+ * while Lua values are being created, so a Lua memory error (a longjmp) cannot leak them. */
+static tj_arena **push_arena_box(lua_State *L)
 {
-    lua_State *L = c->L;
     tj_arena **box = lua_newuserdata(L, sizeof *box);
     *box = NULL;
     if (luaL_newmetatable(L, ARENA_BOX_MT)) {
@@ -134,7 +133,15 @@ static int push_raw(pctx *c, const tj_value *v, int depth)
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
-    if (!(*box = tj_arena_new())) return -1;
+    *box = tj_arena_new();
+    return box;
+}
+
+static int push_raw(pctx *c, const tj_value *v, int depth)
+{
+    lua_State *L = c->L;
+    tj_arena **box = push_arena_box(L);
+    if (!*box) return -1;
     tj_value *t;
     tj_error err;
     int r = tj_parse(*box, v->u.str.s, v->u.str.len, &t, &err);
@@ -507,4 +514,85 @@ int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_valu
 int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *err)
 {
     return tjl_to_json_at(L, idx, NULL, a, out, err);
+}
+
+/* ---- the helpers scripts get as `tally.*` (rules sandbox and the Lua module alike) ---- */
+
+int tjl_lua_decode(lua_State *L)
+{
+    size_t len;
+    luaL_checktype(L, 1, LUA_TSTRING); /* strictly text: decode(42) is a mistake, not "42" */
+    const char *text = lua_tolstring(L, 1, &len);
+    tj_arena **box = push_arena_box(L);
+    if (!*box) return luaL_error(L, "out of memory");
+    tj_value *v;
+    tj_error err;
+    if (tj_parse(*box, text, len, &v, &err)) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err.msg);
+        return 2;
+    }
+    if (tjl_push(L, v)) return luaL_error(L, "out of memory");
+    return 1;
+}
+
+int tjl_lua_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    tj_arena **box = push_arena_box(L);
+    if (!*box) return luaL_error(L, "out of memory");
+    tj_value *v;
+    tj_error err;
+    tbuf b = TBUF_INIT;
+    int bad = tjl_to_json(L, 1, *box, &v, &err);
+    if (!bad && (tj_write(&b, v) || b.oom)) {
+        bad = 1;
+        snprintf(err.msg, sizeof err.msg, "out of memory");
+    }
+    if (bad) {
+        tbuf_free(&b);
+        luaL_pushfail(L);
+        lua_pushstring(L, err.msg);
+        return 2;
+    }
+    /* lua_pushlstring may raise: keep the text in a buffer Lua owns first */
+    luaL_Buffer lb;
+    luaL_buffinit(L, &lb);
+    luaL_addlstring(&lb, b.data, b.len);
+    tbuf_free(&b);
+    luaL_pushresult(&lb);
+    return 1;
+}
+
+/* tally.array(t) tags t (replacing any metatable) so it is written as a JSON array even when
+ * empty; tally.array() returns a new empty one. */
+static int lua_array(lua_State *L)
+{
+    if (lua_isnoneornil(L, 1)) {
+        lua_newtable(L);
+    } else {
+        luaL_checktype(L, 1, LUA_TTABLE);
+        lua_settop(L, 1);
+    }
+    tjl_set_array(L, -1);
+    return 1;
+}
+
+void tjl_set_helpers(lua_State *L, const char *version)
+{
+    tjl_init(L);
+    tjl_push_null(L);
+    lua_setfield(L, -2, "null");
+    tjl_push_empty_array(L);
+    lua_setfield(L, -2, "empty_array");
+    lua_pushcfunction(L, lua_array);
+    lua_setfield(L, -2, "array");
+    lua_createtable(L, 0, 2);
+    lua_pushcfunction(L, tjl_lua_encode);
+    lua_setfield(L, -2, "encode");
+    lua_pushcfunction(L, tjl_lua_decode);
+    lua_setfield(L, -2, "decode");
+    lua_setfield(L, -2, "json");
+    lua_pushstring(L, version);
+    lua_setfield(L, -2, "version");
 }

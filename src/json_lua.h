@@ -78,4 +78,11 @@ int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *er
 int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
                    tj_error *err);
 
+/* Sets, in the table on top of the stack, what scripts know as `tally.*`: null, empty_array,
+ * array(t), json.encode/decode (the exact codec: encode returns nil, err for values JSON cannot
+ * hold; decode nil, err for bad text) and version. Hosts add their own entries next to them. */
+void tjl_set_helpers(lua_State *L, const char *version);
+int  tjl_lua_encode(lua_State *L);   /* lua_CFunction: tally.json.encode */
+int  tjl_lua_decode(lua_State *L);   /* lua_CFunction: tally.json.decode */
+
 #endif

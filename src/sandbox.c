@@ -213,49 +213,7 @@ static int safe_require(lua_State *L)
     return 1;
 }
 
-/* ---- tally.* helpers for scripts: the exact codec, null, arrays, JSON files ---- */
-
-static int json_decode(lua_State *L)
-{
-    size_t len;
-    const char *s = luaL_checklstring(L, 1, &len);
-    tj_arena *a = tj_arena_new();
-    tj_value *v;
-    tj_error err;
-    if (!a) return luaL_error(L, "out of memory");
-    if (tj_parse(a, s, len, &v, &err)) {
-        tj_arena_free(a);
-        luaL_pushfail(L);
-        lua_pushstring(L, err.msg);
-        return 2;
-    }
-    int rc = tjl_push(L, v);
-    tj_arena_free(a);
-    if (rc) return luaL_error(L, "cannot convert JSON to Lua");
-    return 1;
-}
-
-static int json_encode(lua_State *L)
-{
-    luaL_checkany(L, 1);
-    tj_arena *a = tj_arena_new();
-    tj_value *v;
-    tj_error err;
-    tbuf b = TBUF_INIT;
-    if (!a) return luaL_error(L, "out of memory");
-    int bad = tjl_to_json(L, 1, a, &v, &err) || tj_write(&b, v) || b.oom;
-    if (bad) {
-        tj_arena_free(a);
-        tbuf_free(&b);
-        luaL_pushfail(L);
-        lua_pushstring(L, err.msg[0] ? err.msg : "cannot encode");
-        return 2;
-    }
-    lua_pushlstring(L, b.data, b.len);
-    tj_arena_free(a);
-    tbuf_free(&b);
-    return 1;
-}
+/* ---- tally.* for scripts: the shared helpers plus JSON files from the rule folders ---- */
 
 static int load_json(lua_State *L)
 {
@@ -267,7 +225,7 @@ static int load_json(lua_State *L)
     if (resolve(sb, rel, path, sizeof path))
         return luaL_error(L, "load_json: '%s' not found in the rule folders (relative paths only)", rel);
     if (read_whole(sb, path, &src, &len, err, sizeof err)) return luaL_error(L, "load_json: %s", err);
-    lua_pushcfunction(L, json_decode);
+    lua_pushcfunction(L, tjl_lua_decode);
     lua_pushlstring(L, src, len);
     free(src);
     lua_call(L, 1, 2);
@@ -276,34 +234,12 @@ static int load_json(lua_State *L)
     return 1;
 }
 
-static int make_array(lua_State *L)
-{
-    if (lua_isnoneornil(L, 1)) lua_newtable(L);
-    luaL_checktype(L, 1, LUA_TTABLE);
-    tjl_set_array(L, 1);
-    lua_settop(L, 1);
-    return 1;
-}
-
 static void push_tally_table(lua_State *L)
 {
     lua_newtable(L);
-    tjl_push_null(L);
-    lua_setfield(L, -2, "null");
-    tjl_push_empty_array(L);
-    lua_setfield(L, -2, "empty_array");
-    lua_pushcfunction(L, make_array);
-    lua_setfield(L, -2, "array");
+    tjl_set_helpers(L, TALLY_VERSION);
     lua_pushcfunction(L, load_json);
     lua_setfield(L, -2, "load_json");
-    lua_pushstring(L, TALLY_VERSION);
-    lua_setfield(L, -2, "version");
-    lua_newtable(L);
-    lua_pushcfunction(L, json_encode);
-    lua_setfield(L, -2, "encode");
-    lua_pushcfunction(L, json_decode);
-    lua_setfield(L, -2, "decode");
-    lua_setfield(L, -2, "json");
 }
 
 /* Copies the named fields of the library at the top of the stack into a new table at the top. */

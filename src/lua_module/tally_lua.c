@@ -695,62 +695,11 @@ static int l_mod(lua_State *L)
 
 /* ======================================================================== module functions */
 
-static int l_encode(lua_State *L)
-{
-    luaL_checkany(L, 1);
-    scratch *s = get_scratch(L);
-    tj_value *v;
-    tj_error err;
-    if (tjl_to_json(L, 1, s->a, &v, &err)) return fail(L, err.msg);
-    if (tj_write(&s->out, v) || s->out.oom) return fail(L, "out of memory");
-    lua_pushlstring(L, s->out.data, s->out.len);
-    return 1;
-}
-
-static int l_decode(lua_State *L)
-{
-    size_t len;
-    const char *text = check_str(L, 1, &len);
-    scratch *s = get_scratch(L);
-    tj_value *v;
-    tj_error err;
-    if (tj_parse(s->a, text, len, &v, &err)) return fail(L, err.msg);
-    if (tjl_push(L, v)) return fail(L, "out of memory");
-    return 1;
-}
-
-/* tally.array(t) tags t (replacing any metatable) so it is written as a JSON array even when
- * empty; tally.array() returns a new empty one. */
-static int l_array(lua_State *L)
-{
-    if (lua_isnoneornil(L, 1)) {
-        lua_newtable(L);
-    } else {
-        luaL_checktype(L, 1, LUA_TTABLE);
-        lua_settop(L, 1);
-    }
-    tjl_set_array(L, -1);
-    return 1;
-}
-
-/* null, empty_array, array, json, version: what scripts need to express exact JSON. */
+/* null, empty_array, array, json, version: what scripts need to express exact JSON (shared with
+ * the rules sandbox). */
 static void push_common(lua_State *L)
 {
-    tjl_init(L);
-    tjl_push_null(L);
-    lua_setfield(L, -2, "null");
-    tjl_push_empty_array(L);
-    lua_setfield(L, -2, "empty_array");
-    lua_pushcfunction(L, l_array);
-    lua_setfield(L, -2, "array");
-    lua_createtable(L, 0, 2);
-    lua_pushcfunction(L, l_encode);
-    lua_setfield(L, -2, "encode");
-    lua_pushcfunction(L, l_decode);
-    lua_setfield(L, -2, "decode");
-    lua_setfield(L, -2, "json");
-    lua_pushstring(L, tally_version());
-    lua_setfield(L, -2, "version");
+    tjl_set_helpers(L, tally_version());
 }
 
 /* Writes the text form tally_config_set takes for the value on top of the stack into s->out.
