@@ -58,12 +58,15 @@ void tly_iso8601(int64_t ms, char out[25])
 
 /* getrandom() per UUID would be a syscall per message; a per-thread pool refilled 4 KB at a time
  * keeps the OS random source (the requirement) at a fraction of the cost. A forked child must not
- * replay its parent's pool, so the pool remembers the pid it was filled in. */
+ * replay its parent's pool: the child handler empties the pool of the one thread that survives a
+ * fork (getpid() per UUID would be a syscall per message again). */
 static _Thread_local struct {
     unsigned char bytes[4096];
     size_t        used;
-    pid_t         pid;
-} pool = {{0}, sizeof pool.bytes, 0};
+} pool = {{0}, sizeof pool.bytes};
+
+static void empty_pool_in_child(void) { pool.used = sizeof pool.bytes; }
+static void install_fork_handler(void) { pthread_atfork(NULL, NULL, empty_pool_in_child); }
 
 static int fill_random(unsigned char *p, size_t n)
 {
@@ -81,11 +84,11 @@ static int fill_random(unsigned char *p, size_t n)
 
 int tly_uuid4(char out[37])
 {
-    pid_t pid = getpid();
-    if (pool.used + 16 > sizeof pool.bytes || pool.pid != pid) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, install_fork_handler);
+    if (pool.used + 16 > sizeof pool.bytes) {
         if (fill_random(pool.bytes, sizeof pool.bytes)) return -1;
         pool.used = 0;
-        pool.pid = pid;
     }
     unsigned char u[16];
     memcpy(u, pool.bytes + pool.used, 16);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "internal.h"
 #include "json.h"
 #include "tally.h"
 #include "util.h"
@@ -451,4 +452,26 @@ TEST(nan_inf_and_overflowing_numbers_are_rejected)
     CHECK_EQ_INT(tu_count_lines(out), 1);
     tally_close(t, 1000);
     free(out);
+}
+
+TEST(uuid_pool_is_not_replayed_in_a_fork_child)
+{
+    char parent_next[37], child_next[37] = "";
+    int p[2];
+    REQUIRE(pipe(p) == 0);
+    char warm[37];
+    REQUIRE(tly_uuid4(warm) == 0); /* the pool is filled in the parent */
+    pid_t pid = fork();
+    if (pid == 0) {
+        char id[37];
+        tly_uuid4(id);
+        ssize_t w = write(p[1], id, 37);
+        _exit(w == 37 ? 0 : 1);
+    }
+    REQUIRE(tly_uuid4(parent_next) == 0);
+    REQUIRE(read(p[0], child_next, 37) == 37);
+    waitpid(pid, NULL, 0);
+    close(p[0]);
+    close(p[1]);
+    CHECK(strcmp(parent_next, child_next) != 0);
 }
