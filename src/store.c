@@ -58,6 +58,7 @@ struct store {
     int               in_txn;
     int64_t           last_id;   /* ids are ours, not SQLite's: never reused within a run */
     int64_t           rows, bytes;
+    int               wal_pages;  /* frames in the WAL after the last commit (wal hook) */
 };
 
 static int exec(store *s, const char *sql)
@@ -106,6 +107,28 @@ static void unlock_store(store *s)
     s->lock_fd = -1;
 }
 
+static int on_wal_commit(void *ud, sqlite3 *db, const char *name, int pages)
+{
+    (void)db;
+    (void)name;
+    ((store *)ud)->wal_pages = pages;
+    return SQLITE_OK;
+}
+
+/* Checkpoints move the WAL back into the database. SQLite's automatic one runs inside a commit,
+ * on the worker's hot path; we run it ourselves when the worker is idle, or when the WAL passes
+ * WAL_MAX_PAGES so it stays bounded under a constant stream. */
+#define WAL_IDLE_PAGES 1000
+#define WAL_MAX_PAGES 4000
+
+void store_checkpoint(store *s, int idle)
+{
+    if (!s->db || s->in_txn || s->wal_pages < (idle ? WAL_IDLE_PAGES : WAL_MAX_PAGES)) return;
+    int log = 0, done = 0;
+    if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK && done >= log)
+        s->wal_pages = 0;
+}
+
 /* Opens the database, applies the schema and reads the totals. Returns an SQLite code. */
 static int open_db(store *s)
 {
@@ -113,6 +136,8 @@ static int open_db(store *s)
     if (rc != SQLITE_OK) return rc;
     sqlite3_busy_timeout(s->db, 2000); /* `tally inspect` may read at the same time */
     if (!is_memory(s->path) && (rc = exec(s, "PRAGMA journal_mode=WAL")) != SQLITE_OK) return rc;
+    sqlite3_wal_autocheckpoint(s->db, 0); /* see store_checkpoint */
+    sqlite3_wal_hook(s->db, on_wal_commit, s);
     /* NORMAL in WAL mode: a commit survives a crash of the process; only an OS crash or power
      * loss can take back the last commits. */
     if ((rc = exec(s, "PRAGMA synchronous=NORMAL")) != SQLITE_OK) return rc;

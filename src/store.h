@@ -34,6 +34,8 @@ int  store_dest_id(store *s, const char *name, int *id);
  * counts rows removed to make room (drop_oldest). */
 int  store_append(store *s, int dest_id, const char *body, size_t len, int64_t *dropped);
 int  store_commit(store *s);       /* 0, or -1 (the transaction is rolled back and logged) */
+/* Moves the WAL into the database when the worker is idle, or when the WAL grew past its bound. */
+void store_checkpoint(store *s, int idle);
 int  store_in_txn(const store *s);
 
 /* Loads up to max_n messages / max_bytes of JSON for dest with id > after into b (cleared first),

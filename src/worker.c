@@ -274,7 +274,8 @@ static void deliver(tally_t *t, struct worker *w, int force)
     for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
         while (due(t, s, tly_clock_mono(t), force)) {
-            commit(t, w); /* what we send is on disk first */
+            /* no commit here: rows read inside the open transaction are sent as they are; a crash
+             * before the group commit loses them from the store, never duplicates them */
             int n = store_load(w->st, s->store_id, 0, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
             if (n <= 0) {
                 if (n == 0) s->pending = 0; /* rows were dropped by the full policy */
@@ -489,7 +490,13 @@ static void *worker_main(void *arg)
             serve_flushes(t, w);
         }
         if (!did && stop_requested(t) && intake_position(&t->q) == intake_taken(&t->q)) break;
-        if (!did) worker_sleep(t, w, next_timeout_ms(t, w));
+        if (!did) {
+            commit(t, w);
+            store_checkpoint(w->st, 1);
+            worker_sleep(t, w, next_timeout_ms(t, w));
+        } else {
+            store_checkpoint(w->st, 0);
+        }
     }
     commit(t, w);
     return NULL;
