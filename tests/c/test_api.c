@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "jfields.h"
 #include "internal.h"
 #include "json.h"
 #include "tally.h"
@@ -25,11 +26,6 @@ static tj_value *message_at(tj_arena *a, const char *path, int n)
     return v;
 }
 
-static const char *str_field(const tj_value *obj, const char *key)
-{
-    const tj_value *v = tj_object_get(obj, key);
-    return v && v->type == TJ_STRING ? v->u.str.s : NULL;
-}
 
 static int matches(const char *s, const char *pattern)
 {
@@ -158,15 +154,15 @@ TEST(track_writes_a_stamped_message_with_exact_properties)
     tj_arena *a = tj_arena_new();
     tj_value *m = message_at(a, out, 0);
     REQUIRE(m);
-    CHECK_STR(str_field(m, "type"), "track");
-    CHECK_STR(str_field(m, "event"), "Button Clicked");
-    CHECK(matches(str_field(m, "messageId"), "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"));
-    CHECK(matches(str_field(m, "timestamp"), "^20[0-9]{2}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9]\\.[0-9]{3}Z$"));
-    CHECK(matches(str_field(m, "anonymousId"), "^[0-9a-f-]{36}$"));
+    CHECK_STR(tu_jstr(m, "type"), "track");
+    CHECK_STR(tu_jstr(m, "event"), "Button Clicked");
+    CHECK(matches(tu_jstr(m, "messageId"), "^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"));
+    CHECK(matches(tu_jstr(m, "timestamp"), "^20[0-9]{2}-[01][0-9]-[0-3][0-9]T[0-2][0-9]:[0-5][0-9]:[0-6][0-9]\\.[0-9]{3}Z$"));
+    CHECK(matches(tu_jstr(m, "anonymousId"), "^[0-9a-f-]{36}$"));
     CHECK(tj_object_get(m, "userId") == NULL);
     tj_value *lib = tj_object_get(tj_object_get(m, "context"), "library");
-    CHECK_STR(str_field(lib, "name"), "tally");
-    CHECK_STR(str_field(lib, "version"), tally_version());
+    CHECK_STR(tu_jstr(lib, "name"), "tally");
+    CHECK_STR(tu_jstr(lib, "version"), tally_version());
     tj_arena_free(a);
     free(line);
     tally_close(t, 1000);
@@ -190,22 +186,22 @@ TEST(each_call_builds_its_spec_shape)
     tj_value *page = message_at(a, out, 0), *screen = message_at(a, out, 1), *ident = message_at(a, out, 2),
              *group = message_at(a, out, 3), *alias = message_at(a, out, 4), *track = message_at(a, out, 5);
     REQUIRE(page && screen && ident && group && alias && track);
-    CHECK_STR(str_field(page, "type"), "page");
-    CHECK_STR(str_field(page, "name"), "HTTP API");
-    CHECK_STR(str_field(page, "category"), "Docs");
-    CHECK_STR(str_field(tj_object_get(page, "properties"), "path"), "/docs");
-    CHECK_STR(str_field(screen, "type"), "screen");
-    CHECK_STR(str_field(screen, "name"), "Main Menu");
-    CHECK_STR(str_field(ident, "type"), "identify");
-    CHECK_STR(str_field(ident, "userId"), "user-42");
-    CHECK_STR(str_field(tj_object_get(ident, "traits"), "email"), "peter@initech.com");
-    CHECK_STR(str_field(group, "groupId"), "initech");
-    CHECK_STR(str_field(alias, "type"), "alias");
-    CHECK_STR(str_field(alias, "userId"), "user-42");
+    CHECK_STR(tu_jstr(page, "type"), "page");
+    CHECK_STR(tu_jstr(page, "name"), "HTTP API");
+    CHECK_STR(tu_jstr(page, "category"), "Docs");
+    CHECK_STR(tu_jstr(tj_object_get(page, "properties"), "path"), "/docs");
+    CHECK_STR(tu_jstr(screen, "type"), "screen");
+    CHECK_STR(tu_jstr(screen, "name"), "Main Menu");
+    CHECK_STR(tu_jstr(ident, "type"), "identify");
+    CHECK_STR(tu_jstr(ident, "userId"), "user-42");
+    CHECK_STR(tu_jstr(tj_object_get(ident, "traits"), "email"), "peter@initech.com");
+    CHECK_STR(tu_jstr(group, "groupId"), "initech");
+    CHECK_STR(tu_jstr(alias, "type"), "alias");
+    CHECK_STR(tu_jstr(alias, "userId"), "user-42");
     /* previousId defaults to the anonymous id, which keeps flowing after login */
-    CHECK_STR(str_field(alias, "previousId"), str_field(page, "anonymousId"));
-    CHECK_STR(str_field(track, "userId"), "user-42");
-    CHECK_STR(str_field(track, "anonymousId"), str_field(page, "anonymousId"));
+    CHECK_STR(tu_jstr(alias, "previousId"), tu_jstr(page, "anonymousId"));
+    CHECK_STR(tu_jstr(track, "userId"), "user-42");
+    CHECK_STR(tu_jstr(track, "anonymousId"), tu_jstr(page, "anonymousId"));
     CHECK(tj_object_get(page, "userId") == NULL);
     tj_arena_free(a);
     tally_close(t, 1000);
@@ -225,10 +221,10 @@ TEST(reset_issues_new_anonymous_id_and_clears_user)
     tj_arena *a = tj_arena_new();
     tj_value *before = message_at(a, out, 1), *after = message_at(a, out, 2);
     REQUIRE(before && after);
-    CHECK_STR(str_field(before, "userId"), "u1");
+    CHECK_STR(tu_jstr(before, "userId"), "u1");
     CHECK(tj_object_get(after, "userId") == NULL);
-    CHECK(str_field(after, "anonymousId") && str_field(before, "anonymousId") &&
-          strcmp(str_field(after, "anonymousId"), str_field(before, "anonymousId")) != 0);
+    CHECK(tu_jstr(after, "anonymousId") && tu_jstr(before, "anonymousId") &&
+          strcmp(tu_jstr(after, "anonymousId"), tu_jstr(before, "anonymousId")) != 0);
     tj_arena_free(a);
     tally_close(t, 1000);
     free(out);

@@ -14,6 +14,7 @@
 #include "buf.h"
 #include "collector.h"
 #include "harness.h"
+#include "jfields.h"
 #include "json.h"
 #include "tally.h"
 #include "util.h"
@@ -142,23 +143,6 @@ static int received_load(collector *c, received *r)
 
 static void received_free(received *r) { tj_arena_free(r->a); }
 
-static int64_t jint(const tj_value *o, const char *key)
-{
-    const tj_value *v = tj_object_get(o, key);
-    return v && v->type == TJ_INT ? v->u.i : -1;
-}
-
-static double jnum(const tj_value *o, const char *key)
-{
-    const tj_value *v = tj_object_get(o, key);
-    return !v ? -1 : v->type == TJ_DOUBLE ? v->u.d : v->type == TJ_INT ? (double)v->u.i : -1;
-}
-
-static const char *jstr(const tj_value *o, const char *key)
-{
-    const tj_value *v = tj_object_get(o, key);
-    return v && v->type == TJ_STRING ? v->u.str.s : NULL;
-}
 
 static int jtrue(const tj_value *o, const char *key)
 {
@@ -192,16 +176,16 @@ static int check_exact_sequence(const received *r, int first, int n, size_t pad)
         if (!jtrue(req, "accepted")) continue;
         for (size_t i = 0; i < req_nmsgs(req); i++) {
             const tj_value *m = req_msg(req, i), *p = tj_object_get(m, "properties");
-            int64_t seq = jint(p, "seq");
+            int64_t seq = tu_jint(p, "seq");
             snprintf(name, sizeof name, "item-%lld", (long long)seq);
-            const char *ev = jstr(m, "event"), *nm = jstr(p, "name"), *type = jstr(m, "type");
-            const char *mid = jstr(m, "messageId"), *ts = jstr(m, "timestamp");
+            const char *ev = tu_jstr(m, "event"), *nm = tu_jstr(p, "name"), *type = tu_jstr(m, "type");
+            const char *mid = tu_jstr(m, "messageId"), *ts = tu_jstr(m, "timestamp");
             const tj_value *ctx = tj_object_get(m, "context"), *lib = tj_object_get(ctx, "library");
-            const char *padv = jstr(p, "pad");
+            const char *padv = tu_jstr(p, "pad");
             int pad_ok = pad ? padv && strlen(padv) == pad : !tj_object_get(p, "pad");
             if (seq != next || !ev || strcmp(ev, "Seq Event") || !nm || strcmp(nm, name) || !type ||
-                strcmp(type, "track") || !mid || strlen(mid) < 16 || !ts || !lib || !jstr(lib, "name") ||
-                strcmp(jstr(lib, "name"), "tally") || !pad_ok) {
+                strcmp(type, "track") || !mid || strlen(mid) < 16 || !ts || !lib || !tu_jstr(lib, "name") ||
+                strcmp(tu_jstr(lib, "name"), "tally") || !pad_ok) {
                 if (problems++ < 5)
                     fprintf(stderr, "  request %zu message %zu: expected seq %d, got seq %lld event %s name %s\n", q,
                             i, next, (long long)seq, ev ? ev : "(none)", nm ? nm : "(none)");
@@ -213,8 +197,8 @@ static int check_exact_sequence(const received *r, int first, int n, size_t pad)
         problems++;
         fprintf(stderr, "  the accepted sequence ends at %d, expected %d\n", next - 1, first + n - 1);
     }
-    int64_t accepted = jint(r->root, "accepted_messages"), uniq = jint(r->root, "unique_message_ids"),
-            dups = jint(r->root, "duplicates");
+    int64_t accepted = tu_jint(r->root, "accepted_messages"), uniq = tu_jint(r->root, "unique_message_ids"),
+            dups = tu_jint(r->root, "duplicates");
     if (accepted != n || uniq != n || dups != 0) {
         problems++;
         fprintf(stderr, "  accepted %lld, unique ids %lld, duplicates %lld; expected %d, %d, 0\n", (long long)accepted,
@@ -238,13 +222,13 @@ static int64_t stat_of(tally_t *t, const char *dest, const char *field)
     size_t len = strlen(json);
     if (a && !tj_parse(a, tj_strdup(a, json, len), len, &root, &err)) {
         if (!dest) {
-            v = jint(root, field);
+            v = tu_jint(root, field);
         } else {
             tj_value *ds = tj_object_get(root, "destinations");
             for (size_t i = 0; ds && ds->type == TJ_ARRAY && i < ds->u.arr.n; i++) {
-                const char *nm = jstr(ds->u.arr.items[i], "name");
+                const char *nm = tu_jstr(ds->u.arr.items[i], "name");
                 if (nm && strstr(nm, dest)) {
-                    v = jint(ds->u.arr.items[i], field);
+                    v = tu_jint(ds->u.arr.items[i], field);
                     break;
                 }
             }
@@ -305,8 +289,8 @@ TEST(exact_delivery_of_1000_in_order)
         CHECK_EQ_INT(nreqs(&r), 20);
         for (size_t q = 0; q < nreqs(&r); q++) {
             CHECK_EQ_INT(req_nmsgs(req_at(&r, q)), 50);
-            CHECK_STR(jstr(req_at(&r, q), "path"), "/v1/batch");
-            CHECK(jstr(req_at(&r, q), "sent_at") != NULL);
+            CHECK_STR(tu_jstr(req_at(&r, q), "path"), "/v1/batch");
+            CHECK(tu_jstr(req_at(&r, q), "sent_at") != NULL);
         }
     } else {
         CHECK(!"cannot read /received");
@@ -333,7 +317,7 @@ static size_t run_batch_limits(int n, size_t pad, int gzip)
         for (size_t q = 0; q < nreqs(&r); q++) {
             const tj_value *req = req_at(&r, q);
             size_t k = req_nmsgs(req);
-            int64_t dec = jint(req, "decoded_bytes"), raw = jint(req, "raw_bytes");
+            int64_t dec = tu_jint(req, "decoded_bytes"), raw = tu_jint(req, "raw_bytes");
             if (k > most) most = k;
             CHECK(k >= 1 && k <= 50);
             CHECK(dec > 0 && dec <= SEGMENT_MAX_BATCH);
@@ -378,10 +362,10 @@ TEST(gzip_bodies_are_encoded_and_intact)
         CHECK_EQ_INT(nreqs(&r), 3);
         for (size_t q = 0; q < nreqs(&r); q++) {
             const tj_value *req = req_at(&r, q);
-            CHECK_STR(jstr(req, "content_encoding"), "gzip");
-            CHECK(jstr(req, "error") == NULL);
-            CHECK(jint(req, "decoded_bytes") > jint(req, "raw_bytes"));
-            CHECK(jint(req, "raw_bytes") > 0);
+            CHECK_STR(tu_jstr(req, "content_encoding"), "gzip");
+            CHECK(tu_jstr(req, "error") == NULL);
+            CHECK(tu_jint(req, "decoded_bytes") > tu_jint(req, "raw_bytes"));
+            CHECK(tu_jint(req, "raw_bytes") > 0);
         }
     } else {
         CHECK(!"cannot read /received");
@@ -401,8 +385,8 @@ TEST(plain_bodies_have_no_content_encoding)
     received r;
     if (received_load(c, &r) == 0 && nreqs(&r) == 1) {
         const tj_value *req = req_at(&r, 0);
-        CHECK(jstr(req, "content_encoding") == NULL);
-        CHECK_EQ_INT(jint(req, "decoded_bytes"), jint(req, "raw_bytes"));
+        CHECK(tu_jstr(req, "content_encoding") == NULL);
+        CHECK_EQ_INT(tu_jint(req, "decoded_bytes"), tu_jint(req, "raw_bytes"));
     } else {
         CHECK(!"expected exactly one request");
     }
@@ -422,15 +406,15 @@ TEST(basic_auth_user_agent_content_type)
     received r;
     if (received_load(c, &r) == 0 && nreqs(&r) >= 1) {
         const tj_value *req = req_at(&r, 0);
-        CHECK_STR(jstr(req, "auth_user"), KEY);
-        CHECK_STR(jstr(req, "auth_password"), "");
-        const char *ua = jstr(req, "user_agent");
+        CHECK_STR(tu_jstr(req, "auth_user"), KEY);
+        CHECK_STR(tu_jstr(req, "auth_password"), "");
+        const char *ua = tu_jstr(req, "user_agent");
         CHECK(ua && strncmp(ua, "tally/", 6) == 0);
         CHECK_CONTAINS(ua, TALLY_VERSION);
-        CHECK_STR(jstr(req, "content_type"), "application/json");
+        CHECK_STR(tu_jstr(req, "content_type"), "application/json");
         const tj_value *h = tj_object_get(req, "headers");
         CHECK(tj_object_get(h, "expect") == NULL); /* no 100-continue round trip */
-        const char *auth = jstr(h, "authorization");
+        const char *auth = tu_jstr(h, "authorization");
         CHECK(auth && strncmp(auth, "Basic ", 6) == 0);
     } else {
         CHECK(!"no request recorded");
@@ -454,9 +438,9 @@ TEST(per_destination_write_key_and_gzip_override)
     received r;
     if (received_load(c, &r) == 0 && nreqs(&r) == 1) {
         const tj_value *req = req_at(&r, 0);
-        CHECK_STR(jstr(req, "auth_user"), "other-key");
-        CHECK_STR(jstr(req, "content_encoding"), "gzip");
-        CHECK_STR(jstr(req, "path"), "/v1/batch"); /* trailing slash of the endpoint dropped */
+        CHECK_STR(tu_jstr(req, "auth_user"), "other-key");
+        CHECK_STR(tu_jstr(req, "content_encoding"), "gzip");
+        CHECK_STR(tu_jstr(req, "path"), "/v1/batch"); /* trailing slash of the endpoint dropped */
         CHECK_EQ_INT(check_exact_sequence(&r, 0, 4, 0), 0);
     } else {
         CHECK(!"expected exactly one request");
@@ -481,13 +465,13 @@ TEST(server_errors_are_retried_then_delivered_once_in_order)
     received r;
     if (received_load(c, &r) == 0) {
         CHECK_EQ_INT(nreqs(&r), 4);
-        for (size_t q = 0; q < nreqs(&r) && q < 3; q++) CHECK_EQ_INT(jint(req_at(&r, q), "status_returned"), 500);
+        for (size_t q = 0; q < nreqs(&r) && q < 3; q++) CHECK_EQ_INT(tu_jint(req_at(&r, q), "status_returned"), 500);
         CHECK_EQ_INT(check_exact_sequence(&r, 0, 40, 0), 0);
         /* a retry resends the same messages: same ids, same order */
         const tj_value *first = req_at(&r, 0), *last = req_at(&r, 3);
         CHECK_EQ_INT(req_nmsgs(first), req_nmsgs(last));
         for (size_t i = 0; first && last && i < req_nmsgs(first); i++)
-            CHECK_STR(jstr(req_msg(first, i), "messageId"), jstr(req_msg(last, i), "messageId"));
+            CHECK_STR(tu_jstr(req_msg(first, i), "messageId"), tu_jstr(req_msg(last, i), "messageId"));
     } else {
         CHECK(!"cannot read /received");
     }
@@ -516,9 +500,9 @@ TEST(network_faults_are_retried_without_loss)
     received r;
     if (received_load(c, &r) == 0) {
         CHECK_EQ_INT(nreqs(&r), 4);
-        CHECK_EQ_INT(jint(r.root, "unique_message_ids"), 10);
-        CHECK_EQ_INT(jint(r.root, "accepted_messages"), 30); /* 10 from each of the last three */
-        CHECK_EQ_INT(jint(r.root, "duplicates"), 20);
+        CHECK_EQ_INT(tu_jint(r.root, "unique_message_ids"), 10);
+        CHECK_EQ_INT(tu_jint(r.root, "accepted_messages"), 30); /* 10 from each of the last three */
+        CHECK_EQ_INT(tu_jint(r.root, "duplicates"), 20);
     } else {
         CHECK(!"cannot read /received");
     }
@@ -541,10 +525,10 @@ TEST(retry_after_is_honoured)
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     received r;
     if (received_load(c, &r) == 0 && nreqs(&r) == 2) {
-        double gap = jnum(req_at(&r, 1), "time") - jnum(req_at(&r, 0), "time");
+        double gap = tu_jnum(req_at(&r, 1), "time") - tu_jnum(req_at(&r, 0), "time");
         CHECK(gap >= 0.9);
         CHECK(gap < 3.0);
-        CHECK_EQ_INT(jint(req_at(&r, 0), "status_returned"), 429);
+        CHECK_EQ_INT(tu_jint(req_at(&r, 0), "status_returned"), 429);
         CHECK_EQ_INT(check_exact_sequence(&r, 0, 10, 0), 0);
     } else {
         CHECK(!"expected exactly two requests");
@@ -567,8 +551,8 @@ TEST(retry_after_applies_only_to_its_own_response)
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     received r;
     if (received_load(c, &r) == 0 && nreqs(&r) == 3) {
-        double gap1 = jnum(req_at(&r, 1), "time") - jnum(req_at(&r, 0), "time");
-        double gap2 = jnum(req_at(&r, 2), "time") - jnum(req_at(&r, 1), "time");
+        double gap1 = tu_jnum(req_at(&r, 1), "time") - tu_jnum(req_at(&r, 0), "time");
+        double gap2 = tu_jnum(req_at(&r, 2), "time") - tu_jnum(req_at(&r, 1), "time");
         CHECK(gap1 >= 1.9 && gap1 < 4.0);
         CHECK(gap2 < 1.0); /* backoff for attempt 2 is at most 20 ms; a stale Retry-After would be 2 s */
         CHECK_EQ_INT(check_exact_sequence(&r, 0, 3, 0), 0);
@@ -1008,7 +992,7 @@ TEST(store_full_while_a_batch_is_in_flight_does_not_strand_rows)
         int64_t last = -1;
         for (size_t q = 0; q < nreqs(&r); q++)
             for (size_t i = 0; i < req_nmsgs(req_at(&r, q)); i++) {
-                int64_t seq = jint(tj_object_get(req_msg(req_at(&r, q), i), "properties"), "seq");
+                int64_t seq = tu_jint(tj_object_get(req_msg(req_at(&r, q), i), "properties"), "seq");
                 CHECK(seq > last);
                 last = seq;
             }
@@ -1037,7 +1021,7 @@ static void *flusher_main(void *arg)
         for (size_t q = 0; q < nreqs(&r); q++) {
             if (!jtrue(req_at(&r, q), "accepted")) continue;
             for (size_t i = 0; i < req_nmsgs(req_at(&r, q)); i++) {
-                int64_t seq = jint(tj_object_get(req_msg(req_at(&r, q), i), "properties"), "seq");
+                int64_t seq = tu_jint(tj_object_get(req_msg(req_at(&r, q), i), "properties"), "seq");
                 if (seq < f->first || seq >= f->first + f->n) continue;
                 seen++;
                 if (seq <= last) f->disorder++;

@@ -25,6 +25,7 @@
 #include "buf.h"
 #include "collector.h"
 #include "harness.h"
+#include "jfields.h"
 #include "json.h"
 #include "tally.h"
 
@@ -111,23 +112,6 @@ static int track_range(tally_t *t, int first, int n)
     return bad;
 }
 
-static int64_t jint(const tj_value *o, const char *key)
-{
-    const tj_value *v = tj_object_get(o, key);
-    return v && v->type == TJ_INT ? v->u.i : -1;
-}
-
-static double jnum(const tj_value *o, const char *key)
-{
-    const tj_value *v = tj_object_get(o, key);
-    return !v ? -1 : v->type == TJ_DOUBLE ? v->u.d : v->type == TJ_INT ? (double)v->u.i : -1;
-}
-
-static const char *jstr(const tj_value *o, const char *key)
-{
-    const tj_value *v = tj_object_get(o, key);
-    return v && v->type == TJ_STRING ? v->u.str.s : NULL;
-}
 
 /* A counter of the (only) destination, or a top-level one when dest is 0. -1 when absent. */
 static int64_t stat_of(tally_t *t, int dest, const char *field)
@@ -141,10 +125,10 @@ static int64_t stat_of(tally_t *t, int dest, const char *field)
     size_t len = strlen(json);
     if (a && !tj_parse(a, tj_strdup(a, json, len), len, &root, &err)) {
         if (!dest) {
-            v = jint(root, field);
+            v = tu_jint(root, field);
         } else {
             tj_value *ds = tj_object_get(root, "destinations");
-            if (ds && ds->type == TJ_ARRAY && ds->u.arr.n == 1) v = jint(ds->u.arr.items[0], field);
+            if (ds && ds->type == TJ_ARRAY && ds->u.arr.n == 1) v = tu_jint(ds->u.arr.items[0], field);
         }
     }
     tj_arena_free(a);
@@ -233,7 +217,7 @@ static int analyse(collector *c, int n, struct analysis *out)
     tj_value *reqs = tj_object_get(root, "requests");
     if (!reqs || reqs->type != TJ_ARRAY) { tj_arena_free(a); return -1; }
     out->requests = (long)reqs->u.arr.n;
-    out->script_remaining = (long)jint(root, "script_remaining");
+    out->script_remaining = (long)tu_jint(root, "script_remaining");
 
     size_t cap = 1024, ncopies = 0;
     struct copy *copies = malloc(cap * sizeof *copies);
@@ -241,20 +225,20 @@ static int analyse(collector *c, int n, struct analysis *out)
     int rc = 0;
     for (size_t q = 0; copies && q < reqs->u.arr.n; q++) {
         const tj_value *req = reqs->u.arr.items[q];
-        int64_t status = jint(req, "status_returned");
+        int64_t status = tu_jint(req, "status_returned");
         if (status >= 0 && (status < 200 || status >= 300) && q + 1 < reqs->u.arr.n) {
-            double gap = jnum(reqs->u.arr.items[q + 1], "time") - jnum(req, "time");
+            double gap = tu_jnum(reqs->u.arr.items[q + 1], "time") - tu_jnum(req, "time");
             if (out->min_gap_after_fault < 0 || gap < out->min_gap_after_fault) out->min_gap_after_fault = gap;
         }
         const tj_value *acc = tj_object_get(req, "accepted");
         if (!acc || acc->type != TJ_TRUE) continue;
-        const char *fault = jstr(req, "fault");
+        const char *fault = tu_jstr(req, "fault");
         int lost_ack = fault && (!strcmp(fault, "close_mid_response") || !strcmp(fault, "delay"));
         const tj_value *msgs = tj_object_get(req, "messages");
         for (size_t i = 0; msgs && msgs->type == TJ_ARRAY && i < msgs->u.arr.n; i++) {
             const tj_value *m = msgs->u.arr.items[i];
-            const char *mid = jstr(m, "messageId"), *ev = jstr(m, "event");
-            int64_t seq = jint(tj_object_get(m, "properties"), "seq");
+            const char *mid = tu_jstr(m, "messageId"), *ev = tu_jstr(m, "event");
+            int64_t seq = tu_jint(tj_object_get(m, "properties"), "seq");
             out->accepted++;
             if (lost_ack) out->ack_lost++;
             if (!mid || !ev || strcmp(ev, "Fault Event") || seq < 0 || seq >= n) {
