@@ -58,11 +58,14 @@ static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
                 cmd, NULL);
 }
 
-static int parse_flag(cli_opts *o, const char *arg, char *err, size_t errlen)
+static int is_switch(const char *name, size_t nlen)
 {
-    const char *name = arg + 2, *eq = strchr(name, '=');
-    size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
-    const char *val = eq ? eq + 1 : NULL;
+    return (nlen == 4 && !memcmp(name, "help", 4)) || (nlen == 4 && !memcmp(name, "json", 4));
+}
+
+/* One flag: `name` (without the dashes, nlen bytes) and its value, NULL when none was given. */
+static int parse_flag(cli_opts *o, const char *name, size_t nlen, const char *val, char *err, size_t errlen)
+{
     if (nlen == 4 && !memcmp(name, "help", 4)) { o->command = "help"; return 0; }
     if (nlen == 4 && !memcmp(name, "json", 4) && !val) { o->json_output = 1; return 0; }
     if (!val) return fail(err, errlen, "--%s: expected --%s=VALUE", name, name);
@@ -103,7 +106,11 @@ int cli_parse(int argc, char **argv, cli_opts *o, char *err, size_t errlen)
         const char *a = argv[i];
         int rc;
         if (a[0] == '-' && a[1] == '-' && a[2]) {
-            rc = parse_flag(o, a, err, errlen);
+            /* --key=value is Segment's contract; --key value is accepted too, as people type it */
+            const char *name = a + 2, *eq = strchr(name, '='), *val = eq ? eq + 1 : NULL;
+            size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
+            if (!val && !is_switch(name, nlen) && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) val = argv[++i];
+            rc = parse_flag(o, name, nlen, val, err, errlen);
         } else if (!o->command) {
             rc = set_command(o, a, err, errlen);
         } else if (o->npositional < (int)(sizeof o->positional / sizeof *o->positional)) {

@@ -113,6 +113,13 @@ grep -qF 'error [broken]' "$dir/out" && grep -qF '20_broken.lua:1: kaput' "$dir/
 echo 'return {' >"$dir/rules/30_syntax.lua"
 expect check_load_error 1 "30_syntax.lua:2: unexpected symbol" -- "$TALLY" check --rules="$dir/rules" "$dir/ok.ndjson"
 expect check_needs_rules 2 "--rules" -- "$TALLY" check "$dir/ok.ndjson"
+rm -f "$dir/rules/20_broken.lua" "$dir/rules/30_syntax.lua"
+expect check_space_separated_flag 0 "" -- "$TALLY" check --rules "$dir/rules" "$dir/ok.ndjson"
+grep -qF '"event":"button clicked"' "$dir/out" && ok check_space_form_result || bad check_space_form_result "$(cat "$dir/out")"
+rm -f "$dir/sp.ndjson"
+expect track_space_separated_flags 0 "" -- "$TALLY" track --userId u9 --event "Space Form" --out "$dir/sp.ndjson"
+grep -qF '"event":"Space Form"' "$dir/sp.ndjson" && grep -qF '"userId":"u9"' "$dir/sp.ndjson" \
+  && ok track_space_form_content || bad track_space_form_content "$(cat "$dir/sp.ndjson")"
 
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
