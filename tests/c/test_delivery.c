@@ -23,13 +23,6 @@
 #define KEY_BASIC "d2tfdGVzdF9TRUNSRVRfOWY4ZTdkNmM6" /* base64(KEY ":"), the Authorization header */
 #define SEGMENT_MAX_BATCH (500 * 1024) /* Segment's documented limit for one batch request */
 
-static long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 /* ---- opening a handle ---- */
 
 /* Before any thread starts: a TALLY_WRITE_KEY in the environment would add a destination at
@@ -209,48 +202,6 @@ static int check_exact_sequence(const received *r, int first, int n, size_t pad)
 
 /* ---- tally_stats ---- */
 
-/* A per-destination counter (the destination whose name contains `dest`), or a top-level one
- * when dest is NULL. -1 when absent. */
-static int64_t stat_of(tally_t *t, const char *dest, const char *field)
-{
-    char *json = NULL;
-    if (tally_stats(t, &json) != TALLY_OK) return -1;
-    tj_arena *a = tj_arena_new();
-    tj_value *root;
-    tj_error err;
-    int64_t v = -1;
-    size_t len = strlen(json);
-    if (a && !tj_parse(a, tj_strdup(a, json, len), len, &root, &err)) {
-        if (!dest) {
-            v = tu_jint(root, field);
-        } else {
-            tj_value *ds = tj_object_get(root, "destinations");
-            for (size_t i = 0; ds && ds->type == TJ_ARRAY && i < ds->u.arr.n; i++) {
-                const char *nm = tu_jstr(ds->u.arr.items[i], "name");
-                if (nm && strstr(nm, dest)) {
-                    v = tu_jint(ds->u.arr.items[i], field);
-                    break;
-                }
-            }
-        }
-    }
-    tj_arena_free(a);
-    tally_free(json);
-    return v;
-}
-
-/* Polls tally_stats until a counter reaches want. 0 when it does, -1 on timeout. */
-static int wait_stat(tally_t *t, const char *dest, const char *field, int64_t want, int timeout_ms)
-{
-    long deadline = mono_ms() + timeout_ms;
-    while (stat_of(t, dest, field) < want) {
-        if (mono_ms() >= deadline) return -1;
-        struct timespec ts = {0, 5 * 1000000L};
-        nanosleep(&ts, NULL); /* polling interval, not a stand-in for synchronisation */
-    }
-    return 0;
-}
-
 /* ---- log capture ---- */
 
 typedef struct logcap {
@@ -278,9 +229,9 @@ TEST(exact_delivery_of_1000_in_order)
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 1000, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 30000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), 1000);
-    CHECK_EQ_INT(stat_of(t, "segment", "failed"), 0);
-    CHECK_EQ_INT(stat_of(t, "segment", "retried"), 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 1000);
+    CHECK_EQ_INT(tu_stat(t, "segment", "failed"), 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "retried"), 0);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     received r;
     if (received_load(c, &r) == 0) {
@@ -458,9 +409,9 @@ TEST(server_errors_are_retried_then_delivered_once_in_order)
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 40, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 20000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), 40);
-    CHECK_EQ_INT(stat_of(t, "segment", "retried"), 3 * 40);
-    CHECK_EQ_INT(stat_of(t, "segment", "failed"), 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 40);
+    CHECK_EQ_INT(tu_stat(t, "segment", "retried"), 3 * 40);
+    CHECK_EQ_INT(tu_stat(t, "segment", "failed"), 0);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     received r;
     if (received_load(c, &r) == 0) {
@@ -492,8 +443,8 @@ TEST(network_faults_are_retried_without_loss)
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 10, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 20000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), 10);
-    CHECK_EQ_INT(stat_of(t, "segment", "retried"), 30);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 10);
+    CHECK_EQ_INT(tu_stat(t, "segment", "retried"), 30);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     /* the collector records the delayed request only when its delay ends, after tally gave up */
     CHECK_EQ_INT(collector_wait_requests(c, 4, 10000), 0);
@@ -518,9 +469,9 @@ TEST(retry_after_is_honoured)
     tally_t *t = open_http(c, NULL, "retry_base_ms", "10", "retry_cap_ms", "5000", NULL);
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 10, 0), 0);
-    long t0 = mono_ms();
+    long t0 = tu_mono_ms();
     CHECK_EQ_INT(tally_flush(t, 15000), TALLY_OK);
-    long took = mono_ms() - t0;
+    long took = tu_mono_ms() - t0;
     CHECK(took >= 900);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     received r;
@@ -622,9 +573,9 @@ TEST(client_error_goes_to_dead_letters_without_retry)
     CHECK_EQ_INT(track_seq(t, 0, 25, 0), 0);
     /* dead-lettered counts as done for flush */
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "segment", "failed"), 25);
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), 0);
-    CHECK_EQ_INT(stat_of(t, "segment", "retried"), 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "failed"), 25);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "retried"), 0);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     CHECK_EQ_INT(collector_requests(c), 1);
     CHECK_EQ_INT(collector_accepted(c), 0);
@@ -651,8 +602,8 @@ TEST(retries_exhausted_go_to_dead_letters)
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 7, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "segment", "failed"), 7);
-    CHECK_EQ_INT(stat_of(t, "segment", "retried"), 14);
+    CHECK_EQ_INT(tu_stat(t, "segment", "failed"), 7);
+    CHECK_EQ_INT(tu_stat(t, "segment", "retried"), 14);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     CHECK_EQ_INT(collector_requests(c), 3); /* the first try and max_retries=2 retries */
     int64_t rows = -1, smin = -1, smax = -1, queued = -1;
@@ -675,14 +626,14 @@ TEST(collector_down_10s_then_up_loses_nothing)
     REQUIRE(t);
     /* the outage starts before anything is sent: no batch is in flight when connections are cut */
     REQUIRE(collector_script(c, "{\"down_ms\":10000}") == 0);
-    long t0 = mono_ms();
+    long t0 = tu_mono_ms();
     CHECK_EQ_INT(track_seq(t, 0, 120, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 30000), TALLY_OK);
-    long took = mono_ms() - t0;
+    long took = tu_mono_ms() - t0;
     CHECK(took >= 9000); /* delivered only once the collector was back */
-    CHECK(stat_of(t, "segment", "retried") > 0);
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), 120);
-    CHECK_EQ_INT(stat_of(t, "segment", "failed"), 0);
+    CHECK(tu_stat(t, "segment", "retried") > 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 120);
+    CHECK_EQ_INT(tu_stat(t, "segment", "failed"), 0);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     received r;
     if (received_load(c, &r) == 0) {
@@ -726,7 +677,7 @@ TEST(restart_with_a_non_empty_store_delivers_exactly_once)
     t = open_http(c, store, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(tally_flush(t, 15000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), 300);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 300);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     CHECK_EQ_INT(count_queue_rows(store), 0);
     received r;
@@ -795,18 +746,18 @@ TEST(a_dead_destination_does_not_stall_another)
     tally_t *t = open_http(NULL, NULL, "destinations", dests, "flush_at", "50", "retry_base_ms", "20",
                            "retry_cap_ms", "200", "max_retries", "1000", NULL);
     REQUIRE(t);
-    long t0 = mono_ms();
+    long t0 = tu_mono_ms();
     CHECK_EQ_INT(track_seq(t, 0, 500, 0), 0);
     /* no flush: the healthy destination sends full batches on its own */
     CHECK_EQ_INT(collector_wait_accepted(good, 500, 10000), 0);
-    long took = mono_ms() - t0;
+    long took = tu_mono_ms() - t0;
     CHECK(took < 3000);
     CHECK_EQ_INT(collector_wait_requests(bad, 3, 10000), 0); /* the other keeps retrying */
     CHECK_EQ_INT(collector_accepted(bad), 0);
-    CHECK_EQ_INT(wait_stat(t, "good", "delivered", 500, 5000), 0);
-    CHECK_EQ_INT(stat_of(t, "bad", "delivered"), 0);
-    CHECK(stat_of(t, "bad", "retried") > 0);
-    CHECK_EQ_INT(stat_of(t, "bad", "failed"), 0);
+    CHECK_EQ_INT(tu_wait_stat(t, "good", "delivered", 500, 5000), 0);
+    CHECK_EQ_INT(tu_stat(t, "bad", "delivered"), 0);
+    CHECK(tu_stat(t, "bad", "retried") > 0);
+    CHECK_EQ_INT(tu_stat(t, "bad", "failed"), 0);
     /* flush waits for every destination: it cannot finish while one is down */
     CHECK_EQ_INT(tally_flush(t, 200), TALLY_ETIMEDOUT);
     /* and once the bad one heals, everything arrives there too, once */
@@ -831,20 +782,20 @@ TEST(flush_times_out_while_down_and_succeeds_once_delivered)
     tally_t *t = open_http(c, NULL, "retry_base_ms", "20", "retry_cap_ms", "200", "max_retries", "1000", NULL);
     REQUIRE(t);
     /* nothing queued: a flush returns at once */
-    long t0 = mono_ms();
+    long t0 = tu_mono_ms();
     CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
-    CHECK(mono_ms() - t0 < 1000);
+    CHECK(tu_mono_ms() - t0 < 1000);
     REQUIRE(collector_script(c, "{\"down_ms\":2500}") == 0);
     CHECK_EQ_INT(track_seq(t, 0, 10, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 0), TALLY_ETIMEDOUT);
-    t0 = mono_ms();
+    t0 = tu_mono_ms();
     CHECK_EQ_INT(tally_flush(t, 300), TALLY_ETIMEDOUT);
-    long took = mono_ms() - t0;
+    long took = tu_mono_ms() - t0;
     CHECK(took >= 290 && took < 2000);
     CHECK_CONTAINS(tally_errmsg(t), "300 ms");
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 0);
     CHECK_EQ_INT(tally_flush(t, 15000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), 10);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 10);
     CHECK_EQ_INT(collector_accepted(c), 10);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     collector_stop(c);
@@ -872,7 +823,7 @@ static void run_logged_failure(collector *c, const char *script, int n, logcap *
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, n, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "segment", "failed"), n);
+    CHECK_EQ_INT(tu_stat(t, "segment", "failed"), n);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
 }
 
@@ -939,13 +890,13 @@ static void bench_one(const char *label, const char *store, int gzip, int n, con
     tally_t *t = open_http(c, store ? store : ":memory:", "gzip", gzip ? "true" : "false", "flush_at", flush_at,
                            "max_queue_rows", "1000000", "max_queue_bytes", "1073741824", NULL);
     if (!t) { CHECK(!"open failed"); collector_stop(c); return; }
-    long t0 = mono_ms();
+    long t0 = tu_mono_ms();
     CHECK_EQ_INT(track_seq(t, 0, n, 0), 0);
-    long t1 = mono_ms();
+    long t1 = tu_mono_ms();
     CHECK_EQ_INT(tally_flush(t, 600000), TALLY_OK);
-    long t2 = mono_ms();
-    CHECK_EQ_INT(stat_of(t, "segment", "delivered"), n);
-    int64_t batches = stat_of(t, "segment", "batches");
+    long t2 = tu_mono_ms();
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), n);
+    int64_t batches = tu_stat(t, "segment", "batches");
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     CHECK_EQ_INT(collector_accepted(c), n);
     CHECK_EQ_INT(collector_duplicates(c), 0);
@@ -980,10 +931,10 @@ TEST(store_full_while_a_batch_is_in_flight_does_not_strand_rows)
     tally_t *t = open_http(c, NULL, "flush_at", "10", "max_store_rows", "16", "store_on_full", "drop_oldest", NULL);
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 10, 0), 0);
-    CHECK_EQ_INT(wait_stat(t, "segment", "batches", 1, 5000), 0); /* rows 0..9 are in flight */
+    CHECK_EQ_INT(tu_wait_stat(t, "segment", "batches", 1, 5000), 0); /* rows 0..9 are in flight */
     CHECK_EQ_INT(track_seq(t, 10, 30, 0), 0);                     /* 40 rows for 16 places */
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, NULL, "store_dropped"), 24);
+    CHECK_EQ_INT(tu_stat(t, NULL, "store_dropped"), 24);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     /* the first batch (already sent) and the 16 newest */
     CHECK_EQ_INT(collector_accepted(c), 10 + 16);

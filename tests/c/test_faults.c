@@ -46,17 +46,10 @@ __attribute__((constructor)) static void clean_environment(void)
     for (int i = 0; vars[i]; i++) unsetenv(vars[i]);
 }
 
-static long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
-
 static void sleep_until(long deadline_ms)
 {
     long left;
-    while ((left = deadline_ms - mono_ms()) > 0) {
+    while ((left = deadline_ms - tu_mono_ms()) > 0) {
         struct timespec ts = {left / 1000, (left % 1000) * 1000000L};
         nanosleep(&ts, NULL);
     }
@@ -112,40 +105,6 @@ static int track_range(tally_t *t, int first, int n)
     return bad;
 }
 
-
-/* A counter of the (only) destination, or a top-level one when dest is 0. -1 when absent. */
-static int64_t stat_of(tally_t *t, int dest, const char *field)
-{
-    char *json = NULL;
-    if (tally_stats(t, &json) != TALLY_OK) return -1;
-    tj_arena *a = tj_arena_new();
-    tj_value *root;
-    tj_error err;
-    int64_t v = -1;
-    size_t len = strlen(json);
-    if (a && !tj_parse(a, tj_strdup(a, json, len), len, &root, &err)) {
-        if (!dest) {
-            v = tu_jint(root, field);
-        } else {
-            tj_value *ds = tj_object_get(root, "destinations");
-            if (ds && ds->type == TJ_ARRAY && ds->u.arr.n == 1) v = tu_jint(ds->u.arr.items[0], field);
-        }
-    }
-    tj_arena_free(a);
-    tally_free(json);
-    return v;
-}
-
-static int wait_stat(tally_t *t, int dest, const char *field, int64_t want, int timeout_ms)
-{
-    long deadline = mono_ms() + timeout_ms;
-    while (stat_of(t, dest, field) < want) {
-        if (mono_ms() >= deadline) return -1;
-        struct timespec ts = {0, 5 * 1000000L};
-        nanosleep(&ts, NULL); /* polling interval */
-    }
-    return 0;
-}
 
 /* ---- the table ---- */
 
@@ -339,19 +298,19 @@ static void run_scenario(const struct scenario *sc)
         char down[64];
         snprintf(down, sizeof down, "{\"down_ms\":%d}", OUTAGE_MS);
         if (collector_script(c, down) != 0) { CHECK(!"cannot take the collector down"); goto out; }
-        long t_down = mono_ms(); /* connections are refused from here on */
+        long t_down = tu_mono_ms(); /* connections are refused from here on */
         CHECK_EQ_INT(track_range(t, N / 2, N - N / 2), 0);
         /* the worker has stored everything: what follows is only waiting for the collector */
-        CHECK_EQ_INT(wait_stat(t, 0, "processed", N, 20000), 0);
-        int64_t attempts0 = stat_of(t, 1, "batches");
+        CHECK_EQ_INT(tu_wait_stat(t, NULL, "processed", N, 20000), 0);
+        int64_t attempts0 = tu_stat(t, "", "batches");
         double cpu0 = cpu_seconds();
-        long w0 = mono_ms();
+        long w0 = tu_mono_ms();
         sleep_until(t_down + OUTAGE_MS - 400); /* still inside the outage */
         double cpu = cpu_seconds() - cpu0;
-        long window = mono_ms() - w0;
-        int64_t attempts = stat_of(t, 1, "batches") - attempts0;
-        int64_t delivered_during = stat_of(t, 1, "delivered");
-        int still_down = mono_ms() < t_down + OUTAGE_MS - 100;
+        long window = tu_mono_ms() - w0;
+        int64_t attempts = tu_stat(t, "", "batches") - attempts0;
+        int64_t delivered_during = tu_stat(t, "", "delivered");
+        int still_down = tu_mono_ms() < t_down + OUTAGE_MS - 100;
         printf("  outage: %.3f s CPU over %ld ms of waiting, %lld connection attempts\n", cpu, window,
                (long long)attempts);
         if (!still_down) {
@@ -367,13 +326,13 @@ static void run_scenario(const struct scenario *sc)
         }
         CHECK_EQ_INT(tally_flush(t, 60000), TALLY_OK);
         /* back within a couple of backoff caps once the port answers again */
-        long recovered = mono_ms() - (t_down + OUTAGE_MS);
+        long recovered = tu_mono_ms() - (t_down + OUTAGE_MS);
         printf("  outage: everything delivered %ld ms after the collector came back\n", recovered);
         CHECK(recovered < 5000);
     }
-    CHECK_EQ_INT(stat_of(t, 1, "delivered"), N);
-    CHECK_EQ_INT(stat_of(t, 1, "failed"), 0);
-    int64_t attempts = stat_of(t, 1, "batches");
+    CHECK_EQ_INT(tu_stat(t, "", "delivered"), N);
+    CHECK_EQ_INT(tu_stat(t, "", "failed"), 0);
+    int64_t attempts = tu_stat(t, "", "batches");
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     t = NULL;
     /* a request the client gave up on (slow answer) is recorded only when its delay ends: wait
