@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
+#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,49 @@ TEST(store_damaged_in_the_middle_still_opens)
     CHECK_EQ_INT(tally_track(t, "After Damage", NULL), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
     tally_close(t, 1000);
+    free(store);
+    free(out);
+}
+
+/* Stores written by 0.1.0 kept one id sequence for every destination and a (dest, id) index:
+ * their rows must be delivered in order after the upgrade to per-destination id ranges. */
+TEST(store_from_before_the_id_ranges_is_upgraded_without_loss)
+{
+    char *store = tu_path("old-layout.db"), *out = tu_path("old-layout.ndjson");
+    unlink(store);
+    unlink(out);
+    sqlite3 *db = NULL;
+    REQUIRE(sqlite3_open(store, &db) == SQLITE_OK);
+    char *old = sqlite3_mprintf(
+        "PRAGMA journal_mode=WAL;"
+        "CREATE TABLE meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
+        "CREATE TABLE dests(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);"
+        "CREATE TABLE queue(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL);"
+        "CREATE INDEX queue_dest ON queue(dest, id);"
+        "INSERT INTO dests VALUES (1, 'file:%q'), (2, 'gone');"
+        "INSERT INTO queue VALUES (1, 1, '{\"n\":1}'), (2, 2, '{\"n\":2}'), (3, 1, '{\"n\":3}');", out);
+    REQUIRE(sqlite3_exec(db, old, NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_free(old);
+    sqlite3_close(db);
+    int rc;
+    tally_t *t = open_at(store, out, &rc);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    char *text = tu_read_file(out, NULL);
+    REQUIRE(text);
+    CHECK_STR(text, "{\"n\":1}\n{\"n\":3}\n");
+    free(text);
+    /* the other destination's row is still queued, and the old index is gone */
+    REQUIRE(sqlite3_open(store, &db) == SQLITE_OK);
+    sqlite3_stmt *st = NULL;
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT (SELECT count(*) FROM queue WHERE dest = 2),"
+                               " (SELECT count(*) FROM sqlite_schema WHERE name = 'queue_dest')", -1, &st, NULL) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    CHECK_EQ_INT(sqlite3_column_int(st, 0), 1);
+    CHECK_EQ_INT(sqlite3_column_int(st, 1), 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
     free(store);
     free(out);
 }
