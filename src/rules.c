@@ -186,6 +186,8 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
     lua_setmetatable(L, -2);
     lua_pushstring(L, r->name);
     lua_setfield(L, -2, "rule");
+    lua_pushboolean(L, R->log && R->log->level >= TALLY_LOG_DEBUG);
+    lua_setfield(L, -2, "debug");
     lua_newtable(L);
     lua_setfield(L, -2, "config");
     r->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -47,32 +47,34 @@ local STYLES = {
 local MEMO_MAX = 4096
 local memo, memo_size = {}, 0
 
-local function remember(kind, s, compute)
+-- compute(s, arg) is a plain function, not a closure made per call: a hit allocates nothing.
+local function remember(kind, s, compute, arg)
   local cache = memo[kind]
+  local hit = cache and cache[s]
+  if hit ~= nil then return hit end
+  local value = compute(s, arg)
+  if memo_size >= MEMO_MAX then memo, memo_size = {}, 0 end
+  cache = memo[kind]
   if not cache then
     cache = {}
     memo[kind] = cache
-  end
-  local hit = cache[s]
-  if hit ~= nil then return hit end
-  local value = compute(s)
-  if memo_size >= MEMO_MAX then
-    memo, memo_size = { [kind] = {} }, 0
-    cache = memo[kind]
   end
   cache[s] = value
   memo_size = memo_size + 1
   return value
 end
 
+local function styled(name, style) return STYLES[style](M.words(name)) end
+local function count_words(name) return #M.words(name) end
+
 --- Rewrites a name in a style: "lower" (`user signed up`), "title" (`Button Clicked`) or "snake"
 -- (`button_clicked`). A name conforms to a style exactly when to_style(name, style) == name.
 function M.to_style(s, style)
-  return remember(style, s, function(name) return STYLES[style](M.words(name)) end)
+  return remember(style, s, styled, style)
 end
 
 local function word_count(s)
-  return remember("#words", s, function(name) return #M.words(name) end)
+  return remember("#words", s, count_words)
 end
 
 --- snake_case form of a property key: "buttonName" and "Button Name" -> "button_name".
@@ -226,6 +228,7 @@ local function compile(opts)
     fix = opts.mode == "fix",
     rename = compile_rename(opts.rename),
     forbidden = compile_forbidden(opts.forbidden),
+    forbidden_keys = util.sorted_keys(opts.forbidden or {}),
     required = compile_required(opts.required),
   }
 end
@@ -262,10 +265,14 @@ local function check_rename(c, work, found)
   end
 end
 
-local function check_case(c, work, found)
+local function check_case(c, work, found, quiet)
   local name = work.event
   local want = M.to_style(name, c.style)
   if want == name then return end
+  if quiet and want ~= "" then
+    work.event = want
+    return
+  end
   local text = string.format("event %s is not %s case (expected %s)", util.show(name),
     c.style, util.show(want))
   if want == "" then
@@ -284,17 +291,30 @@ local function check_object_action(work, found)
 end
 
 -- Rename first (it may be keyed by the re-cased name), then check the case of the final name.
-local function check_event(c, work, found)
+local function check_event(c, work, found, quiet)
   if type(work.event) ~= "string" then return end
   check_rename(c, work, found)
-  if c.style then check_case(c, work, found) end
+  if c.style then check_case(c, work, found, quiet) end
   if c.object_action then check_object_action(work, found) end
 end
 
-local function check_property_case(payload, pkey, found)
+local function check_property_case(payload, pkey, found, quiet)
+  -- most messages conform: find that out without building and sorting the key list
+  local all_fine = true
+  for k in pairs(payload) do
+    if type(k) == "string" and M.to_snake(k) ~= k then
+      all_fine = false
+      break
+    end
+  end
+  if all_fine then return end
   for _, k in ipairs(util.sorted_keys(payload)) do
     local want = M.to_snake(k)
-    if want ~= k then
+    if want == k then
+      -- conforms
+    elseif quiet and want ~= "" and payload[want] == nil then
+      payload[want], payload[k] = payload[k], nil
+    else
       local text = string.format("%s.%s is not snake_case (expected %s)", pkey, k, util.show(want))
       if want == "" or payload[want] ~= nil then
         found("naming.property_case", want == "" and text or
@@ -308,7 +328,7 @@ local function check_property_case(payload, pkey, found)
 end
 
 local function check_forbidden(c, payload, pkey, found)
-  for _, k in ipairs(util.sorted_keys(c.forbidden)) do
+  for _, k in ipairs(c.forbidden_keys) do
     local f = c.forbidden[k]
     if payload[k] ~= nil then
       local text = string.format("%s.%s is forbidden", pkey, k)
@@ -350,17 +370,22 @@ end
 
 local function build(opts)
   local c = compile(opts)
+  -- One `found` for every message (no closure per call): a rule never runs re-entrantly.
+  local cur_ctx
+  local function found(code, text, fixed)
+    if fixed and c.fix then
+      util.log(cur_ctx, "debug", "naming fixed: " .. text)
+    else
+      util.violation(cur_ctx, code, text)
+    end
+  end
   return function(msg, ctx)
     local pkey = util.payload_key(msg)
     if not pkey then return msg end -- alias: no event name, no properties
     local work = c.fix and msg or working_copy(msg, pkey)
-    local function found(code, text, fixed)
-      if fixed and c.fix then
-        util.log(ctx, "debug", "naming fixed: " .. text)
-      else
-        util.violation(ctx, code, text)
-      end
-    end
+    cur_ctx = ctx
+    -- fixes logged nowhere (ctx.debug is false when debug lines are dropped) need no text
+    local quiet = c.fix and ctx ~= nil and ctx.debug == false
 
     -- a rename may set properties on a track call that had none; the table is removed again
     -- below if nothing was put in it
@@ -369,8 +394,8 @@ local function build(opts)
     local payload = work[pkey]
     if not util.is_object(payload) then return msg end
 
-    if msg.type == "track" then check_event(c, work, found) end
-    if c.property_case then check_property_case(payload, pkey, found) end
+    if msg.type == "track" then check_event(c, work, found, quiet) end
+    if c.property_case then check_property_case(payload, pkey, found, quiet) end
     check_forbidden(c, payload, pkey, found)
     check_required(c, work, payload, pkey, found)
     if not had_payload and next(payload) == nil then work[pkey] = nil end

@@ -137,6 +137,23 @@ function M.set(list)
 end
 
 --- Reads a dotted path ("context.session.id") from a table; nil when any step is missing.
+--- A dotted path as its list of parts, for get_parts: "context.session.id" -> {context, session, id}.
+function M.split_path(path)
+  local parts = {}
+  for part in string.gmatch(path, "[^.]+") do parts[#parts + 1] = part end
+  return parts
+end
+
+--- get_path with the path already split (split_path): no pattern matching per call.
+function M.get_parts(t, parts)
+  local v = t
+  for i = 1, #parts do
+    if type(v) ~= "table" then return nil end
+    v = v[parts[i]]
+  end
+  return v
+end
+
 function M.get_path(t, path)
   local v = t
   for part in string.gmatch(path, "[^.]+") do

@@ -52,6 +52,18 @@ describe("tally.naming", function()
       assert.same({ "debug" }, ctx:log_levels())
     end)
 
+    it("fixes silently, still reporting what it cannot fix, when ctx.debug is false", function()
+      local ctx = fake_ctx.new()
+      ctx.debug = false
+      local p = naming.rule{ style = "lower", property_case = "snake", mode = "fix" }
+      local msg = p.process(track("Button Clicked", { buttonName = "x", userId = "new", user_id = "old" }), ctx)
+      assert.equal("button clicked", msg.event)
+      assert.same({ button_name = "x", userId = "new", user_id = "old" }, msg.properties)
+      assert.same({}, ctx:log_levels())
+      assert.same({ "naming.property_case" }, ctx:codes())
+      assert.matches("already present", ctx:texts())
+    end)
+
     it("reports a name with no words at all even in fix mode", function()
       local msg, ctx = run({ style = "snake", mode = "fix" }, track("!!!"))
       assert.equal("!!!", msg.event)

@@ -73,10 +73,10 @@ describe("tally.sample", function()
     end)
 
     it("samples by anonymousId by default and by any dotted path or function", function()
-      local by_anon = sample.rule{ rate = 0.5 }
-      local by_user = sample.rule{ rate = 0.5, key = "userId" }
-      local by_session = sample.rule{ rate = 0.5, key = "context.session.id" }
-      local by_fn = sample.rule{ rate = 0.5, key = function(m) return m.properties.account end }
+      local by_anon = sample.rule{ rate = 0.5, hash = "fnv1a" }
+      local by_user = sample.rule{ rate = 0.5, key = "userId", hash = "fnv1a" }
+      local by_session = sample.rule{ rate = 0.5, key = "context.session.id", hash = "fnv1a" }
+      local by_fn = sample.rule{ rate = 0.5, key = function(m) return m.properties.account end, hash = "fnv1a" }
       for i = 1, 100 do
         local k = "user-" .. i
         local expect = sample.keep(0.5, k)
@@ -88,7 +88,7 @@ describe("tally.sample", function()
     end)
 
     it("hashes integer keys as their decimal text", function()
-      local p = sample.rule{ rate = 0.5, key = "context.session.id" }
+      local p = sample.rule{ rate = 0.5, key = "context.session.id", hash = "fnv1a" }
       for i = 1, 50 do
         assert.equal(sample.keep(0.5, tostring(i)), kept(p, { type = "track", context = { session = { id = i } } }))
       end
@@ -111,8 +111,8 @@ describe("tally.sample", function()
     end)
 
     it("uses the salt to pick independent sets of users", function()
-      local plain = sample.rule{ rate = 0.5 }
-      local salted = sample.rule{ rate = 0.5, salt = "experiment-2:" }
+      local plain = sample.rule{ rate = 0.5, hash = "fnv1a" }
+      local salted = sample.rule{ rate = 0.5, salt = "experiment-2:", hash = "fnv1a" }
       local differ = 0
       for i = 1, 200 do
         local msg = track("user-" .. i)
@@ -120,6 +120,21 @@ describe("tally.sample", function()
         if kept(plain, msg) ~= kept(salted, msg) then differ = differ + 1 end
       end
       assert.is_true(differ > 50, "only " .. differ .. " users moved")
+    end)
+
+    it("by default asks ctx:sample when the ctx has it, and hashes in Lua otherwise", function()
+      local p = sample.rule{ rate = 0.5, salt = "s:" }
+      local ctx = fake_ctx.new()
+      local decided_by_ctx = 0
+      for i = 1, 100 do
+        local msg = track("user-" .. i)
+        local by_ctx = kept(p, msg, ctx)
+        assert.equal(ctx:sample(0.5, "s:user-" .. i), by_ctx)
+        assert.equal(sample.keep(0.5, "s:user-" .. i), kept(p, msg, {}))
+        if by_ctx ~= sample.keep(0.5, "s:user-" .. i) then decided_by_ctx = decided_by_ctx + 1 end
+      end
+      -- the fake ctx hashes differently (djb2), so some answers must differ if ctx decided
+      assert.is_true(decided_by_ctx > 0)
     end)
 
     it("asks ctx:sample with hash = 'ctx'", function()
