@@ -240,6 +240,73 @@ TEST(rule_returning_invalid_message_is_an_error)
     free(dir);
 }
 
+/* The chain runs on one Lua copy of the message: a failing "pass" script's half-done changes are
+ * undone, earlier scripts' changes are kept, and split parts do not share tables. */
+TEST(chain_undoes_a_failed_pass_script_and_keeps_split_parts_apart)
+{
+    char *dir = rules_dir("10_mark.lua",
+                          "return { name = 'mark', process = function(m) m.properties.marked = true; return m end }\n",
+                          "20_half.lua",
+                          "return { name = 'half', stage = 'enrichment', process = function(m)\n"
+                          "  m.properties.half = 'done'; error('stops halfway') end }\n",
+                          "30_split.lua",
+                          "return { name = 'split', types = { 'track' }, process = function(m)\n"
+                          "  if m.event ~= 'two' then return m end\n"
+                          "  local b = {}; for k, v in pairs(m) do b[k] = v end\n"
+                          "  b.messageId = m.messageId .. '-b'\n"
+                          "  return { m, b } end }\n",
+                          "40_tag.lua",
+                          "return { name = 'tag', stage = 'enrichment', process = function(m)\n"
+                          "  if m.messageId:sub(-2) == '-b' then m.properties.part = 'b' end; return m end }\n",
+                          NULL);
+    char *out = tu_path("chain.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "one", "{\"n\":1}");
+    tally_track(t, "two", "{\"n\":2}");
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 3);
+    char *all = tu_read_file(out, NULL);
+    CHECK(all && !strstr(all, "\"half\""));                                   /* undone */
+    CHECK_CONTAINS(all, "\"properties\":{\"marked\":true,\"n\":1}"); /* kept */
+    /* the 'tag' script changed part b only, though b was a shallow copy sharing properties */
+    CHECK_CONTAINS(all, "\"properties\":{\"marked\":true,\"n\":2}");
+    CHECK_CONTAINS(all, "\"properties\":{\"marked\":true,\"n\":2,\"part\":\"b\"}");
+    free(all);
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"name\":\"half\",\"stage\":\"enrichment\",\"calls\":3,\"errors\":3");
+    tally_free(stats);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+/* An invalid result is found after the last script and blamed on the last script that returned
+ * it, not on a later one that merely passed it along. */
+TEST(invalid_result_is_blamed_on_the_script_that_returned_it)
+{
+    char *dir = rules_dir("10_breaks.lua",
+                          "return { name = 'breaks', on_error = 'drop', process = function(m) m.properties = 'oops'; return m end }\n",
+                          "20_innocent.lua",
+                          "return { name = 'innocent', types = { 'page' }, process = function(m) return m end }\n",
+                          NULL);
+    char *out = tu_path("blame.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "E", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 0);
+    char *stats = NULL;
+    tally_stats(t, &stats);
+    CHECK_CONTAINS(stats, "\"name\":\"breaks\",\"stage\":\"before\",\"calls\":1,\"errors\":1,\"dropped\":1");
+    CHECK_CONTAINS(stats, "\"name\":\"innocent\",\"stage\":\"before\",\"calls\":0,\"errors\":0");
+    tally_free(stats);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
 TEST(circuit_breaker_disables_a_failing_script)
 {
     char *dir = rules_dir("10_flaky.lua",
