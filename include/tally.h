@@ -10,8 +10,8 @@
  * Threads. A tally_config is a plain value: use one from one thread at a time. A tally_t handle is
  * safe to share: every call except tally_close() may be made from any thread concurrently. The
  * calls that enqueue messages (tally_track ... tally_send, tally_reset) never block: they validate,
- * copy into a bounded in-memory queue and return; a background worker thread does the rest (IDs,
- * rules, storage, delivery). Only tally_flush() and tally_close() wait, each for at most its
+ * copy into a bounded in-memory queue and return; two background threads per handle do the rest
+ * (one IDs and rules, the other storage and delivery). Only tally_flush() and tally_close() wait, each for at most its
  * timeout.
  *
  * Strings are UTF-8 and NUL-terminated. JSON arguments are text; NULL means "absent". Nothing the
@@ -63,9 +63,9 @@ typedef struct tally tally_t;
 #define TALLY_LOG_INFO  2
 #define TALLY_LOG_DEBUG 3
 
-/* Receives the runtime's log lines (already filtered by log_level). Called from the worker thread
- * or from the thread of the call that logs; must be thread-safe and must not call back into tally.
- * `msg` is valid only during the call. */
+/* Receives the runtime's log lines (already filtered by log_level). Called from the background
+ * threads or from the thread of the call that logs, possibly at the same time: it must be
+ * thread-safe and must not call back into tally. `msg` is valid only during the call. */
 typedef void (*tally_log_fn)(void *userdata, int level, const char *msg);
 
 /* ---- configuration ---- */
@@ -94,8 +94,8 @@ TALLY_API void tally_config_free(tally_config *cfg);
 /* ---- lifecycle ---- */
 
 /* Opens a runtime from `cfg` (NULL: all defaults, plus TALLY_WRITE_KEY / TALLY_ENDPOINT from the
- * environment when those keys are not set). Starts the worker thread, opens the store and the
- * destinations. On success *out owns the handle and `cfg` may be freed at once.
+ * environment when those keys are not set). Starts the two background threads, opens the store
+ * and the destinations. On success *out owns the handle and `cfg` may be freed at once.
  * Returns TALLY_OK, TALLY_ECONFIG, TALLY_EIO, TALLY_ELUA, TALLY_ENOMEM; *out is NULL on failure
  * and tally_errmsg(NULL) says why. Any thread. */
 TALLY_API int tally_open(const tally_config *cfg, tally_t **out);

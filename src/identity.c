@@ -14,25 +14,26 @@ static int64_t meta_int(store *s, const char *key)
     return n;
 }
 
-static void meta_set_int(store *s, const char *key, int64_t v)
+static void meta_set_int(const meta_sink *s, const char *key, int64_t v)
 {
     char buf[32];
     snprintf(buf, sizeof buf, "%lld", (long long)v);
-    store_meta_set(s, key, buf);
+    s->set(s->ud, key, buf);
 }
+
 
 static void copy_id(char dst[37], const char *src)
 {
     snprintf(dst, 37, "%s", src ? src : "");
 }
 
-static void new_session(identity *id, store *s, int64_t now_wall)
+static void new_session(identity *id, const meta_sink *s, int64_t now_wall)
 {
     id->changed = 1;
     tly_uuid4(id->session_id);
     id->session_index++;
     id->session_started_ms = now_wall;
-    store_meta_set(s, "session_id", id->session_id);
+    s->set(s->ud, "session_id", id->session_id);
     meta_set_int(s, "session_index", id->session_index);
     meta_set_int(s, "session_started_ms", id->session_started_ms);
 }
@@ -69,7 +70,7 @@ void identity_free(identity *id)
 }
 
 /* Merges an identify call's traits into the stored ones (later values win, key by key). */
-static void merge_traits(identity *id, store *s, const char *json, size_t len)
+static void merge_traits(identity *id, const meta_sink *s, const char *json, size_t len)
 {
     tj_arena *a = tj_arena_new();
     if (!a) return;
@@ -85,23 +86,23 @@ static void merge_traits(identity *id, store *s, const char *json, size_t len)
     if (tj_write(&b, old) == 0 && !b.oom) {
         free(id->traits);
         id->traits = tbuf_steal(&b);
-        store_meta_set(s, "traits", id->traits);
+        s->set(s->ud, "traits", id->traits);
     }
     tbuf_free(&b);
 out:
     tj_arena_free(a);
 }
 
-static void logout(identity *id, store *s)
+static void logout(identity *id, const meta_sink *s)
 {
     id->changed = 1;
     free(id->user_id);
     free(id->traits);
     id->user_id = id->traits = NULL;
-    store_meta_set(s, "user_id", NULL);
-    store_meta_set(s, "traits", NULL);
+    s->set(s->ud, "user_id", NULL);
+    s->set(s->ud, "traits", NULL);
     tly_uuid4(id->anonymous_id);
-    store_meta_set(s, "anonymous_id", id->anonymous_id);
+    s->set(s->ud, "anonymous_id", id->anonymous_id);
 }
 
 static int is_identify(const tj_value *m)
@@ -110,7 +111,7 @@ static int is_identify(const tj_value *m)
     return type && type->type == TJ_STRING && type->u.str.len == 8 && !memcmp(type->u.str.s, "identify", 8);
 }
 
-static void apply_identify(identity *id, store *s, const tj_value *m)
+static void apply_identify(identity *id, const meta_sink *s, const tj_value *m)
 {
     const tj_value *user = tj_object_get(m, "userId"), *traits = tj_object_get(m, "traits");
     if (user && user->type == TJ_STRING && user->u.str.len) {
@@ -118,7 +119,7 @@ static void apply_identify(identity *id, store *s, const tj_value *m)
         if (u) {
             free(id->user_id);
             id->user_id = u;
-            store_meta_set(s, "user_id", u);
+            s->set(s->ud, "user_id", u);
             id->changed = 1;
         }
     }
@@ -129,7 +130,7 @@ static void apply_identify(identity *id, store *s, const tj_value *m)
     }
 }
 
-void identity_apply(identity *id, store *s, int kind, const tj_value *m, int64_t now_mono, int64_t now_wall)
+void identity_apply(identity *id, const meta_sink *s, int kind, const tj_value *m, int64_t now_mono, int64_t now_wall)
 {
     if (kind == REC_RESET) {
         logout(id, s);

@@ -1,7 +1,7 @@
 /* Who the device's user is: the anonymous id (the cookie equivalent), the logged-in user id and
- * traits, and the current session. Owned by the worker, persisted in the store's meta table in the
- * same transactions as the messages it stamps, so identity and messages never disagree after a
- * crash. */
+ * traits, and the current session. Owned by the processor thread; persisted in the store's meta
+ * table in the same transactions as the messages it stamps (the worker writes both, in order), so
+ * identity and messages never disagree after a crash. */
 #ifndef TALLY_IDENTITY_H
 #define TALLY_IDENTITY_H
 
@@ -9,6 +9,13 @@
 
 #include "message.h"
 #include "store.h"
+
+/* Where changes are written: a sink that queues them for the worker, in order with the messages
+ * they stamp, so that they land in the store in the same transactions. */
+typedef struct meta_sink {
+    void (*set)(void *ud, const char *key, const char *value); /* value NULL deletes */
+    void  *ud;
+} meta_sink;
 
 typedef struct identity {
     char    anonymous_id[37];
@@ -31,8 +38,8 @@ void identity_free(identity *id);
 /* Applies a record to the identity before its message is stamped: session rollover after idle
  * time, identify (user id + traits, from tally_identify or a sent identify message), reset
  * (logout), session start. `m` is the record's message (NULL for reset / session start).
- * Persists what changed. */
-void identity_apply(identity *id, store *s, int kind, const tj_value *m, int64_t now_mono, int64_t now_wall);
+ * Writes what changed to s. */
+void identity_apply(identity *id, const meta_sink *s, int kind, const tj_value *m, int64_t now_mono, int64_t now_wall);
 
 /* The current ids as a JSON object text (malloc'd), for tally_identity(). */
 char *identity_json(const identity *id);

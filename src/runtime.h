@@ -1,4 +1,5 @@
-/* The runtime handle and the worker that owns everything past the intake. */
+/* The runtime handle, and the two threads past the intake: the processor (stamping, rules,
+ * serializing: processor.c) and the worker (store, delivery: worker.c), joined by a row queue. */
 #ifndef TALLY_RUNTIME_H
 #define TALLY_RUNTIME_H
 
@@ -43,10 +44,19 @@ struct tally {
     _Atomic int64_t     clock_skew_ms; /* tests move time forward instead of sleeping */
     tally_counters      n;
 
-    /* waking the worker: callers write the eventfd only when the worker said it sleeps, so the
-     * common case costs an atomic load, not a syscall */
+    /* waking the processor (callers, after queuing) and the worker (the processor, after handing
+     * rows over): the eventfd is written only when the thread said it sleeps, so the common case
+     * costs an atomic load, not a syscall */
     int                 wake_fd;
     _Atomic int         sleeping;
+    int                 w_wake_fd;
+    _Atomic int         w_sleeping;
+    struct rowq        *rows;          /* processor -> worker */
+    _Atomic size_t      processed_pos; /* intake records handed over (or dropped by the intake) */
+    _Atomic int         p_done;        /* the processor has stopped: no more rows will come */
+    pthread_t           p_thread;
+    int                 p_started;
+    struct processor   *p;
 
     pthread_mutex_t     mu;         /* guards flushes and stop */
     pthread_cond_t      cv;
@@ -57,13 +67,16 @@ struct tally {
     int                 stop;
     pthread_t           thread;
 
-    /* worker-owned below this line */
+    /* worker-owned below this line (dests: the processor reads ndests and names only) */
     dest               *dests;
     size_t              ndests;
     struct worker      *w;
 };
 
-void tly_wake(tally_t *t);
+void tly_wake(tally_t *t);                /* the processor: a record was queued */
+void tly_wake_worker(tally_t *t);         /* the worker: rows were handed over */
+void tly_wake_worker_forced(tally_t *t);  /* the worker, even if it looks busy */
+void tly_wake_all(tally_t *t);            /* both, even if busy: a request (flush, reload, stop) */
 int64_t tly_clock_mono(tally_t *t);   /* monotonic ms plus clock_skew_ms */
 int64_t tly_clock_wall(tally_t *t);   /* wall ms plus clock_skew_ms */
 int  worker_start(tally_t *t);     /* TALLY_OK or fails (errmsg set) */

@@ -41,6 +41,7 @@ static void free_handle(tally_t *t)
     close_dests(t);
     intake_destroy(&t->q);
     if (t->wake_fd >= 0) close(t->wake_fd);
+    if (t->w_wake_fd >= 0) close(t->w_wake_fd);
     pthread_mutex_destroy(&t->mu);
     pthread_cond_destroy(&t->cv);
     config_clear(&t->cfg);
@@ -56,7 +57,7 @@ int tally_open(const tally_config *cfg, tally_t **out)
     pthread_once(&atfork_once, install_atfork);
     tally_t *t = calloc(1, sizeof *t);
     if (!t) return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    t->wake_fd = -1;
+    t->wake_fd = t->w_wake_fd = -1;
     pthread_mutex_init(&t->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -72,7 +73,8 @@ int tally_open(const tally_config *cfg, tally_t **out)
     t->fork_gen = atomic_load(&fork_gen);
     if (!rc && intake_init(&t->q, t->cfg.max_queue_rows, t->cfg.max_queue_bytes, t->cfg.on_full))
         rc = tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    if (!rc && (t->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+    if (!rc && ((t->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+                (t->w_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0))
         rc = tly_fail(TALLY_EIO, "tally_open: eventfd: %s", strerror(errno));
     if (!rc) rc = worker_start(t);
     if (rc) {
@@ -248,8 +250,7 @@ static int wait_request(tally_t *t, flush_req *req, int timeout_ms)
     req->next = t->flushes;
     t->flushes = req;
     pthread_mutex_unlock(&t->mu);
-    atomic_store(&t->sleeping, 1); /* make tly_wake signal even if the worker looks busy */
-    tly_wake(t);
+    tly_wake_all(t);
 
     struct timespec until;
     if (timeout_ms >= 0) deadline_after(&until, timeout_ms);

@@ -1,6 +1,7 @@
-/* The worker thread: the only thread that stamps, stores and delivers. Callers only touch the
- * intake; everything that can be slow (rules, SQLite, the network) happens here, on one event
- * loop: curl_multi_poll waits for transfers, for the wake eventfd and for the next deadline. */
+/* The worker thread: the only thread that touches the store and the network. It takes the rows
+ * the processor thread made (processor.c: stamping, rules, serializing) and stores and delivers
+ * them on one event loop: curl_multi_poll waits for transfers, for its wake eventfd and for the
+ * next deadline. */
 #include <curl/curl.h>
 #include <errno.h>
 #include <signal.h>
@@ -9,9 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "identity.h"
-#include "message.h"
-#include "rules.h"
+#include "processor.h"
+#include "rowq.h"
 #include "runtime.h"
 #include "store.h"
 
@@ -31,21 +31,12 @@ typedef struct dest_state {
     int64_t    since_ms;     /* monotonic: when the oldest pending row arrived */
     int64_t    retry_at;     /* monotonic; 0 = not backing off */
     int        attempts;
-    char      *mapping;      /* name of the destination-stage rule that shapes its payloads */
-    int        map_idx;      /* that rule's index in the current rule set, -1 for none */
 } dest_state;
 
 struct worker {
     store      *st;
     CURLM      *multi;
-    tj_arena   *arena;
-    tbuf        out;
     dest_state *ds;
-    identity    id;
-    rules      *R;
-    msg_list    results;     /* messages after the rules */
-    msg_list    payloads;    /* one destination's mapped payloads */
-    tbuf        mapped;
     int64_t     txn_since;   /* monotonic: when the open group-commit transaction began */
     unsigned    rng;
 };
@@ -53,25 +44,38 @@ struct worker {
 int64_t tly_clock_mono(tally_t *t) { return tly_mono_ms() + atomic_load(&t->clock_skew_ms); }
 int64_t tly_clock_wall(tally_t *t) { return tly_now_ms() + atomic_load(&t->clock_skew_ms); }
 
-void tly_wake(tally_t *t)
+static void wake(int fd, _Atomic int *sleeping)
 {
-    /* pairs with the fence in worker_sleep: either the worker sees our record, or we see it asleep */
+    /* pairs with the fence before a thread's last look for work: either it sees what we queued,
+     * or we see it asleep */
     atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(&t->sleeping, memory_order_relaxed) &&
-        atomic_exchange_explicit(&t->sleeping, 0, memory_order_acq_rel)) {
+    if (atomic_load_explicit(sleeping, memory_order_relaxed) &&
+        atomic_exchange_explicit(sleeping, 0, memory_order_acq_rel)) {
         uint64_t one = 1;
-        ssize_t r = write(t->wake_fd, &one, sizeof one);
+        ssize_t r = write(fd, &one, sizeof one);
         (void)r; /* EAGAIN means a wake is already pending: fine */
     }
 }
 
-/* ---- processing: intake record -> stamped message -> one store row per destination ---- */
+void tly_wake(tally_t *t) { wake(t->wake_fd, &t->sleeping); }
+void tly_wake_worker(tally_t *t) { wake(t->w_wake_fd, &t->w_sleeping); }
 
-static void reject(tally_t *t, const char *why)
+/* For requests (flush, reload, stop): the eventfd is written even if the thread looks busy, so
+ * its next sleep returns at once and it looks at the requests. */
+void tly_wake_worker_forced(tally_t *t)
 {
-    atomic_fetch_add(&t->n.invalid, 1);
-    tly_log(&t->log, TALLY_LOG_WARN, "message dropped by the worker: %s", why);
+    atomic_store(&t->w_sleeping, 1);
+    tly_wake_worker(t);
 }
+
+void tly_wake_all(tally_t *t)
+{
+    atomic_store(&t->sleeping, 1);
+    tly_wake(t);
+    tly_wake_worker_forced(t);
+}
+
+/* ---- rows from the processor -> the store ---- */
 
 static void store_row(tally_t *t, struct worker *w, size_t i, const char *json, size_t len, int64_t now)
 {
@@ -96,108 +100,16 @@ static void store_row(tally_t *t, struct worker *w, size_t i, const char *json, 
     }
 }
 
-static void on_violation(void *ud, const char *rule, const char *code, const char *text)
-{
-    tally_t *t = ud;
-    atomic_fetch_add(&t->n.violations, 1);
-    tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s: violation %s: %s", rule, code, text);
-}
-
-static void on_rule_drop(void *ud, const char *rule, const char *why)
-{
-    tally_t *t = ud;
-    atomic_fetch_add(&t->n.rule_dropped, 1);
-    tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s dropped a message: %s", rule, why);
-}
-
-/* One stored row per destination: the message itself, or what the destination's mapping makes
- * of it (none, one or several payloads). */
-static void store_for_dests(tally_t *t, struct worker *w, const tj_value *m, const char *json, size_t len)
-{
-    int64_t now = tly_clock_mono(t);
-    if (!store_in_txn(w->st)) w->txn_since = now;
-    for (size_t i = 0; i < t->ndests; i++) {
-        dest_state *s = &w->ds[i];
-        if (s->map_idx < 0) {
-            store_row(t, w, i, json, len, now);
-            continue;
-        }
-        rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
-        rules_map(w->R, s->map_idx, w->arena, m, tly_clock_wall(t), &w->payloads, &rep);
-        for (size_t k = 0; k < w->payloads.n; k++) {
-            tbuf_reset(&w->mapped);
-            if (tj_write(&w->mapped, w->payloads.v[k]) || w->mapped.oom) continue;
-            store_row(t, w, i, w->mapped.data, w->mapped.len, now);
-        }
-    }
-}
-
-/* Callers read the ids through a snapshot: the identity itself belongs to this thread. */
-static void publish_identity(tally_t *t, struct worker *w)
-{
-    char *snap = identity_json(&w->id);
-    if (!snap) return;
-    w->id.changed = 0;
-    pthread_mutex_lock(&t->mu);
-    free(t->identity_snapshot);
-    t->identity_snapshot = snap;
-    pthread_mutex_unlock(&t->mu);
-}
-
-static void process(tally_t *t, struct worker *w, const intake_rec *r)
-{
-    int server = t->cfg.mode == MODE_SERVER, control = r->kind == REC_RESET || r->kind == REC_SESSION_START;
-    tj_arena_reset(w->arena);
-    tj_error err = {0, ""};
-    tj_value *m = control ? NULL : msg_from_rec(w->arena, r, &err);
-    if (!control && !m) {
-        reject(t, err.msg[0] ? err.msg : "out of memory");
-        return;
-    }
-    if (!server) {
-        identity_apply(&w->id, w->st, r->kind, m, tly_clock_mono(t), tly_clock_wall(t));
-        if (w->id.changed) publish_identity(t, w);
-    }
-    if (control) return;
-    msg_ids ids = {0};
-    if (!server) identity_ids(&w->id, &ids);
-    if (!t->cfg.context_traits) ids.traits = NULL;
-    if (msg_stamp(w->arena, m, &ids, r->ts_ms, &err)) {
-        reject(t, err.msg[0] ? err.msg : "out of memory");
-        return;
-    }
-    if (msg_validate(m, 1)) {
-        reject(t, tally_errmsg(t));
-        return;
-    }
-    rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
-    rules_process(w->R, w->arena, m, tly_clock_wall(t), &w->results, &rep);
-    for (size_t i = 0; i < w->results.n; i++) {
-        tj_value *v = w->results.v[i];
-        tbuf_reset(&w->out);
-        if (tj_write(&w->out, v) || w->out.oom) {
-            reject(t, "cannot serialize (out of memory)");
-            continue;
-        }
-        if (w->out.len > TALLY_MAX_MESSAGE_BYTES) {
-            char why[128];
-            snprintf(why, sizeof why, "%zu bytes after stamping and rules, over the %d-byte limit", w->out.len,
-                     TALLY_MAX_MESSAGE_BYTES);
-            reject(t, why);
-            continue;
-        }
-        store_for_dests(t, w, v, w->out.data, w->out.len);
-        atomic_fetch_add(&t->n.processed, 1);
-    }
-}
-
 static int drain(tally_t *t, struct worker *w, int budget)
 {
     int n = 0;
-    intake_rec *r;
-    while (n < budget && (r = intake_pop(&t->q)) != NULL) {
-        process(t, w, r);
-        free(r);
+    row r;
+    while (n < budget && rowq_pop(t->rows, &r)) {
+        int64_t now = tly_clock_mono(t);
+        if (!store_in_txn(w->st)) w->txn_since = now;
+        if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
+        else store_meta_set(w->st, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
+        free(r.data);
         n++;
     }
     return n;
@@ -327,7 +239,9 @@ static int64_t delivered_frontier(tally_t *t, struct worker *w)
  * (timeout) at any moment, so they are only touched with the lock held. */
 static void serve_flushes(tally_t *t, struct worker *w)
 {
-    size_t taken = intake_taken(&t->q);
+    /* what the processor had handed over when we looked, then everything it queued before that */
+    size_t taken = atomic_load_explicit(&t->processed_pos, memory_order_acquire);
+    while (drain(t, w, 1 << 20) > 0) continue;
     int waiting = 0;
     pthread_mutex_lock(&t->mu);
     for (flush_req *f = t->flushes; f; f = f->next) {
@@ -355,71 +269,6 @@ static void serve_flushes(tally_t *t, struct worker *w)
         if (!f->reload && f->drained && f->mark < frontier) f->done = 1;
     pthread_cond_broadcast(&t->cv);
     pthread_mutex_unlock(&t->mu);
-}
-
-static int open_rules(tally_t *t, const char *spec, rules **out)
-{
-    rules_opts o = {(size_t)t->cfg.lua_memory, (long)t->cfg.lua_instructions, t->cfg.rule_breaker, 1, t->cfg.rule_config};
-    return rules_open(out, spec, &o, &t->log);
-}
-
-/* Loads the rule set again into a new state; only a set that loads completely replaces the
- * running one, and mappings must still resolve. */
-static int reload_rules(tally_t *t, struct worker *w, char *err, size_t errlen)
-{
-    if (!t->cfg.rules) {
-        snprintf(err, errlen, "no rules configured");
-        return TALLY_ECONFIG;
-    }
-    rules *R = NULL;
-    int rc = open_rules(t, t->cfg.rules, &R);
-    for (size_t i = 0; !rc && i < t->ndests; i++)
-        if (w->ds[i].mapping && rules_find_mapping(R, w->ds[i].mapping) < 0)
-            rc = tly_fail(TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", w->ds[i].mapping, t->dests[i].name);
-    if (rc) {
-        snprintf(err, errlen, "%s", tally_errmsg(t));
-        tly_log(&t->log, TALLY_LOG_ERROR, "rules reload failed, the previous rules stay: %s", err);
-        rules_free(R);
-        return rc;
-    }
-    for (size_t i = 0; i < t->ndests; i++)
-        if (w->ds[i].mapping) w->ds[i].map_idx = rules_find_mapping(R, w->ds[i].mapping);
-    pthread_mutex_lock(&t->mu);
-    rules *old = w->R;
-    w->R = t->rules = R;
-    pthread_mutex_unlock(&t->mu);
-    rules_free(old);
-    tly_log(&t->log, TALLY_LOG_INFO, "rules reloaded: %zu scripts", rules_count(R));
-    return TALLY_OK;
-}
-
-/* Reload requests apply in order with messages: once every record before the call is processed. */
-static void serve_reloads(tally_t *t, struct worker *w)
-{
-    size_t taken = intake_taken(&t->q);
-    for (;;) {
-        pthread_mutex_lock(&t->mu);
-        flush_req *f = t->flushes;
-        while (f && !(f->reload && !f->done && taken >= f->ticket)) f = f->next;
-        if (!f) {
-            pthread_mutex_unlock(&t->mu);
-            return;
-        }
-        /* the caller may give up while we reload: find its request again by number, not pointer */
-        uint64_t seq = f->seq;
-        pthread_mutex_unlock(&t->mu);
-        char err[sizeof f->err];
-        int rc = reload_rules(t, w, err, sizeof err);
-        pthread_mutex_lock(&t->mu);
-        for (flush_req *g = t->flushes; g; g = g->next) {
-            if (g->seq != seq) continue;
-            g->result = rc;
-            snprintf(g->err, sizeof g->err, "%s", rc ? err : "");
-            g->done = 1;
-        }
-        pthread_cond_broadcast(&t->cv);
-        pthread_mutex_unlock(&t->mu);
-    }
 }
 
 static int flush_waiting(tally_t *t)
@@ -451,29 +300,21 @@ static int next_timeout_ms(tally_t *t, struct worker *w)
 
 static void worker_sleep(tally_t *t, struct worker *w, int timeout_ms)
 {
-    atomic_store_explicit(&t->sleeping, 1, memory_order_relaxed);
+    atomic_store_explicit(&t->w_sleeping, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
-    if (intake_position(&t->q) != intake_taken(&t->q)) {
-        atomic_store(&t->sleeping, 0);
+    if (!rowq_empty(t->rows)) {
+        atomic_store(&t->w_sleeping, 0);
         return;
     }
-    struct curl_waitfd wake = {t->wake_fd, CURL_WAIT_POLLIN, 0};
+    struct curl_waitfd fd = {t->w_wake_fd, CURL_WAIT_POLLIN, 0};
     int n;
-    curl_multi_poll(w->multi, &wake, 1, timeout_ms, &n);
-    if (wake.revents) {
+    curl_multi_poll(w->multi, &fd, 1, timeout_ms, &n);
+    if (fd.revents) {
         uint64_t v;
-        ssize_t r = read(t->wake_fd, &v, sizeof v);
+        ssize_t r = read(t->w_wake_fd, &v, sizeof v);
         (void)r;
     }
-    atomic_store(&t->sleeping, 0);
-}
-
-static int stop_requested(tally_t *t)
-{
-    pthread_mutex_lock(&t->mu);
-    int s = t->stop;
-    pthread_mutex_unlock(&t->mu);
-    return s;
+    atomic_store(&t->w_sleeping, 0);
 }
 
 static void *worker_main(void *arg)
@@ -490,11 +331,9 @@ static void *worker_main(void *arg)
         }
         collect_transfers(t, w);
         deliver(t, w, 0);
-        if (flush_waiting(t)) {
-            serve_reloads(t, w);
-            serve_flushes(t, w);
-        }
-        if (!did && stop_requested(t) && intake_position(&t->q) == intake_taken(&t->q)) break;
+        if (flush_waiting(t)) serve_flushes(t, w);
+        /* the processor has stopped only once the intake was empty: nothing more will come */
+        if (!did && atomic_load(&t->p_done) && rowq_empty(t->rows)) break;
         if (!did) {
             commit(t, w);
             store_checkpoint(w->st, 1);
@@ -511,6 +350,8 @@ static void *worker_main(void *arg)
 
 static void worker_free(tally_t *t, struct worker *w)
 {
+    rowq_free(t->rows); /* rows still there were never stored: only after a failed start */
+    t->rows = NULL;
     if (!w) return;
     int64_t left = 0;
     for (size_t i = 0; i < t->ndests && w->ds; i++) {
@@ -523,42 +364,10 @@ static void worker_free(tally_t *t, struct worker *w)
         tly_log(&t->log, TALLY_LOG_INFO, "close: %lld deliveries left in the store for the next start", (long long)left);
     else if (left)
         tly_log(&t->log, TALLY_LOG_ERROR, "close: %lld undelivered messages lost (store is :memory:)", (long long)left);
-    identity_free(&w->id);
-    for (size_t i = 0; i < t->ndests && w->ds; i++) free(w->ds[i].mapping);
-    pthread_mutex_lock(&t->mu);
-    t->rules = NULL;
-    pthread_mutex_unlock(&t->mu);
-    rules_free(w->R);
-    msg_list_free(&w->results);
-    msg_list_free(&w->payloads);
-    tbuf_free(&w->mapped);
     store_close(w->st);
     if (w->multi) curl_multi_cleanup(w->multi);
     free(w->ds);
-    tbuf_free(&w->out);
-    tj_arena_free(w->arena);
     free(w);
-}
-
-/* A destination naming a "mapping" gets its payloads from that destination-stage rule. */
-static int read_mapping(tally_t *t, struct worker *w, size_t i)
-{
-    dest_state *s = &w->ds[i];
-    s->map_idx = -1;
-    tj_arena *a = tj_arena_new();
-    tj_value *cfg, *m;
-    tj_error err;
-    if (!a) return tly_fail(TALLY_ENOMEM, "out of memory");
-    if (tj_parse(a, t->cfg.dests[i], strlen(t->cfg.dests[i]), &cfg, &err) == 0 &&
-        (m = tj_object_get(cfg, "mapping")) != NULL && m->type == TJ_STRING)
-        s->mapping = strdup(m->u.str.s);
-    tj_arena_free(a);
-    if (!s->mapping) return TALLY_OK;
-    s->map_idx = rules_find_mapping(w->R, s->mapping);
-    if (s->map_idx < 0)
-        return tly_fail(TALLY_ECONFIG, "%s: mapping \"%s\" is not a loaded rule with stage \"destination\"",
-                        t->dests[i].name, s->mapping);
-    return TALLY_OK;
 }
 
 /* Rows belong to a destination by name (by default its type and endpoint or path). Rows left for a
@@ -591,7 +400,6 @@ static int open_dests(tally_t *t, struct worker *w)
                 return tly_fail(TALLY_ECONFIG, "destinations: \"%s\" is configured twice (give one a \"name\")",
                                 t->dests[i].name);
         dest_state *s = &w->ds[i];
-        if ((rc = read_mapping(t, w, i))) return rc;
         if (store_dest_id(w->st, t->dests[i].name, &s->store_id))
             return tly_fail(TALLY_EIO, "store: cannot register destination %s", t->dests[i].name);
         /* rows left by an earlier run go out at once */
@@ -605,12 +413,26 @@ static int open_dests(tally_t *t, struct worker *w)
 
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
+/* Both threads start with every signal blocked: they must not take the host's signals (nginx
+ * runs its event loop on them); the caller's mask is restored right after. */
+static int start_thread(pthread_t *th, void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int e = pthread_create(th, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return e;
+}
+
+#define ROWQ_SLOTS 4096 /* rows between the threads: ~2 MB of typical messages */
+
 int worker_start(tally_t *t)
 {
     static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
     pthread_once(&curl_once, curl_init_once);
     struct worker *w = calloc(1, sizeof *w);
-    if (!w || !(w->arena = tj_arena_new()) || !(w->multi = curl_multi_init())) {
+    if (!w || !(w->multi = curl_multi_init()) || !(t->rows = rowq_new(ROWQ_SLOTS))) {
         worker_free(t, w);
         return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
     }
@@ -618,32 +440,30 @@ int worker_start(tally_t *t)
     const char *path = t->cfg.store ? t->cfg.store : ":memory:";
     store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full == 0};
     int rc = store_open(&w->st, path, &lim, &t->log);
-    if (!rc && t->cfg.rules) rc = open_rules(t, t->cfg.rules, &w->R);
-    if (!rc) {
-        pthread_mutex_lock(&t->mu);
-        t->rules = w->R;
-        pthread_mutex_unlock(&t->mu);
-        rc = open_dests(t, w);
-    }
-    if (!rc && t->cfg.mode != MODE_SERVER &&
-        identity_load(&w->id, w->st, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
-        rc = tly_fail(TALLY_EIO, "store: cannot load the identity");
-    if (!rc && t->cfg.mode != MODE_SERVER) publish_identity(t, w);
+    if (!rc) rc = open_dests(t, w);
+    if (!rc) rc = processor_open(t, w->st); /* the identity's first writes go in directly */
+    if (!rc && store_commit(w->st)) rc = tly_fail(TALLY_EIO, "store: cannot write");
     if (!rc) {
         t->w = w;
-        /* The worker must not take the host's signals (nginx runs its event loop on them): it
-         * starts with all of them blocked, and the caller's mask is restored right after. */
-        sigset_t all, old;
-        sigfillset(&all);
-        pthread_sigmask(SIG_SETMASK, &all, &old);
-        int e = pthread_create(&t->thread, NULL, worker_main, t);
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        int e = start_thread(&t->thread, worker_main, t);
         if (e) {
             t->w = NULL;
             rc = tly_fail(TALLY_ENOMEM, "tally_open: cannot start the worker thread: %s", strerror(e));
         }
     }
-    if (rc) worker_free(t, w);
+    if (!rc && (rc = start_thread(&t->p_thread, processor_main, t)) != 0) {
+        int e = rc;
+        /* the worker is running: stop it as a close would (the processor counts as done) */
+        atomic_store(&t->p_done, 1);
+        worker_stop(t);
+        processor_free(t);
+        return tly_fail(TALLY_ENOMEM, "tally_open: cannot start the processor thread: %s", strerror(e));
+    }
+    if (!rc) t->p_started = 1;
+    if (rc) {
+        processor_free(t);
+        worker_free(t, w);
+    }
     return rc;
 }
 
@@ -653,9 +473,10 @@ void worker_stop(tally_t *t)
     pthread_mutex_lock(&t->mu);
     t->stop = 1;
     pthread_mutex_unlock(&t->mu);
-    atomic_store(&t->sleeping, 1); /* force the eventfd write even if the worker looks busy */
-    tly_wake(t);
+    tly_wake_all(t);
+    processor_join(t); /* it hands over what is in the intake, then marks itself done */
     pthread_join(t->thread, NULL);
+    processor_free(t);
     worker_free(t, t->w);
     t->w = NULL;
 }

@@ -1,0 +1,370 @@
+/* The processor thread (see processor.h). It owns the identity and the rules; the only things it
+ * shares are the intake (callers write, it reads), the row queue (it writes, the worker reads)
+ * and the counters and requests under t->mu. */
+#include "processor.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "identity.h"
+#include "message.h"
+#include "rowq.h"
+#include "rules.h"
+
+#if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic ignored "-Wtsan" /* see worker.c */
+#endif
+
+struct processor {
+    tj_arena  *arena;
+    tbuf       out;
+    tbuf       mapped;
+    identity   id;
+    rules     *R;
+    msg_list   results;    /* messages after the rules */
+    msg_list   payloads;   /* one destination's mapped payloads */
+    char     **mapping;    /* per destination: the destination-stage rule shaping its payloads, or NULL */
+    int       *map_idx;    /* that rule's index in the current rule set, -1 for none */
+    meta_sink  sink;
+    tally_t   *t;
+};
+
+/* ---- rows for the worker ---- */
+
+static void hand_over(tally_t *t, int dest_idx, const char *data, size_t len)
+{
+    char *copy = malloc(len + 1);
+    if (!copy) {
+        atomic_fetch_add(&t->n.store_errors, 1);
+        tly_log(&t->log, TALLY_LOG_ERROR, "out of memory: a message could not be queued for the store");
+        return;
+    }
+    memcpy(copy, data, len);
+    copy[len] = '\0';
+    rowq_push(t->rows, (row){dest_idx, (uint32_t)len, copy});
+}
+
+/* Identity changes go to the store through the same queue as the messages they stamp. */
+static void meta_to_worker(void *ud, const char *key, const char *value)
+{
+    struct processor *p = ud;
+    size_t kl = strlen(key), vl = value ? strlen(value) : 0;
+    char *data = malloc(kl + vl + 2);
+    if (!data) return;
+    memcpy(data, key, kl + 1);
+    if (value) memcpy(data + kl + 1, value, vl + 1);
+    else data[kl + 1] = '\0';
+    rowq_push(p->t->rows, (row){value ? ROW_META_SET : ROW_META_DEL, (uint32_t)(kl + vl + 2), data});
+}
+
+/* ---- processing ---- */
+
+static void reject(tally_t *t, const char *why)
+{
+    atomic_fetch_add(&t->n.invalid, 1);
+    tly_log(&t->log, TALLY_LOG_WARN, "message dropped by the worker: %s", why);
+}
+
+static void on_violation(void *ud, const char *rule, const char *code, const char *text)
+{
+    tally_t *t = ud;
+    atomic_fetch_add(&t->n.violations, 1);
+    tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s: violation %s: %s", rule, code, text);
+}
+
+static void on_rule_drop(void *ud, const char *rule, const char *why)
+{
+    tally_t *t = ud;
+    atomic_fetch_add(&t->n.rule_dropped, 1);
+    tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s dropped a message: %s", rule, why);
+}
+
+/* One row per destination: the message itself, or what the destination's mapping makes of it
+ * (none, one or several payloads). */
+static void rows_for_dests(tally_t *t, struct processor *p, const tj_value *m, const char *json, size_t len)
+{
+    for (size_t i = 0; i < t->ndests; i++) {
+        if (p->map_idx[i] < 0) {
+            hand_over(t, (int)i, json, len);
+            continue;
+        }
+        rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
+        rules_map(p->R, p->map_idx[i], p->arena, m, tly_clock_wall(t), &p->payloads, &rep);
+        for (size_t k = 0; k < p->payloads.n; k++) {
+            tbuf_reset(&p->mapped);
+            if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) continue;
+            hand_over(t, (int)i, p->mapped.data, p->mapped.len);
+        }
+    }
+}
+
+/* Callers read the ids through a snapshot: the identity itself belongs to this thread. */
+static void publish_identity(tally_t *t, struct processor *p)
+{
+    char *snap = identity_json(&p->id);
+    if (!snap) return;
+    p->id.changed = 0;
+    pthread_mutex_lock(&t->mu);
+    free(t->identity_snapshot);
+    t->identity_snapshot = snap;
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void process(tally_t *t, struct processor *p, const intake_rec *r)
+{
+    int server = t->cfg.mode == MODE_SERVER, control = r->kind == REC_RESET || r->kind == REC_SESSION_START;
+    tj_arena_reset(p->arena);
+    tj_error err = {0, ""};
+    tj_value *m = control ? NULL : msg_from_rec(p->arena, r, &err);
+    if (!control && !m) {
+        reject(t, err.msg[0] ? err.msg : "out of memory");
+        return;
+    }
+    if (!server) {
+        identity_apply(&p->id, &p->sink, r->kind, m, tly_clock_mono(t), tly_clock_wall(t));
+        if (p->id.changed) publish_identity(t, p);
+    }
+    if (control) return;
+    msg_ids ids = {0};
+    if (!server) identity_ids(&p->id, &ids);
+    if (!t->cfg.context_traits) ids.traits = NULL;
+    if (msg_stamp(p->arena, m, &ids, r->ts_ms, &err)) {
+        reject(t, err.msg[0] ? err.msg : "out of memory");
+        return;
+    }
+    if (msg_validate(m, 1)) {
+        reject(t, tally_errmsg(t));
+        return;
+    }
+    rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
+    rules_process(p->R, p->arena, m, tly_clock_wall(t), &p->results, &rep);
+    for (size_t i = 0; i < p->results.n; i++) {
+        tj_value *v = p->results.v[i];
+        tbuf_reset(&p->out);
+        if (tj_write(&p->out, v) || p->out.oom) {
+            reject(t, "cannot serialize (out of memory)");
+            continue;
+        }
+        if (p->out.len > TALLY_MAX_MESSAGE_BYTES) {
+            char why[128];
+            snprintf(why, sizeof why, "%zu bytes after stamping and rules, over the %d-byte limit", p->out.len,
+                     TALLY_MAX_MESSAGE_BYTES);
+            reject(t, why);
+            continue;
+        }
+        rows_for_dests(t, p, v, p->out.data, p->out.len);
+        atomic_fetch_add(&t->n.processed, 1);
+    }
+}
+
+static int drain(tally_t *t, struct processor *p, int budget)
+{
+    int n = 0;
+    intake_rec *r;
+    while (n < budget && (r = intake_pop(&t->q)) != NULL) {
+        process(t, p, r);
+        free(r);
+        n++;
+        /* Everything the intake gave up so far is handled: processed here, or dropped by its
+         * full policy (drop_oldest advances the same counter). The worker's flushes count on it. */
+        atomic_store_explicit(&t->processed_pos, intake_taken(&t->q), memory_order_release);
+        tly_wake_worker(t);
+    }
+    return n;
+}
+
+/* ---- rules and their reloads ---- */
+
+static int open_rules(tally_t *t, const char *spec, rules **out)
+{
+    rules_opts o = {(size_t)t->cfg.lua_memory, (long)t->cfg.lua_instructions, t->cfg.rule_breaker, 1, t->cfg.rule_config};
+    return rules_open(out, spec, &o, &t->log);
+}
+
+/* Loads the rule set again into a new state; only a set that loads completely replaces the
+ * running one, and mappings must still resolve. */
+static int reload_rules(tally_t *t, struct processor *p, char *err, size_t errlen)
+{
+    if (!t->cfg.rules) {
+        snprintf(err, errlen, "no rules configured");
+        return TALLY_ECONFIG;
+    }
+    rules *R = NULL;
+    int rc = open_rules(t, t->cfg.rules, &R);
+    for (size_t i = 0; !rc && i < t->ndests; i++)
+        if (p->mapping[i] && rules_find_mapping(R, p->mapping[i]) < 0)
+            rc = tly_fail(TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", p->mapping[i], t->dests[i].name);
+    if (rc) {
+        snprintf(err, errlen, "%s", tally_errmsg(t));
+        tly_log(&t->log, TALLY_LOG_ERROR, "rules reload failed, the previous rules stay: %s", err);
+        rules_free(R);
+        return rc;
+    }
+    for (size_t i = 0; i < t->ndests; i++)
+        if (p->mapping[i]) p->map_idx[i] = rules_find_mapping(R, p->mapping[i]);
+    pthread_mutex_lock(&t->mu);
+    rules *old = p->R;
+    p->R = t->rules = R;
+    pthread_mutex_unlock(&t->mu);
+    rules_free(old);
+    tly_log(&t->log, TALLY_LOG_INFO, "rules reloaded: %zu scripts", rules_count(R));
+    return TALLY_OK;
+}
+
+/* Reload requests apply in order with messages: once every record before the call is processed. */
+static void serve_reloads(tally_t *t, struct processor *p)
+{
+    size_t taken = intake_taken(&t->q);
+    for (;;) {
+        pthread_mutex_lock(&t->mu);
+        flush_req *f = t->flushes;
+        while (f && !(f->reload && !f->done && taken >= f->ticket)) f = f->next;
+        if (!f) {
+            pthread_mutex_unlock(&t->mu);
+            return;
+        }
+        /* the caller may give up while we reload: find its request again by number, not pointer */
+        uint64_t seq = f->seq;
+        pthread_mutex_unlock(&t->mu);
+        char err[sizeof f->err];
+        int rc = reload_rules(t, p, err, sizeof err);
+        pthread_mutex_lock(&t->mu);
+        for (flush_req *g = t->flushes; g; g = g->next) {
+            if (g->seq != seq) continue;
+            g->result = rc;
+            snprintf(g->err, sizeof g->err, "%s", rc ? err : "");
+            g->done = 1;
+        }
+        pthread_cond_broadcast(&t->cv);
+        pthread_mutex_unlock(&t->mu);
+    }
+}
+
+/* ---- the loop ---- */
+
+/* 1: stop (once the intake is empty); 0: sleep; -1: go on (a reload is waiting). */
+static int idle_state(tally_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int stop = t->stop, reload = 0;
+    for (flush_req *f = t->flushes; f && !reload; f = f->next) reload = f->reload && !f->done;
+    pthread_mutex_unlock(&t->mu);
+    if (reload) return -1;
+    return stop;
+}
+
+static void processor_sleep(tally_t *t)
+{
+    atomic_store_explicit(&t->sleeping, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst); /* pairs with tly_wake: see worker.c */
+    if (intake_position(&t->q) != intake_taken(&t->q)) {
+        atomic_store(&t->sleeping, 0);
+        return;
+    }
+    struct pollfd pfd = {t->wake_fd, POLLIN, 0};
+    /* requests (reload, stop) force a wake; the timeout is only a safety net */
+    if (poll(&pfd, 1, 1000) > 0) {
+        uint64_t v;
+        ssize_t r = read(t->wake_fd, &v, sizeof v);
+        (void)r;
+    }
+    atomic_store(&t->sleeping, 0);
+}
+
+void *processor_main(void *arg)
+{
+    tally_t *t = arg;
+    struct processor *p = t->p;
+    for (;;) {
+        int did = drain(t, p, 256);
+        int state = idle_state(t);
+        if (state < 0) serve_reloads(t, p);
+        if (did || state < 0) continue;
+        if (state == 1 && intake_position(&t->q) == intake_taken(&t->q)) break;
+        processor_sleep(t);
+    }
+    atomic_store(&t->p_done, 1);
+    tly_wake_worker_forced(t);
+    return NULL;
+}
+
+/* ---- start / stop ---- */
+
+/* A destination naming a "mapping" gets its payloads from that destination-stage rule. */
+static int read_mapping(tally_t *t, struct processor *p, size_t i)
+{
+    p->map_idx[i] = -1;
+    tj_arena *a = tj_arena_new();
+    tj_value *cfg, *m;
+    tj_error err;
+    if (!a) return tly_fail(TALLY_ENOMEM, "out of memory");
+    if (tj_parse(a, t->cfg.dests[i], strlen(t->cfg.dests[i]), &cfg, &err) == 0 &&
+        (m = tj_object_get(cfg, "mapping")) != NULL && m->type == TJ_STRING)
+        p->mapping[i] = strdup(m->u.str.s);
+    tj_arena_free(a);
+    if (!p->mapping[i]) return TALLY_OK;
+    p->map_idx[i] = rules_find_mapping(p->R, p->mapping[i]);
+    if (p->map_idx[i] < 0)
+        return tly_fail(TALLY_ECONFIG, "%s: mapping \"%s\" is not a loaded rule with stage \"destination\"",
+                        t->dests[i].name, p->mapping[i]);
+    return TALLY_OK;
+}
+
+int processor_open(tally_t *t, store *st)
+{
+    struct processor *p = calloc(1, sizeof *p);
+    if (!p || !(p->arena = tj_arena_new()) || !(p->mapping = calloc(t->ndests + 1, sizeof *p->mapping)) ||
+        !(p->map_idx = calloc(t->ndests + 1, sizeof *p->map_idx))) {
+        t->p = p;
+        return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
+    }
+    t->p = p;
+    p->t = t;
+    p->sink = (meta_sink){meta_to_worker, p};
+    int rc = TALLY_OK;
+    if (t->cfg.rules) rc = open_rules(t, t->cfg.rules, &p->R);
+    if (!rc) {
+        pthread_mutex_lock(&t->mu);
+        t->rules = p->R;
+        pthread_mutex_unlock(&t->mu);
+    }
+    for (size_t i = 0; !rc && i < t->ndests; i++) rc = read_mapping(t, p, i);
+    if (!rc && t->cfg.mode != MODE_SERVER) {
+        if (identity_load(&p->id, st, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
+            rc = tly_fail(TALLY_EIO, "store: cannot load the identity");
+        else
+            publish_identity(t, p);
+    }
+    return rc;
+}
+
+void processor_join(tally_t *t)
+{
+    if (t->p_started) pthread_join(t->p_thread, NULL);
+    t->p_started = 0;
+}
+
+void processor_free(tally_t *t)
+{
+    struct processor *p = t->p;
+    if (!p) return;
+    identity_free(&p->id);
+    for (size_t i = 0; p->mapping && i < t->ndests; i++) free(p->mapping[i]);
+    free(p->mapping);
+    free(p->map_idx);
+    pthread_mutex_lock(&t->mu);
+    t->rules = NULL;
+    pthread_mutex_unlock(&t->mu);
+    rules_free(p->R);
+    msg_list_free(&p->results);
+    msg_list_free(&p->payloads);
+    tbuf_free(&p->mapped);
+    tbuf_free(&p->out);
+    tj_arena_free(p->arena);
+    free(p);
+    t->p = NULL;
+}
