@@ -425,7 +425,7 @@ static int start_thread(pthread_t *th, void *(*fn)(void *), void *arg)
     return e;
 }
 
-#define ROWQ_SLOTS 4096 /* rows between the threads: ~2 MB of typical messages */
+#define ROWQ_SLOTS 1024 /* rows between the threads: ~0.5 MB of typical messages */
 
 int worker_start(tally_t *t)
 {
