@@ -27,9 +27,9 @@ void config_defaults(struct tally_config *c)
     c->retry_base_ms = 200;
     c->retry_cap_ms = 60000;
     c->commit_interval_ms = 5;
-    c->max_store_bytes = 256LL << 20;
+    c->max_store_bytes = -1; /* by store kind: config_store_defaults */
     c->max_store_rows = 1000000;
-    c->store_on_full = 1; /* drop_oldest: a full disk queue keeps the newest data */
+    c->store_on_full = -1;   /* by store kind */
     c->session_timeout_s = 1800;
     c->lua_memory = 64LL << 20;
     c->lua_instructions = 1000000;
@@ -173,6 +173,7 @@ static int add_file_dest(struct tally_config *c, const char *path)
 }
 
 static const char *const on_full_names[] = {"drop_newest", "drop_oldest", NULL};
+static const char *const store_full_names[] = {"drop_newest", "drop_oldest", "block", NULL};
 static const char *const mode_names[] = {"client", "server", NULL};
 static const char *const level_names[] = {"error", "warn", "info", "debug", "off", NULL};
 
@@ -214,7 +215,7 @@ static const struct key_def {
     {"gzip", K_BOOL, F(gzip), 0, 0, NULL},
     {"context_traits", K_BOOL, F(context_traits), 0, 0, NULL},
     {"on_full", K_CHOICE, F(on_full), 0, 0, on_full_names},
-    {"store_on_full", K_CHOICE, F(store_on_full), 0, 0, on_full_names},
+    {"store_on_full", K_CHOICE, F(store_on_full), 0, 0, store_full_names},
     {"mode", K_CHOICE, F(mode), 0, 0, mode_names},
     {"log_level", K_LEVEL, F(log_level), 0, 0, level_names},
 #undef F
@@ -319,6 +320,16 @@ static int has_segment_dest(const struct tally_config *c)
     for (size_t i = 0; i < c->ndests; i++)
         if (strstr(c->dests[i], "\"type\":\"segment\"")) return 1;
     return 0;
+}
+
+/* A file store is the durable buffer for long outages: large, and when full it keeps the newest
+ * data. A ":memory:" store is only a buffer in RAM, which must not balloon: small, and when full
+ * it stops taking messages, so callers get TALLY_EFULL instead of queued data being dropped. */
+void config_store_defaults(struct tally_config *c)
+{
+    int memory = !c->store || !strcmp(c->store, ":memory:");
+    if (c->max_store_bytes < 0) c->max_store_bytes = memory ? 8LL << 20 : 256LL << 20;
+    if (c->store_on_full < 0) c->store_on_full = memory ? STORE_FULL_BLOCK : STORE_FULL_DROP_OLDEST;
 }
 
 int config_resolve_dests(struct tally_config *c)

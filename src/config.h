@@ -8,6 +8,7 @@
 #include "internal.h"
 
 enum { MODE_CLIENT, MODE_SERVER };
+enum { STORE_FULL_DROP_NEWEST, STORE_FULL_DROP_OLDEST, STORE_FULL_BLOCK }; /* store_on_full */
 
 struct tally_config {
     char  *write_key;
@@ -52,6 +53,8 @@ void config_clear(struct tally_config *c);
 int  config_add_dest(struct tally_config *c, const char *json_object);
 /* Fills write_key/endpoint from TALLY_WRITE_KEY/TALLY_ENDPOINT when unset. */
 int  config_apply_env(struct tally_config *c);
+/* Settles max_store_bytes and store_on_full left unset (-1), which depend on the kind of store. */
+void config_store_defaults(struct tally_config *c);
 /* Builds the final destination list: explicit ones plus the write_key/endpoint shorthand. */
 int  config_resolve_dests(struct tally_config *c);
 

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "config.h"
 #include "json.h"
 
 enum {
@@ -294,6 +295,7 @@ static int begin(store *s)
 }
 
 int store_in_txn(const store *s) { return s->in_txn; }
+int store_full(const store *s) { return s->rows >= s->lim.max_rows || s->bytes >= s->lim.max_bytes; }
 int64_t store_last_id(const store *s) { return s->last_id; }
 
 int store_commit(store *s)
@@ -405,8 +407,11 @@ int store_append(store *s, int dest_id, const char *body, size_t len, int64_t *d
 {
     *dropped = 0;
     if (begin(s)) return -1;
-    if (s->rows + 1 > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes) {
-        if (s->lim.drop_newest) {
+    /* block: the worker stops handing rows over once store_full() says so, so the store goes over
+     * its limits by at most one row, and never drops one */
+    if (s->lim.on_full != STORE_FULL_BLOCK &&
+        (s->rows + 1 > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes)) {
+        if (s->lim.on_full == STORE_FULL_DROP_NEWEST) {
             store_count(s, dest_id, "dropped", 1);
             return 1;
         }

@@ -17,7 +17,8 @@ typedef struct store store;
 typedef struct store_limits {
     int64_t max_bytes;     /* bytes of queued message bodies, all destinations */
     int64_t max_rows;
-    int     drop_newest;   /* 0: drop the oldest rows to make room (default) */
+    int     on_full;       /* STORE_FULL_*: drop the newest, drop the oldest, or block: the store
+                            * takes what it is given, and the worker stops giving (store_full) */
 } store_limits;
 
 /* Opens (creating if needed) the store at path. A file that is not a database or is corrupt is
@@ -34,6 +35,8 @@ int  store_dest_id(store *s, const char *name, int *id);
  * counts rows removed to make room (drop_oldest). */
 int  store_append(store *s, int dest_id, const char *body, size_t len, int64_t *dropped);
 int  store_commit(store *s);       /* 0, or -1 (the transaction is rolled back and logged) */
+/* Whether the store is at its limits (rows or bytes). */
+int  store_full(const store *s);
 /* Moves the WAL into the database when the worker is idle, or when the WAL grew past its bound. */
 void store_checkpoint(store *s, int idle);
 int  store_in_txn(const store *s);

@@ -69,6 +69,7 @@ int tally_open(const tally_config *cfg, tally_t **out)
     int rc = config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
     if (!rc) rc = config_apply_env(&t->cfg);
     if (!rc) rc = config_resolve_dests(&t->cfg);
+    if (!rc) config_store_defaults(&t->cfg);
     t->log = (tly_logger){t->cfg.log_fn, t->cfg.log_ud, t->cfg.log_level};
     t->fork_gen = atomic_load(&fork_gen);
     if (!rc && intake_init(&t->q, t->cfg.max_queue_rows, t->cfg.max_queue_bytes, t->cfg.on_full))

@@ -39,6 +39,7 @@ struct worker {
     dest_state *ds;
     int64_t     txn_since;   /* monotonic: when the open group-commit transaction began */
     unsigned    rng;
+    int         stopping;    /* close: take every row, whatever the store's limits */
 };
 
 int64_t tly_clock_mono(tally_t *t) { return tly_mono_ms() + atomic_load(&t->clock_skew_ms); }
@@ -100,11 +101,29 @@ static void store_row(tally_t *t, struct worker *w, size_t i, const char *json, 
     }
 }
 
+/* store_on_full=block: a full store takes no more rows, so the row queue and then the intake
+ * fill up and callers get TALLY_EFULL, until deliveries make room. Not while closing: the
+ * processor must be able to hand everything over to finish. */
+static int stop_requested(tally_t *t)
+{
+    pthread_mutex_lock(&t->mu);
+    int s = t->stop;
+    pthread_mutex_unlock(&t->mu);
+    return s;
+}
+
+static int paused(tally_t *t, struct worker *w)
+{
+    if (t->cfg.store_on_full != STORE_FULL_BLOCK || w->stopping || !store_full(w->st)) return 0;
+    w->stopping = stop_requested(t);
+    return !w->stopping;
+}
+
 static int drain(tally_t *t, struct worker *w, int budget)
 {
     int n = 0;
     row r;
-    while (n < budget && rowq_pop(t->rows, &r)) {
+    while (n < budget && !paused(t, w) && rowq_pop(t->rows, &r)) {
         int64_t now = tly_clock_mono(t);
         if (!store_in_txn(w->st)) w->txn_since = now;
         if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
@@ -242,11 +261,12 @@ static void serve_flushes(tally_t *t, struct worker *w)
     /* what the processor had handed over when we looked, then everything it queued before that */
     size_t taken = atomic_load_explicit(&t->processed_pos, memory_order_acquire);
     while (drain(t, w, 1 << 20) > 0) continue;
+    int all_in = rowq_empty(t->rows); /* not when a full store (block) left rows waiting */
     int waiting = 0;
     pthread_mutex_lock(&t->mu);
     for (flush_req *f = t->flushes; f; f = f->next) {
         if (f->reload) continue;
-        if (!f->drained && taken >= f->ticket) {
+        if (!f->drained && all_in && taken >= f->ticket) {
             f->drained = 1;
             f->mark = store_last_id(w->st);
         }
@@ -302,7 +322,7 @@ static void worker_sleep(tally_t *t, struct worker *w, int timeout_ms)
 {
     atomic_store_explicit(&t->w_sleeping, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
-    if (!rowq_empty(t->rows)) {
+    if (!rowq_empty(t->rows) && !paused(t, w)) {
         atomic_store(&t->w_sleeping, 0);
         return;
     }
@@ -438,7 +458,7 @@ int worker_start(tally_t *t)
     }
     w->rng = (unsigned)tly_now_ms() ^ (unsigned)(uintptr_t)w;
     const char *path = t->cfg.store ? t->cfg.store : ":memory:";
-    store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full == 0};
+    store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full};
     int rc = store_open(&w->st, path, &lim, &t->log);
     if (!rc) rc = open_dests(t, w);
     if (!rc) rc = processor_open(t, w->st); /* the identity's first writes go in directly */

@@ -13,6 +13,7 @@
  *
  * Every wait is on an observable condition (tally_flush, tally_stats, the collector's counts),
  * except the outage itself, which is time-based by nature: CPU is measured over it. */
+#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -402,6 +403,42 @@ static const struct scenario s_close = {
     "close mid-response x3",
     "{\"close_mid_response\":true},{\"close_mid_response\":true},{\"close_mid_response\":true}", "5000", 0};
 static const struct scenario s_down = {"collector down 5 s, then up", NULL, "5000", 0};
+
+/* A ":memory:" store is a RAM buffer that must not balloon: by default it holds 8 MiB and then
+ * stops taking messages (store_on_full=block), so callers get TALLY_EFULL and nothing queued is
+ * dropped; a close does not hang on the stalled pipeline. */
+TEST(memory_store_full_pushes_back_on_callers_and_drops_nothing)
+{
+    tally_config *c = tally_config_new();
+    tally_config_set(c, "destinations", "[{\"type\":\"segment\",\"endpoint\":\"http://127.0.0.1:9\",\"write_key\":\"k\"}]");
+    tally_config_set(c, "log_level", "off");
+    tally_t *t = NULL;
+    REQUIRE(tally_open(c, &t) == TALLY_OK);
+    tally_config_free(c);
+    char props[1100];
+    strcpy(props, "{\"pad\":\"");
+    memset(props + 8, 'x', 1000);
+    strcpy(props + 1008, "\"}");
+    /* Offer messages until none has been taken for a second: with nowhere to deliver, that is
+     * 8 MiB in the store + 1024 rows in hand-over + 4 MiB in the intake, ~13k of these 1 KB
+     * messages. Without the push-back the store would take all 100k (up to 256 MiB). */
+    long accepted = 0, refused = 0, last_ok = tu_mono_ms();
+    while (accepted < 100000 && tu_mono_ms() - last_ok < 1000) {
+        if (tally_track(t, "Filling", props) == TALLY_OK) {
+            accepted++;
+            last_ok = tu_mono_ms();
+        } else {
+            refused++;
+            sched_yield();
+        }
+    }
+    CHECK(refused > 0);
+    CHECK(accepted > 8000 && accepted < 40000);
+    if (accepted >= 40000 || accepted <= 8000) fprintf(stderr, "  accepted %ld\n", accepted);
+    CHECK_EQ_INT(tu_stat(t, NULL, "store_dropped"), 0);
+    CHECK(tu_stat(t, NULL, "dropped") >= 1);
+    tally_close(t, 0);
+}
 
 TEST(fault_500_run) { run_scenario(&s_500); }
 TEST(fault_502_run) { run_scenario(&s_502); }
