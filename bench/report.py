@@ -302,8 +302,9 @@ def main():
            "segment = @segment/analytics-node %s, flushAt 100, paced to at most %s events outstanding (no gzip: "
            "analytics-node sends plain JSON)." % (m["versions"]["analytics_node"], args.node_window),
            "lost = N - unique messageIds received; dup = received - unique. EFULL = tally_track calls refused "
-           "because the in-memory intake was full at its default size (4 MiB): the caller waited %s us and called "
-           "again, so nothing was lost, but the queue did reject." % args.full_wait_us,
+           "(TALLY_EFULL) at the default sizes: the intake's 4 MiB, and for mem the store's 8 MiB "
+           "(store_on_full=block); the caller waited %s us and called again, so nothing was lost, but the "
+           "queues did push back." % args.full_wait_us,
            "track() ns include the timing itself: an empty timed region measures %s ns (p50). whole run: %ss." % (
                timer_floor(recs), args.seconds)])
     doc["table"] = text
