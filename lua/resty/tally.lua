@@ -622,11 +622,11 @@ local function config_value(k, v)
     return nil, k .. ": cannot use a value of type " .. tv
 end
 
--- libtally's thread inherits the signal mask of the thread that starts it. nginx workers run with
+-- libtally's threads inherit the signal mask of the thread that starts them. nginx workers run with
 -- every signal unblocked and count on process-directed signals (SIGALRM for timer_resolution,
 -- SIGQUIT/SIGHUP/SIGUSR1 sent to a worker's pid) interrupting epoll_wait in the main thread; one
--- that the kernel hands to libtally's thread instead only sets nginx's flag, and the worker
--- notices it at its next event. So every signal is blocked while tally_open starts its thread,
+-- that the kernel hands to a libtally thread instead only sets nginx's flag, and the worker
+-- notices it at its next event. So every signal is blocked while tally_open starts its threads,
 -- and the mask restored right after.
 local function open_with_signals_blocked(lib, cfg, out)
     local SIG_SETMASK = 2
