@@ -40,6 +40,7 @@ struct worker {
     int64_t     txn_since;   /* monotonic: when the open group-commit transaction began */
     unsigned    rng;
     int         stopping;    /* close: take every row, whatever the store's limits */
+    int         held_back;   /* store_on_full=block is holding rows back (logged once per spell) */
 };
 
 int64_t tly_clock_mono(tally_t *t) { return tly_mono_ms() + atomic_load(&t->clock_skew_ms); }
@@ -114,9 +115,18 @@ static int stop_requested(tally_t *t)
 
 static int paused(tally_t *t, struct worker *w)
 {
-    if (t->cfg.store_on_full != STORE_FULL_BLOCK || w->stopping || !store_full(w->st)) return 0;
-    w->stopping = stop_requested(t);
-    return !w->stopping;
+    int full = t->cfg.store_on_full == STORE_FULL_BLOCK && !w->stopping && store_full(w->st) &&
+               !(w->stopping = stop_requested(t));
+    if (full != w->held_back) {
+        w->held_back = full;
+        if (full)
+            tly_log(&t->log, TALLY_LOG_WARN, "store full (max_store_bytes=%lld, max_store_rows=%lld): taking no new "
+                    "messages until deliveries make room; callers get TALLY_EFULL meanwhile",
+                    t->cfg.max_store_bytes, t->cfg.max_store_rows);
+        else
+            tly_log(&t->log, TALLY_LOG_INFO, "store has room again: taking new messages");
+    }
+    return full;
 }
 
 static int drain(tally_t *t, struct worker *w, int budget)

@@ -404,6 +404,13 @@ static const struct scenario s_close = {
     "{\"close_mid_response\":true},{\"close_mid_response\":true},{\"close_mid_response\":true}", "5000", 0};
 static const struct scenario s_down = {"collector down 5 s, then up", NULL, "5000", 0};
 
+static char held_log[512];
+static void capture_held(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    if (level == TALLY_LOG_WARN && strstr(msg, "store full") && !held_log[0]) snprintf(held_log, sizeof held_log, "%s", msg);
+}
+
 /* A ":memory:" store is a RAM buffer that must not balloon: by default it holds 8 MiB and then
  * stops taking messages (store_on_full=block), so callers get TALLY_EFULL and nothing queued is
  * dropped; a close does not hang on the stalled pipeline. */
@@ -411,7 +418,8 @@ TEST(memory_store_full_pushes_back_on_callers_and_drops_nothing)
 {
     tally_config *c = tally_config_new();
     tally_config_set(c, "destinations", "[{\"type\":\"segment\",\"endpoint\":\"http://127.0.0.1:9\",\"write_key\":\"k\"}]");
-    tally_config_set(c, "log_level", "off");
+    tally_config_set(c, "log_level", "warn");
+    tally_config_set_logger(c, capture_held, NULL);
     tally_t *t = NULL;
     REQUIRE(tally_open(c, &t) == TALLY_OK);
     tally_config_free(c);
@@ -438,6 +446,7 @@ TEST(memory_store_full_pushes_back_on_callers_and_drops_nothing)
     CHECK_EQ_INT(tu_stat(t, NULL, "store_dropped"), 0);
     CHECK(tu_stat(t, NULL, "dropped") >= 1);
     tally_close(t, 0);
+    CHECK_CONTAINS(held_log, "max_store_bytes=8388608"); /* the host is told why its calls are refused */
 }
 
 TEST(fault_500_run) { run_scenario(&s_500); }
