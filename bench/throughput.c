@@ -54,25 +54,6 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* What the timing itself adds to every track() sample: the median of an empty timed region.
- * Reported beside the figures, never subtracted from them. */
-static unsigned timer_floor_ns(void)
-{
-    enum { N = 100001 };
-    static uint64_t d[N];
-    for (int i = 0; i < N; i++) {
-        uint64_t a = now_ns();
-        d[i] = now_ns() - a;
-    }
-    qsort(d, N, sizeof *d, cmp_u64);
-    return (unsigned)d[N / 2];
-}
 
 static void *run(void *p)
 {
@@ -113,6 +94,20 @@ static int cmp_u32(const void *a, const void *b)
 {
     uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
     return x < y ? -1 : x > y;
+}
+
+/* What the timing itself adds to every track() sample: the median of an empty timed region.
+ * Reported beside the figures, never subtracted from them. */
+static unsigned timer_floor_ns(void)
+{
+    enum { N = 100001 };
+    static uint32_t d[N];
+    for (int i = 0; i < N; i++) {
+        uint64_t a = now_ns(), b = now_ns();
+        d[i] = (uint32_t)(b - a);
+    }
+    qsort(d, N, sizeof *d, cmp_u32);
+    return (unsigned)d[N / 2];
 }
 
 static double cpu_s(void)

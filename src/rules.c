@@ -357,6 +357,12 @@ static int message_type(const tj_value *m)
     return t && t->type == TJ_STRING ? msg_type_from(t->u.str.s, t->u.str.len) : -1;
 }
 
+/* Whether a script limited to `types` (0: every type) runs on a message of type t (-1: unknown). */
+static int types_allow(unsigned types, int t)
+{
+    return !types || (t >= 0 && (types & (1u << t)));
+}
+
 static void script_failed(rules *R, rule *r, const char *text)
 {
     atomic_fetch_add(&r->errors, 1);
@@ -472,7 +478,7 @@ static int type_matches(lua_State *L, int idx, unsigned types)
         t = msg_type_from(s, len);
     }
     lua_pop(L, 1);
-    return t >= 0 && (types & (1u << t));
+    return types_allow(types, t);
 }
 
 /* Runs r on the message table at idx. Pushes what goes on (none, one or several tables) and
@@ -663,8 +669,7 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
     rule *r = &R->r[idx];
     lua_State *L = sb_state(R->sb);
     int top = lua_gettop(L);
-    int t = message_type(m);
-    if (atomic_load(&r->disabled) || (r->types && (t < 0 || !(r->types & (1u << t))))) return;
+    if (atomic_load(&r->disabled) || !types_allow(r->types, message_type(m))) return;
     R->rep = rep;
     if (tjl_push(L, m) == 0 && call_rule(R, r, now_ms) == 0 && lua_istable(L, -1)) {
         r->failures_in_a_row = 0;
