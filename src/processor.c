@@ -35,6 +35,15 @@ struct processor {
 
 /* ---- rows for the worker ---- */
 
+/* The worker is woken once per record (drain); but a record that makes more rows than the queue
+ * holds (a split times several destinations) would wait for room while the worker sleeps until
+ * its next deadline, so a full queue wakes it first. */
+static void push_row(tally_t *t, row r)
+{
+    if (rowq_full(t->rows)) tly_wake_worker(t);
+    rowq_push(t->rows, r);
+}
+
 static void hand_over(tally_t *t, int dest_idx, const char *data, size_t len)
 {
     char *copy = malloc(len + 1);
@@ -45,7 +54,7 @@ static void hand_over(tally_t *t, int dest_idx, const char *data, size_t len)
     }
     memcpy(copy, data, len);
     copy[len] = '\0';
-    rowq_push(t->rows, (row){dest_idx, (uint32_t)len, copy});
+    push_row(t, (row){dest_idx, (uint32_t)len, copy});
 }
 
 /* Identity changes go to the store through the same queue as the messages they stamp. */
@@ -58,7 +67,7 @@ static void meta_to_worker(void *ud, const char *key, const char *value)
     memcpy(data, key, kl + 1);
     if (value) memcpy(data + kl + 1, value, vl + 1);
     else data[kl + 1] = '\0';
-    rowq_push(p->t->rows, (row){value ? ROW_META_SET : ROW_META_DEL, (uint32_t)(kl + vl + 2), data});
+    push_row(p->t, (row){value ? ROW_META_SET : ROW_META_DEL, (uint32_t)(kl + vl + 2), data});
 }
 
 /* ---- processing ---- */

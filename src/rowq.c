@@ -42,18 +42,18 @@ void rowq_free(rowq *q)
     free(q);
 }
 
-static int full(rowq *q)
+int rowq_full(rowq *q)
 {
     return atomic_load_explicit(&q->head, memory_order_relaxed) - atomic_load(&q->tail) > q->mask;
 }
 
 void rowq_push(rowq *q, row r)
 {
-    if (full(q)) {
+    if (rowq_full(q)) {
         pthread_mutex_lock(&q->mu);
         /* seq_cst on both sides: either the consumer sees `waiting`, or we see its pop */
         atomic_store(&q->waiting, 1);
-        while (full(q)) pthread_cond_wait(&q->room, &q->mu);
+        while (rowq_full(q)) pthread_cond_wait(&q->room, &q->mu);
         atomic_store(&q->waiting, 0);
         pthread_mutex_unlock(&q->mu);
     }

@@ -24,5 +24,6 @@ void  rowq_push(rowq *q, row r);
 /* Consumer: 1 and *out, or 0 when empty. Wakes a producer waiting for room. */
 int   rowq_pop(rowq *q, row *out);
 int   rowq_empty(rowq *q);
+int   rowq_full(rowq *q);    /* producer: the next push would wait */
 
 #endif
