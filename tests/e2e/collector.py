@@ -361,10 +361,12 @@ class Handler(BaseHTTPRequestHandler):
             else:
                 self._send(200, {"ok": True, "queued": queued})
             return
-        # Stop accepting before answering: once the test sees this response,
-        # new connections must already be refused, with no window.
+        # Stop accepting and cut the kept-alive connections before answering:
+        # once the test sees this response, nothing may get through, with no
+        # window (a batch on an old connection once slipped through here).
         self.server.shutdown()
         self.server.socket.close()
+        cut_connections(keep=self.connection)
         self.close_connection = True
         try:
             self._send(200, {"ok": True, "queued": queued, "down_ms": down_ms})
@@ -529,9 +531,9 @@ def bind(port, tls_context, patience_s):
             time.sleep(0.05)
 
 
-def cut_connections():
+def cut_connections(keep=None):
     with STATE.lock:
-        conns = list(STATE.conns)
+        conns = [c for c in STATE.conns if c is not keep]
     for conn in conns:
         try:
             conn.shutdown(socket.SHUT_RDWR)
