@@ -21,9 +21,7 @@ static void *tracker(void *arg)
     char props[64];
     for (int i = 0; i < PER_THREAD; i++) {
         snprintf(props, sizeof props, "{\"thread\":%d,\"seq\":%d}", id, i);
-        int rc;
-        while ((rc = tally_track(shared, "Concurrent Event", props)) == TALLY_EFULL)
-            sched_yield(); /* the test must not drop: wait for the worker to make room */
+        int rc = tu_track_waiting(shared, "Concurrent Event", props); /* the test must not drop */
         if (rc != TALLY_OK) { fprintf(stderr, "track: %s\n", tally_errmsg(shared)); return (void *)1; }
         if (i % 1000 == 999 && (rc = tally_flush(shared, 30000)) != TALLY_OK) {
             fprintf(stderr, "flush: %s\n", tally_errmsg(shared));

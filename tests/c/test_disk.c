@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <glob.h>
-#include <sched.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -78,10 +77,7 @@ TEST(store_damaged_in_the_middle_still_opens)
     REQUIRE(tally_open(c, &t) == TALLY_OK);
     tally_config_free(c);
     char props[600];
-    memset(props, 0, sizeof props);
-    strcpy(props, "{\"pad\":\"");
-    memset(props + 8, 'x', 500);
-    strcat(props, "\"}");
+    tu_pad_props(props, 500);
     for (int i = 0; i < 500; i++) tally_track(t, "Queued", props);
     tally_close(t, 0);
     /* scribble over the middle of the file */
@@ -156,11 +152,8 @@ TEST(wal_stays_bounded_under_a_steady_stream)
     tally_t *t = open_at(store, "/dev/null", &rc);
     REQUIRE(t);
     char props[600];
-    strcpy(props, "{\"pad\":\"");
-    memset(props + 8, 'x', 480);
-    strcpy(props + 488, "\"}");
-    for (int i = 0; i < 150000; i++)
-        while (tally_track(t, "Steady", props) == TALLY_EFULL) sched_yield();
+    tu_pad_props(props, 480);
+    for (int i = 0; i < 150000; i++) tu_track_waiting(t, "Steady", props);
     REQUIRE(tally_flush(t, 60000) == TALLY_OK);
     struct stat st;
     REQUIRE(stat(wal, &st) == 0); /* SQLite reuses the WAL file without shrinking it: its size is its peak */

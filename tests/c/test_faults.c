@@ -29,6 +29,7 @@
 #include "jfields.h"
 #include "json.h"
 #include "tally.h"
+#include "util.h"
 
 #define N 2000
 #define KEY "wk_faults_test_key"
@@ -424,9 +425,7 @@ TEST(memory_store_full_pushes_back_on_callers_and_drops_nothing)
     REQUIRE(tally_open(c, &t) == TALLY_OK);
     tally_config_free(c);
     char props[1100];
-    strcpy(props, "{\"pad\":\"");
-    memset(props + 8, 'x', 1000);
-    strcpy(props + 1008, "\"}");
+    tu_pad_props(props, 1000);
     /* Offer messages until none has been taken for a second: with nowhere to deliver, that is
      * 8 MiB in the store + 1024 rows in hand-over + 4 MiB in the intake, ~13k of these 1 KB
      * messages. Without the push-back the store would take all 100k (up to 256 MiB). */

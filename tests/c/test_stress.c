@@ -33,8 +33,7 @@ static void *tracker(void *arg)
     char props[64];
     for (long i = 0; i < per_thread; i++) {
         snprintf(props, sizeof props, "{\"thread\":%d,\"seq\":%ld}", id, i);
-        int rc;
-        while ((rc = tally_track(shared, "Stress", props)) == TALLY_EFULL) sched_yield();
+        int rc = tu_track_waiting(shared, "Stress", props);
         if (rc != TALLY_OK) return (void *)1;
         if (i % 20000 == 19999) {
             if (tally_flush(shared, 120000) != TALLY_OK) return (void *)2;

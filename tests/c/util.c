@@ -1,5 +1,6 @@
 #include "util.h"
 
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,4 +96,18 @@ struct tally *tu_open_file(const char *file, ...)
     if (tally_open(cfg, &t) != TALLY_OK) fprintf(stderr, "tu_open_file: %s\n", tally_errmsg(NULL));
     tally_config_free(cfg);
     return t;
+}
+
+int tu_track_waiting(struct tally *t, const char *event, const char *props)
+{
+    int rc;
+    while ((rc = tally_track(t, event, props)) == TALLY_EFULL) sched_yield();
+    return rc;
+}
+
+void tu_pad_props(char *buf, size_t pad)
+{
+    strcpy(buf, "{\"pad\":\"");
+    memset(buf + 8, 'x', pad);
+    strcpy(buf + 8 + pad, "\"}");
 }

@@ -11,4 +11,9 @@ char *tu_path(const char *name);                     /* tu_tmpdir()/name, malloc
 /* Opens a handle writing to a fresh NDJSON file; extra key/value pairs end with NULL. */
 struct tally;
 struct tally *tu_open_file(const char *file, ...);
+/* tally_track, yielding and calling again while the queue is full (TALLY_EFULL): tests that must
+ * not drop. Returns the final status. */
+int   tu_track_waiting(struct tally *t, const char *event, const char *props);
+/* Writes {"pad":"xxx..."} with `pad` x's into buf (which holds pad + 11 bytes). */
+void  tu_pad_props(char *buf, size_t pad);
 #endif
