@@ -6,20 +6,10 @@
 --     back with the sqlite3 CLI.
 local tally = require("tally")
 
-local function tmp(suffix)
-  local p = os.tmpname()
-  os.remove(p)
-  return p .. (suffix or "")
-end
+local files = require("tests.lua.helpers.files")
+local tmp = files.tmp
 
-local function messages(path)
-  local out = {}
-  local f = io.open(path, "rb")
-  if not f then return out end
-  for line in f:lines() do out[#out + 1] = assert(tally.json.decode(line)) end
-  f:close()
-  return out
-end
+local function messages(path) return files.ndjson(path, tally.json.decode) end
 
 local function open_file()
   local path = tmp(".ndjson")

@@ -3,32 +3,10 @@
 --     --cpath="build/release/luamod/?.so" tests/lua/module_spec.lua
 -- Every message goes to a file destination in a temporary path and is read back from the NDJSON.
 local tally = require("tally")
+local files = require("tests.lua.helpers.files")
+local tmp, lines = files.tmp, files.lines
 
-local function tmp(suffix)
-  local p = os.tmpname()
-  os.remove(p)
-  return p .. (suffix or "")
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
-
-local function lines(path)
-  local out = {}
-  for line in read(path):gmatch("[^\n]+") do out[#out + 1] = line end
-  return out
-end
-
-local function messages(path)
-  local out = {}
-  for i, line in ipairs(lines(path)) do out[i] = assert(tally.json.decode(line)) end
-  return out
-end
+local function messages(path) return files.ndjson(path, tally.json.decode) end
 
 local function open_file(extra)
   local path = tmp(".ndjson")

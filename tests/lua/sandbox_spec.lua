@@ -4,26 +4,8 @@
 -- (tests/c/test_rules.c holds the same list against the C API, with the reason of each stop.)
 local tally = require("tally")
 
-local function tmpdir()
-  local p = os.tmpname()
-  os.remove(p)
-  assert(os.execute("mkdir -p '" .. p .. "'"))
-  return p
-end
-
-local function write(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return "" end
-  local s = f:read("a")
-  f:close()
-  return s
-end
+local files = require("tests.lua.helpers.files")
+local tmpdir, write, read = files.tmpdir, files.write, files.read
 
 local marker = [[
 return { name = "marker", stage = "enrichment", process = function(m)
