@@ -5,15 +5,16 @@
 
 #include "internal.h"
 
-intake_rec *intake_rec_new(int kind, const char *s1, const char *s2, const char *json, size_t json_len)
+intake_rec *intake_rec_new(int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
+                           size_t json_len)
 {
-    size_t l1 = s1 ? strlen(s1) : 0, l2 = s2 ? strlen(s2) : 0;
     size_t size = sizeof(intake_rec) + l1 + 1 + l2 + 1 + json_len + 1;
     intake_rec *r = malloc(size);
     if (!r) return NULL;
     r->size = (uint32_t)size;
     r->kind = (uint8_t)kind;
-    r->ts_ms = tly_now_ms();
+    r->at_ticks = (uint8_t)tly_ticks_ok;
+    r->at = tly_ticks_ok ? (int64_t)tly_ticks() : tly_now_ms();
     char *p = r->data;
     r->s1 = s1 ? p : NULL;
     r->s1_len = (uint32_t)l1;
@@ -31,6 +32,8 @@ intake_rec *intake_rec_new(int kind, const char *s1, const char *s2, const char 
     p[json_len] = '\0';
     return r;
 }
+
+int64_t intake_rec_time(const intake_rec *r) { return r->at_ticks ? tly_ticks_wall_ms((uint64_t)r->at) : r->at; }
 
 int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
 {

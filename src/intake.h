@@ -22,13 +22,17 @@ enum rec_kind {
 typedef struct intake_rec {
     uint32_t size;       /* bytes of this allocation, for the byte bound */
     uint8_t  kind;       /* enum rec_kind */
-    int64_t  ts_ms;      /* wall clock at the call: the message's timestamp */
+    uint8_t  at_ticks;   /* `at` is tly_ticks(), not wall ms */
+    int64_t  at;         /* when the call happened: the message's timestamp (intake_rec_time) */
     const char *s1, *s2, *json;
     uint32_t s1_len, s2_len, json_len;
     char     data[];
 } intake_rec;
 
-intake_rec *intake_rec_new(int kind, const char *s1, const char *s2, const char *json, size_t json_len);
+/* The lengths are the strings' (the caller measured them when it checked them); NULL ones are 0. */
+intake_rec *intake_rec_new(int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
+                           size_t json_len);
+int64_t intake_rec_time(const intake_rec *r); /* wall ms of the call */
 
 enum { ON_FULL_DROP_NEWEST, ON_FULL_DROP_OLDEST };
 

@@ -15,10 +15,11 @@ int msg_type_from(const char *s, size_t len)
     return -1;
 }
 
-int msg_check_string(const char *field, const char *s, int required)
+int msg_check_string(const char *field, const char *s, int required, size_t *lenp)
 {
+    *lenp = 0;
     if (!s) return required ? tly_fail(TALLY_EINVAL, "%s: required", field) : TALLY_OK;
-    size_t len = strlen(s), bad;
+    size_t len = *lenp = strlen(s), bad;
     if (required && len == 0) return tly_fail(TALLY_EINVAL, "%s: must not be empty", field);
     if (len > TALLY_MAX_MESSAGE_BYTES)
         return tly_fail(TALLY_ETOOBIG, "%s: %zu bytes, over the %d-byte message limit", field, len,

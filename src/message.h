@@ -13,7 +13,7 @@ const char *msg_type_name(int t);
 int         msg_type_from(const char *s, size_t len); /* -1 when unknown */
 
 /* Caller-side checks on C API arguments. Each returns TALLY_OK or fails naming `field`. */
-int msg_check_string(const char *field, const char *s, int required);
+int msg_check_string(const char *field, const char *s, int required, size_t *len); /* *len: strlen(s), 0 for NULL */
 int msg_check_object(const char *field, const char *json, size_t *len);
 
 /* Checks a whole message against the Spec: known type, required fields per type, field types.

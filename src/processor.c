@@ -141,7 +141,7 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
     msg_ids ids = {0};
     if (!server) identity_ids(&p->id, &ids);
     if (!t->cfg.context_traits) ids.traits = NULL;
-    if (msg_stamp(p->arena, m, &ids, r->ts_ms, &err)) {
+    if (msg_stamp(p->arena, m, &ids, intake_rec_time(r), &err)) {
         reject(t, err.msg[0] ? err.msg : "out of memory");
         return;
     }

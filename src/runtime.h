@@ -24,10 +24,13 @@ typedef struct flush_req {
     struct flush_req *next;
 } flush_req;
 
+/* Callers write the first two, the processor and the worker the rest: on separate cache lines,
+ * or every tally_track would pull the line the processor just wrote (false sharing). Messages
+ * accepted are not counted here: the intake's position already counts every record queued. */
 typedef struct tally_counters {
-    _Atomic uint64_t accepted;       /* queued by callers */
+    _Alignas(64) _Atomic uint64_t control; /* control records queued (reset, session start) */
     _Atomic uint64_t rejected;       /* refused at the call (invalid) */
-    _Atomic uint64_t processed;      /* stamped and handed to destinations */
+    _Alignas(64) _Atomic uint64_t processed; /* stamped and handed to destinations */
     _Atomic uint64_t invalid;        /* refused by the worker (e.g. over 32 KB after stamping) */
     _Atomic uint64_t store_dropped;  /* removed by the store's full policy */
     _Atomic uint64_t store_errors;   /* failed store writes (disk full, I/O) */
@@ -39,17 +42,20 @@ struct tally {
     struct tally_config cfg;
     tly_logger          log;
     intake              q;
-    unsigned            fork_gen;   /* process generation at open; see tally.c */
+
+    /* Read by every call and written (almost) never, so this line stays shared in every core's
+     * cache. Waking the processor (callers, after queuing) and the worker (the processor, after
+     * handing rows over): the eventfd is written only when the thread said it sleeps, so the
+     * common case costs an atomic load, not a syscall. */
+    _Alignas(64) unsigned fork_gen; /* process generation at open; see tally.c */
     _Atomic int         closing;
+    int                 wake_fd;
+    _Atomic int         sleeping;   /* written by the processor only when it goes to sleep */
     _Atomic int64_t     clock_skew_ms; /* tests move time forward instead of sleeping */
+
     tally_counters      n;
 
-    /* waking the processor (callers, after queuing) and the worker (the processor, after handing
-     * rows over): the eventfd is written only when the thread said it sleeps, so the common case
-     * costs an atomic load, not a syscall */
-    int                 wake_fd;
-    _Atomic int         sleeping;
-    int                 w_wake_fd;
+    _Alignas(64) int    w_wake_fd;
     _Atomic int         w_sleeping;
     struct rowq        *rows;          /* processor -> worker */
     _Atomic size_t      processed_pos; /* intake records handed over (or dropped by the intake) */

@@ -3,15 +3,17 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "harness.h"
 #include "intake.h"
+#include "internal.h"
 
 static intake_rec *rec(int i)
 {
     char s[32];
     snprintf(s, sizeof s, "%d", i);
-    return intake_rec_new(REC_TRACK, s, NULL, NULL, 0);
+    return intake_rec_new(REC_TRACK, s, strlen(s), NULL, 0, NULL, 0);
 }
 
 static int rec_id(const intake_rec *r) { return atoi(r->s1); }
@@ -132,4 +134,35 @@ TEST(many_producers_one_consumer_lose_nothing)
     CHECK(intake_pop(&shared_q) == NULL);
     free(seen);
     intake_destroy(&shared_q);
+}
+
+/* A record made now and read later still carries the moment of the call, in both clock modes:
+ * counter ticks turned into wall time by the processor, or the wall clock read by the caller. */
+static void check_call_time(void)
+{
+    int64_t before = tly_now_ms();
+    intake_rec *r = rec(1);
+    int64_t after = tly_now_ms();
+    struct timespec pause = {0, 40 * 1000000}; /* time has to pass for the test to mean anything */
+    nanosleep(&pause, NULL);
+    int64_t at = intake_rec_time(r);
+    CHECK(at >= before - 1 && at <= after + 1);
+    CHECK(tly_now_ms() >= after + 40); /* the record's time is not the time it was read */
+    free(r);
+}
+
+TEST(records_keep_the_time_of_the_call)
+{
+    tly_clock_init();
+    int ticks = tly_ticks_ok;
+    check_call_time();
+    tly_ticks_ok = 0; /* the fallback every other platform uses */
+    check_call_time();
+    tly_ticks_ok = ticks;
+#if defined(__x86_64__) && defined(__linux__)
+    FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
+    char src[32] = "";
+    if (f && fgets(src, sizeof src, f) && !strcmp(src, "tsc\n")) CHECK(tly_ticks_ok);
+    if (f) fclose(f);
+#endif
 }
