@@ -112,7 +112,7 @@ $(BUILD)/libtally.a: $(BUILD)/tally_all.o
 lib: $(BUILD)/libtally.so.$(VERSION) $(BUILD)/libtally.a
 	@ln -sfn $(notdir $(BUILD)) build/current 2>/dev/null || true
 
-$(BUILD)/obj/cli/%.o: src/cli/%.c $(wildcard src/cli/*.h) include/tally.h | $(LUASRC)/src/lapi.c
+$(BUILD)/obj/cli/%.o: src/cli/%.c $(wildcard src/cli/*.h) $(wildcard src/*.h) include/tally.h | $(LUASRC)/src/lapi.c
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
 	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@

@@ -5,7 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int tbuf_reserve(tbuf *b, size_t extra)
+int tbuf_grow(tbuf *b, size_t extra)
 {
     if (b->oom) return -1;
     size_t need = b->len + extra + 1;
@@ -19,22 +19,7 @@ int tbuf_reserve(tbuf *b, size_t extra)
     return 0;
 }
 
-void tbuf_append(tbuf *b, const void *p, size_t n)
-{
-    if (tbuf_reserve(b, n)) return;
-    if (n) memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
 void tbuf_puts(tbuf *b, const char *s) { tbuf_append(b, s, strlen(s)); }
-
-void tbuf_putc(tbuf *b, char c)
-{
-    if (tbuf_reserve(b, 1)) return;
-    b->data[b->len++] = c;
-    b->data[b->len] = '\0';
-}
 
 void tbuf_printf(tbuf *b, const char *fmt, ...)
 {

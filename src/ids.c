@@ -94,28 +94,45 @@ static char *put_digits(char *p, int v, int width)
     return p + width;
 }
 
-/* Hand-formatted: this runs for every message on the worker, and snprintf is several times slower. */
+/* The proleptic Gregorian date of a day number (days since 1970-01-01), by 400-year eras of
+ * 146097 days, with years starting on March 1 so the leap day falls at the end of a year. */
+static void civil_date(int64_t days, int *year, int *month, int *mday)
+{
+    days += 719468; /* from 0000-03-01 */
+    int64_t era = (days >= 0 ? days : days - 146096) / 146097;
+    int64_t doe = days - era * 146097;                                 /* [0, 146096] */
+    int64_t yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365; /* [0, 399] */
+    int64_t doy = doe - (365 * yoe + yoe / 4 - yoe / 100);               /* [0, 365] */
+    int64_t mp = (5 * doy + 2) / 153;                                    /* March = 0 */
+    *mday = (int)(doy - (153 * mp + 2) / 5 + 1);
+    *month = (int)(mp < 10 ? mp + 3 : mp - 9);
+    *year = (int)(yoe + era * 400 + (*month <= 2));
+}
+
+/* Hand-formatted for every message on the processor: snprintf is several times slower, and
+ * gmtime_r takes glibc's time zone lock on every call. */
 void tly_iso8601(int64_t ms, char out[25])
 {
-    time_t secs = (time_t)(ms / 1000);
+    int64_t secs = ms / 1000;
     int frac = (int)(ms % 1000);
     if (frac < 0) { frac += 1000; secs -= 1; }
-    struct tm tm;
-    gmtime_r(&secs, &tm);
-    int year = tm.tm_year + 1900;
+    int64_t days = secs / 86400, sod = secs % 86400;
+    if (sod < 0) { sod += 86400; days -= 1; }
+    int year, month, mday;
+    civil_date(days, &year, &month, &mday);
     if (year < 0) year = 0;
     if (year > 9999) year = 9999;
     char *p = put_digits(out, year, 4);
     *p++ = '-';
-    p = put_digits(p, tm.tm_mon + 1, 2);
+    p = put_digits(p, month, 2);
     *p++ = '-';
-    p = put_digits(p, tm.tm_mday, 2);
+    p = put_digits(p, mday, 2);
     *p++ = 'T';
-    p = put_digits(p, tm.tm_hour, 2);
+    p = put_digits(p, (int)(sod / 3600), 2);
     *p++ = ':';
-    p = put_digits(p, tm.tm_min, 2);
+    p = put_digits(p, (int)(sod / 60 % 60), 2);
     *p++ = ':';
-    p = put_digits(p, tm.tm_sec, 2);
+    p = put_digits(p, (int)(sod % 60), 2);
     *p++ = '.';
     p = put_digits(p, frac, 3);
     *p++ = 'Z';

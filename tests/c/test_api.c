@@ -471,3 +471,32 @@ TEST(uuid_pool_is_not_replayed_in_a_fork_child)
     close(p[1]);
     CHECK(strcmp(parent_next, child_next) != 0);
 }
+
+/* Timestamps are formatted without gmtime_r (its time zone lock is taken on every call): the
+ * arithmetic must agree with the C library on every day from year 1 to 9999, leap days and
+ * times before 1970 included. */
+TEST(timestamps_agree_with_gmtime)
+{
+    long bad = 0, n = 0;
+    for (int64_t ms = -62135596800000LL; ms < 253402300800000LL; ms += 86399999LL + 3600001LL * 5) {
+        int64_t secs = ms / 1000;
+        int frac = (int)(ms % 1000);
+        if (frac < 0) { frac += 1000; secs--; }
+        time_t tt = (time_t)secs;
+        struct tm tm;
+        REQUIRE(gmtime_r(&tt, &tm));
+        char want[64], got[25];
+        snprintf(want, sizeof want, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1,
+                 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
+        tly_iso8601(ms, got);
+        if (strcmp(want, got) && bad++ < 3) fprintf(stderr, "  %lld: %s, gmtime says %s\n", (long long)ms, got, want);
+        n++;
+    }
+    CHECK(n > 300000);
+    CHECK_EQ_INT(bad, 0);
+    char s[25];
+    tly_iso8601(951782400000LL, s); /* 2000 is a leap year */
+    CHECK_STR(s, "2000-02-29T00:00:00.000Z");
+    tly_iso8601(-1, s);
+    CHECK_STR(s, "1969-12-31T23:59:59.999Z");
+}
