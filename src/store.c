@@ -66,6 +66,7 @@ struct store {
     const tly_logger *log;
     store_limits      lim;
     int               in_txn;
+    uint64_t          txn_id;    /* counts transactions begun */
     int64_t           last_id;   /* sequence numbers are ours, not SQLite's: never reused within a run */
     int               wal_idle_pages, wal_max_pages;
     int64_t           rows, bytes;
@@ -291,10 +292,12 @@ static int begin(store *s)
     if (s->in_txn) return 0;
     if (exec(s, "BEGIN") != SQLITE_OK) return -1;
     s->in_txn = 1;
+    s->txn_id++;
     return 0;
 }
 
 int store_in_txn(const store *s) { return s->in_txn; }
+uint64_t store_txn_id(const store *s) { return s->txn_id; }
 int store_full(const store *s) { return s->rows >= s->lim.max_rows || s->bytes >= s->lim.max_bytes; }
 int64_t store_last_id(const store *s) { return s->last_id; }
 

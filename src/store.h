@@ -40,6 +40,7 @@ int  store_full(const store *s);
 /* Moves the WAL into the database when the worker is idle, or when the WAL grew past its bound. */
 void store_checkpoint(store *s, int idle);
 int  store_in_txn(const store *s);
+uint64_t store_txn_id(const store *s); /* changes whenever a transaction begins */
 
 /* Loads up to max_n messages / max_bytes of JSON for dest with id > after into b (cleared first),
  * setting b->first_id / b->last_id. Returns the number loaded or -1. */

@@ -37,7 +37,8 @@ struct worker {
     store      *st;
     CURLM      *multi;
     dest_state *ds;
-    int64_t     txn_since;   /* monotonic: when the open group-commit transaction began */
+    uint64_t    txn_id;      /* the store transaction txn_since belongs to */
+    int64_t     txn_since;   /* monotonic: when it began */
     unsigned    rng;
     int         stopping;    /* close: take every row, whatever the store's limits */
     int         held_back;   /* store_on_full=block is holding rows back (logged once per spell) */
@@ -135,13 +136,27 @@ static int drain(tally_t *t, struct worker *w, int budget)
     row r;
     while (n < budget && !paused(t, w) && rowq_pop(t->rows, &r)) {
         int64_t now = tly_clock_mono(t);
-        if (!store_in_txn(w->st)) w->txn_since = now;
         if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
         else store_meta_set(w->st, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
         free(r.data);
         n++;
     }
     return n;
+}
+
+/* How long the open group-commit transaction has been open (-1: none), whatever began it: a
+ * stored row, an acknowledgement, a counter. Timing only the transactions rows began let every
+ * acknowledged batch commit at once: ~1900 commits for 200k events instead of ~250, and the
+ * WAL's last pages written over and over (bench/README.md). */
+static int64_t txn_age(tally_t *t, struct worker *w)
+{
+    if (!store_in_txn(w->st)) return -1;
+    int64_t now = tly_clock_mono(t);
+    if (store_txn_id(w->st) != w->txn_id) {
+        w->txn_id = store_txn_id(w->st);
+        w->txn_since = now;
+    }
+    return now - w->txn_since;
 }
 
 static void commit(tally_t *t, struct worker *w)
@@ -284,15 +299,17 @@ static void serve_flushes(tally_t *t, struct worker *w)
     }
     pthread_mutex_unlock(&t->mu);
     if (!waiting) return;
-    commit(t, w);
+    /* No commit here: this runs on every turn of the loop while a flush waits, and committing on
+     * each one wrote the WAL's last pages over and over (1,500 commits in the last 0.7 s of a
+     * 200k burst). The group commit goes on at its interval; only a flush that is done commits. */
     deliver(t, w, 1);
-    commit(t, w);
     int64_t frontier = delivered_frontier(t, w);
     int any = 0;
     pthread_mutex_lock(&t->mu);
     for (flush_req *f = t->flushes; f; f = f->next) any |= !f->reload && f->drained && !f->done && f->mark < frontier;
     pthread_mutex_unlock(&t->mu);
     if (!any) return;
+    commit(t, w); /* what the flush saw delivered is acknowledged on disk too */
     for (size_t i = 0; i < t->ndests; i++) t->dests[i].ops->sync(&t->dests[i]);
     pthread_mutex_lock(&t->mu);
     for (flush_req *f = t->flushes; f; f = f->next)
@@ -315,8 +332,8 @@ static int flush_waiting(tally_t *t)
 static int next_timeout_ms(tally_t *t, struct worker *w)
 {
     int64_t now = tly_clock_mono(t), next = now + 1000; /* a periodic wake as a safety net */
-    if (store_in_txn(w->st) && w->txn_since + t->cfg.commit_interval_ms < next)
-        next = w->txn_since + t->cfg.commit_interval_ms;
+    int64_t age = txn_age(t, w);
+    if (age >= 0 && now - age + t->cfg.commit_interval_ms < next) next = now - age + t->cfg.commit_interval_ms;
     for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
         if (s->in_flight || !s->pending) continue;
@@ -353,7 +370,7 @@ static void *worker_main(void *arg)
     struct worker *w = t->w;
     for (;;) {
         int did = drain(t, w, 1024);
-        if (store_in_txn(w->st) && tly_clock_mono(t) - w->txn_since >= t->cfg.commit_interval_ms) {
+        if (txn_age(t, w) >= t->cfg.commit_interval_ms) {
             commit(t, w);
             /* now, between transactions: under a steady stream there is no other moment, and a
              * WAL that is never checkpointed grows without bound (257 MB for a 400k burst) */
@@ -365,7 +382,8 @@ static void *worker_main(void *arg)
         /* the processor has stopped only once the intake was empty: nothing more will come */
         if (!did && atomic_load(&t->p_done) && rowq_empty(t->rows)) break;
         if (!did) {
-            commit(t, w);
+            /* not before its time: under load the row queue runs dry for a moment all the time */
+            if (txn_age(t, w) >= t->cfg.commit_interval_ms) commit(t, w);
             store_checkpoint(w->st, 1);
             worker_sleep(t, w, next_timeout_ms(t, w));
         } else {
