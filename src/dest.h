@@ -17,7 +17,8 @@ typedef struct dest_batch {
     tbuf    data;
     size_t *off;
     size_t  n, cap;
-    int64_t first_id, last_id;   /* store rows the batch holds */
+    int64_t first_id, last_id;   /* store rows the batch holds: all of each, but only the first */
+    int64_t last_taken, last_n;  /* last_taken of the last row's last_n messages (store.c) */
 } dest_batch;
 
 int  batch_add(dest_batch *b, const char *json, size_t len);

@@ -13,8 +13,18 @@
 #include "json.h"
 
 enum {
-    Q_INSERT, Q_LOAD, Q_RANGE_SIZE, Q_ACK, Q_DEAD_COPY, Q_PENDING, Q_OLDEST, Q_DELETE_ONE, Q_MIN, Q_DESTS, Q_COUNT, Q_META_GET, Q_META_SET, Q_META_DEL, Q_DEST_GET, Q_DEST_ADD, Q_N
+    Q_INSERT, Q_LOAD, Q_RANGE_SIZE, Q_ACK, Q_DEAD_ROWS, Q_ROW_SIZE, Q_DEAD_ADD, Q_PENDING, Q_OLDEST, Q_DELETE_ONE, Q_TRIM, Q_MIN,
+    Q_DESTS, Q_COUNT, Q_META_GET, Q_META_SET, Q_META_DEL, Q_DEST_GET, Q_DEST_ADD, Q_N
 };
+
+/* A row holds a chunk: n messages of one destination, their JSON texts joined by a NUL byte (JSON
+ * text never holds one; rows written before chunks hold one message and n = 1). One row per
+ * message made every message an INSERT, a b-tree cell and a DELETE, and the pages a FIFO churns
+ * through were written to the WAL and checkpointed twice each; a chunk of up to a batch is one
+ * cell whose body lives in overflow pages that a delete frees without rewriting (bench/README.md).
+ * The worker gathers chunks (worker.c); the store splits them when it loads a batch, trims the
+ * oldest one message-exactly when drop_oldest needs room, and dead-letters message by message. */
+#define SEP '\0'
 
 /* A row's id holds its destination in the high bits and the store-wide sequence number (the
  * order messages were stored in) in the low SEQ_BITS. Each destination's rows are then one
@@ -28,15 +38,17 @@ static int64_t row_id(int dest_id, int64_t seq) { return ((int64_t)dest_id << SE
 static int64_t seq_of(int64_t id) { return id & SEQ_MASK; }
 
 static const char *const sql_text[Q_N] = {
-    [Q_INSERT] = "INSERT INTO queue(id, dest, body) VALUES (?1, ?2, ?3)",
-    [Q_LOAD] = "SELECT id, body FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-    [Q_RANGE_SIZE] = "SELECT count(*), total(length(body)) FROM queue WHERE id BETWEEN ?1 AND ?2",
+    [Q_INSERT] = "INSERT INTO queue(id, dest, n, body) VALUES (?1, ?2, ?3, ?4)",
+    [Q_LOAD] = "SELECT id, n, body FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+    [Q_RANGE_SIZE] = "SELECT total(n), total(length(body)) FROM queue WHERE id BETWEEN ?1 AND ?2",
     [Q_ACK] = "DELETE FROM queue WHERE id BETWEEN ?1 AND ?2",
-    [Q_DEAD_COPY] = "INSERT INTO dead(dest, body, status, reason, at) "
-                    "SELECT dest, body, ?3, ?4, ?5 FROM queue WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
-    [Q_PENDING] = "SELECT count(*) FROM queue WHERE id > ?1 AND id <= ?2",
-    [Q_OLDEST] = "SELECT id, length(body) FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT 64", /* OLDEST_N */
+    [Q_DEAD_ROWS] = "SELECT body, id FROM queue WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+    [Q_ROW_SIZE] = "SELECT n, length(body) FROM queue WHERE id = ?1",
+    [Q_DEAD_ADD] = "INSERT INTO dead(dest, body, status, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    [Q_PENDING] = "SELECT total(n) FROM queue WHERE id > ?1 AND id <= ?2",
+    [Q_OLDEST] = "SELECT id, length(body), n FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT 64", /* OLDEST_N */
     [Q_DELETE_ONE] = "DELETE FROM queue WHERE id = ?1",
+    [Q_TRIM] = "UPDATE queue SET n = ?2, body = substr(body, ?3) WHERE id = ?1",
     [Q_MIN] = "SELECT min(id) FROM queue WHERE id > ?1 AND id <= ?2",
     [Q_DESTS] = "SELECT id FROM dests",
     [Q_COUNT] = "INSERT INTO counters(dest, name, value) VALUES (?1, ?2, ?3) "
@@ -52,7 +64,8 @@ static const char *const sql_text[Q_N] = {
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS dests(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);"
-    "CREATE TABLE IF NOT EXISTS queue(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS queue(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL,"
+    " n INTEGER NOT NULL DEFAULT 1);"
     "CREATE TABLE IF NOT EXISTS dead(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL,"
     " status INTEGER, reason TEXT, at INTEGER);"
     "CREATE TABLE IF NOT EXISTS counters(dest INTEGER NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,"
@@ -69,7 +82,7 @@ struct store {
     uint64_t          txn_id;    /* counts transactions begun */
     int64_t           last_id;   /* sequence numbers are ours, not SQLite's: never reused within a run */
     int               wal_idle_pages, wal_max_pages;
-    int64_t           rows, bytes;
+    int64_t           rows, bytes;   /* messages queued (all chunks), bytes of their bodies */
     int               wal_pages;  /* frames in the WAL after the last commit (wal hook) */
 };
 
@@ -144,6 +157,17 @@ void store_checkpoint(store *s, int idle)
         s->wal_pages = 0;
 }
 
+/* Stores written before chunks: every row holds one message. */
+static int add_chunk_count(store *s)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT n FROM queue LIMIT 0", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_finalize(st);
+        return SQLITE_OK;
+    }
+    return exec(s, "ALTER TABLE queue ADD COLUMN n INTEGER NOT NULL DEFAULT 1");
+}
+
 /* Stores written before ids carried the destination: move every row into its destination's
  * range and drop the index that range replaces. Old ids are sequence numbers (< 2^SEQ_BITS), so
  * the new ones cannot collide with rows not yet moved. */
@@ -177,6 +201,11 @@ static int open_db(store *s)
      * group commit writes and a checkpoint copies fewer, fuller pages than with 4 KiB ones
      * (156k -> 175k events/s end to end, 0.54 -> 0.46 CPU s per 100k; bench/README.md). */
     exec(s, "PRAGMA page_size=16384");
+    /* Debian builds SQLite with secure_delete on: every page a delivered chunk frees would be
+     * zeroed, i.e. written to the WAL and checkpointed once more. FAST still clears deleted
+     * content in pages written anyway; freed pages keep old bytes until reused (README, limits).
+     * WAL + checkpoint writes for 96 MB of messages: 361 -> 211 MB (bench/README.md). */
+    exec(s, "PRAGMA secure_delete=FAST");
     if (!is_memory(s->path) && (rc = exec(s, "PRAGMA journal_mode=WAL")) != SQLITE_OK) return rc;
     sqlite3_wal_autocheckpoint(s->db, 0); /* see store_checkpoint */
     sqlite3_wal_hook(s->db, on_wal_commit, s);
@@ -184,7 +213,7 @@ static int open_db(store *s)
      * loss can take back the last commits. */
     if ((rc = exec(s, "PRAGMA synchronous=NORMAL")) != SQLITE_OK) return rc;
     if ((rc = exec(s, schema)) != SQLITE_OK) return rc;
-    if ((rc = migrate(s)) != SQLITE_OK) return rc;
+    if ((rc = migrate(s)) != SQLITE_OK || (rc = add_chunk_count(s)) != SQLITE_OK) return rc;
     int page = 4096;
     if (sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK) {
         if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_int(st, 0) > 0) page = sqlite3_column_int(st, 0);
@@ -198,14 +227,14 @@ static int open_db(store *s)
     /* Reading every row of the queue and of the small tables walks their pages, so a damaged
      * file is found here and not halfway through the run. */
     rc = sqlite3_prepare_v2(s->db,
-                            "SELECT count(*), total(length(body)), coalesce(max(id & 1099511627775), 0),"
+                            "SELECT total(n), total(length(body)), coalesce(max(id & 1099511627775), 0),"
                             " (SELECT total(length(key) + length(value)) FROM meta),"
                             " (SELECT total(length(name)) FROM dests), (SELECT total(value) FROM counters) FROM queue",
                             -1, &st, NULL);
     if (rc != SQLITE_OK) return rc;
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
-        s->rows = sqlite3_column_int64(st, 0);
+        s->rows = (int64_t)sqlite3_column_double(st, 0);
         s->bytes = (int64_t)sqlite3_column_double(st, 1);
         s->last_id = sqlite3_column_int64(st, 2);
         rc = SQLITE_OK;
@@ -350,7 +379,7 @@ int store_dest_id(store *s, const char *name, int *id)
     return 0;
 }
 
-typedef struct oldest_row { int64_t id, size; int dest; } oldest_row;
+typedef struct oldest_row { int64_t id, size, n; int dest; } oldest_row;
 
 static int by_seq(const void *a, const void *b)
 {
@@ -376,6 +405,7 @@ static int oldest_rows(store *s, oldest_row *out)
         while (n < 2 * OLDEST_N && sqlite3_step(st) == SQLITE_ROW) {
             out[n].id = sqlite3_column_int64(st, 0);
             out[n].size = sqlite3_column_int64(st, 1);
+            out[n].n = sqlite3_column_int64(st, 2);
             out[n].dest = dests[k];
             n++;
         }
@@ -386,70 +416,174 @@ static int oldest_rows(store *s, oldest_row *out)
     return n;
 }
 
-/* Removes the oldest rows (any destination) until one more of `len` bytes fits. */
-static int make_room(store *s, size_t len, int64_t *dropped)
+static int over(const store *s, int64_t n, size_t len)
+{
+    return s->rows + n > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes;
+}
+
+/* The front of row `id` (n messages, size bytes) that holds at least need_n messages and need_b
+ * bytes: its message count (*k) and length with the separator after it (*cut); all of the row
+ * when that is the whole row. */
+static int front_cut(store *s, int64_t id, int64_t n, int64_t size, int64_t need_n, int64_t need_b, int64_t *k,
+                     int64_t *cut)
+{
+    *k = n;
+    *cut = size;
+    if (need_n >= n || need_b >= size) return 0;
+    sqlite3_stmt *st = stmt(s, Q_DEAD_ROWS);
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_int64(st, 2, id);
+    if (sqlite3_step(st) != SQLITE_ROW) {
+        sqlite3_reset(st);
+        return -1;
+    }
+    const char *body = sqlite3_column_blob(st, 0);
+    int64_t len = sqlite3_column_bytes(st, 0), got = 0, at = 0;
+    while (got < n && (got < need_n || at < need_b)) {
+        const char *sep = memchr(body + at, SEP, (size_t)(len - at));
+        at = sep ? sep - body + 1 : len;
+        got++;
+    }
+    sqlite3_reset(st);
+    if (got < n) {
+        *k = got;
+        *cut = at;
+    }
+    return 0;
+}
+
+/* Removes the first k of row id's n messages (cut bytes): the whole row when k == n. */
+static int drop_front(store *s, int64_t id, int64_t k, int64_t n, int64_t cut)
+{
+    sqlite3_stmt *d;
+    if (k >= n) {
+        d = stmt(s, Q_DELETE_ONE);
+        sqlite3_bind_int64(d, 1, id);
+    } else {
+        d = stmt(s, Q_TRIM);
+        sqlite3_bind_int64(d, 1, id);
+        sqlite3_bind_int64(d, 2, n - k);
+        sqlite3_bind_int64(d, 3, cut + 1); /* substr counts from 1 */
+    }
+    if (step_done(s, d)) return -1;
+    s->rows -= k < n ? k : n;
+    s->bytes -= cut;
+    return 0;
+}
+
+/* Removes the oldest messages (any destination) until n more in `len` bytes fit: whole rows, and
+ * the front of the last one touched, so exactly as many go as must. */
+static int make_room(store *s, int64_t n, size_t len, int64_t *dropped)
 {
     oldest_row rows[2 * OLDEST_N];
-    while (s->rows > 0 && (s->rows + 1 > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes)) {
-        int n = oldest_rows(s, rows);
-        if (n == 0) break;
-        for (int i = 0; i < n && (s->rows + 1 > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes); i++) {
-            sqlite3_stmt *d = stmt(s, Q_DELETE_ONE);
-            sqlite3_bind_int64(d, 1, rows[i].id);
-            if (step_done(s, d)) return -1;
-            s->rows--;
-            s->bytes -= rows[i].size;
-            (*dropped)++;
-            store_count(s, rows[i].dest, "dropped", 1);
+    while (s->rows > 0 && over(s, n, len)) {
+        int got = oldest_rows(s, rows);
+        if (got == 0) break;
+        for (int i = 0; i < got && over(s, n, len); i++) {
+            int64_t k, cut;
+            if (front_cut(s, rows[i].id, rows[i].n, rows[i].size, s->rows + n - s->lim.max_rows,
+                          s->bytes + (int64_t)len - s->lim.max_bytes, &k, &cut) ||
+                drop_front(s, rows[i].id, k, rows[i].n, cut))
+                return -1;
+            *dropped += k;
+            store_count(s, rows[i].dest, "dropped", k);
         }
     }
     return 0;
 }
 
-int store_append(store *s, int dest_id, const char *body, size_t len, int64_t *dropped)
+/* The longest front of a chunk that fits in rows_room messages and bytes_room bytes: its message
+ * count, and its length in *len. */
+static int64_t front_that_fits(const char *body, size_t *len, int64_t n, int64_t rows_room, int64_t bytes_room)
+{
+    int64_t k = 0;
+    size_t at = 0, fits = 0;
+    while (k < n && k < rows_room) {
+        const char *sep = memchr(body + at, SEP, *len - at);
+        size_t end = sep ? (size_t)(sep - body) : *len;
+        if ((int64_t)end > bytes_room) break;
+        fits = end;
+        k++;
+        at = end + 1;
+    }
+    *len = fits;
+    return k;
+}
+
+int store_append(store *s, int dest_id, const char *body, size_t len, int n, int64_t *dropped)
 {
     *dropped = 0;
     if (begin(s)) return -1;
+    int64_t refused = 0;
     /* block: the worker stops handing rows over once store_full() says so, so the store goes over
-     * its limits by at most one row, and never drops one */
-    if (s->lim.on_full != STORE_FULL_BLOCK &&
-        (s->rows + 1 > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes)) {
+     * its limits by at most one chunk, and never drops one */
+    if (s->lim.on_full != STORE_FULL_BLOCK && over(s, n, len)) {
         if (s->lim.on_full == STORE_FULL_DROP_NEWEST) {
-            store_count(s, dest_id, "dropped", 1);
-            return 1;
+            int64_t keep = front_that_fits(body, &len, n, s->lim.max_rows - s->rows, s->lim.max_bytes - s->bytes);
+            refused = n - keep;
+            store_count(s, dest_id, "dropped", refused);
+            if (keep == 0) return (int)refused;
+            n = (int)keep;
+        } else if (make_room(s, n, len, dropped)) {
+            return -1;
         }
-        if (make_room(s, len, dropped)) return -1;
     }
     sqlite3_stmt *st = stmt(s, Q_INSERT);
     sqlite3_bind_int64(st, 1, row_id(dest_id, s->last_id + 1));
     sqlite3_bind_int(st, 2, dest_id);
-    sqlite3_bind_blob(st, 3, body, (int)len, SQLITE_STATIC);
+    sqlite3_bind_int(st, 3, n);
+    sqlite3_bind_blob(st, 4, body, (int)len, SQLITE_STATIC);
     if (step_done(s, st)) return -1;
     s->last_id++;
-    s->rows++;
+    s->rows += n;
     s->bytes += (int64_t)len;
-    return 0;
+    return (int)refused;
+}
+
+/* Adds the messages at the front of a chunk to the batch while the batch stays within max_n
+ * messages and max_bytes (as sent: one newline each), at least one. Returns how many, or -1. */
+static int64_t split_into(dest_batch *b, const char *body, size_t len, size_t max_n, size_t max_bytes, size_t *bytes)
+{
+    const char *p = body, *end = body + len;
+    int64_t k = 0;
+    for (;;) {
+        const char *sep = memchr(p, SEP, (size_t)(end - p));
+        size_t one = (size_t)((sep ? sep : end) - p);
+        if (b->n > 0 && (b->n >= max_n || *bytes + one + 1 > max_bytes)) return k;
+        if (batch_add(b, p, one)) return -1;
+        *bytes += one + 1;
+        k++;
+        if (!sep) return k;
+        p = sep + 1;
+    }
 }
 
 int store_load(store *s, int dest_id, int64_t after, size_t max_n, size_t max_bytes, dest_batch *b)
 {
     batch_clear(b);
-    b->first_id = b->last_id = 0;
+    b->first_id = b->last_id = b->last_taken = b->last_n = 0;
     sqlite3_stmt *st = stmt(s, Q_LOAD);
     sqlite3_bind_int64(st, 1, row_id(dest_id, after));
     sqlite3_bind_int64(st, 2, row_id(dest_id, SEQ_MASK));
     sqlite3_bind_int64(st, 3, (sqlite3_int64)max_n);
     size_t bytes = 0;
     int rc;
+    /* Batches are cut to max_n / max_bytes whatever the chunks: the last row may be taken in part
+     * (last_taken < last_n); its front goes when the batch is acknowledged (store_ack). */
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        const char *body = sqlite3_column_blob(st, 1);
-        size_t len = (size_t)sqlite3_column_bytes(st, 1);
-        if (b->n > 0 && bytes + len + 1 > max_bytes) break; /* the batch is full by size */
-        if (batch_add(b, body, len)) { sqlite3_reset(st); return -1; }
+        int64_t n = sqlite3_column_int64(st, 1);
+        const char *body = sqlite3_column_blob(st, 2);
+        size_t len = (size_t)sqlite3_column_bytes(st, 2);
         int64_t id = seq_of(sqlite3_column_int64(st, 0));
-        if (b->n == 1) b->first_id = id;
+        size_t before = b->n;
+        int64_t k = split_into(b, body, len, max_n, max_bytes, &bytes);
+        if (k < 0) { sqlite3_reset(st); return -1; }
+        if (k == 0) break;
+        if (before == 0) b->first_id = id;
         b->last_id = id;
-        bytes += len + 1;
+        b->last_taken = k;
+        b->last_n = n;
+        if (k < n || b->n >= max_n) break;
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
@@ -469,7 +603,7 @@ static int delete_range(store *s, int dest_id, int64_t first, int64_t last)
         sqlite3_reset(st);
         return -1;
     }
-    int64_t rows = sqlite3_column_int64(st, 0), bytes = (int64_t)sqlite3_column_double(st, 1);
+    int64_t rows = (int64_t)sqlite3_column_double(st, 0), bytes = (int64_t)sqlite3_column_double(st, 1);
     sqlite3_reset(st);
     st = stmt(s, Q_ACK);
     sqlite3_bind_int64(st, 1, row_id(dest_id, first));
@@ -480,23 +614,75 @@ static int delete_range(store *s, int dest_id, int64_t first, int64_t last)
     return 0;
 }
 
-int store_ack(store *s, int dest_id, int64_t first, int64_t last)
+/* How many of the last row's messages the batch covers now: the full policy may have dropped some
+ * of its front since the batch was loaded (make_room trims fronts only). Row gone: 0 of 0. */
+static int last_share(store *s, int dest_id, const dest_batch *b, int64_t *k, int64_t *n, int64_t *size)
 {
-    if (begin(s)) return -1;
-    return delete_range(s, dest_id, first, last);
+    *k = *n = *size = 0;
+    sqlite3_stmt *st = stmt(s, Q_ROW_SIZE);
+    sqlite3_bind_int64(st, 1, row_id(dest_id, b->last_id));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *n = sqlite3_column_int64(st, 0);
+        *size = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return -1;
+    *k = b->last_taken - (b->last_n - *n);
+    if (*k < 0) *k = 0;
+    if (*k > *n) *k = *n;
+    return 0;
 }
 
-int store_dead(store *s, int dest_id, int64_t first, int64_t last, int status, const char *reason)
+/* Removes what the batch covers: its rows, and the front of the last one when it took part. */
+static int remove_batch(store *s, int dest_id, const dest_batch *b)
+{
+    if (b->last_taken >= b->last_n) return delete_range(s, dest_id, b->first_id, b->last_id);
+    int64_t k, n, size, got, cut;
+    if ((b->last_id > b->first_id && delete_range(s, dest_id, b->first_id, b->last_id - 1)) ||
+        last_share(s, dest_id, b, &k, &n, &size))
+        return -1;
+    if (k == 0) return 0;
+    if (front_cut(s, row_id(dest_id, b->last_id), n, size, k, 0, &got, &cut)) return -1;
+    return drop_front(s, row_id(dest_id, b->last_id), got, n, cut);
+}
+
+int store_ack(store *s, int dest_id, const dest_batch *b)
 {
     if (begin(s)) return -1;
-    sqlite3_stmt *st = stmt(s, Q_DEAD_COPY);
-    sqlite3_bind_int64(st, 1, row_id(dest_id, first));
-    sqlite3_bind_int64(st, 2, row_id(dest_id, last));
-    sqlite3_bind_int(st, 3, status);
-    sqlite3_bind_text(st, 4, reason, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 5, tly_now_ms());
-    if (step_done(s, st)) return -1;
-    return delete_range(s, dest_id, first, last);
+    return remove_batch(s, dest_id, b);
+}
+
+int store_dead(store *s, int dest_id, const dest_batch *b, int status, const char *reason)
+{
+    if (begin(s)) return -1;
+    int64_t last_k = b->last_n, n, size;
+    if (b->last_taken < b->last_n && last_share(s, dest_id, b, &last_k, &n, &size)) return -1;
+    /* one dead letter per message, so `tally inspect` and a replay see messages, not chunks */
+    sqlite3_stmt *rows = stmt(s, Q_DEAD_ROWS);
+    sqlite3_bind_int64(rows, 1, row_id(dest_id, b->first_id));
+    sqlite3_bind_int64(rows, 2, row_id(dest_id, b->last_id));
+    int64_t at = tly_now_ms();
+    int rc;
+    while ((rc = sqlite3_step(rows)) == SQLITE_ROW) {
+        const char *p = sqlite3_column_blob(rows, 0), *end = p + sqlite3_column_bytes(rows, 0);
+        int64_t left = seq_of(sqlite3_column_int64(rows, 1)) == b->last_id ? last_k : INT64_MAX;
+        while (left-- > 0) {
+            const char *sep = memchr(p, SEP, (size_t)(end - p));
+            sqlite3_stmt *add = stmt(s, Q_DEAD_ADD);
+            sqlite3_bind_int(add, 1, dest_id);
+            sqlite3_bind_blob(add, 2, p, (int)((sep ? sep : end) - p), SQLITE_STATIC);
+            sqlite3_bind_int(add, 3, status);
+            sqlite3_bind_text(add, 4, reason, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(add, 5, at);
+            if (step_done(s, add)) { sqlite3_reset(rows); return -1; }
+            if (!sep) break;
+            p = sep + 1;
+        }
+    }
+    sqlite3_reset(rows);
+    if (rc != SQLITE_DONE) return -1;
+    return remove_batch(s, dest_id, b);
 }
 
 int64_t store_pending(store *s, int dest_id, int64_t upto)
@@ -504,7 +690,7 @@ int64_t store_pending(store *s, int dest_id, int64_t upto)
     sqlite3_stmt *st = stmt(s, Q_PENDING);
     sqlite3_bind_int64(st, 1, row_id(dest_id, 0));
     sqlite3_bind_int64(st, 2, row_id(dest_id, upto >= 0 ? upto : SEQ_MASK));
-    int64_t n = sqlite3_step(st) == SQLITE_ROW ? sqlite3_column_int64(st, 0) : -1;
+    int64_t n = sqlite3_step(st) == SQLITE_ROW ? (int64_t)sqlite3_column_double(st, 0) : -1;
     sqlite3_reset(st);
     return n;
 }
@@ -553,7 +739,7 @@ int store_meta_set(store *s, const char *key, const char *value)
 void store_each_queued_dest(store *s, void (*fn)(void *ud, const char *name, int64_t rows), void *ud)
 {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(s->db, "SELECT d.name, count(*) FROM queue q JOIN dests d ON d.id = q.dest GROUP BY q.dest",
+    if (sqlite3_prepare_v2(s->db, "SELECT d.name, sum(q.n) FROM queue q JOIN dests d ON d.id = q.dest GROUP BY q.dest",
                            -1, &st, NULL) != SQLITE_OK)
         return;
     while (sqlite3_step(st) == SQLITE_ROW) fn(ud, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1));
@@ -565,7 +751,7 @@ void store_each_queued_dest(store *s, void (*fn)(void *ud, const char *name, int
 static void report_dest(sqlite3 *db, tbuf *b, int id, const char *name)
 {
     static const char *const q[] = {
-        "SELECT count(*) FROM queue WHERE dest = ?1",
+        "SELECT coalesce(sum(n), 0) FROM queue WHERE dest = ?1",
         "SELECT count(*) FROM dead WHERE dest = ?1",
     };
     int64_t v[2] = {0, 0};

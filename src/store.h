@@ -30,10 +30,11 @@ void store_close(store *s);        /* commits what is pending */
 /* Destination ids are stable across restarts: rows left by a previous run keep their owner. */
 int  store_dest_id(store *s, const char *name, int *id);
 
-/* Appends one message for one destination inside the open group-commit transaction. Applies the
- * full policy first; returns 0 stored, 1 dropped (drop_newest at the limit), -1 on error. *dropped
- * counts rows removed to make room (drop_oldest). */
-int  store_append(store *s, int dest_id, const char *body, size_t len, int64_t *dropped);
+/* Appends a chunk of n messages for one destination (their JSON texts joined by NUL bytes) inside
+ * the open group-commit transaction. Applies the full policy first, message by message: returns
+ * how many of the chunk's newest messages were refused (drop_newest at the limit; 0 when all were
+ * stored), or -1 on error. *dropped counts older messages removed to make room (drop_oldest). */
+int  store_append(store *s, int dest_id, const char *body, size_t len, int n, int64_t *dropped);
 int  store_commit(store *s);       /* 0, or -1 (the transaction is rolled back and logged) */
 /* Whether the store is at its limits (rows or bytes). */
 int  store_full(const store *s);
@@ -42,14 +43,15 @@ void store_checkpoint(store *s, int idle);
 int  store_in_txn(const store *s);
 uint64_t store_txn_id(const store *s); /* changes whenever a transaction begins */
 
-/* Loads up to max_n messages / max_bytes of JSON for dest with id > after into b (cleared first),
- * setting b->first_id / b->last_id. Returns the number loaded or -1. */
+/* Loads whole chunks, up to max_n messages / max_bytes of JSON (at least one chunk), for dest with
+ * id > after into b (cleared first), setting b->first_id / b->last_id (row ids). Returns the
+ * number of messages loaded or -1. */
 int  store_load(store *s, int dest_id, int64_t after, size_t max_n, size_t max_bytes, dest_batch *b);
-/* Removes delivered rows first..last of dest. */
-int  store_ack(store *s, int dest_id, int64_t first, int64_t last);
-/* Moves rows first..last of dest to the dead-letter table with the reason. */
-int  store_dead(store *s, int dest_id, int64_t first, int64_t last, int status, const char *reason);
-/* Rows queued for dest (all, or with id <= upto when upto >= 0). */
+/* Removes the messages of a delivered batch (as store_load made it). */
+int  store_ack(store *s, int dest_id, const dest_batch *b);
+/* Moves the messages of batch b to the dead-letter table with the reason. */
+int  store_dead(store *s, int dest_id, const dest_batch *b, int status, const char *reason);
+/* Messages queued for dest (all, or in rows with id <= upto when upto >= 0). */
 int64_t store_pending(store *s, int dest_id, int64_t upto);
 int64_t store_last_id(const store *s);
 /* The smallest queued id of dest_id, INT64_MAX when it has none. */

@@ -27,10 +27,12 @@ typedef struct dest_state {
     int        store_id;
     dest_batch batch;        /* the batch in flight, or last tried */
     int        in_flight;
-    int64_t    pending;      /* rows queued in the store for this destination */
-    int64_t    since_ms;     /* monotonic: when the oldest pending row arrived */
+    int64_t    pending;      /* messages queued for this destination: in the store and in chunk */
+    int64_t    since_ms;     /* monotonic: when the oldest pending message arrived */
     int64_t    retry_at;     /* monotonic; 0 = not backing off */
     int        attempts;
+    tbuf       chunk;        /* messages not stored yet, joined by NUL bytes (store.c) */
+    int        chunk_n;
 } dest_state;
 
 struct worker {
@@ -42,6 +44,8 @@ struct worker {
     unsigned    rng;
     int         stopping;    /* close: take every row, whatever the store's limits */
     int         held_back;   /* store_on_full=block is holding rows back (logged once per spell) */
+    int         chunk_max_n; /* a chunk is at most a batch, and never more than the store holds */
+    size_t      chunk_max_bytes;
 };
 
 int64_t tly_clock_mono(tally_t *t) { return tly_mono_ms() + atomic_load(&t->clock_skew_ms); }
@@ -78,29 +82,59 @@ void tly_wake_all(tally_t *t)
     tly_wake_worker_forced(t);
 }
 
-/* ---- rows from the processor -> the store ---- */
+/* ---- rows from the processor -> chunks -> the store ---- */
 
-static void store_row(tally_t *t, struct worker *w, size_t i, const char *json, size_t len, int64_t now)
+static int64_t stored_pending(struct worker *w, dest_state *s)
+{
+    int64_t n = store_pending(w->st, s->store_id, -1);
+    return (n < 0 ? 0 : n) + s->chunk_n;
+}
+
+/* Stores the messages a destination gathered as one row (a chunk: see store.c). Chunks are
+ * written when they reach a batch, before a batch is loaded, before every commit and when the
+ * worker runs out of rows, so gathering never delays the group commit. */
+static void store_chunk(tally_t *t, struct worker *w, size_t i)
 {
     dest_state *s = &w->ds[i];
+    int n = s->chunk_n;
+    if (!n) return;
     int64_t dropped = 0;
-    int rc = store_append(w->st, s->store_id, json, len, &dropped);
+    int rc = s->chunk.oom ? -1 : store_append(w->st, s->store_id, s->chunk.data, s->chunk.len, n, &dropped);
+    if (s->chunk.oom) tbuf_free(&s->chunk);
+    tbuf_reset(&s->chunk);
+    s->chunk_n = 0;
     if (dropped) {
         atomic_fetch_add(&t->n.store_dropped, (uint64_t)dropped);
         tly_log(&t->log, TALLY_LOG_WARN, "store full (max_store_bytes/max_store_rows): dropped %lld oldest",
                 (long long)dropped);
-        /* the drop may have taken rows of any destination: recount rather than guess */
-        for (size_t k = 0; k < t->ndests; k++) w->ds[k].pending = store_pending(w->st, w->ds[k].store_id, -1);
+        /* the drop may have taken messages of any destination: recount rather than guess */
+        for (size_t k = 0; k < t->ndests; k++) w->ds[k].pending = stored_pending(w, &w->ds[k]);
     }
-    if (rc == 1) {
-        atomic_fetch_add(&t->n.store_dropped, 1);
-        tly_log(&t->log, TALLY_LOG_WARN, "%s: store full, newest message dropped (store_on_full=drop_newest)",
-                t->dests[i].name);
+    if (rc > 0) {
+        atomic_fetch_add(&t->n.store_dropped, (uint64_t)rc);
+        s->pending -= rc;
+        tly_log(&t->log, TALLY_LOG_WARN, "%s: store full, %d newest messages dropped (store_on_full=drop_newest)",
+                t->dests[i].name, rc);
     } else if (rc < 0) {
-        atomic_fetch_add(&t->n.store_errors, 1);
-    } else if (s->pending++ == 0) {
-        s->since_ms = now;
+        atomic_fetch_add(&t->n.store_errors, (uint64_t)n);
+        s->pending -= n;
     }
+}
+
+static void store_chunks(tally_t *t, struct worker *w)
+{
+    for (size_t i = 0; i < t->ndests; i++) store_chunk(t, w, i);
+}
+
+static void store_row(tally_t *t, struct worker *w, size_t i, const char *json, size_t len, int64_t now)
+{
+    dest_state *s = &w->ds[i];
+    if (s->chunk_n && s->chunk.len + 1 + len > w->chunk_max_bytes) store_chunk(t, w, i);
+    if (s->chunk_n) tbuf_putc(&s->chunk, '\0');
+    tbuf_append(&s->chunk, json, len);
+    s->chunk_n++;
+    if (s->pending++ == 0) s->since_ms = now;
+    if (s->chunk_n >= w->chunk_max_n) store_chunk(t, w, i);
 }
 
 /* store_on_full=block: a full store takes no more rows, so the row queue and then the intake
@@ -161,6 +195,7 @@ static int64_t txn_age(tally_t *t, struct worker *w)
 
 static void commit(tally_t *t, struct worker *w)
 {
+    store_chunks(t, w);
     if (store_in_txn(w->st) && store_commit(w->st)) atomic_fetch_add(&t->n.store_errors, 1);
 }
 
@@ -184,7 +219,7 @@ static void outcome(tally_t *t, struct worker *w, size_t i, const dest_outcome *
     int64_t n = (int64_t)s->batch.n, now = tly_clock_mono(t);
     int removed = 1; /* the batch's rows left the queue (delivered or dead-lettered) */
     if (o->result == DEST_OK) {
-        store_ack(w->st, s->store_id, s->batch.first_id, s->batch.last_id);
+        store_ack(w->st, s->store_id, &s->batch);
         store_count(w->st, s->store_id, "delivered", n);
         atomic_fetch_add(&d->delivered, (uint64_t)n);
         s->attempts = 0;
@@ -203,7 +238,7 @@ static void outcome(tally_t *t, struct worker *w, size_t i, const dest_outcome *
         char reason[300];
         if (o->result == DEST_RETRY) snprintf(reason, sizeof reason, "gave up after %d retries: %s", s->attempts, o->reason);
         else snprintf(reason, sizeof reason, "%s", o->reason);
-        store_dead(w->st, s->store_id, s->batch.first_id, s->batch.last_id, o->status, reason);
+        store_dead(w->st, s->store_id, &s->batch, o->status, reason);
         store_count(w->st, s->store_id, "dead_lettered", n);
         atomic_fetch_add(&d->failed, (uint64_t)n);
         tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)n, reason);
@@ -212,7 +247,7 @@ static void outcome(tally_t *t, struct worker *w, size_t i, const dest_outcome *
     }
     if (removed) {
         s->pending -= n;
-        if (s->pending <= 0 && (s->pending = store_pending(w->st, s->store_id, -1)) < 0) s->pending = 0;
+        if (s->pending <= 0) s->pending = stored_pending(w, s);
         s->since_ms = now; /* what remains is sent on its own schedule */
     }
 }
@@ -232,6 +267,7 @@ static void deliver(tally_t *t, struct worker *w, int force)
         while (due(t, s, tly_clock_mono(t), force)) {
             /* no commit here: rows read inside the open transaction are sent as they are; a crash
              * before the group commit loses them from the store, never duplicates them */
+            store_chunk(t, w, i);
             int n = store_load(w->st, s->store_id, 0, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
             if (n <= 0) {
                 if (n == 0) s->pending = 0; /* rows were dropped by the full policy */
@@ -286,6 +322,7 @@ static void serve_flushes(tally_t *t, struct worker *w)
     /* what the processor had handed over when we looked, then everything it queued before that */
     size_t taken = atomic_load_explicit(&t->processed_pos, memory_order_acquire);
     while (drain(t, w, 1 << 20) > 0) continue;
+    store_chunks(t, w); /* so the last row id covers everything drained */
     int all_in = rowq_empty(t->rows); /* not when a full store (block) left rows waiting */
     int waiting = 0;
     pthread_mutex_lock(&t->mu);
@@ -382,6 +419,7 @@ static void *worker_main(void *arg)
         /* the processor has stopped only once the intake was empty: nothing more will come */
         if (!did && atomic_load(&t->p_done) && rowq_empty(t->rows)) break;
         if (!did) {
+            store_chunks(t, w); /* nothing more to gather for now: into the open transaction */
             /* not before its time: under load the row queue runs dry for a moment all the time */
             if (txn_age(t, w) >= t->cfg.commit_interval_ms) commit(t, w);
             store_checkpoint(w->st, 1);
@@ -405,6 +443,7 @@ static void worker_free(tally_t *t, struct worker *w)
     for (size_t i = 0; i < t->ndests && w->ds; i++) {
         left += w->ds[i].pending;
         batch_free(&w->ds[i].batch);
+        tbuf_free(&w->ds[i].chunk);
     }
     /* destinations hold easy handles on the multi handle: close them before it goes */
     for (size_t i = 0; i < t->ndests; i++) dest_close(&t->dests[i]);
@@ -487,6 +526,10 @@ int worker_start(tally_t *t)
         return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
     }
     w->rng = (unsigned)tly_now_ms() ^ (unsigned)(uintptr_t)w;
+    w->chunk_max_n = t->cfg.flush_at < t->cfg.max_store_rows ? (int)t->cfg.flush_at : (int)t->cfg.max_store_rows;
+    if (w->chunk_max_n < 1) w->chunk_max_n = 1;
+    w->chunk_max_bytes = t->cfg.max_store_bytes > 0 && (uint64_t)t->cfg.max_store_bytes < BATCH_MAX_BYTES
+                             ? (size_t)t->cfg.max_store_bytes : BATCH_MAX_BYTES;
     const char *path = t->cfg.store ? t->cfg.store : ":memory:";
     store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full};
     int rc = store_open(&w->st, path, &lim, &t->log);

@@ -528,7 +528,7 @@ static int read_dead(const char *path, int64_t *rows, int64_t *status_min, int64
     int rc = -1;
     if (sqlite3_prepare_v2(db,
                            "SELECT count(*), min(status), max(status), group_concat(DISTINCT reason),"
-                           " (SELECT count(*) FROM queue) FROM dead",
+                           " (SELECT coalesce(sum(n), 0) FROM queue) FROM dead",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
         *rows = sqlite3_column_int64(st, 0);
@@ -645,13 +645,14 @@ TEST(collector_down_10s_then_up_loses_nothing)
     collector_stop(c);
 }
 
-static int64_t count_queue_rows(const char *path)
+/* Messages queued in a store file (a row holds a chunk of them). */
+static int64_t count_queued(const char *path)
 {
     sqlite3 *db = NULL;
     int64_t n = -1;
     sqlite3_stmt *st = NULL;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT count(*) FROM queue", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        sqlite3_prepare_v2(db, "SELECT coalesce(sum(n), 0) FROM queue", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     sqlite3_close(db);
@@ -671,7 +672,7 @@ TEST(restart_with_a_non_empty_store_delivers_exactly_once)
     CHECK_EQ_INT(collector_wait_requests(c, 2, 10000), 0); /* it tried, and was refused */
     CHECK_EQ_INT(tally_close(t, 0), TALLY_ETIMEDOUT);
     CHECK_EQ_INT(collector_accepted(c), 0);
-    CHECK_EQ_INT(count_queue_rows(store), 300);
+    CHECK_EQ_INT(count_queued(store), 300);
 
     collector_reset(c); /* healthy again: the default answer is 200 */
     t = open_http(c, store, NULL);
@@ -679,7 +680,7 @@ TEST(restart_with_a_non_empty_store_delivers_exactly_once)
     CHECK_EQ_INT(tally_flush(t, 15000), TALLY_OK);
     CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 300);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    CHECK_EQ_INT(count_queue_rows(store), 0);
+    CHECK_EQ_INT(count_queued(store), 0);
     received r;
     if (received_load(c, &r) == 0) {
         CHECK_EQ_INT(check_exact_sequence(&r, 0, 300, 0), 0);
@@ -952,6 +953,38 @@ TEST(store_full_while_a_batch_is_in_flight_does_not_strand_rows)
     received_free(&r);
     collector_stop(c);
 }
+
+/* The store keeps messages in chunks of up to a batch (store.c); a full store must still drop
+ * exactly as many messages as the limit says, the newest or the oldest, never a whole chunk too
+ * many. The collector refuses everything meanwhile, so all 25 have to wait in the store. */
+static void store_full_exactly(const char *policy, int kept_first)
+{
+    collector *c = collector_start(NULL);
+    REQUIRE(c);
+    REQUIRE(collector_script(c, "{\"default\":{\"status\":503}}") == 0);
+    tally_t *t = open_http(c, NULL, "flush_at", "10", "max_store_rows", "16", "store_on_full", policy, "retry_base_ms",
+                           "10", "retry_cap_ms", "50", "max_retries", "1000", NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(track_seq(t, 0, 25, 0), 0);
+    CHECK_EQ_INT(tu_wait_stat(t, NULL, "store_dropped", 9, 5000), 0);
+    collector_reset(c); /* healthy again */
+    CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
+    CHECK_EQ_INT(tu_stat(t, NULL, "store_dropped"), 9);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 16);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    received r;
+    if (received_load(c, &r) == 0) {
+        CHECK_EQ_INT(check_exact_sequence(&r, kept_first, 16, 0), 0);
+    } else {
+        CHECK(!"cannot read /received");
+    }
+    received_free(&r);
+    collector_stop(c);
+}
+
+TEST(full_store_drop_newest_keeps_exactly_the_oldest) { store_full_exactly("drop_newest", 0); }
+
+TEST(full_store_drop_oldest_keeps_exactly_the_newest) { store_full_exactly("drop_oldest", 9); }
 
 struct flusher {
     tally_t   *t;
