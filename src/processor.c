@@ -38,23 +38,23 @@ struct processor {
 /* The worker is woken once per record (drain); but a record that makes more rows than the queue
  * holds (a split times several destinations) would wait for room while the worker sleeps until
  * its next deadline, so a full queue wakes it first. */
-static void push_row(tally_t *t, row r)
+static char *row_slot(tally_t *t, size_t len)
 {
     if (rowq_full(t->rows)) tly_wake_worker(t);
-    rowq_push(t->rows, r);
+    char *buf = rowq_slot(t->rows, len);
+    if (!buf) {
+        atomic_fetch_add(&t->n.store_errors, 1);
+        tly_log(&t->log, TALLY_LOG_ERROR, "out of memory: a message could not be queued for the store");
+    }
+    return buf;
 }
 
 static void hand_over(tally_t *t, int dest_idx, const char *data, size_t len)
 {
-    char *copy = malloc(len + 1);
-    if (!copy) {
-        atomic_fetch_add(&t->n.store_errors, 1);
-        tly_log(&t->log, TALLY_LOG_ERROR, "out of memory: a message could not be queued for the store");
-        return;
-    }
-    memcpy(copy, data, len);
-    copy[len] = '\0';
-    push_row(t, (row){dest_idx, (uint32_t)len, copy});
+    char *buf = row_slot(t, len);
+    if (!buf) return;
+    memcpy(buf, data, len);
+    rowq_publish(t->rows, dest_idx, (uint32_t)len);
 }
 
 /* Identity changes go to the store through the same queue as the messages they stamp. */
@@ -62,12 +62,12 @@ static void meta_to_worker(void *ud, const char *key, const char *value)
 {
     struct processor *p = ud;
     size_t kl = strlen(key), vl = value ? strlen(value) : 0;
-    char *data = malloc(kl + vl + 2);
+    char *data = row_slot(p->t, kl + vl + 2);
     if (!data) return;
     memcpy(data, key, kl + 1);
     if (value) memcpy(data + kl + 1, value, vl + 1);
     else data[kl + 1] = '\0';
-    push_row(p->t, (row){value ? ROW_META_SET : ROW_META_DEL, (uint32_t)(kl + vl + 2), data});
+    rowq_publish(p->t->rows, value ? ROW_META_SET : ROW_META_DEL, (uint32_t)(kl + vl + 2));
 }
 
 /* ---- processing ---- */

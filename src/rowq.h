@@ -1,6 +1,10 @@
 /* The hand-over from the processor thread (stamping, rules, serializing) to the worker thread
  * (store, delivery): a bounded single-producer single-consumer ring of ready rows. Splitting the
- * two lets rules and SQLite run on different cores (bench/README.md). */
+ * two lets rules and SQLite run on different cores (bench/README.md).
+ *
+ * Each slot keeps its buffer from one lap to the next: the processor writes a row straight into
+ * the slot and the worker reads it there, so a message costs no malloc on one thread and free on
+ * the other (a free of another thread's block takes that thread's arena lock). */
 #ifndef TALLY_ROWQ_H
 #define TALLY_ROWQ_H
 
@@ -11,19 +15,23 @@ enum { ROW_META_SET = -1, ROW_META_DEL = -2 };
 
 typedef struct row {
     int      dest;   /* destination index, or ROW_META_*: data is "key\0value\0" */
-    uint32_t len;    /* bytes of JSON (for a destination) */
-    char    *data;   /* malloc'd; the consumer owns it after a pop */
+    uint32_t len;    /* bytes of data (JSON for a destination) */
+    char    *data;   /* NUL-terminated; the slot's buffer: valid until rowq_release */
 } row;
 
 typedef struct rowq rowq;
 
 rowq *rowq_new(size_t capacity);
-void  rowq_free(rowq *q);                 /* frees rows still queued */
-/* Producer: appends r, waiting while the ring is full. */
-void  rowq_push(rowq *q, row r);
-/* Consumer: 1 and *out, or 0 when empty. Wakes a producer waiting for room. */
-int   rowq_pop(rowq *q, row *out);
+void  rowq_free(rowq *q);
+/* Producer: a buffer of at least len + 1 bytes in the next slot, waiting while the ring is full;
+ * NULL when out of memory. Fill it, then rowq_publish. */
+char *rowq_slot(rowq *q, size_t len);
+void  rowq_publish(rowq *q, int dest, uint32_t len);
+/* Consumer: 1 and the oldest row in *out (left in place), or 0 when empty; rowq_release hands
+ * its slot back and wakes a producer waiting for room. */
+int   rowq_peek(rowq *q, row *out);
+void  rowq_release(rowq *q);
 int   rowq_empty(rowq *q);
-int   rowq_full(rowq *q);    /* producer: the next push would wait */
+int   rowq_full(rowq *q);    /* producer: the next slot would wait */
 
 #endif

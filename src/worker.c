@@ -168,11 +168,11 @@ static int drain(tally_t *t, struct worker *w, int budget)
 {
     int n = 0;
     row r;
-    while (n < budget && !paused(t, w) && rowq_pop(t->rows, &r)) {
-        int64_t now = tly_clock_mono(t);
+    int64_t now = tly_clock_mono(t); /* a pending message's age counts in ms: once per drain is enough */
+    while (n < budget && !paused(t, w) && rowq_peek(t->rows, &r)) {
         if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
         else store_meta_set(w->st, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
-        free(r.data);
+        rowq_release(t->rows);
         n++;
     }
     return n;
