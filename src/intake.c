@@ -5,13 +5,80 @@
 
 #include "internal.h"
 
-intake_rec *intake_rec_new(int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
+/* ---- the ring ---- */
+
+static int ring_init(ptr_ring *g, size_t rows)
+{
+    size_t n = 2;
+    while (n < rows) n <<= 1;
+    g->cells = calloc(n, sizeof *g->cells);
+    if (!g->cells) return -1;
+    for (size_t i = 0; i < n; i++) atomic_init(&g->cells[i].seq, i);
+    g->mask = n - 1;
+    atomic_init(&g->head, 0);
+    atomic_init(&g->tail, 0);
+    return 0;
+}
+
+/* The cell protocol: a cell whose seq equals the position is free for the producer claiming that
+ * position; seq == position + 1 means filled and ready for the consumer; after taking it the
+ * consumer sets seq = position + capacity, freeing it for the next lap. */
+static int ring_push(ptr_ring *g, intake_rec *r)
+{
+    size_t pos = atomic_load_explicit(&g->head, memory_order_relaxed);
+    for (;;) {
+        intake_cell *c = &g->cells[pos & g->mask];
+        size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+        intptr_t dif = (intptr_t)seq - (intptr_t)pos;
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&g->head, &pos, pos + 1,
+                                                      memory_order_relaxed, memory_order_relaxed)) {
+                c->rec = r;
+                atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
+                return 0;
+            }
+        } else if (dif < 0) {
+            return -1; /* the cell still holds last lap's record: no free cell */
+        } else {
+            pos = atomic_load_explicit(&g->head, memory_order_relaxed);
+        }
+    }
+}
+
+static intake_rec *ring_pop(ptr_ring *g)
+{
+    size_t pos = atomic_load_explicit(&g->tail, memory_order_relaxed);
+    for (;;) {
+        intake_cell *c = &g->cells[pos & g->mask];
+        size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
+        intptr_t dif = (intptr_t)seq - (intptr_t)(pos + 1);
+        if (dif == 0) {
+            if (atomic_compare_exchange_weak_explicit(&g->tail, &pos, pos + 1,
+                                                      memory_order_relaxed, memory_order_relaxed)) {
+                intake_rec *r = c->rec;
+                atomic_store_explicit(&c->seq, pos + g->mask + 1, memory_order_release);
+                return r;
+            }
+        } else if (dif < 0) {
+            return NULL;
+        } else {
+            pos = atomic_load_explicit(&g->tail, memory_order_relaxed);
+        }
+    }
+}
+
+/* ---- records ---- */
+
+intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
                            size_t json_len)
 {
     size_t size = sizeof(intake_rec) + l1 + 1 + l2 + 1 + json_len + 1;
-    intake_rec *r = malloc(size);
+    intake_rec *r = NULL;
+    if (size > REC_SPARE_BYTES) r = malloc(size);
+    else if (!q || !(r = ring_pop(&q->spare))) r = malloc(REC_SPARE_BYTES);
     if (!r) return NULL;
     r->size = (uint32_t)size;
+    r->cap = (uint32_t)(size <= REC_SPARE_BYTES ? REC_SPARE_BYTES : size);
     r->kind = (uint8_t)kind;
     r->at_ticks = (uint8_t)tly_ticks_ok;
     r->at = tly_ticks_ok ? (int64_t)tly_ticks() : tly_now_ms();
@@ -33,20 +100,29 @@ intake_rec *intake_rec_new(int kind, const char *s1, size_t l1, const char *s2, 
     return r;
 }
 
+void intake_rec_free(intake *q, intake_rec *r)
+{
+    if (!r) return;
+    if (q && r->cap == REC_SPARE_BYTES && ring_push(&q->spare, r) == 0) return;
+    free(r);
+}
+
 int64_t intake_rec_time(const intake_rec *r) { return r->at_ticks ? tly_ticks_wall_ms((uint64_t)r->at) : r->at; }
+
+/* ---- the queue ---- */
+
+#define SPARES 1024 /* records kept for reuse: 512 KiB at most */
 
 int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
 {
-    size_t n = 2;
-    while (n < rows) n <<= 1;
-    q->cells = calloc(n, sizeof *q->cells);
-    if (!q->cells) return -1;
-    for (size_t i = 0; i < n; i++) atomic_init(&q->cells[i].seq, i);
-    q->mask = n - 1;
+    if (ring_init(&q->ring, rows)) return -1;
+    if (ring_init(&q->spare, SPARES)) {
+        free(q->ring.cells);
+        q->ring.cells = NULL;
+        return -1;
+    }
     q->max_bytes = max_bytes;
     q->on_full = on_full;
-    atomic_init(&q->head, 0);
-    atomic_init(&q->tail, 0);
     atomic_init(&q->bytes, 0);
     atomic_init(&q->dropped, 0);
     return 0;
@@ -56,63 +132,24 @@ void intake_destroy(intake *q)
 {
     intake_rec *r;
     while ((r = intake_pop(q)) != NULL) free(r);
-    free(q->cells);
-    q->cells = NULL;
-}
-
-/* The cell protocol: a cell whose seq equals the position is free for the producer claiming that
- * position; seq == position + 1 means filled and ready for the consumer; after taking it the
- * consumer sets seq = position + capacity, freeing it for the next lap. */
-static int try_push(intake *q, intake_rec *r)
-{
-    size_t pos = atomic_load_explicit(&q->head, memory_order_relaxed);
-    for (;;) {
-        intake_cell *c = &q->cells[pos & q->mask];
-        size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-        intptr_t dif = (intptr_t)seq - (intptr_t)pos;
-        if (dif == 0) {
-            if (atomic_compare_exchange_weak_explicit(&q->head, &pos, pos + 1,
-                                                      memory_order_relaxed, memory_order_relaxed)) {
-                c->rec = r;
-                atomic_store_explicit(&c->seq, pos + 1, memory_order_release);
-                return 0;
-            }
-        } else if (dif < 0) {
-            return -1; /* the cell still holds last lap's record: no free cell */
-        } else {
-            pos = atomic_load_explicit(&q->head, memory_order_relaxed);
-        }
-    }
+    while ((r = ring_pop(&q->spare)) != NULL) free(r);
+    free(q->ring.cells);
+    free(q->spare.cells);
+    q->ring.cells = q->spare.cells = NULL;
 }
 
 intake_rec *intake_pop(intake *q)
 {
-    size_t pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
-    for (;;) {
-        intake_cell *c = &q->cells[pos & q->mask];
-        size_t seq = atomic_load_explicit(&c->seq, memory_order_acquire);
-        intptr_t dif = (intptr_t)seq - (intptr_t)(pos + 1);
-        if (dif == 0) {
-            if (atomic_compare_exchange_weak_explicit(&q->tail, &pos, pos + 1,
-                                                      memory_order_relaxed, memory_order_relaxed)) {
-                intake_rec *r = c->rec;
-                atomic_store_explicit(&c->seq, pos + q->mask + 1, memory_order_release);
-                atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed);
-                return r;
-            }
-        } else if (dif < 0) {
-            return NULL;
-        } else {
-            pos = atomic_load_explicit(&q->tail, memory_order_relaxed);
-        }
-    }
+    intake_rec *r = ring_pop(&q->ring);
+    if (r) atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed);
+    return r;
 }
 
 static void drop_one_oldest(intake *q)
 {
     intake_rec *old = intake_pop(q);
     if (old) {
-        free(old);
+        intake_rec_free(q, old);
         atomic_fetch_add_explicit(&q->dropped, 1, memory_order_relaxed);
     }
 }
@@ -123,7 +160,7 @@ int intake_push(intake *q, intake_rec *r, int *dropped_oldest)
     size_t before = atomic_fetch_add_explicit(&q->bytes, r->size, memory_order_relaxed);
     int over_bytes = before + r->size > q->max_bytes;
     if (q->on_full == ON_FULL_DROP_NEWEST) {
-        if (over_bytes || try_push(q, r) != 0) {
+        if (over_bytes || ring_push(&q->ring, r) != 0) {
             atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed);
             atomic_fetch_add_explicit(&q->dropped, 1, memory_order_relaxed);
             return -1;
@@ -133,18 +170,18 @@ int intake_push(intake *q, intake_rec *r, int *dropped_oldest)
     /* drop_oldest: make room by discarding from the front until this record fits. Bounded: each
      * round removes one record or finds the queue empty, in which case the record fits alone. */
     while (atomic_load_explicit(&q->bytes, memory_order_relaxed) > q->max_bytes &&
-           atomic_load_explicit(&q->tail, memory_order_relaxed) !=
-               atomic_load_explicit(&q->head, memory_order_relaxed)) {
+           atomic_load_explicit(&q->ring.tail, memory_order_relaxed) !=
+               atomic_load_explicit(&q->ring.head, memory_order_relaxed)) {
         drop_one_oldest(q);
         *dropped_oldest = 1;
     }
-    while (try_push(q, r) != 0) {
+    while (ring_push(&q->ring, r) != 0) {
         drop_one_oldest(q);
         *dropped_oldest = 1;
     }
     return 0;
 }
 
-size_t intake_position(intake *q) { return atomic_load_explicit(&q->head, memory_order_acquire); }
-size_t intake_taken(intake *q) { return atomic_load_explicit(&q->tail, memory_order_acquire); }
+size_t intake_position(intake *q) { return atomic_load_explicit(&q->ring.head, memory_order_acquire); }
+size_t intake_taken(intake *q) { return atomic_load_explicit(&q->ring.tail, memory_order_acquire); }
 size_t intake_bytes(intake *q) { return atomic_load_explicit(&q->bytes, memory_order_relaxed); }

@@ -20,7 +20,8 @@ enum rec_kind {
 /* One caller request, copied into a single allocation. s1/s2 are the call's string arguments
  * (event, user id, name, group id, previous id, category), json its JSON argument. */
 typedef struct intake_rec {
-    uint32_t size;       /* bytes of this allocation, for the byte bound */
+    uint32_t size;       /* bytes in use, for the byte bound */
+    uint32_t cap;        /* bytes allocated: REC_SPARE_BYTES for records that go back to the spares */
     uint8_t  kind;       /* enum rec_kind */
     uint8_t  at_ticks;   /* `at` is tly_ticks(), not wall ms */
     int64_t  at;         /* when the call happened: the message's timestamp (intake_rec_time) */
@@ -30,8 +31,12 @@ typedef struct intake_rec {
 } intake_rec;
 
 /* The lengths are the strings' (the caller measured them when it checked them); NULL ones are 0. */
-intake_rec *intake_rec_new(int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
+typedef struct intake intake;
+/* q: the intake whose spare records to reuse (NULL: malloc). */
+intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
                            size_t json_len);
+/* Gives a record back: to q's spares when it is of the spare size and there is room, else free. */
+void intake_rec_free(intake *q, intake_rec *r);
 int64_t intake_rec_time(const intake_rec *r); /* wall ms of the call */
 
 enum { ON_FULL_DROP_NEWEST, ON_FULL_DROP_OLDEST };
@@ -41,16 +46,28 @@ typedef struct intake_cell {
     intake_rec    *rec;
 } intake_cell;
 
-typedef struct intake {
+/* A bounded lock-free ring of pointers, many producers and many consumers. */
+typedef struct ptr_ring {
     intake_cell *cells;
     size_t       mask;
+    _Alignas(64) _Atomic size_t head;   /* next position to fill */
+    _Alignas(64) _Atomic size_t tail;   /* next position to take */
+} ptr_ring;
+
+/* Records the processor is done with go back to callers through `spare` instead of free(): a free
+ * of a block another thread allocated takes that thread's malloc arena lock, which the calling
+ * thread's next malloc then waits for (~20 ns of tally_track's p50, bench/README.md). */
+#define REC_SPARE_BYTES 256
+
+struct intake {
+    ptr_ring     ring;                  /* head: producers (callers); tail: the processor, and
+                                         * drop_oldest producers */
+    ptr_ring     spare;                 /* records of REC_SPARE_BYTES to reuse */
     size_t       max_bytes;
     int          on_full;
-    _Alignas(64) _Atomic size_t head;   /* next position to fill (producers) */
-    _Alignas(64) _Atomic size_t tail;   /* next position to take (worker; drop_oldest producers) */
     _Alignas(64) _Atomic size_t bytes;  /* bytes of queued records */
     _Atomic uint64_t dropped;           /* records dropped by the full policy */
-} intake;
+};
 
 int  intake_init(intake *q, size_t rows, size_t max_bytes, int on_full); /* rows: rounded up to 2^k */
 void intake_destroy(intake *q);          /* frees queued records too */

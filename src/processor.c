@@ -176,7 +176,7 @@ static int drain(tally_t *t, struct processor *p, int budget)
     intake_rec *r;
     while (n < budget && (r = intake_pop(&t->q)) != NULL) {
         process(t, p, r);
-        free(r);
+        intake_rec_free(&t->q, r);
         n++;
         /* Everything the intake gave up so far is handled: processed here, or dropped by its
          * full policy (drop_oldest advances the same counter). The worker's flushes count on it. */

@@ -104,7 +104,7 @@ int tally_close(tally_t *t, int timeout_ms)
 static int enqueue(tally_t *t, int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
                    size_t json_len)
 {
-    intake_rec *r = intake_rec_new(kind, s1, l1, s2, l2, json, json_len);
+    intake_rec *r = intake_rec_new(&t->q, kind, s1, l1, s2, l2, json, json_len);
     if (!r) return tly_fail(TALLY_ENOMEM, "out of memory");
     /* Control records are not messages. Counting them (rare) instead of the messages keeps a
      * locked add off every call: accepted = records queued - control records (tally_stats). */
@@ -112,7 +112,7 @@ static int enqueue(tally_t *t, int kind, const char *s1, size_t l1, const char *
     if (control) atomic_fetch_add_explicit(&t->n.control, 1, memory_order_relaxed);
     int dropped_oldest;
     if (intake_push(&t->q, r, &dropped_oldest)) {
-        free(r);
+        intake_rec_free(&t->q, r);
         if (control) atomic_fetch_sub_explicit(&t->n.control, 1, memory_order_relaxed);
         return tly_fail(TALLY_EFULL, "queue full (max_queue_bytes=%zu, max_queue_rows=%zu): message dropped",
                         t->cfg.max_queue_bytes, t->cfg.max_queue_rows);

@@ -13,7 +13,7 @@ static intake_rec *rec(int i)
 {
     char s[32];
     snprintf(s, sizeof s, "%d", i);
-    return intake_rec_new(REC_TRACK, s, strlen(s), NULL, 0, NULL, 0);
+    return intake_rec_new(NULL, REC_TRACK, s, strlen(s), NULL, 0, NULL, 0);
 }
 
 static int rec_id(const intake_rec *r) { return atoi(r->s1); }
@@ -165,4 +165,39 @@ TEST(records_keep_the_time_of_the_call)
     if (f && fgets(src, sizeof src, f) && !strcmp(src, "tsc\n")) CHECK(tly_ticks_ok);
     if (f) fclose(f);
 #endif
+}
+
+/* Records the processor is done with go back to the callers (spares) instead of free(): a small
+ * one is handed out again, a big one is freed, and the spares are bounded (ASan checks nothing
+ * leaks when more are given back than are kept). */
+TEST(small_records_are_reused_big_ones_freed)
+{
+    intake q;
+    REQUIRE(intake_init(&q, 16, 1 << 20, ON_FULL_DROP_NEWEST) == 0);
+    intake_rec *a = intake_rec_new(&q, REC_TRACK, "e", 1, NULL, 0, "{}", 2);
+    REQUIRE(a);
+    CHECK_EQ_INT(a->cap, REC_SPARE_BYTES);
+    intake_rec_free(&q, a);
+    void *m = malloc(REC_SPARE_BYTES); /* had a gone back to malloc, this would likely be it */
+    CHECK(m != (void *)a);
+    intake_rec *b = intake_rec_new(&q, REC_TRACK, "other", 5, NULL, 0, "{\"k\":1}", 7);
+    CHECK(b == a);
+    free(m);
+    CHECK_STR(b->s1, "other");
+    CHECK_STR(b->json, "{\"k\":1}");
+    char big[1024];
+    memset(big, ' ', sizeof big - 3);
+    memcpy(big + sizeof big - 3, "{}", 3);
+    intake_rec *c = intake_rec_new(&q, REC_TRACK, "e", 1, NULL, 0, big, strlen(big));
+    REQUIRE(c);
+    CHECK(c->cap > REC_SPARE_BYTES);
+    intake_rec_free(&q, c);
+    intake_rec *d = intake_rec_new(&q, REC_TRACK, "e", 1, NULL, 0, NULL, 0);
+    CHECK(d != c);
+    intake_rec_free(&q, b);
+    intake_rec_free(&q, d);
+    intake_rec *many[3000];
+    for (int i = 0; i < 3000; i++) REQUIRE((many[i] = intake_rec_new(NULL, REC_TRACK, "e", 1, NULL, 0, NULL, 0)));
+    for (int i = 0; i < 3000; i++) intake_rec_free(&q, many[i]);
+    intake_destroy(&q);
 }
