@@ -13,8 +13,7 @@
 #include "json.h"
 
 enum {
-    Q_INSERT, Q_LOAD, Q_RANGE_SIZE, Q_ACK, Q_DEAD_ROWS, Q_ROW_SIZE, Q_DEAD_ADD, Q_PENDING, Q_OLDEST, Q_DELETE_ONE, Q_TRIM,
-    Q_DONE, Q_MIN,
+    Q_INSERT, Q_LOAD, Q_RANGE_SIZE, Q_ACK, Q_DEAD_ROWS, Q_ROW_SIZE, Q_DEAD_ADD, Q_PENDING, Q_OLDEST, Q_DELETE_ONE, Q_TRIM, Q_MIN,
     Q_DESTS, Q_COUNT, Q_META_GET, Q_META_SET, Q_META_DEL, Q_DEST_GET, Q_DEST_ADD, Q_N
 };
 
@@ -24,9 +23,7 @@ enum {
  * through were written to the WAL and checkpointed twice each; a chunk of up to a batch is one
  * cell whose body lives in overflow pages that a delete frees without rewriting (bench/README.md).
  * The worker gathers chunks (worker.c); the store splits them when it loads a batch, trims the
- * oldest one message-exactly when drop_oldest needs room, and dead-letters message by message.
- * A batch may end inside a chunk: acknowledging it then only counts the chunk's front as done
- * (column done) instead of rewriting the rest of its body. */
+ * oldest one message-exactly when drop_oldest needs room, and dead-letters message by message. */
 #define SEP '\0'
 
 /* A row's id holds its destination in the high bits and the store-wide sequence number (the
@@ -42,17 +39,16 @@ static int64_t seq_of(int64_t id) { return id & SEQ_MASK; }
 
 static const char *const sql_text[Q_N] = {
     [Q_INSERT] = "INSERT INTO queue(id, dest, n, body) VALUES (?1, ?2, ?3, ?4)",
-    [Q_LOAD] = "SELECT id, n - done, body, done FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-    [Q_RANGE_SIZE] = "SELECT total(n - done), total(length(body)) FROM queue WHERE id BETWEEN ?1 AND ?2",
+    [Q_LOAD] = "SELECT id, n, body FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+    [Q_RANGE_SIZE] = "SELECT total(n), total(length(body)) FROM queue WHERE id BETWEEN ?1 AND ?2",
     [Q_ACK] = "DELETE FROM queue WHERE id BETWEEN ?1 AND ?2",
-    [Q_DEAD_ROWS] = "SELECT body, id, done FROM queue WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
-    [Q_ROW_SIZE] = "SELECT n - done, length(body) FROM queue WHERE id = ?1",
+    [Q_DEAD_ROWS] = "SELECT body, id FROM queue WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+    [Q_ROW_SIZE] = "SELECT n, length(body) FROM queue WHERE id = ?1",
     [Q_DEAD_ADD] = "INSERT INTO dead(dest, body, status, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    [Q_PENDING] = "SELECT total(n - done) FROM queue WHERE id > ?1 AND id <= ?2",
-    [Q_OLDEST] = "SELECT id, length(body), n - done, done FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT 64", /* OLDEST_N */
+    [Q_PENDING] = "SELECT total(n) FROM queue WHERE id > ?1 AND id <= ?2",
+    [Q_OLDEST] = "SELECT id, length(body), n FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT 64", /* OLDEST_N */
     [Q_DELETE_ONE] = "DELETE FROM queue WHERE id = ?1",
-    [Q_TRIM] = "UPDATE queue SET n = ?2, done = 0, body = substr(body, ?3) WHERE id = ?1",
-    [Q_DONE] = "UPDATE queue SET done = done + ?2 WHERE id = ?1",
+    [Q_TRIM] = "UPDATE queue SET n = ?2, body = substr(body, ?3) WHERE id = ?1",
     [Q_MIN] = "SELECT min(id) FROM queue WHERE id > ?1 AND id <= ?2",
     [Q_DESTS] = "SELECT id FROM dests",
     [Q_COUNT] = "INSERT INTO counters(dest, name, value) VALUES (?1, ?2, ?3) "
@@ -69,7 +65,7 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;"
     "CREATE TABLE IF NOT EXISTS dests(id INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL);"
     "CREATE TABLE IF NOT EXISTS queue(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL,"
-    " n INTEGER NOT NULL DEFAULT 1, done INTEGER NOT NULL DEFAULT 0);"
+    " n INTEGER NOT NULL DEFAULT 1);"
     "CREATE TABLE IF NOT EXISTS dead(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL,"
     " status INTEGER, reason TEXT, at INTEGER);"
     "CREATE TABLE IF NOT EXISTS counters(dest INTEGER NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,"
@@ -161,22 +157,15 @@ void store_checkpoint(store *s, int idle)
         s->wal_pages = 0;
 }
 
-static int has_column(store *s, const char *sql)
-{
-    sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) return 0;
-    sqlite3_finalize(st);
-    return 1;
-}
-
-/* Stores written before chunks: every row holds one message, none of it done. */
+/* Stores written before chunks: every row holds one message. */
 static int add_chunk_count(store *s)
 {
-    int rc = SQLITE_OK;
-    if (!has_column(s, "SELECT n FROM queue LIMIT 0")) rc = exec(s, "ALTER TABLE queue ADD COLUMN n INTEGER NOT NULL DEFAULT 1");
-    if (rc == SQLITE_OK && !has_column(s, "SELECT done FROM queue LIMIT 0"))
-        rc = exec(s, "ALTER TABLE queue ADD COLUMN done INTEGER NOT NULL DEFAULT 0");
-    return rc;
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT n FROM queue LIMIT 0", -1, &st, NULL) == SQLITE_OK) {
+        sqlite3_finalize(st);
+        return SQLITE_OK;
+    }
+    return exec(s, "ALTER TABLE queue ADD COLUMN n INTEGER NOT NULL DEFAULT 1");
 }
 
 /* Stores written before ids carried the destination: move every row into its destination's
@@ -238,7 +227,7 @@ static int open_db(store *s)
     /* Reading every row of the queue and of the small tables walks their pages, so a damaged
      * file is found here and not halfway through the run. */
     rc = sqlite3_prepare_v2(s->db,
-                            "SELECT total(n - done), total(length(body)), coalesce(max(id & 1099511627775), 0),"
+                            "SELECT total(n), total(length(body)), coalesce(max(id & 1099511627775), 0),"
                             " (SELECT total(length(key) + length(value)) FROM meta),"
                             " (SELECT total(length(name)) FROM dests), (SELECT total(value) FROM counters) FROM queue",
                             -1, &st, NULL);
@@ -390,7 +379,7 @@ int store_dest_id(store *s, const char *name, int *id)
     return 0;
 }
 
-typedef struct oldest_row { int64_t id, size, n, done; int dest; } oldest_row; /* n: messages not done */
+typedef struct oldest_row { int64_t id, size, n; int dest; } oldest_row;
 
 static int by_seq(const void *a, const void *b)
 {
@@ -417,7 +406,6 @@ static int oldest_rows(store *s, oldest_row *out)
             out[n].id = sqlite3_column_int64(st, 0);
             out[n].size = sqlite3_column_int64(st, 1);
             out[n].n = sqlite3_column_int64(st, 2);
-            out[n].done = sqlite3_column_int64(st, 3);
             out[n].dest = dests[k];
             n++;
         }
@@ -433,22 +421,11 @@ static int over(const store *s, int64_t n, size_t len)
     return s->rows + n > s->lim.max_rows || s->bytes + (int64_t)len > s->lim.max_bytes;
 }
 
-/* Where the body goes on after its first k messages (and their separators). */
-static int64_t skip_messages(const char *body, int64_t len, int64_t k)
-{
-    int64_t at = 0;
-    while (k-- > 0 && at < len) {
-        const char *sep = memchr(body + at, SEP, (size_t)(len - at));
-        at = sep ? sep - body + 1 : len;
-    }
-    return at;
-}
-
-/* The front of row `id` (size bytes; done messages already delivered, then n more) that holds at
- * least need_n of the n messages and need_b bytes: its message count (*k, done ones not counted)
- * and length with the separator after it (*cut); all of the row when that is the whole row. */
-static int front_cut(store *s, int64_t id, int64_t n, int64_t done, int64_t size, int64_t need_n, int64_t need_b,
-                     int64_t *k, int64_t *cut)
+/* The front of row `id` (n messages, size bytes) that holds at least need_n messages and need_b
+ * bytes: its message count (*k) and length with the separator after it (*cut); all of the row
+ * when that is the whole row. */
+static int front_cut(store *s, int64_t id, int64_t n, int64_t size, int64_t need_n, int64_t need_b, int64_t *k,
+                     int64_t *cut)
 {
     *k = n;
     *cut = size;
@@ -461,7 +438,7 @@ static int front_cut(store *s, int64_t id, int64_t n, int64_t done, int64_t size
         return -1;
     }
     const char *body = sqlite3_column_blob(st, 0);
-    int64_t len = sqlite3_column_bytes(st, 0), got = 0, at = skip_messages(body, len, done);
+    int64_t len = sqlite3_column_bytes(st, 0), got = 0, at = 0;
     while (got < n && (got < need_n || at < need_b)) {
         const char *sep = memchr(body + at, SEP, (size_t)(len - at));
         at = sep ? sep - body + 1 : len;
@@ -475,8 +452,7 @@ static int front_cut(store *s, int64_t id, int64_t n, int64_t done, int64_t size
     return 0;
 }
 
-/* Removes the first k of row id's n messages not done (cut bytes, done ones included): the whole
- * row when k == n. */
+/* Removes the first k of row id's n messages (cut bytes): the whole row when k == n. */
 static int drop_front(store *s, int64_t id, int64_t k, int64_t n, int64_t cut)
 {
     sqlite3_stmt *d;
@@ -505,7 +481,7 @@ static int make_room(store *s, int64_t n, size_t len, int64_t *dropped)
         if (got == 0) break;
         for (int i = 0; i < got && over(s, n, len); i++) {
             int64_t k, cut;
-            if (front_cut(s, rows[i].id, rows[i].n, rows[i].done, rows[i].size, s->rows + n - s->lim.max_rows,
+            if (front_cut(s, rows[i].id, rows[i].n, rows[i].size, s->rows + n - s->lim.max_rows,
                           s->bytes + (int64_t)len - s->lim.max_bytes, &k, &cut) ||
                 drop_front(s, rows[i].id, k, rows[i].n, cut))
                 return -1;
@@ -597,10 +573,10 @@ int store_load(store *s, int dest_id, int64_t after, size_t max_n, size_t max_by
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         int64_t n = sqlite3_column_int64(st, 1);
         const char *body = sqlite3_column_blob(st, 2);
-        int64_t len = sqlite3_column_bytes(st, 2), from = skip_messages(body, len, sqlite3_column_int64(st, 3));
+        size_t len = (size_t)sqlite3_column_bytes(st, 2);
         int64_t id = seq_of(sqlite3_column_int64(st, 0));
         size_t before = b->n;
-        int64_t k = split_into(b, body + from, (size_t)(len - from), max_n, max_bytes, &bytes);
+        int64_t k = split_into(b, body, len, max_n, max_bytes, &bytes);
         if (k < 0) { sqlite3_reset(st); return -1; }
         if (k == 0) break;
         if (before == 0) b->first_id = id;
@@ -662,18 +638,13 @@ static int last_share(store *s, int dest_id, const dest_batch *b, int64_t *k, in
 static int remove_batch(store *s, int dest_id, const dest_batch *b)
 {
     if (b->last_taken >= b->last_n) return delete_range(s, dest_id, b->first_id, b->last_id);
-    int64_t k, n, size;
+    int64_t k, n, size, got, cut;
     if ((b->last_id > b->first_id && delete_range(s, dest_id, b->first_id, b->last_id - 1)) ||
         last_share(s, dest_id, b, &k, &n, &size))
         return -1;
     if (k == 0) return 0;
-    if (k >= n) return drop_front(s, row_id(dest_id, b->last_id), n, n, size);
-    sqlite3_stmt *st = stmt(s, Q_DONE);
-    sqlite3_bind_int64(st, 1, row_id(dest_id, b->last_id));
-    sqlite3_bind_int64(st, 2, k);
-    if (step_done(s, st)) return -1;
-    s->rows -= k; /* its bytes stay counted until the row goes: they are still on disk */
-    return 0;
+    if (front_cut(s, row_id(dest_id, b->last_id), n, size, k, 0, &got, &cut)) return -1;
+    return drop_front(s, row_id(dest_id, b->last_id), got, n, cut);
 }
 
 int store_ack(store *s, int dest_id, const dest_batch *b)
@@ -694,11 +665,7 @@ int store_dead(store *s, int dest_id, const dest_batch *b, int status, const cha
     int64_t at = tly_now_ms();
     int rc;
     while ((rc = sqlite3_step(rows)) == SQLITE_ROW) {
-        const char *p = sqlite3_column_blob(rows, 0);
-        int64_t len = sqlite3_column_bytes(rows, 0);
-        const char *end = p + len;
-        p += skip_messages(p, len, sqlite3_column_int64(rows, 2));
-        if (p >= end) continue;
+        const char *p = sqlite3_column_blob(rows, 0), *end = p + sqlite3_column_bytes(rows, 0);
         int64_t left = seq_of(sqlite3_column_int64(rows, 1)) == b->last_id ? last_k : INT64_MAX;
         while (left-- > 0) {
             const char *sep = memchr(p, SEP, (size_t)(end - p));
@@ -772,7 +739,7 @@ int store_meta_set(store *s, const char *key, const char *value)
 void store_each_queued_dest(store *s, void (*fn)(void *ud, const char *name, int64_t rows), void *ud)
 {
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(s->db, "SELECT d.name, sum(q.n - q.done) FROM queue q JOIN dests d ON d.id = q.dest GROUP BY q.dest",
+    if (sqlite3_prepare_v2(s->db, "SELECT d.name, sum(q.n) FROM queue q JOIN dests d ON d.id = q.dest GROUP BY q.dest",
                            -1, &st, NULL) != SQLITE_OK)
         return;
     while (sqlite3_step(st) == SQLITE_ROW) fn(ud, (const char *)sqlite3_column_text(st, 0), sqlite3_column_int64(st, 1));
@@ -784,7 +751,7 @@ void store_each_queued_dest(store *s, void (*fn)(void *ud, const char *name, int
 static void report_dest(sqlite3 *db, tbuf *b, int id, const char *name)
 {
     static const char *const q[] = {
-        "SELECT coalesce(sum(n - done), 0) FROM queue WHERE dest = ?1",
+        "SELECT coalesce(sum(n), 0) FROM queue WHERE dest = ?1",
         "SELECT count(*) FROM dead WHERE dest = ?1",
     };
     int64_t v[2] = {0, 0};

@@ -528,7 +528,7 @@ static int read_dead(const char *path, int64_t *rows, int64_t *status_min, int64
     int rc = -1;
     if (sqlite3_prepare_v2(db,
                            "SELECT count(*), min(status), max(status), group_concat(DISTINCT reason),"
-                           " (SELECT coalesce(sum(n - done), 0) FROM queue) FROM dead",
+                           " (SELECT coalesce(sum(n), 0) FROM queue) FROM dead",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW) {
         *rows = sqlite3_column_int64(st, 0);
@@ -652,7 +652,7 @@ static int64_t count_queued(const char *path)
     int64_t n = -1;
     sqlite3_stmt *st = NULL;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
-        sqlite3_prepare_v2(db, "SELECT coalesce(sum(n - done), 0) FROM queue", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
+        sqlite3_prepare_v2(db, "SELECT coalesce(sum(n), 0) FROM queue", -1, &st, NULL) == SQLITE_OK && sqlite3_step(st) == SQLITE_ROW)
         n = sqlite3_column_int64(st, 0);
     sqlite3_finalize(st);
     sqlite3_close(db);
