@@ -170,6 +170,8 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
     }
 }
 
+#define WAKE_EVERY 32
+
 static int drain(tally_t *t, struct processor *p, int budget)
 {
     int n = 0;
@@ -181,8 +183,12 @@ static int drain(tally_t *t, struct processor *p, int budget)
         /* Everything the intake gave up so far is handled: processed here, or dropped by its
          * full policy (drop_oldest advances the same counter). The worker's flushes count on it. */
         atomic_store_explicit(&t->processed_pos, intake_taken(&t->q), memory_order_release);
-        tly_wake_worker(t);
+        /* Not after every record: a worker that keeps up sleeps between two rows, and waking it
+         * for each was an eventfd write per message (11% of the samples with three rules). Every
+         * WAKE_EVERY records, when the row queue fills (row_slot) and when this drain ends. */
+        if (n % WAKE_EVERY == 0) tly_wake_worker(t);
     }
+    if (n) tly_wake_worker(t);
     return n;
 }
 
