@@ -12,7 +12,8 @@
 
 static const tly_logger quiet = {NULL, NULL, 0};
 
-static store *open_store(const char *name, int64_t max_rows, int on_full)
+/* A fresh store file with one destination, "d", whose id goes to *d. */
+static store *open_store(const char *name, int64_t max_rows, int on_full, int *d)
 {
     char *path = tu_path(name);
     unlink(path);
@@ -20,6 +21,10 @@ static store *open_store(const char *name, int64_t max_rows, int on_full)
     store *s = NULL;
     if (store_open(&s, path, &lim, &quiet) != TALLY_OK) s = NULL;
     free(path);
+    if (s && store_dest_id(s, "d", d) != 0) {
+        store_close(s);
+        s = NULL;
+    }
     return s;
 }
 
@@ -53,10 +58,9 @@ static const char *load(store *s, int did, size_t max_n, dest_batch *b)
 
 TEST(batches_cut_inside_chunks_lose_and_repeat_nothing)
 {
-    store *s = open_store("cut.db", 1000, STORE_FULL_DROP_OLDEST);
-    REQUIRE(s);
     int d;
-    REQUIRE(store_dest_id(s, "d", &d) == 0);
+    store *s = open_store("cut.db", 1000, STORE_FULL_DROP_OLDEST, &d);
+    REQUIRE(s);
     CHECK_EQ_INT(append(s, d, "abc", NULL), 0);
     CHECK_EQ_INT(append(s, d, "def", NULL), 0);
     CHECK_EQ_INT(append(s, d, "g", NULL), 0);
@@ -94,10 +98,9 @@ TEST(batches_cut_inside_chunks_lose_and_repeat_nothing)
 
 TEST(drop_oldest_trims_the_oldest_chunk_message_exactly)
 {
-    store *s = open_store("oldest.db", 4, STORE_FULL_DROP_OLDEST);
-    REQUIRE(s);
     int d;
-    REQUIRE(store_dest_id(s, "d", &d) == 0);
+    store *s = open_store("oldest.db", 4, STORE_FULL_DROP_OLDEST, &d);
+    REQUIRE(s);
     int64_t dropped = 0;
     CHECK_EQ_INT(append(s, d, "abc", &dropped), 0);
     CHECK_EQ_INT(dropped, 0);
@@ -119,10 +122,9 @@ TEST(drop_oldest_trims_the_oldest_chunk_message_exactly)
 
 TEST(drop_newest_stores_the_front_that_fits)
 {
-    store *s = open_store("newest.db", 4, STORE_FULL_DROP_NEWEST);
-    REQUIRE(s);
     int d;
-    REQUIRE(store_dest_id(s, "d", &d) == 0);
+    store *s = open_store("newest.db", 4, STORE_FULL_DROP_NEWEST, &d);
+    REQUIRE(s);
     CHECK_EQ_INT(append(s, d, "abc", NULL), 0);
     CHECK_EQ_INT(append(s, d, "def", NULL), 2);
     CHECK_EQ_INT(append(s, d, "g", NULL), 1);
@@ -137,10 +139,9 @@ TEST(drop_newest_stores_the_front_that_fits)
  * acknowledgement must remove only what is left of what the batch took. */
 TEST(ack_after_the_full_policy_trimmed_the_batch)
 {
-    store *s = open_store("inflight.db", 5, STORE_FULL_DROP_OLDEST);
-    REQUIRE(s);
     int d;
-    REQUIRE(store_dest_id(s, "d", &d) == 0);
+    store *s = open_store("inflight.db", 5, STORE_FULL_DROP_OLDEST, &d);
+    REQUIRE(s);
     CHECK_EQ_INT(append(s, d, "abcde", NULL), 0);
     dest_batch b = {0};
     CHECK_STR(load(s, d, 3, &b), "abc"); /* in flight */
