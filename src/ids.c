@@ -34,6 +34,9 @@ static int64_t ns_of(clockid_t id)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
+/* Looked at once, at the first open: a kernel that later finds its TSC unstable switches
+ * clocksource, and call times would then follow a counter it no longer trusts; that has to be
+ * rare enough (it is logged by the kernel) not to pay 12 ns per call for. */
 static int kernel_times_with_tsc(void)
 {
 #if defined(__x86_64__) && defined(__linux__)
