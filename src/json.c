@@ -1177,6 +1177,19 @@ void tj_write_string(tbuf *b, const char *s, size_t len)
     tbuf_putc(b, '"');
 }
 
+/* Raw JSON (a caller's properties or traits, validated at the call) goes out as given, except
+ * that line breaks become spaces: in a valid text they can only be whitespace between tokens
+ * (inside a string they would have to be escaped), and a message must stay on one line, or a
+ * pretty-printed properties object split one NDJSON record into several. */
+static void write_raw(tbuf *b, const char *s, size_t len)
+{
+    size_t at = b->len;
+    tbuf_append(b, s, len);
+    if (b->oom || (!memchr(s, '\n', len) && !memchr(s, '\r', len))) return;
+    for (char *p = b->data + at, *end = b->data + b->len; p < end; p++)
+        if (*p == '\n' || *p == '\r') *p = ' ';
+}
+
 static int write_value(tbuf *b, const tj_value *v)
 {
     switch (v->type) {
@@ -1189,7 +1202,7 @@ static int write_value(tbuf *b, const tj_value *v)
         tj_write_double(b, v->u.d);
         break;
     case TJ_STRING: tj_write_string(b, v->u.str.s, v->u.str.len); break;
-    case TJ_RAW: tbuf_append(b, v->u.str.s, v->u.str.len); break;
+    case TJ_RAW: write_raw(b, v->u.str.s, v->u.str.len); break;
     case TJ_ARRAY:
         tbuf_putc(b, '[');
         for (size_t i = 0; i < v->u.arr.n; i++) {

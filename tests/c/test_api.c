@@ -169,6 +169,34 @@ TEST(track_writes_a_stamped_message_with_exact_properties)
     free(out);
 }
 
+/* Properties as a caller may well pass them, pretty-printed: each message is still one NDJSON
+ * line, with the same content. */
+TEST(pretty_printed_properties_stay_on_one_line)
+{
+    char *out = tu_path("pretty.ndjson");
+    tally_t *t = tu_open_file(out, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "A", "{\n  \"a\": 1,\r\n  \"s\": \"x\\ny\"\n}"), TALLY_OK);
+    CHECK_EQ_INT(tally_track(t, "B", "{\"b\":2}"), TALLY_OK);
+    CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
+    size_t len = 0;
+    char *text = tu_read_file(out, &len);
+    REQUIRE(text);
+    int lines = 0;
+    for (size_t i = 0; i < len; i++) lines += text[i] == '\n';
+    CHECK_EQ_INT(lines, 2);
+    tj_arena *a = tj_arena_new();
+    tj_value *m = message_at(a, out, 0);
+    REQUIRE(m);
+    CHECK_STR(tu_jstr(m, "event"), "A");
+    CHECK_EQ_INT(tu_jint(tj_object_get(m, "properties"), "a"), 1);
+    CHECK_STR(tu_jstr(tj_object_get(m, "properties"), "s"), "x\ny"); /* an escaped newline stays one */
+    tj_arena_free(a);
+    free(text);
+    tally_close(t, 1000);
+    free(out);
+}
+
 TEST(each_call_builds_its_spec_shape)
 {
     char *out = tu_path("shapes.ndjson");
