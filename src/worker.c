@@ -267,8 +267,15 @@ static void deliver(tally_t *t, struct worker *w, int force)
         while (due(t, s, tly_clock_mono(t), force)) {
             /* no commit here: rows read inside the open transaction are sent as they are; a crash
              * before the group commit loses them from the store, never duplicates them */
-            store_chunk(t, w, i);
+            /* What is gathered goes in only when the stored rows do not make a batch: under a
+             * backlog chunks then fill up to flush_at and batches line up with them, instead of
+             * ending inside a chunk whose rest must be rewritten when they are acknowledged. */
+            if (s->pending - s->chunk_n < t->cfg.flush_at) store_chunk(t, w, i);
             int n = store_load(w->st, s->store_id, 0, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
+            if (n == 0 && s->chunk_n) {
+                store_chunk(t, w, i); /* pending was an estimate after a full-policy drop */
+                n = store_load(w->st, s->store_id, 0, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
+            }
             if (n <= 0) {
                 if (n == 0) s->pending = 0; /* rows were dropped by the full policy */
                 break;
@@ -419,7 +426,9 @@ static void *worker_main(void *arg)
         /* the processor has stopped only once the intake was empty: nothing more will come */
         if (!did && atomic_load(&t->p_done) && rowq_empty(t->rows)) break;
         if (!did) {
-            store_chunks(t, w); /* nothing more to gather for now: into the open transaction */
+            /* nothing more to gather for now: with no transaction open, into a new one, so the
+             * group commit's deadline covers it; an open one takes them when it commits */
+            if (!store_in_txn(w->st)) store_chunks(t, w);
             /* not before its time: under load the row queue runs dry for a moment all the time */
             if (txn_age(t, w) >= t->cfg.commit_interval_ms) commit(t, w);
             store_checkpoint(w->st, 1);
