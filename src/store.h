@@ -38,8 +38,8 @@ int  store_append(store *s, int dest_id, const char *body, size_t len, int n, in
 int  store_commit(store *s);       /* 0, or -1 (the transaction is rolled back and logged) */
 /* Whether the store is at its limits (rows or bytes). */
 int  store_full(const store *s);
-/* Moves the WAL into the database when the worker is idle, or when the WAL grew past its bound. */
-void store_checkpoint(store *s, int idle);
+/* Moves the WAL into the database once it grew past its bound (16 MiB); not inside a transaction. */
+void store_checkpoint(store *s);
 int  store_in_txn(const store *s);
 uint64_t store_txn_id(const store *s); /* changes whenever a transaction begins */
 

@@ -418,7 +418,7 @@ static void *worker_main(void *arg)
             commit(t, w);
             /* now, between transactions: under a steady stream there is no other moment, and a
              * WAL that is never checkpointed grows without bound (257 MB for a 400k burst) */
-            store_checkpoint(w->st, 0);
+            store_checkpoint(w->st);
         }
         collect_transfers(t, w);
         deliver(t, w, 0);
@@ -431,11 +431,9 @@ static void *worker_main(void *arg)
             if (!store_in_txn(w->st)) store_chunks(t, w);
             /* not before its time: under load the row queue runs dry for a moment all the time */
             if (txn_age(t, w) >= t->cfg.commit_interval_ms) commit(t, w);
-            store_checkpoint(w->st, 1);
-            worker_sleep(t, w, next_timeout_ms(t, w));
-        } else {
-            store_checkpoint(w->st, 0);
         }
+        store_checkpoint(w->st);
+        if (!did) worker_sleep(t, w, next_timeout_ms(t, w));
     }
     commit(t, w);
     return NULL;
