@@ -13,7 +13,7 @@
 #include "json.h"
 
 enum {
-    Q_INSERT, Q_LOAD, Q_RANGE_SIZE, Q_ACK, Q_DEAD_ROWS, Q_ROW_SIZE, Q_DEAD_ADD, Q_PENDING, Q_OLDEST, Q_DELETE_ONE, Q_TRIM, Q_MIN,
+    Q_INSERT, Q_LOAD, Q_RANGE_SIZE, Q_ACK, Q_BODIES, Q_ROW_SIZE, Q_DEAD_ADD, Q_PENDING, Q_OLDEST, Q_DELETE_ONE, Q_TRIM, Q_MIN,
     Q_DESTS, Q_COUNT, Q_META_GET, Q_META_SET, Q_META_DEL, Q_DEST_GET, Q_DEST_ADD, Q_N
 };
 
@@ -25,6 +25,13 @@ enum {
  * The worker gathers chunks (worker.c); the store splits them when it loads a batch, trims the
  * oldest one message-exactly when drop_oldest needs room, and dead-letters message by message. */
 #define SEP '\0'
+
+/* Where the message starting at p ends: at its separator, or at the end of the chunk. */
+static const char *msg_end(const char *p, const char *end)
+{
+    const char *sep = memchr(p, SEP, (size_t)(end - p));
+    return sep ? sep : end;
+}
 
 /* A row's id holds its destination in the high bits and the store-wide sequence number (the
  * order messages were stored in) in the low SEQ_BITS. Each destination's rows are then one
@@ -42,7 +49,7 @@ static const char *const sql_text[Q_N] = {
     [Q_LOAD] = "SELECT id, n, body FROM queue WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
     [Q_RANGE_SIZE] = "SELECT total(n), total(length(body)) FROM queue WHERE id BETWEEN ?1 AND ?2",
     [Q_ACK] = "DELETE FROM queue WHERE id BETWEEN ?1 AND ?2",
-    [Q_DEAD_ROWS] = "SELECT body, id FROM queue WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
+    [Q_BODIES] = "SELECT body, id FROM queue WHERE id BETWEEN ?1 AND ?2 ORDER BY id",
     [Q_ROW_SIZE] = "SELECT n, length(body) FROM queue WHERE id = ?1",
     [Q_DEAD_ADD] = "INSERT INTO dead(dest, body, status, reason, at) VALUES (?1, ?2, ?3, ?4, ?5)",
     [Q_PENDING] = "SELECT total(n) FROM queue WHERE id > ?1 AND id <= ?2",
@@ -431,18 +438,18 @@ static int front_cut(store *s, int64_t id, int64_t n, int64_t size, int64_t need
     *k = n;
     *cut = size;
     if (need_n >= n || need_b >= size) return 0;
-    sqlite3_stmt *st = stmt(s, Q_DEAD_ROWS);
+    sqlite3_stmt *st = stmt(s, Q_BODIES);
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_int64(st, 2, id);
     if (sqlite3_step(st) != SQLITE_ROW) {
         sqlite3_reset(st);
         return -1;
     }
-    const char *body = sqlite3_column_blob(st, 0);
-    int64_t len = sqlite3_column_bytes(st, 0), got = 0, at = 0;
+    const char *body = sqlite3_column_blob(st, 0), *end = body + sqlite3_column_bytes(st, 0);
+    int64_t got = 0, at = 0;
     while (got < n && (got < need_n || at < need_b)) {
-        const char *sep = memchr(body + at, SEP, (size_t)(len - at));
-        at = sep ? sep - body + 1 : len;
+        const char *e = msg_end(body + at, end);
+        at = e - body + (e < end);
         got++;
     }
     sqlite3_reset(st);
@@ -500,8 +507,7 @@ static int64_t front_that_fits(const char *body, size_t *len, int64_t n, int64_t
     int64_t k = 0;
     size_t at = 0, fits = 0;
     while (k < n && k < rows_room) {
-        const char *sep = memchr(body + at, SEP, *len - at);
-        size_t end = sep ? (size_t)(sep - body) : *len;
+        size_t end = (size_t)(msg_end(body + at, body + *len) - body);
         if ((int64_t)end > bytes_room) break;
         fits = end;
         k++;
@@ -548,14 +554,14 @@ static int64_t split_into(dest_batch *b, const char *body, size_t len, size_t ma
     const char *p = body, *end = body + len;
     int64_t k = 0;
     for (;;) {
-        const char *sep = memchr(p, SEP, (size_t)(end - p));
-        size_t one = (size_t)((sep ? sep : end) - p);
+        const char *e = msg_end(p, end);
+        size_t one = (size_t)(e - p);
         if (b->n > 0 && (b->n >= max_n || *bytes + one + 1 > max_bytes)) return k;
         if (batch_add(b, p, one)) return -1;
         *bytes += one + 1;
         k++;
-        if (!sep) return k;
-        p = sep + 1;
+        if (e == end) return k;
+        p = e + 1;
     }
 }
 
@@ -660,7 +666,7 @@ int store_dead(store *s, int dest_id, const dest_batch *b, int status, const cha
     int64_t last_k = b->last_n, n, size;
     if (b->last_taken < b->last_n && last_share(s, dest_id, b, &last_k, &n, &size)) return -1;
     /* one dead letter per message, so `tally inspect` and a replay see messages, not chunks */
-    sqlite3_stmt *rows = stmt(s, Q_DEAD_ROWS);
+    sqlite3_stmt *rows = stmt(s, Q_BODIES);
     sqlite3_bind_int64(rows, 1, row_id(dest_id, b->first_id));
     sqlite3_bind_int64(rows, 2, row_id(dest_id, b->last_id));
     int64_t at = tly_now_ms();
@@ -669,16 +675,16 @@ int store_dead(store *s, int dest_id, const dest_batch *b, int status, const cha
         const char *p = sqlite3_column_blob(rows, 0), *end = p + sqlite3_column_bytes(rows, 0);
         int64_t left = seq_of(sqlite3_column_int64(rows, 1)) == b->last_id ? last_k : INT64_MAX;
         while (left-- > 0) {
-            const char *sep = memchr(p, SEP, (size_t)(end - p));
+            const char *e = msg_end(p, end);
             sqlite3_stmt *add = stmt(s, Q_DEAD_ADD);
             sqlite3_bind_int(add, 1, dest_id);
-            sqlite3_bind_blob(add, 2, p, (int)((sep ? sep : end) - p), SQLITE_STATIC);
+            sqlite3_bind_blob(add, 2, p, (int)(e - p), SQLITE_STATIC);
             sqlite3_bind_int(add, 3, status);
             sqlite3_bind_text(add, 4, reason, -1, SQLITE_STATIC);
             sqlite3_bind_int64(add, 5, at);
             if (step_done(s, add)) { sqlite3_reset(rows); return -1; }
-            if (!sep) break;
-            p = sep + 1;
+            if (e == end) break;
+            p = e + 1;
         }
     }
     sqlite3_reset(rows);
