@@ -190,8 +190,12 @@ static int migrate(store *s)
     old = sqlite3_step(st) == SQLITE_ROW;
     sqlite3_finalize(st);
     if (!old) return SQLITE_OK;
+    char *move = sqlite3_mprintf("UPDATE queue SET id = (dest << %d) | id WHERE id <= %lld", SEQ_BITS,
+                                 (long long)SEQ_MASK);
+    if (!move) return SQLITE_NOMEM;
     int rc = exec(s, "BEGIN");
-    if (rc == SQLITE_OK) rc = exec(s, "UPDATE queue SET id = (dest << 40) | id WHERE id <= 1099511627775");
+    if (rc == SQLITE_OK) rc = exec(s, move);
+    sqlite3_free(move);
     if (rc == SQLITE_OK) rc = exec(s, "DROP INDEX queue_dest");
     if (rc == SQLITE_OK) rc = exec(s, "COMMIT");
     else exec(s, "ROLLBACK");
@@ -235,11 +239,12 @@ static int open_db(store *s)
     /* Reading every row of the queue and of the small tables walks their pages, so a damaged
      * file is found here and not halfway through the run. */
     rc = sqlite3_prepare_v2(s->db,
-                            "SELECT total(n), total(length(body)), coalesce(max(id & 1099511627775), 0),"
+                            "SELECT total(n), total(length(body)), coalesce(max(id & ?1), 0),"
                             " (SELECT total(length(key) + length(value)) FROM meta),"
                             " (SELECT total(length(name)) FROM dests), (SELECT total(value) FROM counters) FROM queue",
                             -1, &st, NULL);
     if (rc != SQLITE_OK) return rc;
+    sqlite3_bind_int64(st, 1, SEQ_MASK);
     rc = sqlite3_step(st);
     if (rc == SQLITE_ROW) {
         s->rows = (int64_t)sqlite3_column_double(st, 0);
