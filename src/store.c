@@ -570,12 +570,12 @@ static int64_t split_into(dest_batch *b, const char *body, size_t len, size_t ma
     }
 }
 
-int store_load(store *s, int dest_id, int64_t after, size_t max_n, size_t max_bytes, dest_batch *b)
+int store_load(store *s, int dest_id, size_t max_n, size_t max_bytes, dest_batch *b)
 {
     batch_clear(b);
     b->first_id = b->last_id = b->last_taken = b->last_n = 0;
     sqlite3_stmt *st = stmt(s, Q_LOAD);
-    sqlite3_bind_int64(st, 1, row_id(dest_id, after));
+    sqlite3_bind_int64(st, 1, row_id(dest_id, 0));
     sqlite3_bind_int64(st, 2, row_id(dest_id, SEQ_MASK));
     sqlite3_bind_int64(st, 3, (sqlite3_int64)max_n);
     size_t bytes = 0;
@@ -697,11 +697,11 @@ int store_dead(store *s, int dest_id, const dest_batch *b, int status, const cha
     return remove_batch(s, dest_id, b);
 }
 
-int64_t store_pending(store *s, int dest_id, int64_t upto)
+int64_t store_pending(store *s, int dest_id)
 {
     sqlite3_stmt *st = stmt(s, Q_PENDING);
     sqlite3_bind_int64(st, 1, row_id(dest_id, 0));
-    sqlite3_bind_int64(st, 2, row_id(dest_id, upto >= 0 ? upto : SEQ_MASK));
+    sqlite3_bind_int64(st, 2, row_id(dest_id, SEQ_MASK));
     int64_t n = sqlite3_step(st) == SQLITE_ROW ? (int64_t)sqlite3_column_double(st, 0) : -1;
     sqlite3_reset(st);
     return n;

@@ -43,16 +43,16 @@ void store_checkpoint(store *s);
 int  store_in_txn(const store *s);
 uint64_t store_txn_id(const store *s); /* changes whenever a transaction begins */
 
-/* Loads whole chunks, up to max_n messages / max_bytes of JSON (at least one chunk), for dest with
- * id > after into b (cleared first), setting b->first_id / b->last_id (row ids). Returns the
- * number of messages loaded or -1. */
-int  store_load(store *s, int dest_id, int64_t after, size_t max_n, size_t max_bytes, dest_batch *b);
+/* Loads the oldest messages of dest, up to max_n / max_bytes of JSON (at least one), into b
+ * (cleared first), setting b->first_id / b->last_id (row ids) and, when the last row is taken in
+ * part, b->last_taken / b->last_n. Returns the number of messages loaded or -1. */
+int  store_load(store *s, int dest_id, size_t max_n, size_t max_bytes, dest_batch *b);
 /* Removes the messages of a delivered batch (as store_load made it). */
 int  store_ack(store *s, int dest_id, const dest_batch *b);
 /* Moves the messages of batch b to the dead-letter table with the reason. */
 int  store_dead(store *s, int dest_id, const dest_batch *b, int status, const char *reason);
-/* Messages queued for dest (all, or in rows with id <= upto when upto >= 0). */
-int64_t store_pending(store *s, int dest_id, int64_t upto);
+/* Messages queued for dest, or -1. */
+int64_t store_pending(store *s, int dest_id);
 int64_t store_last_id(const store *s);
 /* The smallest queued id of dest_id, INT64_MAX when it has none. */
 int64_t store_oldest(store *s, int dest_id);

@@ -84,9 +84,10 @@ void tly_wake_all(tally_t *t)
 
 /* ---- rows from the processor -> chunks -> the store ---- */
 
-static int64_t stored_pending(struct worker *w, dest_state *s)
+/* All of a destination's pending messages: the stored ones and those still being gathered. */
+static int64_t count_pending(struct worker *w, dest_state *s)
 {
-    int64_t n = store_pending(w->st, s->store_id, -1);
+    int64_t n = store_pending(w->st, s->store_id);
     return (n < 0 ? 0 : n) + s->chunk_n;
 }
 
@@ -108,7 +109,7 @@ static void store_chunk(tally_t *t, struct worker *w, size_t i)
         tly_log(&t->log, TALLY_LOG_WARN, "store full (max_store_bytes/max_store_rows): dropped %lld oldest",
                 (long long)dropped);
         /* the drop may have taken messages of any destination: recount rather than guess */
-        for (size_t k = 0; k < t->ndests; k++) w->ds[k].pending = stored_pending(w, &w->ds[k]);
+        for (size_t k = 0; k < t->ndests; k++) w->ds[k].pending = count_pending(w, &w->ds[k]);
     }
     if (rc > 0) {
         atomic_fetch_add(&t->n.store_dropped, (uint64_t)rc);
@@ -247,7 +248,7 @@ static void outcome(tally_t *t, struct worker *w, size_t i, const dest_outcome *
     }
     if (removed) {
         s->pending -= n;
-        if (s->pending <= 0) s->pending = stored_pending(w, s);
+        if (s->pending <= 0) s->pending = count_pending(w, s);
         s->since_ms = now; /* what remains is sent on its own schedule */
     }
 }
@@ -256,6 +257,11 @@ static int due(tally_t *t, const dest_state *s, int64_t now, int force)
 {
     if (s->in_flight || s->pending == 0 || (s->retry_at && now < s->retry_at)) return 0;
     return force || s->retry_at || s->pending >= t->cfg.flush_at || now - s->since_ms >= t->cfg.flush_interval_ms;
+}
+
+static int load_batch(tally_t *t, struct worker *w, dest_state *s)
+{
+    return store_load(w->st, s->store_id, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
 }
 
 /* Sends what is due. Synchronous destinations (file, sqlite) are drained batch after batch while
@@ -271,10 +277,10 @@ static void deliver(tally_t *t, struct worker *w, int force)
              * backlog chunks then fill up to flush_at and batches line up with them, instead of
              * ending inside a chunk whose rest must be rewritten when they are acknowledged. */
             if (s->pending - s->chunk_n < t->cfg.flush_at) store_chunk(t, w, i);
-            int n = store_load(w->st, s->store_id, 0, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
+            int n = load_batch(t, w, s);
             if (n == 0 && s->chunk_n) {
                 store_chunk(t, w, i); /* pending was an estimate after a full-policy drop */
-                n = store_load(w->st, s->store_id, 0, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
+                n = load_batch(t, w, s);
             }
             if (n <= 0) {
                 if (n == 0) s->pending = 0; /* rows were dropped by the full policy */
@@ -497,7 +503,7 @@ static int open_dests(tally_t *t, struct worker *w)
         if (store_dest_id(w->st, t->dests[i].name, &s->store_id))
             return tly_fail(TALLY_EIO, "store: cannot register destination %s", t->dests[i].name);
         /* rows left by an earlier run go out at once */
-        s->pending = store_pending(w->st, s->store_id, -1);
+        s->pending = store_pending(w->st, s->store_id);
         s->since_ms = now - t->cfg.flush_interval_ms;
     }
     if (store_commit(w->st)) return tly_fail(TALLY_EIO, "store: cannot write");

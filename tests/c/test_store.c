@@ -53,7 +53,7 @@ static const char *letters(const dest_batch *b)
 
 static const char *load(store *s, int did, size_t max_n, dest_batch *b)
 {
-    return store_load(s, did, 0, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
+    return store_load(s, did, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
 }
 
 TEST(batches_cut_inside_chunks_lose_and_repeat_nothing)
@@ -64,20 +64,20 @@ TEST(batches_cut_inside_chunks_lose_and_repeat_nothing)
     CHECK_EQ_INT(append(s, d, "abc", NULL), 0);
     CHECK_EQ_INT(append(s, d, "def", NULL), 0);
     CHECK_EQ_INT(append(s, d, "g", NULL), 0);
-    CHECK_EQ_INT(store_pending(s, d, -1), 7);
+    CHECK_EQ_INT(store_pending(s, d), 7);
     dest_batch b = {0};
     CHECK_STR(load(s, d, 4, &b), "abcd");
     CHECK_EQ_INT(b.last_taken, 1);
     CHECK_EQ_INT(b.last_n, 3);
     CHECK_STR(load(s, d, 4, &b), "abcd"); /* not acknowledged: the same batch again (a retry) */
     CHECK_EQ_INT(store_ack(s, d, &b), 0);
-    CHECK_EQ_INT(store_pending(s, d, -1), 3);
+    CHECK_EQ_INT(store_pending(s, d), 3);
     CHECK_STR(load(s, d, 1, &b), "e");
     CHECK_EQ_INT(store_dead(s, d, &b, 400, "bad request"), 0);
-    CHECK_EQ_INT(store_pending(s, d, -1), 2);
+    CHECK_EQ_INT(store_pending(s, d), 2);
     CHECK_STR(load(s, d, 10, &b), "fg");
     CHECK_EQ_INT(store_ack(s, d, &b), 0);
-    CHECK_EQ_INT(store_pending(s, d, -1), 0);
+    CHECK_EQ_INT(store_pending(s, d), 0);
     CHECK_EQ_INT(store_commit(s), 0);
     batch_free(&b);
     store_close(s);
@@ -130,7 +130,7 @@ TEST(drop_newest_stores_the_front_that_fits)
     CHECK_EQ_INT(append(s, d, "g", NULL), 1);
     dest_batch b = {0};
     CHECK_STR(load(s, d, 10, &b), "abcd");
-    CHECK_EQ_INT(store_pending(s, d, -1), 4);
+    CHECK_EQ_INT(store_pending(s, d), 4);
     batch_free(&b);
     store_close(s);
 }
@@ -151,7 +151,7 @@ TEST(ack_after_the_full_policy_trimmed_the_batch)
     CHECK_EQ_INT(store_ack(s, d, &b), 0); /* c was sent: it goes, d and e stay */
     dest_batch rest = {0};
     CHECK_STR(load(s, d, 10, &rest), "defg");
-    CHECK_EQ_INT(store_pending(s, d, -1), 4);
+    CHECK_EQ_INT(store_pending(s, d), 4);
     batch_free(&b);
     batch_free(&rest);
     store_close(s);
