@@ -431,13 +431,11 @@ static void *worker_main(void *arg)
         if (flush_waiting(t)) serve_flushes(t, w);
         /* the processor has stopped only once the intake was empty: nothing more will come */
         if (!did && atomic_load(&t->p_done) && rowq_empty(t->rows)) break;
-        if (!did) {
-            /* nothing more to gather for now: with no transaction open, into a new one, so the
-             * group commit's deadline covers it; an open one takes them when it commits */
-            if (!store_in_txn(w->st)) store_chunks(t, w);
-            /* not before its time: under load the row queue runs dry for a moment all the time */
-            if (txn_age(t, w) >= t->cfg.commit_interval_ms) commit(t, w);
-        }
+        /* Nothing more to gather for now: with no transaction open, into a new one, so the group
+         * commit's deadline covers it; an open one takes them when it commits. Running dry does
+         * not commit (under load the row queue runs dry for a moment all the time): the sleep
+         * ends at the commit's deadline and the check at the top of the loop commits. */
+        if (!did && !store_in_txn(w->st)) store_chunks(t, w);
         store_checkpoint(w->st);
         if (!did) worker_sleep(t, w, next_timeout_ms(t, w));
     }
