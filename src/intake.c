@@ -78,7 +78,6 @@ intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const
     else if (!q || !(r = ring_pop(&q->spare))) r = malloc(REC_SPARE_BYTES);
     if (!r) return NULL;
     r->size = (uint32_t)size;
-    r->cap = (uint32_t)(size <= REC_SPARE_BYTES ? REC_SPARE_BYTES : size);
     r->kind = (uint8_t)kind;
     r->at_ticks = (uint8_t)tly_ticks_ok;
     r->at = tly_ticks_ok ? (int64_t)tly_ticks() : tly_now_ms();
@@ -103,7 +102,7 @@ intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const
 void intake_rec_free(intake *q, intake_rec *r)
 {
     if (!r) return;
-    if (q && r->cap == REC_SPARE_BYTES && ring_push(&q->spare, r) == 0) return;
+    if (q && r->size <= REC_SPARE_BYTES && ring_push(&q->spare, r) == 0) return;
     free(r);
 }
 
@@ -111,7 +110,7 @@ int64_t intake_rec_time(const intake_rec *r) { return r->at_ticks ? tly_ticks_wa
 
 /* ---- the queue ---- */
 
-#define SPARES 1024 /* records kept for reuse: 512 KiB at most */
+#define SPARES 1024 /* records kept for reuse: SPARES * REC_SPARE_BYTES (256 KiB) at most */
 
 int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
 {

@@ -20,8 +20,7 @@ enum rec_kind {
 /* One caller request, copied into a single allocation. s1/s2 are the call's string arguments
  * (event, user id, name, group id, previous id, category), json its JSON argument. */
 typedef struct intake_rec {
-    uint32_t size;       /* bytes in use, for the byte bound */
-    uint32_t cap;        /* bytes allocated: REC_SPARE_BYTES for records that go back to the spares */
+    uint32_t size;       /* bytes in use, for the byte bound; up to REC_SPARE_BYTES: a spare's */
     uint8_t  kind;       /* enum rec_kind */
     uint8_t  at_ticks;   /* `at` is tly_ticks(), not wall ms */
     int64_t  at;         /* when the call happened: the message's timestamp (intake_rec_time) */
@@ -30,12 +29,13 @@ typedef struct intake_rec {
     char     data[];
 } intake_rec;
 
-/* The lengths are the strings' (the caller measured them when it checked them); NULL ones are 0. */
 typedef struct intake intake;
-/* q: the intake whose spare records to reuse (NULL: malloc). */
+/* q: the intake whose spare records to reuse (NULL: malloc). The lengths are the strings' (the
+ * caller measured them when it checked them); NULL ones are 0. */
 intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
                            size_t json_len);
-/* Gives a record back: to q's spares when it is of the spare size and there is room, else free. */
+/* Gives a record back: to q's spares when it is a spare (size <= REC_SPARE_BYTES) and there is
+ * room, else free. */
 void intake_rec_free(intake *q, intake_rec *r);
 int64_t intake_rec_time(const intake_rec *r); /* wall ms of the call */
 
