@@ -21,7 +21,6 @@ static void meta_set_int(const meta_sink *s, const char *key, int64_t v)
     s->set(s->ud, key, buf);
 }
 
-
 static void copy_id(char dst[37], const char *src)
 {
     snprintf(dst, 37, "%s", src ? src : "");

@@ -8,31 +8,20 @@
 
 #include "internal.h"
 
-int64_t tly_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-int64_t tly_mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* ---- call timestamps (see internal.h) ---- */
-
-int tly_ticks_ok;
-static struct { uint64_t ticks; int64_t mono_ns; } cal; /* one (counter, monotonic ns) pair */
-
 static int64_t ns_of(clockid_t id)
 {
     struct timespec ts;
     clock_gettime(id, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+int64_t tly_now_ms(void) { return ns_of(CLOCK_REALTIME) / 1000000; }
+int64_t tly_mono_ms(void) { return ns_of(CLOCK_MONOTONIC) / 1000000; }
+
+/* ---- call timestamps (see internal.h) ---- */
+
+int tly_ticks_ok;
+static struct { uint64_t ticks; int64_t mono_ns; } cal; /* one (counter, monotonic ns) pair */
 
 /* Looked at once, at the first open: a kernel that later finds its TSC unstable switches
  * clocksource, and call times would then follow a counter it no longer trusts; that has to be
