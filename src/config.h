@@ -9,6 +9,7 @@
 
 enum { MODE_CLIENT, MODE_SERVER };
 enum { STORE_FULL_DROP_NEWEST, STORE_FULL_DROP_OLDEST, STORE_FULL_BLOCK }; /* store_on_full */
+#define MAX_IN_FLIGHT 8 /* the most batches one destination may have out at once */
 
 struct tally_config {
     char  *write_key;
@@ -17,6 +18,7 @@ struct tally_config {
     char  *rules;
     int    flush_at;
     int    flush_interval_ms;
+    int    max_in_flight;  /* batches out at once per destination */
     size_t max_queue_bytes;
     size_t max_queue_rows;
     int    on_full;

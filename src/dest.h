@@ -42,6 +42,7 @@ typedef struct dest_env {
     const char *proxy;
     int         gzip;
     int         timeout_ms;
+    int         in_flight;   /* batches the worker may hand over before the first one finishes */
     void       *multi;       /* the worker's CURLM *: transfers run on the worker's event loop */
 } dest_env;
 
@@ -51,9 +52,10 @@ typedef struct dest_ops {
     /* Reads the destination's keys from cfg (a JSON object); TALLY_OK or fails naming the key. */
     int  (*open)(dest *d, const tj_value *cfg, const dest_env *env);
     /* Starts delivering b. A synchronous destination finishes here: returns 1 with *out filled.
-     * An asynchronous one returns 0 and the worker calls finish() when its transfer completes; b
-     * stays untouched until then. */
-    int  (*submit)(dest *d, const dest_batch *b, dest_outcome *out);
+     * An asynchronous one returns 0 with *handle set to the transfer, and the worker calls
+     * finish() with that handle when it completes; b stays untouched until then. Up to
+     * dest_env.in_flight transfers of one destination may be under way at once. */
+    int  (*submit)(dest *d, const dest_batch *b, dest_outcome *out, void **handle);
     /* Asynchronous destinations only: the transfer `handle` ended with curl code `code`. */
     void (*finish)(dest *d, void *handle, int code, dest_outcome *out);
     /* Makes everything delivered so far durable (fsync for files); 0 or -1. */

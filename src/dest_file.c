@@ -51,8 +51,9 @@ static int file_open(dest *d, const tj_value *cfg, const dest_env *env)
 
 /* A failed write is undone (truncate to where the batch began) so a retry never leaves half a
  * batch followed by the whole batch again. */
-static int file_submit(dest *d, const dest_batch *b, dest_outcome *out)
+static int file_submit(dest *d, const dest_batch *b, dest_outcome *out, void **handle)
 {
+    (void)handle;
     file_dest *f = d->impl;
     off_t start = lseek(f->fd, 0, SEEK_END);
     const char *p = b->data.data + b->off[0];

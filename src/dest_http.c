@@ -1,5 +1,6 @@
-/* HTTP destinations, on the worker's curl multi handle (one batch in flight per destination, so a
- * slow collector costs no thread and never blocks the other destinations):
+/* HTTP destinations, on the worker's curl multi handle (up to max_in_flight batches per
+ * destination, one transfer each, so a slow collector costs no thread and never blocks the other
+ * destinations):
  *  - segment: Segment's HTTP Tracking API (also RudderStack's and any compatible collector).
  *    POST {endpoint}/v1/batch with {"batch":[...],"sentAt":...}, Basic auth "writeKey:", gzip.
  *  - http: any JSON endpoint. POST {url} with a JSON array of the batch's payloads (usually shaped
@@ -10,26 +11,37 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "config.h"
 #include "dest.h"
 
 #define BODY_EXCERPT 200
 
-typedef struct segment_dest {
+typedef struct segment_dest segment_dest;
+
+/* One batch's transfer. Each keeps its easy handle (and so its connection and TLS session) from
+ * batch to batch. */
+typedef struct xfer {
+    segment_dest *s;
+    CURL         *easy;
+    int           busy;
+    char          curl_error[CURL_ERROR_SIZE]; /* libcurl's detail: which certificate check failed, ... */
+    tbuf          body;        /* the request body (gzip'd when enabled) */
+    tbuf          json;        /* the batch as JSON before compression */
+    tbuf          response;    /* the first bytes of the response, for error reasons */
+} xfer;
+
+struct segment_dest {
     CURLM             *multi;
-    CURL              *easy;        /* reused: keeps the connection (and TLS session) alive */
     struct curl_slist *headers;
     char              *url;
     char              *write_key;
     char              *auth_b64;    /* base64("writeKey:"), as sent in the Authorization header */
-    char               curl_error[CURL_ERROR_SIZE]; /* libcurl's detail: which certificate check failed, ... */
     size_t             keep;        /* response bytes kept: the excerpt plus room to mask a secret */
     int                gzip;
-    int                busy;
     int                array_body;  /* http: a bare JSON array instead of Segment's envelope */
-    tbuf               body;        /* the request body (gzip'd when enabled) */
-    tbuf               json;        /* the batch as JSON before compression */
-    tbuf               response;    /* the first bytes of the response, for error reasons */
-} segment_dest;
+    int                nx;
+    xfer               x[MAX_IN_FLIGHT];
+};
 
 static const char *str_opt(const tj_value *cfg, const char *key, const char *fallback)
 {
@@ -39,10 +51,10 @@ static const char *str_opt(const tj_value *cfg, const char *key, const char *fal
 
 static size_t on_response(char *p, size_t size, size_t n, void *ud)
 {
-    segment_dest *s = ud;
-    tbuf *b = &s->response;
-    size_t len = size * n;
-    if (b->len < s->keep) tbuf_append(b, p, len < s->keep - b->len ? len : s->keep - b->len);
+    xfer *x = ud;
+    tbuf *b = &x->response;
+    size_t len = size * n, keep = x->s->keep;
+    if (b->len < keep) tbuf_append(b, p, len < keep - b->len ? len : keep - b->len);
     return len; /* read everything so the connection stays reusable */
 }
 
@@ -66,11 +78,12 @@ static char *base64(const char *in, size_t n)
 /* The first bytes of the response for the reason (log and dead letters), on one line. A server
  * may echo the credentials it rejected ("invalid write key 'wk_...'", or the Authorization
  * header): those are masked, since the reason must never hold the write key. */
-static void response_excerpt(const segment_dest *s, char *out, size_t outlen)
+static void response_excerpt(const xfer *x, char *out, size_t outlen)
 {
-    const char *p = s->response.data ? s->response.data : "";
+    const segment_dest *s = x->s;
+    const char *p = x->response.data ? x->response.data : "";
     const char *secrets[] = {s->auth_b64, s->write_key};
-    size_t n = s->response.len, o = 0;
+    size_t n = x->response.len, o = 0;
     for (size_t i = 0; i < n && i < BODY_EXCERPT && o + 1 < outlen;) {
         size_t skip = 0;
         for (size_t k = 0; k < sizeof secrets / sizeof *secrets && !skip; k++) {
@@ -117,9 +130,13 @@ static void segment_close(dest *d)
 {
     segment_dest *s = d->impl;
     if (!s) return;
-    if (s->easy) {
-        if (s->busy) curl_multi_remove_handle(s->multi, s->easy);
-        curl_easy_cleanup(s->easy);
+    for (int i = 0; i < s->nx; i++) {
+        xfer *x = &s->x[i];
+        if (x->busy) curl_multi_remove_handle(s->multi, x->easy);
+        curl_easy_cleanup(x->easy);
+        tbuf_free(&x->body);
+        tbuf_free(&x->json);
+        tbuf_free(&x->response);
     }
     curl_slist_free_all(s->headers);
     if (s->write_key) memset(s->write_key, 0, strlen(s->write_key));
@@ -127,31 +144,29 @@ static void segment_close(dest *d)
     free(s->write_key);
     free(s->auth_b64);
     free(s->url);
-    tbuf_free(&s->body);
-    tbuf_free(&s->json);
-    tbuf_free(&s->response);
     free(s);
     d->impl = NULL;
 }
 
-static int setup_easy(dest *d, segment_dest *s, const tj_value *cfg, const dest_env *env)
+static int setup_easy(dest *d, xfer *x, const tj_value *cfg, const dest_env *env)
 {
+    segment_dest *s = x->s;
     const tj_value *tmo = tj_object_get(cfg, "timeout_ms");
     long timeout = tmo && tmo->type == TJ_INT ? (long)tmo->u.i : env->timeout_ms;
     const char *ca = str_opt(cfg, "ca_bundle", env->ca_bundle), *proxy = str_opt(cfg, "proxy", env->proxy);
-    char ua[64];
-    snprintf(ua, sizeof ua, "User-Agent: tally/%s", TALLY_VERSION);
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    if (h) h = curl_slist_append(h, ua);
-    if (h && s->gzip) h = curl_slist_append(h, "Content-Encoding: gzip");
-    if (h) h = add_headers(h, cfg);
-    if (h) h = curl_slist_append(h, "Expect:"); /* no 100-continue round trip per batch */
-    if (!h || !(s->easy = curl_easy_init())) {
-        curl_slist_free_all(h);
-        return tly_fail(TALLY_ENOMEM, "%s: out of memory", d->name);
+    struct curl_slist *h = s->headers; /* one list for every transfer of the destination */
+    if (!h) {
+        char ua[64];
+        snprintf(ua, sizeof ua, "User-Agent: tally/%s", TALLY_VERSION);
+        h = curl_slist_append(NULL, "Content-Type: application/json");
+        if (h) h = curl_slist_append(h, ua);
+        if (h && s->gzip) h = curl_slist_append(h, "Content-Encoding: gzip");
+        if (h) h = add_headers(h, cfg);
+        if (h) h = curl_slist_append(h, "Expect:"); /* no 100-continue round trip per batch */
+        s->headers = h;
     }
-    s->headers = h;
-    CURL *e = s->easy;
+    if (!h || !(x->easy = curl_easy_init())) return tly_fail(TALLY_ENOMEM, "%s: out of memory", d->name);
+    CURL *e = x->easy;
     curl_easy_setopt(e, CURLOPT_URL, s->url);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->headers);
     if (s->write_key) {
@@ -163,9 +178,9 @@ static int setup_easy(dest *d, segment_dest *s, const tj_value *cfg, const dest_
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, timeout < 10000 ? timeout : 10000L);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_response);
-    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, x);
     curl_easy_setopt(e, CURLOPT_PRIVATE, d);
-    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, s->curl_error);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, x->curl_error);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 1L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 2L);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
@@ -207,7 +222,11 @@ static int common_open(dest *d, const tj_value *cfg, const dest_env *env, const 
     snprintf(d->name, sizeof d->name, "%s:%.*s", d->ops->type,
              (int)(name && name->type == TJ_STRING ? name->u.str.len : ulen),
              name && name->type == TJ_STRING ? name->u.str.s : url);
-    int rc = setup_easy(d, s, cfg, env);
+    int n = env->in_flight > 0 && env->in_flight <= MAX_IN_FLIGHT ? env->in_flight : 1, rc = TALLY_OK;
+    for (; s->nx < n && !rc; s->nx++) {
+        s->x[s->nx].s = s;
+        rc = setup_easy(d, &s->x[s->nx], cfg, env);
+    }
     if (rc) segment_close(d);
     return rc;
 }
@@ -262,9 +281,9 @@ static int gzip_into(tbuf *out, const char *p, size_t n)
     return rc == Z_STREAM_END ? 0 : -1;
 }
 
-static void build_json(segment_dest *s, const dest_batch *b)
+static void build_json(const segment_dest *s, xfer *x, const dest_batch *b)
 {
-    tbuf *j = &s->json;
+    tbuf *j = &x->json;
     tbuf_reset(j);
     tbuf_puts(j, s->array_body ? "[" : "{\"batch\":[");
     for (size_t i = 0; i < b->n; i++) {
@@ -280,32 +299,40 @@ static void build_json(segment_dest *s, const dest_batch *b)
     tbuf_printf(j, "],\"sentAt\":\"%s\"}", sent_at);
 }
 
-static int segment_submit(dest *d, const dest_batch *b, dest_outcome *out)
+static int segment_submit(dest *d, const dest_batch *b, dest_outcome *out, void **handle)
 {
     segment_dest *s = d->impl;
-    build_json(s, b);
-    const tbuf *body = &s->json;
+    xfer *x = NULL;
+    for (int i = 0; i < s->nx && !x; i++)
+        if (!s->x[i].busy) x = &s->x[i];
+    if (!x) { /* the worker hands over at most in_flight batches: this is a bug, not a network error */
+        dest_outcome_set(out, DEST_RETRY, 0, "no free transfer (more batches than max_in_flight)");
+        return 1;
+    }
+    build_json(s, x, b);
+    const tbuf *body = &x->json;
     if (s->gzip) {
-        if (gzip_into(&s->body, s->json.data, s->json.len)) {
+        if (gzip_into(&x->body, x->json.data, x->json.len)) {
             dest_outcome_set(out, DEST_RETRY, 0, "gzip failed (out of memory)");
             return 1;
         }
-        body = &s->body;
+        body = &x->body;
     }
-    if (s->json.oom) {
+    if (x->json.oom) {
         dest_outcome_set(out, DEST_RETRY, 0, "out of memory building the batch");
         return 1;
     }
-    tbuf_reset(&s->response);
-    s->curl_error[0] = '\0';
-    curl_easy_setopt(s->easy, CURLOPT_POSTFIELDS, body->data);
-    curl_easy_setopt(s->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
-    CURLMcode mc = curl_multi_add_handle(s->multi, s->easy);
+    tbuf_reset(&x->response);
+    x->curl_error[0] = '\0';
+    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDS, body->data);
+    curl_easy_setopt(x->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body->len);
+    CURLMcode mc = curl_multi_add_handle(s->multi, x->easy);
     if (mc != CURLM_OK) {
         dest_outcome_set(out, DEST_RETRY, 0, "cannot start the transfer: %s", curl_multi_strerror(mc));
         return 1;
     }
-    s->busy = 1;
+    x->busy = 1;
+    *handle = x->easy;
     return 0;
 }
 
@@ -318,24 +345,30 @@ static int retryable_status(long status)
 static void segment_finish(dest *d, void *handle, int code, dest_outcome *out)
 {
     segment_dest *s = d->impl;
-    (void)handle;
-    curl_multi_remove_handle(s->multi, s->easy);
-    s->busy = 0;
+    xfer *x = NULL;
+    for (int i = 0; i < s->nx && !x; i++)
+        if (s->x[i].easy == handle) x = &s->x[i];
+    if (!x) {
+        dest_outcome_set(out, DEST_RETRY, 0, "unknown transfer");
+        return;
+    }
+    curl_multi_remove_handle(s->multi, x->easy);
+    x->busy = 0;
     if (code != CURLE_OK) {
         dest_outcome_set(out, DEST_RETRY, 0, "network error: %s (%s)", curl_easy_strerror((CURLcode)code),
-                         s->curl_error[0] ? s->curl_error : "no detail");
+                         x->curl_error[0] ? x->curl_error : "no detail");
         return;
     }
     long status = 0;
-    curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
     char excerpt[BODY_EXCERPT + 1];
-    response_excerpt(s, excerpt, sizeof excerpt);
+    response_excerpt(x, excerpt, sizeof excerpt);
     if (status >= 200 && status < 300) {
         dest_outcome_set(out, DEST_OK, (int)status, "HTTP %ld", status);
     } else if (retryable_status(status)) {
         dest_outcome_set(out, DEST_RETRY, (int)status, "HTTP %ld: %.*s", status, BODY_EXCERPT, excerpt);
         curl_off_t after = -1;
-        if (curl_easy_getinfo(s->easy, CURLINFO_RETRY_AFTER, &after) == CURLE_OK && after > 0)
+        if (curl_easy_getinfo(x->easy, CURLINFO_RETRY_AFTER, &after) == CURLE_OK && after > 0)
             out->retry_after_ms = (int64_t)after * 1000;
     } else {
         dest_outcome_set(out, DEST_FAIL, (int)status, "HTTP %ld: %.*s", status, BODY_EXCERPT, excerpt);

@@ -63,8 +63,9 @@ static int sqlite_open_dest(dest *d, const tj_value *cfg, const dest_env *env)
     return TALLY_OK;
 }
 
-static int sqlite_submit(dest *d, const dest_batch *b, dest_outcome *out)
+static int sqlite_submit(dest *d, const dest_batch *b, dest_outcome *out, void **handle)
 {
+    (void)handle;
     sqlite_dest *s = d->impl;
     if (sqlite3_exec(s->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK) {
         dest_outcome_set(out, DEST_RETRY, 0, "begin: %s", sqlite3_errmsg(s->db));

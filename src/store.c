@@ -570,32 +570,97 @@ static int64_t split_into(dest_batch *b, const char *body, size_t len, size_t ma
     }
 }
 
-int store_load(store *s, int dest_id, size_t max_n, size_t max_bytes, dest_batch *b)
+/* Where the batch ends in its last row now, counted from the row's front: last_taken was that
+ * position when it was loaded, and since then only the front can have gone (the batch before it
+ * acknowledged, or the full policy's make_room trimming). Once every batch before it has been
+ * removed, that front is exactly the batch's share of the row. Row gone: 0 of 0. */
+static int last_share(store *s, int dest_id, const dest_batch *b, int64_t *k, int64_t *n, int64_t *size)
 {
+    *k = *n = *size = 0;
+    sqlite3_stmt *st = stmt(s, Q_ROW_SIZE);
+    sqlite3_bind_int64(st, 1, row_id(dest_id, b->last_id));
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *n = sqlite3_column_int64(st, 0);
+        *size = sqlite3_column_int64(st, 1);
+    }
+    sqlite3_reset(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return -1;
+    *k = b->last_taken - (b->last_n - *n);
+    if (*k < 0) *k = 0;
+    if (*k > *n) *k = *n;
+    return 0;
+}
+
+/* Where a batch loaded after `after` begins: rows past its last one, or inside its last row when it
+ * took only a front of it (*skip_row, *skip: that row and how many of its messages are after's). */
+static int after_cursor(store *s, int dest_id, const dest_batch *after, int64_t *from, int64_t *skip_row,
+                        int64_t *skip)
+{
+    *from = 0;
+    *skip_row = -1;
+    *skip = 0;
+    if (!after) return 0;
+    *from = after->last_id;
+    if (after->last_taken >= after->last_n) return 0;
+    int64_t k, n, size;
+    if (last_share(s, dest_id, after, &k, &n, &size)) return -1;
+    if (k < n) {
+        *from = after->last_id - 1;
+        *skip_row = after->last_id;
+        *skip = k;
+    }
+    return 0;
+}
+
+int store_load(store *s, int dest_id, const dest_batch *after, const dest_batch *until, size_t max_n, size_t max_bytes,
+               dest_batch *b)
+{
+    int64_t from, skip_row, skip, end_row = SEQ_MASK, end_k = INT64_MAX, n_now, size;
+    if (after_cursor(s, dest_id, after, &from, &skip_row, &skip)) return -1;
+    if (until) { /* until may be b itself: read it before b is cleared */
+        if (until->last_id == 0) { batch_clear(b); return 0; }
+        end_row = until->last_id;
+        if (last_share(s, dest_id, until, &end_k, &n_now, &size)) return -1;
+    }
     batch_clear(b);
     b->first_id = b->last_id = b->last_taken = b->last_n = 0;
     sqlite3_stmt *st = stmt(s, Q_LOAD);
-    sqlite3_bind_int64(st, 1, row_id(dest_id, 0));
-    sqlite3_bind_int64(st, 2, row_id(dest_id, SEQ_MASK));
+    sqlite3_bind_int64(st, 1, row_id(dest_id, from));
+    sqlite3_bind_int64(st, 2, row_id(dest_id, end_row));
     sqlite3_bind_int64(st, 3, (sqlite3_int64)max_n);
     size_t bytes = 0;
     int rc;
     /* Batches are cut to max_n / max_bytes whatever the chunks: the last row may be taken in part
      * (last_taken < last_n); its front goes when the batch is acknowledged (store_ack). */
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        int64_t n = sqlite3_column_int64(st, 1);
+        int64_t n = sqlite3_column_int64(st, 1), at = 0;
         const char *body = sqlite3_column_blob(st, 2);
         size_t len = (size_t)sqlite3_column_bytes(st, 2);
         int64_t id = seq_of(sqlite3_column_int64(st, 0));
-        size_t before = b->n;
-        int64_t k = split_into(b, body, len, max_n, max_bytes, &bytes);
+        if (id == skip_row) { /* the batch before took this row's front */
+            const char *p = body, *end = body + len;
+            for (; at < skip && p < end; at++) {
+                const char *e = msg_end(p, end);
+                p = e < end ? e + 1 : end;
+            }
+            if (p == end) continue; /* nothing left of it (n disagreed with the body) */
+            len -= (size_t)(p - body);
+            body = p;
+        }
+        size_t before = b->n, room = max_n;
+        if (id == end_row) { /* where `until` ends */
+            if (end_k <= at) break;
+            if ((size_t)(end_k - at) < max_n - b->n) room = b->n + (size_t)(end_k - at);
+        }
+        int64_t k = split_into(b, body, len, room, max_bytes, &bytes);
         if (k < 0) { sqlite3_reset(st); return -1; }
         if (k == 0) break;
         if (before == 0) b->first_id = id;
         b->last_id = id;
-        b->last_taken = k;
+        b->last_taken = at + k; /* where the batch ends in the row, counted from its front now */
         b->last_n = n;
-        if (k < n || b->n >= max_n) break;
+        if (at + k < n || b->n >= room) break;
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
@@ -623,26 +688,6 @@ static int delete_range(store *s, int dest_id, int64_t first, int64_t last)
     if (step_done(s, st)) return -1;
     s->rows -= rows;
     s->bytes -= bytes;
-    return 0;
-}
-
-/* How many of the last row's messages the batch covers now: the full policy may have dropped some
- * of its front since the batch was loaded (make_room trims fronts only). Row gone: 0 of 0. */
-static int last_share(store *s, int dest_id, const dest_batch *b, int64_t *k, int64_t *n, int64_t *size)
-{
-    *k = *n = *size = 0;
-    sqlite3_stmt *st = stmt(s, Q_ROW_SIZE);
-    sqlite3_bind_int64(st, 1, row_id(dest_id, b->last_id));
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW) {
-        *n = sqlite3_column_int64(st, 0);
-        *size = sqlite3_column_int64(st, 1);
-    }
-    sqlite3_reset(st);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE) return -1;
-    *k = b->last_taken - (b->last_n - *n);
-    if (*k < 0) *k = 0;
-    if (*k > *n) *k = *n;
     return 0;
 }
 

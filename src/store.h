@@ -43,10 +43,15 @@ void store_checkpoint(store *s);
 int  store_in_txn(const store *s);
 uint64_t store_txn_id(const store *s); /* changes whenever a transaction begins */
 
-/* Loads the oldest messages of dest, up to max_n / max_bytes of JSON (at least one), into b
- * (cleared first), setting b->first_id / b->last_id (row ids) and, when the last row is taken in
- * part, b->last_taken / b->last_n. Returns the number of messages loaded or -1. */
-int  store_load(store *s, int dest_id, size_t max_n, size_t max_bytes, dest_batch *b);
+/* Loads the oldest messages of dest that follow batch `after` (NULL: the oldest of all), up to
+ * max_n / max_bytes of JSON (at least one), into b (cleared first), setting b->first_id /
+ * b->last_id (row ids) and, when the last row is taken in part, b->last_taken / b->last_n.
+ * With `until` (which may be b itself), the batch ends where that one did at the latest: a retry
+ * reloads what is left of its batch, no more. Returns the number of messages loaded or -1.
+ * Batches loaded one after another must be removed (store_ack, store_dead) in the order they were
+ * loaded: a batch that begins inside a row assumes the batch before it has left that row's front. */
+int  store_load(store *s, int dest_id, const dest_batch *after, const dest_batch *until, size_t max_n,
+                size_t max_bytes, dest_batch *b);
 /* Removes the messages of a delivered batch (as store_load made it). */
 int  store_ack(store *s, int dest_id, const dest_batch *b);
 /* Moves the messages of batch b to the dead-letter table with the reason. */

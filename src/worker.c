@@ -23,14 +23,30 @@
 
 #define BATCH_MAX_BYTES (475 * 1024) /* Segment accepts 500 KB; leave room for the envelope */
 
+/* A batch loaded from the store and not removed yet. Several may be out at once per destination
+ * (max_in_flight): while the collector reads one, the next is already on its way, instead of the
+ * worker waiting a round trip per batch. They are removed from the store in the order they were
+ * loaded, whatever order their answers come in (store_load), so a batch answered early waits. */
+enum { FL_SENDING = 1, FL_RETRY, FL_OK, FL_DEAD };
+typedef struct flight {
+    dest_batch batch;
+    void      *handle;       /* the transfer of an asynchronous destination */
+    int        state;
+    int        attempts;
+    int64_t    retry_at;     /* monotonic, FL_RETRY */
+    int        status;       /* FL_DEAD: for the dead-letter rows */
+    char       reason[300];
+} flight;
+
+#define FLIGHTS_MAX MAX_IN_FLIGHT
+
 typedef struct dest_state {
     int        store_id;
-    dest_batch batch;        /* the batch in flight, or last tried */
-    int        in_flight;
+    flight     f[FLIGHTS_MAX]; /* a ring in load order: f[(head + k) % FLIGHTS_MAX], k < nf */
+    int        head, nf;
     int64_t    pending;      /* messages queued for this destination: in the store and in chunk */
-    int64_t    since_ms;     /* monotonic: when the oldest pending message arrived */
-    int64_t    retry_at;     /* monotonic; 0 = not backing off */
-    int        attempts;
+    int64_t    sent;         /* of those, in the batches of f */
+    int64_t    since_ms;     /* monotonic: when the oldest message not in a batch arrived */
     tbuf       chunk;        /* messages not stored yet, joined by NUL bytes (store.c) */
     int        chunk_n;
 } dest_state;
@@ -134,7 +150,7 @@ static void store_row(tally_t *t, struct worker *w, size_t i, const char *json, 
     if (s->chunk_n) tbuf_putc(&s->chunk, '\0');
     tbuf_append(&s->chunk, json, len);
     s->chunk_n++;
-    if (s->pending++ == 0) s->since_ms = now;
+    if (s->pending++ <= s->sent) s->since_ms = now;
     if (s->chunk_n >= w->chunk_max_n) store_chunk(t, w, i);
 }
 
@@ -212,85 +228,156 @@ static int64_t backoff_ms(tally_t *t, struct worker *w, int attempt)
     return (int64_t)(rand_r(&w->rng) % (unsigned)(ceiling + 1));
 }
 
-static void outcome(tally_t *t, struct worker *w, size_t i, const dest_outcome *o)
+static flight *flight_at(dest_state *s, int k) { return &s->f[(s->head + k) % FLIGHTS_MAX]; }
+
+/* Removes answered batches from the front of the line, in load order. */
+static void settle(tally_t *t, struct worker *w, size_t i)
 {
     dest *d = &t->dests[i];
     dest_state *s = &w->ds[i];
-    s->in_flight = 0;
-    int64_t n = (int64_t)s->batch.n, now = tly_clock_mono(t);
-    int removed = 1; /* the batch's rows left the queue (delivered or dead-lettered) */
+    while (s->nf > 0 && (flight_at(s, 0)->state == FL_OK || flight_at(s, 0)->state == FL_DEAD)) {
+        flight *f = flight_at(s, 0);
+        int64_t n = (int64_t)f->batch.n;
+        if (f->state == FL_OK) {
+            store_ack(w->st, s->store_id, &f->batch);
+            store_count(w->st, s->store_id, "delivered", n);
+            atomic_fetch_add(&d->delivered, (uint64_t)n);
+        } else {
+            store_dead(w->st, s->store_id, &f->batch, f->status, f->reason);
+            store_count(w->st, s->store_id, "dead_lettered", n);
+            atomic_fetch_add(&d->failed, (uint64_t)n);
+            tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)n,
+                    f->reason);
+        }
+        f->state = 0;
+        s->head = (s->head + 1) % FLIGHTS_MAX;
+        s->nf--;
+        s->sent -= n;
+        s->pending -= n;
+        if (s->pending <= 0 || s->sent < 0) { /* after a full-policy drop: recount */
+            s->pending = count_pending(w, s);
+            if (!s->nf) s->sent = 0;
+        }
+    }
+}
+
+static void outcome(tally_t *t, struct worker *w, size_t i, flight *f, const dest_outcome *o)
+{
+    dest *d = &t->dests[i];
+    int64_t n = (int64_t)f->batch.n;
+    f->handle = NULL;
     if (o->result == DEST_OK) {
-        store_ack(w->st, s->store_id, &s->batch);
-        store_count(w->st, s->store_id, "delivered", n);
-        atomic_fetch_add(&d->delivered, (uint64_t)n);
-        s->attempts = 0;
-        s->retry_at = 0;
-    } else if (o->result == DEST_RETRY && s->attempts < t->cfg.max_retries) {
-        s->attempts++;
-        int64_t wait = o->retry_after_ms > 0 ? o->retry_after_ms : backoff_ms(t, w, s->attempts);
+        f->state = FL_OK;
+    } else if (o->result == DEST_RETRY && f->attempts < t->cfg.max_retries) {
+        f->attempts++;
+        int64_t wait = o->retry_after_ms > 0 ? o->retry_after_ms : backoff_ms(t, w, f->attempts);
         if (wait > t->cfg.retry_cap_ms) wait = t->cfg.retry_cap_ms;
-        s->retry_at = now + (wait > 0 ? wait : 1);
-        removed = 0;
-        store_count(w->st, s->store_id, "retried", n);
+        f->state = FL_RETRY;
+        f->retry_at = tly_clock_mono(t) + (wait > 0 ? wait : 1);
+        store_count(w->st, w->ds[i].store_id, "retried", n);
         atomic_fetch_add(&d->retried, (uint64_t)n);
-        tly_log(&t->log, TALLY_LOG_WARN, "%s: %s; retry %d of %d in %lld ms", d->name, o->reason, s->attempts,
+        tly_log(&t->log, TALLY_LOG_WARN, "%s: %s; retry %d of %d in %lld ms", d->name, o->reason, f->attempts,
                 t->cfg.max_retries, (long long)wait);
     } else {
-        char reason[300];
-        if (o->result == DEST_RETRY) snprintf(reason, sizeof reason, "gave up after %d retries: %s", s->attempts, o->reason);
-        else snprintf(reason, sizeof reason, "%s", o->reason);
-        store_dead(w->st, s->store_id, &s->batch, o->status, reason);
-        store_count(w->st, s->store_id, "dead_lettered", n);
-        atomic_fetch_add(&d->failed, (uint64_t)n);
-        tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)n, reason);
-        s->attempts = 0;
-        s->retry_at = 0;
+        f->state = FL_DEAD;
+        f->status = o->status;
+        if (o->result == DEST_RETRY) snprintf(f->reason, sizeof f->reason, "gave up after %d retries: %s", f->attempts, o->reason);
+        else snprintf(f->reason, sizeof f->reason, "%s", o->reason);
     }
-    if (removed) {
-        s->pending -= n;
-        if (s->pending <= 0) s->pending = count_pending(w, s);
-        s->since_ms = now; /* what remains is sent on its own schedule */
-    }
+    settle(t, w, i);
 }
 
+/* Hands f's batch to the destination; a synchronous one answers at once. */
+static void send_batch(tally_t *t, struct worker *w, size_t i, flight *f)
+{
+    dest_outcome o;
+    f->state = FL_SENDING;
+    atomic_fetch_add(&t->dests[i].batches, 1);
+    if (!t->dests[i].ops->submit(&t->dests[i], &f->batch, &o, &f->handle)) return; /* on the event loop */
+    outcome(t, w, i, f, &o);
+}
+
+/* Sends the k-th batch again: what is left of it in the store, since the full policy may have
+ * dropped its front meanwhile (those messages count as dropped, and are not sent after all). */
+static void retry(tally_t *t, struct worker *w, size_t i, int k)
+{
+    dest_state *s = &w->ds[i];
+    flight *f = flight_at(s, k);
+    dest_batch keep = f->batch; /* its bounds, should the reload fail */
+    int64_t was = (int64_t)f->batch.n;
+    int n = store_load(w->st, s->store_id, k ? &flight_at(s, k - 1)->batch : NULL, &f->batch, (size_t)t->cfg.flush_at,
+                       BATCH_MAX_BYTES, &f->batch);
+    if (n < 0) { /* a store error: try again later, with the same bounds */
+        f->batch.first_id = keep.first_id;
+        f->batch.last_id = keep.last_id;
+        f->batch.last_taken = keep.last_taken;
+        f->batch.last_n = keep.last_n;
+        f->batch.n = 0;
+        f->retry_at = tly_clock_mono(t) + t->cfg.retry_base_ms;
+        s->sent -= was;
+        return;
+    }
+    s->sent += n - was;
+    if (n == 0) { /* all of it was dropped: nothing to send, nothing to remove */
+        f->state = FL_OK;
+        settle(t, w, i);
+        return;
+    }
+    send_batch(t, w, i, f);
+}
+
+/* Whether a batch waits for its retry: the destination is failing, so no new batch goes out. */
+static int backing_off(const dest_state *s)
+{
+    for (int k = 0; k < s->nf; k++)
+        if (s->f[(s->head + k) % FLIGHTS_MAX].state == FL_RETRY) return 1;
+    return 0;
+}
+
+/* Whether a new batch is due: room in the line, messages not in a batch yet, and a full batch of
+ * them, their interval over, or a flush. */
 static int due(tally_t *t, const dest_state *s, int64_t now, int force)
 {
-    if (s->in_flight || s->pending == 0 || (s->retry_at && now < s->retry_at)) return 0;
-    return force || s->retry_at || s->pending >= t->cfg.flush_at || now - s->since_ms >= t->cfg.flush_interval_ms;
+    int64_t unsent = s->pending - s->sent;
+    if (s->nf >= t->cfg.max_in_flight || unsent <= 0 || backing_off(s)) return 0;
+    return force || unsent >= t->cfg.flush_at || now - s->since_ms >= t->cfg.flush_interval_ms;
 }
 
-static int load_batch(tally_t *t, struct worker *w, dest_state *s)
-{
-    return store_load(w->st, s->store_id, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &s->batch);
-}
-
-/* Sends what is due. Synchronous destinations (file, sqlite) are drained batch after batch while
- * they stay due, so a backlog is not paced by flush_interval_ms. */
+/* Sends what is due: batches whose backoff is over, then new ones. Synchronous destinations (file,
+ * sqlite) are drained batch after batch while they stay due, so a backlog is not paced by
+ * flush_interval_ms. */
 static void deliver(tally_t *t, struct worker *w, int force)
 {
     for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
+        int64_t now = tly_clock_mono(t);
+        for (int k = 0; k < s->nf; k++) {
+            flight *f = flight_at(s, k);
+            if (f->state == FL_RETRY && now >= f->retry_at) retry(t, w, i, k);
+        }
         while (due(t, s, tly_clock_mono(t), force)) {
             /* no commit here: rows read inside the open transaction are sent as they are; a crash
              * before the group commit loses them from the store, never duplicates them */
             /* What is gathered goes in only when the stored rows do not make a batch: under a
              * backlog chunks then fill up to flush_at and batches line up with them, instead of
              * ending inside a chunk whose rest must be rewritten when they are acknowledged. */
-            if (s->pending - s->chunk_n < t->cfg.flush_at) store_chunk(t, w, i);
-            int n = load_batch(t, w, s);
+            if (s->pending - s->sent - s->chunk_n < t->cfg.flush_at) store_chunk(t, w, i);
+            flight *f = flight_at(s, s->nf), *prev = s->nf ? flight_at(s, s->nf - 1) : NULL;
+            const dest_batch *after = prev ? &prev->batch : NULL;
+            int n = store_load(w->st, s->store_id, after, NULL, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &f->batch);
             if (n == 0 && s->chunk_n) {
                 store_chunk(t, w, i); /* pending was an estimate after a full-policy drop */
-                n = load_batch(t, w, s);
+                n = store_load(w->st, s->store_id, after, NULL, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &f->batch);
             }
             if (n <= 0) {
-                if (n == 0) s->pending = 0; /* rows were dropped by the full policy */
+                if (n == 0) s->pending = s->sent; /* rows were dropped by the full policy */
                 break;
             }
-            atomic_fetch_add(&t->dests[i].batches, 1);
-            dest_outcome o;
-            s->in_flight = 1;
-            if (!t->dests[i].ops->submit(&t->dests[i], &s->batch, &o)) break; /* runs on the event loop */
-            outcome(t, w, i, &o);
+            f->attempts = 0;
+            s->nf++;
+            s->sent += n;
+            if (s->pending > s->sent) s->since_ms = now; /* what is left waits its own interval */
+            send_batch(t, w, i, f);
         }
     }
 }
@@ -307,9 +394,13 @@ static void collect_transfers(tally_t *t, struct worker *w)
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&d);
         if (!d) continue;
         size_t i = (size_t)(d - t->dests);
+        dest_state *s = &w->ds[i];
+        flight *f = NULL;
+        for (int k = 0; k < s->nf && !f; k++)
+            if (flight_at(s, k)->state == FL_SENDING && flight_at(s, k)->handle == m->easy_handle) f = flight_at(s, k);
         dest_outcome o;
         d->ops->finish(d, m->easy_handle, m->data.result, &o);
-        outcome(t, w, i, &o);
+        if (f) outcome(t, w, i, f, &o);
     }
 }
 
@@ -386,10 +477,13 @@ static int next_timeout_ms(tally_t *t, struct worker *w)
     if (age >= 0 && now - age + t->cfg.commit_interval_ms < next) next = now - age + t->cfg.commit_interval_ms;
     for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
-        if (s->in_flight || !s->pending) continue;
-        int64_t when = s->retry_at ? s->retry_at
-                     : s->pending >= t->cfg.flush_at ? now
-                                                     : s->since_ms + t->cfg.flush_interval_ms;
+        for (int k = 0; k < s->nf; k++) {
+            const flight *f = flight_at(s, k);
+            if (f->state == FL_RETRY && f->retry_at < next) next = f->retry_at;
+        }
+        int64_t unsent = s->pending - s->sent;
+        if (s->nf >= t->cfg.max_in_flight || unsent <= 0 || backing_off(s)) continue;
+        int64_t when = unsent >= t->cfg.flush_at ? now : s->since_ms + t->cfg.flush_interval_ms;
         if (when < next) next = when;
     }
     return next <= now ? 0 : (int)(next - now);
@@ -453,7 +547,7 @@ static void worker_free(tally_t *t, struct worker *w)
     int64_t left = 0;
     for (size_t i = 0; i < t->ndests && w->ds; i++) {
         left += w->ds[i].pending;
-        batch_free(&w->ds[i].batch);
+        for (int k = 0; k < FLIGHTS_MAX; k++) batch_free(&w->ds[i].f[k].batch);
         tbuf_free(&w->ds[i].chunk);
     }
     /* destinations hold easy handles on the multi handle: close them before it goes */
@@ -487,7 +581,8 @@ static int open_dests(tally_t *t, struct worker *w)
         return tly_fail(TALLY_ECONFIG, "no destination: set write_key (or TALLY_WRITE_KEY), out, or destinations");
     if (!(t->dests = calloc(t->cfg.ndests, sizeof *t->dests)) || !(w->ds = calloc(t->cfg.ndests, sizeof *w->ds)))
         return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    dest_env env = {t->cfg.write_key, t->cfg.ca_bundle, t->cfg.proxy, t->cfg.gzip, t->cfg.timeout_ms, w->multi};
+    dest_env env = {t->cfg.write_key, t->cfg.ca_bundle, t->cfg.proxy, t->cfg.gzip, t->cfg.timeout_ms, t->cfg.max_in_flight,
+                    w->multi};
     int64_t now = tly_clock_mono(t);
     for (size_t i = 0; i < t->cfg.ndests; i++) {
         int rc = dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log);

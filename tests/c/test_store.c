@@ -53,7 +53,7 @@ static const char *letters(const dest_batch *b)
 
 static const char *load(store *s, int did, size_t max_n, dest_batch *b)
 {
-    return store_load(s, did, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
+    return store_load(s, did, NULL, NULL, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
 }
 
 TEST(batches_cut_inside_chunks_lose_and_repeat_nothing)
@@ -154,5 +154,82 @@ TEST(ack_after_the_full_policy_trimmed_the_batch)
     CHECK_EQ_INT(store_pending(s, d), 4);
     batch_free(&b);
     batch_free(&rest);
+    store_close(s);
+}
+
+static const char *load_after(store *s, int did, const dest_batch *after, size_t max_n, dest_batch *b)
+{
+    return store_load(s, did, after, NULL, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
+}
+
+/* Several batches in flight at once (worker.c, max_in_flight): each one loaded after the one
+ * before, removed in the order they were loaded, covers every message exactly once, also when one
+ * begins inside a chunk whose front the batch before took. */
+TEST(batches_loaded_back_to_back_cover_the_queue_once)
+{
+    int d;
+    store *s = open_store("pipeline.db", 1000, STORE_FULL_DROP_OLDEST, &d);
+    REQUIRE(s);
+    CHECK_EQ_INT(append(s, d, "abc", NULL), 0);
+    CHECK_EQ_INT(append(s, d, "def", NULL), 0);
+    CHECK_EQ_INT(append(s, d, "g", NULL), 0);
+    dest_batch b1 = {0}, b2 = {0}, b3 = {0};
+    CHECK_STR(load_after(s, d, NULL, 4, &b1), "abcd");
+    CHECK_STR(load_after(s, d, &b1, 2, &b2), "ef"); /* begins inside "def" */
+    CHECK_STR(load_after(s, d, &b2, 4, &b3), "g");
+    CHECK_STR(load_after(s, d, &b3, 4, &b1), ""); /* nothing after the last one */
+    CHECK_STR(load_after(s, d, NULL, 4, &b1), "abcd");
+    CHECK_EQ_INT(store_ack(s, d, &b1), 0);
+    CHECK_EQ_INT(store_pending(s, d), 3);
+    CHECK_EQ_INT(store_dead(s, d, &b2, 400, "bad request"), 0);
+    CHECK_EQ_INT(store_pending(s, d), 1);
+    CHECK_EQ_INT(store_ack(s, d, &b3), 0);
+    CHECK_EQ_INT(store_pending(s, d), 0);
+    CHECK_EQ_INT(store_commit(s), 0);
+    batch_free(&b1);
+    batch_free(&b2);
+    batch_free(&b3);
+    store_close(s);
+
+    /* the dead letters are the two messages of b2, not "d" before them or "g" after */
+    char *path = tu_path("pipeline.db");
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    REQUIRE(sqlite3_open(path, &db) == SQLITE_OK);
+    REQUIRE(sqlite3_prepare_v2(db, "SELECT group_concat(body, ',') FROM (SELECT body FROM dead ORDER BY id)", -1, &st,
+                               NULL) == SQLITE_OK);
+    REQUIRE(sqlite3_step(st) == SQLITE_ROW);
+    CHECK_STR((const char *)sqlite3_column_text(st, 0), "e,f");
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    free(path);
+}
+
+/* drop_oldest trims a chunk shared by two batches in flight: each acknowledgement removes only
+ * what is left of its own share, and a batch loaded next starts right after the last one. */
+TEST(back_to_back_batches_survive_the_full_policy_trimming_them)
+{
+    int d;
+    store *s = open_store("pipetrim.db", 6, STORE_FULL_DROP_OLDEST, &d);
+    REQUIRE(s);
+    CHECK_EQ_INT(append(s, d, "abcde", NULL), 0);
+    dest_batch b1 = {0}, b2 = {0}, b3 = {0};
+    CHECK_STR(load_after(s, d, NULL, 2, &b1), "ab");
+    CHECK_STR(load_after(s, d, &b1, 2, &b2), "cd");
+    int64_t dropped = 0;
+    CHECK_EQ_INT(append(s, d, "fgh", &dropped), 0); /* a and b go: all of b1 */
+    CHECK_EQ_INT(dropped, 2);
+    CHECK_STR(load_after(s, d, &b2, 10, &b3), "efgh");
+    CHECK_EQ_INT(store_ack(s, d, &b1), 0);
+    CHECK_EQ_INT(store_pending(s, d), 6);
+    CHECK_EQ_INT(append(s, d, "i", &dropped), 0); /* c goes: half of b2 */
+    CHECK_EQ_INT(dropped, 1);
+    CHECK_EQ_INT(store_ack(s, d, &b2), 0); /* d only */
+    CHECK_EQ_INT(store_pending(s, d), 5);
+    CHECK_EQ_INT(store_ack(s, d, &b3), 0);
+    CHECK_STR(load_after(s, d, NULL, 10, &b1), "i");
+    batch_free(&b1);
+    batch_free(&b2);
+    batch_free(&b3);
     store_close(s);
 }
