@@ -149,6 +149,14 @@ static void check_call_time(void)
     CHECK(at >= before - 1 && at <= after + 1);
     CHECK(tly_now_ms() >= after + 40); /* the record's time is not the time it was read */
     free(r);
+    /* converted right after the one above: from the conversion point it just took (a record
+     * newer than that point), not from clocks read again */
+    before = tly_now_ms();
+    r = rec(2);
+    after = tly_now_ms();
+    at = intake_rec_time(r);
+    CHECK(at >= before - 1 && at <= after + 1);
+    free(r);
 }
 
 TEST(records_keep_the_time_of_the_call)
