@@ -320,8 +320,12 @@ typedef struct {
     int all_pos;  /* every integer key >= 1 */
     int bad_type; /* type of a key that is neither string nor integer, or LUA_TNONE */
     int oom;
-    tj_member *m; /* copies of the string keys, so objects need no second lua_next pass */
+    tj_member *m; /* copies of the string keys with their values converted, so objects need no second pass */
     size_t mcap;
+    /* the failing member (bad key or value) first in key order, and the error it gave */
+    const char *bad_key;
+    size_t bad_klen;
+    char bad_msg[sizeof ((tj_error *)0)->msg];
 } keyscan;
 
 static void keep_key(cctx *c, keyscan *k)
@@ -342,17 +346,49 @@ static void keep_key(cctx *c, keyscan *k)
     dst->val = NULL;
 }
 
+static int member_cmp(const void *pa, const void *pb);
+
+/* Keeps the error of member m when it comes before the one kept so far in key order: errors are
+ * reported for the first bad member in key order, not lua_next's, since Lua's string hashing is
+ * seeded per state (with two bad values the one reported would otherwise change from run to
+ * run). */
+static void keep_error(cctx *c, keyscan *k, const tj_member *m)
+{
+    tj_member best = {k->bad_key, k->bad_klen, NULL};
+    if (k->bad_key && member_cmp(m, &best) >= 0) return;
+    k->bad_key = m->key;
+    k->bad_klen = m->klen;
+    snprintf(k->bad_msg, sizeof k->bad_msg, "%s", c->err->msg);
+}
+
+/* One lua_next pass: counts the keys (the table's shape) and converts the values of string keys
+ * while lua_next holds them. Converting in a second pass, in key order, pushed (interned) every
+ * key again and looked it up: ~15% of the time rules took per message (bench/README.md). Every
+ * member is converted even after one failed, so the error kept is the first in key order without
+ * converting anything twice (twice per level is exponential in the depth of a cycle). */
 static void scan_keys(cctx *c, int idx, keyscan *k)
 {
     lua_State *L = c->L;
     memset(k, 0, sizeof *k);
     k->all_pos = 1;
     k->bad_type = LUA_TNONE;
+    int top = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         k->n++;
         if (lua_type(L, -2) == LUA_TSTRING) {
             if (!k->oom) keep_key(c, k);
+            if (!k->oom) {
+                tj_member *m = &k->m[k->nstr];
+                size_t bad;
+                if (!tj_utf8_valid(m->key, m->klen, &bad)) {
+                    cfail(c, "invalid UTF-8 in key at byte %zu", bad);
+                    keep_error(c, k, m);
+                } else if (conv_child(c, (seg){m->key, m->klen, 0}, &m->val)) {
+                    keep_error(c, k, m);
+                    lua_settop(L, top + 2); /* key, value: a failed conversion may leave more */
+                }
+            }
             k->nstr++;
         } else if (lua_isinteger(L, -2)) {
             lua_Integer i = lua_tointeger(L, -2);
@@ -396,23 +432,17 @@ static int member_cmp(const void *pa, const void *pb)
     return (a->klen > b->klen) - (a->klen < b->klen);
 }
 
-/* Members are converted in sorted key order, not lua_next order: Lua's string hashing is seeded
- * per state, so with two bad values the one reported would otherwise change from run to run. */
-static int conv_object(cctx *c, int idx, keyscan *k, tj_value **out)
+/* Members come out in sorted key order (scan_keys converted them). */
+static int conv_object(cctx *c, keyscan *k, tj_value **out)
 {
-    lua_State *L = c->L;
+    if (k->bad_key) {
+        snprintf(c->err->msg, sizeof c->err->msg, "%s", k->bad_msg);
+        return -1;
+    }
     tj_value *v = tj_new(c->a, TJ_OBJECT);
     if (!v || k->oom) return oom(c);
     tj_member *m = k->m;
     qsort(m, k->nstr, sizeof *m, member_cmp);
-    for (size_t i = 0; i < k->nstr; i++) {
-        size_t bad;
-        if (!tj_utf8_valid(m[i].key, m[i].klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
-        lua_pushlstring(L, m[i].key, m[i].klen);
-        lua_rawget(L, idx);
-        if (conv_child(c, (seg){m[i].key, m[i].klen, 0}, &m[i].val)) return -1;
-        lua_pop(L, 1);
-    }
     v->u.obj.m = m;
     v->u.obj.n = k->nstr;
     v->u.obj.cap = k->mcap;
@@ -436,15 +466,15 @@ static int conv_table(cctx *c, int idx, tj_value **out)
     if (!lua_checkstack(c->L, 8)) return cfail(c, "out of memory (Lua stack)");
     int tagged = has_mt(c->L, idx, c->mt);
     keyscan k;
+    c->depth++;
     scan_keys(c, idx, &k);
     int r;
-    c->depth++;
     if (k.n == 0 && !tagged) {
         r = (*out = tj_new(c->a, TJ_OBJECT)) ? 0 : oom(c);
     } else if (is_sequence(&k)) {
         r = conv_array(c, idx, k.n, out);
     } else if (!tagged && k.nstr == k.n) {
-        r = conv_object(c, idx, &k, out);
+        r = conv_object(c, &k, out);
     } else {
         r = table_shape_error(c, &k, tagged);
     }
