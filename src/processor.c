@@ -31,6 +31,7 @@ struct processor {
     int       *map_idx;    /* that rule's index in the current rule set, -1 for none */
     meta_sink  sink;
     tally_t   *t;
+    int64_t    mono_ms, wall_ms; /* read every WAKE_EVERY records (drain), not for each one */
 };
 
 /* ---- rows for the worker ---- */
@@ -102,7 +103,7 @@ static void rows_for_dests(tally_t *t, struct processor *p, const tj_value *m, c
             continue;
         }
         rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
-        rules_map(p->R, p->map_idx[i], p->arena, m, tly_clock_wall(t), &p->payloads, &rep);
+        rules_map(p->R, p->map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
         for (size_t k = 0; k < p->payloads.n; k++) {
             tbuf_reset(&p->mapped);
             if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) continue;
@@ -134,7 +135,7 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         return;
     }
     if (!server) {
-        identity_apply(&p->id, &p->sink, r->kind, m, tly_clock_mono(t), tly_clock_wall(t));
+        identity_apply(&p->id, &p->sink, r->kind, m, p->mono_ms, p->wall_ms);
         if (p->id.changed) publish_identity(t, p);
     }
     if (control) return;
@@ -150,7 +151,7 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         return;
     }
     rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
-    rules_process(p->R, p->arena, m, tly_clock_wall(t), &p->results, &rep);
+    rules_process(p->R, p->arena, m, p->wall_ms, &p->results, &rep);
     for (size_t i = 0; i < p->results.n; i++) {
         tj_value *v = p->results.v[i];
         tbuf_reset(&p->out);
@@ -172,10 +173,21 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
 
 #define WAKE_EVERY 32
 
+/* The clocks sessions and ctx.now go by (ms). Read for every record they were ~8% of the
+ * processor's time with no rules, where WAKE_EVERY records take ~30 us; with rules a record can
+ * take a script's whole budget, so they are read for each one (and cost nothing next to it).
+ * Message timestamps do not come from here: they are the time of each call (intake_rec_time). */
+static void read_clocks(tally_t *t, struct processor *p)
+{
+    p->mono_ms = tly_clock_mono(t);
+    p->wall_ms = tly_clock_wall(t);
+}
+
 static int drain(tally_t *t, struct processor *p, int budget)
 {
-    int n = 0;
+    int n = 0, every = rules_count(p->R) ? 1 : WAKE_EVERY;
     intake_rec *r;
+    read_clocks(t, p);
     while (n < budget && (r = intake_pop(&t->q)) != NULL) {
         process(t, p, r);
         intake_rec_free(&t->q, r);
@@ -187,6 +199,7 @@ static int drain(tally_t *t, struct processor *p, int budget)
          * for each was an eventfd write per message (11% of the samples with three rules). Every
          * WAKE_EVERY records, when the row queue fills (row_slot) and when this drain ends. */
         if (n % WAKE_EVERY == 0) tly_wake_worker(t);
+        if (n % every == 0) read_clocks(t, p);
     }
     if (n) tly_wake_worker(t);
     return n;
