@@ -249,11 +249,13 @@ static void capture(void *ud, int level, const char *msg)
 
 /* =========================================================================================== */
 
-TEST(exact_delivery_of_1000)
+/* 1000 messages at flush_at=50, all queued before the flush: twenty full batches, each message
+ * once. With max_in_flight=1 the batches also arrive in the order tracked. */
+static void deliver_1000(const char *in_flight)
 {
     collector *c = collector_start(NULL);
     REQUIRE(c);
-    tally_t *t = open_http(c, NULL, "flush_at", "50", NULL);
+    tally_t *t = open_http(c, NULL, "flush_at", "50", "max_in_flight", in_flight, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 1000, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 30000), TALLY_OK);
@@ -263,8 +265,7 @@ TEST(exact_delivery_of_1000)
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     received r;
     if (received_load(c, &r) == 0) {
-        CHECK_EQ_INT(check_exact_sequence(&r, 0, 1000, 0), 0);
-        /* 1000 messages at flush_at=50, all queued before the flush: twenty full batches */
+        CHECK_EQ_INT(check_sequence(&r, 0, 1000, 0, !strcmp(in_flight, "1")), 0);
         CHECK_EQ_INT(nreqs(&r), 20);
         for (size_t q = 0; q < nreqs(&r); q++) {
             CHECK_EQ_INT(req_nmsgs(req_at(&r, q)), 50);
@@ -278,26 +279,9 @@ TEST(exact_delivery_of_1000)
     collector_stop(c);
 }
 
-/* max_in_flight=1: one batch at a time, so the collector gets the batches in the order tracked. */
-TEST(one_batch_in_flight_delivers_batches_in_order)
-{
-    collector *c = collector_start(NULL);
-    REQUIRE(c);
-    tally_t *t = open_http(c, NULL, "flush_at", "50", "max_in_flight", "1", NULL);
-    REQUIRE(t);
-    CHECK_EQ_INT(track_seq(t, 0, 1000, 0), 0);
-    CHECK_EQ_INT(tally_flush(t, 30000), TALLY_OK);
-    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    received r;
-    if (received_load(c, &r) == 0) {
-        CHECK_EQ_INT(check_sequence(&r, 0, 1000, 0, 1), 0);
-        CHECK_EQ_INT(nreqs(&r), 20);
-    } else {
-        CHECK(!"cannot read /received");
-    }
-    received_free(&r);
-    collector_stop(c);
-}
+TEST(exact_delivery_of_1000) { deliver_1000("2"); }
+
+TEST(one_batch_in_flight_delivers_batches_in_order) { deliver_1000("1"); }
 
 static int read_dead(const char *path, int64_t *rows, int64_t *status_min, int64_t *status_max, char *reasons,
                      size_t rlen, int64_t *queued);
@@ -323,90 +307,56 @@ static int dead_seqs(const char *path, char *out, size_t len)
 }
 
 /* 20 messages at flush_at=10: two batches. The collector holds the first one 300 ms and answers
- * it with `status`; the second, sent meanwhile, is answered at once, so it is recorded first. */
-static int overtaken(collector *c, const char *store, int status, received *r, tally_t **out)
+ * it with `status`; the second, sent meanwhile, is answered at once, so it is recorded first and
+ * acknowledged before the first one's answer. A 500 is retried: every message arrives once, the
+ * retry carries exactly the first batch. A 400 dead-letters the first batch's ten messages and
+ * only those. Either way the store ends empty. */
+static void overtaken(int status)
 {
+    int retried = status >= 500;
+    collector *c = collector_start(NULL);
+    REQUIRE(c);
     char script[128];
     snprintf(script, sizeof script, "{\"script\":[{\"delay_ms\":300,\"status\":%d}]}", status);
-    if (collector_script(c, script) != 0) return -1;
+    REQUIRE(collector_script(c, script) == 0);
+    char *store = tu_path(retried ? "overtaken-retry.db" : "overtaken-dead.db");
+    unlink(store);
     tally_t *t = open_http(c, store, "flush_at", "10", "retry_base_ms", "10", NULL);
-    if (!t) return -1;
-    *out = t;
+    REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 20, 0), 0);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    if (received_load(c, r) != 0) return -1;
-    /* the second batch travelled while the first was held: it arrived, and was answered, first */
-    CHECK(nreqs(r) >= 2);
-    if (nreqs(r) < 2) return -1;
-    CHECK_EQ_INT(tu_jint(tj_object_get(req_msg(req_at(r, 0), 0), "properties"), "seq"), 10);
-    CHECK_EQ_INT(tu_jint(tj_object_get(req_msg(req_at(r, 1), 0), "properties"), "seq"), 0);
-    CHECK_EQ_INT(tu_jint(req_at(r, 1), "status_returned"), status);
-    return 0;
-}
-
-/* The second batch is acknowledged before the first one's answer; the first fails and is retried:
- * every message arrives once, the retry carries exactly the first batch, and the store ends empty. */
-TEST(a_batch_overtaken_and_retried_is_delivered_once)
-{
-    collector *c = collector_start(NULL);
-    REQUIRE(c);
-    char *store = tu_path("overtaken-retry.db");
-    unlink(store);
-    received r = {0};
-    tally_t *t = NULL;
-    CHECK_EQ_INT(overtaken(c, store, 500, &r, &t), 0);
-    if (t) {
-        CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 20);
-        CHECK_EQ_INT(tu_stat(t, "segment", "retried"), 10);
-        CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    }
-    if (r.reqs) {
-        CHECK_EQ_INT(nreqs(&r), 3);
-        CHECK_EQ_INT(check_exact_sequence(&r, 0, 20, 0), 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), retried ? 20 : 10);
+    CHECK_EQ_INT(tu_stat(t, "segment", "retried"), retried ? 10 : 0);
+    CHECK_EQ_INT(tu_stat(t, "segment", "failed"), retried ? 0 : 10);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    received r;
+    if (received_load(c, &r) == 0) {
+        CHECK_EQ_INT(nreqs(&r), retried ? 3 : 2);
+        if (nreqs(&r) >= 2) {
+            /* the second batch travelled while the first was held: it arrived, and was answered, first */
+            CHECK_EQ_INT(tu_jint(tj_object_get(req_msg(req_at(&r, 0), 0), "properties"), "seq"), 10);
+            CHECK_EQ_INT(tu_jint(tj_object_get(req_msg(req_at(&r, 1), 0), "properties"), "seq"), 0);
+            CHECK_EQ_INT(tu_jint(req_at(&r, 1), "status_returned"), status);
+        }
+        CHECK_EQ_INT(check_exact_sequence(&r, retried ? 0 : 10, retried ? 20 : 10, 0), 0);
+    } else {
+        CHECK(!"cannot read /received");
     }
     int64_t rows = -1, smin = -1, smax = -1, queued = -1;
-    char reasons[256];
+    char reasons[1024] = "", seqs[256];
     CHECK_EQ_INT(read_dead(store, &rows, &smin, &smax, reasons, sizeof reasons, &queued), 0);
-    CHECK_EQ_INT(rows, 0);
+    CHECK_EQ_INT(rows, retried ? 0 : 10);
     CHECK_EQ_INT(queued, 0);
-    received_free(&r);
-    free(store);
-    collector_stop(c);
-}
-
-/* The same, with the first batch refused (400): its ten messages, and only those, are dead
- * letters; the second batch's are delivered and leave the store after it. */
-TEST(a_batch_overtaken_and_refused_dead_letters_only_its_own)
-{
-    collector *c = collector_start(NULL);
-    REQUIRE(c);
-    char *store = tu_path("overtaken.db");
-    unlink(store);
-    received r = {0};
-    tally_t *t = NULL;
-    CHECK_EQ_INT(overtaken(c, store, 400, &r, &t), 0);
-    if (t) {
-        CHECK_EQ_INT(tu_stat(t, "segment", "delivered"), 10);
-        CHECK_EQ_INT(tu_stat(t, "segment", "failed"), 10);
-        CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    }
-    if (r.reqs) {
-        CHECK_EQ_INT(nreqs(&r), 2);
-        CHECK_EQ_INT(check_exact_sequence(&r, 10, 10, 0), 0);
-    }
-    int64_t rows = -1, smin = -1, smax = -1, queued = -1;
-    char reasons[1024] = "";
-    CHECK_EQ_INT(read_dead(store, &rows, &smin, &smax, reasons, sizeof reasons, &queued), 0);
-    CHECK_EQ_INT(rows, 10);
-    CHECK_EQ_INT(smin, 400);
-    CHECK_EQ_INT(queued, 0);
-    char seqs[256];
     CHECK_EQ_INT(dead_seqs(store, seqs, sizeof seqs), 0);
-    CHECK_STR(seqs, "0,1,2,3,4,5,6,7,8,9");
+    CHECK_STR(seqs, retried ? "" : "0,1,2,3,4,5,6,7,8,9");
     received_free(&r);
     free(store);
     collector_stop(c);
 }
+
+TEST(a_batch_overtaken_and_retried_is_delivered_once) { overtaken(500); }
+
+TEST(a_batch_overtaken_and_refused_dead_letters_only_its_own) { overtaken(400); }
 
 /* Runs n messages of `pad` bytes of padding at flush_at=50 and checks every request's limits.
  * Returns the largest number of messages seen in one request. */

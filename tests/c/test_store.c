@@ -51,10 +51,13 @@ static const char *letters(const dest_batch *b)
     return out;
 }
 
-static const char *load(store *s, int did, size_t max_n, dest_batch *b)
+/* Loads the batch that follows `after` (NULL: the oldest) and returns its letters. */
+static const char *load_after(store *s, int did, const dest_batch *after, size_t max_n, dest_batch *b)
 {
-    return store_load(s, did, NULL, NULL, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
+    return store_load(s, did, after, NULL, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
 }
+
+static const char *load(store *s, int did, size_t max_n, dest_batch *b) { return load_after(s, did, NULL, max_n, b); }
 
 TEST(batches_cut_inside_chunks_lose_and_repeat_nothing)
 {
@@ -155,11 +158,6 @@ TEST(ack_after_the_full_policy_trimmed_the_batch)
     batch_free(&b);
     batch_free(&rest);
     store_close(s);
-}
-
-static const char *load_after(store *s, int did, const dest_batch *after, size_t max_n, dest_batch *b)
-{
-    return store_load(s, did, after, NULL, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
 }
 
 /* Several batches in flight at once (worker.c, max_in_flight): each one loaded after the one
