@@ -22,7 +22,7 @@ typedef struct dest_batch {
 } dest_batch;
 
 int  batch_add(dest_batch *b, const char *json, size_t len);
-void batch_clear(dest_batch *b);
+void batch_clear(dest_batch *b);       /* no messages, no store rows */
 void batch_free(dest_batch *b);
 
 enum dest_result { DEST_OK = 0, DEST_RETRY = 1, DEST_FAIL = 2 };

@@ -624,7 +624,6 @@ int store_load(store *s, int dest_id, const dest_batch *after, const dest_batch 
         if (last_share(s, dest_id, until, &end_k, &n_now, &size)) return -1;
     }
     batch_clear(b);
-    b->first_id = b->last_id = b->last_taken = b->last_n = 0;
     sqlite3_stmt *st = stmt(s, Q_LOAD);
     sqlite3_bind_int64(st, 1, row_id(dest_id, from));
     sqlite3_bind_int64(st, 2, row_id(dest_id, end_row));

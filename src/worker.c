@@ -38,11 +38,9 @@ typedef struct flight {
     char       reason[300];
 } flight;
 
-#define FLIGHTS_MAX MAX_IN_FLIGHT
-
 typedef struct dest_state {
     int        store_id;
-    flight     f[FLIGHTS_MAX]; /* a ring in load order: f[(head + k) % FLIGHTS_MAX], k < nf */
+    flight     f[MAX_IN_FLIGHT]; /* a ring in load order: the k-th is f[slot(s, k)], k < nf */
     int        head, nf;
     int64_t    pending;      /* messages queued for this destination: in the store and in chunk */
     int64_t    sent;         /* of those, in the batches of f */
@@ -228,7 +226,16 @@ static int64_t backoff_ms(tally_t *t, struct worker *w, int attempt)
     return (int64_t)(rand_r(&w->rng) % (unsigned)(ceiling + 1));
 }
 
-static flight *flight_at(dest_state *s, int k) { return &s->f[(s->head + k) % FLIGHTS_MAX]; }
+static int slot(const dest_state *s, int k) { return (s->head + k) % MAX_IN_FLIGHT; }
+static flight *flight_at(dest_state *s, int k) { return &s->f[slot(s, k)]; }
+
+/* Loads the batch that follows `after` (NULL: the oldest), at most a batch; with `until`, no further
+ * than that batch ended (a retry reloads what is left of it). */
+static int load_batch(tally_t *t, struct worker *w, dest_state *s, const dest_batch *after, const dest_batch *until,
+                      dest_batch *b)
+{
+    return store_load(w->st, s->store_id, after, until, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, b);
+}
 
 /* Removes answered batches from the front of the line, in load order. */
 static void settle(tally_t *t, struct worker *w, size_t i)
@@ -250,7 +257,7 @@ static void settle(tally_t *t, struct worker *w, size_t i)
                     f->reason);
         }
         f->state = 0;
-        s->head = (s->head + 1) % FLIGHTS_MAX;
+        s->head = slot(s, 1);
         s->nf--;
         s->sent -= n;
         s->pending -= n;
@@ -305,8 +312,7 @@ static void retry(tally_t *t, struct worker *w, size_t i, int k)
     flight *f = flight_at(s, k);
     dest_batch keep = f->batch; /* its bounds, should the reload fail */
     int64_t was = (int64_t)f->batch.n;
-    int n = store_load(w->st, s->store_id, k ? &flight_at(s, k - 1)->batch : NULL, &f->batch, (size_t)t->cfg.flush_at,
-                       BATCH_MAX_BYTES, &f->batch);
+    int n = load_batch(t, w, s, k ? &flight_at(s, k - 1)->batch : NULL, &f->batch, &f->batch);
     if (n < 0) { /* a store error: try again later, with the same bounds */
         f->batch.first_id = keep.first_id;
         f->batch.last_id = keep.last_id;
@@ -330,16 +336,24 @@ static void retry(tally_t *t, struct worker *w, size_t i, int k)
 static int backing_off(const dest_state *s)
 {
     for (int k = 0; k < s->nf; k++)
-        if (s->f[(s->head + k) % FLIGHTS_MAX].state == FL_RETRY) return 1;
+        if (s->f[slot(s, k)].state == FL_RETRY) return 1;
     return 0;
+}
+
+/* How many messages a new batch could take now: 0 while the line is full, nothing is left
+ * outside a batch, or the destination backs off. */
+static int64_t loadable(tally_t *t, const dest_state *s)
+{
+    int64_t unsent = s->pending - s->sent;
+    return s->nf >= t->cfg.max_in_flight || unsent <= 0 || backing_off(s) ? 0 : unsent;
 }
 
 /* Whether a new batch is due: room in the line, messages not in a batch yet, and a full batch of
  * them, their interval over, or a flush. */
 static int due(tally_t *t, const dest_state *s, int64_t now, int force)
 {
-    int64_t unsent = s->pending - s->sent;
-    if (s->nf >= t->cfg.max_in_flight || unsent <= 0 || backing_off(s)) return 0;
+    int64_t unsent = loadable(t, s);
+    if (!unsent) return 0;
     return force || unsent >= t->cfg.flush_at || now - s->since_ms >= t->cfg.flush_interval_ms;
 }
 
@@ -364,10 +378,10 @@ static void deliver(tally_t *t, struct worker *w, int force)
             if (s->pending - s->sent - s->chunk_n < t->cfg.flush_at) store_chunk(t, w, i);
             flight *f = flight_at(s, s->nf), *prev = s->nf ? flight_at(s, s->nf - 1) : NULL;
             const dest_batch *after = prev ? &prev->batch : NULL;
-            int n = store_load(w->st, s->store_id, after, NULL, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &f->batch);
+            int n = load_batch(t, w, s, after, NULL, &f->batch);
             if (n == 0 && s->chunk_n) {
                 store_chunk(t, w, i); /* pending was an estimate after a full-policy drop */
-                n = store_load(w->st, s->store_id, after, NULL, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, &f->batch);
+                n = load_batch(t, w, s, after, NULL, &f->batch);
             }
             if (n <= 0) {
                 if (n == 0) s->pending = s->sent; /* rows were dropped by the full policy */
@@ -396,8 +410,10 @@ static void collect_transfers(tally_t *t, struct worker *w)
         size_t i = (size_t)(d - t->dests);
         dest_state *s = &w->ds[i];
         flight *f = NULL;
-        for (int k = 0; k < s->nf && !f; k++)
-            if (flight_at(s, k)->state == FL_SENDING && flight_at(s, k)->handle == m->easy_handle) f = flight_at(s, k);
+        for (int k = 0; k < s->nf && !f; k++) {
+            flight *c = flight_at(s, k);
+            if (c->state == FL_SENDING && c->handle == m->easy_handle) f = c;
+        }
         dest_outcome o;
         d->ops->finish(d, m->easy_handle, m->data.result, &o);
         if (f) outcome(t, w, i, f, &o);
@@ -481,8 +497,8 @@ static int next_timeout_ms(tally_t *t, struct worker *w)
             const flight *f = flight_at(s, k);
             if (f->state == FL_RETRY && f->retry_at < next) next = f->retry_at;
         }
-        int64_t unsent = s->pending - s->sent;
-        if (s->nf >= t->cfg.max_in_flight || unsent <= 0 || backing_off(s)) continue;
+        int64_t unsent = loadable(t, s);
+        if (!unsent) continue;
         int64_t when = unsent >= t->cfg.flush_at ? now : s->since_ms + t->cfg.flush_interval_ms;
         if (when < next) next = when;
     }
@@ -547,7 +563,7 @@ static void worker_free(tally_t *t, struct worker *w)
     int64_t left = 0;
     for (size_t i = 0; i < t->ndests && w->ds; i++) {
         left += w->ds[i].pending;
-        for (int k = 0; k < FLIGHTS_MAX; k++) batch_free(&w->ds[i].f[k].batch);
+        for (int k = 0; k < MAX_IN_FLIGHT; k++) batch_free(&w->ds[i].f[k].batch);
         tbuf_free(&w->ds[i].chunk);
     }
     /* destinations hold easy handles on the multi handle: close them before it goes */
