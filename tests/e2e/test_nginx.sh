@@ -521,8 +521,10 @@ if start_nginx TALLY_JSON=$down_json; then
         for task in /proc/"$w"/task/*; do
             tid=${task##*/}
             [ "$tid" = "$w" ] && continue
+            blk=$(sed -n 's/^SigBlk:[[:space:]]*//p' "$task/status" 2>/dev/null)
+            # a worker the HUP above retired may exit between the listing and this read
+            [ -n "$blk" ] || continue
             threads=$((threads + 1))
-            blk=$(sed -n 's/^SigBlk:[[:space:]]*//p' "$task/status")
             # SIGHUP 1, SIGQUIT 3, SIGALRM 14, SIGTERM 15, SIGUSR1 10: bits 0, 2, 13, 14, 9
             python3 -c 'import sys; m=int(sys.argv[1],16); sys.exit(0 if all(m>>b&1 for b in (0,2,9,13,14)) else 1)' \
                 "$blk" || unblocked="$unblocked $tid:$blk"
