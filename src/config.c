@@ -279,24 +279,25 @@ const char *config_key_lookup(const char *name, size_t len)
     return n && (k = find_key(snake, n)) ? k->key : NULL;
 }
 
-/* Levenshtein distance, capped: names are short and only near misses matter. */
+/* Edit distance counting a swap of two neighbours as one edit (trakc -> track), as typos go.
+ * Names are short and only near misses matter. */
 size_t tly_edit_distance(const char *a, size_t al, const char *b, size_t bl)
 {
     if (al > 63 || bl > 63) return 64;
-    size_t row[64];
-    for (size_t j = 0; j <= bl; j++) row[j] = j;
+    unsigned char d[64][64];
+    for (size_t i = 0; i <= al; i++) d[i][0] = (unsigned char)i;
+    for (size_t j = 0; j <= bl; j++) d[0][j] = (unsigned char)j;
     for (size_t i = 1; i <= al; i++) {
-        size_t diag = row[0];
-        row[0] = i;
         for (size_t j = 1; j <= bl; j++) {
-            size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
+            unsigned best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1u < best) best = d[i - 1][j] + 1u;
+            if (d[i][j - 1] + 1u < best) best = d[i][j - 1] + 1u;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1u < best)
+                best = d[i - 2][j - 2] + 1u;
+            d[i][j] = (unsigned char)best;
         }
     }
-    return row[bl];
+    return d[al][bl];
 }
 
 /* The nearest of names[0..n) to `name` when it is a plausible typo (at most a third of it, and
