@@ -77,7 +77,10 @@ TALLY_API tally_config *tally_config_new(void);
 /* Sets one key from its text form. Keys and values are documented in README.md ("Configuration").
  * Numbers are decimal text, booleans "true"/"false", `destinations` a JSON array of objects.
  * Setting a key twice keeps the last value; `out`, `endpoint` and `destinations` add up.
- * Returns TALLY_OK, TALLY_ECONFIG for an unknown key or a bad value (errmsg names both),
+ * A key may be spelt in camelCase ("flushAt") or by Segment's option name ("host", "flushInterval",
+ * "httpRequestTimeout", "maxEventsInBatch"); it then sets the snake_case key it names.
+ * Returns TALLY_OK, TALLY_ECONFIG for an unknown key (errmsg suggests the nearest key) or a bad
+ * value (errmsg names both),
  * TALLY_EINVAL for NULL arguments, TALLY_ENOMEM. Copies key and value. */
 TALLY_API int tally_config_set(tally_config *cfg, const char *key, const char *value);
 

@@ -154,6 +154,11 @@ static int add_destinations(struct tally_config *c, const char *v)
             rc = tly_fail(TALLY_ECONFIG, "destinations[%zu]: expected an object with a string \"type\"", i);
             break;
         }
+        /* a destination's keys are configuration keys too: writeKey, host, timeoutMs ... */
+        for (size_t k = 0; k < d->u.obj.n; k++) {
+            const char *canon = config_key_lookup(d->u.obj.m[k].key, d->u.obj.m[k].klen);
+            if (canon) { d->u.obj.m[k].key = canon; d->u.obj.m[k].klen = strlen(canon); }
+        }
         tbuf b = TBUF_INIT;
         tj_write(&b, d);
         if (b.oom || config_add_dest(c, b.data)) rc = tly_fail(TALLY_ENOMEM, "destinations: out of memory");
@@ -225,10 +230,116 @@ static const struct key_def {
 #undef F
 };
 
-const char *config_key_lookup(const char *name, size_t len)
+static const struct key_def *find_key(const char *name, size_t len)
 {
     for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
-        if (strlen(keys[i].key) == len && !memcmp(keys[i].key, name, len)) return keys[i].key;
+        if (strlen(keys[i].key) == len && !memcmp(keys[i].key, name, len)) return &keys[i];
+    return NULL;
+}
+
+/* Segment's libraries name their options in camelCase. Every key is accepted in camelCase
+ * (flushAt, maxRetries, writeKey, flushIntervalMs); these are Segment's names that spelling alone
+ * does not turn into ours. This is the only alias table: tally_config_set, Lua config files,
+ * tally.open{}, the resty binding and the CLI all resolve names through config_key_lookup. */
+static const struct { const char *alias, *key; } aliases[] = {
+    {"host", "endpoint"},                  /* analytics-node, analytics-python */
+    {"flushInterval", "flush_interval_ms"},/* milliseconds in analytics-node */
+    {"httpRequestTimeout", "timeout_ms"},  /* analytics-node */
+    {"maxEventsInBatch", "flush_at"},      /* analytics-node's older name of flushAt */
+};
+
+/* flushIntervalMs -> flush_interval_ms; 0 when name is not camelCase (or does not fit). */
+static size_t camel_to_snake(const char *name, size_t len, char *out, size_t cap)
+{
+    size_t o = 0;
+    int upper = 0;
+    for (size_t i = 0; i < len; i++) {
+        char ch = name[i];
+        if (ch == '_') return 0;
+        if (ch >= 'A' && ch <= 'Z') {
+            if (i == 0 || o + 2 > cap) return 0;
+            out[o++] = '_';
+            ch = (char)(ch - 'A' + 'a');
+            upper = 1;
+        }
+        if (o + 1 > cap) return 0;
+        out[o++] = ch;
+    }
+    return upper ? o : 0;
+}
+
+const char *config_key_lookup(const char *name, size_t len)
+{
+    const struct key_def *k = find_key(name, len);
+    if (k) return k->key;
+    for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++)
+        if (strlen(aliases[i].alias) == len && !memcmp(aliases[i].alias, name, len)) return aliases[i].key;
+    char snake[64];
+    size_t n = camel_to_snake(name, len, snake, sizeof snake);
+    return n && (k = find_key(snake, n)) ? k->key : NULL;
+}
+
+/* Edit distance counting a swap of two neighbours as one edit (trakc -> track), as typos go.
+ * Names are short and only near misses matter. */
+size_t tly_edit_distance(const char *a, size_t al, const char *b, size_t bl)
+{
+    if (al > 63 || bl > 63) return 64;
+    unsigned char d[64][64];
+    for (size_t i = 0; i <= al; i++) d[i][0] = (unsigned char)i;
+    for (size_t j = 0; j <= bl; j++) d[0][j] = (unsigned char)j;
+    for (size_t i = 1; i <= al; i++) {
+        for (size_t j = 1; j <= bl; j++) {
+            unsigned best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+            if (d[i - 1][j] + 1u < best) best = d[i - 1][j] + 1u;
+            if (d[i][j - 1] + 1u < best) best = d[i][j - 1] + 1u;
+            if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1u < best)
+                best = d[i - 2][j - 2] + 1u;
+            d[i][j] = (unsigned char)best;
+        }
+    }
+    return d[al][bl];
+}
+
+/* The nearest of names[0..n) to `name` when it is a plausible typo (at most a third of it, and
+ * at most 3 edits, away), else NULL. */
+const char *tly_nearest(const char *name, size_t len, const char *const *names, size_t n)
+{
+    const char *best = NULL;
+    size_t bestd = len / 3 < 3 ? len / 3 : 3;
+    if (bestd == 0) bestd = 1;
+    bestd++;
+    for (size_t i = 0; i < n; i++) {
+        size_t d = tly_edit_distance(name, len, names[i], strlen(names[i]));
+        if (d < bestd) { bestd = d; best = names[i]; }
+    }
+    return best;
+}
+
+const char *config_nearest_key(const char *name, size_t len)
+{
+    /* a camelCase typo is compared with the camelCase spellings, then named by its key */
+    char camel[sizeof keys / sizeof *keys][64];
+    const char *names[2 * (sizeof keys / sizeof *keys) + sizeof aliases / sizeof *aliases];
+    const char *canon[sizeof names / sizeof *names];
+    size_t n = 0;
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++) {
+        const char *k = keys[i].key;
+        size_t o = 0;
+        for (size_t j = 0; k[j] && o + 1 < sizeof camel[i]; j++)
+            camel[i][o++] = k[j] == '_' && k[j + 1] ? (char)(k[++j] - 'a' + 'A') : k[j];
+        camel[i][o] = '\0';
+        canon[n] = k;
+        names[n++] = k;
+        canon[n] = k;
+        names[n++] = camel[i];
+    }
+    for (size_t i = 0; i < sizeof aliases / sizeof *aliases; i++) {
+        canon[n] = aliases[i].alias;
+        names[n++] = aliases[i].alias;
+    }
+    const char *near = tly_nearest(name, len, names, n);
+    for (size_t i = 0; near && i < n; i++)
+        if (names[i] == near) return canon[i];
     return NULL;
 }
 
@@ -277,8 +388,11 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v)
 int tally_config_set(tally_config *c, const char *key, const char *v)
 {
     if (!c || !key || !v) return tly_fail(TALLY_EINVAL, "tally_config_set: NULL argument");
-    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
-        if (!strcmp(keys[i].key, key)) return apply_key(c, &keys[i], v);
+    size_t len = strlen(key);
+    const char *canon = config_key_lookup(key, len);
+    if (canon) return apply_key(c, find_key(canon, strlen(canon)), v);
+    const char *near = config_nearest_key(key, len);
+    if (near) return tly_fail(TALLY_ECONFIG, "unknown configuration key \"%s\" (did you mean \"%s\"?)", key, near);
     return tly_fail(TALLY_ECONFIG, "unknown configuration key \"%s\"", key);
 }
 

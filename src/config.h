@@ -48,8 +48,15 @@ struct tally_config {
 };
 
 void config_defaults(struct tally_config *c);
-/* The canonical (static) name of a configuration key, or NULL when there is no such key. */
+/* The canonical (static) name of a configuration key, or NULL when there is no such key.
+ * Accepts the snake_case name, its camelCase spelling and Segment's option names (host, ...). */
 const char *config_key_lookup(const char *name, size_t len);
+/* The key (or alias) nearest to a misspelt name, for "did you mean", or NULL. */
+const char *config_nearest_key(const char *name, size_t len);
+/* Edit distance of two short names (64 when either is over 63 bytes). */
+size_t tly_edit_distance(const char *a, size_t al, const char *b, size_t bl);
+/* The nearest of names[0..n) to name when it is a plausible typo of it, else NULL. */
+const char *tly_nearest(const char *name, size_t len, const char *const *names, size_t n);
 int  config_copy(struct tally_config *dst, const struct tally_config *src);
 void config_clear(struct tally_config *c);
 int  config_add_dest(struct tally_config *c, const char *json_object);

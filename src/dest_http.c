@@ -247,6 +247,9 @@ static int segment_open(dest *d, const tj_value *cfg, const dest_env *env)
         return tly_fail(TALLY_ECONFIG, "destinations: segment: write_key required (or TALLY_WRITE_KEY)");
     size_t elen = strlen(endpoint);
     while (elen > 0 && endpoint[elen - 1] == '/') elen--;
+    /* an endpoint copied from Segment's docs often already ends in the path: do not double it */
+    if (elen >= 9 && !memcmp(endpoint + elen - 9, "/v1/batch", 9)) elen -= 9;
+    while (elen > 0 && endpoint[elen - 1] == '/') elen--;
     return common_open(d, cfg, env, endpoint, elen, "/v1/batch", key, 0);
 }
 

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "iso8601.h"
 
 static const char *const type_names[MT_COUNT] = {"track", "identify", "page", "screen", "group", "alias"};
 
@@ -85,6 +86,10 @@ int msg_validate(const tj_value *m, int need_id)
     static const char *const strings[] = {"messageId", "timestamp", "userId", "anonymousId", "name", "category"};
     for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
         if ((rc = want_string(m, strings[i], 0))) return rc;
+    const tj_value *ts = tj_object_get(m, "timestamp");
+    if (ts && !tly_iso8601_valid(ts->u.str.s, ts->u.str.len))
+        return tly_fail(TALLY_EINVAL, "timestamp: expected an ISO-8601 date and time with a time zone, "
+                        "like 2024-01-31T12:00:00.000Z");
     if (t == MT_TRACK && (rc = want_string(m, "event", 1))) return rc;
     if (t == MT_GROUP && (rc = want_string(m, "groupId", 1))) return rc;
     if (t == MT_ALIAS && ((rc = want_string(m, "previousId", 1)) || (rc = want_string(m, "userId", 1))))

@@ -135,7 +135,11 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         return;
     }
     if (!server) {
-        identity_apply(&p->id, &p->sink, r->kind, m, p->mono_ms, p->wall_ms);
+        /* A session starts no later than the call that starts it: p->wall_ms is read every
+         * WAKE_EVERY records, after the call, and a started_at after the first message's timestamp
+         * would put the session's start after its first event. */
+        int64_t call_ms = intake_rec_time(r) + atomic_load(&t->clock_skew_ms);
+        identity_apply(&p->id, &p->sink, r->kind, m, p->mono_ms, call_ms < p->wall_ms ? call_ms : p->wall_ms);
         if (p->id.changed) publish_identity(t, p);
     }
     if (control) return;

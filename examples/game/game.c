@@ -83,6 +83,17 @@ static void json_destinations(char *out, size_t cap, const char *path)
     snprintf(out + n, cap - n, "\"}]");
 }
 
+/* What the rules did, as it happens: the naming rule logs each fix at debug level and the runtime
+ * logs each violation there too; everything else keeps the usual "warn" threshold. Called on the
+ * runtime's threads: one fprintf per line, nothing else shared. */
+static void show_rules_at_work(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    int fix = strstr(msg, ": naming fixed: ") != NULL, violation = strstr(msg, ": violation ") != NULL;
+    if (fix || violation) fprintf(stdout, "  [rules] %s\n", msg);
+    else if (level <= TALLY_LOG_WARN) fprintf(stderr, "game: tally: %s\n", msg);
+}
+
 static tally_t *open_tally(const char *events, const char *store, const char *rules)
 {
     char dests[2200];
@@ -92,7 +103,8 @@ static tally_t *open_tally(const char *events, const char *store, const char *ru
         if (!cfg) return NULL;
         int rc = tally_config_set(cfg, "destinations", dests);
         if (!rc) rc = tally_config_set(cfg, "store", store);
-        if (!rc) rc = tally_config_set(cfg, "log_level", "warn");
+        if (!rc) rc = tally_config_set(cfg, "log_level", rules ? "debug" : "warn");
+        if (!rc) rc = tally_config_set_logger(cfg, show_rules_at_work, NULL);
         if (!rc && rules) rc = tally_config_set(cfg, "rules", rules);
         tally_t *t = NULL;
         if (!rc) rc = tally_open(cfg, &t);

@@ -23,6 +23,8 @@ typedef struct cli_opts {
     int         nset;
     int         wait_ms;                 /* how long single-message commands wait for delivery */
     int         json_output;             /* --json: machine-readable output (inspect) */
+    int         help;                    /* --help / -h: print the command's usage, exit 0 */
+    int         version;                 /* --version / -V */
     const char *positional[8];           /* file arguments (send, check, inspect) */
     int         npositional;
 } cli_opts;
@@ -38,5 +40,8 @@ const char *cli_config_key(const char *flag, size_t len);
 
 /* `tally check`: 0 all passed, 1 a message was blocked or a script failed, 2 usage. */
 int cli_check(const cli_opts *o, const char *rules_spec, const char *rule_config);
+
+/* `tally inspect STORE [--json]`: 0, or 1 when the store cannot be read. */
+int cli_inspect(const cli_opts *o);
 
 #endif

@@ -22,13 +22,11 @@ static const struct {
     [CF_INTEGRATIONS] = {"integrations", "integrations", 1},
 };
 
-/* Segment's CLI spells some configuration keys in camelCase; every other key is accepted as is. */
-static const struct { const char *flag, *key; } config_aliases[] = {
-    {"writeKey", "write_key"}, {"host", "endpoint"},
-};
-
 static const char *const commands[] = {"track", "identify", "page", "screen", "group", "alias",
                                        "send", "check", "inspect", "help", "version", NULL};
+
+/* Flags of the CLI itself (not message fields, not configuration keys). */
+static const char *const cli_flags[] = {"type", "config", "json", "wait_ms", "help", "version", NULL};
 
 static int fail(char *err, size_t errlen, const char *fmt, const char *a, const char *b)
 {
@@ -36,12 +34,23 @@ static int fail(char *err, size_t errlen, const char *fmt, const char *a, const 
     return 2;
 }
 
-const char *cli_config_key(const char *flag, size_t len)
+/* Configuration keys, their camelCase spellings and Segment's names (--writeKey, --host, --flushAt)
+ * resolve through the one alias table in src/config.c. */
+const char *cli_config_key(const char *flag, size_t len) { return config_key_lookup(flag, len); }
+
+/* " (did you mean --X?)" for a misspelt flag, or "". */
+static void suggest_flag(const char *name, size_t nlen, char *out, size_t outlen)
 {
-    for (size_t i = 0; i < sizeof config_aliases / sizeof *config_aliases; i++)
-        if (strlen(config_aliases[i].flag) == len && !memcmp(config_aliases[i].flag, flag, len))
-            return config_aliases[i].key;
-    return config_key_lookup(flag, len);
+    const char *names[CF_COUNT + 8];
+    size_t n = 0;
+    for (int f = 0; f < CF_COUNT; f++) names[n++] = field_flags[f].flag;
+    for (int i = 0; cli_flags[i]; i++) names[n++] = cli_flags[i];
+    const char *best = tly_nearest(name, nlen, names, n), *key = config_nearest_key(name, nlen);
+    if (key && (!best || tly_edit_distance(name, nlen, key, strlen(key)) <
+                             tly_edit_distance(name, nlen, best, strlen(best))))
+        best = key;
+    if (best) snprintf(out, outlen, " (did you mean --%s?)", best);
+    else out[0] = '\0';
 }
 
 static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
@@ -54,24 +63,35 @@ static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
             return 0;
         }
     }
-    return fail(err, errlen, "unknown command \"%s\" (track, identify, page, screen, group, alias, send, check, inspect)%s",
-                cmd, NULL);
+    const char *near = tly_nearest(cmd, strlen(cmd), commands, sizeof commands / sizeof *commands - 1);
+    char hint[64] = "";
+    if (near) snprintf(hint, sizeof hint, " (did you mean \"%s\"?)", near);
+    char quoted[80];
+    snprintf(quoted, sizeof quoted, "%.60s", cmd);
+    return fail(err, errlen, "unknown command \"%s\"%s; commands: track, identify, page, screen, group, alias, "
+                "send, check, inspect, help, version", quoted, hint);
 }
 
 static int is_switch(const char *name, size_t nlen)
 {
-    return (nlen == 4 && !memcmp(name, "help", 4)) || (nlen == 4 && !memcmp(name, "json", 4));
+    return (nlen == 4 && !memcmp(name, "help", 4)) || (nlen == 4 && !memcmp(name, "json", 4)) ||
+           (nlen == 7 && !memcmp(name, "version", 7));
 }
 
 /* One flag: `name` (without the dashes, nlen bytes) and its value, NULL when none was given. */
 static int parse_flag(cli_opts *o, const char *name, size_t nlen, const char *val, char *err, size_t errlen)
 {
-    if (nlen == 4 && !memcmp(name, "help", 4)) { o->command = "help"; return 0; }
+    if (nlen == 4 && !memcmp(name, "help", 4) && !val) { o->help = 1; return 0; }
+    if (nlen == 7 && !memcmp(name, "version", 7) && !val) { o->version = 1; return 0; }
     if (nlen == 4 && !memcmp(name, "json", 4) && !val) { o->json_output = 1; return 0; }
-    if (!val) return fail(err, errlen, "--%s: expected --%s=VALUE", name, name);
+    char flag[64];
+    snprintf(flag, sizeof flag, "%.*s", (int)(nlen < 60 ? nlen : 60), name);
+    if (!val) return fail(err, errlen, "--%s: expected --%s=VALUE", flag, flag);
     if (nlen == 4 && !memcmp(name, "type", 4)) return set_command(o, val, err, errlen);
     if (nlen == 6 && !memcmp(name, "config", 6)) { o->config_file = val; return 0; }
     if (nlen == 4 && !memcmp(name, "json", 4)) { o->json_output = strcmp(val, "false") != 0; return 0; }
+    if ((nlen == 4 && !memcmp(name, "help", 4)) || (nlen == 7 && !memcmp(name, "version", 7)))
+        return fail(err, errlen, "--%s: takes no value%s", flag, NULL);
     if (nlen == 7 && !memcmp(name, "wait_ms", 7)) {
         char *end;
         long ms = strtol(val, &end, 10);
@@ -93,9 +113,42 @@ static int parse_flag(cli_opts *o, const char *name, size_t nlen, const char *va
         o->set_val[o->nset++] = val;
         return 0;
     }
-    char flag[64];
-    snprintf(flag, sizeof flag, "%.*s", (int)(nlen < 60 ? nlen : 60), name);
-    return fail(err, errlen, "unknown flag --%s%s", flag, NULL);
+    char hint[96];
+    suggest_flag(name, nlen, hint, sizeof hint);
+    return fail(err, errlen, "unknown flag --%s%s", flag, hint);
+}
+
+/* How many file arguments a command takes: at least `min`, at most `max`. */
+static void arity(const char *cmd, int *min, int *max)
+{
+    *min = *max = 0;
+    if (!strcmp(cmd, "send") || !strcmp(cmd, "check") || !strcmp(cmd, "help")) *max = 1;
+    else if (!strcmp(cmd, "inspect")) *min = *max = 1;
+}
+
+static int check_positionals(cli_opts *o, char *err, size_t errlen)
+{
+    int min, max;
+    arity(o->command, &min, &max);
+    if (o->npositional > max) {
+        const char *what = max ? "takes one file" : "takes no file arguments (flags are --key=value)";
+        char arg[80];
+        snprintf(arg, sizeof arg, "%.60s", o->positional[max]);
+        char text[96];
+        snprintf(text, sizeof text, "%s %s", o->command, what);
+        return fail(err, errlen, "unexpected argument \"%s\": %s", arg, text);
+    }
+    if (o->npositional < min && !o->help)
+        return fail(err, errlen, "%s: expected a store path: tally %s STORE", o->command, o->command);
+    if (!strcmp(o->command, "help") && o->npositional == 1) {
+        const char *topic = o->positional[0];
+        o->npositional = 0;
+        o->command = NULL;
+        int rc = set_command(o, topic, err, errlen);
+        if (rc) return rc;
+        o->help = 1;
+    }
+    return 0;
 }
 
 int cli_parse(int argc, char **argv, cli_opts *o, char *err, size_t errlen)
@@ -111,18 +164,33 @@ int cli_parse(int argc, char **argv, cli_opts *o, char *err, size_t errlen)
             size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
             if (!val && !is_switch(name, nlen) && i + 1 < argc && strncmp(argv[i + 1], "--", 2) != 0) val = argv[++i];
             rc = parse_flag(o, name, nlen, val, err, errlen);
+        } else if (!strcmp(a, "-h")) {
+            o->help = 1;
+            rc = 0;
+        } else if (!strcmp(a, "-V")) {
+            o->version = 1;
+            rc = 0;
+        } else if (a[0] == '-' && a[1]) {
+            char flag[64];
+            snprintf(flag, sizeof flag, "%.60s", a);
+            rc = fail(err, errlen, "unknown flag %s (short flags: -h help, -V version; others are --key=value)%s", flag, NULL);
         } else if (!o->command) {
             rc = set_command(o, a, err, errlen);
         } else if (o->npositional < (int)(sizeof o->positional / sizeof *o->positional)) {
             o->positional[o->npositional++] = a;
             rc = 0;
         } else {
-            rc = fail(err, errlen, "too many arguments at \"%s\"%s", a, NULL);
+            char arg[80];
+            snprintf(arg, sizeof arg, "%.60s", a);
+            rc = fail(err, errlen, "too many arguments at \"%s\"%s", arg, NULL);
         }
         if (rc) return rc;
     }
-    if (!o->command) return fail(err, errlen, "no command: use track, identify, page, screen, group, alias or send (or --type=...)%s%s", "", NULL);
-    return 0;
+    if (o->version) { o->command = "version"; return 0; }
+    if (!o->command && o->help) o->command = "help";
+    if (!o->command) return fail(err, errlen, "no command: use track, identify, page, screen, group, alias, send, check or inspect (or --type=...; tally --help)%s%s", "", NULL);
+    if (!strcmp(o->command, "help")) o->help = 1;
+    return check_positionals(o, err, errlen);
 }
 
 int cli_build_message(const cli_opts *o, tbuf *out, char *err, size_t errlen)

@@ -9,17 +9,50 @@
 #include "store.h"
 #include "tally.h"
 
-static const char usage[] =
-    "usage: tally COMMAND [--flag=value ...]\n"
-    "  tally track|identify|page|screen|group|alias --userId=U|--anonymousId=A [--event=E] [--name=N]\n"
-    "        [--category=C] [--groupId=G] [--previousId=P] [--properties=JSON] [--traits=JSON]\n"
-    "        [--context=JSON] [--integrations=JSON] [--messageId=ID] [--timestamp=ISO8601]\n"
-    "  tally --type=track ...            same, Segment library CLI style\n"
-    "  tally send [FILE]                 one JSON message per line (stdin when no FILE)\n"
-    "  tally inspect STORE [--json]      queued / delivered / retried / dead-lettered / dropped\n"
-    "  tally check --rules=PATH [FILE]   run the rules on NDJSON messages without sending\n"
-    "configuration flags: --writeKey= --endpoint= --out=FILE --store= --rules= --config=FILE.lua\n"
-    "  and any configuration key as --key=value (see README); --wait_ms= delivery wait (30000)\n";
+/* Per-command usage: `tally CMD --help` prints the command's lines, then the common part. */
+static const struct { const char *cmd, *text; } usages[] = {
+    {"track", "  tally track --event=E (--userId=U | --anonymousId=A) [--properties=JSON]\n"},
+    {"identify", "  tally identify --userId=U [--traits=JSON]\n"},
+    {"page", "  tally page (--userId=U | --anonymousId=A) [--name=N] [--category=C] [--properties=JSON]\n"},
+    {"screen", "  tally screen (--userId=U | --anonymousId=A) [--name=N] [--properties=JSON]\n"},
+    {"group", "  tally group --groupId=G (--userId=U | --anonymousId=A) [--traits=JSON]\n"},
+    {"alias", "  tally alias --userId=U --previousId=P\n"},
+    {"send", "  tally send [FILE]                  one Segment message (JSON) per line; stdin when no FILE\n"},
+    {"check", "  tally check --rules=PATH [FILE]    run the rules on NDJSON messages without sending them\n"
+              "        [--rule_config=JSON]          prints each result, violation, drop, error and ctx:log line\n"},
+    {"inspect", "  tally inspect STORE [--json]      per destination: queued, delivered, retried,\n"
+                "                                     dead-lettered, dropped; --json: the schema in README\n"},
+};
+
+static const char usage_single[] =
+    "  message flags (any command above but send/check/inspect): --context=JSON --integrations=JSON\n"
+    "        --messageId=ID --timestamp=ISO8601 (e.g. 2024-01-31T12:00:00.000Z); --type=CMD instead of CMD\n";
+
+static const char usage_common[] =
+    "configuration: --writeKey=K --endpoint=URL (or --host) --out=FILE --store=FILE --rules=PATH\n"
+    "  --config=FILE.lua and every configuration key as --key=value, snake_case or camelCase\n"
+    "  (--flush_at or --flushAt); --wait_ms=MS how long to wait for delivery (30000)\n"
+    "mode: --mode=server (ids from each message; the default for send, and without --store)\n"
+    "      --mode=client (device anonymousId, userId and session kept in --store; the default\n"
+    "      for track ... alias with --store)\n"
+    "other: -h, --help (also `tally help CMD`); -V, --version\n"
+    "environment:\n"
+    "  TALLY_WRITE_KEY  write key when --writeKey is not given\n"
+    "  TALLY_ENDPOINT   collector URL when --endpoint is not given\n"
+    "exit codes:\n"
+    "  0  done: every message reached every destination (check: no message blocked, no script failed)\n"
+    "  1  not delivered, a destination refused or dead-lettered, a rule blocked or failed, a store unreadable\n"
+    "  2  bad usage or bad input (the message names the flag or the line)\n";
+
+static void print_usage(const char *cmd)
+{
+    int all = !cmd || !strcmp(cmd, "help") || !strcmp(cmd, "version");
+    printf("usage: tally COMMAND [--flag=value ...]\n");
+    for (size_t i = 0; i < sizeof usages / sizeof *usages; i++)
+        if (all || !strcmp(cmd, usages[i].cmd)) fputs(usages[i].text, stdout);
+    if (all || (strcmp(cmd, "send") && strcmp(cmd, "check") && strcmp(cmd, "inspect"))) fputs(usage_single, stdout);
+    fputs(usage_common, stdout);
+}
 
 static int die(int code, const char *what, const char *msg)
 {
@@ -34,16 +67,64 @@ static int has_store(const cli_opts *o)
     return 0;
 }
 
+/* The mode is set first, so a config file or --mode overrides it. A one-shot command without a
+ * store has no device to remember; `send` replays messages that carry their own ids, which a
+ * device identity must not be stamped onto. Only track ... alias with --store act as a device. */
 static int configure(const cli_opts *o, tally_config *cfg, int single)
 {
+    const char *mode = single && has_store(o) ? "client" : "server";
+    if (tally_config_set(cfg, "mode", mode) != TALLY_OK) return die(2, "", tally_errmsg(NULL));
     if (o->config_file && tally_config_load(cfg, o->config_file) != TALLY_OK)
         return die(2, "--config", tally_errmsg(NULL));
     for (int i = 0; i < o->nset; i++)
         if (tally_config_set(cfg, o->set_key[i], o->set_val[i]) != TALLY_OK) return die(2, "", tally_errmsg(NULL));
-    /* A one-shot command has no device to remember: the ids come from the flags. */
-    if (single && !has_store(o) && tally_config_set(cfg, "mode", "server") != TALLY_OK)
-        return die(2, "", tally_errmsg(NULL));
     return 0;
+}
+
+static long long stat_int(const tj_value *obj, const char *key)
+{
+    const tj_value *v = tj_object_get(obj, key);
+    return v && v->type == TJ_INT ? (long long)v->u.i : 0;
+}
+
+/* Reads the counters, not their text: each destination is judged on its own, so a clean one
+ * cannot hide another's dead letters. 0 when nothing was lost, else 1 with each loss on stderr. */
+static int judge(const char *stats)
+{
+    tj_arena *a = tj_arena_new();
+    tj_value *r;
+    tj_error je;
+    int bad = 0;
+    if (!a || !stats || tj_parse(a, stats, strlen(stats), &r, &je)) {
+        tj_arena_free(a);
+        fprintf(stderr, "tally: delivery: cannot read the delivery counters\n");
+        return 1;
+    }
+    static const struct { const char *key, *what; } losses[] = {
+        {"invalid", "invalid after stamping and rules (see the log above)"},
+        {"rule_dropped", "dropped by a rule"},
+        {"dropped", "dropped: the intake was full"},
+        {"store_dropped", "dropped: the store was full"},
+    };
+    for (size_t i = 0; i < sizeof losses / sizeof *losses; i++) {
+        long long n = stat_int(r, losses[i].key);
+        if (n > 0) {
+            fprintf(stderr, "tally: delivery: %lld message%s %s\n", n, n == 1 ? "" : "s", losses[i].what);
+            bad = 1;
+        }
+    }
+    const tj_value *dests = tj_object_get(r, "destinations");
+    for (size_t i = 0; dests && dests->type == TJ_ARRAY && i < dests->u.arr.n; i++) {
+        const tj_value *d = dests->u.arr.items[i], *name = tj_object_get(d, "name");
+        long long failed = stat_int(d, "failed");
+        if (failed > 0) {
+            fprintf(stderr, "tally: delivery: %s refused %lld message%s (dead-lettered; see the log above)\n",
+                    name && name->type == TJ_STRING ? name->u.str.s : "?", failed, failed == 1 ? "" : "s");
+            bad = 1;
+        }
+    }
+    tj_arena_free(a);
+    return bad;
 }
 
 /* Waits for delivery and reports whether every message reached every destination. */
@@ -51,18 +132,13 @@ static int finish(tally_t *t, int wait_ms, int durable)
 {
     int rc = tally_flush(t, wait_ms);
     char *stats = NULL;
-    int failed = 0;
-    if (tally_stats(t, &stats) == TALLY_OK) {
-        failed = strstr(stats, "\"failed\":0") == NULL && strstr(stats, "\"failed\":") != NULL;
-        failed |= strstr(stats, "\"invalid\":0,") == NULL;
-    }
+    int lost = tally_stats(t, &stats) == TALLY_OK ? judge(stats) : 1;
     tally_free(stats);
     tally_close(t, 0);
     if (rc != TALLY_OK)
         return die(1, "delivery", durable ? "not delivered within --wait_ms; the rest stays in --store for the next run"
                                           : "not delivered within --wait_ms (no --store: undelivered messages are lost)");
-    if (failed) return die(1, "delivery", "a destination refused the message (see the log above)");
-    return 0;
+    return lost ? 1 : 0;
 }
 
 /* Validation names message fields ("event: required"); on the command line the user typed
@@ -110,7 +186,7 @@ static int run_single(const cli_opts *o, tally_config *cfg)
 static int run_send(const cli_opts *o, tally_config *cfg)
 {
     FILE *in = stdin;
-    if (o->npositional > 0 && !(in = fopen(o->positional[0], "r"))) return die(2, o->positional[0], "cannot open");
+    if (o->npositional > 0 && strcmp(o->positional[0], "-") && !(in = fopen(o->positional[0], "r"))) return die(2, o->positional[0], "cannot open");
     tally_t *t;
     if (tally_open(cfg, &t) != TALLY_OK) {
         if (in != stdin) fclose(in);
@@ -135,49 +211,6 @@ static int run_send(const cli_opts *o, tally_config *cfg)
     return rc ? rc : bad ? 2 : 0;
 }
 
-/* `tally inspect STORE`: what is queued, delivered, retried, dead-lettered and dropped, per
- * destination, read straight from the store (safe while the owner is running: WAL readers). */
-static int run_inspect(const cli_opts *o)
-{
-    if (o->npositional != 1) return die(2, "inspect", "expected exactly one store path: tally inspect STORE");
-    char err[512];
-    char *json = store_report(o->positional[0], err, sizeof err);
-    if (!json) return die(1, "inspect", err);
-    if (o->json_output) {
-        printf("%s\n", json);
-        free(json);
-        return 0;
-    }
-    tj_arena *a = tj_arena_new();
-    tj_value *r;
-    tj_error je;
-    if (!a || tj_parse(a, json, strlen(json), &r, &je)) {
-        printf("%s\n", json);
-    } else {
-        static const char *const cols[] = {"queued", "delivered", "retried", "dead_lettered", "dropped"};
-        printf("store %s\n%-44s", o->positional[0], "destination");
-        for (int c = 0; c < 5; c++) printf(" %13s", cols[c]);
-        printf("\n");
-        tj_value *dests = tj_object_get(r, "destinations");
-        for (size_t i = 0; dests && i < dests->u.arr.n; i++) {
-            tj_value *d = dests->u.arr.items[i];
-            printf("%-44s", tj_object_get(d, "name")->u.str.s);
-            for (int c = 0; c < 5; c++) {
-                tj_value *v = tj_object_get(d, cols[c]);
-                printf(" %13lld", v && v->type == TJ_INT ? (long long)v->u.i : 0LL);
-            }
-            printf("\n");
-            tj_value *dead = tj_object_get(d, "recent_dead");
-            for (size_t k = 0; dead && k < dead->u.arr.n; k++)
-                printf("    dead letter at %s: %s\n", tj_object_get(dead->u.arr.items[k], "at")->u.str.s,
-                       tj_object_get(dead->u.arr.items[k], "reason")->u.str.s);
-        }
-    }
-    tj_arena_free(a);
-    free(json);
-    return 0;
-}
-
 int main(int argc, char **argv)
 {
     cli_opts o;
@@ -186,9 +219,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "tally: %s\n", err);
         return 2;
     }
-    if (!strcmp(o.command, "help")) { fputs(usage, stdout); return 0; }
     if (!strcmp(o.command, "version")) { printf("tally %s\n", tally_version()); return 0; }
-    if (!strcmp(o.command, "inspect")) return run_inspect(&o);
+    if (o.help) { print_usage(o.command); return 0; }
+    if (!strcmp(o.command, "inspect")) return cli_inspect(&o);
     if (!strcmp(o.command, "check")) {
         const char *spec = NULL, *rule_config = NULL;
         for (int i = 0; i < o.nset; i++) {

@@ -93,7 +93,7 @@ describe("tally.open", function()
   end)
 
   it("returns nil and an error naming the key for bad values", function()
-    fails('unknown configuration key "flush_att"', tally.open({ flush_att = 1 }))
+    fails('unknown configuration key "flush_att" (did you mean "flush_at"?)', tally.open({ flush_att = 1 }))
     fails('flush_at: expected an integer from 1 to 10000, got "0"', tally.open({ flush_at = 0 }))
     fails('flush_at: expected an integer from 1 to 10000, got "1.5"', tally.open({ flush_at = 1.5 }))
     fails('gzip: expected true or false, got "maybe"', tally.open({ gzip = "maybe" }))
