@@ -55,7 +55,7 @@ int tally_open(const tally_config *cfg, tally_t **out)
     if (!out) return tly_fail(TALLY_EINVAL, "tally_open: NULL out");
     *out = NULL;
     pthread_once(&atfork_once, install_atfork);
-    tally_t *t = calloc(1, sizeof *t);
+    tally_t *t = tly_fault() ? NULL : calloc(1, sizeof *t);
     if (!t) return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
     t->wake_fd = t->w_wake_fd = -1;
     pthread_mutex_init(&t->mu, NULL);
@@ -66,17 +66,17 @@ int tally_open(const tally_config *cfg, tally_t **out)
     pthread_condattr_destroy(&ca);
     struct tally_config defaults;
     config_defaults(&defaults);
-    int rc = config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
-    if (!rc) rc = config_apply_env(&t->cfg);
-    if (!rc) rc = config_resolve_dests(&t->cfg);
+    int rc = tly_fault() || config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : config_apply_env(&t->cfg);
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : config_resolve_dests(&t->cfg);
     if (!rc) config_store_defaults(&t->cfg);
     t->log = (tly_logger){t->cfg.log_fn, t->cfg.log_ud, t->cfg.log_level};
     t->fork_gen = atomic_load(&fork_gen);
     tly_clock_init();
-    if (!rc && intake_init(&t->q, t->cfg.max_queue_rows, t->cfg.max_queue_bytes, t->cfg.on_full))
+    if (!rc && (tly_fault() || intake_init(&t->q, t->cfg.max_queue_rows, t->cfg.max_queue_bytes, t->cfg.on_full)))
         rc = tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    if (!rc && ((t->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
-                (t->w_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0))
+    if (!rc && ((t->wake_fd = tly_fault() ? (errno = EMFILE, -1) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+                (t->w_wake_fd = tly_fault() ? (errno = EMFILE, -1) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0))
         rc = tly_fail(TALLY_EIO, "tally_open: eventfd: %s", strerror(errno));
     if (!rc) rc = worker_start(t);
     if (rc) {
