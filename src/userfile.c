@@ -37,7 +37,7 @@ int tly_open_below(const char *dir, const char *rel, char *err, size_t errlen)
     int dfd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (dfd < 0) {
         int e = errno;
-        snprintf(err, errlen, "%s: cannot open the folder: %s", dir, strerror(e));
+        snprintf(err, errlen, "%s/%s: cannot open: %s", dir, rel, strerror(e));
         errno = e;
         return -1;
     }
