@@ -25,6 +25,9 @@ typedef struct tly_logger {
 } tly_logger;
 
 void tly_log(const tly_logger *lg, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Non-zero on a thread that is inside a log callback: the calls that wait (flush, reload, close,
+ * stats, identity) refuse to run there, since the thread logging may be the one they wait for. */
+extern _Thread_local int tly_in_log_callback;
 
 /* ---- time and ids (ids.c) ---- */
 int64_t tly_now_ms(void);                   /* wall clock, ms since the epoch: timestamps only */

@@ -28,6 +28,14 @@ static int usable(const tally_t *t)
     return TALLY_OK;
 }
 
+/* The calls that wait for the background threads (or take the lock they log under) cannot run on a
+ * thread that is inside a log callback: that thread may be the one they would wait for. */
+static int from_log_callback(const char *call)
+{
+    if (!tly_in_log_callback) return TALLY_OK;
+    return tly_fail(TALLY_EINVAL, "%s: called from inside a log callback (it would wait for the thread that logs)", call);
+}
+
 static void close_dests(tally_t *t)
 {
     for (size_t i = 0; i < t->ndests; i++) dest_close(&t->dests[i]);
@@ -90,9 +98,11 @@ int tally_open(const tally_config *cfg, tally_t **out)
 int tally_close(tally_t *t, int timeout_ms)
 {
     if (!t) return TALLY_OK;
+    int rc = from_log_callback("tally_close");
+    if (rc) return rc;
     if (t->fork_gen != atomic_load(&fork_gen))
         return tly_fail(TALLY_EFORK, "tally_close: handle opened before fork(); left to the parent");
-    int rc = tally_flush(t, timeout_ms);
+    rc = tally_flush(t, timeout_ms);
     atomic_store(&t->closing, 1);
     worker_stop(t);
     free_handle(t);
@@ -277,6 +287,7 @@ static int wait_request(tally_t *t, flush_req *req, int timeout_ms)
 int tally_flush(tally_t *t, int timeout_ms)
 {
     int rc = usable(t);
+    if (!rc) rc = from_log_callback("tally_flush");
     if (rc) return rc;
     flush_req req;
     memset(&req, 0, sizeof req);
@@ -289,6 +300,7 @@ int tally_flush(tally_t *t, int timeout_ms)
 int tally_reload(tally_t *t, int timeout_ms)
 {
     int rc = usable(t);
+    if (!rc) rc = from_log_callback("tally_reload");
     if (rc) return rc;
     if (!t->cfg.rules) return tly_fail(TALLY_ECONFIG, "reload: no rules configured");
     flush_req req;
@@ -304,6 +316,7 @@ int tally_reload(tally_t *t, int timeout_ms)
 int tally_identity(tally_t *t, char **json_out)
 {
     if (!t || !json_out) return tly_fail(TALLY_EINVAL, "tally_identity: NULL argument");
+    if (from_log_callback("tally_identity")) return TALLY_EINVAL;
     *json_out = NULL;
     pthread_mutex_lock(&t->mu);
     const char *snap = t->identity_snapshot ? t->identity_snapshot : "{}";
@@ -315,6 +328,7 @@ int tally_identity(tally_t *t, char **json_out)
 int tally_stats(tally_t *t, char **json_out)
 {
     if (!t || !json_out) return tly_fail(TALLY_EINVAL, "tally_stats: NULL argument");
+    if (from_log_callback("tally_stats")) return TALLY_EINVAL;
     tbuf b = TBUF_INIT;
     size_t pos = intake_position(&t->q), queued = pos - intake_taken(&t->q);
     uint64_t accepted = (uint64_t)pos - atomic_load(&t->n.control);
