@@ -19,6 +19,13 @@
  *
  * Fork: a handle belongs to the process that opened it. In a child after fork() every call returns
  * TALLY_EFORK; open a new handle there.
+ *
+ * Misuse. A NULL handle, config or out-pointer is refused with TALLY_EINVAL (tally_close(NULL),
+ * tally_config_free(NULL) and tally_free(NULL) are no-ops). A handle passed to tally_close() is
+ * freed memory from then on: using it again, closing it twice, or calling it while tally_close()
+ * runs is undefined behaviour (C cannot detect a freed pointer safely); set your pointer to NULL.
+ * Timeouts: 0 means "do not wait" (the call returns TALLY_ETIMEDOUT unless the worker had already
+ * answered, even when nothing was pending), any negative value means "no limit".
  */
 #ifndef TALLY_H
 #define TALLY_H
@@ -65,7 +72,11 @@ typedef struct tally tally_t;
 
 /* Receives the runtime's log lines (already filtered by log_level). Called from the background
  * threads or from the thread of the call that logs, possibly at the same time: it must be
- * thread-safe and must not call back into tally. `msg` is valid only during the call. */
+ * thread-safe. `msg` is valid only during the call. Calling back into tally from it: the calls
+ * that never block (tally_track ... tally_session_start, tally_errmsg, tally_strerror) work; the
+ * calls that wait for the background threads (tally_flush, tally_reload, tally_stats,
+ * tally_identity, tally_close) return TALLY_EINVAL at once, leaving the handle open, since the
+ * thread that logs may be the one they would wait for. */
 typedef void (*tally_log_fn)(void *userdata, int level, const char *msg);
 
 /* ---- configuration ---- */
@@ -85,7 +96,10 @@ TALLY_API tally_config *tally_config_new(void);
 TALLY_API int tally_config_set(tally_config *cfg, const char *key, const char *value);
 
 /* Runs a Lua config file (sandboxed: no io, no os.execute) that returns a table of the same keys,
- * and sets each. Returns TALLY_OK, TALLY_ELUA (load or run error), TALLY_ECONFIG, TALLY_EIO. */
+ * and sets each. The file, and whatever it requires or loads with tally.load_json from its folder,
+ * must be a regular file, not a symlink (the folder itself may be one): a FIFO or link is refused
+ * with TALLY_EIO (the file) or TALLY_ELUA (what it loads), without blocking.
+ * Returns TALLY_OK, TALLY_ELUA (load or run error), TALLY_ECONFIG, TALLY_EIO. */
 TALLY_API int tally_config_load(tally_config *cfg, const char *path);
 
 /* Routes log lines to `fn` instead of stderr (NULL restores stderr). */
@@ -100,7 +114,8 @@ TALLY_API void tally_config_free(tally_config *cfg);
  * environment when those keys are not set). Starts the two background threads, opens the store
  * and the destinations. On success *out owns the handle and `cfg` may be freed at once.
  * Returns TALLY_OK, TALLY_ECONFIG, TALLY_EIO, TALLY_ELUA, TALLY_ENOMEM; *out is NULL on failure
- * and tally_errmsg(NULL) says why. Any thread. */
+ * and tally_errmsg(NULL) says why. A failed open releases everything it acquired (no thread,
+ * descriptor, store lock or memory is left). Any thread. */
 TALLY_API int tally_open(const tally_config *cfg, tally_t **out);
 
 /* Flushes for up to timeout_ms (0: do not wait, <0: wait without limit), stops the worker and frees

@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-60}
 command -v clang >/dev/null || { echo "fuzz: clang missing (make deps installs it)"; exit 1; }
-out=build/fuzz
+out=$PWD/build/fuzz # absolute: a harness may change directory (fuzz_config does)
 mkdir -p "$out"
 [ -f build/lua-src/src/lapi.c ] || { bash scripts/deps.sh build && bash scripts/lua-src.sh build/lua-src; } || exit 1
 bash scripts/embed-lua.sh build/gen/bundled_lua.c

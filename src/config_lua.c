@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -10,6 +11,7 @@
 #include "config.h"
 #include "json_lua.h"
 #include "sandbox.h"
+#include "userfile.h"
 
 /* A config file runs in the same sandbox as rules (no io, no os.execute, no native code), with
  * its own memory and instruction caps: it is as easy to get wrong as any script and must never
@@ -78,21 +80,19 @@ static int apply_table(lua_State *L, tally_config *cfg, const char *path)
 int tally_config_load(tally_config *cfg, const char *path)
 {
     if (!cfg || !path) return tly_fail(TALLY_EINVAL, "tally_config_load: NULL argument");
-    FILE *f = fopen(path, "rb");
-    if (!f) return tly_fail(TALLY_EIO, "%s: cannot open: %s", path, strerror(errno));
-    fclose(f);
-    /* require and tally.load_json resolve next to the config file */
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash) *slash = '\0';
-    else snprintf(dir, sizeof dir, ".");
+    /* require and tally.load_json resolve next to the config file; the file itself is read like a
+     * rule: a regular file, not a link, never a FIFO that would block here */
+    char dir[4096], err[1024];
+    const char *base;
+    if (tly_split_path(path, dir, sizeof dir, &base)) return tly_fail(TALLY_EIO, "%s: path too long", path);
+    int fd = tly_open_below(dir, base, err, sizeof err);
+    if (fd < 0) return tly_fail(TALLY_EIO, "%s", err);
+    close(fd);
     const char *dirs[] = {dir, NULL};
     sb_limits lim = {CONFIG_MAX_MEMORY, CONFIG_MAX_INSTRUCTIONS};
     tly_logger quiet = {NULL, NULL, TALLY_LOG_ERROR};
     sandbox *sb = sb_new(&lim, dirs, &quiet);
     if (!sb) return tly_fail(TALLY_ENOMEM, "%s: out of memory", path);
-    char err[1024];
     int rc = sb_load_file(sb, path, err, sizeof err) ? tly_fail(TALLY_ELUA, "%s", err)
                                                      : apply_table(sb_state(sb), cfg, path);
     sb_free(sb);

@@ -129,6 +129,7 @@ int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
 
 void intake_destroy(intake *q)
 {
+    if (!q->ring.cells) return; /* never made (tally_open failed before it), or destroyed already */
     intake_rec *r;
     while ((r = intake_pop(q)) != NULL) free(r);
     while ((r = ring_pop(&q->spare)) != NULL) free(r);

@@ -25,6 +25,9 @@ typedef struct tly_logger {
 } tly_logger;
 
 void tly_log(const tly_logger *lg, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Non-zero on a thread that is inside a log callback: the calls that wait (flush, reload, close,
+ * stats, identity) refuse to run there, since the thread logging may be the one they wait for. */
+extern _Thread_local int tly_in_log_callback;
 
 /* ---- time and ids (ids.c) ---- */
 int64_t tly_now_ms(void);                   /* wall clock, ms since the epoch: timestamps only */
@@ -46,5 +49,13 @@ int64_t tly_ticks_wall_ms(uint64_t ticks);  /* wall ms at the moment tly_ticks()
 void    tly_iso8601(int64_t ms, char out[25]); /* "2026-11-24T20:31:02.123Z" */
 /* A random (version 4) UUID in canonical text form, from the OS random source. 0 or -1. */
 int     tly_uuid4(char out[37]);
+
+/* ---- fault points (fault.c) ----
+ * Every step of tally_open that acquires something (memory, a descriptor, a thread, the store, a
+ * destination) passes a fault point first, so a test can fail each step in turn and check that the
+ * failing path frees exactly what was made: with tly_fault_countdown = n, the n-th point passed
+ * fails (once) as if its step had. 0, the default, costs one relaxed load per point. */
+extern _Atomic long tly_fault_countdown;
+int tly_fault(void);
 
 #endif

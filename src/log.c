@@ -3,6 +3,8 @@
 
 #include "internal.h"
 
+_Thread_local int tly_in_log_callback;
+
 static const char *level_name(int level)
 {
     switch (level) {
@@ -22,7 +24,9 @@ void tly_log(const tly_logger *lg, int level, const char *fmt, ...)
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     if (lg->fn) {
+        tly_in_log_callback++;
         lg->fn(lg->ud, level, line);
+        tly_in_log_callback--;
     } else {
         /* one fprintf per line so concurrent lines do not interleave mid-line */
         fprintf(stderr, "tally: %s: %s\n", level_name(level), line);

@@ -9,6 +9,7 @@
 
 #include "json.h"
 #include "json_lua.h"
+#include "userfile.h"
 
 #define HOOK_EVERY 1000          /* instructions between budget checks while within budget */
 #define MAX_FILE_BYTES (8 << 20) /* scripts and JSON files read by scripts */
@@ -179,36 +180,25 @@ static int safe_load(lua_State *L)
 static int read_whole(sandbox *sb, const char *path, char **out, size_t *len, char *err, size_t errlen)
 {
     (void)sb;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+    char dir[4096];
+    const char *base;
+    if (tly_split_path(path, dir, sizeof dir, &base)) {
+        snprintf(err, errlen, "%s: path too long", path);
         return -1;
     }
-    char *buf = malloc(MAX_FILE_BYTES + 1);
-    size_t n = buf ? fread(buf, 1, MAX_FILE_BYTES + 1, f) : 0;
-    fclose(f);
-    if (!buf || n > MAX_FILE_BYTES) {
-        free(buf);
-        snprintf(err, errlen, "%s: %s", path, buf ? "larger than 8 MiB" : "out of memory");
-        return -1;
-    }
-    buf[n] = '\0';
-    *out = buf;
-    *len = n;
-    return 0;
+    return tly_read_below(dir, base, MAX_FILE_BYTES, out, len, err, errlen);
 }
 
-/* A relative path without ".." components, looked up in each rule folder in order. */
-static int resolve(sandbox *sb, const char *rel, char *out, size_t outlen)
+/* A relative path without ".." components, looked up in each rule folder in order and read from the
+ * first that has it. 0: read; -1: in no folder; -2: refused or unreadable (err says why). */
+static int read_resolved(sandbox *sb, const char *rel, char *path, size_t pathlen, char **src, size_t *len, char *err,
+                         size_t errlen)
 {
     if (!*rel || rel[0] == '/' || strstr(rel, "..")) return -1;
     for (char **d = sb->dirs; d && *d; d++) {
-        snprintf(out, outlen, "%s/%s", *d, rel);
-        FILE *f = fopen(out, "rb");
-        if (f) {
-            fclose(f);
-            return 0;
-        }
+        snprintf(path, pathlen, "%s/%s", *d, rel);
+        if (tly_read_below(*d, rel, MAX_FILE_BYTES, src, len, err, errlen) == 0) return 0;
+        if (errno != ENOENT) return -2;
     }
     return -1;
 }
@@ -243,13 +233,15 @@ static int safe_require(lua_State *L)
         loaded = 1;
     }
     if (!loaded) {
-        char rel[512], path[4096], err[256];
+        char rel[512], path[4096], err[512];
         snprintf(rel, sizeof rel, "%s.lua", name);
         for (char *p = rel; *p && strcmp(p, ".lua"); p++)
             if (*p == '.') *p = '/';
         char *src;
         size_t len;
-        if (resolve(sb, rel, path, sizeof path) || read_whole(sb, path, &src, &len, err, sizeof err))
+        int found = read_resolved(sb, rel, path, sizeof path, &src, &len, err, sizeof err);
+        if (found == -2) return luaL_error(L, "module '%s': %s", name, err);
+        if (found)
             return luaL_error(L, "module '%s' not found (bundled tally.* modules and the rule folders only)", name);
         char chunk[4200];
         snprintf(chunk, sizeof chunk, "@%s", path);
@@ -277,9 +269,9 @@ static int load_json(lua_State *L)
     char path[4096], err[512];
     char *src;
     size_t len;
-    if (resolve(sb, rel, path, sizeof path))
-        return luaL_error(L, "load_json: '%s' not found in the rule folders (relative paths only)", rel);
-    if (read_whole(sb, path, &src, &len, err, sizeof err)) return luaL_error(L, "load_json: %s", err);
+    int found = read_resolved(sb, rel, path, sizeof path, &src, &len, err, sizeof err);
+    if (found == -1) return luaL_error(L, "load_json: '%s' not found in the rule folders (relative paths only)", rel);
+    if (found) return luaL_error(L, "load_json: %s", err);
     lua_pushcfunction(L, tjl_lua_decode);
     lua_pushlstring(L, src, len);
     free(src);

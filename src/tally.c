@@ -28,6 +28,14 @@ static int usable(const tally_t *t)
     return TALLY_OK;
 }
 
+/* The calls that wait for the background threads (or take the lock they log under) cannot run on a
+ * thread that is inside a log callback: that thread may be the one they would wait for. */
+static int from_log_callback(const char *call)
+{
+    if (!tly_in_log_callback) return TALLY_OK;
+    return tly_fail(TALLY_EINVAL, "%s: called from inside a log callback (it would wait for the thread that logs)", call);
+}
+
 static void close_dests(tally_t *t)
 {
     for (size_t i = 0; i < t->ndests; i++) dest_close(&t->dests[i]);
@@ -55,7 +63,7 @@ int tally_open(const tally_config *cfg, tally_t **out)
     if (!out) return tly_fail(TALLY_EINVAL, "tally_open: NULL out");
     *out = NULL;
     pthread_once(&atfork_once, install_atfork);
-    tally_t *t = calloc(1, sizeof *t);
+    tally_t *t = tly_fault() ? NULL : calloc(1, sizeof *t);
     if (!t) return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
     t->wake_fd = t->w_wake_fd = -1;
     pthread_mutex_init(&t->mu, NULL);
@@ -66,17 +74,17 @@ int tally_open(const tally_config *cfg, tally_t **out)
     pthread_condattr_destroy(&ca);
     struct tally_config defaults;
     config_defaults(&defaults);
-    int rc = config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
-    if (!rc) rc = config_apply_env(&t->cfg);
-    if (!rc) rc = config_resolve_dests(&t->cfg);
+    int rc = tly_fault() || config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : config_apply_env(&t->cfg);
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : config_resolve_dests(&t->cfg);
     if (!rc) config_store_defaults(&t->cfg);
     t->log = (tly_logger){t->cfg.log_fn, t->cfg.log_ud, t->cfg.log_level};
     t->fork_gen = atomic_load(&fork_gen);
     tly_clock_init();
-    if (!rc && intake_init(&t->q, t->cfg.max_queue_rows, t->cfg.max_queue_bytes, t->cfg.on_full))
+    if (!rc && (tly_fault() || intake_init(&t->q, t->cfg.max_queue_rows, t->cfg.max_queue_bytes, t->cfg.on_full)))
         rc = tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    if (!rc && ((t->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
-                (t->w_wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0))
+    if (!rc && ((t->wake_fd = tly_fault() ? (errno = EMFILE, -1) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+                (t->w_wake_fd = tly_fault() ? (errno = EMFILE, -1) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0))
         rc = tly_fail(TALLY_EIO, "tally_open: eventfd: %s", strerror(errno));
     if (!rc) rc = worker_start(t);
     if (rc) {
@@ -90,9 +98,11 @@ int tally_open(const tally_config *cfg, tally_t **out)
 int tally_close(tally_t *t, int timeout_ms)
 {
     if (!t) return TALLY_OK;
+    int rc = from_log_callback("tally_close");
+    if (rc) return rc;
     if (t->fork_gen != atomic_load(&fork_gen))
         return tly_fail(TALLY_EFORK, "tally_close: handle opened before fork(); left to the parent");
-    int rc = tally_flush(t, timeout_ms);
+    rc = tally_flush(t, timeout_ms);
     atomic_store(&t->closing, 1);
     worker_stop(t);
     free_handle(t);
@@ -277,6 +287,7 @@ static int wait_request(tally_t *t, flush_req *req, int timeout_ms)
 int tally_flush(tally_t *t, int timeout_ms)
 {
     int rc = usable(t);
+    if (!rc) rc = from_log_callback("tally_flush");
     if (rc) return rc;
     flush_req req;
     memset(&req, 0, sizeof req);
@@ -289,6 +300,7 @@ int tally_flush(tally_t *t, int timeout_ms)
 int tally_reload(tally_t *t, int timeout_ms)
 {
     int rc = usable(t);
+    if (!rc) rc = from_log_callback("tally_reload");
     if (rc) return rc;
     if (!t->cfg.rules) return tly_fail(TALLY_ECONFIG, "reload: no rules configured");
     flush_req req;
@@ -304,6 +316,7 @@ int tally_reload(tally_t *t, int timeout_ms)
 int tally_identity(tally_t *t, char **json_out)
 {
     if (!t || !json_out) return tly_fail(TALLY_EINVAL, "tally_identity: NULL argument");
+    if (from_log_callback("tally_identity")) return TALLY_EINVAL;
     *json_out = NULL;
     pthread_mutex_lock(&t->mu);
     const char *snap = t->identity_snapshot ? t->identity_snapshot : "{}";
@@ -315,6 +328,7 @@ int tally_identity(tally_t *t, char **json_out)
 int tally_stats(tally_t *t, char **json_out)
 {
     if (!t || !json_out) return tly_fail(TALLY_EINVAL, "tally_stats: NULL argument");
+    if (from_log_callback("tally_stats")) return TALLY_EINVAL;
     tbuf b = TBUF_INIT;
     size_t pos = intake_position(&t->q), queued = pos - intake_taken(&t->q);
     uint64_t accepted = (uint64_t)pos - atomic_load(&t->n.control);

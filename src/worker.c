@@ -595,13 +595,15 @@ static int open_dests(tally_t *t, struct worker *w)
 {
     if (t->cfg.ndests == 0)
         return tly_fail(TALLY_ECONFIG, "no destination: set write_key (or TALLY_WRITE_KEY), out, or destinations");
-    if (!(t->dests = calloc(t->cfg.ndests, sizeof *t->dests)) || !(w->ds = calloc(t->cfg.ndests, sizeof *w->ds)))
+    if (tly_fault() || !(t->dests = calloc(t->cfg.ndests, sizeof *t->dests)) || tly_fault() ||
+        !(w->ds = calloc(t->cfg.ndests, sizeof *w->ds)))
         return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
     dest_env env = {t->cfg.write_key, t->cfg.ca_bundle, t->cfg.proxy, t->cfg.gzip, t->cfg.timeout_ms, t->cfg.max_in_flight,
                     w->multi};
     int64_t now = tly_clock_mono(t);
     for (size_t i = 0; i < t->cfg.ndests; i++) {
-        int rc = dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log);
+        int rc = tly_fault() ? tly_fail(TALLY_EIO, "destination: injected fault")
+                             : dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log);
         if (rc) return rc;
         t->ndests++;
         for (size_t k = 0; k < i; k++)
@@ -609,13 +611,13 @@ static int open_dests(tally_t *t, struct worker *w)
                 return tly_fail(TALLY_ECONFIG, "destinations: \"%s\" is configured twice (give one a \"name\")",
                                 t->dests[i].name);
         dest_state *s = &w->ds[i];
-        if (store_dest_id(w->st, t->dests[i].name, &s->store_id))
+        if (tly_fault() || store_dest_id(w->st, t->dests[i].name, &s->store_id))
             return tly_fail(TALLY_EIO, "store: cannot register destination %s", t->dests[i].name);
         /* rows left by an earlier run go out at once */
         s->pending = store_pending(w->st, s->store_id);
         s->since_ms = now - t->cfg.flush_interval_ms;
     }
-    if (store_commit(w->st)) return tly_fail(TALLY_EIO, "store: cannot write");
+    if (tly_fault() || store_commit(w->st)) return tly_fail(TALLY_EIO, "store: cannot write");
     store_each_queued_dest(w->st, warn_orphan, t);
     return TALLY_OK;
 }
@@ -642,8 +644,8 @@ int worker_start(tally_t *t)
 {
     static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
     pthread_once(&curl_once, curl_init_once);
-    struct worker *w = calloc(1, sizeof *w);
-    if (!w || !(w->multi = curl_multi_init()) || !(t->rows = rowq_new(ROWQ_SLOTS))) {
+    struct worker *w = tly_fault() ? NULL : calloc(1, sizeof *w);
+    if (!w || tly_fault() || !(w->multi = curl_multi_init()) || tly_fault() || !(t->rows = rowq_new(ROWQ_SLOTS))) {
         worker_free(t, w);
         return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
     }
@@ -654,19 +656,19 @@ int worker_start(tally_t *t)
                              ? (size_t)t->cfg.max_store_bytes : BATCH_MAX_BYTES;
     const char *path = t->cfg.store ? t->cfg.store : ":memory:";
     store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full};
-    int rc = store_open(&w->st, path, &lim, &t->log);
+    int rc = tly_fault() ? tly_fail(TALLY_EIO, "store: injected fault") : store_open(&w->st, path, &lim, &t->log);
     if (!rc) rc = open_dests(t, w);
-    if (!rc) rc = processor_open(t, w->st); /* the identity's first writes go in directly */
-    if (!rc && store_commit(w->st)) rc = tly_fail(TALLY_EIO, "store: cannot write");
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "injected fault") : processor_open(t, w->st); /* the identity's first writes go in directly */
+    if (!rc && (tly_fault() || store_commit(w->st))) rc = tly_fail(TALLY_EIO, "store: cannot write");
     if (!rc) {
         t->w = w;
-        int e = start_thread(&t->thread, "tally-worker", worker_main, t);
+        int e = tly_fault() ? EAGAIN : start_thread(&t->thread, "tally-worker", worker_main, t);
         if (e) {
             t->w = NULL;
             rc = tly_fail(TALLY_ENOMEM, "tally_open: cannot start the worker thread: %s", strerror(e));
         }
     }
-    if (!rc && (rc = start_thread(&t->p_thread, "tally-processor", processor_main, t)) != 0) {
+    if (!rc && (rc = tly_fault() ? EAGAIN : start_thread(&t->p_thread, "tally-processor", processor_main, t)) != 0) {
         int e = rc;
         /* the worker is running: stop it as a close would (the processor counts as done) */
         atomic_store(&t->p_done, 1);
