@@ -137,19 +137,119 @@ static tj_arena **push_arena_box(lua_State *L)
     return box;
 }
 
+/* ---- text -> Lua without a C tree: every byte the result takes is Lua's (and so counted by a
+ * sandbox's memory cap), and nothing is held in C while Lua may raise. ---- */
+
+typedef struct {
+    lua_State *L;
+    int mt;    /* stack index of the array metatable */
+    int depth; /* open containers */
+    struct { int object; lua_Integer n; } open[TJ_MAX_DEPTH + 1];
+} dctx;
+
+/* Stores the value on top into the open container (nothing to do at the top level). */
+static int d_place(dctx *c)
+{
+    if (c->depth == 0) return 0;
+    if (c->open[c->depth - 1].object) lua_rawset(c->L, -3);
+    else lua_rawseti(c->L, -2, ++c->open[c->depth - 1].n);
+    return 0;
+}
+
+static int d_begin(void *ud, int object)
+{
+    dctx *c = ud;
+    if (c->depth > TJ_MAX_DEPTH || !lua_checkstack(c->L, 4)) return -1;
+    lua_newtable(c->L);
+    c->open[c->depth].object = object;
+    c->open[c->depth].n = 0;
+    c->depth++;
+    return 0;
+}
+
+static int d_end(void *ud)
+{
+    dctx *c = ud;
+    if (!c->open[--c->depth].object) {
+        lua_pushvalue(c->L, c->mt);
+        lua_setmetatable(c->L, -2);
+    }
+    return d_place(c);
+}
+
+static void d_pushstring(dctx *c, const char *body, size_t len, int escaped)
+{
+    if (!escaped) {
+        lua_pushlstring(c->L, body, len);
+        return;
+    }
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(c->L, &b, len);
+    luaL_pushresultsize(&b, tj_unescape(p, body, len));
+}
+
+static int d_key(void *ud, const char *body, size_t len, int escaped)
+{
+    d_pushstring(ud, body, len, escaped);
+    return 0;
+}
+
+static int d_string(void *ud, const char *body, size_t len, int escaped)
+{
+    d_pushstring(ud, body, len, escaped);
+    return d_place(ud);
+}
+
+static void push_int(lua_State *L, int64_t i)
+{
+    /* a Lua built with 32-bit integers gets a float rather than a wrapped value */
+    if (i < LUA_MININTEGER || i > LUA_MAXINTEGER) lua_pushnumber(L, (lua_Number)i);
+    else lua_pushinteger(L, (lua_Integer)i);
+}
+
+static int d_scalar(void *ud, const tj_value *v)
+{
+    dctx *c = ud;
+    switch (v->type) {
+    case TJ_NULL: lua_pushlightuserdata(c->L, NULL); break;
+    case TJ_FALSE: lua_pushboolean(c->L, 0); break;
+    case TJ_TRUE: lua_pushboolean(c->L, 1); break;
+    case TJ_INT: push_int(c->L, v->u.i); break;
+    case TJ_DOUBLE: lua_pushnumber(c->L, (lua_Number)v->u.d); break;
+    /* an integer beyond 64 bits: Lua has no exact type for it, the nearest float is what scripts
+     * see */
+    case TJ_RAW: lua_pushnumber(c->L, (lua_Number)tj_literal_double(v->u.str.s, v->u.str.len)); break;
+    default: return -1;
+    }
+    return d_place(c);
+}
+
+static const tj_handler to_lua = {d_begin, d_end, d_key, d_string, d_scalar};
+
+int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err)
+{
+    int top = lua_gettop(L);
+    if (!lua_checkstack(L, 8)) {
+        if (err) snprintf(err->msg, sizeof err->msg, "out of memory (Lua stack)");
+        return -1;
+    }
+    push_array_mt(L);
+    dctx c;
+    c.L = L;
+    c.mt = lua_gettop(L);
+    c.depth = 0;
+    if (tj_walk(text, len, &to_lua, &c, err)) {
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_remove(L, c.mt);
+    return 0;
+}
+
 static int push_raw(pctx *c, const tj_value *v, int depth)
 {
-    lua_State *L = c->L;
-    tj_arena **box = push_arena_box(L);
-    if (!*box) return -1;
-    tj_value *t;
-    tj_error err;
-    int r = tj_parse(*box, v->u.str.s, v->u.str.len, &t, &err);
-    if (r == 0) r = push_value(c, t, depth);
-    tj_arena_free(*box);
-    *box = NULL;
-    if (r == 0) lua_remove(L, -2); /* the box */
-    return r;
+    (void)depth; /* the text's own nesting is bounded by the validator */
+    return tjl_decode(c->L, v->u.str.s, v->u.str.len, NULL);
 }
 
 static int push_value(pctx *c, const tj_value *v, int depth)
@@ -160,11 +260,7 @@ static int push_value(pctx *c, const tj_value *v, int depth)
     case TJ_NULL: lua_pushlightuserdata(L, NULL); return 0;
     case TJ_FALSE: lua_pushboolean(L, 0); return 0;
     case TJ_TRUE: lua_pushboolean(L, 1); return 0;
-    case TJ_INT:
-        /* a Lua built with 32-bit integers gets a float rather than a wrapped value */
-        if (v->u.i < LUA_MININTEGER || v->u.i > LUA_MAXINTEGER) lua_pushnumber(L, (lua_Number)v->u.i);
-        else lua_pushinteger(L, (lua_Integer)v->u.i);
-        return 0;
+    case TJ_INT: push_int(L, v->u.i); return 0;
     case TJ_DOUBLE: lua_pushnumber(L, (lua_Number)v->u.d); return 0;
     case TJ_STRING: lua_pushlstring(L, v->u.str.s, v->u.str.len); return 0;
     case TJ_ARRAY: return push_array(c, v, depth);
@@ -204,7 +300,10 @@ typedef struct {
     int mt;     /* stack index of the array metatable, 0 when none is registered */
     int depth;  /* tables being converted */
     int npath;
+    int fatal;  /* the byte budget is spent: stop everything, report that */
+    size_t used, limit; /* bytes the JSON text takes at least so far, and the most it may take */
     seg path[TJ_MAX_DEPTH + 1];
+    const void *open[TJ_MAX_DEPTH]; /* the tables being converted, outermost first: a cycle's proof */
 } cctx;
 
 /* Appends to a bounded buffer; the result is always NUL-terminated and possibly cut short. */
@@ -304,6 +403,21 @@ static int cfail(cctx *c, const char *fmt, ...)
 
 static int oom(cctx *c) { return cfail(c, "out of memory"); }
 
+/* Counts n more bytes of output (a lower bound of what the writer will produce) against the limit.
+ * Every value, key and table entry is charged before it costs anything, and a table shared by
+ * several parents is charged each time it is reached, as the text repeats it: so the work of one
+ * conversion, cycles and DAGs included, is bounded by its limit, not by the size of its output. */
+static int charge(cctx *c, size_t n)
+{
+    if (c->fatal) return -1;
+    if (n <= c->limit - c->used) {
+        c->used += n;
+        return 0;
+    }
+    c->fatal = 1;
+    return cfail(c, "too large: the JSON text would exceed the %zu-byte limit", c->limit);
+}
+
 static int conv(cctx *c, int idx, tj_value **out);
 
 static int conv_child(cctx *c, seg s, tj_value **out)
@@ -376,6 +490,8 @@ static void scan_keys(cctx *c, int idx, keyscan *k)
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         k->n++;
+        size_t klen = lua_type(L, -2) == LUA_TSTRING ? lua_rawlen(L, -2) : 0;
+        if (charge(c, 1 + (klen ? klen + 3 : 0))) return; /* a separator, "key": */
         if (lua_type(L, -2) == LUA_TSTRING) {
             if (!k->oom) keep_key(c, k);
             if (!k->oom) {
@@ -385,6 +501,7 @@ static void scan_keys(cctx *c, int idx, keyscan *k)
                     cfail(c, "invalid UTF-8 in key at byte %zu", bad);
                     keep_error(c, k, m);
                 } else if (conv_child(c, (seg){m->key, m->klen, 0}, &m->val)) {
+                    if (c->fatal) return;
                     keep_error(c, k, m);
                     lua_settop(L, top + 2); /* key, value: a failed conversion may leave more */
                 }
@@ -462,14 +579,20 @@ static int table_shape_error(cctx *c, const keyscan *k, int tagged)
 
 static int conv_table(cctx *c, int idx, tj_value **out)
 {
-    if (c->depth == TJ_MAX_DEPTH) return cfail(c, "table nested deeper than %d (cycle?)", TJ_MAX_DEPTH);
+    const void *self = lua_topointer(c->L, idx);
+    for (int i = 0; i < c->depth; i++)
+        if (c->open[i] == self) return cfail(c, "cycle: the table contains itself");
+    if (c->depth == TJ_MAX_DEPTH) return cfail(c, "table nested deeper than %d", TJ_MAX_DEPTH);
     if (!lua_checkstack(c->L, 8)) return cfail(c, "out of memory (Lua stack)");
+    if (charge(c, 1)) return -1; /* the opening bracket; each entry pays for what follows it */
     int tagged = has_mt(c->L, idx, c->mt);
     keyscan k;
-    c->depth++;
+    c->open[c->depth++] = self;
     scan_keys(c, idx, &k);
     int r;
-    if (k.n == 0 && !tagged) {
+    if (c->fatal) {
+        r = -1;
+    } else if (k.n == 0 && !tagged) {
         r = (*out = tj_new(c->a, TJ_OBJECT)) ? 0 : oom(c);
     } else if (is_sequence(&k)) {
         r = conv_array(c, idx, k.n, out);
@@ -499,6 +622,7 @@ static int conv_string(cctx *c, int idx, tj_value **out)
 {
     size_t len, bad;
     const char *s = lua_tolstring(c->L, idx, &len);
+    if (len > SIZE_MAX - 2 || charge(c, len + 2)) return -1;
     if (!tj_utf8_valid(s, len, &bad)) return cfail(c, "invalid UTF-8 at byte %zu", bad);
     return (*out = tj_new_string(c->a, s, len)) ? 0 : oom(c);
 }
@@ -507,6 +631,10 @@ static int conv(cctx *c, int idx, tj_value **out)
 {
     lua_State *L = c->L;
     int t = lua_type(L, idx);
+    /* what the value takes at least: "null", "true", "0", "0.0"... (strings and tables charge
+     * their own) */
+    size_t least = t == LUA_TNUMBER ? (lua_isinteger(L, idx) ? 1 : 3) : t == LUA_TBOOLEAN ? 4 : 2;
+    if (t != LUA_TSTRING && t != LUA_TTABLE && charge(c, least)) return -1;
     switch (t) {
     case LUA_TNIL: return cfail(c, "nil is not valid JSON");
     case LUA_TBOOLEAN:
@@ -524,11 +652,17 @@ static int conv(cctx *c, int idx, tj_value **out)
     }
 }
 
-int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
-                   tj_error *err)
+int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, tj_arena *a,
+                    tj_value **out, tj_error *err)
 {
     tj_error scratch;
-    cctx c = {L, a, err ? err : &scratch, root, 0, 0, 0, {{NULL, 0, 0}}};
+    cctx c;
+    memset(&c, 0, sizeof c);
+    c.L = L;
+    c.a = a;
+    c.err = err ? err : &scratch;
+    c.root = root;
+    c.limit = max_bytes;
     int top = lua_gettop(L);
     idx = lua_absindex(L, idx);
     *out = NULL;
@@ -541,6 +675,12 @@ int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_valu
     return r;
 }
 
+int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
+                   tj_error *err)
+{
+    return tjl_to_json_max(L, idx, root, TJL_MAX_BYTES, a, out, err);
+}
+
 int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *err)
 {
     return tjl_to_json_at(L, idx, NULL, a, out, err);
@@ -548,22 +688,38 @@ int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *er
 
 /* ---- the helpers scripts get as `tally.*` (rules sandbox and the Lua module alike) ---- */
 
-int tjl_lua_decode(lua_State *L)
+static int decode_protected(lua_State *L)
 {
     size_t len;
-    luaL_checktype(L, 1, LUA_TSTRING); /* strictly text: decode(42) is a mistake, not "42" */
     const char *text = lua_tolstring(L, 1, &len);
-    tj_arena **box = push_arena_box(L);
-    if (!*box) return luaL_error(L, "out of memory");
-    tj_value *v;
     tj_error err;
-    if (tj_parse(*box, text, len, &v, &err)) {
+    if (tjl_decode(L, text, len, &err)) {
         luaL_pushfail(L);
         lua_pushstring(L, err.msg);
         return 2;
     }
-    if (tjl_push(L, v)) return luaL_error(L, "out of memory");
     return 1;
+}
+
+/* Decodes straight into Lua values (tjl_decode): the memory it takes is the caller's Lua memory,
+ * under a sandbox's cap. A text whose values do not fit there is refused like bad text. */
+int tjl_lua_decode(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TSTRING); /* strictly text: decode(42) is a mistake, not "42" */
+    size_t len = lua_rawlen(L, 1);
+    lua_settop(L, 1);
+    lua_pushcfunction(L, decode_protected);
+    lua_pushvalue(L, 1);
+    int st = lua_pcall(L, 1, LUA_MULTRET, 0);
+    if (st == LUA_ERRMEM) {
+        lua_settop(L, 1);
+        luaL_pushfail(L);
+        lua_pushfstring(L, "too large: the %I-byte text does not fit in this Lua state's memory limit",
+                        (lua_Integer)len);
+        return 2;
+    }
+    if (st != LUA_OK) return lua_error(L);
+    return lua_gettop(L) - 1;
 }
 
 int tjl_lua_encode(lua_State *L)
