@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -304,7 +305,24 @@ typedef struct {
     size_t used, limit; /* bytes the JSON text takes at least so far, and the most it may take */
     seg path[TJ_MAX_DEPTH + 1];
     const void *open[TJ_MAX_DEPTH]; /* the tables being converted, outermost first: a cycle's proof */
+    int height;                      /* levels of tables in the value just converted (0: scalar) */
+    int below[TJ_MAX_DEPTH + 1];     /* per open table: the highest child so far */
+    int sorted;                      /* second pass: members in key order, for the error */
+    struct memo *memo;               /* every table converted so far, by address */
+    size_t memo_n, memo_cap;
 } cctx;
+
+/* A table reached again (shared by several parents: t = {a = u, b = u}) is not walked again: its
+ * text is charged again and its converted tree copied, so the work per reach is proportional to
+ * what it adds to the output, not to the table's size in Lua (a table emptied after holding a
+ * million entries is a million slots for lua_next to skip). Only successes are kept: the first
+ * error ends the walk. */
+typedef struct memo {
+    const void *t;
+    tj_value *v;
+    int height;   /* levels of tables in it, to know whether it still fits when reached deeper */
+    size_t bytes; /* what it charged */
+} memo;
 
 /* Appends to a bounded buffer; the result is always NUL-terminated and possibly cut short. */
 typedef struct {
@@ -425,7 +443,54 @@ static int conv_child(cctx *c, seg s, tj_value **out)
     c->path[c->npath++] = s;
     int r = conv(c, lua_gettop(c->L), out);
     c->npath--;
+    if (r == 0 && c->height > c->below[c->depth - 1]) c->below[c->depth - 1] = c->height;
     return r;
+}
+
+static size_t memo_slot(const cctx *c, const void *t)
+{
+    uint64_t x = (uint64_t)(uintptr_t)t;
+    x ^= x >> 29;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 32;
+    return (size_t)x & (c->memo_cap - 1);
+}
+
+static memo *memo_find(const cctx *c, const void *t)
+{
+    if (!c->memo_cap) return NULL;
+    for (size_t i = memo_slot(c, t);; i = (i + 1) & (c->memo_cap - 1)) {
+        if (c->memo[i].t == t) return &c->memo[i];
+        if (!c->memo[i].t) return NULL;
+    }
+}
+
+static memo *memo_find_free(const cctx *c, const void *t)
+{
+    size_t i = memo_slot(c, t);
+    while (c->memo[i].t) i = (i + 1) & (c->memo_cap - 1);
+    return &c->memo[i];
+}
+
+/* Records t (not yet present); returns its entry, or NULL on OOM (then it is simply not kept). */
+static memo *memo_add(cctx *c, const void *t)
+{
+    if ((c->memo_n + 1) * 2 > c->memo_cap) {
+        size_t cap = c->memo_cap ? c->memo_cap * 2 : 32;
+        memo *m = tj_alloc(c->a, cap * sizeof *m), *old = c->memo;
+        if (!m) return NULL;
+        memset(m, 0, cap * sizeof *m);
+        size_t oldcap = c->memo_cap;
+        c->memo = m;
+        c->memo_cap = cap;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i].t) *memo_find_free(c, old[i].t) = old[i];
+    }
+    memo *e = memo_find_free(c, t);
+    memset(e, 0, sizeof *e);
+    e->t = t;
+    c->memo_n++;
+    return e;
 }
 
 typedef struct {
@@ -433,80 +498,52 @@ typedef struct {
     lua_Integer maxint;
     int all_pos;  /* every integer key >= 1 */
     int bad_type; /* type of a key that is neither string nor integer, or LUA_TNONE */
-    int oom;
-    tj_member *m; /* copies of the string keys with their values converted, so objects need no second pass */
+    tj_member *m; /* copies of the string keys (with their values converted, in the first pass) */
     size_t mcap;
-    /* the failing member (bad key or value) first in key order, and the error it gave */
-    const char *bad_key;
-    size_t bad_klen;
-    char bad_msg[sizeof ((tj_error *)0)->msg];
 } keyscan;
 
-static void keep_key(cctx *c, keyscan *k)
+static int keep_key(cctx *c, keyscan *k)
 {
     size_t klen;
     const char *s = lua_tolstring(c->L, -2, &klen);
     if (k->nstr == k->mcap) {
         size_t cap = k->mcap ? k->mcap * 2 : 8;
         tj_member *m = tj_alloc(c->a, cap * sizeof *m);
-        if (!m) { k->oom = 1; return; }
+        if (!m) return oom(c);
         if (k->nstr) memcpy(m, k->m, k->nstr * sizeof *m);
         k->m = m;
         k->mcap = cap;
     }
     tj_member *dst = &k->m[k->nstr];
-    if (!(dst->key = tj_strdup(c->a, s, klen))) k->oom = 1;
+    if (!(dst->key = tj_strdup(c->a, s, klen))) return oom(c);
     dst->klen = klen;
     dst->val = NULL;
+    size_t bad;
+    if (!tj_utf8_valid(s, klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
+    return 0;
 }
 
-static int member_cmp(const void *pa, const void *pb);
-
-/* Keeps the error of member m when it comes before the one kept so far in key order: errors are
- * reported for the first bad member in key order, not lua_next's, since Lua's string hashing is
- * seeded per state (with two bad values the one reported would otherwise change from run to
- * run). */
-static void keep_error(cctx *c, keyscan *k, const tj_member *m)
-{
-    tj_member best = {k->bad_key, k->bad_klen, NULL};
-    if (k->bad_key && member_cmp(m, &best) >= 0) return;
-    k->bad_key = m->key;
-    k->bad_klen = m->klen;
-    snprintf(k->bad_msg, sizeof k->bad_msg, "%s", c->err->msg);
-}
-
-/* One lua_next pass: counts the keys (the table's shape) and converts the values of string keys
- * while lua_next holds them. Converting in a second pass, in key order, pushed (interned) every
- * key again and looked it up: ~15% of the time rules took per message (bench/README.md). Every
- * member is converted even after one failed, so the error kept is the first in key order without
- * converting anything twice (twice per level is exponential in the depth of a cycle). */
-static void scan_keys(cctx *c, int idx, keyscan *k)
+/* One lua_next pass: counts the keys (the table's shape) and, in the first pass, converts the
+ * values of string keys while lua_next holds them. Converting in a second pass, in key order,
+ * pushed (interned) every key again and looked it up: ~15% of the time rules took per message
+ * (bench/README.md). The first error stops everything; only then does the second pass (c->sorted)
+ * walk again in key order, so that the error reported is the first in key order whatever
+ * lua_next's order (Lua's string hashing is seeded per state). Returns 0, or -1 after an error. */
+static int scan_keys(cctx *c, int idx, keyscan *k)
 {
     lua_State *L = c->L;
     memset(k, 0, sizeof *k);
     k->all_pos = 1;
     k->bad_type = LUA_TNONE;
-    int top = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         k->n++;
         size_t klen = lua_type(L, -2) == LUA_TSTRING ? lua_rawlen(L, -2) : 0;
-        if (charge(c, 1 + (klen ? klen + 3 : 0))) return; /* a separator, "key": */
+        if (charge(c, 1 + (klen ? klen + 3 : 0))) return -1; /* a separator, "key": */
         if (lua_type(L, -2) == LUA_TSTRING) {
-            if (!k->oom) keep_key(c, k);
-            if (!k->oom) {
-                tj_member *m = &k->m[k->nstr];
-                size_t bad;
-                if (!tj_utf8_valid(m->key, m->klen, &bad)) {
-                    cfail(c, "invalid UTF-8 in key at byte %zu", bad);
-                    keep_error(c, k, m);
-                } else if (conv_child(c, (seg){m->key, m->klen, 0}, &m->val)) {
-                    if (c->fatal) return;
-                    keep_error(c, k, m);
-                    lua_settop(L, top + 2); /* key, value: a failed conversion may leave more */
-                }
-            }
-            k->nstr++;
+            if (keep_key(c, k)) return -1;
+            tj_member *m = &k->m[k->nstr++];
+            if (!c->sorted && conv_child(c, (seg){m->key, m->klen, 0}, &m->val)) return -1;
         } else if (lua_isinteger(L, -2)) {
             lua_Integer i = lua_tointeger(L, -2);
             k->nint++;
@@ -517,6 +554,7 @@ static void scan_keys(cctx *c, int idx, keyscan *k)
         }
         lua_pop(L, 1);
     }
+    return 0;
 }
 
 static int is_sequence(const keyscan *k)
@@ -549,17 +587,20 @@ static int member_cmp(const void *pa, const void *pb)
     return (a->klen > b->klen) - (a->klen < b->klen);
 }
 
-/* Members come out in sorted key order (scan_keys converted them). */
-static int conv_object(cctx *c, keyscan *k, tj_value **out)
+/* Members come out in sorted key order (the first pass converted them while scanning; the second
+ * converts them now, in that order). */
+static int conv_object(cctx *c, int idx, keyscan *k, tj_value **out)
 {
-    if (k->bad_key) {
-        snprintf(c->err->msg, sizeof c->err->msg, "%s", k->bad_msg);
-        return -1;
-    }
     tj_value *v = tj_new(c->a, TJ_OBJECT);
-    if (!v || k->oom) return oom(c);
+    if (!v) return oom(c);
     tj_member *m = k->m;
     qsort(m, k->nstr, sizeof *m, member_cmp);
+    for (size_t i = 0; c->sorted && i < k->nstr; i++) {
+        lua_pushlstring(c->L, m[i].key, m[i].klen);
+        lua_rawget(c->L, idx);
+        if (conv_child(c, (seg){m[i].key, m[i].klen, 0}, &m[i].val)) return -1;
+        lua_pop(c->L, 1);
+    }
     v->u.obj.m = m;
     v->u.obj.n = k->nstr;
     v->u.obj.cap = k->mcap;
@@ -577,31 +618,77 @@ static int table_shape_error(cctx *c, const keyscan *k, int tagged)
     return cfail(c, "table with integer keys is not a sequence 1..n");
 }
 
+/* A copy of a converted tree: the result stays a tree (later stages edit messages in place), and
+ * strings, never edited, are shared. NULL on OOM. */
+static tj_value *copy_tree(tj_arena *a, const tj_value *v)
+{
+    tj_value *n = tj_alloc(a, sizeof *n);
+    if (!n) return NULL;
+    *n = *v;
+    if (v->type == TJ_ARRAY && v->u.arr.n) {
+        if (!(n->u.arr.items = tj_alloc(a, v->u.arr.n * sizeof *n->u.arr.items))) return NULL;
+        n->u.arr.cap = v->u.arr.n;
+        for (size_t i = 0; i < v->u.arr.n; i++)
+            if (!(n->u.arr.items[i] = copy_tree(a, v->u.arr.items[i]))) return NULL;
+    } else if (v->type == TJ_OBJECT && v->u.obj.n) {
+        if (!(n->u.obj.m = tj_alloc(a, v->u.obj.n * sizeof *n->u.obj.m))) return NULL;
+        n->u.obj.cap = v->u.obj.n;
+        for (size_t i = 0; i < v->u.obj.n; i++) {
+            n->u.obj.m[i] = v->u.obj.m[i];
+            if (!(n->u.obj.m[i].val = copy_tree(a, v->u.obj.m[i].val))) return NULL;
+        }
+    }
+    return n;
+}
+
+static int conv_fresh(cctx *c, int idx, tj_value **out);
+
 static int conv_table(cctx *c, int idx, tj_value **out)
 {
     const void *self = lua_topointer(c->L, idx);
     for (int i = 0; i < c->depth; i++)
         if (c->open[i] == self) return cfail(c, "cycle: the table contains itself");
+    memo *e = memo_find(c, self);
+    if (e && c->depth + e->height <= TJ_MAX_DEPTH) { /* reached again: charged again, not walked */
+        if (charge(c, e->bytes)) return -1;
+        if (!(*out = copy_tree(c->a, e->v))) return oom(c);
+        c->height = e->height;
+        return 0;
+    }
+    size_t used = c->used;
+    if (conv_fresh(c, idx, out)) return -1;
+    if (!e && (e = memo_add(c, self))) { /* when it cannot be kept, it only costs time */
+        e->v = *out;
+        e->height = c->height;
+        e->bytes = c->used - used;
+    }
+    return 0;
+}
+
+static int conv_fresh(cctx *c, int idx, tj_value **out)
+{
+    const void *self = lua_topointer(c->L, idx);
     if (c->depth == TJ_MAX_DEPTH) return cfail(c, "table nested deeper than %d", TJ_MAX_DEPTH);
     if (!lua_checkstack(c->L, 8)) return cfail(c, "out of memory (Lua stack)");
     if (charge(c, 1)) return -1; /* the opening bracket; each entry pays for what follows it */
     int tagged = has_mt(c->L, idx, c->mt);
     keyscan k;
+    c->below[c->depth] = 0;
     c->open[c->depth++] = self;
-    scan_keys(c, idx, &k);
-    int r;
-    if (c->fatal) {
-        r = -1;
+    int r = scan_keys(c, idx, &k);
+    if (r) {
+        /* the error stands */
     } else if (k.n == 0 && !tagged) {
         r = (*out = tj_new(c->a, TJ_OBJECT)) ? 0 : oom(c);
     } else if (is_sequence(&k)) {
         r = conv_array(c, idx, k.n, out);
     } else if (!tagged && k.nstr == k.n) {
-        r = conv_object(c, &k, out);
+        r = conv_object(c, idx, &k, out);
     } else {
         r = table_shape_error(c, &k, tagged);
     }
     c->depth--;
+    c->height = c->below[c->depth] + 1;
     return r;
 }
 
@@ -635,6 +722,7 @@ static int conv(cctx *c, int idx, tj_value **out)
      * their own) */
     size_t least = t == LUA_TNUMBER ? (lua_isinteger(L, idx) ? 1 : 3) : t == LUA_TBOOLEAN ? 4 : 2;
     if (t != LUA_TSTRING && t != LUA_TTABLE && charge(c, least)) return -1;
+    c->height = 0;
     switch (t) {
     case LUA_TNIL: return cfail(c, "nil is not valid JSON");
     case LUA_TBOOLEAN:
@@ -668,9 +756,20 @@ int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, t
     *out = NULL;
     if (!lua_checkstack(L, 8)) return cfail(&c, "out of memory (Lua stack)");
     if (luaL_getmetatable(L, TJL_ARRAY_MT) == LUA_TTABLE) c.mt = lua_gettop(L);
+    int base = lua_gettop(L);
     tj_value *v = NULL;
     int r = conv(&c, idx, &v);
-    lua_settop(L, top); /* error paths return with keys and values still pushed */
+    if (r) {
+        /* Again in key order, to report the error that comes first in it. Tables converted in
+         * the first pass are kept: they are not walked again. */
+        lua_settop(L, base); /* error paths return with keys and values still pushed */
+        c.sorted = 1;
+        c.fatal = 0;
+        c.used = 0;
+        c.depth = c.npath = 0;
+        if (!conv(&c, idx, &v)) cfail(&c, "internal error: the second pass did not fail");
+    }
+    lua_settop(L, top);
     if (r == 0) *out = v;
     return r;
 }
