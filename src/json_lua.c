@@ -310,7 +310,18 @@ typedef struct {
     int sorted;                      /* second pass: members in key order, for the error */
     struct memo *memo;               /* every table converted so far, by address */
     size_t memo_n, memo_cap;
+    const tj_value *orig;            /* what the value was made from, for big integers' text */
+    int bigs_known;                  /* bigs collected from orig */
+    struct big *bigs;
+    size_t nbigs, bigs_cap;
 } cctx;
+
+/* An integer literal beyond 64 bits found in orig, and the float scripts saw for it. */
+typedef struct big {
+    const char *s;
+    size_t len;
+    double d;
+} big;
 
 /* A table reached again (shared by several parents: t = {a = u, b = u}) is not walked again: its
  * text is charged again and its converted tree copied, so the work per reach is proportional to
@@ -692,6 +703,65 @@ static int conv_fresh(cctx *c, int idx, tj_value **out)
     return r;
 }
 
+static int collect_big(void *ud, const tj_value *v)
+{
+    cctx *c = ud;
+    if (v->type != TJ_RAW) return 0;
+    if (c->nbigs == c->bigs_cap) {
+        size_t cap = c->bigs_cap ? c->bigs_cap * 2 : 8;
+        big *b = tj_alloc(c->a, cap * sizeof *b);
+        if (!b) return -1;
+        if (c->nbigs) memcpy(b, c->bigs, c->nbigs * sizeof *b);
+        c->bigs = b;
+        c->bigs_cap = cap;
+    }
+    c->bigs[c->nbigs++] = (big){v->u.str.s, v->u.str.len, tj_literal_double(v->u.str.s, v->u.str.len)};
+    return 0;
+}
+
+static int ignore_container(void *ud, int object) { (void)ud; (void)object; return 0; }
+static int ignore_end(void *ud) { (void)ud; return 0; }
+static int ignore_str(void *ud, const char *s, size_t len, int esc) { (void)ud; (void)s; (void)len; (void)esc; return 0; }
+
+static void find_bigs(cctx *c, const tj_value *v)
+{
+    static const tj_handler h = {ignore_container, ignore_end, ignore_str, ignore_str, collect_big};
+    switch (v->type) {
+    case TJ_RAW:
+        if (v->u.str.len && (v->u.str.s[0] == '-' || (v->u.str.s[0] >= '0' && v->u.str.s[0] <= '9')))
+            collect_big(c, v);
+        else
+            tj_walk(v->u.str.s, v->u.str.len, &h, c, NULL);
+        break;
+    case TJ_ARRAY:
+        for (size_t i = 0; i < v->u.arr.n; i++) find_bigs(c, v->u.arr.items[i]);
+        break;
+    case TJ_OBJECT:
+        for (size_t i = 0; i < v->u.obj.n; i++) find_bigs(c, v->u.obj.m[i].val);
+        break;
+    default: break;
+    }
+}
+
+/* The text of the integer beyond 64 bits that the message held and that a script saw as d, when
+ * exactly one did: a field the script left alone keeps its digits. NULL otherwise. */
+static const big *big_text(cctx *c, double d)
+{
+    if (!c->orig || !(fabs(d) >= 9223372036854775808.0) || d != floor(d)) return NULL;
+    if (!c->bigs_known) {
+        c->bigs_known = 1;
+        find_bigs(c, c->orig);
+    }
+    const big *found = NULL;
+    for (size_t i = 0; i < c->nbigs; i++) {
+        const big *b = &c->bigs[i];
+        if (b->d != d) continue;
+        if (found && (found->len != b->len || memcmp(found->s, b->s, b->len))) return NULL; /* ambiguous */
+        found = b;
+    }
+    return found;
+}
+
 static int conv_number(cctx *c, int idx, tj_value **out)
 {
     if (lua_isinteger(c->L, idx)) {
@@ -700,7 +770,8 @@ static int conv_number(cctx *c, int idx, tj_value **out)
         double d = (double)lua_tonumber(c->L, idx);
         if (isnan(d)) return cfail(c, "NaN is not valid JSON");
         if (isinf(d)) return cfail(c, "%s is not valid JSON", d < 0 ? "-inf" : "inf");
-        *out = tj_new_double(c->a, d);
+        const big *b = big_text(c, d);
+        *out = b ? tj_new_raw(c->a, b->s, b->len) : tj_new_double(c->a, d);
     }
     return *out ? 0 : oom(c);
 }
@@ -740,8 +811,8 @@ static int conv(cctx *c, int idx, tj_value **out)
     }
 }
 
-int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, tj_arena *a,
-                    tj_value **out, tj_error *err)
+int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
+                    tj_arena *a, tj_value **out, tj_error *err)
 {
     tj_error scratch;
     cctx c;
@@ -751,6 +822,7 @@ int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, t
     c.err = err ? err : &scratch;
     c.root = root;
     c.limit = max_bytes;
+    c.orig = orig;
     int top = lua_gettop(L);
     idx = lua_absindex(L, idx);
     *out = NULL;
@@ -777,7 +849,7 @@ int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, t
 int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
                    tj_error *err)
 {
-    return tjl_to_json_max(L, idx, root, TJL_MAX_BYTES, a, out, err);
+    return tjl_to_json_max(L, idx, root, TJL_MAX_BYTES, NULL, a, out, err);
 }
 
 int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *err)

@@ -92,9 +92,12 @@ int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *er
 int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
                    tj_error *err);
 /* Same, with the limit on the JSON text given (e.g. TALLY_MAX_MESSAGE_BYTES for a message): the
- * walk stops, with an error naming the limit, once the text would be longer. */
-int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, tj_arena *a,
-                    tj_value **out, tj_error *err);
+ * walk stops, with an error naming the limit, once the text would be longer. `orig` (may be NULL)
+ * is the tree the Lua value was pushed from: an integer beyond 64 bits there reached Lua as the
+ * nearest float, and a float equal to it (the field left alone, or moved) is written with the
+ * original digits again, unless two different such integers round to that same float. */
+int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
+                    tj_arena *a, tj_value **out, tj_error *err);
 
 /* Sets, in the table on top of the stack, what scripts know as `tally.*`: null, empty_array,
  * array(t), json.encode/decode (the exact codec: encode returns nil, err for values JSON cannot

@@ -251,7 +251,7 @@ static int convert(build *bd, int idx, const char *field, tj_value **out)
 {
     tj_error err;
     /* no part of a message can be longer than a message: stop there, whatever the table graph */
-    if (tjl_to_json_max(bd->L, idx, field, TALLY_MAX_MESSAGE_BYTES, bd->s->a, out, &err))
+    if (tjl_to_json_max(bd->L, idx, field, TALLY_MAX_MESSAGE_BYTES, NULL, bd->s->a, out, &err))
         return bfail(bd, "%s", err.msg);
     return 0;
 }

@@ -303,7 +303,7 @@ static const char *run_max(lua_State *L, const char *script, size_t limit)
     tj_error err;
     static tbuf out = TBUF_INIT;
     tbuf_reset(&out);
-    if (tjl_to_json_max(L, -1, "message", limit, a, &v, &err)) tbuf_printf(&out, "ERROR: %s", err.msg);
+    if (tjl_to_json_max(L, -1, "message", limit, NULL, a, &v, &err)) tbuf_printf(&out, "ERROR: %s", err.msg);
     else if (tj_write(&out, v)) tbuf_puts(&out, "WRITE FAILED");
     lua_pop(L, 1);
     tj_arena_free(a);
@@ -495,6 +495,54 @@ TEST(lua_integer_beyond_64_bits_is_a_float_in_lua)
     lua_rawgeti(L, -1, 1);
     CHECK(!lua_isinteger(L, -1) && lua_tonumber(L, -1) == 1e20);
     lua_close(L);
+}
+
+/* Converts what `script` returns for the pushed JSON text, with that tree as orig. */
+static const char *through_lua_keeping(const char *json, const char *script)
+{
+    static tbuf out = TBUF_INIT;
+    tbuf_reset(&out);
+    lua_State *L = new_state();
+    tj_arena *a = tj_arena_new();
+    tj_value *v, *r;
+    tj_error err;
+    if (tj_parse(a, json, strlen(json), &v, &err) || luaL_loadstring(L, script) || tjl_push(L, v) ||
+        lua_pcall(L, 1, 1, 0))
+        tbuf_puts(&out, "SETUP FAILED");
+    else if (tjl_to_json_max(L, -1, NULL, 1 << 20, v, a, &r, &err)) tbuf_printf(&out, "ERROR: %s", err.msg);
+    else tj_write(&out, r);
+    tj_arena_free(a);
+    lua_close(L);
+    return out.data;
+}
+
+TEST(lua_big_integer_left_alone_keeps_its_digits)
+{
+    CHECK_STR(through_lua_keeping("{\"a\":99999999999999999999,\"b\":[-9223372036854775809]}",
+                                  "local t = ... t.c = t.a t.d = t.b[1] * 4 return t"),
+              "{\"a\":99999999999999999999,\"b\":[-9223372036854775809],\"c\":99999999999999999999,"
+              "\"d\":-36893488147419103000.0}");
+    /* inside raw text too (properties given as JSON text to tally_track) */
+    tj_arena *a = tj_arena_new();
+    tj_value *o = tj_new(a, TJ_OBJECT);
+    const char *raw = "{\"n\":[18446744073709551616]}";
+    tj_object_set(a, o, "p", 1, tj_new_raw(a, raw, strlen(raw)));
+    lua_State *L = new_state();
+    REQUIRE(tjl_push(L, o) == 0);
+    tj_value *r;
+    tj_error err;
+    REQUIRE(tjl_to_json_max(L, -1, NULL, 1 << 20, o, a, &r, &err) == 0);
+    tbuf b = TBUF_INIT;
+    tj_write(&b, r);
+    CHECK_STR(b.data, "{\"p\":{\"n\":[18446744073709551616]}}");
+    tbuf_free(&b);
+    lua_close(L);
+    tj_arena_free(a);
+    /* two different integers that the same float stands for: which one it was is unknown */
+    CHECK_STR(through_lua_keeping("[99999999999999999999,100000000000000000001]", "return ..."),
+              "[100000000000000000000.0,100000000000000000000.0]");
+    /* without orig, a float is a float */
+    CHECK_STR(through_lua("99999999999999999999", NULL), "100000000000000000000.0");
 }
 
 TEST(lua_helpers)
