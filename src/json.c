@@ -46,6 +46,7 @@ struct tj_arena {
     uintptr_t first, first_end;
     unsigned char *scratch;   /* the parser's work stack, kept across parses */
     size_t scratch_cap;
+    size_t extra_bytes;       /* in the chunks after the first */
 };
 
 static uintptr_t align_up(uintptr_t p) { return (p + (ARENA_ALIGN - 1)) & ~(uintptr_t)(ARENA_ALIGN - 1); }
@@ -75,6 +76,7 @@ static void free_extra(tj_arena *a)
 void tj_arena_reset(tj_arena *a)
 {
     free_extra(a);
+    a->extra_bytes = 0;
     a->cur = a->first;
     a->end = a->first_end;
     a->grow = ARENA_GROW_MIN;
@@ -96,8 +98,11 @@ static uintptr_t new_chunk(tj_arena *a, size_t n)
     if (!c) return 0;
     c->next = a->extra;
     a->extra = c;
+    a->extra_bytes += n;
     return align_up((uintptr_t)(c + 1));
 }
+
+size_t tj_arena_size(const tj_arena *a) { return ARENA_FIRST + a->extra_bytes; }
 
 static void *alloc_slow(tj_arena *a, size_t n)
 {

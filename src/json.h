@@ -52,6 +52,7 @@ void     *tj_alloc(tj_arena *a, size_t n);           /* 16-byte aligned; NULL on
 char     *tj_strdup(tj_arena *a, const char *s, size_t n); /* NUL-terminated copy */
 void      tj_arena_reset(tj_arena *a);               /* frees all values, keeps the first chunk */
 void      tj_arena_free(tj_arena *a);
+size_t    tj_arena_size(const tj_arena *a);              /* bytes it holds now (for tests, fuzzers) */
 
 /* ---- parse / validate ----
  * Both return 0 on success, -1 with *err filled on failure. Whitespace around the value is allowed,

@@ -529,8 +529,15 @@ static int keep_key(cctx *c, keyscan *k)
     if (!(dst->key = tj_strdup(c->a, s, klen))) return oom(c);
     dst->klen = klen;
     dst->val = NULL;
+    return 0;
+}
+
+/* What a member costs before its value: a separator and "key":, and the key must be UTF-8. */
+static int check_key(cctx *c, const tj_member *m)
+{
     size_t bad;
-    if (!tj_utf8_valid(s, klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
+    if (charge(c, 1 + m->klen + 3)) return -1;
+    if (!tj_utf8_valid(m->key, m->klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
     return 0;
 }
 
@@ -539,7 +546,8 @@ static int keep_key(cctx *c, keyscan *k)
  * pushed (interned) every key again and looked it up: ~15% of the time rules took per message
  * (bench/README.md). The first error stops everything; only then does the second pass (c->sorted)
  * walk again in key order, so that the error reported is the first in key order whatever
- * lua_next's order (Lua's string hashing is seeded per state). Returns 0, or -1 after an error. */
+ * lua_next's order (Lua's string hashing is seeded per state): that pass only collects keys here,
+ * and charges and checks each member in order later. Returns 0, or -1 after an error. */
 static int scan_keys(cctx *c, int idx, keyscan *k)
 {
     lua_State *L = c->L;
@@ -549,12 +557,18 @@ static int scan_keys(cctx *c, int idx, keyscan *k)
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         k->n++;
-        size_t klen = lua_type(L, -2) == LUA_TSTRING ? lua_rawlen(L, -2) : 0;
-        if (charge(c, 1 + (klen ? klen + 3 : 0))) return -1; /* a separator, "key": */
         if (lua_type(L, -2) == LUA_TSTRING) {
+            /* charged before it is copied: a 16 MiB key costs nothing */
+            if (!c->sorted && charge(c, lua_rawlen(L, -2) + 4)) return -1;
             if (keep_key(c, k)) return -1;
             tj_member *m = &k->m[k->nstr++];
-            if (!c->sorted && conv_child(c, (seg){m->key, m->klen, 0}, &m->val)) return -1;
+            if (!c->sorted) {
+                size_t bad;
+                if (!tj_utf8_valid(m->key, m->klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
+                if (conv_child(c, (seg){m->key, m->klen, 0}, &m->val)) return -1;
+            }
+        } else if (!c->sorted && charge(c, 1)) {
+            return -1;
         } else if (lua_isinteger(L, -2)) {
             lua_Integer i = lua_tointeger(L, -2);
             k->nint++;
@@ -580,6 +594,7 @@ static int conv_array(cctx *c, int idx, size_t n, tj_value **out)
     tj_value **items = n ? tj_alloc(c->a, n * sizeof *items) : NULL;
     if (!v || (n && !items)) return oom(c);
     for (size_t i = 0; i < n; i++) {
+        if (c->sorted && charge(c, 1)) return -1; /* the first pass charged it while scanning */
         lua_rawgeti(c->L, idx, (lua_Integer)i + 1);
         if (conv_child(c, (seg){NULL, 0, i}, &items[i])) return -1;
         lua_pop(c->L, 1);
@@ -607,6 +622,7 @@ static int conv_object(cctx *c, int idx, keyscan *k, tj_value **out)
     tj_member *m = k->m;
     qsort(m, k->nstr, sizeof *m, member_cmp);
     for (size_t i = 0; c->sorted && i < k->nstr; i++) {
+        if (check_key(c, &m[i])) return -1;
         lua_pushlstring(c->L, m[i].key, m[i].klen);
         lua_rawget(c->L, idx);
         if (conv_child(c, (seg){m[i].key, m[i].klen, 0}, &m[i].val)) return -1;
