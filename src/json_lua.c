@@ -574,8 +574,8 @@ static int scan_keys(cctx *c, int idx, keyscan *k)
             k->nint++;
             if (i < 1) k->all_pos = 0;
             if (i > k->maxint) k->maxint = i;
-        } else if (k->bad_type == LUA_TNONE) {
-            k->bad_type = lua_type(L, -2);
+        } else if (k->bad_type == LUA_TNONE || lua_type(L, -2) < k->bad_type) {
+            k->bad_type = lua_type(L, -2); /* the lowest type: the same whatever lua_next's order */
         }
         lua_pop(L, 1);
     }
