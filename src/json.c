@@ -46,6 +46,7 @@ struct tj_arena {
     uintptr_t first, first_end;
     unsigned char *scratch;   /* the parser's work stack, kept across parses */
     size_t scratch_cap;
+    size_t extra_bytes;       /* in the chunks after the first */
 };
 
 static uintptr_t align_up(uintptr_t p) { return (p + (ARENA_ALIGN - 1)) & ~(uintptr_t)(ARENA_ALIGN - 1); }
@@ -75,6 +76,7 @@ static void free_extra(tj_arena *a)
 void tj_arena_reset(tj_arena *a)
 {
     free_extra(a);
+    a->extra_bytes = 0;
     a->cur = a->first;
     a->end = a->first_end;
     a->grow = ARENA_GROW_MIN;
@@ -96,8 +98,11 @@ static uintptr_t new_chunk(tj_arena *a, size_t n)
     if (!c) return 0;
     c->next = a->extra;
     a->extra = c;
+    a->extra_bytes += n;
     return align_up((uintptr_t)(c + 1));
 }
+
+size_t tj_arena_size(const tj_arena *a) { return ARENA_FIRST + a->extra_bytes; }
 
 static void *alloc_slow(tj_arena *a, size_t n)
 {
@@ -758,21 +763,36 @@ static char *unescape(char *o, const unsigned char *p, const unsigned char *e)
     return o;
 }
 
-/* Reads a string at c->p (the opening quote) into the arena. */
-static int b_string(bctx *c, const char **out, size_t *outlen)
+/* The closing quote of the (validated) string whose body starts at q; *escaped tells whether the
+ * body holds a backslash. */
+static const unsigned char *scan_string(const unsigned char *q, const unsigned char *end, int *escaped)
 {
-    const unsigned char *q = c->p + 1, *r = q, *end = c->end;
-    int escaped = 0;
+    const unsigned char *r = q;
+    *escaped = 0;
     for (;;) {
         while (end - r >= 8) {
             uint64_t w = load8(r);
             if (has_zero_byte(w ^ (ONES * '"')) | has_zero_byte(w ^ (ONES * '\\'))) break;
             r += 8;
         }
-        if (*r == '"') break;
-        if (*r == '\\') { escaped = 1; r += 2; }
+        if (*r == '"') return r;
+        if (*r == '\\') { *escaped = 1; r += 2; }
         else r++;
     }
+}
+
+size_t tj_unescape(char *out, const char *body, size_t len)
+{
+    const unsigned char *p = (const unsigned char *)body;
+    return (size_t)(unescape(out, p, p + len) - out);
+}
+
+/* Reads a string at c->p (the opening quote) into the arena. */
+static int b_string(bctx *c, const char **out, size_t *outlen)
+{
+    const unsigned char *q = c->p + 1;
+    int escaped;
+    const unsigned char *r = scan_string(q, c->end, &escaped);
     c->p = r + 1;
     size_t n = (size_t)(r - q);
     if (!escaped) {
@@ -789,30 +809,59 @@ static int b_string(bctx *c, const char **out, size_t *outlen)
     return 0;
 }
 
-static tj_value *b_number(bctx *c)
+/* Reads the (validated) number at p into *v without allocating: TJ_INT within int64, TJ_RAW
+ * pointing at the literal for an integer beyond 64 bits (its text is the only exact form we have),
+ * TJ_DOUBLE otherwise. Returns the end of the literal, or NULL on OOM for a huge literal. */
+static const unsigned char *scan_number(const unsigned char *s, const unsigned char *end, tj_value *v)
 {
-    const unsigned char *s = c->p, *p = s;
+    const unsigned char *p = s;
     int neg = *p == '-';
     p += neg;
     uint64_t u = 0;
     int fits = 1;
-    for (; p < c->end && is_digit(*p); p++) {
+    for (; p < end && is_digit(*p); p++) {
         unsigned d = *p - '0';
         if (u > (UINT64_MAX - d) / 10) fits = 0;
         else u = u * 10 + d;
     }
-    int integral = !(p < c->end && (*p == '.' || (*p | 0x20) == 'e'));
-    while (p < c->end && (is_digit(*p) || *p == '.' || *p == 'e' || *p == 'E' || *p == '+' || *p == '-'))
+    int integral = !(p < end && (*p == '.' || (*p | 0x20) == 'e'));
+    while (p < end && (is_digit(*p) || *p == '.' || *p == 'e' || *p == 'E' || *p == '+' || *p == '-'))
         p++;
-    c->p = p;
+    memset(v, 0, sizeof *v);
     /* "-0" stays a double so that it keeps its sign through a round trip. */
-    if (integral && fits && !(neg && u == 0)) {
-        if (!neg && u <= (uint64_t)INT64_MAX) return tj_new_int(c->a, (int64_t)u);
-        if (neg && u <= (uint64_t)INT64_MAX + 1) return tj_new_int(c->a, (int64_t)(0 - u));
+    if (integral && !(neg && u == 0)) {
+        if (fits && !neg && u <= (uint64_t)INT64_MAX) {
+            v->type = TJ_INT;
+            v->u.i = (int64_t)u;
+            return p;
+        }
+        if (fits && neg && u <= (uint64_t)INT64_MAX + 1) {
+            v->type = TJ_INT;
+            v->u.i = (int64_t)(0 - u);
+            return p;
+        }
+        v->type = TJ_RAW;
+        v->u.str.s = (const char *)s;
+        v->u.str.len = (size_t)(p - s);
+        return p;
     }
-    double d = literal_to_double((const char *)s, (const char *)p);
-    if (isnan(d)) return NULL; /* OOM for a huge literal */
-    return tj_new_double(c->a, d);
+    v->type = TJ_DOUBLE;
+    v->u.d = literal_to_double((const char *)s, (const char *)p);
+    return isnan(v->u.d) ? NULL : p; /* NaN: OOM for a huge literal */
+}
+
+double tj_literal_double(const char *s, size_t len) { return literal_to_double(s, s + len); }
+
+static tj_value *b_number(bctx *c)
+{
+    tj_value n;
+    const unsigned char *p = scan_number(c->p, c->end, &n);
+    if (!p) return NULL;
+    c->p = p;
+    if (n.type == TJ_RAW) return tj_new_raw(c->a, n.u.str.s, n.u.str.len);
+    tj_value *v = tj_new(c->a, n.type);
+    if (v) v->u = n.u;
+    return v;
 }
 
 static tj_value *b_value(bctx *c);
@@ -910,6 +959,81 @@ int tj_expand(tj_arena *a, tj_value *v, tj_error *err)
     tj_value *t;
     if (tj_parse(a, v->u.str.s, v->u.str.len, &t, err)) return -1;
     *v = *t;
+    return 0;
+}
+
+/* ======================================================================== walk (no tree) */
+
+typedef struct {
+    const tj_handler *h;
+    void *ud;
+    const unsigned char *p, *end;
+} wctx;
+
+static int w_value(wctx *c);
+
+static int w_container(wctx *c, int object)
+{
+    const tj_handler *h = c->h;
+    char close = object ? '}' : ']';
+    if (h->begin(c->ud, object)) return -1;
+    c->p = skip_ws(c->p + 1, c->end);
+    if (*c->p == close) {
+        c->p++;
+        return h->end(c->ud);
+    }
+    for (;;) {
+        if (object) {
+            int esc;
+            c->p = skip_ws(c->p, c->end);
+            const unsigned char *q = c->p + 1, *r = scan_string(q, c->end, &esc);
+            if (h->key(c->ud, (const char *)q, (size_t)(r - q), esc)) return -1;
+            c->p = skip_ws(r + 1, c->end) + 1; /* past ':' */
+        }
+        if (w_value(c)) return -1;
+        c->p = skip_ws(c->p, c->end);
+        if (*c->p++ == close) break;
+    }
+    return h->end(c->ud);
+}
+
+static int w_value(wctx *c)
+{
+    const tj_handler *h = c->h;
+    tj_value v;
+    c->p = skip_ws(c->p, c->end);
+    switch (*c->p) {
+    case '{': return w_container(c, 1);
+    case '[': return w_container(c, 0);
+    case '"': {
+        int esc;
+        const unsigned char *q = c->p + 1, *r = scan_string(q, c->end, &esc);
+        c->p = r + 1;
+        return h->string(c->ud, (const char *)q, (size_t)(r - q), esc);
+    }
+    case 't': c->p += 4; v.type = TJ_TRUE; break;
+    case 'f': c->p += 5; v.type = TJ_FALSE; break;
+    case 'n': c->p += 4; v.type = TJ_NULL; break;
+    default: {
+        const unsigned char *e = scan_number(c->p, c->end, &v);
+        if (!e) return -1;
+        c->p = e;
+    }
+    }
+    return h->scalar(c->ud, &v);
+}
+
+int tj_walk(const char *s, size_t len, const tj_handler *h, void *ud, tj_error *err)
+{
+    tj_error scratch_err;
+    if (!err) err = &scratch_err;
+    if (tj_validate(s, len, err)) return -1;
+    wctx c = {h, ud, (const unsigned char *)s, (const unsigned char *)s + len};
+    if (w_value(&c)) {
+        err->offset = (size_t)(c.p - (const unsigned char *)s);
+        snprintf(err->msg, sizeof err->msg, "stopped by the handler");
+        return -1;
+    }
     return 0;
 }
 

@@ -52,15 +52,39 @@ void     *tj_alloc(tj_arena *a, size_t n);           /* 16-byte aligned; NULL on
 char     *tj_strdup(tj_arena *a, const char *s, size_t n); /* NUL-terminated copy */
 void      tj_arena_reset(tj_arena *a);               /* frees all values, keeps the first chunk */
 void      tj_arena_free(tj_arena *a);
+size_t    tj_arena_size(const tj_arena *a);              /* bytes it holds now (for tests, fuzzers) */
 
 /* ---- parse / validate ----
  * Both return 0 on success, -1 with *err filled on failure. Whitespace around the value is allowed,
  * anything else after it is an error. Numbers: an integer literal (no '.', 'e') within int64 is
- * TJ_INT; anything else is TJ_DOUBLE; literals that overflow a double (1e999) are errors. */
+ * TJ_INT; an integer literal beyond 64 bits is a TJ_RAW holding its text, so that it is written out
+ * byte for byte (no C type holds it exactly); anything else is TJ_DOUBLE; literals that overflow a
+ * double (1e999) are errors. */
 int tj_parse(tj_arena *a, const char *s, size_t len, tj_value **out, tj_error *err);
 /* Same checks as tj_parse (syntax, UTF-8, depth, numbers) without building anything: cheap enough
  * for the caller's thread. */
 int tj_validate(const char *s, size_t len, tj_error *err);
+
+/* Walks a JSON text without building a tree: after the same checks as tj_parse, calls the handler
+ * for each token in document order. Strings and keys are given as their body in the input (between
+ * the quotes), still escaped when `escaped` is set (tj_unescape decodes them); scalar() gets a
+ * TJ_NULL/TRUE/FALSE/INT/DOUBLE value, or a TJ_RAW pointing into the input for an integer beyond
+ * 64 bits. A handler returning non-zero stops the walk: tj_walk then returns -1. The walk keeps no
+ * allocation of its own while a handler runs, so a handler may longjmp out of it (a Lua error).
+ * Nesting is at most TJ_MAX_DEPTH. */
+typedef struct tj_handler {
+    int (*begin)(void *ud, int object);  /* '{' (object = 1) or '[' */
+    int (*end)(void *ud);                /* the matching '}' or ']' */
+    int (*key)(void *ud, const char *body, size_t len, int escaped);
+    int (*string)(void *ud, const char *body, size_t len, int escaped);
+    int (*scalar)(void *ud, const tj_value *v);
+} tj_handler;
+int tj_walk(const char *s, size_t len, const tj_handler *h, void *ud, tj_error *err);
+/* Decodes a validated, still escaped string body into out (room for len bytes is enough: decoding
+ * never lengthens it). Returns the decoded length. */
+size_t tj_unescape(char *out, const char *body, size_t len);
+/* The double nearest to a validated number literal (e.g. a TJ_RAW integer beyond 64 bits). */
+double tj_literal_double(const char *s, size_t len);
 
 /* ---- build ---- (NULL on OOM) */
 tj_value *tj_new(tj_arena *a, tj_type t);

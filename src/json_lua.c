@@ -9,6 +9,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,19 +138,119 @@ static tj_arena **push_arena_box(lua_State *L)
     return box;
 }
 
+/* ---- text -> Lua without a C tree: every byte the result takes is Lua's (and so counted by a
+ * sandbox's memory cap), and nothing is held in C while Lua may raise. ---- */
+
+typedef struct {
+    lua_State *L;
+    int mt;    /* stack index of the array metatable */
+    int depth; /* open containers */
+    struct { int object; lua_Integer n; } open[TJ_MAX_DEPTH + 1];
+} dctx;
+
+/* Stores the value on top into the open container (nothing to do at the top level). */
+static int d_place(dctx *c)
+{
+    if (c->depth == 0) return 0;
+    if (c->open[c->depth - 1].object) lua_rawset(c->L, -3);
+    else lua_rawseti(c->L, -2, ++c->open[c->depth - 1].n);
+    return 0;
+}
+
+static int d_begin(void *ud, int object)
+{
+    dctx *c = ud;
+    if (c->depth > TJ_MAX_DEPTH || !lua_checkstack(c->L, 4)) return -1;
+    lua_newtable(c->L);
+    c->open[c->depth].object = object;
+    c->open[c->depth].n = 0;
+    c->depth++;
+    return 0;
+}
+
+static int d_end(void *ud)
+{
+    dctx *c = ud;
+    if (!c->open[--c->depth].object) {
+        lua_pushvalue(c->L, c->mt);
+        lua_setmetatable(c->L, -2);
+    }
+    return d_place(c);
+}
+
+static void d_pushstring(dctx *c, const char *body, size_t len, int escaped)
+{
+    if (!escaped) {
+        lua_pushlstring(c->L, body, len);
+        return;
+    }
+    luaL_Buffer b;
+    char *p = luaL_buffinitsize(c->L, &b, len);
+    luaL_pushresultsize(&b, tj_unescape(p, body, len));
+}
+
+static int d_key(void *ud, const char *body, size_t len, int escaped)
+{
+    d_pushstring(ud, body, len, escaped);
+    return 0;
+}
+
+static int d_string(void *ud, const char *body, size_t len, int escaped)
+{
+    d_pushstring(ud, body, len, escaped);
+    return d_place(ud);
+}
+
+static void push_int(lua_State *L, int64_t i)
+{
+    /* a Lua built with 32-bit integers gets a float rather than a wrapped value */
+    if (i < LUA_MININTEGER || i > LUA_MAXINTEGER) lua_pushnumber(L, (lua_Number)i);
+    else lua_pushinteger(L, (lua_Integer)i);
+}
+
+static int d_scalar(void *ud, const tj_value *v)
+{
+    dctx *c = ud;
+    switch (v->type) {
+    case TJ_NULL: lua_pushlightuserdata(c->L, NULL); break;
+    case TJ_FALSE: lua_pushboolean(c->L, 0); break;
+    case TJ_TRUE: lua_pushboolean(c->L, 1); break;
+    case TJ_INT: push_int(c->L, v->u.i); break;
+    case TJ_DOUBLE: lua_pushnumber(c->L, (lua_Number)v->u.d); break;
+    /* an integer beyond 64 bits: Lua has no exact type for it, the nearest float is what scripts
+     * see */
+    case TJ_RAW: lua_pushnumber(c->L, (lua_Number)tj_literal_double(v->u.str.s, v->u.str.len)); break;
+    default: return -1;
+    }
+    return d_place(c);
+}
+
+static const tj_handler to_lua = {d_begin, d_end, d_key, d_string, d_scalar};
+
+int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err)
+{
+    int top = lua_gettop(L);
+    if (!lua_checkstack(L, 8)) {
+        if (err) snprintf(err->msg, sizeof err->msg, "out of memory (Lua stack)");
+        return -1;
+    }
+    push_array_mt(L);
+    dctx c;
+    c.L = L;
+    c.mt = lua_gettop(L);
+    c.depth = 0;
+    if (tj_walk(text, len, &to_lua, &c, err)) {
+        lua_settop(L, top);
+        return -1;
+    }
+    lua_remove(L, c.mt);
+    return 0;
+}
+
 static int push_raw(pctx *c, const tj_value *v, int depth)
 {
-    lua_State *L = c->L;
-    tj_arena **box = push_arena_box(L);
-    if (!*box) return -1;
-    tj_value *t;
-    tj_error err;
-    int r = tj_parse(*box, v->u.str.s, v->u.str.len, &t, &err);
-    if (r == 0) r = push_value(c, t, depth);
-    tj_arena_free(*box);
-    *box = NULL;
-    if (r == 0) lua_remove(L, -2); /* the box */
-    return r;
+    (void)depth; /* the text's own nesting is bounded by the validator */
+    return tjl_decode(c->L, v->u.str.s, v->u.str.len, NULL);
 }
 
 static int push_value(pctx *c, const tj_value *v, int depth)
@@ -160,11 +261,7 @@ static int push_value(pctx *c, const tj_value *v, int depth)
     case TJ_NULL: lua_pushlightuserdata(L, NULL); return 0;
     case TJ_FALSE: lua_pushboolean(L, 0); return 0;
     case TJ_TRUE: lua_pushboolean(L, 1); return 0;
-    case TJ_INT:
-        /* a Lua built with 32-bit integers gets a float rather than a wrapped value */
-        if (v->u.i < LUA_MININTEGER || v->u.i > LUA_MAXINTEGER) lua_pushnumber(L, (lua_Number)v->u.i);
-        else lua_pushinteger(L, (lua_Integer)v->u.i);
-        return 0;
+    case TJ_INT: push_int(L, v->u.i); return 0;
     case TJ_DOUBLE: lua_pushnumber(L, (lua_Number)v->u.d); return 0;
     case TJ_STRING: lua_pushlstring(L, v->u.str.s, v->u.str.len); return 0;
     case TJ_ARRAY: return push_array(c, v, depth);
@@ -204,8 +301,39 @@ typedef struct {
     int mt;     /* stack index of the array metatable, 0 when none is registered */
     int depth;  /* tables being converted */
     int npath;
+    int fatal;  /* the byte budget is spent: stop everything, report that */
+    size_t used, limit; /* bytes the JSON text takes at least so far, and the most it may take */
     seg path[TJ_MAX_DEPTH + 1];
+    const void *open[TJ_MAX_DEPTH]; /* the tables being converted, outermost first: a cycle's proof */
+    int height;                      /* levels of tables in the value just converted (0: scalar) */
+    int below[TJ_MAX_DEPTH + 1];     /* per open table: the highest child so far */
+    int sorted;                      /* second pass: members in key order, for the error */
+    struct memo *memo;               /* every table converted so far, by address */
+    size_t memo_n, memo_cap;
+    const tj_value *orig;            /* what the value was made from, for big integers' text */
+    int bigs_known;                  /* bigs collected from orig */
+    struct big *bigs;
+    size_t nbigs, bigs_cap;
 } cctx;
+
+/* An integer literal beyond 64 bits found in orig, and the float scripts saw for it. */
+typedef struct big {
+    const char *s;
+    size_t len;
+    double d;
+} big;
+
+/* A table reached again (shared by several parents: t = {a = u, b = u}) is not walked again: its
+ * text is charged again and its converted tree copied, so the work per reach is proportional to
+ * what it adds to the output, not to the table's size in Lua (a table emptied after holding a
+ * million entries is a million slots for lua_next to skip). Only successes are kept: the first
+ * error ends the walk. */
+typedef struct memo {
+    const void *t;
+    tj_value *v;
+    int height;   /* levels of tables in it, to know whether it still fits when reached deeper */
+    size_t bytes; /* what it charged */
+} memo;
 
 /* Appends to a bounded buffer; the result is always NUL-terminated and possibly cut short. */
 typedef struct {
@@ -304,6 +432,21 @@ static int cfail(cctx *c, const char *fmt, ...)
 
 static int oom(cctx *c) { return cfail(c, "out of memory"); }
 
+/* Counts n more bytes of output (a lower bound of what the writer will produce) against the limit.
+ * Every value, key and table entry is charged before it costs anything, and a table shared by
+ * several parents is charged each time it is reached, as the text repeats it: so the work of one
+ * conversion, cycles and DAGs included, is bounded by its limit, not by the size of its output. */
+static int charge(cctx *c, size_t n)
+{
+    if (c->fatal) return -1;
+    if (n <= c->limit - c->used) {
+        c->used += n;
+        return 0;
+    }
+    c->fatal = 1;
+    return cfail(c, "too large: the JSON text would exceed the %zu-byte limit", c->limit);
+}
+
 static int conv(cctx *c, int idx, tj_value **out);
 
 static int conv_child(cctx *c, seg s, tj_value **out)
@@ -311,7 +454,54 @@ static int conv_child(cctx *c, seg s, tj_value **out)
     c->path[c->npath++] = s;
     int r = conv(c, lua_gettop(c->L), out);
     c->npath--;
+    if (r == 0 && c->height > c->below[c->depth - 1]) c->below[c->depth - 1] = c->height;
     return r;
+}
+
+static size_t memo_slot(const cctx *c, const void *t)
+{
+    uint64_t x = (uint64_t)(uintptr_t)t;
+    x ^= x >> 29;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 32;
+    return (size_t)x & (c->memo_cap - 1);
+}
+
+static memo *memo_find(const cctx *c, const void *t)
+{
+    if (!c->memo_cap) return NULL;
+    for (size_t i = memo_slot(c, t);; i = (i + 1) & (c->memo_cap - 1)) {
+        if (c->memo[i].t == t) return &c->memo[i];
+        if (!c->memo[i].t) return NULL;
+    }
+}
+
+static memo *memo_find_free(const cctx *c, const void *t)
+{
+    size_t i = memo_slot(c, t);
+    while (c->memo[i].t) i = (i + 1) & (c->memo_cap - 1);
+    return &c->memo[i];
+}
+
+/* Records t (not yet present); returns its entry, or NULL on OOM (then it is simply not kept). */
+static memo *memo_add(cctx *c, const void *t)
+{
+    if ((c->memo_n + 1) * 2 > c->memo_cap) {
+        size_t cap = c->memo_cap ? c->memo_cap * 2 : 32;
+        memo *m = tj_alloc(c->a, cap * sizeof *m), *old = c->memo;
+        if (!m) return NULL;
+        memset(m, 0, cap * sizeof *m);
+        size_t oldcap = c->memo_cap;
+        c->memo = m;
+        c->memo_cap = cap;
+        for (size_t i = 0; i < oldcap; i++)
+            if (old[i].t) *memo_find_free(c, old[i].t) = old[i];
+    }
+    memo *e = memo_find_free(c, t);
+    memset(e, 0, sizeof *e);
+    e->t = t;
+    c->memo_n++;
+    return e;
 }
 
 typedef struct {
@@ -319,87 +509,77 @@ typedef struct {
     lua_Integer maxint;
     int all_pos;  /* every integer key >= 1 */
     int bad_type; /* type of a key that is neither string nor integer, or LUA_TNONE */
-    int oom;
-    tj_member *m; /* copies of the string keys with their values converted, so objects need no second pass */
+    tj_member *m; /* copies of the string keys (with their values converted, in the first pass) */
     size_t mcap;
-    /* the failing member (bad key or value) first in key order, and the error it gave */
-    const char *bad_key;
-    size_t bad_klen;
-    char bad_msg[sizeof ((tj_error *)0)->msg];
 } keyscan;
 
-static void keep_key(cctx *c, keyscan *k)
+static int keep_key(cctx *c, keyscan *k)
 {
     size_t klen;
     const char *s = lua_tolstring(c->L, -2, &klen);
     if (k->nstr == k->mcap) {
         size_t cap = k->mcap ? k->mcap * 2 : 8;
         tj_member *m = tj_alloc(c->a, cap * sizeof *m);
-        if (!m) { k->oom = 1; return; }
+        if (!m) return oom(c);
         if (k->nstr) memcpy(m, k->m, k->nstr * sizeof *m);
         k->m = m;
         k->mcap = cap;
     }
     tj_member *dst = &k->m[k->nstr];
-    if (!(dst->key = tj_strdup(c->a, s, klen))) k->oom = 1;
+    if (!(dst->key = tj_strdup(c->a, s, klen))) return oom(c);
     dst->klen = klen;
     dst->val = NULL;
+    return 0;
 }
 
-static int member_cmp(const void *pa, const void *pb);
-
-/* Keeps the error of member m when it comes before the one kept so far in key order: errors are
- * reported for the first bad member in key order, not lua_next's, since Lua's string hashing is
- * seeded per state (with two bad values the one reported would otherwise change from run to
- * run). */
-static void keep_error(cctx *c, keyscan *k, const tj_member *m)
+/* What a member costs before its value: a separator and "key":, and the key must be UTF-8. */
+static int check_key(cctx *c, const tj_member *m)
 {
-    tj_member best = {k->bad_key, k->bad_klen, NULL};
-    if (k->bad_key && member_cmp(m, &best) >= 0) return;
-    k->bad_key = m->key;
-    k->bad_klen = m->klen;
-    snprintf(k->bad_msg, sizeof k->bad_msg, "%s", c->err->msg);
+    size_t bad;
+    if (charge(c, 1 + m->klen + 3)) return -1;
+    if (!tj_utf8_valid(m->key, m->klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
+    return 0;
 }
 
-/* One lua_next pass: counts the keys (the table's shape) and converts the values of string keys
- * while lua_next holds them. Converting in a second pass, in key order, pushed (interned) every
- * key again and looked it up: ~15% of the time rules took per message (bench/README.md). Every
- * member is converted even after one failed, so the error kept is the first in key order without
- * converting anything twice (twice per level is exponential in the depth of a cycle). */
-static void scan_keys(cctx *c, int idx, keyscan *k)
+/* One lua_next pass: counts the keys (the table's shape) and, in the first pass, converts the
+ * values of string keys while lua_next holds them. Converting in a second pass, in key order,
+ * pushed (interned) every key again and looked it up: ~15% of the time rules took per message
+ * (bench/README.md). The first error stops everything; only then does the second pass (c->sorted)
+ * walk again in key order, so that the error reported is the first in key order whatever
+ * lua_next's order (Lua's string hashing is seeded per state): that pass only collects keys here,
+ * and charges and checks each member in order later. Returns 0, or -1 after an error. */
+static int scan_keys(cctx *c, int idx, keyscan *k)
 {
     lua_State *L = c->L;
     memset(k, 0, sizeof *k);
     k->all_pos = 1;
     k->bad_type = LUA_TNONE;
-    int top = lua_gettop(L);
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         k->n++;
         if (lua_type(L, -2) == LUA_TSTRING) {
-            if (!k->oom) keep_key(c, k);
-            if (!k->oom) {
-                tj_member *m = &k->m[k->nstr];
+            /* charged before it is copied: a 16 MiB key costs nothing */
+            if (!c->sorted && charge(c, lua_rawlen(L, -2) + 4)) return -1;
+            if (keep_key(c, k)) return -1;
+            tj_member *m = &k->m[k->nstr++];
+            if (!c->sorted) {
                 size_t bad;
-                if (!tj_utf8_valid(m->key, m->klen, &bad)) {
-                    cfail(c, "invalid UTF-8 in key at byte %zu", bad);
-                    keep_error(c, k, m);
-                } else if (conv_child(c, (seg){m->key, m->klen, 0}, &m->val)) {
-                    keep_error(c, k, m);
-                    lua_settop(L, top + 2); /* key, value: a failed conversion may leave more */
-                }
+                if (!tj_utf8_valid(m->key, m->klen, &bad)) return cfail(c, "invalid UTF-8 in key at byte %zu", bad);
+                if (conv_child(c, (seg){m->key, m->klen, 0}, &m->val)) return -1;
             }
-            k->nstr++;
+        } else if (!c->sorted && charge(c, 1)) {
+            return -1;
         } else if (lua_isinteger(L, -2)) {
             lua_Integer i = lua_tointeger(L, -2);
             k->nint++;
             if (i < 1) k->all_pos = 0;
             if (i > k->maxint) k->maxint = i;
-        } else if (k->bad_type == LUA_TNONE) {
-            k->bad_type = lua_type(L, -2);
+        } else if (k->bad_type == LUA_TNONE || lua_type(L, -2) < k->bad_type) {
+            k->bad_type = lua_type(L, -2); /* the lowest type: the same whatever lua_next's order */
         }
         lua_pop(L, 1);
     }
+    return 0;
 }
 
 static int is_sequence(const keyscan *k)
@@ -414,6 +594,7 @@ static int conv_array(cctx *c, int idx, size_t n, tj_value **out)
     tj_value **items = n ? tj_alloc(c->a, n * sizeof *items) : NULL;
     if (!v || (n && !items)) return oom(c);
     for (size_t i = 0; i < n; i++) {
+        if (c->sorted && charge(c, 1)) return -1; /* the first pass charged it while scanning */
         lua_rawgeti(c->L, idx, (lua_Integer)i + 1);
         if (conv_child(c, (seg){NULL, 0, i}, &items[i])) return -1;
         lua_pop(c->L, 1);
@@ -432,17 +613,21 @@ static int member_cmp(const void *pa, const void *pb)
     return (a->klen > b->klen) - (a->klen < b->klen);
 }
 
-/* Members come out in sorted key order (scan_keys converted them). */
-static int conv_object(cctx *c, keyscan *k, tj_value **out)
+/* Members come out in sorted key order (the first pass converted them while scanning; the second
+ * converts them now, in that order). */
+static int conv_object(cctx *c, int idx, keyscan *k, tj_value **out)
 {
-    if (k->bad_key) {
-        snprintf(c->err->msg, sizeof c->err->msg, "%s", k->bad_msg);
-        return -1;
-    }
     tj_value *v = tj_new(c->a, TJ_OBJECT);
-    if (!v || k->oom) return oom(c);
+    if (!v) return oom(c);
     tj_member *m = k->m;
     qsort(m, k->nstr, sizeof *m, member_cmp);
+    for (size_t i = 0; c->sorted && i < k->nstr; i++) {
+        if (check_key(c, &m[i])) return -1;
+        lua_pushlstring(c->L, m[i].key, m[i].klen);
+        lua_rawget(c->L, idx);
+        if (conv_child(c, (seg){m[i].key, m[i].klen, 0}, &m[i].val)) return -1;
+        lua_pop(c->L, 1);
+    }
     v->u.obj.m = m;
     v->u.obj.n = k->nstr;
     v->u.obj.cap = k->mcap;
@@ -460,26 +645,137 @@ static int table_shape_error(cctx *c, const keyscan *k, int tagged)
     return cfail(c, "table with integer keys is not a sequence 1..n");
 }
 
+/* A copy of a converted tree: the result stays a tree (later stages edit messages in place), and
+ * strings, never edited, are shared. NULL on OOM. */
+static tj_value *copy_tree(tj_arena *a, const tj_value *v)
+{
+    tj_value *n = tj_alloc(a, sizeof *n);
+    if (!n) return NULL;
+    *n = *v;
+    if (v->type == TJ_ARRAY && v->u.arr.n) {
+        if (!(n->u.arr.items = tj_alloc(a, v->u.arr.n * sizeof *n->u.arr.items))) return NULL;
+        n->u.arr.cap = v->u.arr.n;
+        for (size_t i = 0; i < v->u.arr.n; i++)
+            if (!(n->u.arr.items[i] = copy_tree(a, v->u.arr.items[i]))) return NULL;
+    } else if (v->type == TJ_OBJECT && v->u.obj.n) {
+        if (!(n->u.obj.m = tj_alloc(a, v->u.obj.n * sizeof *n->u.obj.m))) return NULL;
+        n->u.obj.cap = v->u.obj.n;
+        for (size_t i = 0; i < v->u.obj.n; i++) {
+            n->u.obj.m[i] = v->u.obj.m[i];
+            if (!(n->u.obj.m[i].val = copy_tree(a, v->u.obj.m[i].val))) return NULL;
+        }
+    }
+    return n;
+}
+
+static int conv_fresh(cctx *c, int idx, tj_value **out);
+
 static int conv_table(cctx *c, int idx, tj_value **out)
 {
-    if (c->depth == TJ_MAX_DEPTH) return cfail(c, "table nested deeper than %d (cycle?)", TJ_MAX_DEPTH);
+    const void *self = lua_topointer(c->L, idx);
+    for (int i = 0; i < c->depth; i++)
+        if (c->open[i] == self) return cfail(c, "cycle: the table contains itself");
+    memo *e = memo_find(c, self);
+    if (e && c->depth + e->height <= TJ_MAX_DEPTH) { /* reached again: charged again, not walked */
+        if (charge(c, e->bytes)) return -1;
+        if (!(*out = copy_tree(c->a, e->v))) return oom(c);
+        c->height = e->height;
+        return 0;
+    }
+    size_t used = c->used;
+    if (conv_fresh(c, idx, out)) return -1;
+    if (!e && (e = memo_add(c, self))) { /* when it cannot be kept, it only costs time */
+        e->v = *out;
+        e->height = c->height;
+        e->bytes = c->used - used;
+    }
+    return 0;
+}
+
+static int conv_fresh(cctx *c, int idx, tj_value **out)
+{
+    const void *self = lua_topointer(c->L, idx);
+    if (c->depth == TJ_MAX_DEPTH) return cfail(c, "table nested deeper than %d", TJ_MAX_DEPTH);
     if (!lua_checkstack(c->L, 8)) return cfail(c, "out of memory (Lua stack)");
+    if (charge(c, 1)) return -1; /* the opening bracket; each entry pays for what follows it */
     int tagged = has_mt(c->L, idx, c->mt);
     keyscan k;
-    c->depth++;
-    scan_keys(c, idx, &k);
-    int r;
-    if (k.n == 0 && !tagged) {
+    c->below[c->depth] = 0;
+    c->open[c->depth++] = self;
+    int r = scan_keys(c, idx, &k);
+    if (r) {
+        /* the error stands */
+    } else if (k.n == 0 && !tagged) {
         r = (*out = tj_new(c->a, TJ_OBJECT)) ? 0 : oom(c);
     } else if (is_sequence(&k)) {
         r = conv_array(c, idx, k.n, out);
     } else if (!tagged && k.nstr == k.n) {
-        r = conv_object(c, &k, out);
+        r = conv_object(c, idx, &k, out);
     } else {
         r = table_shape_error(c, &k, tagged);
     }
     c->depth--;
+    c->height = c->below[c->depth] + 1;
     return r;
+}
+
+static int collect_big(void *ud, const tj_value *v)
+{
+    cctx *c = ud;
+    if (v->type != TJ_RAW) return 0;
+    if (c->nbigs == c->bigs_cap) {
+        size_t cap = c->bigs_cap ? c->bigs_cap * 2 : 8;
+        big *b = tj_alloc(c->a, cap * sizeof *b);
+        if (!b) return -1;
+        if (c->nbigs) memcpy(b, c->bigs, c->nbigs * sizeof *b);
+        c->bigs = b;
+        c->bigs_cap = cap;
+    }
+    c->bigs[c->nbigs++] = (big){v->u.str.s, v->u.str.len, tj_literal_double(v->u.str.s, v->u.str.len)};
+    return 0;
+}
+
+static int ignore_container(void *ud, int object) { (void)ud; (void)object; return 0; }
+static int ignore_end(void *ud) { (void)ud; return 0; }
+static int ignore_str(void *ud, const char *s, size_t len, int esc) { (void)ud; (void)s; (void)len; (void)esc; return 0; }
+
+static void find_bigs(cctx *c, const tj_value *v)
+{
+    static const tj_handler h = {ignore_container, ignore_end, ignore_str, ignore_str, collect_big};
+    switch (v->type) {
+    case TJ_RAW:
+        if (v->u.str.len && (v->u.str.s[0] == '-' || (v->u.str.s[0] >= '0' && v->u.str.s[0] <= '9')))
+            collect_big(c, v);
+        else
+            tj_walk(v->u.str.s, v->u.str.len, &h, c, NULL);
+        break;
+    case TJ_ARRAY:
+        for (size_t i = 0; i < v->u.arr.n; i++) find_bigs(c, v->u.arr.items[i]);
+        break;
+    case TJ_OBJECT:
+        for (size_t i = 0; i < v->u.obj.n; i++) find_bigs(c, v->u.obj.m[i].val);
+        break;
+    default: break;
+    }
+}
+
+/* The text of the integer beyond 64 bits that the message held and that a script saw as d, when
+ * exactly one did: a field the script left alone keeps its digits. NULL otherwise. */
+static const big *big_text(cctx *c, double d)
+{
+    if (!c->orig || !(fabs(d) >= 9223372036854775808.0) || d != floor(d)) return NULL;
+    if (!c->bigs_known) {
+        c->bigs_known = 1;
+        find_bigs(c, c->orig);
+    }
+    const big *found = NULL;
+    for (size_t i = 0; i < c->nbigs; i++) {
+        const big *b = &c->bigs[i];
+        if (b->d != d) continue;
+        if (found && (found->len != b->len || memcmp(found->s, b->s, b->len))) return NULL; /* ambiguous */
+        found = b;
+    }
+    return found;
 }
 
 static int conv_number(cctx *c, int idx, tj_value **out)
@@ -490,7 +786,8 @@ static int conv_number(cctx *c, int idx, tj_value **out)
         double d = (double)lua_tonumber(c->L, idx);
         if (isnan(d)) return cfail(c, "NaN is not valid JSON");
         if (isinf(d)) return cfail(c, "%s is not valid JSON", d < 0 ? "-inf" : "inf");
-        *out = tj_new_double(c->a, d);
+        const big *b = big_text(c, d);
+        *out = b ? tj_new_raw(c->a, b->s, b->len) : tj_new_double(c->a, d);
     }
     return *out ? 0 : oom(c);
 }
@@ -499,6 +796,7 @@ static int conv_string(cctx *c, int idx, tj_value **out)
 {
     size_t len, bad;
     const char *s = lua_tolstring(c->L, idx, &len);
+    if (len > SIZE_MAX - 2 || charge(c, len + 2)) return -1;
     if (!tj_utf8_valid(s, len, &bad)) return cfail(c, "invalid UTF-8 at byte %zu", bad);
     return (*out = tj_new_string(c->a, s, len)) ? 0 : oom(c);
 }
@@ -507,6 +805,11 @@ static int conv(cctx *c, int idx, tj_value **out)
 {
     lua_State *L = c->L;
     int t = lua_type(L, idx);
+    /* what the value takes at least: "null", "true", "0", "0.0"... (strings and tables charge
+     * their own) */
+    size_t least = t == LUA_TNUMBER ? (lua_isinteger(L, idx) ? 1 : 3) : t == LUA_TBOOLEAN ? 4 : 2;
+    if (t != LUA_TSTRING && t != LUA_TTABLE && charge(c, least)) return -1;
+    c->height = 0;
     switch (t) {
     case LUA_TNIL: return cfail(c, "nil is not valid JSON");
     case LUA_TBOOLEAN:
@@ -524,21 +827,45 @@ static int conv(cctx *c, int idx, tj_value **out)
     }
 }
 
-int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
-                   tj_error *err)
+int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
+                    tj_arena *a, tj_value **out, tj_error *err)
 {
     tj_error scratch;
-    cctx c = {L, a, err ? err : &scratch, root, 0, 0, 0, {{NULL, 0, 0}}};
+    cctx c;
+    memset(&c, 0, sizeof c);
+    c.L = L;
+    c.a = a;
+    c.err = err ? err : &scratch;
+    c.root = root;
+    c.limit = max_bytes;
+    c.orig = orig;
     int top = lua_gettop(L);
     idx = lua_absindex(L, idx);
     *out = NULL;
     if (!lua_checkstack(L, 8)) return cfail(&c, "out of memory (Lua stack)");
     if (luaL_getmetatable(L, TJL_ARRAY_MT) == LUA_TTABLE) c.mt = lua_gettop(L);
+    int base = lua_gettop(L);
     tj_value *v = NULL;
     int r = conv(&c, idx, &v);
-    lua_settop(L, top); /* error paths return with keys and values still pushed */
+    if (r) {
+        /* Again in key order, to report the error that comes first in it. Tables converted in
+         * the first pass are kept: they are not walked again. */
+        lua_settop(L, base); /* error paths return with keys and values still pushed */
+        c.sorted = 1;
+        c.fatal = 0;
+        c.used = 0;
+        c.depth = c.npath = 0;
+        if (!conv(&c, idx, &v)) cfail(&c, "internal error: the second pass did not fail");
+    }
+    lua_settop(L, top);
     if (r == 0) *out = v;
     return r;
+}
+
+int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
+                   tj_error *err)
+{
+    return tjl_to_json_max(L, idx, root, TJL_MAX_BYTES, NULL, a, out, err);
 }
 
 int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *err)
@@ -548,22 +875,38 @@ int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *er
 
 /* ---- the helpers scripts get as `tally.*` (rules sandbox and the Lua module alike) ---- */
 
-int tjl_lua_decode(lua_State *L)
+static int decode_protected(lua_State *L)
 {
     size_t len;
-    luaL_checktype(L, 1, LUA_TSTRING); /* strictly text: decode(42) is a mistake, not "42" */
     const char *text = lua_tolstring(L, 1, &len);
-    tj_arena **box = push_arena_box(L);
-    if (!*box) return luaL_error(L, "out of memory");
-    tj_value *v;
     tj_error err;
-    if (tj_parse(*box, text, len, &v, &err)) {
+    if (tjl_decode(L, text, len, &err)) {
         luaL_pushfail(L);
         lua_pushstring(L, err.msg);
         return 2;
     }
-    if (tjl_push(L, v)) return luaL_error(L, "out of memory");
     return 1;
+}
+
+/* Decodes straight into Lua values (tjl_decode): the memory it takes is the caller's Lua memory,
+ * under a sandbox's cap. A text whose values do not fit there is refused like bad text. */
+int tjl_lua_decode(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TSTRING); /* strictly text: decode(42) is a mistake, not "42" */
+    size_t len = lua_rawlen(L, 1);
+    lua_settop(L, 1);
+    lua_pushcfunction(L, decode_protected);
+    lua_pushvalue(L, 1);
+    int st = lua_pcall(L, 1, LUA_MULTRET, 0);
+    if (st == LUA_ERRMEM) {
+        lua_settop(L, 1);
+        luaL_pushfail(L);
+        lua_pushfstring(L, "too large: the %I-byte text does not fit in this Lua state's memory limit",
+                        (lua_Integer)len);
+        return 2;
+    }
+    if (st != LUA_OK) return lua_error(L);
+    return lua_gettop(L) - 1;
 }
 
 int tjl_lua_encode(lua_State *L)

@@ -25,13 +25,19 @@
  *   table whose keys are all strings -> object, members sorted bytewise by key so the output is
  *     deterministic whatever Lua's hash order
  *   anything else (nil at the top, mixed or non-string keys, sparse integer keys, functions,
- *     userdata, threads, other light userdata, tables nested deeper than TJ_MAX_DEPTH -- which is
- *     also how cycles are caught) -> error
+ *     userdata, threads, other light userdata, tables nested deeper than TJ_MAX_DEPTH, a table
+ *     that contains itself (a cycle)) -> error
+ *   A table reached twice without a cycle (t = {a = u, b = u}) is written twice, as JSON has no
+ *   references. Each conversion has a byte limit (TJL_MAX_BYTES, or the caller's): the text the
+ *   value would take is counted as it is walked, shared tables once per time they are reached, and
+ *   the walk stops as soon as the count passes the limit ("...: too large: the JSON text would
+ *   exceed the 32768-byte limit"). So neither time nor C memory can grow faster than the limit,
+ *   whatever the shape of the table graph (a 40-level DAG would be 2^40 nodes written out).
  *
  * Error messages name the path of the offending value, then the problem, e.g.
  *   "properties.items[2]: NaN is not valid JSON"
  *   "traits.name: invalid UTF-8 at byte 4"          (byte offset inside that string)
- *   "properties.self.self...self: table nested deeper than 64 (cycle?)"
+ *   "properties.self: cycle: the table contains itself"
  * Array indexes are printed 0-based, JSON-path style (items[2] is Lua's items[3]). Keys that are not
  * identifier-like are printed as ["a key"]. Long paths are shortened in the middle with "...".
  * err->offset is always 0 for Lua conversions.
@@ -66,9 +72,17 @@ void tjl_set_array(lua_State *L, int idx);
 /* 1 if the value at idx is a table carrying the array metatable. */
 int  tjl_is_array(lua_State *L, int idx);
 
+/* Pushes the value of a JSON text (validated as tj_parse does) straight as Lua values, without a
+ * C tree: all memory it takes is the Lua state's, so a sandbox's cap bounds it. Returns 0 with the
+ * value pushed, or -1 with *err (may be NULL) filled for bad text. May raise a Lua memory error,
+ * leaking nothing. */
+int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err);
+
 /* Pushes v as one Lua value. Returns 0, or -1 (nothing pushed) when a TJ_RAW does not parse, the C
  * side runs out of memory, the Lua stack cannot grow or the tree is deeper than 4 * TJ_MAX_DEPTH. */
 int tjl_push(lua_State *L, const tj_value *v);
+
+#define TJL_MAX_BYTES (1024 * 1024) /* default limit of one Lua -> JSON conversion's text */
 
 /* Converts the Lua value at idx into a tree allocated in a. Returns 0 with *out set, or -1 with
  * err->msg describing the problem and its path. The Lua stack is left as it was. */
@@ -77,10 +91,18 @@ int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *er
  * "properties.items[2]: ..." and, for the value itself, "properties: ..."). root may be NULL. */
 int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,
                    tj_error *err);
+/* Same, with the limit on the JSON text given (e.g. TALLY_MAX_MESSAGE_BYTES for a message): the
+ * walk stops, with an error naming the limit, once the text would be longer. `orig` (may be NULL)
+ * is the tree the Lua value was pushed from: an integer beyond 64 bits there reached Lua as the
+ * nearest float, and a float equal to it (the field left alone, or moved) is written with the
+ * original digits again, unless two different such integers round to that same float. */
+int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
+                    tj_arena *a, tj_value **out, tj_error *err);
 
 /* Sets, in the table on top of the stack, what scripts know as `tally.*`: null, empty_array,
  * array(t), json.encode/decode (the exact codec: encode returns nil, err for values JSON cannot
- * hold; decode nil, err for bad text) and version. Hosts add their own entries next to them. */
+ * hold or whose text would exceed TJL_MAX_BYTES; decode nil, err for bad text and for text whose
+ * values do not fit in the state's memory limit) and version. Hosts add their own entries next to them. */
 void tjl_set_helpers(lua_State *L, const char *version);
 int  tjl_lua_encode(lua_State *L);   /* lua_CFunction: tally.json.encode */
 int  tjl_lua_decode(lua_State *L);   /* lua_CFunction: tally.json.decode */

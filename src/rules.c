@@ -581,7 +581,7 @@ static void take_result(rules *R, int last, tj_arena *a, tj_value *orig, int idx
     tj_value *v;
     tj_error err;
     char text[600];
-    if (tjl_to_json_at(L, idx, "message", a, &v, &err)) {
+    if (tjl_to_json_max(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, a, &v, &err)) {
         snprintf(text, sizeof text, "%s", err.msg);
     } else if (msg_validate(v, R->o.need_id)) {
         snprintf(text, sizeof text, "returned an invalid message: %s", tally_errmsg(NULL));

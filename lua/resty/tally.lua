@@ -120,7 +120,10 @@ function _M.array(t) return setmetatable(t or {}, array_mt) end
 -- outside nginx.
 _M.null = ngx and ngx.null or setmetatable({}, { __name = "resty.tally.null" })
 
-local MAX_DEPTH = 64 -- libtally rejects deeper nesting anyway; this also stops cycles
+local MAX_DEPTH = 64 -- libtally rejects deeper nesting anyway
+-- A message cannot be longer (libtally refuses it), so encoding stops there: a table shared by
+-- several parents (t = {a = u, b = u}, 40 levels deep: 2^40 leaves) cannot make it run longer.
+local MAX_BYTES = 32768
 
 -- Returns s when it is valid UTF-8 (RFC 3629: no overlongs, surrogates or code points past
 -- U+10FFFF), else a copy with each invalid byte replaced by U+FFFD.
@@ -194,13 +197,41 @@ end
 
 local int64_t, uint64_t = ffi.typeof("int64_t"), ffi.typeof("uint64_t")
 
-local encode_value
+local encode_value, encode_table_body
 
-local function encode_table(v, buf, n, depth)
+-- Appends s, counting it against MAX_BYTES.
+local function put(st, buf, n, s)
+    st.bytes = st.bytes + #s
+    if st.bytes > MAX_BYTES then return nil, "too large: over the " .. MAX_BYTES .. "-byte message limit" end
+    n = n + 1
+    buf[n] = s
+    return n
+end
+
+local function encode_table(v, buf, n, depth, st)
+    if st.open[v] then return nil, "cycle: the table contains itself" end
+    local done = st.done[v]
+    if done then -- reached before: its pieces again, counted again, not walked again
+        st.bytes = st.bytes + done.bytes
+        if st.bytes > MAX_BYTES then return nil, "too large: over the " .. MAX_BYTES .. "-byte message limit" end
+        for i = done.first, done.last do n = n + 1; buf[n] = buf[i] end
+        return n
+    end
+    local first, bytes0 = n + 1, st.bytes
+    st.open[v] = true
+    local r, err = encode_table_body(v, buf, n, depth, st)
+    st.open[v] = nil
+    if r then st.done[v] = { first = first, last = r, bytes = st.bytes - bytes0 } end
+    return r, err
+end
+
+encode_table_body = function(v, buf, n, depth, st)
     local mt = getmetatable(v)
     local count, maxn = 0, 0
     for k in pairs(v) do
         count = count + 1
+        st.bytes = st.bytes + 1 -- each entry takes at least a separator
+        if st.bytes > MAX_BYTES then return nil, "too large: over the " .. MAX_BYTES .. "-byte message limit" end
         if type(k) == "number" and k > 0 and k == floor(k) then
             if k > maxn then maxn = k end
         elseif type(k) ~= "string" then
@@ -213,7 +244,7 @@ local function encode_table(v, buf, n, depth)
         for i = 1, maxn do
             if i > 1 then n = n + 1; buf[n] = "," end
             local err
-            n, err = encode_value(v[i], buf, n, depth + 1)
+            n, err = encode_value(v[i], buf, n, depth + 1, st)
             if not n then return nil, err end
         end
         n = n + 1; buf[n] = "]"
@@ -225,18 +256,20 @@ local function encode_table(v, buf, n, depth)
     for k, val in pairs(v) do
         if not first then n = n + 1; buf[n] = "," end
         first = false
+        st.bytes = st.bytes + #k + 3 -- counted before quote() walks it
+        if st.bytes > MAX_BYTES then return nil, "too large: over the " .. MAX_BYTES .. "-byte message limit" end
         n = n + 1; buf[n] = quote(k)
         n = n + 1; buf[n] = ":"
         local err
-        n, err = encode_value(val, buf, n, depth + 1)
+        n, err = encode_value(val, buf, n, depth + 1, st)
         if not n then return nil, err .. " (in \"" .. k .. "\")" end
     end
     n = n + 1; buf[n] = "}"
     return n
 end
 
-encode_value = function(v, buf, n, depth)
-    if depth > MAX_DEPTH then return nil, "nesting deeper than " .. MAX_DEPTH .. " (or a cycle)" end
+encode_value = function(v, buf, n, depth, st)
+    if depth > MAX_DEPTH then return nil, "nesting deeper than " .. MAX_DEPTH end
     local tv = type(v)
     local s, err
     if tv == "string" then
@@ -249,21 +282,19 @@ encode_value = function(v, buf, n, depth)
     elseif v == nil or v == _M.null then
         s = "null"
     elseif tv == "table" then
-        return encode_table(v, buf, n, depth)
+        return encode_table(v, buf, n, depth, st)
     elseif tv == "cdata" and (ffi.istype(int64_t, v) or ffi.istype(uint64_t, v)) then
         s = gsub(tostring(v), "U?LL$", "") -- tostring gives "123LL" / "123ULL"
     else
         return nil, "cannot encode a value of type " .. tv
     end
-    n = n + 1
-    buf[n] = s
-    return n
+    return put(st, buf, n, s)
 end
 
 -- encode(value) -> json | nil, err
 function _M.encode(v)
     local buf = {}
-    local n, err = encode_value(v, buf, 0, 0)
+    local n, err = encode_value(v, buf, 0, 0, { bytes = 0, open = {}, done = {} })
     if not n then return nil, err end
     return concat(buf, "", 1, n)
 end

@@ -200,6 +200,13 @@ static int run_send(const cli_opts *o, tally_config *cfg)
         lineno++;
         while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
         if (n == 0) continue;
+        size_t text = strlen(line); /* a raw NUL would silently cut the line short */
+        if (text != (size_t)n) {
+            fprintf(stderr, "tally: line %ld: raw NUL byte at offset %zu (JSON text cannot hold one; write \\u0000 "
+                            "inside a string)\n", lineno, text);
+            bad++;
+            continue;
+        }
         if (tally_send(t, line) != TALLY_OK) {
             fprintf(stderr, "tally: line %ld: %s\n", lineno, tally_errmsg(t));
             bad++;

@@ -250,7 +250,10 @@ static int set_string(build *bd, tj_value *obj, const char *field, const char *s
 static int convert(build *bd, int idx, const char *field, tj_value **out)
 {
     tj_error err;
-    return tjl_to_json_at(bd->L, idx, field, bd->s->a, out, &err) ? bfail(bd, "%s", err.msg) : 0;
+    /* no part of a message can be longer than a message: stop there, whatever the table graph */
+    if (tjl_to_json_max(bd->L, idx, field, TALLY_MAX_MESSAGE_BYTES, NULL, bd->s->a, out, &err))
+        return bfail(bd, "%s", err.msg);
+    return 0;
 }
 
 static int convert_object(build *bd, int idx, const char *field, tj_value **out)

@@ -2,6 +2,7 @@
 #include <lauxlib.h>
 #include <lualib.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "harness.h"
 #include "json.h"
@@ -250,14 +251,16 @@ TEST(lua_metamethods_are_not_called)
 TEST(lua_cycles_and_depth)
 {
     lua_State *L = new_state();
-    const char *r = run(L, "local t = {}; t.self = t; return t", "properties");
+    CHECK_STR(run(L, "local t = {}; t.self = t; return t", "properties"),
+              "ERROR: properties.self: cycle: the table contains itself");
+    CHECK_STR(run(L, "local t = {}; t[1] = t; return t", NULL), "ERROR: [0]: cycle: the table contains itself");
+    /* a long path is shortened in the middle and the message stays within err->msg */
+    const char *r = run(L, "local t = {} local c = t for i = 1, 70 do c.self = {} c = c.self end return t",
+                        "properties");
     CHECK_CONTAINS(r, "ERROR: properties.self.self");
     CHECK_CONTAINS(r, "...");
-    CHECK_CONTAINS(r, ".self: table nested deeper than 64 (cycle?)");
+    CHECK_CONTAINS(r, ".self: table nested deeper than 64");
     CHECK(strlen(r) - strlen("ERROR: ") < sizeof(((tj_error *)0)->msg));
-    r = run(L, "local t = {}; t[1] = t; return t", NULL);
-    CHECK_CONTAINS(r, "ERROR: [0][0][0]");
-    CHECK_CONTAINS(r, "[0]: table nested deeper than 64 (cycle?)");
     /* exactly 64 tables are fine, 65 are not, as in the parser */
     CHECK_CONTAINS(run(L, "local t = {} for i = 2, 64 do t = {t} end return t", NULL), "[[[[");
     CHECK_CONTAINS(run(L, "local t = {} for i = 2, 65 do t = {t} end return t", NULL),
@@ -275,6 +278,271 @@ TEST(lua_cycles_and_depth)
     for (int i = 0; i < 64; i++) tbuf_putc(&b, ']');
     CHECK_STR(through_lua(b.data, NULL), b.data);
     tbuf_free(&b);
+}
+
+/* ---------------------------------------------------------------- table graphs (issue 14 #5) */
+
+static double cpu_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Encodes the value the chunk returns with tjl_to_json_max(limit). */
+static const char *run_max(lua_State *L, const char *script, size_t limit)
+{
+    static char msg[256];
+    if (luaL_dostring(L, script)) {
+        snprintf(msg, sizeof msg, "LUA ERROR: %s", lua_tostring(L, -1));
+        lua_pop(L, 1);
+        return msg;
+    }
+    tj_arena *a = tj_arena_new();
+    tj_value *v;
+    tj_error err;
+    static tbuf out = TBUF_INIT;
+    tbuf_reset(&out);
+    if (tjl_to_json_max(L, -1, "message", limit, NULL, a, &v, &err)) tbuf_printf(&out, "ERROR: %s", err.msg);
+    else if (tj_write(&out, v)) tbuf_puts(&out, "WRITE FAILED");
+    lua_pop(L, 1);
+    tj_arena_free(a);
+    return out.data;
+}
+
+/* A 2-way cycle used to be walked to depth 64 along every branch (2^64 visits): it is found the
+ * first time a table is reached again below itself, reported at the first path in key order. */
+TEST(lua_two_way_cycle_is_refused_at_once)
+{
+    lua_State *L = new_state();
+    double t0 = cpu_seconds();
+    CHECK_STR(run(L, "local t, u = {}, {} t.a, t.b, u.a, u.b = u, u, t, t return t", "properties"),
+              "ERROR: properties.a.a: cycle: the table contains itself");
+    CHECK_STR(run(L, "local t, u = {}, {} t[1], t[2], u[1], u[2] = u, u, t, t return t", NULL),
+              "ERROR: [0][0]: cycle: the table contains itself");
+    /* a cycle at the bottom of a DAG is found on each of its 2^10 paths, and reported on the first */
+    CHECK_STR(run(L, "local c = {} local u = {c = c} for i = 1, 10 do u = {a = u, b = u} end "
+                     "c.back = u return u", NULL),
+              "ERROR: a.a.a.a.a.a.a.a.a.a.c.back: cycle: the table contains itself");
+    CHECK(cpu_seconds() - t0 < 5.0); /* not exponential: each is a few thousand visits */
+    lua_close(L);
+}
+
+/* A 40-level DAG (t = {a = u, b = u}) is 2^40 nodes written out: the walk charges every node it
+ * reaches against the byte limit, so it stops after about `limit` visits with the limit named. */
+TEST(lua_forty_level_dag_stops_at_the_byte_limit)
+{
+    lua_State *L = new_state();
+    const char *dag = "local u = 'leaf' for i = 1, 40 do u = {a = u, b = u} end return u";
+    double t0 = cpu_seconds();
+    CHECK_CONTAINS(run(L, dag, NULL), "too large: the JSON text would exceed the 1048576-byte limit");
+    CHECK_CONTAINS(run_max(L, dag, 32768), "too large: the JSON text would exceed the 32768-byte limit");
+    /* an error at every leaf: the first one in key order is reported, after two passes at most */
+    char expect[256] = "ERROR: message";
+    for (int i = 0; i < 40; i++) strcat(expect, ".a");
+    strcat(expect, ": NaN is not valid JSON");
+    CHECK_STR(run_max(L, "local u = 0/0 for i = 1, 40 do u = {b = u, a = u} end return u", 32768), expect);
+    CHECK_CONTAINS(run_max(L, "local u = 0/0 for i = 1, 40 do u = {u, u} end return u", 32768),
+                   "[0][0][0]: NaN is not valid JSON");
+    /* a shared table that lua_next needs long to walk (a million emptied slots) is walked once,
+     * not once per path that reaches it */
+    CHECK_CONTAINS(run_max(L, "local big = {x = 1} for i = 1, 1000000 do big[i] = true end "
+                              "for i = 1, 1000000 do big[i] = nil end "
+                              "local u = big for i = 1, 40 do u = {a = u, b = u} end return u", 1 << 20),
+                   "exceed the 1048576-byte limit");
+    CHECK(cpu_seconds() - t0 < 5.0); /* ~100x what a 1 MiB walk takes */
+    lua_close(L);
+}
+
+TEST(lua_shared_subtable_is_written_each_time)
+{
+    lua_State *L = new_state();
+    CHECK_STR(run(L, "local u = {x = 1} for i = 1, 2 do u = {a = u, b = u} end return u", NULL),
+              "{\"a\":{\"a\":{\"x\":1},\"b\":{\"x\":1}},\"b\":{\"a\":{\"x\":1},\"b\":{\"x\":1}}}");
+    CHECK_STR(run(L, "local u = {1} return {u, u, {u}}", NULL), "[[1],[1],[[1]]]");
+    /* the result is a tree: later stages may edit one place without changing the other */
+    REQUIRE(luaL_dostring(L, "local u = {x = {1}} return {a = u, b = u}") == 0);
+    tj_arena *a = tj_arena_new();
+    tj_value *v;
+    tj_error err;
+    REQUIRE(tjl_to_json(L, -1, a, &v, &err) == 0);
+    tj_object_set(a, tj_object_get(v, "a"), "y", 1, tj_new_int(a, 2));
+    tj_object_get(tj_object_get(v, "a"), "x")->u.arr.items[0]->u.i = 5;
+    tbuf b = TBUF_INIT;
+    tj_write(&b, v);
+    CHECK_STR(b.data, "{\"a\":{\"x\":[5],\"y\":2},\"b\":{\"x\":[1]}}");
+    tbuf_free(&b);
+    tj_arena_free(a);
+    lua_close(L);
+}
+
+/* The count is a lower bound of the text: what fits is never refused. */
+TEST(lua_byte_limit_never_refuses_what_fits)
+{
+    lua_State *L = new_state();
+    CHECK_STR(run_max(L, "return 'abcd'", 6), "\"abcd\"");
+    CHECK_STR(run_max(L, "return 'abcd'", 5), "ERROR: message: too large: the JSON text would exceed the 5-byte limit");
+    static const char *fits[] = {
+        "return {a = {1, 2.5, true, false, null}, bb = {}, c = 'x', d = {{}, {{}}}}",
+        "return {1, 22, 333, -4, 0.5, 1e300, 'é'}",
+    };
+    for (size_t i = 0; i < sizeof fits / sizeof *fits; i++) {
+        const char *full = run_max(L, fits[i], 1 << 20);
+        CHECK(strncmp(full, "ERROR", 5) != 0);
+        char copy[256];
+        snprintf(copy, sizeof copy, "%s", full);
+        CHECK_STR(run_max(L, fits[i], strlen(copy)), copy);
+    }
+    /* a huge string is refused before it is checked or copied */
+    CHECK_CONTAINS(run_max(L, "return {s = string.rep('x', 1 << 24)}", 32768), "message.s: too large");
+    lua_close(L);
+}
+
+/* ---------------------------------------------------------------- tally.json.decode (issue 14 #6) */
+
+typedef struct { size_t used, cap, peak; } cap_alloc;
+
+static void *capped_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
+{
+    cap_alloc *c = ud;
+    size_t old = ptr ? osize : 0;
+    if (nsize == 0) { free(ptr); c->used -= old; return NULL; }
+    if (nsize > old && nsize - old > c->cap - c->used) return NULL;
+    void *p = realloc(ptr, nsize);
+    if (p) {
+        c->used = c->used - old + nsize;
+        if (c->used > c->peak) c->peak = c->used;
+    }
+    return p;
+}
+
+static lua_State *capped_state(cap_alloc *c)
+{
+    lua_State *L = lua_newstate(capped_alloc, c);
+    luaL_requiref(L, LUA_GNAME, luaopen_base, 1);
+    luaL_requiref(L, LUA_STRLIBNAME, luaopen_string, 1);
+    lua_settop(L, 0);
+    lua_newtable(L);
+    tjl_set_helpers(L, "test");
+    lua_setglobal(L, "tally");
+    return L;
+}
+
+static const char *lua_result(lua_State *L, const char *script)
+{
+    static char msg[512];
+    if (luaL_dostring(L, script)) snprintf(msg, sizeof msg, "LUA ERROR: %s", lua_tostring(L, -1));
+    else snprintf(msg, sizeof msg, "%s", lua_tostring(L, -1));
+    lua_settop(L, 0);
+    return msg;
+}
+
+/* A 28 MB array took 704 MiB of C memory outside the cap: decode now builds Lua values straight
+ * from the text, so the cap sees every byte, and a text that does not fit is refused. */
+TEST(lua_json_decode_is_bounded_by_the_memory_cap)
+{
+    cap_alloc c = {0, 16u << 20, 0};
+    lua_State *L = capped_state(&c);
+    CHECK_STR(lua_result(L, "local big = '[' .. string.rep('1,', 1000000) .. '1]' "
+                            "local v, err = tally.json.decode(big) return tostring(v) .. ' ' .. err"),
+              "nil too large: the 2000003-byte text does not fit in this Lua state's memory limit");
+    /* the state is usable afterwards and small texts still decode */
+    CHECK_STR(lua_result(L, "collectgarbage() local v = tally.json.decode('{\"a\":[1,2,{\"b\":\"\\\\u00e9\"}]}') "
+                            "return v.a[3].b .. #v.a"), "\xC3\xA9" "3");
+    lua_close(L);
+
+    /* what decoding takes is Lua memory: a 1 MB array costs the state at least its size */
+    cap_alloc d = {0, 256u << 20, 0};
+    L = capped_state(&d);
+    size_t before = d.used;
+    CHECK_STR(lua_result(L, "V = tally.json.decode('[' .. string.rep('1,', 500000) .. '1]') return #V"), "500001");
+    CHECK(d.used - before > 500001 * 8);
+    lua_close(L);
+}
+
+TEST(lua_json_decode_same_values_as_the_tree)
+{
+    static const char *texts[] = {
+        "{\"a\":[],\"f\":0.1,\"n\":9007199254740993,\"z\":null}",
+        "[1,2.5,-0.0,1.0,100.0,1e21,5e-324,-9223372036854775808,9223372036854775807]",
+        "[[],{},[[]],[{}],{\"e\":[]}]", "\"caf\xC3\xA9 \\u0000 \\n \\u2028 \\ud83d\\ude00\"",
+        "true", "null", "-7", "{\"x\":1,\"x\":2}", "{\"k\\u0000\":{\"\\\"\":[null]}}",
+    };
+    lua_State *L = new_state();
+    for (size_t i = 0; i < sizeof texts / sizeof *texts; i++) {
+        tj_error err;
+        REQUIRE(tjl_decode(L, texts[i], strlen(texts[i]), &err) == 0);
+        char got[256];
+        snprintf(got, sizeof got, "%s", encode_top(L, NULL));
+        CHECK_STR(got, through_lua(texts[i], NULL));
+    }
+    tj_error err;
+    CHECK(tjl_decode(L, "[1,]", 4, &err) == -1);
+    CHECK_STR(err.msg, "unexpected character ']' at offset 3");
+    CHECK_EQ_INT(lua_gettop(L), 0);
+    lua_close(L);
+}
+
+/* Issue 14 #19: what a script sees of an integer beyond 64 bits is the nearest float. */
+TEST(lua_integer_beyond_64_bits_is_a_float_in_lua)
+{
+    CHECK_STR(through_lua("99999999999999999999", "local x = ...; return {math.type(x), x == 1e20}"),
+              "[\"float\",true]");
+    CHECK_STR(through_lua("{\"n\":-9223372036854775809}", "local t = ...; return math.type(t.n)"), "\"float\"");
+    lua_State *L = new_state();
+    tj_error err;
+    REQUIRE(tjl_decode(L, "[99999999999999999999]", 22, &err) == 0);
+    lua_rawgeti(L, -1, 1);
+    CHECK(!lua_isinteger(L, -1) && lua_tonumber(L, -1) == 1e20);
+    lua_close(L);
+}
+
+/* Converts what `script` returns for the pushed JSON text, with that tree as orig. */
+static const char *through_lua_keeping(const char *json, const char *script)
+{
+    static tbuf out = TBUF_INIT;
+    tbuf_reset(&out);
+    lua_State *L = new_state();
+    tj_arena *a = tj_arena_new();
+    tj_value *v, *r;
+    tj_error err;
+    if (tj_parse(a, json, strlen(json), &v, &err) || luaL_loadstring(L, script) || tjl_push(L, v) ||
+        lua_pcall(L, 1, 1, 0))
+        tbuf_puts(&out, "SETUP FAILED");
+    else if (tjl_to_json_max(L, -1, NULL, 1 << 20, v, a, &r, &err)) tbuf_printf(&out, "ERROR: %s", err.msg);
+    else tj_write(&out, r);
+    tj_arena_free(a);
+    lua_close(L);
+    return out.data;
+}
+
+TEST(lua_big_integer_left_alone_keeps_its_digits)
+{
+    CHECK_STR(through_lua_keeping("{\"a\":99999999999999999999,\"b\":[-9223372036854775809]}",
+                                  "local t = ... t.c = t.a t.d = t.b[1] * 4 return t"),
+              "{\"a\":99999999999999999999,\"b\":[-9223372036854775809],\"c\":99999999999999999999,"
+              "\"d\":-36893488147419103000.0}");
+    /* inside raw text too (properties given as JSON text to tally_track) */
+    tj_arena *a = tj_arena_new();
+    tj_value *o = tj_new(a, TJ_OBJECT);
+    const char *raw = "{\"n\":[18446744073709551616]}";
+    tj_object_set(a, o, "p", 1, tj_new_raw(a, raw, strlen(raw)));
+    lua_State *L = new_state();
+    REQUIRE(tjl_push(L, o) == 0);
+    tj_value *r;
+    tj_error err;
+    REQUIRE(tjl_to_json_max(L, -1, NULL, 1 << 20, o, a, &r, &err) == 0);
+    tbuf b = TBUF_INIT;
+    tj_write(&b, r);
+    CHECK_STR(b.data, "{\"p\":{\"n\":[18446744073709551616]}}");
+    tbuf_free(&b);
+    lua_close(L);
+    tj_arena_free(a);
+    /* two different integers that the same float stands for: which one it was is unknown */
+    CHECK_STR(through_lua_keeping("[99999999999999999999,100000000000000000001]", "return ..."),
+              "[100000000000000000000.0,100000000000000000000.0]");
+    /* without orig, a float is a float */
+    CHECK_STR(through_lua("99999999999999999999", NULL), "100000000000000000000.0");
 }
 
 TEST(lua_helpers)

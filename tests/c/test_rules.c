@@ -518,3 +518,73 @@ TEST(tally_helpers_inside_the_sandbox)
     free(out);
     free(dir);
 }
+
+/* Issue 14 #19: a rule sees an integer beyond 64 bits as the nearest float; when it leaves the
+ * field alone (or copies it) the original digits go out, not 100000000000000000000.0. */
+TEST(rule_leaving_a_big_integer_alone_keeps_its_digits)
+{
+    char *dir = rules_dir("10_touch.lua",
+                          "return { name = 'touch', process = function(m, ctx)\n"
+                          "  m.properties.seen = math.type(m.properties.big)\n"
+                          "  m.properties.copy = m.properties.neg\n"
+                          "  m.properties.sum = m.properties.big * 2\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("bigint.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "big", "{\"big\":99999999999999999999,\"neg\":-9223372036854775809,"
+                                       "\"list\":[18446744073709551616]}"), TALLY_OK);
+    CHECK_EQ_INT(tally_send(t, "{\"type\":\"track\",\"event\":\"sent\",\"anonymousId\":\"a\","
+                               "\"properties\":{\"big\":123456789012345678901234567890,\"neg\":1}}"), TALLY_OK);
+    CHECK_EQ_INT(tally_flush(t, 20000), TALLY_OK);
+    char *all = tu_read_file(out, NULL);
+    CHECK_CONTAINS(all, "\"big\":99999999999999999999,\"copy\":-9223372036854775809,"
+                        "\"list\":[18446744073709551616],\"neg\":-9223372036854775809,\"seen\":\"float\","
+                        "\"sum\":200000000000000000000.0}");
+    CHECK_CONTAINS(all, "\"big\":123456789012345678901234567890,");
+    free(all);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    free(out);
+    free(dir);
+}
+
+/* Issue 14 #5: a rule returning a 2-way cycle or a 40-level DAG (t = {a = u, b = u}) made the
+ * processor walk 2^40..2^64 nodes converting it back; now the message is refused at once, with
+ * the reason, and the next message goes through. */
+static void returns_graph(const char *build, const char *why)
+{
+    char src[1024];
+    snprintf(src, sizeof src,
+             "return { name = 'graph', process = function(m, ctx)\n"
+             "  if m.event == 'attack' then %s m.properties = g end\n"
+             "  return m end }\n", build);
+    char *dir = rules_dir("10_graph.lua", src, NULL);
+    char *out = tu_path("graph.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "attack", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_track(t, "after", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_flush(t, 20000), TALLY_OK);
+    char *all = tu_read_file(out, NULL);
+    CHECK_CONTAINS(all, "\"event\":\"after\"");
+    CHECK(all && !strstr(all, "\"event\":\"attack\""));
+    CHECK_CONTAINS(logged, "rule graph failed: ");
+    CHECK_CONTAINS(logged, why);
+    free(all);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    free(out);
+    free(dir);
+}
+
+TEST(rule_returning_a_two_way_cycle_is_refused)
+{
+    returns_graph("local g, b = {}, {} g.x, g.y, b.x, b.y = b, b, g, g",
+                  "message.properties.x.x: cycle: the table contains itself");
+}
+
+TEST(rule_returning_a_forty_level_dag_is_refused_at_the_message_limit)
+{
+    returns_graph("local g = 'leaf' for i = 1, 40 do g = {a = g, b = g} end",
+                  "too large: the JSON text would exceed the 32768-byte limit");
+}

@@ -68,6 +68,23 @@ expect send_stdin 0 "" -- sh -c "'$TALLY' send --out='$dir/s.ndjson' < '$dir/in.
 printf '%s\n' '{"type":"track","userId":"u1"}' '{"type":"track","event":"B","userId":"u1"}' >"$dir/in2.ndjson"
 expect send_reports_bad_line 2 "line 1: event: required" -- "$TALLY" send --out="$dir/s2.ndjson" "$dir/in2.ndjson"
 [ "$(wc -l <"$dir/s2.ndjson")" -eq 1 ] && ok send_keeps_good_lines || bad send_keeps_good_lines "$(cat "$dir/s2.ndjson")"
+# Issue 14 #20: a raw NUL in a line used to cut it there silently ("B" was sent as "A"'s prefix)
+printf '{"type":"track","event":"A\0B","userId":"u1"}\n{"type":"track","event":"C","userId":"u1"}\n' >"$dir/nul.ndjson"
+rm -f "$dir/nul-out.ndjson"
+expect send_refuses_raw_nul_in_a_line 2 "line 1: raw NUL byte at offset 26" -- "$TALLY" send --out="$dir/nul-out.ndjson" "$dir/nul.ndjson"
+[ "$(wc -l <"$dir/nul-out.ndjson")" -eq 1 ] && grep -qF '"event":"C"' "$dir/nul-out.ndjson" &&
+  ok send_raw_nul_line_sends_nothing || bad send_raw_nul_line_sends_nothing "$(cat "$dir/nul-out.ndjson")"
+# Issue 14 #19: integers beyond 64 bits pass through byte for byte (they became 1e20-style doubles)
+printf '%s\n' '{"type":"track","event":"Big","userId":"u1","properties":{"a":99999999999999999999,"b":-9223372036854775809,"c":[18446744073709551616]}}' >"$dir/big.ndjson"
+rm -f "$dir/big-out.ndjson"
+expect send_big_integers 0 "" -- "$TALLY" send --out="$dir/big-out.ndjson" "$dir/big.ndjson"
+grep -qF '"properties":{"a":99999999999999999999,"b":-9223372036854775809,"c":[18446744073709551616]}' "$dir/big-out.ndjson" &&
+  ok send_keeps_integers_beyond_64_bits || bad send_keeps_integers_beyond_64_bits "$(cat "$dir/big-out.ndjson")"
+rm -f "$dir/big2.ndjson"
+expect track_big_integers 0 "" -- "$TALLY" track --userId=u1 --event=Big --properties='{"n":99999999999999999999}' \
+  --context='{"big":-9223372036854775809}' --out="$dir/big2.ndjson"
+grep -qF '"properties":{"n":99999999999999999999}' "$dir/big2.ndjson" && grep -qF '"big":-9223372036854775809' "$dir/big2.ndjson" &&
+  ok track_keeps_integers_beyond_64_bits || bad track_keeps_integers_beyond_64_bits "$(cat "$dir/big2.ndjson")"
 
 cat >"$dir/conf.lua" <<LUA
 return { out = "$dir/c.ndjson", flush_at = 10 }

@@ -240,6 +240,19 @@ check("encode refuses depth > 64", enc(deep), nil)
 local cyc = {}
 cyc.self = cyc
 check("encode refuses a cycle", enc(cyc), nil)
+-- issue 14 #5: a 2-way cycle or a 40-level DAG (t = {a = u, b = u}) was walked as a tree
+local ca, cb = {}, {}
+ca.x, ca.y, cb.x, cb.y = cb, cb, ca, ca
+check("encode refuses a 2-way cycle at once", select(2, enc(ca)), 'cycle: the table contains itself (in "x") (in "x")')
+local dag = "leaf"
+for _ = 1, 40 do dag = { a = dag, b = dag } end
+local t0 = os.clock()
+local dag_json, dag_err = enc(dag)
+check("encode stops a 40-level DAG at the message limit", dag_json == nil and dag_err:find("over the 32768-byte message limit", 1, true) ~= nil, true)
+check("encode stops a 40-level DAG quickly", os.clock() - t0 < 2, true)
+local small = { 1 }
+for _ = 1, 2 do small = { a = small, b = small } end
+check("encode writes a shared table at each place", enc(small), '{"a":{"a":[1],"b":[1]},"b":{"a":[1],"b":[1]}}')
 check("encode refuses a function", enc(print), nil)
 local d = tally.decode('{"a":[1,2.5,"x\\u00e9\\ud83d\\ude00",true,null],"b":{}}')
 check("decode string escapes", d and d.a[3], "xé😀")

@@ -80,6 +80,84 @@ describe("module", function()
   end)
 end)
 
+-- Issue 14 #5, #6, #19, #20: hostile table graphs and texts, on the caller's (the game's) thread.
+describe("conversions", function()
+  local t, path
+  before_each(function() t, path = open_file() end)
+  after_each(function()
+    t:close(1000)
+    os.remove(path)
+  end)
+
+  local function cycle()
+    local a, b = {}, {}
+    a.x, a.y, b.x, b.y = b, b, a, a
+    return a
+  end
+  local function dag(levels, leaf)
+    local u = leaf
+    for _ = 1, levels do u = { a = u, b = u } end
+    return u
+  end
+
+  it("track refuses a 2-way cycle at once, from the host and from a mod", function()
+    local m = t:mod("hostile")
+    local t0 = os.clock()
+    fails("properties.x.x: cycle: the table contains itself", t:track("e", cycle()))
+    fails("properties.x.x: cycle: the table contains itself", m.track("e", cycle()))
+    fails("x.x.x: cycle: the table contains itself", m.send({ type = "track", event = "e", x = cycle() }))
+    fails("opts.context.x.x: cycle: the table contains itself", m.track("e", {}, { context = cycle() }))
+    assert.is_true(os.clock() - t0 < 5) -- not exponential (it was 2^64 visits)
+    assert.is_true(t:flush(5000))
+    assert.are.equal(0, #lines(path))
+  end)
+
+  it("track stops a 40-level DAG at the 32768-byte message limit, holding the caller briefly", function()
+    local m = t:mod("hostile")
+    local worst = 0
+    for _, call in ipairs({
+      function() return t:track("e", dag(40, "leaf")) end,
+      function() return m.track("e", dag(40, 1)) end,
+      function() return m.send({ type = "track", event = "e", properties = dag(40, {}) }) end,
+    }) do
+      local t0 = os.clock()
+      local ok, err = call()
+      worst = math.max(worst, os.clock() - t0)
+      assert.is_nil(ok)
+      assert.truthy(err:find("too large: the JSON text would exceed the 32768-byte limit", 1, true), err)
+    end
+    assert.is_true(worst < 2) -- ~1 ms each: 2^40 nodes before
+  end)
+
+  it("track writes a small DAG out in full", function()
+    assert.is_true(t:track("e", dag(3, { 1 })))
+    assert.is_true(t:flush(5000))
+    local p = messages(path)[1].properties
+    assert.are.same({ 1 }, p.a.b.a)
+    assert.are.equal('{"a":{"a":[1],"b":[1]},"b":{"a":[1],"b":[1]}}', tally.json.encode(p.b))
+  end)
+
+  it("json.encode refuses cycles and stops a DAG at its 1 MiB limit", function()
+    fails("x.x: cycle: the table contains itself", tally.json.encode(cycle()))
+    local v, err = tally.json.encode(dag(40, "leaf"))
+    assert.is_nil(v)
+    assert.truthy(err:find("too large: the JSON text would exceed the 1048576-byte limit", 1, true), err)
+  end)
+
+  it("json.decode refuses a raw NUL anywhere in the text", function()
+    fails("trailing characters at offset 7", tally.json.decode('{"a":1}\0'))
+    fails("control character in string at offset 7", tally.json.decode('{"a":"x\0y"}'))
+    assert.are.equal("x\0y", tally.json.decode('"x\\u0000y"'))
+  end)
+
+  it("json.decode gives integers beyond 64 bits as the nearest float", function()
+    local v = assert(tally.json.decode('{"big":99999999999999999999,"neg":-9223372036854775809}'))
+    assert.are.equal("float", math.type(v.big))
+    assert.are.equal(1e20, v.big)
+    assert.are.equal(-9223372036854775808.0, v.neg)
+  end)
+end)
+
 describe("tally.open", function()
   it("takes configuration keys as strings, numbers, booleans and tables", function()
     local path = tmp(".ndjson")
