@@ -53,6 +53,7 @@ extern "C" {
 #define TALLY_ELUA     -10  /* a Lua script (config file or rule) failed to load or run */
 
 #define TALLY_MAX_MESSAGE_BYTES 32768
+#define TALLY_MAX_MESSAGE_ID_BYTES 128 /* a messageId the caller gives: 1-128 bytes, not blank, no control characters */
 
 typedef struct tally_config tally_config;
 typedef struct tally tally_t;

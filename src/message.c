@@ -65,6 +65,30 @@ static int want_object(const tj_value *m, const char *field)
     return tly_fail(TALLY_EINVAL, "%s: expected an object", field);
 }
 
+/* The receiver (and the sqlite destination) deduplicate by messageId, so two messages with the
+ * same id are one message to them: an id that is empty, blank or carries control characters would
+ * merge distinct messages, or look equal to another when printed. Refused, not replaced: the
+ * caller chose the id, so it hears why; leaving it out gets a UUIDv4. */
+static int check_message_id(const tj_value *m)
+{
+    const tj_value *v = tj_object_get(m, "messageId");
+    if (!v) return TALLY_OK;
+    const unsigned char *s = (const unsigned char *)v->u.str.s;
+    size_t len = v->u.str.len, blank = 0;
+    if (len == 0) return tly_fail(TALLY_EINVAL, "messageId: must not be empty (leave it out to get a UUIDv4)");
+    if (len > TALLY_MAX_MESSAGE_ID_BYTES)
+        return tly_fail(TALLY_EINVAL, "messageId: %zu bytes, over the %d-byte limit", len, TALLY_MAX_MESSAGE_ID_BYTES);
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < 0x20 || s[i] == 0x7f)
+            return tly_fail(TALLY_EINVAL, "messageId: control character at byte %zu", i);
+        blank += s[i] == ' ';
+    }
+    if (blank == len) return tly_fail(TALLY_EINVAL, "messageId: must not be only whitespace");
+    if (s[0] == ' ' || s[len - 1] == ' ')
+        return tly_fail(TALLY_EINVAL, "messageId: must not begin or end with whitespace");
+    return TALLY_OK;
+}
+
 static int has_id(const tj_value *m, const char *field)
 {
     const tj_value *v = tj_object_get(m, field);
@@ -85,6 +109,7 @@ int msg_validate(const tj_value *m, int need_id)
     static const char *const strings[] = {"messageId", "timestamp", "userId", "anonymousId", "name", "category"};
     for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
         if ((rc = want_string(m, strings[i], 0))) return rc;
+    if ((rc = check_message_id(m))) return rc;
     if (t == MT_TRACK && (rc = want_string(m, "event", 1))) return rc;
     if (t == MT_GROUP && (rc = want_string(m, "groupId", 1))) return rc;
     if (t == MT_ALIAS && ((rc = want_string(m, "previousId", 1)) || (rc = want_string(m, "userId", 1))))
