@@ -49,7 +49,7 @@ extern "C" {
 #define TALLY_EFORK     -6  /* the handle was opened by another process (we are a fork child) */
 #define TALLY_ECONFIG   -7  /* unknown configuration key or bad value */
 #define TALLY_EIO       -8  /* a file, store or destination could not be opened or written */
-#define TALLY_ETOOBIG   -9  /* message larger than 32 KB */
+#define TALLY_ETOOBIG   -9  /* message larger than 32 KB as written, once stamped (ids, timestamp, context) */
 #define TALLY_ELUA     -10  /* a Lua script (config file or rule) failed to load or run */
 
 #define TALLY_MAX_MESSAGE_BYTES 32768

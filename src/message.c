@@ -196,6 +196,26 @@ static int stamp_context(tj_arena *a, tj_value *m, const msg_ids *ids, tj_error 
     return 0;
 }
 
+#define LIT(s) (sizeof(s) - 1)
+
+size_t msg_stamp_bound(const tj_value *m, int type, int client, size_t ids_bytes)
+{
+    /* a member added to an object costs a comma, its quoted key, a colon and its value */
+    const size_t uuid = 2 + 36, iso = 2 + 24;
+    size_t n = ids_bytes;
+    if (!m || !tj_object_get(m, "messageId")) n += LIT(",\"messageId\":") + uuid;
+    if (!m || !tj_object_get(m, "timestamp")) n += LIT(",\"timestamp\":") + iso;
+    if (client && (!m || !tj_object_get(m, "anonymousId"))) n += LIT(",\"anonymousId\":") + uuid;
+    if (client && type == MT_ALIAS && (!m || !tj_object_get(m, "previousId"))) n += LIT(",\"previousId\":") + uuid;
+    const tj_value *ctx = m ? tj_object_get(m, "context") : NULL;
+    if (!ctx) n += LIT(",\"context\":{}");
+    if (!ctx || !tj_object_get(ctx, "library"))
+        n += LIT(",\"library\":{\"name\":\"tally\",\"version\":\"\"}") + strlen(TALLY_VERSION);
+    if (client && (!ctx || !tj_object_get(ctx, "session")))
+        n += LIT(",\"session\":{\"id\":,\"index\":,\"started_at\":}") + uuid + 20 + iso; /* 20: an int64 */
+    return n;
+}
+
 int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tj_error *err)
 {
     if (!tj_object_get(m, "messageId")) {
