@@ -104,7 +104,8 @@ TALLY_API int tally_open(const tally_config *cfg, tally_t **out);
 /* Flushes for up to timeout_ms (0: do not wait, <0: wait without limit), stops the worker and frees
  * the handle. What was not delivered in time stays in the store for the next open (with a
  * ":memory:" store it is lost, and the count is logged). Returns TALLY_OK when everything was
- * delivered, TALLY_ETIMEDOUT otherwise; the handle is freed either way. NULL is a no-op.
+ * delivered, TALLY_ETIMEDOUT otherwise (TALLY_EIO when the store cannot write: what it held is
+ * then lost, counted as store_given_up and logged); the handle is freed either way. NULL is a no-op.
  * Must not run concurrently with other calls on the same handle: the caller stops using it first. */
 TALLY_API int tally_close(tally_t *t, int timeout_ms);
 
@@ -158,11 +159,13 @@ TALLY_API int tally_reload(tally_t *t, int timeout_ms);
 
 /* Waits until every message accepted (on any thread) before this call has been delivered by every
  * destination (or dead-lettered), for at most timeout_ms (<0: no limit). Returns TALLY_OK or
- * TALLY_ETIMEDOUT (nothing is lost: delivery goes on in the background). Any thread; blocks. */
+ * TALLY_ETIMEDOUT (nothing is lost: delivery goes on in the background), or TALLY_EIO when the
+ * store cannot write (disk full): messages are held in memory, and stored and delivered once it
+ * can. Any thread; blocks. */
 TALLY_API int tally_flush(tally_t *t, int timeout_ms);
 
 /* Counters as a JSON object (accepted, rejected, dropped, delivered, failed, queue sizes, per
- * destination). *json_out is malloc'd: free it with tally_free(). Any thread, does not block on
+ * destination; every reason a message can be given up has its counter: README, "what can be lost"). *json_out is malloc'd: free it with tally_free(). Any thread, does not block on
  * the worker. Returns TALLY_OK, TALLY_EINVAL, TALLY_ENOMEM. */
 TALLY_API int tally_stats(tally_t *t, char **json_out);
 

@@ -34,7 +34,8 @@ typedef struct tally_counters {
     _Atomic uint64_t invalid;        /* refused by the processor after the call (should not happen) */
     _Atomic uint64_t oversize;       /* grown past 32 KB by rules (or stamping, should the reserve miss) */
     _Atomic uint64_t store_dropped;  /* removed by the store's full policy */
-    _Atomic uint64_t store_errors;   /* failed store writes (disk full, I/O) */
+    _Atomic uint64_t store_errors;   /* failed store commits (disk full, I/O): what they held is retried */
+    _Atomic uint64_t store_given_up; /* messages the store never took: still unwritable at close, or no memory */
     _Atomic uint64_t violations;     /* ctx:violation calls by rules */
     _Atomic uint64_t rule_dropped;   /* messages dropped by rules (nil, block, fail closed) */
 } tally_counters;
@@ -62,6 +63,8 @@ struct tally {
     _Atomic uint64_t    stamp_pending;
 
     tally_counters      n;
+    _Atomic uint64_t    store_held;   /* messages held in memory while the store cannot write */
+    _Atomic int         store_failing; /* its commits fail (worker.c): flush says so */
 
     _Alignas(64) int    w_wake_fd;
     _Atomic int         w_sleeping;

@@ -395,8 +395,13 @@ int tally_flush(tally_t *t, int timeout_ms)
     flush_req req;
     memset(&req, 0, sizeof req);
     req.ticket = intake_position(&t->q);
-    if (!wait_request(t, &req, timeout_ms))
+    if (!wait_request(t, &req, timeout_ms)) {
+        uint64_t held = atomic_load(&t->store_held);
+        if (atomic_load(&t->store_failing))
+            return tly_fail(TALLY_EIO, "flush: the store cannot write (disk full?): %llu messages held in memory, "
+                            "not delivered", (unsigned long long)held);
         return tly_fail(TALLY_ETIMEDOUT, "flush: not everything was delivered within %d ms", timeout_ms);
+    }
     return TALLY_OK;
 }
 
@@ -434,12 +439,14 @@ int tally_stats(tally_t *t, char **json_out)
     uint64_t accepted = (uint64_t)pos - atomic_load(&t->n.control);
     tbuf_printf(&b,
                 "{\"accepted\":%llu,\"rejected\":%llu,\"dropped\":%llu,\"processed\":%llu,\"invalid\":%llu,\"oversize\":%llu,"
-                "\"store_dropped\":%llu,\"store_errors\":%llu,\"queued\":%zu,\"queue_bytes\":%zu,\"destinations\":[",
+                "\"store_dropped\":%llu,\"store_errors\":%llu,\"store_held\":%llu,\"store_given_up\":%llu,"
+                "\"queued\":%zu,\"queue_bytes\":%zu,\"destinations\":[",
                 (unsigned long long)accepted, (unsigned long long)atomic_load(&t->n.rejected),
                 (unsigned long long)atomic_load(&t->q.dropped), (unsigned long long)atomic_load(&t->n.processed),
                 (unsigned long long)atomic_load(&t->n.invalid), (unsigned long long)atomic_load(&t->n.oversize),
                 (unsigned long long)atomic_load(&t->n.store_dropped),
-                (unsigned long long)atomic_load(&t->n.store_errors), queued, intake_bytes(&t->q));
+                (unsigned long long)atomic_load(&t->n.store_errors), (unsigned long long)atomic_load(&t->store_held),
+                (unsigned long long)atomic_load(&t->n.store_given_up), queued, intake_bytes(&t->q));
     for (size_t i = 0; i < t->ndests; i++) {
         dest *d = &t->dests[i];
         if (!d->ops) continue;
