@@ -45,6 +45,7 @@ typedef struct dest_state {
     int64_t    pending;      /* messages queued for this destination: in the store and in chunk */
     int64_t    sent;         /* of those, in the batches of f */
     int64_t    since_ms;     /* monotonic: when the oldest message not in a batch arrived */
+    int        stale;        /* a rollback changed the rows under batches in flight: recount after them */
     tbuf       chunk;        /* messages not stored yet, joined by NUL bytes (store.c) */
     int        chunk_n;
 } dest_state;
@@ -132,9 +133,6 @@ static int64_t count_pending(struct worker *w, dest_state *s)
     return (n < 0 ? 0 : n) + s->chunk_n;
 }
 
-/* Stores the messages a destination gathered as one row (a chunk: see store.c). Chunks are
- * written when they reach a batch, before a batch is loaded, before every commit and when the
- * worker runs out of rows, so gathering never delays the group commit. */
 /* ---- the redo log ---- */
 
 static redo *redo_push(redo_list *l, int di, int64_t seq, int n, const char *body, size_t len)
@@ -220,6 +218,9 @@ static void append_chunk(tally_t *t, struct worker *w, size_t i, const char *bod
     }
 }
 
+/* Stores the messages a destination gathered as one row (a chunk: see store.c). Chunks are
+ * written when they reach a batch, before a batch is loaded, before every commit and when the
+ * worker runs out of rows, so gathering never delays the group commit. */
 static void store_chunk(tally_t *t, struct worker *w, size_t i)
 {
     dest_state *s = &w->ds[i];
@@ -389,7 +390,10 @@ static void commit(tally_t *t, struct worker *w)
     int was_failing = w->failing;
     hold_log(t, w, intact);
     /* the rollback brought back rows that were acknowledged and took away rows that were not */
-    for (size_t i = 0; i < t->ndests; i++) w->ds[i].pending = count_pending(w, &w->ds[i]);
+    for (size_t i = 0; i < t->ndests; i++) {
+        w->ds[i].pending = count_pending(w, &w->ds[i]);
+        w->ds[i].stale = w->ds[i].nf > 0;
+    }
     if (!w->held.n) return;
     int64_t now = tly_clock_mono(t);
     w->retry_wait = was_failing ? (w->retry_wait * 2 > 2000 ? 2000 : w->retry_wait * 2) : 50;
@@ -467,9 +471,9 @@ static void settle(tally_t *t, struct worker *w, size_t i)
         s->nf--;
         s->sent -= n;
         s->pending -= n;
-        if (s->pending <= 0 || s->sent < 0) { /* after a full-policy drop: recount */
+        if (s->pending <= 0 || s->sent < 0 || (s->stale && !s->nf)) { /* after a drop or a rollback: recount */
             s->pending = count_pending(w, s);
-            if (!s->nf) s->sent = 0;
+            if (!s->nf) s->sent = s->stale = 0;
         }
     }
 }
@@ -762,10 +766,12 @@ static void *worker_main(void *arg)
     }
     commit(t, w);
     if (w->held.n) restore_held(t, w); /* one last try */
-    if (w->held.msgs) {
+    if (w->held.n) {
+        size_t ids = 0;
+        for (size_t k = 0; k < w->held.n; k++) ids += w->held.v[k].dest < 0;
         atomic_fetch_add(&t->n.store_given_up, (uint64_t)w->held.msgs);
         tly_log(&t->log, TALLY_LOG_ERROR, "close: the store still cannot write: %lld held messages lost "
-                "(counted as store_given_up)", (long long)w->held.msgs);
+                "(counted as store_given_up)%s", (long long)w->held.msgs, ids ? ", and the last identity changes" : "");
     }
     return NULL;
 }
