@@ -44,7 +44,7 @@ static char *row_slot(tally_t *t, size_t len)
     if (rowq_full(t->rows)) tly_wake_worker(t);
     char *buf = rowq_slot(t->rows, len);
     if (!buf) {
-        atomic_fetch_add(&t->n.store_errors, 1);
+        atomic_fetch_add(&t->n.store_given_up, 1);
         tly_log(&t->log, TALLY_LOG_ERROR, "out of memory: a message could not be queued for the store");
     }
     return buf;
@@ -106,7 +106,11 @@ static void rows_for_dests(tally_t *t, struct processor *p, const tj_value *m, c
         rules_map(p->R, p->map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
         for (size_t k = 0; k < p->payloads.n; k++) {
             tbuf_reset(&p->mapped);
-            if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) continue;
+            if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) {
+                /* dropped for this destination: counted and logged, like any message */
+                reject(t, p->mapped.oom ? "a mapped payload: out of memory" : "a mapped payload cannot be written as JSON");
+                continue;
+            }
             hand_over(t, (int)i, p->mapped.data, p->mapped.len);
         }
     }
