@@ -56,10 +56,11 @@ extern "C" {
 #define TALLY_EFORK     -6  /* the handle was opened by another process (we are a fork child) */
 #define TALLY_ECONFIG   -7  /* unknown configuration key or bad value */
 #define TALLY_EIO       -8  /* a file, store or destination could not be opened or written */
-#define TALLY_ETOOBIG   -9  /* message larger than 32 KB */
+#define TALLY_ETOOBIG   -9  /* message larger than 32 KB as written, once stamped (ids, timestamp, context) */
 #define TALLY_ELUA     -10  /* a Lua script (config file or rule) failed to load or run */
 
 #define TALLY_MAX_MESSAGE_BYTES 32768
+#define TALLY_MAX_MESSAGE_ID_BYTES 128 /* a messageId the caller gives: 1-128 bytes, not blank, no control characters */
 
 typedef struct tally_config tally_config;
 typedef struct tally tally_t;
@@ -121,7 +122,8 @@ TALLY_API int tally_open(const tally_config *cfg, tally_t **out);
 /* Flushes for up to timeout_ms (0: do not wait, <0: wait without limit), stops the worker and frees
  * the handle. What was not delivered in time stays in the store for the next open (with a
  * ":memory:" store it is lost, and the count is logged). Returns TALLY_OK when everything was
- * delivered, TALLY_ETIMEDOUT otherwise; the handle is freed either way. NULL is a no-op.
+ * delivered, TALLY_ETIMEDOUT otherwise (TALLY_EIO when the store cannot write: what it held is
+ * then lost, counted as store_given_up and logged); the handle is freed either way. NULL is a no-op.
  * Must not run concurrently with other calls on the same handle: the caller stops using it first. */
 TALLY_API int tally_close(tally_t *t, int timeout_ms);
 
@@ -175,11 +177,13 @@ TALLY_API int tally_reload(tally_t *t, int timeout_ms);
 
 /* Waits until every message accepted (on any thread) before this call has been delivered by every
  * destination (or dead-lettered), for at most timeout_ms (<0: no limit). Returns TALLY_OK or
- * TALLY_ETIMEDOUT (nothing is lost: delivery goes on in the background). Any thread; blocks. */
+ * TALLY_ETIMEDOUT (nothing is lost: delivery goes on in the background), or TALLY_EIO when the
+ * store cannot write (disk full): messages are held in memory, and stored and delivered once it
+ * can. Any thread; blocks. */
 TALLY_API int tally_flush(tally_t *t, int timeout_ms);
 
 /* Counters as a JSON object (accepted, rejected, dropped, delivered, failed, queue sizes, per
- * destination). *json_out is malloc'd: free it with tally_free(). Any thread, does not block on
+ * destination; every reason a message can be given up has its counter: README, "what can be lost"). *json_out is malloc'd: free it with tally_free(). Any thread, does not block on
  * the worker. Returns TALLY_OK, TALLY_EINVAL, TALLY_ENOMEM. */
 TALLY_API int tally_stats(tally_t *t, char **json_out);
 

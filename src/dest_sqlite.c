@@ -1,7 +1,9 @@
 /* The sqlite destination: a local `events` table in a database the user names, for games and
  * apps that want their analytics on the device (and for `make demo`). Columns hold the fields
  * people query by; `body` keeps the whole message. Delivery is at-least-once, so messageId is
- * unique and a redelivered batch inserts nothing twice. */
+ * unique and a redelivered batch inserts nothing twice. Messages cannot carry a blank id
+ * (msg_validate), but a mapping's payloads can: those get no id rather than one shared id that
+ * would keep only the first of them. */
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,7 +27,8 @@ static const char events_schema[] =
 /* SQLite's JSON functions pull the columns out of the message in one statement. */
 static const char insert_sql[] =
     "INSERT INTO events(message_id, type, event, name, user_id, anonymous_id, session_id, timestamp,"
-    " received_at, body) VALUES (json_extract(?1, '$.messageId'), json_extract(?1, '$.type'),"
+    " received_at, body) VALUES (CASE WHEN trim(json_extract(?1, '$.messageId')) <> ''"
+    " THEN json_extract(?1, '$.messageId') END, json_extract(?1, '$.type'),"
     " json_extract(?1, '$.event'), json_extract(?1, '$.name'), json_extract(?1, '$.userId'),"
     " json_extract(?1, '$.anonymousId'), json_extract(?1, '$.context.session.id'),"
     " json_extract(?1, '$.timestamp'), strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), ?1)"

@@ -79,6 +79,7 @@ intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const
     if (!r) return NULL;
     r->size = (uint32_t)size;
     r->kind = (uint8_t)kind;
+    r->reserved = 0;
     r->at_ticks = (uint8_t)tly_ticks_ok;
     r->at = tly_ticks_ok ? (int64_t)tly_ticks() : tly_now_ms();
     char *p = r->data;

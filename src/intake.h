@@ -23,6 +23,7 @@ typedef struct intake_rec {
     uint32_t size;       /* bytes in use, for the byte bound; up to REC_SPARE_BYTES: a spare's */
     uint8_t  kind;       /* enum rec_kind */
     uint8_t  at_ticks;   /* `at` is tly_ticks(), not wall ms */
+    uint8_t  reserved;   /* an identify counted in tally_t.stamp_pending */
     int64_t  at;         /* when the call happened: the message's timestamp (intake_rec_time) */
     const char *s1, *s2, *json;
     uint32_t s1_len, s2_len, json_len;

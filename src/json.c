@@ -1301,6 +1301,22 @@ void tj_write_string(tbuf *b, const char *s, size_t len)
     tbuf_putc(b, '"');
 }
 
+size_t tj_string_size(const char *s, size_t len)
+{
+    size_t n = len + 2;
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    while (p < end) {
+        while (end - p >= 8 && !write_special8(load8(p))) p += 8;
+        if (p == end) break;
+        if (!needs_escape(p, end)) { p++; continue; }
+        unsigned char c = *p;
+        if (c == 0xE2) { n += 3; p += 3; continue; } /* 3 bytes -> \u2028 */
+        n += c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t' ? 1 : 5;
+        p++;
+    }
+    return n;
+}
+
 /* Raw JSON (a caller's properties or traits, validated at the call) goes out as given, except
  * that line breaks become spaces: in a valid text they can only be whitespace between tokens
  * (inside a string they would have to be escaped), and a message must stay on one line, or a

@@ -107,6 +107,7 @@ int       tj_expand(tj_arena *a, tj_value *v, tj_error *err);
  * be represented: tj_write returns -1 for them. Returns 0, or -1 (b->oom or NaN/Inf). */
 int tj_write(tbuf *b, const tj_value *v);
 void tj_write_string(tbuf *b, const char *s, size_t len);           /* quoted + escaped */
+size_t tj_string_size(const char *s, size_t len);                   /* what tj_write_string writes */
 void tj_write_double(tbuf *b, double d);                            /* shortest round-trip form */
 /* Doubles use plain notation when the decimal exponent is in [-6, 20] ("0.000001", "1.0", "-0.0",
  * "123456789012345680000.0"), else "1e21", "1e-7", "1.7976931348623157e308" (no '+', no leading

@@ -66,6 +66,30 @@ static int want_object(const tj_value *m, const char *field)
     return tly_fail(TALLY_EINVAL, "%s: expected an object", field);
 }
 
+/* The receiver (and the sqlite destination) deduplicate by messageId, so two messages with the
+ * same id are one message to them: an id that is empty, blank or carries control characters would
+ * merge distinct messages, or look equal to another when printed. Refused, not replaced: the
+ * caller chose the id, so it hears why; leaving it out gets a UUIDv4. */
+static int check_message_id(const tj_value *m)
+{
+    const tj_value *v = tj_object_get(m, "messageId");
+    if (!v) return TALLY_OK;
+    const unsigned char *s = (const unsigned char *)v->u.str.s;
+    size_t len = v->u.str.len, blank = 0;
+    if (len == 0) return tly_fail(TALLY_EINVAL, "messageId: must not be empty (leave it out to get a UUIDv4)");
+    if (len > TALLY_MAX_MESSAGE_ID_BYTES)
+        return tly_fail(TALLY_EINVAL, "messageId: %zu bytes, over the %d-byte limit", len, TALLY_MAX_MESSAGE_ID_BYTES);
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < 0x20 || s[i] == 0x7f)
+            return tly_fail(TALLY_EINVAL, "messageId: control character at byte %zu", i);
+        blank += s[i] == ' ';
+    }
+    if (blank == len) return tly_fail(TALLY_EINVAL, "messageId: must not be only whitespace");
+    if (s[0] == ' ' || s[len - 1] == ' ')
+        return tly_fail(TALLY_EINVAL, "messageId: must not begin or end with whitespace");
+    return TALLY_OK;
+}
+
 static int has_id(const tj_value *m, const char *field)
 {
     const tj_value *v = tj_object_get(m, field);
@@ -90,6 +114,7 @@ int msg_validate(const tj_value *m, int need_id)
     if (ts && !tly_iso8601_valid(ts->u.str.s, ts->u.str.len))
         return tly_fail(TALLY_EINVAL, "timestamp: expected an ISO-8601 date and time with a time zone, "
                         "like 2024-01-31T12:00:00.000Z");
+    if ((rc = check_message_id(m))) return rc;
     if (t == MT_TRACK && (rc = want_string(m, "event", 1))) return rc;
     if (t == MT_GROUP && (rc = want_string(m, "groupId", 1))) return rc;
     if (t == MT_ALIAS && ((rc = want_string(m, "previousId", 1)) || (rc = want_string(m, "userId", 1))))
@@ -174,6 +199,26 @@ static int stamp_context(tj_arena *a, tj_value *m, const msg_ids *ids, tj_error 
             return -1;
     }
     return 0;
+}
+
+#define LIT(s) (sizeof(s) - 1)
+
+size_t msg_stamp_bound(const tj_value *m, int type, int client, size_t ids_bytes)
+{
+    /* a member added to an object costs a comma, its quoted key, a colon and its value */
+    const size_t uuid = 2 + 36, iso = 2 + 24;
+    size_t n = ids_bytes;
+    if (!m || !tj_object_get(m, "messageId")) n += LIT(",\"messageId\":") + uuid;
+    if (!m || !tj_object_get(m, "timestamp")) n += LIT(",\"timestamp\":") + iso;
+    if (client && (!m || !tj_object_get(m, "anonymousId"))) n += LIT(",\"anonymousId\":") + uuid;
+    if (client && type == MT_ALIAS && (!m || !tj_object_get(m, "previousId"))) n += LIT(",\"previousId\":") + uuid;
+    const tj_value *ctx = m ? tj_object_get(m, "context") : NULL;
+    if (!ctx) n += LIT(",\"context\":{}");
+    if (!ctx || !tj_object_get(ctx, "library"))
+        n += LIT(",\"library\":{\"name\":\"tally\",\"version\":\"\"}") + strlen(TALLY_VERSION);
+    if (client && (!ctx || !tj_object_get(ctx, "session")))
+        n += LIT(",\"session\":{\"id\":,\"index\":,\"started_at\":}") + uuid + 20 + iso; /* 20: an int64 */
+    return n;
 }
 
 int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tj_error *err)

@@ -39,4 +39,10 @@ typedef struct msg_ids {
  * 0 or -1 (OOM, or a caller `context` that is not an object). */
 int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tj_error *err);
 
+/* The most bytes msg_stamp can add to message m as written (m NULL: a typed call, which gives
+ * none of the stamped fields). ids_bytes: what the ids add at most, `,"userId":...` and
+ * `,"traits":...` in context (the identity is the processor's: callers get it from
+ * tally_t's reserve, see tally.c). An upper bound, exact when nothing is given. */
+size_t msg_stamp_bound(const tj_value *m, int type, int client, size_t ids_bytes);
+
 #endif

@@ -44,7 +44,7 @@ static char *row_slot(tally_t *t, size_t len)
     if (rowq_full(t->rows)) tly_wake_worker(t);
     char *buf = rowq_slot(t->rows, len);
     if (!buf) {
-        atomic_fetch_add(&t->n.store_errors, 1);
+        atomic_fetch_add(&t->n.store_given_up, 1);
         tly_log(&t->log, TALLY_LOG_ERROR, "out of memory: a message could not be queued for the store");
     }
     return buf;
@@ -106,15 +106,25 @@ static void rows_for_dests(tally_t *t, struct processor *p, const tj_value *m, c
         rules_map(p->R, p->map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
         for (size_t k = 0; k < p->payloads.n; k++) {
             tbuf_reset(&p->mapped);
-            if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) continue;
+            if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) {
+                /* dropped for this destination: counted and logged, like any message */
+                reject(t, p->mapped.oom ? "a mapped payload: out of memory" : "a mapped payload cannot be written as JSON");
+                continue;
+            }
             hand_over(t, (int)i, p->mapped.data, p->mapped.len);
         }
     }
 }
 
-/* Callers read the ids through a snapshot: the identity itself belongs to this thread. */
+/* Callers read the ids through a snapshot: the identity itself belongs to this thread. What
+ * stamping them adds is published first, for the calls' size check (tally.c). */
 static void publish_identity(tally_t *t, struct processor *p)
 {
+    const identity *id = &p->id;
+    size_t ids = 0;
+    if (id->user_id) ids += sizeof ",\"userId\":" - 1 + tj_string_size(id->user_id, strlen(id->user_id));
+    if (t->cfg.context_traits && id->traits) ids += sizeof ",\"traits\":" - 1 + strlen(id->traits);
+    atomic_store(&t->stamp_ids, ids);
     char *snap = identity_json(&p->id);
     if (!snap) return;
     p->id.changed = 0;
@@ -164,10 +174,11 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
             continue;
         }
         if (p->out.len > TALLY_MAX_MESSAGE_BYTES) {
-            char why[128];
-            snprintf(why, sizeof why, "%zu bytes after stamping and rules, over the %d-byte limit", p->out.len,
-                     TALLY_MAX_MESSAGE_BYTES);
-            reject(t, why);
+            /* the call reserved room for stamping, so only rules grow a message this far */
+            atomic_fetch_add(&t->n.oversize, 1);
+            tly_log(&t->log, TALLY_LOG_WARN, "message dropped: %zu bytes after %s, over the %d-byte limit "
+                    "(counted as oversize)", p->out.len, rules_count(p->R) ? "the rules" : "stamping",
+                    TALLY_MAX_MESSAGE_BYTES);
             continue;
         }
         rows_for_dests(t, p, v, p->out.data, p->out.len);
@@ -194,6 +205,7 @@ static int drain(tally_t *t, struct processor *p, int budget)
     read_clocks(t, p);
     while (n < budget && (r = intake_pop(&t->q)) != NULL) {
         process(t, p, r);
+        if (r->reserved) tly_stamp_applied(t);
         intake_rec_free(&t->q, r);
         n++;
         /* Everything the intake gave up so far is handled: processed here, or dropped by its

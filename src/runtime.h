@@ -31,9 +31,11 @@ typedef struct tally_counters {
     _Alignas(64) _Atomic uint64_t control; /* control records queued (reset, session start) */
     _Atomic uint64_t rejected;       /* refused at the call (invalid) */
     _Alignas(64) _Atomic uint64_t processed; /* stamped and handed to destinations */
-    _Atomic uint64_t invalid;        /* refused by the worker (e.g. over 32 KB after stamping) */
+    _Atomic uint64_t invalid;        /* refused by the processor after the call (should not happen) */
+    _Atomic uint64_t oversize;       /* grown past 32 KB by rules (or stamping, should the reserve miss) */
     _Atomic uint64_t store_dropped;  /* removed by the store's full policy */
-    _Atomic uint64_t store_errors;   /* failed store writes (disk full, I/O) */
+    _Atomic uint64_t store_errors;   /* failed store commits (disk full, I/O): what they held is retried */
+    _Atomic uint64_t store_given_up; /* messages the store never took: still unwritable at close, or no memory */
     _Atomic uint64_t violations;     /* ctx:violation calls by rules */
     _Atomic uint64_t rule_dropped;   /* messages dropped by rules (nil, block, fail closed) */
 } tally_counters;
@@ -52,8 +54,17 @@ struct tally {
     int                 wake_fd;
     _Atomic int         sleeping;   /* written by the processor only when it goes to sleep */
     _Atomic int64_t     clock_skew_ms; /* tests move time forward instead of sleeping */
+    /* What stamping the ids adds to a message (userId, context.traits), so a call can refuse a
+     * message that would only go over 32 KB once stamped (tally.c, reserve). stamp_ids: exact for
+     * the identity the processor has applied; stamp_pending: identify calls not applied yet
+     * (count << 48) and the most any of them may make it (low 48 bits), one word so the last
+     * one applied can clear the bound without losing a caller's raise. */
+    _Atomic size_t      stamp_ids;
+    _Atomic uint64_t    stamp_pending;
 
     tally_counters      n;
+    _Atomic uint64_t    store_held;   /* messages held in memory while the store cannot write */
+    _Atomic int         store_failing; /* its commits fail (worker.c): flush says so */
 
     _Alignas(64) int    w_wake_fd;
     _Atomic int         w_sleeping;
@@ -79,6 +90,7 @@ struct tally {
     struct worker      *w;
 };
 
+void tly_stamp_applied(tally_t *t);       /* the processor applied an identify a caller reserved for */
 void tly_wake(tally_t *t);                /* the processor: a record was queued */
 void tly_wake_worker(tally_t *t);         /* the worker: rows were handed over */
 void tly_wake_worker_forced(tally_t *t);  /* the worker, even if it looks busy */

@@ -86,6 +86,7 @@ struct store {
     const tly_logger *log;
     store_limits      lim;
     int               in_txn;
+    int               txn_failed; /* a write of the open transaction failed: it must not commit */
     uint64_t          txn_id;    /* counts transactions begun */
     int64_t           last_id;   /* sequence numbers are ours, not SQLite's: never reused within a run */
     int               wal_max_pages;
@@ -331,6 +332,13 @@ void store_close(store *s)
 
 static int begin(store *s)
 {
+    /* once a write failed the transaction only waits for store_commit to roll it back; writing
+     * on would add to it for nothing, or, should SQLite have rolled it back already, commit each
+     * statement on its own */
+    if (s->in_txn && (s->txn_failed || sqlite3_get_autocommit(s->db))) {
+        s->txn_failed = 1;
+        return -1;
+    }
     if (s->in_txn) return 0;
     if (exec(s, "BEGIN") != SQLITE_OK) return -1;
     s->in_txn = 1;
@@ -343,21 +351,37 @@ uint64_t store_txn_id(const store *s) { return s->txn_id; }
 int store_full(const store *s) { return s->rows >= s->lim.max_rows || s->bytes >= s->lim.max_bytes; }
 int64_t store_last_id(const store *s) { return s->last_id; }
 
+/* After a rollback the totals are what the file holds again (the ids stay ours: never reused). */
+static void recount(store *s)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, "SELECT total(n), total(length(body)) FROM queue", -1, &st, NULL) != SQLITE_OK) return;
+    if (sqlite3_step(st) == SQLITE_ROW) {
+        s->rows = (int64_t)sqlite3_column_double(st, 0);
+        s->bytes = (int64_t)sqlite3_column_double(st, 1);
+    }
+    sqlite3_finalize(st);
+}
+
 int store_commit(store *s)
 {
     if (!s->in_txn) return 0;
-    int rc = exec(s, "COMMIT");
+    /* A failed write (SQLITE_FULL, IOERR...) may have undone one statement or the whole
+     * transaction: committing the rest would keep half of it, so it all goes back. */
+    int rc = s->txn_failed ? SQLITE_ABORT : exec(s, "COMMIT");
     if (rc == SQLITE_OK) {
         s->in_txn = 0;
         return 0;
     }
-    /* SQLITE_BUSY keeps the transaction open for another try; anything else rolls back */
-    if (rc != SQLITE_BUSY) {
-        exec(s, "ROLLBACK");
-        s->in_txn = 0;
-    }
+    if (rc == SQLITE_BUSY && !sqlite3_get_autocommit(s->db)) return 1; /* still open: try again later */
+    if (!sqlite3_get_autocommit(s->db)) exec(s, "ROLLBACK");
+    s->in_txn = 0;
+    s->txn_failed = 0;
+    recount(s);
     return -1;
 }
+
+int store_txn_intact(const store *s) { return s->in_txn && !s->txn_failed && !sqlite3_get_autocommit(s->db); }
 
 static sqlite3_stmt *stmt(store *s, int q)
 {
@@ -371,8 +395,19 @@ static int step_done(store *s, sqlite3_stmt *st)
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
     if (rc == SQLITE_DONE || rc == SQLITE_ROW) return 0;
+    if (s->in_txn) s->txn_failed = 1;
     tly_log(s->log, TALLY_LOG_ERROR, "store %s: %s", s->path, sqlite3_errmsg(s->db));
     return -1;
+}
+
+int64_t store_row_left(store *s, int dest_id, int64_t seq)
+{
+    sqlite3_stmt *st = stmt(s, Q_ROW_SIZE);
+    sqlite3_bind_int64(st, 1, row_id(dest_id, seq));
+    int rc = sqlite3_step(st);
+    int64_t n = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : rc == SQLITE_DONE ? 0 : -1;
+    sqlite3_reset(st);
+    return n;
 }
 
 int store_dest_id(store *s, const char *name, int *id)

@@ -35,7 +35,16 @@ int  store_dest_id(store *s, const char *name, int *id);
  * how many of the chunk's newest messages were refused (drop_newest at the limit; 0 when all were
  * stored), or -1 on error. *dropped counts older messages removed to make room (drop_oldest). */
 int  store_append(store *s, int dest_id, const char *body, size_t len, int n, int64_t *dropped);
-int  store_commit(store *s);       /* 0, or -1 (the transaction is rolled back and logged) */
+/* 0: committed; 1: busy, the transaction stays open for another try; -1: it failed (disk full,
+ * I/O error, or an earlier write of it failed) and is rolled back, logged: everything it did is
+ * undone, and the caller must redo what it still needs (worker.c keeps what it appended). */
+int  store_commit(store *s);
+/* Whether the open transaction still holds every write made in it (none failed, SQLite did not
+ * roll it back): only then do store_row_left's answers describe it. */
+int  store_txn_intact(const store *s);
+/* How many messages of row `seq` (a store_last_id() after its store_append) are still queued: its
+ * whole count, fewer once batches took its front, 0 once it is gone; -1 on error. */
+int64_t store_row_left(store *s, int dest_id, int64_t seq);
 /* Whether the store is at its limits (rows or bytes). */
 int  store_full(const store *s);
 /* Moves the WAL into the database once it grew past its bound (16 MiB); not inside a transaction. */

@@ -111,17 +111,68 @@ int tally_close(tally_t *t, int timeout_ms)
 
 /* ---- enqueue ---- */
 
+/* ---- room for stamping ----
+ *
+ * The processor stamps a message after the call (messageId, timestamp, ids, context), and a
+ * message must still fit in 32 KB then. So each call checks the size the message will have as
+ * written plus the most stamping can add (msg_stamp_bound), and the caller hears TALLY_ETOOBIG
+ * now instead of the processor dropping the message later. The ids' part depends on the
+ * identity the processor will have applied by then: stamp_ids for what it applied, raised by
+ * every identify queued but not applied yet (its new userId and traits on top of the rest). */
+
+#define PENDING_SHIFT 48
+#define PENDING_BOUND ((UINT64_C(1) << PENDING_SHIFT) - 1)
+
+static size_t ids_reserve(tally_t *t)
+{
+    if (t->cfg.mode == MODE_SERVER) return 0;
+    size_t applied = atomic_load_explicit(&t->stamp_ids, memory_order_relaxed);
+    size_t pending = (size_t)(atomic_load_explicit(&t->stamp_pending, memory_order_relaxed) & PENDING_BOUND);
+    return applied > pending ? applied : pending;
+}
+
+/* An identify is about to be queued: until it is applied, every call reserves `bound`. */
+static void reserve_raise(tally_t *t, size_t bound)
+{
+    uint64_t w = atomic_load(&t->stamp_pending), nw;
+    do {
+        uint64_t b = w & PENDING_BOUND;
+        if (bound > b) b = bound > PENDING_BOUND ? PENDING_BOUND : bound;
+        nw = (((w >> PENDING_SHIFT) + 1) << PENDING_SHIFT) | b;
+    } while (!atomic_compare_exchange_weak(&t->stamp_pending, &w, nw));
+}
+
+void tly_stamp_applied(tally_t *t)
+{
+    uint64_t w = atomic_load(&t->stamp_pending), nw;
+    do {
+        uint64_t n = w >> PENDING_SHIFT;
+        nw = n > 1 ? ((n - 1) << PENDING_SHIFT) | (w & PENDING_BOUND) : 0; /* the last one: stamp_ids is exact */
+    } while (!atomic_compare_exchange_weak(&t->stamp_pending, &w, nw));
+}
+
+static int too_big_once_stamped(size_t given, size_t stamp)
+{
+    return tly_fail(TALLY_ETOOBIG, "message: %zu bytes once stamped (%zu given + up to %zu for messageId, timestamp, "
+                    "ids and context), over the %d-byte limit", given + stamp, given, stamp, TALLY_MAX_MESSAGE_BYTES);
+}
+
 static int enqueue(tally_t *t, int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
-                   size_t json_len)
+                   size_t json_len, size_t identify_bound)
 {
     intake_rec *r = intake_rec_new(&t->q, kind, s1, l1, s2, l2, json, json_len);
     if (!r) return tly_fail(TALLY_ENOMEM, "out of memory");
+    if (identify_bound) { /* raised before it is queued: a call queued after it reserves enough */
+        reserve_raise(t, identify_bound);
+        r->reserved = 1;
+    }
     /* Control records are not messages. Counting them (rare) instead of the messages keeps a
      * locked add off every call: accepted = records queued - control records (tally_stats). */
     int control = kind == REC_RESET || kind == REC_SESSION_START;
     if (control) atomic_fetch_add_explicit(&t->n.control, 1, memory_order_relaxed);
     int dropped_oldest;
     if (intake_push(&t->q, r, &dropped_oldest)) {
+        if (r->reserved) tly_stamp_applied(t);
         intake_rec_free(&t->q, r);
         if (control) atomic_fetch_sub_explicit(&t->n.control, 1, memory_order_relaxed);
         return tly_fail(TALLY_EFULL, "queue full (max_queue_bytes=%zu, max_queue_rows=%zu): message dropped",
@@ -143,6 +194,58 @@ static int need_ids_from_caller(tally_t *t, const char *call)
     return tly_fail(TALLY_EINVAL, "userId or anonymousId: required in server mode; use tally_send with the ids (%s)", call);
 }
 
+/* Per calling thread, freed when it exits: an arena for parsing whole messages (tally_send) and
+ * a buffer for measuring what the processor will write, so calls do not allocate each time. */
+typedef struct call_scratch {
+    tj_arena *a;
+    tbuf      out;
+} call_scratch;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static void free_scratch(void *p)
+{
+    call_scratch *c = p;
+    tj_arena_free(c->a);
+    tbuf_free(&c->out);
+    free(c);
+}
+static void make_scratch_key(void) { pthread_key_create(&scratch_key, free_scratch); }
+
+static call_scratch *thread_scratch(void)
+{
+    pthread_once(&scratch_once, make_scratch_key);
+    call_scratch *c = pthread_getspecific(scratch_key);
+    if (c) return c;
+    if (!(c = calloc(1, sizeof *c)) || !(c->a = tj_arena_new())) {
+        free(c);
+        return NULL;
+    }
+    pthread_setspecific(scratch_key, c);
+    return c;
+}
+
+/* The size v will have as the processor writes it, or (size_t)-1 when out of memory. */
+static size_t written_size(call_scratch *c, const tj_value *v)
+{
+    tbuf_reset(&c->out);
+    return tj_write(&c->out, v) || c->out.oom ? (size_t)-1 : c->out.len;
+}
+
+/* What an identify adds to the ids' stamp on top of the current ones: its userId, and its traits
+ * when they are copied into context.traits (merged traits are at most the old plus the new). */
+static size_t identify_growth(tally_t *t, call_scratch *c, const char *user, size_t user_len, const tj_value *traits)
+{
+    size_t n = user && user_len ? sizeof ",\"userId\":" - 1 + tj_string_size(user, user_len) : 0;
+    if (t->cfg.context_traits && traits) {
+        size_t w = written_size(c, traits);
+        n += sizeof ",\"traits\":" - 1 + (w == (size_t)-1 ? TALLY_MAX_MESSAGE_BYTES : w);
+    }
+    return n;
+}
+
+static size_t member_size(const char *key, size_t value_size) { return 1 + strlen(key) + 2 + 1 + value_size; }
+
 /* The common shape of the typed calls: two optional strings and one optional JSON object. */
 static int typed(tally_t *t, int kind, const char *f1, const char *s1, int s1_required,
                  const char *f2, const char *s2, const char *fj, const char *json)
@@ -153,12 +256,25 @@ static int typed(tally_t *t, int kind, const char *f1, const char *s1, int s1_re
     if ((rc = msg_check_string(f1, s1, s1_required, &l1)) || (f2 && (rc = msg_check_string(f2, s2, 0, &l2))) ||
         (fj && (rc = msg_check_object(fj, json, &len))))
         return rejected(t, rc);
-    size_t total = len + l1 + l2;
-    if (total > TALLY_MAX_MESSAGE_BYTES)
-        return rejected(t, tly_fail(TALLY_ETOOBIG, "message: %zu bytes of arguments, over the %d-byte limit",
-                                    total, TALLY_MAX_MESSAGE_BYTES));
     if ((rc = need_ids_from_caller(t, msg_type_name(kind)))) return rejected(t, rc);
-    return enqueue(t, kind, s1, l1, s2, l2, fj ? json : NULL, len);
+    /* as msg_from_rec builds it: {"type":..,f1:s1,f2:s2,fj:json} with json as given */
+    const char *type = msg_type_name(kind);
+    size_t given = 2 + member_size("type", tj_string_size(type, strlen(type))) - 1; /* braces, no first comma */
+    if (s1) given += member_size(f1, tj_string_size(s1, l1));
+    if (f2 && s2) given += member_size(f2, tj_string_size(s2, l2));
+    if (fj && json) given += member_size(fj, len);
+    size_t ids = ids_reserve(t), bound = 0;
+    if (kind == REC_IDENTIFY && t->cfg.mode != MODE_SERVER) {
+        call_scratch *c = thread_scratch();
+        tj_value *traits = NULL;
+        if (!c) return tly_fail(TALLY_ENOMEM, "out of memory");
+        tj_arena_reset(c->a);
+        if (json && tj_parse(c->a, json, len, &traits, NULL)) return tly_fail(TALLY_ENOMEM, "out of memory");
+        bound = ids += identify_growth(t, c, s1, l1, traits);
+    }
+    size_t stamp = msg_stamp_bound(NULL, kind == REC_ALIAS ? MT_ALIAS : MT_TRACK, t->cfg.mode != MODE_SERVER, ids);
+    if (given + stamp > TALLY_MAX_MESSAGE_BYTES) return rejected(t, too_big_once_stamped(given, stamp));
+    return enqueue(t, kind, s1, l1, s2, l2, fj ? json : NULL, len, bound);
 }
 
 int tally_track(tally_t *t, const char *event, const char *props)
@@ -192,21 +308,7 @@ int tally_alias(tally_t *t, const char *user_id, const char *previous_id)
 }
 
 /* Whole messages are parsed on the caller's thread: the caller must learn here, not in a log,
- * that its message lacks an event or an id. A per-thread arena, freed when the thread exits,
- * keeps that from allocating on every call. */
-static pthread_key_t send_arena_key;
-static pthread_once_t send_arena_once = PTHREAD_ONCE_INIT;
-static void free_arena(void *a) { tj_arena_free(a); }
-static void make_arena_key(void) { pthread_key_create(&send_arena_key, free_arena); }
-
-static tj_arena *thread_arena(void)
-{
-    pthread_once(&send_arena_once, make_arena_key);
-    tj_arena *a = pthread_getspecific(send_arena_key);
-    if (!a && (a = tj_arena_new()) != NULL) pthread_setspecific(send_arena_key, a);
-    return a;
-}
-
+ * that its message lacks an event or an id, or will not fit once stamped. */
 int tally_send(tally_t *t, const char *json)
 {
     int rc = usable(t);
@@ -216,29 +318,41 @@ int tally_send(tally_t *t, const char *json)
     if (len > TALLY_MAX_MESSAGE_BYTES)
         return rejected(t, tly_fail(TALLY_ETOOBIG, "message: %zu bytes, over the %d-byte limit", len,
                                     TALLY_MAX_MESSAGE_BYTES));
-    tj_arena *send_arena = thread_arena();
-    if (!send_arena) return tly_fail(TALLY_ENOMEM, "out of memory");
-    tj_arena_reset(send_arena);
+    call_scratch *c = thread_scratch();
+    if (!c) return tly_fail(TALLY_ENOMEM, "out of memory");
+    tj_arena_reset(c->a);
     tj_value *m;
     tj_error err;
-    if (tj_parse(send_arena, json, len, &m, &err))
+    if (tj_parse(c->a, json, len, &m, &err))
         return rejected(t, tly_fail(TALLY_EINVAL, "message: invalid JSON: %s", err.msg));
     if ((rc = msg_validate(m, t->cfg.mode == MODE_SERVER))) return rejected(t, rc);
-    return enqueue(t, REC_SEND, NULL, 0, NULL, 0, json, len);
+    /* the processor parses the text as we did and writes that tree, plus what it stamps */
+    const tj_value *type = tj_object_get(m, "type");
+    int mt = msg_type_from(type->u.str.s, type->u.str.len), client = t->cfg.mode != MODE_SERVER;
+    size_t given = written_size(c, m), ids = ids_reserve(t), bound = 0;
+    if (given == (size_t)-1) return tly_fail(TALLY_ENOMEM, "out of memory");
+    if (mt == MT_IDENTIFY && client) {
+        const tj_value *user = tj_object_get(m, "userId");
+        bound = ids += identify_growth(t, c, user ? user->u.str.s : NULL, user ? user->u.str.len : 0,
+                                       tj_object_get(m, "traits"));
+    }
+    size_t stamp = msg_stamp_bound(m, mt, client, ids);
+    if (given + stamp > TALLY_MAX_MESSAGE_BYTES) return rejected(t, too_big_once_stamped(given, stamp));
+    return enqueue(t, REC_SEND, NULL, 0, NULL, 0, json, len, bound);
 }
 
 int tally_reset(tally_t *t)
 {
     int rc = usable(t);
     if (rc) return rc;
-    return enqueue(t, REC_RESET, NULL, 0, NULL, 0, NULL, 0);
+    return enqueue(t, REC_RESET, NULL, 0, NULL, 0, NULL, 0, 0);
 }
 
 int tally_session_start(tally_t *t)
 {
     int rc = usable(t);
     if (rc) return rc;
-    return enqueue(t, REC_SESSION_START, NULL, 0, NULL, 0, NULL, 0);
+    return enqueue(t, REC_SESSION_START, NULL, 0, NULL, 0, NULL, 0, 0);
 }
 
 /* ---- waiting ---- */
@@ -292,8 +406,13 @@ int tally_flush(tally_t *t, int timeout_ms)
     flush_req req;
     memset(&req, 0, sizeof req);
     req.ticket = intake_position(&t->q);
-    if (!wait_request(t, &req, timeout_ms))
+    if (!wait_request(t, &req, timeout_ms)) {
+        uint64_t held = atomic_load(&t->store_held);
+        if (atomic_load(&t->store_failing))
+            return tly_fail(TALLY_EIO, "flush: the store cannot write (disk full?): %llu messages held in memory, "
+                            "not delivered", (unsigned long long)held);
         return tly_fail(TALLY_ETIMEDOUT, "flush: not everything was delivered within %d ms", timeout_ms);
+    }
     return TALLY_OK;
 }
 
@@ -333,12 +452,15 @@ int tally_stats(tally_t *t, char **json_out)
     size_t pos = intake_position(&t->q), queued = pos - intake_taken(&t->q);
     uint64_t accepted = (uint64_t)pos - atomic_load(&t->n.control);
     tbuf_printf(&b,
-                "{\"accepted\":%llu,\"rejected\":%llu,\"dropped\":%llu,\"processed\":%llu,\"invalid\":%llu,"
-                "\"store_dropped\":%llu,\"store_errors\":%llu,\"queued\":%zu,\"queue_bytes\":%zu,\"destinations\":[",
+                "{\"accepted\":%llu,\"rejected\":%llu,\"dropped\":%llu,\"processed\":%llu,\"invalid\":%llu,\"oversize\":%llu,"
+                "\"store_dropped\":%llu,\"store_errors\":%llu,\"store_held\":%llu,\"store_given_up\":%llu,"
+                "\"queued\":%zu,\"queue_bytes\":%zu,\"destinations\":[",
                 (unsigned long long)accepted, (unsigned long long)atomic_load(&t->n.rejected),
                 (unsigned long long)atomic_load(&t->q.dropped), (unsigned long long)atomic_load(&t->n.processed),
-                (unsigned long long)atomic_load(&t->n.invalid), (unsigned long long)atomic_load(&t->n.store_dropped),
-                (unsigned long long)atomic_load(&t->n.store_errors), queued, intake_bytes(&t->q));
+                (unsigned long long)atomic_load(&t->n.invalid), (unsigned long long)atomic_load(&t->n.oversize),
+                (unsigned long long)atomic_load(&t->n.store_dropped),
+                (unsigned long long)atomic_load(&t->n.store_errors), (unsigned long long)atomic_load(&t->store_held),
+                (unsigned long long)atomic_load(&t->n.store_given_up), queued, intake_bytes(&t->q));
     for (size_t i = 0; i < t->ndests; i++) {
         dest *d = &t->dests[i];
         if (!d->ops) continue;

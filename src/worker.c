@@ -45,12 +45,40 @@ typedef struct dest_state {
     int64_t    pending;      /* messages queued for this destination: in the store and in chunk */
     int64_t    sent;         /* of those, in the batches of f */
     int64_t    since_ms;     /* monotonic: when the oldest message not in a batch arrived */
+    int        stale;        /* a rollback changed the rows under batches in flight: recount after them */
     tbuf       chunk;        /* messages not stored yet, joined by NUL bytes (store.c) */
     int        chunk_n;
 } dest_state;
 
+/* What the open transaction wrote that must survive it failing: the chunks it appended and the
+ * identity changes it set. A commit can fail (disk full, I/O error) after the rows were handed
+ * over and the callers told TALLY_OK; SQLite then undoes the whole transaction, so the worker
+ * keeps a copy until the commit succeeds, and holds what was not delivered meanwhile (`held`)
+ * until the store takes it again. */
+typedef struct redo {
+    int     dest;    /* destination index; -1: an identity change, body "key\0value" (n 0: delete) */
+    int64_t seq;     /* the row store_append made, -1 when none (not stored, or its insert failed) */
+    int     n;       /* messages in body (joined by NUL bytes, as in a chunk) */
+    int64_t left;    /* commit: how many of them are still queued, -1 unknown */
+    tbuf    body;
+} redo;
+
+typedef struct redo_list {
+    redo   *v;
+    size_t  n, cap;  /* entries past n keep their buffers, for the next transaction */
+    size_t  bytes;
+    int64_t msgs;
+} redo_list;
+
 struct worker {
     store      *st;
+    redo_list   log;         /* the open transaction's */
+    redo_list   held;        /* rolled back and not delivered: stored again once the store writes */
+    int64_t     retry_at;    /* monotonic: when to try storing `held` again */
+    int64_t     retry_wait;  /* backoff, ms */
+    int         failing;     /* commits fail: logged once per spell */
+    int64_t     uncopied;    /* messages of the open transaction the log has no copy of (out of memory) */
+    size_t      log_max;     /* a transaction commits early once its log holds this many bytes */
     CURLM      *multi;
     dest_state *ds;
     uint64_t    txn_id;      /* the store transaction txn_since belongs to */
@@ -105,19 +133,76 @@ static int64_t count_pending(struct worker *w, dest_state *s)
     return (n < 0 ? 0 : n) + s->chunk_n;
 }
 
-/* Stores the messages a destination gathered as one row (a chunk: see store.c). Chunks are
- * written when they reach a batch, before a batch is loaded, before every commit and when the
- * worker runs out of rows, so gathering never delays the group commit. */
-static void store_chunk(tally_t *t, struct worker *w, size_t i)
+/* ---- the redo log ---- */
+
+static redo *redo_push(redo_list *l, int di, int64_t seq, int n, const char *body, size_t len)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 16;
+        redo *v = realloc(l->v, cap * sizeof *v);
+        if (!v) return NULL;
+        memset(v + l->cap, 0, (cap - l->cap) * sizeof *v);
+        l->v = v;
+        l->cap = cap;
+    }
+    redo *e = &l->v[l->n];
+    tbuf_reset(&e->body);
+    tbuf_append(&e->body, body, len);
+    if (e->body.oom) {
+        tbuf_free(&e->body);
+        return NULL;
+    }
+    e->dest = di;
+    e->seq = seq;
+    e->n = n;
+    l->n++;
+    l->bytes += len;
+    if (di >= 0) l->msgs += n;
+    return e;
+}
+
+static void redo_clear(redo_list *l)
+{
+    l->n = 0;
+    l->bytes = 0;
+    l->msgs = 0;
+}
+
+static void redo_free(redo_list *l)
+{
+    for (size_t k = 0; k < l->cap; k++) tbuf_free(&l->v[k].body);
+    free(l->v);
+    memset(l, 0, sizeof *l);
+}
+
+/* The length of the first k messages of a chunk, without the separator after them. */
+static size_t front_len(const char *body, size_t len, int64_t k)
+{
+    size_t at = 0;
+    for (int64_t i = 0; i < k; i++) {
+        const char *sep = memchr(body + at, '\0', len - at);
+        if (!sep) return len;
+        at = (size_t)(sep - body) + (i + 1 < k);
+    }
+    return at;
+}
+
+/* An entry goes into the log even when its insert failed: the commit will fail (store.c refuses
+ * to commit after a failed write) and the entry is then held, not lost. Without memory for the
+ * copy, the messages are counted as given up should that commit fail. */
+static void log_append(struct worker *w, int di, int64_t seq, int n, const char *body, size_t len)
+{
+    if (!redo_push(&w->log, di, seq, n, body, len) && di >= 0) w->uncopied += n;
+}
+
+/* Appends n messages (a chunk) for destination i, with the full policy's counting. */
+static void append_chunk(tally_t *t, struct worker *w, size_t i, const char *body, size_t len, int n)
 {
     dest_state *s = &w->ds[i];
-    int n = s->chunk_n;
-    if (!n) return;
     int64_t dropped = 0;
-    int rc = s->chunk.oom ? -1 : store_append(w->st, s->store_id, s->chunk.data, s->chunk.len, n, &dropped);
-    if (s->chunk.oom) tbuf_free(&s->chunk);
-    tbuf_reset(&s->chunk);
-    s->chunk_n = 0;
+    int rc = store_append(w->st, s->store_id, body, len, n, &dropped);
+    if (rc >= 0 && rc < n) log_append(w, (int)i, store_last_id(w->st), n - rc, body, front_len(body, len, n - rc));
+    else if (rc < 0) log_append(w, (int)i, -1, n, body, len);
     if (dropped) {
         atomic_fetch_add(&t->n.store_dropped, (uint64_t)dropped);
         tly_log(&t->log, TALLY_LOG_WARN, "store full (max_store_bytes/max_store_rows): dropped %lld oldest",
@@ -130,10 +215,27 @@ static void store_chunk(tally_t *t, struct worker *w, size_t i)
         s->pending -= rc;
         tly_log(&t->log, TALLY_LOG_WARN, "%s: store full, %d newest messages dropped (store_on_full=drop_newest)",
                 t->dests[i].name, rc);
-    } else if (rc < 0) {
-        atomic_fetch_add(&t->n.store_errors, (uint64_t)n);
-        s->pending -= n;
     }
+}
+
+/* Stores the messages a destination gathered as one row (a chunk: see store.c). Chunks are
+ * written when they reach a batch, before a batch is loaded, before every commit and when the
+ * worker runs out of rows, so gathering never delays the group commit. */
+static void store_chunk(tally_t *t, struct worker *w, size_t i)
+{
+    dest_state *s = &w->ds[i];
+    int n = s->chunk_n;
+    if (!n) return;
+    if (s->chunk.oom) {
+        atomic_fetch_add(&t->n.store_given_up, (uint64_t)n);
+        s->pending -= n;
+        tly_log(&t->log, TALLY_LOG_ERROR, "%s: out of memory gathering messages: %d lost", t->dests[i].name, n);
+    } else {
+        append_chunk(t, w, i, s->chunk.data, s->chunk.len, n);
+    }
+    if (s->chunk.oom) tbuf_free(&s->chunk);
+    tbuf_reset(&s->chunk);
+    s->chunk_n = 0;
 }
 
 static void store_chunks(tally_t *t, struct worker *w)
@@ -165,6 +267,8 @@ static int stop_requested(tally_t *t)
 
 static int paused(tally_t *t, struct worker *w)
 {
+    /* the store cannot write: take nothing more until what it gave back is stored (pushback) */
+    if (w->held.n && !w->stopping && !(w->stopping = stop_requested(t))) return 1;
     int full = t->cfg.store_on_full == STORE_FULL_BLOCK && !w->stopping && store_full(w->st) &&
                !(w->stopping = stop_requested(t));
     if (full != w->held_back) {
@@ -179,14 +283,33 @@ static int paused(tally_t *t, struct worker *w)
     return full;
 }
 
+static void meta_set(struct worker *w, const char *key, const char *value)
+{
+    store_meta_set(w->st, key, value);
+    size_t kl = strlen(key);
+    char buf[1024];
+    if (!value) {
+        log_append(w, -1, -1, 0, key, kl);
+    } else if (kl + 1 + strlen(value) < sizeof buf) { /* identity values are ids and small numbers... */
+        int len = snprintf(buf, sizeof buf, "%s%c%s", key, '\0', value);
+        log_append(w, -1, -1, 1, buf, (size_t)len);
+    } else { /* ...and traits, which can be long */
+        tbuf b = TBUF_INIT;
+        tbuf_append(&b, key, kl + 1);
+        tbuf_puts(&b, value);
+        if (!b.oom) log_append(w, -1, -1, 1, b.data, b.len);
+        tbuf_free(&b);
+    }
+}
+
 static int drain(tally_t *t, struct worker *w, int budget)
 {
     int n = 0;
     row r;
     int64_t now = tly_clock_mono(t); /* a pending message's age counts in ms: once per drain is enough */
-    while (n < budget && !paused(t, w) && rowq_peek(t->rows, &r)) {
+    while (n < budget && w->log.bytes < w->log_max && !paused(t, w) && rowq_peek(t->rows, &r)) {
         if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
-        else store_meta_set(w->st, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
+        else meta_set(w, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
         rowq_release(t->rows);
         n++;
     }
@@ -208,10 +331,97 @@ static int64_t txn_age(tally_t *t, struct worker *w)
     return now - w->txn_since;
 }
 
+/* The commit failed and SQLite undid the transaction: of each chunk it appended, what was not
+ * delivered (or dropped by the full policy) within it is held, with every identity change. */
+static void hold_log(tally_t *t, struct worker *w, int intact_left_known)
+{
+    redo_list *l = &w->log;
+    for (size_t k = 0; k < l->n; k++) {
+        redo *e = &l->v[k];
+        int64_t left = e->n;
+        if (e->dest >= 0 && e->seq >= 0 && intact_left_known && e->left >= 0) left = e->left;
+        if (e->dest >= 0 && left <= 0) continue;
+        /* delivered messages are the front of a chunk: keep its back */
+        size_t skip = e->dest >= 0 && left < e->n ? front_len(e->body.data, e->body.len, e->n - left) + 1 : 0;
+        if (!redo_push(&w->held, e->dest, -1, (int)left, e->body.data + skip, e->body.len - skip) && e->dest >= 0) {
+            atomic_fetch_add(&t->n.store_given_up, (uint64_t)left);
+            tly_log(&t->log, TALLY_LOG_ERROR, "store cannot write and no memory to hold %lld messages: lost",
+                    (long long)left);
+        }
+    }
+    redo_clear(l);
+}
+
+static void set_failing(tally_t *t, struct worker *w, int on)
+{
+    w->failing = on;
+    atomic_store(&t->store_held, on ? (uint64_t)w->held.msgs : 0);
+    atomic_store(&t->store_failing, on);
+}
+
 static void commit(tally_t *t, struct worker *w)
 {
     store_chunks(t, w);
-    if (store_in_txn(w->st) && store_commit(w->st)) atomic_fetch_add(&t->n.store_errors, 1);
+    if (!store_in_txn(w->st)) {
+        redo_clear(&w->log);
+        return;
+    }
+    /* what is left of each appended row, asked before the commit: after a failed one the rows
+     * are gone, and the batches taken from them (delivered or not) with them */
+    int intact = store_txn_intact(w->st);
+    for (size_t k = 0; intact && k < w->log.n; k++) {
+        redo *e = &w->log.v[k];
+        e->left = e->dest >= 0 && e->seq >= 0 ? store_row_left(w->st, w->ds[e->dest].store_id, e->seq) : -1;
+    }
+    int rc = store_commit(w->st);
+    if (rc == 1) return; /* busy: the transaction and its log stay for the next try */
+    if (rc == 0) {
+        redo_clear(&w->log);
+        w->uncopied = 0;
+        return;
+    }
+    atomic_fetch_add(&t->n.store_errors, 1);
+    if (w->uncopied) {
+        atomic_fetch_add(&t->n.store_given_up, (uint64_t)w->uncopied);
+        tly_log(&t->log, TALLY_LOG_ERROR, "store cannot write: %lld messages lost (no memory to hold them)",
+                (long long)w->uncopied);
+        w->uncopied = 0;
+    }
+    int was_failing = w->failing;
+    hold_log(t, w, intact);
+    /* the rollback brought back rows that were acknowledged and took away rows that were not */
+    for (size_t i = 0; i < t->ndests; i++) {
+        w->ds[i].pending = count_pending(w, &w->ds[i]);
+        w->ds[i].stale = w->ds[i].nf > 0;
+    }
+    if (!w->held.n) return;
+    int64_t now = tly_clock_mono(t);
+    w->retry_wait = was_failing ? (w->retry_wait * 2 > 2000 ? 2000 : w->retry_wait * 2) : 50;
+    w->retry_at = now + w->retry_wait;
+    set_failing(t, w, 1);
+    if (!was_failing)
+        tly_log(&t->log, TALLY_LOG_ERROR, "store cannot write (disk full?): holding %lld messages in memory and "
+                "taking no new ones until it can (callers get TALLY_EFULL meanwhile)", (long long)w->held.msgs);
+}
+
+/* Stores what a failed commit gave back, in its order, before anything newer. */
+static void restore_held(tally_t *t, struct worker *w)
+{
+    redo_list again = w->held;
+    memset(&w->held, 0, sizeof w->held);
+    int64_t msgs = again.msgs;
+    for (size_t k = 0; k < again.n; k++) {
+        redo *e = &again.v[k];
+        if (e->dest < 0) meta_set(w, e->body.data, e->n ? e->body.data + strlen(e->body.data) + 1 : NULL);
+        else append_chunk(t, w, (size_t)e->dest, e->body.data, e->body.len, e->n);
+    }
+    redo_free(&again);
+    commit(t, w);
+    if (w->held.n) return;
+    if (!w->failing) return;
+    set_failing(t, w, 0);
+    for (size_t i = 0; i < t->ndests; i++) w->ds[i].pending = count_pending(w, &w->ds[i]);
+    tly_log(&t->log, TALLY_LOG_WARN, "store writes again: %lld held messages stored", (long long)msgs);
 }
 
 /* ---- delivery ---- */
@@ -261,9 +471,9 @@ static void settle(tally_t *t, struct worker *w, size_t i)
         s->nf--;
         s->sent -= n;
         s->pending -= n;
-        if (s->pending <= 0 || s->sent < 0) { /* after a full-policy drop: recount */
+        if (s->pending <= 0 || s->sent < 0 || (s->stale && !s->nf)) { /* after a drop or a rollback: recount */
             s->pending = count_pending(w, s);
-            if (!s->nf) s->sent = 0;
+            if (!s->nf) s->sent = s->stale = 0;
         }
     }
 }
@@ -369,7 +579,9 @@ static void deliver(tally_t *t, struct worker *w, int force)
             flight *f = flight_at(s, k);
             if (f->state == FL_RETRY && now >= f->retry_at) retry(t, w, i, k);
         }
-        while (due(t, s, tly_clock_mono(t), force)) {
+        /* while the store cannot write, acknowledgements cannot be kept either: a batch sent now
+         * would only be sent again once the rollback brings its rows back */
+        while (!w->held.n && due(t, s, tly_clock_mono(t), force)) {
             /* no commit here: rows read inside the open transaction are sent as they are; a crash
              * before the group commit loses them from the store, never duplicates them */
             /* What is gathered goes in only when the stored rows do not make a batch: under a
@@ -467,6 +679,7 @@ static void serve_flushes(tally_t *t, struct worker *w)
     pthread_mutex_unlock(&t->mu);
     if (!any) return;
     commit(t, w); /* what the flush saw delivered is acknowledged on disk too */
+    if (w->held.n) return; /* it was not: the store gave messages back, and they are not delivered */
     for (size_t i = 0; i < t->ndests; i++) t->dests[i].ops->sync(&t->dests[i]);
     pthread_mutex_lock(&t->mu);
     for (flush_req *f = t->flushes; f; f = f->next)
@@ -491,6 +704,7 @@ static int next_timeout_ms(tally_t *t, struct worker *w)
     int64_t now = tly_clock_mono(t), next = now + 1000; /* a periodic wake as a safety net */
     int64_t age = txn_age(t, w);
     if (age >= 0 && now - age + t->cfg.commit_interval_ms < next) next = now - age + t->cfg.commit_interval_ms;
+    if (w->held.n && w->retry_at < next) next = w->retry_at;
     for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
         for (int k = 0; k < s->nf; k++) {
@@ -529,8 +743,9 @@ static void *worker_main(void *arg)
     tally_t *t = arg;
     struct worker *w = t->w;
     for (;;) {
+        if (w->held.n && tly_clock_mono(t) >= w->retry_at) restore_held(t, w);
         int did = drain(t, w, 1024);
-        if (txn_age(t, w) >= t->cfg.commit_interval_ms) {
+        if (txn_age(t, w) >= t->cfg.commit_interval_ms || w->log.bytes >= w->log_max) {
             commit(t, w);
             /* now, between transactions: under a steady stream there is no other moment, and a
              * WAL that is never checkpointed grows without bound (257 MB for a 400k burst) */
@@ -550,6 +765,14 @@ static void *worker_main(void *arg)
         if (!did) worker_sleep(t, w, next_timeout_ms(t, w));
     }
     commit(t, w);
+    if (w->held.n) restore_held(t, w); /* one last try */
+    if (w->held.n) {
+        size_t ids = 0;
+        for (size_t k = 0; k < w->held.n; k++) ids += w->held.v[k].dest < 0;
+        atomic_fetch_add(&t->n.store_given_up, (uint64_t)w->held.msgs);
+        tly_log(&t->log, TALLY_LOG_ERROR, "close: the store still cannot write: %lld held messages lost "
+                "(counted as store_given_up)%s", (long long)w->held.msgs, ids ? ", and the last identity changes" : "");
+    }
     return NULL;
 }
 
@@ -573,6 +796,8 @@ static void worker_free(tally_t *t, struct worker *w)
     else if (left)
         tly_log(&t->log, TALLY_LOG_ERROR, "close: %lld undelivered messages lost (store is :memory:)", (long long)left);
     store_close(w->st);
+    redo_free(&w->log);
+    redo_free(&w->held);
     if (w->multi) curl_multi_cleanup(w->multi);
     free(w->ds);
     free(w);
@@ -650,6 +875,8 @@ int worker_start(tally_t *t)
         return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
     }
     w->rng = (unsigned)tly_now_ms() ^ (unsigned)(uintptr_t)w;
+    /* what one failed commit can leave held: no more than the intake holds */
+    w->log_max = t->cfg.max_queue_bytes > BATCH_MAX_BYTES ? t->cfg.max_queue_bytes : BATCH_MAX_BYTES;
     w->chunk_max_n = t->cfg.flush_at < t->cfg.max_store_rows ? (int)t->cfg.flush_at : (int)t->cfg.max_store_rows;
     if (w->chunk_max_n < 1) w->chunk_max_n = 1;
     w->chunk_max_bytes = t->cfg.max_store_bytes > 0 && (uint64_t)t->cfg.max_store_bytes < BATCH_MAX_BYTES
