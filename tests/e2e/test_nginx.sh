@@ -159,10 +159,12 @@ free_port() {
 
 received() { curl -sS --noproxy '*' --max-time 10 "http://127.0.0.1:$col_port/received"; }
 
-# The worker user (nobody, when the master runs as root) must reach everything the workers open.
-chmod 755 "$tmp"
+# A master started by root runs its workers as nobody, who cannot read a checkout in a 0700 folder
+# (a clone in root's home or in `mktemp -d`) nor files made under umask 077. The workers run as
+# the user who runs the test instead, so nothing here depends on where the checkout is or on modes.
+worker_user=
+[ "$(id -u)" = 0 ] && worker_user="user $(id -un) $(id -gn);"
 mkdir -p "$tmp/store" "$tmp/lua"
-chmod 1777 "$tmp/store"
 
 ngx_port=$(free_port)
 base=http://127.0.0.1:$ngx_port
@@ -309,7 +311,6 @@ ngx.say(table.concat(out, "\n"))
 ngx.say("cjson: ", pcall(require, "cjson") and "yes" or "no")
 ngx.say("selftest: ", fails == 0 and "passed" or "failed")
 EOF
-chmod 644 "$tmp/lua/selftest.lua" "$tmp/nginx.conf"
 
 # start_nginx [VAR=value...]: runs the master in the foreground (daemon off) as a background job.
 start_nginx() {
@@ -317,7 +318,7 @@ start_nginx() {
     env ${preload:+LD_PRELOAD="$preload"} TALLY_ENDPOINT="http://127.0.0.1:$col_port" \
         TALLY_WRITE_KEY=e2e-key TALLY_LIB="$lib" TALLY_STORE_DIR="$tmp/store" "$@" \
         nginx -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/error.log" \
-        -g "daemon off; pid $tmp/nginx.pid; error_log $tmp/error.log info;" >>"$tmp/nginx.out" 2>&1 &
+        -g "daemon off; pid $tmp/nginx.pid; error_log $tmp/error.log info; $worker_user" >>"$tmp/nginx.out" 2>&1 &
     ngx_pid=$!
     local deadline=$((SECONDS + 10))
     while [ "$SECONDS" -le "$deadline" ]; do
