@@ -522,8 +522,11 @@ if start_nginx TALLY_JSON=$down_json; then
         for task in /proc/"$w"/task/*; do
             tid=${task##*/}
             [ "$tid" = "$w" ] && continue
+            # An old worker of the reload may be exiting right now: a thread (or the whole
+            # worker, leaving the glob unexpanded) that is gone has no mask to check.
+            blk=$(sed -n 's/^SigBlk:[[:space:]]*//p' "$task/status" 2>/dev/null)
+            [ -n "$blk" ] || continue
             threads=$((threads + 1))
-            blk=$(sed -n 's/^SigBlk:[[:space:]]*//p' "$task/status")
             # SIGHUP 1, SIGQUIT 3, SIGALRM 14, SIGTERM 15, SIGUSR1 10: bits 0, 2, 13, 14, 9
             python3 -c 'import sys; m=int(sys.argv[1],16); sys.exit(0 if all(m>>b&1 for b in (0,2,9,13,14)) else 1)' \
                 "$blk" || unblocked="$unblocked $tid:$blk"

@@ -8,7 +8,8 @@
 #   3. run a Lua 5.4 script through the installed `tally` module;
 #   4. serve a request with the nginx example (examples/nginx/nginx.conf) on the installed
 #      resty.tally and libtally.so, and see its page event reach a collector;
-# and checks DESTDIR staging and that `make uninstall` removes every file it installed.
+# and checks DESTDIR staging, that `make uninstall` removes every file it installed, and that the
+# rockspec installs with Debian's luarocks as README says.
 # Under SAN=asan the programs are built with the sanitizer (the installed libraries carry it);
 # under SAN=tsan the Lua and nginx parts are left out, as in run-tests.sh.
 set -u
@@ -348,6 +349,33 @@ errs=$(grep -E '\[(alert|crit|emerg|error)\]|exited on signal|Sanitizer' "$tmp/n
 check "nginx error.log has no errors" "$([ -z "$errs" ]; echo $?)" "$errs"
 }
 lua_and_nginx
+
+# ---------------------------------------------------------------- 5. the rockspec
+
+# README's one command, into a private tree (and a private HOME for luarocks' cache). It builds
+# build/release, so it runs only with the plain build.
+rockspec() {
+    if [ -n "$san" ]; then echo "# SAN=$san: the rockspec part is left out (it builds build/release)"; return; fi
+    if ! command -v luarocks >/dev/null 2>&1; then
+        echo "# luarocks is not installed (make deps installs it): rockspec part left out"; return
+    fi
+    mkdir -p "$tmp/home"
+    (cd "$repo" && HOME=$tmp/home luarocks --lua-version=5.4 --tree="$tmp/rocks" make tally-scm-1.rockspec) \
+        >"$tmp/rock.log" 2>&1
+    check "luarocks --lua-version=5.4 make tally-scm-1.rockspec" $? "$(tail -n 5 "$tmp/rock.log")"
+    grep -q '^   license = "MIT",$' "$repo/tally-scm-1.rockspec"
+    check "the rockspec's license is MIT" $?
+    local so=$tmp/rocks/lib/lua/5.4/tally.so
+    cat >"$tmp/rock.lua" <<'EOF'
+local t = assert(require("tally").open { out = arg[1], mode = "server" })
+assert(t:track("Rock Installed", {}, { userId = "u1" }))
+assert(t:close(10000))
+EOF
+    env LUA_CPATH="$tmp/rocks/lib/lua/5.4/?.so" LUA_PATH="" lua5.4 "$tmp/rock.lua" "$tmp/rock.ndjson" >>"$tmp/rock.log" 2>&1 &&
+        [ -f "$so" ] && grep -q '"event":"Rock Installed"' "$tmp/rock.ndjson"
+    check "the module luarocks installed runs" $? "$(tail -n 3 "$tmp/rock.log")"
+}
+rockspec
 
 # ---------------------------------------------------------------- uninstall
 
