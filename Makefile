@@ -59,12 +59,15 @@ TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfi
 .PHONY: all deps lib cli test test-asan test-tsan demo bench install uninstall clean fuzz check-symbols
 all: lib cli
 
+# `make deps` (and so `make test`, `make demo`) installs packages and unpacks the Lua source; plain
+# `make` never runs apt-get nor edits apt's sources: it says what is missing and how to get it.
 deps:
 	@bash scripts/deps.sh test
+	@bash scripts/lua-src.sh $(LUASRC)
 
 $(LUASRC)/src/lapi.c:
-	@bash scripts/deps.sh build
-	@bash scripts/lua-src.sh $(LUASRC)
+	@bash scripts/deps.sh check
+	@echo "$(LUASRC) (Debian's lua5.4 source, compiled into libtally) is missing: run 'make deps'" >&2; exit 1
 
 # The embedded Lua: position independent, every symbol hidden, no dlopen (LUA_USE_POSIX, not
 # LUA_USE_LINUX) since scripts must never load native code.
@@ -155,6 +158,7 @@ demo: deps
 
 bench:
 	@bash scripts/deps.sh bench
+	@bash scripts/lua-src.sh $(LUASRC)
 	@$(MAKE) --no-print-directory all bench-bins
 	@BUILD=$(BUILD) bash bench/run.sh
 

@@ -3,7 +3,7 @@
 -- (Debian 12's luarocks defaults to Lua 5.1; this module is for Lua 5.4.)
 -- The module carries its own copy of the runtime (libtally, with a private Lua inside), so nothing
 -- but the system libraries below is needed at run time. Building needs what `make` needs (gcc,
--- make, Debian's lua5.4 source package for the private Lua: see scripts/deps.sh).
+-- make, Debian's lua5.4 source package for the private Lua): run `make deps` once first.
 rockspec_format = "3.0"
 package = "tally"
 version = "scm-1"
