@@ -512,8 +512,9 @@ if start_nginx TALLY_JSON=$down_json; then
     slow=$(awk '$2 > 1.0' "$tmp/down.txt" | wc -l)
     [ "$(wc -l <"$tmp/down.txt")" = "$DOWN_N" ] || bad=$DOWN_N
     check "$DOWN_N requests answered 200 with the collector down" "$([ "$bad" = 0 ]; echo $?)" "$bad failed"
-    check "$DOWN_N requests took under 5 s in all ($ms ms), none over 1 s" \
-        "$([ "$ms" -lt 5000 ] && [ "$slow" = 0 ]; echo $?)" "$slow slow"
+    # Per request, not in total: a request that waited for the dead collector would take its
+    # timeout; the total only measures how loaded the machine is (10 s seen with 8 builds running).
+    check "$DOWN_N requests answered, none over 1 s ($ms ms in all)" "$([ "$slow" = 0 ]; echo $?)" "$slow slow"
 
     # libtally's thread must block the signals nginx handles, or one could land there instead of
     # waking the worker's event loop (resty.tally blocks them around tally_open).

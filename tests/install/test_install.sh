@@ -242,13 +242,14 @@ check "the mod's event carries context.mod and its exact properties" $? "$(tail 
 
 # ---------------------------------------------------------------- 3. Lua 5.4 script
 
+# Both need a sanitizer runtime preloaded into a program we do not build (lua5.4, nginx).
 lua_and_nginx() {
-if [ "$san" = tsan ]; then
-    echo "# SAN=tsan: the Lua and nginx parts are left out (libtsan cannot be preloaded into lua5.4 or nginx)"
-    return
-fi
+    if [ "$san" = tsan ]; then
+        echo "# SAN=tsan: the Lua and nginx parts are left out (libtsan cannot be preloaded into lua5.4 or nginx)"
+        return
+    fi
 
-cat >"$tmp/script.lua" <<'EOF'
+    cat >"$tmp/script.lua" <<'EOF'
 local prefix, out = arg[1], arg[2]
 local found = package.searchpath("tally", package.cpath)
 assert(found == prefix .. "/lib/lua/5.4/tally.so", "tally found at " .. tostring(found))
@@ -257,34 +258,34 @@ local t = assert(tally.open { out = out, mode = "server" })
 assert(t:track("Lua Installed", { big = 9007199254740993 }, { userId = "u1" }))
 assert(t:close(10000))
 EOF
-"${lua_env[@]}" env LUA_CPATH="$prefix/lib/lua/5.4/?.so" LUA_PATH="" lua5.4 script.lua "$prefix" lua.ndjson >lua.log 2>&1 &&
-    grep -q '"event":"Lua Installed".*"big":9007199254740993' lua.ndjson
-check "a Lua 5.4 script runs through the installed tally module" $? "$(tail -n 5 lua.log)"
+    "${lua_env[@]}" env LUA_CPATH="$prefix/lib/lua/5.4/?.so" LUA_PATH="" lua5.4 script.lua "$prefix" lua.ndjson >lua.log 2>&1 &&
+        grep -q '"event":"Lua Installed".*"big":9007199254740993' lua.ndjson
+    check "a Lua 5.4 script runs through the installed tally module" $? "$(tail -n 5 lua.log)"
 
-# ---------------------------------------------------------------- 4. the nginx example
+    # ---------------------------------------------------------------- 4. the nginx example
 
-modules=/usr/lib/nginx/modules
-if ! command -v nginx >/dev/null 2>&1 || [ ! -f "$modules/ngx_http_lua_module.so" ]; then
-    echo "# nginx with the lua module is not installed (make deps installs it): nginx part left out"
-    return
-fi
+    modules=/usr/lib/nginx/modules
+    if ! command -v nginx >/dev/null 2>&1 || [ ! -f "$modules/ngx_http_lua_module.so" ]; then
+        echo "# nginx with the lua module is not installed (make deps installs it): nginx part left out"
+        return
+    fi
 
-start_collector() {
-    local fifo=$tmp/port.fifo line=
-    mkfifo "$fifo"
-    python3 "$repo/tests/e2e/collector.py" --max-seconds 120 >"$fifo" 2>>"$tmp/collector.err" &
-    col_pid=$!
-    read -r -t 10 line <"$fifo"
-    rm -f "$fifo"
-    col_port=${line#PORT }
-    [ "${line%% *}" = PORT ] && [ -n "$col_port" ]
-}
-start_collector
-check "collector starts" $?
-ngx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    start_collector() {
+        local fifo=$tmp/port.fifo line=
+        mkfifo "$fifo"
+        python3 "$repo/tests/e2e/collector.py" --max-seconds 120 >"$fifo" 2>>"$tmp/collector.err" &
+        col_pid=$!
+        read -r -t 10 line <"$fifo"
+        rm -f "$fifo"
+        col_port=${line#PORT }
+        [ "${line%% *}" = PORT ] && [ -n "$col_port" ]
+    }
+    start_collector
+    check "collector starts" $?
+    ngx_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 
-mkdir -p "$tmp/ngx/store"
-python3 - "$repo/examples/nginx/nginx.conf" "$tmp/ngx/nginx.conf" "$prefix/share/lua/5.1" "$tmp/ngx" "$ngx_port" <<'EOF'
+    mkdir -p "$tmp/ngx/store"
+    python3 - "$repo/examples/nginx/nginx.conf" "$tmp/ngx/nginx.conf" "$prefix/share/lua/5.1" "$tmp/ngx" "$ngx_port" <<'EOF'
 import sys
 example, out, luadir, tmp, port = sys.argv[1:]
 src = open(example).read()
@@ -301,41 +302,41 @@ swap('    lua_package_path "/opt/tally/lua/?.lua;;";\n',
 swap("        listen 8080;\n", "        listen 127.0.0.1:%s;\n" % port)
 open(out, "w").write(src)
 EOF
-check "nginx config derived from examples/nginx/nginx.conf" $?
+    check "nginx config derived from examples/nginx/nginx.conf" $?
 
-lib=$libdir/libtally.so.0
-preload=$(ldd "$lib" 2>/dev/null | awk '$1 ~ /^lib(asan|tsan)\.so/ { print $3 }')
-case $preload in *libasan*)
-    printf 'leak:ngx_alloc\n' >"$tmp/lsan.supp"
-    export LSAN_OPTIONS="suppressions=$tmp/lsan.supp:print_suppressions=0" ;;
-esac
-# Workers of a root master would run as nobody; they run as the invoking user, as in test_nginx.sh.
-worker_user=
-[ "$(id -u)" = 0 ] && worker_user="user $(id -un) $(id -gn);"
-env ${preload:+LD_PRELOAD="$preload"} TALLY_ENDPOINT="http://127.0.0.1:$col_port" TALLY_WRITE_KEY=install-key \
-    TALLY_LIB="$lib" TALLY_STORE_DIR="$tmp/ngx/store" \
-    nginx -p "$tmp/ngx" -c "$tmp/ngx/nginx.conf" -e "$tmp/ngx/error.log" \
-    -g "daemon off; pid $tmp/ngx/nginx.pid; error_log $tmp/ngx/error.log info; $worker_user" >"$tmp/ngx/out.log" 2>&1 &
-ngx_pid=$!
-code=
-deadline=$((SECONDS + 10))
-while [ "$SECONDS" -le "$deadline" ] && ! gone "$ngx_pid"; do
-    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$ngx_port/health")
-    [ "$code" = 200 ] && break
-    sleep 0.05
-done
-check "nginx starts with the example config on the installed files" "$([ "$code" = 200 ]; echo $?)" \
-    "$(tail -n 5 "$tmp/ngx/error.log")"
-code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$ngx_port/installed?utm_campaign=launch")
-check "a request is served" "$([ "$code" = 200 ]; echo $?)" "HTTP $code"
-# A graceful quit closes each worker's handle, which delivers what it queued.
-kill -QUIT "$ngx_pid"
-wait_gone "$ngx_pid" 20
-check "nginx quits gracefully" $?
-wait "$ngx_pid" 2>/dev/null
-ngx_pid=
-curl -sS --max-time 10 "http://127.0.0.1:$col_port/received" >"$tmp/received.json"
-python3 - "$tmp/received.json" <<'EOF' >"$tmp/ngx/check.log" 2>&1
+    lib=$libdir/libtally.so.0
+    preload=$(ldd "$lib" 2>/dev/null | awk '$1 ~ /^lib(asan|tsan)\.so/ { print $3 }')
+    case $preload in *libasan*)
+        printf 'leak:ngx_alloc\n' >"$tmp/lsan.supp"
+        export LSAN_OPTIONS="suppressions=$tmp/lsan.supp:print_suppressions=0" ;;
+    esac
+    # Workers of a root master would run as nobody; they run as the invoking user, as in test_nginx.sh.
+    worker_user=
+    [ "$(id -u)" = 0 ] && worker_user="user $(id -un) $(id -gn);"
+    env ${preload:+LD_PRELOAD="$preload"} TALLY_ENDPOINT="http://127.0.0.1:$col_port" TALLY_WRITE_KEY=install-key \
+        TALLY_LIB="$lib" TALLY_STORE_DIR="$tmp/ngx/store" \
+        nginx -p "$tmp/ngx" -c "$tmp/ngx/nginx.conf" -e "$tmp/ngx/error.log" \
+        -g "daemon off; pid $tmp/ngx/nginx.pid; error_log $tmp/ngx/error.log info; $worker_user" >"$tmp/ngx/out.log" 2>&1 &
+    ngx_pid=$!
+    code=
+    deadline=$((SECONDS + 10))
+    while [ "$SECONDS" -le "$deadline" ] && ! gone "$ngx_pid"; do
+        code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:$ngx_port/health")
+        [ "$code" = 200 ] && break
+        sleep 0.05
+    done
+    check "nginx starts with the example config on the installed files" "$([ "$code" = 200 ]; echo $?)" \
+        "$(tail -n 5 "$tmp/ngx/error.log")"
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$ngx_port/installed?utm_campaign=launch")
+    check "a request is served" "$([ "$code" = 200 ]; echo $?)" "HTTP $code"
+    # A graceful quit closes each worker's handle, which delivers what it queued.
+    kill -QUIT "$ngx_pid"
+    wait_gone "$ngx_pid" 20
+    check "nginx quits gracefully" $?
+    wait "$ngx_pid" 2>/dev/null
+    ngx_pid=
+    curl -sS --max-time 10 "http://127.0.0.1:$col_port/received" >"$tmp/received.json"
+    python3 - "$tmp/received.json" <<'EOF' >"$tmp/ngx/check.log" 2>&1
 import json, sys
 d = json.load(open(sys.argv[1]))
 pages = [m for r in d["requests"] if r["accepted"] for m in r["messages"] if m.get("type") == "page"]
@@ -344,9 +345,9 @@ p = pages[0]
 assert p["properties"]["path"] == "/installed", p
 assert p["context"]["campaign"] == {"name": "launch"}, p["context"]
 EOF
-check "the request's page event reached the collector" $? "$(tail -n 3 "$tmp/ngx/check.log")"
-errs=$(grep -E '\[(alert|crit|emerg|error)\]|exited on signal|Sanitizer' "$tmp/ngx/error.log" | head -n 5)
-check "nginx error.log has no errors" "$([ -z "$errs" ]; echo $?)" "$errs"
+    check "the request's page event reached the collector" $? "$(tail -n 3 "$tmp/ngx/check.log")"
+    errs=$(grep -E '\[(alert|crit|emerg|error)\]|exited on signal|Sanitizer' "$tmp/ngx/error.log" | head -n 5)
+    check "nginx error.log has no errors" "$([ -z "$errs" ]; echo $?)" "$errs"
 }
 lua_and_nginx
 
