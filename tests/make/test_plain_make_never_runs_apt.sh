@@ -15,7 +15,7 @@ check() { # name condition-result(0/1) [detail]
 }
 
 mkdir -p "$tmp/src" "$tmp/bin"
-tar -C "$repo" --exclude=./build --exclude=./.git -cf - . | tar -C "$tmp/src" -xf -
+tar -C "$repo" --exclude=./build --exclude=./.git --exclude=node_modules -cf - . | tar -C "$tmp/src" -xf -
 for tool in apt-get apt sudo; do
     printf '#!/bin/sh\necho "%s $*" >>"%s/calls"\nexit 0\n' "$tool" "$tmp" >"$tmp/bin/$tool"
 done
