@@ -56,15 +56,18 @@ TEST_SRC   := $(wildcard tests/c/test_*.c)
 TEST_BIN   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfields.c
 
-.PHONY: all deps lib cli test test-asan test-tsan demo bench install clean fuzz check-symbols
+.PHONY: all deps lib cli test test-asan test-tsan demo bench install uninstall clean fuzz check-symbols
 all: lib cli
 
+# `make deps` (and so `make test`, `make demo`) installs packages and unpacks the Lua source; plain
+# `make` never runs apt-get nor edits apt's sources: it says what is missing and how to get it.
 deps:
 	@bash scripts/deps.sh test
+	@bash scripts/lua-src.sh $(LUASRC)
 
 $(LUASRC)/src/lapi.c:
-	@bash scripts/deps.sh build
-	@bash scripts/lua-src.sh $(LUASRC)
+	@bash scripts/deps.sh check
+	@echo "$(LUASRC) (Debian's lua5.4 source, compiled into libtally) is missing: run 'make deps'" >&2; exit 1
 
 # The embedded Lua: position independent, every symbol hidden, no dlopen (LUA_USE_POSIX, not
 # LUA_USE_LINUX) since scripts must never load native code.
@@ -155,22 +158,57 @@ demo: deps
 
 bench:
 	@bash scripts/deps.sh bench
+	@bash scripts/lua-src.sh $(LUASRC)
 	@$(MAKE) --no-print-directory all bench-bins
 	@BUILD=$(BUILD) bash bench/run.sh
 
 fuzz:
 	@bash scripts/fuzz.sh $(or $(SECONDS_PER_TARGET),60)
 
-install: all
-	install -d $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
-	install -m 644 include/tally.h $(DESTDIR)$(PREFIX)/include/
-	install -m 755 $(BUILD)/libtally.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/
-	ln -sf libtally.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libtally.so.$(SOVERSION)
-	ln -sf libtally.so.$(VERSION) $(DESTDIR)$(PREFIX)/lib/libtally.so
-	install -m 644 $(BUILD)/libtally.a $(DESTDIR)$(PREFIX)/lib/
-	install -m 755 $(BUILD)/tally $(DESTDIR)$(PREFIX)/bin/
-	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' tally.pc.in \
-	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/tally.pc
+# `make install PREFIX=P` (and DESTDIR=staging): everything a C program, a Lua 5.4 program, a C host
+# with its own Lua, and nginx need, plus the man pages. `make uninstall` with the same variables
+# removes exactly these files. The .pc files name PREFIX, never DESTDIR.
+BINDIR      ?= $(PREFIX)/bin
+LIBDIR      ?= $(PREFIX)/lib
+INCLUDEDIR  ?= $(PREFIX)/include
+MANDIR      ?= $(PREFIX)/share/man
+DOCDIR      ?= $(PREFIX)/share/doc/tally
+# resty.tally runs in nginx's LuaJIT, which reads Lua 5.1 module paths.
+LUAJIT_SHAREDIR ?= $(PREFIX)/share/lua/5.1
+# The pkg-config name of the host Lua that tally-lua.pc requires (Debian: lua5.4).
+LUA_PC      ?= lua5.4
+INSTALLED    = $(BINDIR)/tally $(INCLUDEDIR)/tally.h \
+               $(LIBDIR)/libtally.so.$(VERSION) $(LIBDIR)/libtally.so.$(SOVERSION) $(LIBDIR)/libtally.so \
+               $(LIBDIR)/libtally.a $(LIBDIR)/libtally_lua.a \
+               $(LIBDIR)/pkgconfig/tally.pc $(LIBDIR)/pkgconfig/tally-lua.pc \
+               $(LUA_LIBDIR)/tally.so $(LUAJIT_SHAREDIR)/resty/tally.lua \
+               $(MANDIR)/man1/tally.1 $(MANDIR)/man3/tally.3 $(DOCDIR)/LICENSE
+
+install: all luamod
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
+	    $(DESTDIR)$(LUA_LIBDIR) $(DESTDIR)$(LUAJIT_SHAREDIR)/resty \
+	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(DOCDIR)
+	install -m 755 $(BUILD)/tally $(DESTDIR)$(BINDIR)/
+	install -m 644 include/tally.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 755 $(BUILD)/libtally.so.$(VERSION) $(DESTDIR)$(LIBDIR)/
+	ln -sf libtally.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libtally.so.$(SOVERSION)
+	ln -sf libtally.so.$(VERSION) $(DESTDIR)$(LIBDIR)/libtally.so
+	install -m 644 $(BUILD)/libtally.a $(LUAMOD)/libtally_lua.a $(DESTDIR)$(LIBDIR)/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@LUA_PC@|$(LUA_PC)|g' tally.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/tally.pc
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@LIBDIR@|$(LIBDIR)|g' -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|g' \
+	    -e 's|@VERSION@|$(VERSION)|g' -e 's|@LUA_PC@|$(LUA_PC)|g' tally-lua.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/tally-lua.pc
+	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/tally.pc $(DESTDIR)$(LIBDIR)/pkgconfig/tally-lua.pc
+	install -m 755 $(LUAMOD)/tally.so $(DESTDIR)$(LUA_LIBDIR)/
+	install -m 644 lua/resty/tally.lua $(DESTDIR)$(LUAJIT_SHAREDIR)/resty/
+	install -m 644 man/tally.1 $(DESTDIR)$(MANDIR)/man1/
+	install -m 644 man/tally.3 $(DESTDIR)$(MANDIR)/man3/
+	install -m 644 LICENSE $(DESTDIR)$(DOCDIR)/
+
+# Removes the files `install` wrote, then whichever of its directories are left empty.
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	-rmdir $(DESTDIR)$(LUAJIT_SHAREDIR)/resty $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf build/release build/asan build/tsan build/current build/fuzz

@@ -1,7 +1,9 @@
--- The `tally` Lua module (tally.so) built from this checkout: `luarocks make tally-scm-1.rockspec`.
+-- The `tally` Lua module (tally.so) built from this checkout:
+--   luarocks --lua-version=5.4 make tally-scm-1.rockspec
+-- (Debian 12's luarocks defaults to Lua 5.1; this module is for Lua 5.4.)
 -- The module carries its own copy of the runtime (libtally, with a private Lua inside), so nothing
 -- but the system libraries below is needed at run time. Building needs what `make` needs (gcc,
--- make, Debian's lua5.4 source package for the private Lua: see scripts/deps.sh).
+-- make, Debian's lua5.4 source package for the private Lua): run `make deps` once first.
 rockspec_format = "3.0"
 package = "tally"
 version = "scm-1"
@@ -17,15 +19,18 @@ description = {
       blocking, with exact JSON (64-bit integers, null, empty arrays). t:mod(name, version, rate)
       gives a mod or plugin its own rate-limited table stamped with context.mod.
    ]],
-   license = "see the repository",
+   license = "MIT",
 }
 dependencies = {
    "lua >= 5.4, < 5.5",
 }
+-- Libraries, not headers, are what luarocks can find on Debian: curl's header is under the
+-- multiarch include dir (/usr/include/x86_64-linux-gnu), which luarocks does not search, while
+-- its library dirs include lib/<multiarch>. The compiler finds the headers itself.
 external_dependencies = {
-   CURL = { header = "curl/curl.h" },
-   SQLITE3 = { header = "sqlite3.h" },
-   ZLIB = { header = "zlib.h" },
+   CURL = { library = "curl" },
+   SQLITE3 = { library = "sqlite3" },
+   ZLIB = { library = "z" },
 }
 build = {
    type = "make",

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs the Debian packages tally needs, only those that are missing, and says what it installs.
 # Usage: scripts/deps.sh [build|test|demo|bench]   (each set includes the ones before it)
+#        scripts/deps.sh check   names the missing build packages and how to install them, changes
+#                                nothing (plain `make` uses it: it never runs apt-get itself)
 set -euo pipefail
 want=${1:-build}
+check_only=
+[ "$want" = check ] && want=build check_only=1
 
 build_pkgs="gcc make pkg-config dpkg-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libcurl4-openssl-dev libsqlite3-dev sqlite3 zlib1g-dev"
-test_pkgs="lua-busted python3 clang libclang-rt-14-dev nginx-light libnginx-mod-http-lua openssl"
+test_pkgs="lua-busted python3 clang libclang-rt-14-dev nginx-light libnginx-mod-http-lua openssl luarocks"
 bench_pkgs="nodejs npm"
 
 pkgs=$build_pkgs
@@ -26,6 +30,13 @@ for p in $pkgs; do
   esac
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
 done
+
+if [ -n "$check_only" ]; then
+  [ -z "$missing" ] && exit 0
+  echo "missing Debian packages:$missing" >&2
+  echo "install them with: make deps   (or: apt-get install$missing)" >&2
+  exit 1
+fi
 
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
