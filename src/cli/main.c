@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "report.h"
 #include "json.h"
 #include "store.h"
 #include "tally.h"
@@ -18,6 +19,7 @@ static const char usage[] =
     "  tally send [FILE]                 one JSON message per line (stdin when no FILE)\n"
     "  tally inspect STORE [--json]      queued / delivered / retried / dead-lettered / dropped\n"
     "  tally check --rules=PATH [FILE]   run the rules on NDJSON messages without sending\n"
+    "  tally report --events=DB [--store=S] [--plan=RULE.lua] [-o FILE]   HTML audit (report --help)\n"
     "configuration flags: --writeKey= --endpoint= --out=FILE --store= --rules= --config=FILE.lua\n"
     "  and any configuration key as --key=value (see README); --wait_ms= delivery wait (30000)\n";
 
@@ -182,6 +184,7 @@ int main(int argc, char **argv)
 {
     cli_opts o;
     char err[512];
+    if (argc > 1 && !strcmp(argv[1], "report")) return cli_report(argc - 1, argv + 1);
     if (cli_parse(argc, argv, &o, err, sizeof err)) {
         fprintf(stderr, "tally: %s\n", err);
         return 2;
