@@ -154,8 +154,8 @@ static void summary(const rep_data *d, tbuf *b)
     if (d->have_store) {
         int64_t del = 0, dead = 0, queued = 0;
         for (size_t i = 0; i < d->ndests; i++) del += d->dests[i].delivered, dead += d->dests[i].dead, queued += d->dests[i].queued;
-        card(b, "delivered", del, "delivered", NULL);
-        card(b, "queued", queued, "queued", NULL);
+        card(b, "delivered", del, d->ndests > 1 ? "delivered, all destinations" : "delivered", NULL);
+        card(b, "queued", queued, d->ndests > 1 ? "queued, all destinations" : "queued", NULL);
         card(b, "dead", dead, "dead letters", dead ? "bad" : "good");
     }
     tbuf_puts(b, "</div>");

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -520,10 +521,15 @@ static sqlite3 *load_ndjson(rep_data *d, char *err, size_t errlen)
     return db;
 }
 
-static sqlite3 *open_db(const char *path, const char *what, const char *probe, char *err, size_t errlen)
+static sqlite3 *open_db(const char *path, const char *kind, const char *lacks, const char *probe, char *err, size_t errlen)
 {
     if (access(path, R_OK) != 0) {
         snprintf(err, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat sb;
+    if (stat(path, &sb) == 0 && S_ISREG(sb.st_mode) && sb.st_size == 0) {
+        snprintf(err, errlen, "%s: empty file, not a tally %s", path, kind);
         return NULL;
     }
     sqlite3 *db = NULL;
@@ -537,7 +543,7 @@ static sqlite3 *open_db(const char *path, const char *what, const char *probe, c
     if (sqlite3_prepare_v2(db, probe, -1, &st, NULL) != SQLITE_OK) {
         int code = sqlite3_errcode(db);
         if (code == SQLITE_NOTADB) snprintf(err, errlen, "%s: not an SQLite database", path);
-        else snprintf(err, errlen, "%s: not a tally %s (%s)", path, what, sqlite3_errmsg(db));
+        else snprintf(err, errlen, "%s: not a tally %s: %s (%s)", path, kind, lacks, sqlite3_errmsg(db));
         sqlite3_close(db);
         return NULL;
     }
@@ -548,7 +554,7 @@ static sqlite3 *open_db(const char *path, const char *what, const char *probe, c
 int rep_read_events(rep_data *d, int ndjson, char *err, size_t errlen)
 {
     sqlite3 *db = ndjson ? load_ndjson(d, err, errlen)
-                         : open_db(d->events_path, "events database: it has no events table with the sqlite destination's columns",
+                         : open_db(d->events_path, "events database", "it has no events table with the sqlite destination's columns",
                                    "SELECT id, type, event, name, user_id, anonymous_id, session_id, timestamp, body"
                                    " FROM events LIMIT 0", err, errlen);
     if (!db) return -1;
@@ -604,7 +610,7 @@ static void read_dest(sqlite3 *db, rep_dest *r, int id)
 
 int rep_read_store(rep_data *d, char *err, size_t errlen)
 {
-    sqlite3 *db = open_db(d->store_path, "store: it has no dests, queue, dead and counters tables",
+    sqlite3 *db = open_db(d->store_path, "store", "it has no dests, queue, dead and counters tables",
                           "SELECT d.id, d.name, (SELECT count(*) FROM queue), (SELECT count(*) FROM dead),"
                           " (SELECT count(*) FROM counters) FROM dests d LIMIT 0", err, errlen);
     if (!db) return -1;
