@@ -68,7 +68,7 @@ static void epoch_text(int64_t t, int64_t step, char *out, size_t len)
     time_t tt = (time_t)t;
     struct tm tm;
     gmtime_r(&tt, &tm);
-    strftime(out, len, step >= 86400 ? "%Y-%m-%d" : "%m-%d %H:%M", &tm);
+    strftime(out, len, step >= 86400 ? "%Y-%m-%d" : step >= 60 ? "%m-%d %H:%M" : "%H:%M:%S", &tm);
 }
 
 /* The label of a (type, name) pair: the event name for track, "page Home" for the others. */
@@ -220,7 +220,7 @@ static void volume_chart(const rep_data *d, tbuf *b)
     double mag = pow(10, floor(log10((double)max))), top = 10 * mag;
     for (size_t i = 0; i < sizeof nice / sizeof *nice; i++)
         if (nice[i] * mag >= (double)max) { top = nice[i] * mag; break; }
-    if (top < 4) top = 4;
+    if (top < 40) top = ceil(top / 4) * 4; /* small counts: whole numbers on every line */
     double bw = (double)(W - L - R) / (double)d->nbuckets;
     char when[32];
     tbuf_printf(b, "<svg viewBox=\"0 0 %d %d\" role=\"img\" aria-labelledby=\"vol-title\" font-size=\"11\" "

@@ -359,7 +359,7 @@ static void make_volume(pass *P)
     d->first_ts = iso_of(P->lo);
     d->last_ts = iso_of(P->hi);
     /* a bucket size that gives at most 60 bars: readable on a phone, detailed on a desk */
-    static const int64_t steps[] = {60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400};
+    static const int64_t steps[] = {1, 5, 15, 60, 300, 900, 3600, 3 * 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400, 365 * 86400};
     double span_s = (P->hi - P->lo) * 86400.0;
     size_t k = 0;
     while (k + 1 < sizeof steps / sizeof *steps && span_s / (double)steps[k] >= 60) k++;
