@@ -119,6 +119,7 @@ typedef struct pass {
     span     *spans;
     double    lo, hi;
     int64_t   untimed, props_left_out;
+    tbuf      label, key;    /* scratch: "type\x1fname" and "type\x1fname\0key" */
     int       oom;
 } pass;
 
@@ -135,9 +136,13 @@ static int grow(void **p, size_t *cap, size_t n, size_t size)
 
 static long event_index(pass *P, const char *type, const char *name)
 {
-    char label[600];
-    int n = snprintf(label, sizeof label, "%s\x1f%s", type, name);
-    size_t len = n < (int)sizeof label ? (size_t)n : sizeof label - 1;
+    tbuf_reset(&P->label);
+    tbuf_puts(&P->label, type);
+    tbuf_putc(&P->label, '\x1f');
+    tbuf_puts(&P->label, name);
+    if (P->label.oom) return -1;
+    const char *label = P->label.data;
+    size_t len = P->label.len;
     long at = strmap_get(&P->names, label, len, 0, 0);
     if (at >= 0) return at;
     rep_data *d = P->d;
@@ -195,14 +200,15 @@ static int json_kind(const tj_value *v)
 static void add_props(pass *P, const char *label, size_t ll, const tj_value *payload)
 {
     rep_data *d = P->d;
-    char key[700];
     for (size_t i = 0; i < payload->u.obj.n; i++) {
         const tj_member *m = &payload->u.obj.m[i];
         size_t kl = strlen(m->key);
-        if (ll + 1 + kl >= sizeof key) continue;
-        memcpy(key, label, ll);
-        key[ll] = '\0'; /* "label\0key": no label or key can be mistaken for another */
-        memcpy(key + ll + 1, m->key, kl);
+        tbuf_reset(&P->key);
+        tbuf_append(&P->key, label, ll);
+        tbuf_putc(&P->key, '\0'); /* "label\0key": no label or key can be mistaken for another */
+        tbuf_append(&P->key, m->key, kl);
+        if (P->key.oom) { P->oom = 1; return; }
+        const char *key = P->key.data;
         long at = strmap_get(&P->props, key, ll + 1 + kl, 0, 0);
         if (at < 0) {
             if (d->nprops >= MAX_PROPS) { P->props_left_out++; continue; }
@@ -297,11 +303,13 @@ static void take_row(pass *P, sqlite3_stmt *st, tj_arena *a)
         if (!d->unreadable++) d->unreadable_example = sqlite3_column_int64(st, 0);
         return;
     }
-    char label[600];
-    int n = snprintf(label, sizeof label, "%s\x1f%s", e->type, e->name);
+    tbuf_reset(&P->label);
+    tbuf_puts(&P->label, e->type);
+    tbuf_putc(&P->label, '\x1f');
+    tbuf_puts(&P->label, e->name);
     const tj_value *payload = tj_object_get(m, "properties");
     if (!payload || payload->type != TJ_OBJECT) payload = tj_object_get(m, "traits");
-    if (payload && payload->type == TJ_OBJECT) add_props(P, label, n < (int)sizeof label ? (size_t)n : sizeof label - 1, payload);
+    if (payload && payload->type == TJ_OBJECT) add_props(P, P->label.data, P->label.len, payload);
     const tj_value *ctx = tj_object_get(m, "context"), *prot = ctx ? tj_object_get(ctx, "protocols") : NULL;
     if (prot) add_violations(P, tj_object_get(prot, "violations"), body, blen);
 }
@@ -467,6 +475,7 @@ static void read_pass(rep_data *d, sqlite3 *db)
     strmap *maps[] = {&P.names, &P.props, &P.codes, &P.users, &P.anons, &P.sessions};
     for (size_t i = 0; i < sizeof maps / sizeof *maps; i++) strmap_free(maps[i]);
     free(P.stamps), free(P.ticks), free(P.identified), free(P.spans);
+    tbuf_free(&P.label), tbuf_free(&P.key);
 }
 
 /* ---- opening ---- */

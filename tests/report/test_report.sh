@@ -65,11 +65,18 @@ cat >"$dir/noisy.html" <<'EOF'
 <!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'">
 </head><body><img src="http://127.0.0.1:9/x.png"><script>throw new Error("noisy page")</script></body></html>
 EOF
+# and a script whose hash the page's CSP does not allow (what a stale hash in the report would do)
+cat >"$dir/refused.html" <<'EOF'
+<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'sha256-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA='">
+</head><body><script>document.title = "ran"</script></body></html>
+EOF
 browse dom "$dir/noisy.html" "$dir/noisy.dom"
-if console_errors "$dir/noisy.dom.console" | grep -q 'noisy page' && console_errors "$dir/noisy.dom.console" | grep -q 'Content Security Policy'; then
-  ok console_detector_catches_errors_and_blocked_fetches
+browse dom "$dir/refused.html" "$dir/refused.dom"
+if console_errors "$dir/noisy.dom.console" | grep -q 'noisy page' && console_errors "$dir/noisy.dom.console" | grep -q 'Content Security Policy' &&
+   console_errors "$dir/refused.dom.console" | grep -q 'Content Security Policy'; then
+  ok console_detector_catches_errors_blocked_fetches_and_refused_scripts
 else
-  bad console_detector_catches_errors_and_blocked_fetches "$(tail -5 "$dir/noisy.dom.console")"
+  bad console_detector_catches_errors_blocked_fetches_and_refused_scripts "$(tail -5 "$dir/noisy.dom.console" "$dir/refused.dom.console")"
 fi
 
 # ---- fixture: messages through the runtime ----
@@ -91,6 +98,9 @@ for i in range(3):
     msg(type="track", event="Signed Up", userId=f"u{i}", timestamp=f"{day[0]}T08:00:0{i}.000Z", properties={})
 for i in range(4):
     msg(type="page", name="Home", anonymousId="a1", timestamp=f"{day[1]}T07:00:0{i}.000Z", properties={"path": "/"})
+# markup in a name: shown as text, never run (the console must stay silent)
+msg(type="track", event='</td><script>console.error("xss")</script><img src=x onerror="console.error(1)">',
+    userId="u1", timestamp=f"{day[1]}T12:00:00.000Z", properties={"<b>k": 1})
 for i in range(2):
     msg(type="identify", userId=f"u{i}", timestamp=f"{day[2]}T06:00:0{i}.000Z", traits={"email": f"u{i}@example.com"})
 with open(sys.argv[1], "w") as f:
@@ -126,8 +136,8 @@ python3 -c "import json,urllib.request; urllib.request.urlopen(urllib.request.Re
 kill "$collector_pid" 2>/dev/null; wait "$collector_pid" 2>/dev/null; collector_pid=""
 n=$(sqlite3 "$dir/events.db" "SELECT count(*) FROM events" 2>/dev/null || echo 0)
 dead=$(sqlite3 "$dir/store.db" "SELECT count(*) FROM dead" 2>/dev/null || echo 0)
-if [ "$n" -eq 54 ] && [ "$dead" -eq 54 ]; then ok fixture_through_the_runtime
-else bad fixture_through_the_runtime "events $n, dead $dead (want 54 each): $(tail -3 "$dir/send.out")"; fi
+if [ "$n" -eq 55 ] && [ "$dead" -eq 55 ]; then ok fixture_through_the_runtime
+else bad fixture_through_the_runtime "events $n, dead $dead (want 55 each): $(tail -3 "$dir/send.out")"; fi
 
 # ---- the report, in Chromium ----
 if "$TALLY" report --events="$dir/events.db" --store="$dir/store.db" --plan="$dir/plan.lua" --naming="$dir/naming.lua" \
@@ -150,7 +160,9 @@ if [ -z "$errs" ]; then ok no_console_errors; else bad no_console_errors "$errs"
 if [ -s "$art/report.png" ] && [ -s "$art/report-narrow.png" ]; then ok screenshots_saved; else bad screenshots_saved "no png in $art"; fi
 rm -f "$art"/*.console
 dom_check --dom "$dir/report.dom" --events "$dir/events.db" --store "$dir/store.db" \
-  --never-seen "Checkout Started" --unplanned "Product Viewed" --drift "Order Completed:total" --bad-key productId
+  --never-seen "Checkout Started" --drift "Order Completed:total" --bad-key productId \
+  --unplanned "Product Viewed,</td><script>console.error(\"xss\")</script><img src=x onerror=\"console.error(1)\">"
+grep -q '&lt;/td&gt;&lt;script&gt;' "$art/report.html" && ok markup_in_names_is_escaped || bad markup_in_names_is_escaped "not escaped"
 
 # NDJSON (a file destination's output) reads the same
 if "$TALLY" report --events="$dir/events.ndjson" -o "$dir/nd.html" >"$dir/nd.out" 2>&1; then
