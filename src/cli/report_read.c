@@ -460,10 +460,13 @@ static void read_pass(rep_data *d, sqlite3 *db)
         rep_problem(d, "stopped reading after %lld events: %s", (long long)d->total, sqlite3_errmsg(db));
     sqlite3_finalize(st);
     tj_arena_free(a);
-    if (P.untimed) rep_problem(d, "%lld events have no readable timestamp: counted, but not in the volume chart", (long long)P.untimed);
+    if (P.untimed)
+        rep_problem(d, "%lld %s no readable timestamp: counted, but not in the volume chart", (long long)P.untimed,
+                    P.untimed == 1 ? "event has" : "events have");
     if (d->unreadable)
-        rep_problem(d, "%lld rows have a body that is not a JSON object (first: row id %lld): counted in the totals,"
-                       " not in properties or violations", (long long)d->unreadable, (long long)d->unreadable_example);
+        rep_problem(d, "%lld %s a body that is not a JSON object (first: row id %lld): counted in the totals,"
+                       " not in properties or violations", (long long)d->unreadable,
+                    d->unreadable == 1 ? "row has" : "rows have", (long long)d->unreadable_example);
     if (P.props_left_out)
         rep_problem(d, "more than %d distinct event properties: %lld values of further ones are not listed", MAX_PROPS,
                     (long long)P.props_left_out);

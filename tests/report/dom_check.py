@@ -89,6 +89,18 @@ def main():
     root = tree.root
     db = sqlite3.connect("file:" + a.events + "?mode=ro", uri=True)
 
+    # keyboard: every section link lands on a section, every scrolled table can take the focus
+    # (arrow keys scroll it), every example opens from a focusable <summary>
+    ids = {n.attrs.get("id") for n in root.walk() if n.attrs.get("id")}
+    links = [n.attrs["href"][1:] for n in root.find(lambda n: n.tag == "a" and n.attrs.get("href", "").startswith("#"))]
+    check(p + "section_links_reach_sections", bool(links) and all(x in ids for x in links), str([x for x in links if x not in ids]))
+    scrolls = root.find(lambda n: "scroll" in n.attrs.get("class", "").split())
+    check(p + "scrolled_tables_take_focus", all(n.attrs.get("tabindex") == "0" or n.parent.tag == "details" for n in scrolls),
+          "a .scroll without tabindex")
+    details = root.find(lambda n: n.tag == "details")
+    check(p + "examples_open_from_a_summary", all(d.children and any(isinstance(c, Node) and c.tag == "summary" for c in d.children)
+                                                  for d in details), "a details without summary")
+
     total = db.execute("SELECT count(*) FROM events").fetchone()[0]
     check(p + "total_events_card_matches_count", stat(root, "events") == total, f"{stat(root, 'events')} != {total}")
 

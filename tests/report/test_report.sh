@@ -224,7 +224,7 @@ grep -q "could not be read" "$dir/out" && ok corrupt_row_mentioned_on_the_termin
 if [ -f "$dir/corrupt.html" ]; then
   browse dom "$dir/corrupt.html" "$dir/corrupt.dom"
   dom_check --prefix corrupt_ --dom "$dir/corrupt.dom" --events "$dir/corrupt.db" \
-    --problem "1 rows have a body that is not a JSON object (first: row id 3)"
+    --problem "1 row has a body that is not a JSON object (first: row id 3)"
 fi
 
 # damaged pages: SQLite notices or not, but the report never crashes
