@@ -279,7 +279,7 @@ static void volume_chart(const rep_data *d, tbuf *b)
 
 static int is_planned(const rep_data *d, const rep_event *e)
 {
-    if (strcmp(e->type, "track")) return 1; /* a plan lists track events */
+    if (strcmp(e->type, "track")) return 1; /* a plan lists track events: others are not its business */
     for (size_t i = 0; i < d->nplanned; i++)
         if (!strcmp(d->planned[i], e->name)) return 1;
     return 0;
@@ -319,7 +319,9 @@ static void events_section(const rep_data *d, tbuf *b)
         tbuf_puts(b, "</td><td>");
         esc(b, e->last);
         tbuf_puts(b, "</td>");
-        if (d->have_plan) tbuf_puts(b, is_planned(d, e) ? "<td>planned</td>" : "<td class=\"flag\">not planned</td>");
+        if (d->have_plan)
+            tbuf_puts(b, strcmp(e->type, "track") ? "<td class=\"mute\">–</td>"
+                         : is_planned(d, e) ? "<td>planned</td>" : "<td class=\"flag\">not planned</td>");
         tbuf_puts(b, "</tr>");
     }
     tbuf_puts(b, "</tbody></table></div>");
@@ -402,6 +404,8 @@ static void properties_section(const rep_data *d, tbuf *b)
     tbuf_puts(b, "</section>");
 }
 
+static int cmp_str(const void *a, const void *b) { return strcmp(*(const char *const *)a, *(const char *const *)b); }
+
 static void naming_section(const rep_data *d, tbuf *b)
 {
     tbuf_puts(b, "<section id=\"naming\" aria-labelledby=\"h-naming\"><h2 id=\"h-naming\">Naming conventions</h2>");
@@ -432,24 +436,26 @@ static void naming_section(const rep_data *d, tbuf *b)
         tbuf_printf(b, "<p><b data-stat=\"bad-names\">%zu</b> event name%s off style.</p>", bad, bad == 1 ? "" : "s");
     }
     if (d->snake_keys) {
-        size_t badk = 0;
+        size_t badk = 0, nbad = 0;
         tbuf_puts(b, "<h3>Property keys (snake_case)</h3>");
-        for (size_t i = 0; i < d->nprops; i++) {
-            const rep_prop *p = &d->props[i];
-            if (rep_follows_style(p->key, "snake", want, sizeof want)) continue;
-            /* one row per key, even when several events carry it */
-            size_t k = 0;
-            while (k < i && strcmp(d->props[k].key, p->key)) k++;
-            if (k < i) continue;
+        /* one row per key, even when several events carry it: sort the bad ones, skip repeats */
+        const char **bad_keys = malloc((d->nprops ? d->nprops : 1) * sizeof *bad_keys);
+        for (size_t i = 0; bad_keys && i < d->nprops; i++)
+            if (!rep_follows_style(d->props[i].key, "snake", want, sizeof want)) bad_keys[nbad++] = d->props[i].key;
+        if (nbad) qsort(bad_keys, nbad, sizeof *bad_keys, cmp_str);
+        for (size_t i = 0; i < nbad; i++) {
+            if (i && !strcmp(bad_keys[i], bad_keys[i - 1])) continue;
             if (!badk++) tbuf_puts(b, "<div class=\"scroll\" tabindex=\"0\"><table><thead><tr><th>key</th><th>would be</th>"
                                       "</tr></thead><tbody>");
             if (badk > MAX_NAMING_ROWS) continue;
+            rep_follows_style(bad_keys[i], "snake", want, sizeof want);
             tbuf_puts(b, "<tr data-bad-key><td><code>");
-            esc(b, p->key);
+            esc(b, bad_keys[i]);
             tbuf_puts(b, "</code></td><td><code>");
             esc(b, want);
             tbuf_puts(b, "</code></td></tr>");
         }
+        free(bad_keys);
         if (badk) tbuf_puts(b, "</tbody></table></div>");
         tbuf_printf(b, "<p><b data-stat=\"bad-keys\">%zu</b> property key%s off snake_case.</p>", badk, badk == 1 ? "" : "s");
     }

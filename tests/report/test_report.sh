@@ -172,6 +172,11 @@ else
   bad ndjson_report_written "$(cat "$dir/nd.out")"
 fi
 
+# the demo's plan (make demo) loads and lists its events
+if "$TALLY" report --events="$dir/events.db" --plan=examples/game/plan.lua -o "$dir/demo-plan.html" >"$dir/out" 2>&1 &&
+   grep -q '4 planned events' "$dir/demo-plan.html"; then ok demo_plan_loads
+else bad demo_plan_loads "$(cat "$dir/out")"; fi
+
 # ---- bad input ----
 # expect NAME WANT_EXIT STDERR_SUBSTRING -- command...
 expect() {
