@@ -172,6 +172,11 @@ for run in $(seq 1 "$RUNS"); do
     done
 done
 
+# tally report over 1,000,000 events: its own fixture and figures (bench/report_scale.sh)
+if [[ "report 1M" =~ $CASES ]]; then
+    BUILD=$BUILD bash bench/report_scale.sh || failures=$((failures + 1))
+fi
+
 finished=$(date +%s)
 mkdir -p bench/results
 python3 bench/report.py --runs "$runs" --out-dir bench/results --n "$N" --runs-per-case "$RUNS" \

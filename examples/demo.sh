@@ -111,5 +111,11 @@ fi
 section "delivery per destination ($cli inspect $store)"
 "$cli" inspect "$store"
 
+section "report (tally report)"
+naming=()
+[ -f "$rules/10_naming.lua" ] && naming=(--naming="$rules/10_naming.lua")
+"$cli" report --events="$events" --store="$store" --plan=examples/game/plan.lua "${naming[@]}" -o "$out/report.html"
+echo "open file://$PWD/$out/report.html"
+
 printf '\nfiles: %s (events), %s (store)\n' "$events" "$store"
 exit 0

@@ -412,9 +412,17 @@ end
 --   required = { "key" | { property = k, when = <condition>, when_property = k } }
 --   mode = "report" (default) | "fix"
 -- plus the common name, types, stage, on_error.
-M.rule = util.constructor{
+local make_rule = util.constructor{
   module = MODULE, name = "naming", stage = "before", entry = "process",
   options = OPTIONS, build = build,
 }
+
+-- The plugin also carries its conventions as plain data, for `tally report`.
+function M.rule(opts)
+  local plugin = make_rule(opts)
+  opts = opts or {}
+  plugin.conventions = { style = opts.style, property_case = opts.property_case }
+  return plugin
+end
 
 return M

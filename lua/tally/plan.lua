@@ -558,9 +558,16 @@ end
 --   violations = "allow" | "flag" (default) | "block"
 -- "flag" calls ctx:violation and appends { type, field, description } to
 -- context.protocols.violations; "block" calls ctx:violation and drops the message.
-M.rule = util.constructor{
+local make_rule = util.constructor{
   module = MODULE, name = "plan", stage = "before", entry = "process",
   types = { "track", "identify" }, options = OPTIONS, build = build,
 }
+
+-- The plugin also lists its planned event names (sorted) as plain data, for `tally report`.
+function M.rule(opts)
+  local plugin = make_rule(opts)
+  plugin.planned_events = util.sorted_keys(opts.plan.events or {})
+  return plugin
+end
 
 return M

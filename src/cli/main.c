@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "report.h"
 #include "json.h"
 #include "store.h"
 #include "tally.h"
@@ -22,10 +23,11 @@ static const struct { const char *cmd, *text; } usages[] = {
               "        [--rule_config=JSON]          prints each result, violation, drop, error and ctx:log line\n"},
     {"inspect", "  tally inspect STORE [--json]      per destination: queued, delivered, retried,\n"
                 "                                     dead-lettered, dropped; --json: the schema in README\n"},
+    {"report", "  tally report --events=DB [--store=S] [--plan=RULE.lua] [-o FILE]   HTML audit (report --help)\n"},
 };
 
 static const char usage_single[] =
-    "  message flags (any command above but send/check/inspect): --context=JSON --integrations=JSON\n"
+    "  message flags (any command above but send/check/inspect/report): --context=JSON --integrations=JSON\n"
     "        --messageId=ID --timestamp=ISO8601 (e.g. 2024-01-31T12:00:00.000Z); --type=CMD instead of CMD\n";
 
 static const char usage_common[] =
@@ -50,7 +52,7 @@ static void print_usage(const char *cmd)
     printf("usage: tally COMMAND [--flag=value ...]\n");
     for (size_t i = 0; i < sizeof usages / sizeof *usages; i++)
         if (all || !strcmp(cmd, usages[i].cmd)) fputs(usages[i].text, stdout);
-    if (all || (strcmp(cmd, "send") && strcmp(cmd, "check") && strcmp(cmd, "inspect"))) fputs(usage_single, stdout);
+    if (all || (strcmp(cmd, "send") && strcmp(cmd, "check") && strcmp(cmd, "inspect") && strcmp(cmd, "report"))) fputs(usage_single, stdout);
     fputs(usage_common, stdout);
 }
 
@@ -222,6 +224,7 @@ int main(int argc, char **argv)
 {
     cli_opts o;
     char err[512];
+    if (argc > 1 && !strcmp(argv[1], "report")) return cli_report(argc - 1, argv + 1);
     if (cli_parse(argc, argv, &o, err, sizeof err)) {
         fprintf(stderr, "tally: %s\n", err);
         return 2;

@@ -350,4 +350,15 @@ describe("tally.naming", function()
       assert.same({}, ctx.violations)
     end)
   end)
+
+  describe("conventions", function()
+    it("carries the style and key case as plain data for tally report", function()
+      local rule = naming.rule{ style = "lower", property_case = "snake" }
+      assert.same({ style = "lower", property_case = "snake" }, rule.conventions)
+    end)
+
+    it("is empty when the rule checks neither", function()
+      assert.same({}, naming.rule{ object_action = true }.conventions)
+    end)
+  end)
 end)

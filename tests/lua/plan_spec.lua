@@ -379,4 +379,16 @@ describe("tally.plan", function()
       assert.has_error(function() plan.rule{ plan = { common = { anyOf = {} } } } end)
     end)
   end)
+
+  describe("planned_events", function()
+    it("lists the planned event names, sorted, as plain data for tally report", function()
+      local rule = plan.rule{ plan = ORDER_PLAN }
+      assert.same({ "Order Completed", "Signed Up" }, rule.planned_events)
+      assert.is_nil(getmetatable(rule.planned_events))
+    end)
+
+    it("is empty for a plan without events", function()
+      assert.same({}, plan.rule{ plan = { common = { type = "object" } } }.planned_events)
+    end)
+  end)
 end)
