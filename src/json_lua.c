@@ -526,7 +526,10 @@ static int keep_key(cctx *c, keyscan *k)
         k->mcap = cap;
     }
     tj_member *dst = &k->m[k->nstr];
-    if (!(dst->key = tj_strdup(c->a, s, klen))) return oom(c);
+    /* the second pass only looks for the error, and its tree is thrown away: Lua's own string,
+     * held by the table for as long as the walk lasts, does (a 16 MiB key is not copied) */
+    if (c->sorted) dst->key = s;
+    else if (!(dst->key = tj_strdup(c->a, s, klen))) return oom(c);
     dst->klen = klen;
     dst->val = NULL;
     return 0;
@@ -557,6 +560,9 @@ static int scan_keys(cctx *c, int idx, keyscan *k)
     lua_pushnil(L);
     while (lua_next(L, idx)) {
         k->n++;
+        /* more entries than bytes left is too large whatever the order: the same error, at the
+         * table's path, in both passes */
+        if (c->sorted && k->n > c->limit - c->used) return charge(c, k->n);
         if (lua_type(L, -2) == LUA_TSTRING) {
             /* charged before it is copied: a 16 MiB key costs nothing */
             if (!c->sorted && charge(c, lua_rawlen(L, -2) + 4)) return -1;
