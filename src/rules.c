@@ -20,7 +20,9 @@ typedef struct rule {
     int              fn_ref;       /* process or map */
     int              ctx_ref;      /* the ctx table handed to every call, reused */
     int              failures_in_a_row;
-    _Atomic uint64_t calls, errors, dropped, violations;
+    int64_t          log_second;   /* the second (now_ms / 1000) log_lines counts in */
+    int              log_lines;
+    _Atomic uint64_t calls, errors, dropped, violations, log_suppressed, parts_cut;
     _Atomic int      disabled;
 } rule;
 
@@ -31,6 +33,7 @@ struct rules {
     const tly_logger *log;
     rules_opts        o;
     rule             *current;     /* the script running now, for ctx methods */
+    int64_t           now_ms;      /* the running call's ctx.now */
     rules_report     *rep;
     size_t            n_process;   /* before + enrichment scripts */
     int              *last, *next_last; /* per message in the chain: last script that returned it */
@@ -71,13 +74,41 @@ static int ctx_violation(lua_State *L)
     return 0;
 }
 
+/* A rule that logs in a loop must not flood the operator's log (one message once wrote 196 MiB):
+ * each rule may write RULES_LOG_LINES_PER_SECOND lines (ctx:log and print together) per second of
+ * ctx.now; the rest are counted in its stats as log_suppressed, and the first one cut says so. */
+static int log_permitted(rules *R, int level)
+{
+    rule *r = R->current;
+    if (!R->log || level > R->log->level) return 0; /* not written anyway: not charged */
+    if (!r) return 1;
+    int64_t second = R->now_ms / 1000;
+    if (second != r->log_second) {
+        r->log_second = second;
+        r->log_lines = 0;
+    }
+    if (r->log_lines < RULES_LOG_LINES_PER_SECOND) {
+        r->log_lines++;
+        return 1;
+    }
+    if (r->log_lines == RULES_LOG_LINES_PER_SECOND) {
+        r->log_lines++;
+        tly_log(R->log, TALLY_LOG_WARN, "rule %s: more than %d log lines in a second; the rest of this second's "
+                "are not written (counted as log_suppressed)", r->name ? r->name : "?", RULES_LOG_LINES_PER_SECOND);
+    }
+    atomic_fetch_add(&r->log_suppressed, 1);
+    return 0;
+}
+
+static int print_gate(void *ud, int level) { return log_permitted(ud, level); }
+
 static int ctx_log(lua_State *L)
 {
     rules *R = ctx_rules(L);
     static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
     int level = luaL_checkoption(L, 2, "info", levels);
     const char *text = luaL_checkstring(L, 3);
-    tly_log(R->log, level, "rule %s: %s", R->current ? R->current->name : "?", text);
+    if (log_permitted(R, level)) tly_log(R->log, level, "rule %s: %s", R->current ? R->current->name : "?", text);
     return 0;
 }
 
@@ -163,10 +194,23 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
         return fail_script(file, "%s: must return a plugin table { name = ..., stage = ..., process = function(msg, ctx) ... end }%s", NULL);
     }
     lua_getfield(L, t, "name");
-    const char *name = lua_tostring(L, -1);
+    size_t name_len = 0;
+    const char *name = lua_tolstring(L, -1, &name_len);
     if (!name || !*name) {
         lua_pop(L, 2);
         return fail_script(file, "%s: plugin needs a non-empty string \"name\"%s", NULL);
+    }
+    /* the name is written into stats JSON, logs and `tally check` output as it is */
+    size_t bad = 0;
+    int ok_utf8 = tj_utf8_valid(name, name_len, &bad);
+    for (size_t i = 0; ok_utf8 && i < name_len; i++)
+        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7F) ok_utf8 = 0, bad = i;
+    if (!ok_utf8 || name_len > RULES_MAX_NAME) {
+        lua_pop(L, 2);
+        if (name_len > RULES_MAX_NAME)
+            return tly_fail(TALLY_ELUA, "%s: \"name\" is %zu bytes; at most %d", file, name_len, RULES_MAX_NAME);
+        return tly_fail(TALLY_ELUA, "%s: \"name\" must be UTF-8 text without control characters (bad byte at offset %zu)",
+                        file, bad);
     }
     r->name = strdup(name);
     r->file = strdup(file);
@@ -306,10 +350,14 @@ int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_log
         R->o = *o;
         sb_limits lim = {o->max_memory, o->max_instructions};
         if (!(R->sb = sb_new(&lim, (const char *const *)dirs, log))) rc = tly_fail(TALLY_ENOMEM, "rules: cannot create the Lua state");
+        else sb_set_log_gate(R->sb, print_gate, R);
     }
     for (size_t i = 0; !rc && i < nfiles; i++) {
         char err[1024];
-        if (sb_load_file(R->sb, files[i], err, sizeof err)) {
+        R->current = &R->r[R->n]; /* print() at load time is rate-limited like any other */
+        int loaded = sb_load_file(R->sb, files[i], err, sizeof err);
+        R->current = NULL;
+        if (loaded) {
             rc = tly_fail(TALLY_ELUA, "%s", err);
             break;
         }
@@ -398,6 +446,7 @@ static int call_rule(rules *R, rule *r, int64_t now_ms)
     lua_pushinteger(L, now_ms);
     lua_setfield(L, -2, "now");
     R->current = r;
+    R->now_ms = now_ms;
     atomic_fetch_add(&r->calls, 1);
     char err[1024];
     int rc = sb_call(R->sb, 2, 1, err, sizeof err);
@@ -489,10 +538,21 @@ static int type_matches(lua_State *L, int idx, unsigned types)
     return types_allow(types, t);
 }
 
-/* Runs r on the message table at idx. Pushes what goes on (none, one or several tables) and
- * returns how many; *ok says whether r returned normally (else what it pushed is the copy made
- * before the call, for on_error = "pass"). */
-static int run_one(rules *R, rule *r, int idx, int64_t now_ms, int *ok)
+/* A script split one message into more parts than RULES_MAX_PARTS: the first ones go on, the rest
+ * are counted as cut (left to grow, one rule could evict every queued message from the store). */
+static void parts_were_cut(rules *R, rule *r, lua_Integer returned, lua_Integer cut)
+{
+    char text[200];
+    atomic_fetch_add(&r->parts_cut, (uint64_t)cut);
+    snprintf(text, sizeof text, "made %lld messages of one; at most %d parts per message: %lld cut",
+             (long long)returned, RULES_MAX_PARTS, (long long)cut);
+    script_failed(R, r, text);
+}
+
+/* Runs r on the message table at idx. Pushes what goes on (none, one or several tables, at most
+ * room of them) and returns how many; *ok says whether r returned normally (else what it pushed is
+ * the copy made before the call, for on_error = "pass"). */
+static int run_one(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer room, int *ok)
 {
     lua_State *L = sb_state(R->sb);
     int top = lua_gettop(L), snap = 0;
@@ -509,6 +569,7 @@ static int run_one(rules *R, rule *r, int idx, int64_t now_ms, int *ok)
     lua_pushvalue(L, idx);
     const char *why = NULL;
     int called = call_rule(R, r, now_ms) == 0, res = lua_gettop(L), n = 0;
+    lua_Integer cut = 0, returned = 0;
     if (!called) {
         why = ""; /* reported by call_rule */
     } else if (lua_isnil(L, res)) {
@@ -525,6 +586,11 @@ static int run_one(rules *R, rule *r, int idx, int64_t now_ms, int *ok)
         lua_pop(L, 1);
         lua_Integer len = single ? 1 : (lua_Integer)lua_rawlen(L, res);
         if (len == 0) why = "process must return the message, nil, or a list of messages";
+        if (len > room) {
+            cut = len - room;
+            returned = len;
+            len = room;
+        }
         if (len > 1 && !lua_checkstack(L, (int)len + 4)) why = "returned too many messages";
         for (lua_Integer i = 1; !why && i <= len; i++) {
             if (single) lua_pushvalue(L, res);
@@ -551,6 +617,7 @@ static int run_one(rules *R, rule *r, int idx, int64_t now_ms, int *ok)
     }
     r->failures_in_a_row = 0;
     *ok = 1;
+    if (cut) parts_were_cut(R, r, returned, cut);
     /* move the n results down over the copy and the returned value */
     lua_rotate(L, top + 1, -(res - top));
     lua_settop(L, top + n);
@@ -621,7 +688,10 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
     for (int stage = STAGE_BEFORE; stage <= STAGE_ENRICHMENT; stage++) {
         for (size_t i = 0; i < R->n && n; i++) {
             rule *r = &R->r[i];
-            if (r->stage != stage || atomic_load(&r->disabled)) continue;
+            int disabled = atomic_load(&r->disabled);
+            /* a rule the breaker disabled keeps its failure policy: "pass" lets messages by, "drop"
+             * (fail closed) drops every message it would have seen */
+            if (r->stage != stage || (disabled && r->on_error_pass)) continue;
             size_t produced = 0;
             int first = base + 1;
             for (size_t k = 0; k < n; k++) {
@@ -630,8 +700,12 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
                 if (!type_matches(L, idx, r->types)) {
                     lua_pushvalue(L, idx);
                     got = 1;
+                } else if (disabled) {
+                    dropped_by(R, r, "disabled by the breaker, and its on_error is drop");
+                    got = 0;
                 } else {
-                    got = run_one(R, r, idx, now_ms, &ok);
+                    /* leave one place for each message after this one: the total stays in bounds */
+                    got = run_one(R, r, idx, now_ms, (lua_Integer)(RULES_MAX_PARTS - produced - (n - k - 1)), &ok);
                 }
                 if (grow_last(R, produced + (size_t)got)) {
                     lua_pop(L, got);
@@ -677,13 +751,19 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
     rule *r = &R->r[idx];
     lua_State *L = sb_state(R->sb);
     int top = lua_gettop(L);
-    if (atomic_load(&r->disabled) || !types_allow(r->types, message_type(m))) return;
+    if (!types_allow(r->types, message_type(m))) return;
     R->rep = rep;
+    if (atomic_load(&r->disabled)) {
+        dropped_by(R, r, "mapping disabled by the breaker");
+        R->rep = NULL;
+        return;
+    }
     if (tjl_push(L, m) == 0 && call_rule(R, r, now_ms) == 0 && lua_istable(L, -1)) {
         r->failures_in_a_row = 0;
         lua_getfield(L, -1, "tally_many");
         if (lua_istable(L, -1)) {
-            lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+            lua_Integer n = (lua_Integer)lua_rawlen(L, -1), all = n;
+            if (n > RULES_MAX_PARTS) n = RULES_MAX_PARTS;
             for (lua_Integer i = 1; i <= n; i++) {
                 lua_rawgeti(L, -1, i);
                 tj_value *v = take_payload(R, r, a, -1);
@@ -691,6 +771,7 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
                 if (!v) { out->n = 0; break; }
                 msg_list_push(out, v);
             }
+            if (all > n && out->n) parts_were_cut(R, r, all, all - n);
         } else {
             lua_pop(L, 1);
             tj_value *v = take_payload(R, r, a, -1);
@@ -710,10 +791,12 @@ void rules_stats(const rules *R, tbuf *b)
         const rule *r = &R->r[i];
         tbuf_puts(b, i ? ",{\"name\":" : "{\"name\":");
         tj_write_string(b, r->name, strlen(r->name));
-        tbuf_printf(b, ",\"stage\":\"%s\",\"calls\":%llu,\"errors\":%llu,\"dropped\":%llu,\"violations\":%llu,\"disabled\":%s}",
+        tbuf_printf(b, ",\"stage\":\"%s\",\"calls\":%llu,\"errors\":%llu,\"dropped\":%llu,\"violations\":%llu,\"disabled\":%s",
                     stage_names[r->stage], (unsigned long long)atomic_load(&r->calls),
                     (unsigned long long)atomic_load(&r->errors), (unsigned long long)atomic_load(&r->dropped),
                     (unsigned long long)atomic_load(&r->violations), atomic_load(&r->disabled) ? "true" : "false");
+        tbuf_printf(b, ",\"log_suppressed\":%llu,\"parts_cut\":%llu}", (unsigned long long)atomic_load(&r->log_suppressed),
+                    (unsigned long long)atomic_load(&r->parts_cut));
     }
     tbuf_putc(b, ']');
 }

@@ -15,6 +15,11 @@
 
 enum { STAGE_BEFORE, STAGE_ENRICHMENT, STAGE_DESTINATION };
 
+/* Limits on what scripts produce (README.md, "Limits"). */
+#define RULES_LOG_LINES_PER_SECOND 50 /* ctx:log and print lines, per rule */
+#define RULES_MAX_PARTS 100           /* messages one message may become (splits, tally_many payloads) */
+#define RULES_MAX_NAME 128            /* bytes of a rule's name */
+
 typedef struct rules rules;
 
 typedef struct rules_opts {

@@ -38,6 +38,8 @@ struct sandbox {
     long              budget;
     char            **dirs;
     const tly_logger *log;
+    int             (*log_gate)(void *ud, int level);
+    void             *log_gate_ud;
 };
 
 /* Bundled modules (the .lua files of lua/tally), compiled in so `require "tally.naming"` works wherever the
@@ -129,6 +131,7 @@ static void count_hook(lua_State *L, lua_Debug *ar)
 static int safe_print(lua_State *L)
 {
     sandbox *sb = from_state(L);
+    if (sb->log_gate && !sb->log_gate(sb->log_gate_ud, TALLY_LOG_INFO)) return 0;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     int n = lua_gettop(L);
@@ -424,6 +427,12 @@ void sb_free(sandbox *sb)
 }
 
 lua_State *sb_state(sandbox *sb) { return sb->L; }
+
+void sb_set_log_gate(sandbox *sb, int (*gate)(void *ud, int level), void *ud)
+{
+    sb->log_gate = gate;
+    sb->log_gate_ud = ud;
+}
 
 static int traceback_handler(lua_State *L)
 {

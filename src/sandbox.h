@@ -28,6 +28,8 @@ typedef struct sb_limits {
 sandbox   *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger *log);
 void       sb_free(sandbox *sb);
 lua_State *sb_state(sandbox *sb);
+/* print() asks gate(ud, TALLY_LOG_INFO) before writing a line: 0 means not now (rate limits). */
+void       sb_set_log_gate(sandbox *sb, int (*gate)(void *ud, int level), void *ud);
 
 /* Loads a script file (text only) into a fresh environment and runs it under the limits; on
  * success pushes its return value. 0, or -1 with err set ("rules/a.lua:3: ..."). */

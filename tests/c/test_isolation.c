@@ -1,0 +1,352 @@
+/* Scripts must not reach each other, and what they produce must stay bounded: hostile rules
+ * (issue 14, items 7-9 and 13-15; issue 15, the breaker's failure policy), each test named after
+ * the trick it stops. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "tally.h"
+#include "util.h"
+
+static int dir_counter;
+
+/* A fresh rules folder holding the given (filename, source) pairs, NULL-terminated. */
+static char *rules_dir(const char *first, ...)
+{
+    char name[64];
+    snprintf(name, sizeof name, "iso-rules-%d", ++dir_counter);
+    char *dir = tu_path(name);
+    mkdir(dir, 0755);
+    va_list ap;
+    va_start(ap, first);
+    for (const char *file = first; file; file = va_arg(ap, const char *)) {
+        const char *src = va_arg(ap, const char *);
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir, file);
+        FILE *f = fopen(path, "w");
+        if (f) { fputs(src, f); fclose(f); }
+    }
+    va_end(ap);
+    return dir;
+}
+
+/* What the logger received: every line, and how many held `needle`. */
+static char logged[65536];
+static const char *needle;
+static int lines, needle_lines;
+static void capture(void *ud, int level, const char *msg)
+{
+    (void)ud;
+    (void)level;
+    lines++;
+    if (needle && strstr(msg, needle)) needle_lines++;
+    size_t n = strlen(logged);
+    snprintf(logged + n, sizeof logged - n, "%s\n", msg);
+}
+
+/* Opens a handle on the rules folder writing to out; extra key/value pairs end with NULL. */
+static tally_t *open_rules(const char *dir, const char *out, ...)
+{
+    tally_config *c = tally_config_new();
+    unlink(out);
+    logged[0] = '\0';
+    lines = needle_lines = 0;
+    tally_config_set(c, "out", out);
+    tally_config_set(c, "rules", dir);
+    tally_config_set(c, "log_level", "info");
+    tally_config_set_logger(c, capture, NULL);
+    tally_config_set(c, "lua_instructions", "2000000");
+    tally_config_set(c, "lua_memory", "33554432");
+    va_list ap;
+    va_start(ap, out);
+    for (const char *k = va_arg(ap, const char *); k; k = va_arg(ap, const char *)) tally_config_set(c, k, va_arg(ap, const char *));
+    va_end(ap);
+    tally_t *t = NULL;
+    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
+    tally_config_free(c);
+    return t;
+}
+
+static char *stats_of(tally_t *t)
+{
+    char *s = NULL;
+    tally_stats(t, &s);
+    return s;
+}
+
+/* The unsigned number after `"key":` in the first object of s that holds "name":"rule". */
+static long long rule_stat(const char *s, const char *rule, const char *key)
+{
+    char pat[160];
+    snprintf(pat, sizeof pat, "\"name\":\"%s\"", rule);
+    const char *r = s ? strstr(s, pat) : NULL;
+    if (!r) return -1;
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *k = strstr(r, pat), *end = strchr(r, '}');
+    if (!k || (end && k > end)) return -1;
+    return atoll(k + strlen(pat));
+}
+
+/* ---- 14: logging is bounded and cannot forge lines ---- */
+
+TEST(ctx_log_in_a_loop_is_rate_limited_and_counted)
+{
+    char *dir = rules_dir("10_spam.lua",
+                          "return { name = 'spam', process = function(m, ctx)\n"
+                          "  for i = 1, 100000 do ctx:log('warn', 'spam line ' .. i) end return m end }\n", NULL);
+    char *out = tu_path("spam.ndjson");
+    needle = "spam line";
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 20000) == TALLY_OK);
+    char *s = stats_of(t);
+    /* one second's allowance, or two when the loop straddles a second */
+    CHECK(needle_lines >= 50 && needle_lines <= 100);
+    CHECK_EQ_INT(rule_stat(s, "spam", "log_suppressed"), 100000 - needle_lines);
+    CHECK_CONTAINS(logged, "rule spam: more than 50 log lines in a second");
+    CHECK_EQ_INT(tu_count_lines(out), 1); /* the message itself went on */
+    tally_free(s);
+    tally_close(t, 1000);
+    needle = NULL;
+    free(out);
+    free(dir);
+}
+
+TEST(print_in_a_loop_is_rate_limited_and_counted)
+{
+    char *dir = rules_dir("10_printer.lua",
+                          "for i = 1, 1000 do print('load time print', i) end\n"
+                          "return { name = 'printer', process = function(m, ctx)\n"
+                          "  for i = 1, 100000 do print('printed line', i) end return m end }\n", NULL);
+    char *out = tu_path("print.ndjson");
+    needle = "printed line";
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    CHECK(strstr(logged, "load time print") != NULL);
+    CHECK_CONTAINS(logged, "more than 50 log lines in a second");
+    CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 20000) == TALLY_OK);
+    char *s = stats_of(t);
+    CHECK(needle_lines >= 50 && needle_lines <= 100);
+    CHECK(lines < 400); /* not 101,000 */
+    CHECK(rule_stat(s, "printer", "log_suppressed") >= 100000 - needle_lines);
+    tally_free(s);
+    tally_close(t, 1000);
+    needle = NULL;
+    free(out);
+    free(dir);
+}
+
+TEST(log_lines_cannot_forge_lines_or_reach_the_terminal)
+{
+    char *dir = rules_dir("10_forger.lua",
+                          "return { name = 'forger', on_error = 'pass', process = function(m, ctx)\n"
+                          "  ctx:log('warn', 'ok\\ntally: error: forged\\27[2J\\r\\t\\127' .. string.char(0xc2, 0x9b) .. '\\255end')\n"
+                          "  error('boom\\nforged error line\\27]0;title\\7') end }\n", NULL);
+    char *out = tu_path("forge.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_CONTAINS(logged, "rule forger: ok\\ntally: error: forged\\x1b[2J\\r\\t\\x7f\\xc2\\x9b\\xffend");
+    CHECK_CONTAINS(logged, "boom\\nforged error line\\x1b]0;title\\x07");
+    /* each line the logger received is one line: no raw control byte anywhere */
+    for (const char *p = logged; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '\n') continue;
+        CHECK(c >= 0x20 && c != 0x7f);
+        if (c < 0x20 || c == 0x7f) break;
+    }
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+/* ---- 15: rule names reach JSON and logs ---- */
+
+TEST(rule_name_with_invalid_utf8_is_refused_at_load)
+{
+    static const char *const names[] = {"'bad\\255name'", "'line\\nbreak'", "'esc\\27[31m'", "string.rep('n', 129)", NULL};
+    static const char *const why[] = {"\"name\" must be UTF-8 text without control characters (bad byte at offset 3)",
+                                      "bad byte at offset 4", "bad byte at offset 3", "\"name\" is 129 bytes; at most 128"};
+    for (int i = 0; names[i]; i++) {
+        char src[256];
+        snprintf(src, sizeof src, "return { name = %s, process = function(m) return m end }\n", names[i]);
+        char *dir = rules_dir("10_named.lua", src, NULL);
+        char *out = tu_path("names.ndjson");
+        tally_t *t = open_rules(dir, out, NULL);
+        CHECK(t == NULL);
+        CHECK_CONTAINS(tally_errmsg(NULL), why[i]);
+        CHECK_CONTAINS(tally_errmsg(NULL), "10_named.lua");
+        if (t) tally_close(t, 1000);
+        free(out);
+        free(dir);
+    }
+}
+
+TEST(rule_name_in_utf8_keeps_stats_valid)
+{
+    char *dir = rules_dir("10_named.lua", "return { name = 'caf\\195\\169 \\226\\152\\149', process = function(m) return m end }\n", NULL);
+    char *out = tu_path("utf8name.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    char *s = stats_of(t);
+    CHECK_CONTAINS(s, "\"name\":\"caf\xc3\xa9 \xe2\x98\x95\"");
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+/* ---- issue 15: a disabled rule keeps its failure policy ---- */
+
+TEST(fail_closed_rule_disabled_by_breaker_still_drops)
+{
+    /* fails on purchases only; identify messages are not its type and go on */
+    char *dir = rules_dir("10_gate.lua",
+                          "return { name = 'gate', types = {'track'}, process = function(m) error('plan check broke') end }\n",
+                          NULL);
+    char *out = tu_path("gate.ndjson");
+    tally_t *t = open_rules(dir, out, "rule_breaker", "3", NULL);
+    REQUIRE(t);
+    for (int i = 0; i < 6; i++) CHECK_EQ_INT(tally_track(t, "Purchase", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_identify(t, "u1", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *s = stats_of(t);
+    CHECK_CONTAINS(s, "\"name\":\"gate\",\"stage\":\"before\",\"calls\":3,\"errors\":3,\"dropped\":6,\"violations\":0,\"disabled\":true");
+    CHECK_CONTAINS(s, "\"rule_dropped\":6");
+    CHECK_EQ_INT(tu_count_lines(out), 1); /* only the identify: nothing passed the gate unprocessed */
+    char *l0 = tu_line(out, 0);
+    CHECK_CONTAINS(l0, "\"type\":\"identify\"");
+    free(l0);
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(fail_open_rule_disabled_by_breaker_still_passes)
+{
+    char *dir = rules_dir("10_enrich.lua",
+                          "return { name = 'enrich', stage = 'enrichment', process = function(m) error('lookup broke') end }\n",
+                          NULL);
+    char *out = tu_path("enrich.ndjson");
+    tally_t *t = open_rules(dir, out, "rule_breaker", "2", NULL);
+    REQUIRE(t);
+    for (int i = 0; i < 5; i++) CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *s = stats_of(t);
+    CHECK_CONTAINS(s, "\"calls\":2,\"errors\":2,\"dropped\":0,\"violations\":0,\"disabled\":true");
+    CHECK_EQ_INT(tu_count_lines(out), 5);
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(mapping_disabled_by_breaker_counts_what_it_skips)
+{
+    char *dir = rules_dir("90_map.lua", "return { name = 'shape', stage = 'destination', map = function(m) error('broken') end }\n", NULL);
+    char *raw = tu_path("rawmap.ndjson"), *mapped = tu_path("mapped.ndjson");
+    unlink(raw);
+    unlink(mapped);
+    char dests[1024];
+    snprintf(dests, sizeof dests, "[{\"type\":\"file\",\"path\":\"%s\",\"mapping\":\"shape\"}]", mapped);
+    tally_t *t = open_rules(dir, raw, "destinations", dests, "rule_breaker", "2", NULL);
+    REQUIRE(t);
+    for (int i = 0; i < 5; i++) CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "shape", "calls"), 2);
+    CHECK_EQ_INT(rule_stat(s, "shape", "dropped"), 3);
+    CHECK_EQ_INT(tu_count_lines(raw), 5);
+    tally_free(s);
+    tally_close(t, 1000);
+    free(raw);
+    free(mapped);
+    free(dir);
+}
+
+/* ---- 13: what one message can become is bounded ---- */
+
+TEST(split_into_10000_parts_is_cut_at_the_limit)
+{
+    char *dir = rules_dir("10_split.lua",
+                          "return { name = 'splitter', process = function(m)\n"
+                          "  if m.event ~= 'explode' then return m end\n"
+                          "  local out = {} for i = 1, 10000 do out[i] = { type = 'track', event = 'part', anonymousId = m.anonymousId,\n"
+                          "    messageId = m.messageId .. '-' .. i, timestamp = m.timestamp, properties = { i = i } } end\n"
+                          "  return out end }\n", NULL);
+    char *out = tu_path("split.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "legit", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_track(t, "explode", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 20000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 1 + 100);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "splitter", "parts_cut"), 9900);
+    CHECK_EQ_INT(rule_stat(s, "splitter", "errors"), 1);
+    CHECK_CONTAINS(logged, "made 10000 messages of one; at most 100 parts per message: 9900 cut");
+    char *last = tu_line(out, 100);
+    CHECK_CONTAINS(last, "\"i\":100}"); /* the first parts go on, in order */
+    free(last);
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(splits_chained_across_rules_stay_within_the_limit)
+{
+    static const char split20[] =
+        "return { name = '%s', process = function(m)\n"
+        "  local out = {} for i = 1, 20 do local c = {} for k, v in pairs(m) do c[k] = v end\n"
+        "    c.messageId = m.messageId .. '-%s' .. i; out[i] = c end\n"
+        "  return out end }\n";
+    char a[512], b[512];
+    snprintf(a, sizeof a, split20, "a", "a");
+    snprintf(b, sizeof b, split20, "b", "b");
+    char *dir = rules_dir("10_a.lua", a, "20_b.lua", b, NULL);
+    char *out = tu_path("split2.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 20000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 100);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "a", "parts_cut"), 0);
+    CHECK_EQ_INT(rule_stat(s, "b", "parts_cut"), 400 - 100);
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(mapping_into_10000_payloads_is_cut_at_the_limit)
+{
+    char *dir = rules_dir("90_map.lua",
+                          "return { name = 'fan', stage = 'destination', map = function(m)\n"
+                          "  local out = {} for i = 1, 10000 do out[i] = { n = i } end return { tally_many = out } end }\n", NULL);
+    char *raw = tu_path("rawfan.ndjson"), *mapped = tu_path("fan.ndjson");
+    unlink(mapped);
+    char dests[1024];
+    snprintf(dests, sizeof dests, "[{\"type\":\"file\",\"path\":\"%s\",\"mapping\":\"fan\"}]", mapped);
+    tally_t *t = open_rules(dir, raw, "destinations", dests, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 20000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(mapped), 100);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "fan", "parts_cut"), 9900);
+    tally_free(s);
+    tally_close(t, 1000);
+    free(raw);
+    free(mapped);
+    free(dir);
+}
