@@ -624,6 +624,50 @@ static int run_one(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer room,
     return n;
 }
 
+/* ---- plain data between rules ----
+ * Rules share the message table, so a metatable one rule leaves on it (or on any table inside,
+ * keys included) would run that rule's code on the next rule's plain reads, and charge its errors
+ * to the innocent one. After a rule has run on all of a message's parts, every table in them loses
+ * any metatable but the array tag: the next rule sees exactly the data that would be encoded. The
+ * walk is bounded like the message itself: a cycle trips the depth, a graph of shared subtables
+ * the count (each appearance counts, as it would when encoded). */
+
+static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, long *budget, const char **why)
+{
+    if (lua_type(L, idx) != LUA_TTABLE) return 0;
+    if (depth > TJ_MAX_DEPTH) { *why = "nested deeper than 64 levels (a cycle?)"; return -1; }
+    if (!lua_checkstack(L, 4)) { *why = "nested too deep for the Lua stack"; return -1; }
+    idx = lua_absindex(L, idx);
+    if (lua_getmetatable(L, idx)) {
+        int keep = lua_topointer(L, -1) == array_mt;
+        lua_pop(L, 1);
+        if (!keep) {
+            lua_pushnil(L);
+            lua_setmetatable(L, idx);
+        }
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (--*budget < 0) { *why = "holds more than " TALLY_STR(RULES_MAX_VALUES) " values (shared subtables count each time)"; }
+        if (*budget < 0 || strip_walk(L, -2, array_mt, depth + 1, budget, why) || strip_walk(L, -1, array_mt, depth + 1, budget, why)) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Makes the value at idx plain data; 0, or -1 with *why set when it is out of bounds. */
+static int make_plain(lua_State *L, int idx, const char **why)
+{
+    long budget = RULES_MAX_VALUES;
+    luaL_getmetatable(L, TJL_ARRAY_MT);
+    const void *array_mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    return strip_walk(L, idx, array_mt, 0, &budget, why);
+}
+
 static int grow_last(rules *R, size_t n)
 {
     if (n <= R->last_cap) return 0;
@@ -719,6 +763,17 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
             int *swap = R->last;
             R->last = R->next_last;
             R->next_last = swap;
+            for (size_t k = n; k-- > 0;) {
+                const char *why = NULL;
+                if (R->last[k] != (int)i || !make_plain(L, first + (int)k, &why)) continue;
+                char text[200];
+                snprintf(text, sizeof text, "returned a message that %s", why);
+                script_failed(R, r, text);
+                dropped_by(R, r, "returned a message out of bounds");
+                lua_remove(L, first + (int)k);
+                memmove(R->last + k, R->last + k + 1, (n - k - 1) * sizeof *R->last);
+                n--;
+            }
         }
     }
     for (size_t k = 0; k < n; k++) take_result(R, R->last[k], a, m, base + 1 + (int)k, n == 1, out);

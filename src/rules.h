@@ -19,6 +19,9 @@ enum { STAGE_BEFORE, STAGE_ENRICHMENT, STAGE_DESTINATION };
 #define RULES_LOG_LINES_PER_SECOND 50 /* ctx:log and print lines, per rule */
 #define RULES_MAX_PARTS 100           /* messages one message may become (splits, tally_many payloads) */
 #define RULES_MAX_NAME 128            /* bytes of a rule's name */
+#define RULES_MAX_VALUES 32768        /* values in one message between rules (a 32 KB message holds fewer) */
+#define TALLY_STR_(x) #x
+#define TALLY_STR(x) TALLY_STR_(x)
 
 typedef struct rules rules;
 

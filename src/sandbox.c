@@ -405,6 +405,13 @@ sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger 
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
     tjl_init(L);
+    /* The array tag is on tables every script sees: were it reachable, one script could give it
+     * __index/__len/__newindex (every other script's arrays change) or __gc (a finalizer runs with
+     * hooks off). getmetatable returns its name instead, and setmetatable refuses to replace it. */
+    luaL_getmetatable(L, TJL_ARRAY_MT);
+    lua_pushliteral(L, TJL_ARRAY_MT);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
     /* installed once here: Lua copies a thread's hook into every coroutine created from it */
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     return sb;

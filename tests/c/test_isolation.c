@@ -350,3 +350,215 @@ TEST(mapping_into_10000_payloads_is_cut_at_the_limit)
     free(mapped);
     free(dir);
 }
+
+/* ---- 7: nothing one script can change is seen by another ---- */
+
+/* Runs the rules in dir on one track with properties props; returns output line 0 (malloc'd). */
+static char *run_one_message(const char *dir, const char *props, char **stats)
+{
+    char *out = tu_path("one.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    char *line = NULL;
+    if (t) {
+        tally_track(t, "E", props);
+        if (tally_flush(t, 20000) == TALLY_OK) line = tu_line(out, 0);
+        if (stats) *stats = stats_of(t);
+        tally_close(t, 1000);
+    }
+    free(out);
+    return line;
+}
+
+TEST(array_metatable_gc_cannot_be_added)
+{
+    char *dir = rules_dir("10_gc.lua",
+                          "return { name = 'gc', on_error = 'pass', process = function(m)\n"
+                          "  local mt = getmetatable(tally.array{})\n"
+                          "  m.properties.tag = mt\n"
+                          "  m.properties.rawset = pcall(rawset, mt, '__gc', function() while true do end end)\n"
+                          "  m.properties.setmt = pcall(setmetatable, m.properties.items, { __gc = print })\n"
+                          "  return m end }\n", NULL);
+    char *stats = NULL;
+    char *line = run_one_message(dir, "{\"items\":[1,2]}", &stats);
+    CHECK_CONTAINS(line, "\"items\":[1,2],\"rawset\":false,\"setmt\":false,\"tag\":\"tally.array\"");
+    CHECK_EQ_INT(rule_stat(stats, "gc", "errors"), 0);
+    free(line);
+    tally_free(stats);
+    free(dir);
+}
+
+TEST(array_metatable_index_len_cannot_change_other_scripts_arrays)
+{
+    char *dir = rules_dir("10_a.lua",
+                          "return { name = 'a', process = function(m)\n"
+                          "  local mt = getmetatable(m.properties.items)\n"
+                          "  if type(mt) == 'table' then\n"
+                          "    mt.__index = function() return 'hijacked' end; mt.__len = function() return 0 end\n"
+                          "    mt.__newindex = function() error('b is blamed') end end\n"
+                          "  return m end }\n",
+                          "20_b.lua",
+                          "return { name = 'b', process = function(m)\n"
+                          "  local items = m.properties.items\n"
+                          "  m.properties.len = #items; m.properties.ninth = tostring(items[9]); items[3] = 3\n"
+                          "  local fresh = tally.array{}; fresh[1] = 'x'\n"
+                          "  m.properties.fresh = fresh\n"
+                          "  return m end }\n", NULL);
+    char *stats = NULL;
+    char *line = run_one_message(dir, "{\"items\":[1,2]}", &stats);
+    CHECK_CONTAINS(line, "\"properties\":{\"fresh\":[\"x\"],\"items\":[1,2,3],\"len\":2,\"ninth\":\"nil\"}");
+    CHECK_EQ_INT(rule_stat(stats, "b", "errors"), 0);
+    free(line);
+    tally_free(stats);
+    free(dir);
+}
+
+/* Every table a script can reach (from _ENV, ctx, the message, and the metatables of all of them
+ * and of strings and arrays): script a lists their addresses, script b checks none is its own. */
+static const char reach_walk[] =
+    "local function walk(v, seen, list)\n"
+    "  if (type(v) ~= 'table' and type(v) ~= 'function') or seen[v] then return end\n"
+    "  seen[v] = true\n"
+    "  if type(v) == 'table' then\n"
+    "    list[#list + 1] = tostring(v)\n"
+    "    for k, x in next, v do walk(k, seen, list); walk(x, seen, list) end\n"
+    "    walk(getmetatable(v), seen, list)\n"
+    "  end\n"
+    "end\n"
+    "local function reachable(m, ctx)\n"
+    "  local seen, list = { [m] = true }, {}\n"
+    "  walk(_ENV, seen, list); walk(ctx, seen, list); walk(getmetatable(''), seen, list)\n"
+    "  walk(getmetatable(tally.array{}), seen, list); walk(getmetatable(m.properties.items), seen, list)\n"
+    "  walk(getmetatable(tally.json.decode('[1]')), seen, list); walk(require('tally.util'), seen, list)\n"
+    "  return list\n"
+    "end\n";
+
+TEST(no_table_is_reachable_by_two_scripts)
+{
+    char a[4096], b[4096];
+    snprintf(a, sizeof a, "%s return { name = 'a', process = function(m, ctx)\n"
+             "  m.properties.seen = table.concat(reachable(m, ctx), ' ') .. ' '\n"
+             "  m.properties.a_count = #reachable(m, ctx)\n"
+             "  return m end }\n", reach_walk);
+    snprintf(b, sizeof b, "%s return { name = 'b', process = function(m, ctx)\n"
+             "  local shared = 0\n"
+             "  for _, addr in ipairs(reachable(m, ctx)) do\n"
+             "    if m.properties.seen:find(addr .. ' ', 1, true) then shared = shared + 1 end end\n"
+             "  m.properties.seen = nil; m.properties.shared = shared\n"
+             "  return m end }\n", reach_walk);
+    char *dir = rules_dir("10_a.lua", a, "20_b.lua", b, NULL);
+    char *line = run_one_message(dir, "{\"items\":[1,2]}", NULL);
+    CHECK_CONTAINS(line, "\"shared\":0");
+    /* the walk reached the libraries: it would have seen a shared table */
+    CHECK(line && !strstr(line, "\"a_count\":0") && !strstr(line, "\"a_count\":1,"));
+    free(line);
+    free(dir);
+}
+
+/* ---- 8: each rule receives plain data ---- */
+
+TEST(metatable_left_on_message_does_not_run_in_next_rule)
+{
+    char *dir = rules_dir("10_trap.lua",
+                          "return { name = 'trap', process = function(m)\n"
+                          "  local boom = function() error('trap code ran in another rule') end\n"
+                          "  m.properties.nested = setmetatable({}, { __index = boom })\n"
+                          "  local key = setmetatable({}, { __tostring = boom, __concat = boom })\n"
+                          "  m.properties.keyed = { [key] = 1 }\n"
+                          "  setmetatable(m.properties, { __index = boom, __newindex = boom, __len = boom, __pairs = boom })\n"
+                          "  setmetatable(m.context, { __index = boom, __tostring = boom, __concat = boom, __eq = boom })\n"
+                          "  return m end }\n",
+                          "20_reader.lua",
+                          "return { name = 'reader', process = function(m)\n"
+                          "  local n = 0\n"
+                          "  for k, v in pairs(m.properties) do n = n + 1 end\n"
+                          "  for k in pairs(m.properties.keyed) do local s = tostring(k) .. '' end\n"
+                          "  local x = m.properties.missing, m.context.missing, m.properties.nested.missing, #m.properties\n"
+                          "  m.properties.keyed = nil; m.properties.nested = nil; m.properties.read = n\n"
+                          "  return m end }\n", NULL);
+    char *stats = NULL;
+    char *line = run_one_message(dir, "{\"a\":1}", &stats);
+    CHECK_CONTAINS(line, "\"properties\":{\"a\":1,\"read\":3}");
+    CHECK_EQ_INT(rule_stat(stats, "reader", "errors"), 0);
+    CHECK_EQ_INT(rule_stat(stats, "trap", "errors"), 0);
+    CHECK(!strstr(logged, "trap code ran"));
+    free(line);
+    tally_free(stats);
+    free(dir);
+}
+
+TEST(metatable_set_later_through_a_stashed_part_does_not_run_in_next_rule)
+{
+    /* the trap sees both parts of a split: it keeps the first part's properties and arms them
+     * while it handles the second, after the first has already been returned */
+    char *dir = rules_dir("10_split.lua",
+                          "return { name = 'split', process = function(m)\n"
+                          "  local c = {} for k, v in pairs(m) do c[k] = v end\n"
+                          "  c.properties = { part = 2 }; c.messageId = m.messageId .. '-2'; m.properties = { part = 1 }\n"
+                          "  return { m, c } end }\n",
+                          "20_trap.lua",
+                          "local kept\n"
+                          "return { name = 'trap', process = function(m)\n"
+                          "  if kept then setmetatable(kept, { __index = function() error('stashed trap ran') end }) end\n"
+                          "  kept = m.properties\n"
+                          "  return m end }\n",
+                          "30_reader.lua",
+                          "return { name = 'reader', process = function(m)\n"
+                          "  m.properties.read = tostring(m.properties.missing); return m end }\n", NULL);
+    char *out = tu_path("stash.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    tally_track(t, "E", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 2);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "reader", "errors"), 0);
+    CHECK(!strstr(logged, "stashed trap ran"));
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(cyclic_message_is_blamed_on_the_rule_that_made_it)
+{
+    char *dir = rules_dir("10_cycle.lua",
+                          "return { name = 'cycle', process = function(m)\n"
+                          "  if m.event == 'attack' then m.properties = {}; m.properties.self = m.properties end return m end }\n",
+                          "20_next.lua", "return { name = 'next', process = function(m) return m end }\n", NULL);
+    char *out = tu_path("cycle.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    tally_track(t, "attack", NULL);
+    tally_track(t, "after", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 1);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "cycle", "errors"), 1);
+    CHECK_EQ_INT(rule_stat(s, "cycle", "dropped"), 1);
+    CHECK_EQ_INT(rule_stat(s, "next", "errors"), 0);
+    CHECK_EQ_INT(rule_stat(s, "next", "calls"), 1);
+    CHECK_CONTAINS(logged, "rule cycle failed: returned a message that nested deeper than 64 levels (a cycle?)");
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+TEST(shared_subtable_graph_is_bounded_and_blamed_on_its_maker)
+{
+    /* 2^40 paths through 40 tables: walked as a tree it would never end */
+    char *dir = rules_dir("10_dag.lua",
+                          "return { name = 'dag', process = function(m)\n"
+                          "  local t = {} for i = 1, 40 do t = { a = t, b = t } end\n"
+                          "  m.properties = { dag = t } return m end }\n",
+                          "20_next.lua", "return { name = 'next', process = function(m) return m end }\n", NULL);
+    char *stats = NULL;
+    char *line = run_one_message(dir, NULL, &stats);
+    CHECK(line == NULL);
+    CHECK_EQ_INT(rule_stat(stats, "dag", "errors"), 1);
+    CHECK_EQ_INT(rule_stat(stats, "next", "calls"), 0);
+    CHECK_CONTAINS(logged, "holds more than 32768 values");
+    free(line);
+    tally_free(stats);
+    free(dir);
+}
