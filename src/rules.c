@@ -17,6 +17,7 @@ typedef struct rule {
     int              stage;
     unsigned         types;        /* bit per msg_type; 0 = every type */
     int              on_error_pass;
+    int              slot;         /* its memory account in the sandbox */
     int              fn_ref;       /* process or map */
     int              ctx_ref;      /* the ctx table handed to every call, reused */
     int              failures_in_a_row;
@@ -226,7 +227,10 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
         lua_pop(L, 2);
         return tly_fail(TALLY_ELUA, "%s: stage \"%s\" needs a function \"%s\"", file, stage_names[r->stage], fn);
     }
+    /* the registry is shared: growing it is the host's cost, not this script's */
+    int was = sb_enter(R->sb, 0);
     r->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    sb_enter(R->sb, was);
     /* ctx: { now, config, rule } with the methods; config from rule_config[name] */
     lua_newtable(L);
     push_ctx_methods(L, R);
@@ -237,7 +241,9 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
     lua_setfield(L, -2, "debug");
     lua_newtable(L);
     lua_setfield(L, -2, "config");
+    was = sb_enter(R->sb, 0);
     r->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    sb_enter(R->sb, was);
     lua_pop(L, 1);
     return TALLY_OK;
 }
@@ -263,8 +269,10 @@ static int set_rule_configs(rules *R)
             break;
         }
         lua_rawgeti(L, LUA_REGISTRYINDEX, R->r[k].ctx_ref);
+        int was = sb_enter(R->sb, R->r[k].slot);
         if (tjl_push(L, cfg->u.obj.m[i].val)) rc = tly_fail(TALLY_ENOMEM, "rule_config: out of memory");
         else lua_setfield(L, -2, "config");
+        sb_enter(R->sb, was);
         lua_settop(L, 0);
     }
     tj_arena_free(a);
@@ -348,20 +356,35 @@ int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_log
     if (!rc) {
         R->log = log;
         R->o = *o;
+        /* each script's own limit: by default an equal share, one more kept for the messages, so
+         * that no script can starve the others */
+        size_t per = o->max_memory_per_script ? o->max_memory_per_script : o->max_memory / (nfiles + 1);
         sb_limits lim = {o->max_memory, o->max_instructions};
-        if (!(R->sb = sb_new(&lim, (const char *const *)dirs, log))) rc = tly_fail(TALLY_ENOMEM, "rules: cannot create the Lua state");
-        else sb_set_log_gate(R->sb, print_gate, R);
+        if (!(R->sb = sb_new(&lim, (const char *const *)dirs, log))) {
+            rc = tly_fail(TALLY_ENOMEM, "rules: cannot create the Lua state");
+        } else {
+            sb_set_log_gate(R->sb, print_gate, R);
+            sb_set_script_limit(R->sb, per);
+        }
     }
     for (size_t i = 0; !rc && i < nfiles; i++) {
         char err[1024];
         R->current = &R->r[R->n]; /* print() at load time is rate-limited like any other */
+        int slot = R->r[R->n].slot = sb_script_new(R->sb);
+        if (slot < 0) {
+            rc = tly_fail(TALLY_ENOMEM, "rules: out of memory");
+            break;
+        }
+        sb_enter(R->sb, slot);
         int loaded = sb_load_file(R->sb, files[i], err, sizeof err);
         R->current = NULL;
         if (loaded) {
+            sb_enter(R->sb, 0);
             rc = tly_fail(TALLY_ELUA, "%s", err);
             break;
         }
         rc = adopt_plugin(R, &R->r[R->n], files[i]);
+        sb_enter(R->sb, 0);
         if (!rc) {
             for (size_t k = 0; k < R->n && !rc; k++)
                 if (!strcmp(R->r[k].name, R->r[R->n].name))
@@ -419,8 +442,15 @@ static void script_failed(rules *R, rule *r, const char *text)
         if (R->rep->on_error) R->rep->on_error(R->rep->ud, r->name, text);
     }
     tly_log(R->log, TALLY_LOG_WARN, "rule %s failed: %s", r->name, text);
-    if (R->o.breaker_threshold > 0 && ++r->failures_in_a_row >= R->o.breaker_threshold) {
+    if (R->o.breaker_threshold > 0 && ++r->failures_in_a_row >= R->o.breaker_threshold && !atomic_load(&r->disabled)) {
         atomic_store(&r->disabled, 1);
+        /* it never runs again: drop its function and ctx, and so its environment and state, so
+         * its memory goes back to the pool now */
+        lua_State *L = sb_state(R->sb);
+        luaL_unref(L, LUA_REGISTRYINDEX, r->fn_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        r->fn_ref = r->ctx_ref = LUA_NOREF;
+        lua_gc(L, LUA_GCCOLLECT);
         tly_log(R->log, TALLY_LOG_ERROR, "rule %s (%s) DISABLED after %d failures in a row; last: %s. "
                 "Fix the script and reload.", r->name, r->file, r->failures_in_a_row, text);
     }
@@ -451,6 +481,7 @@ static int call_rule(rules *R, rule *r, int64_t now_ms)
     char err[1024];
     int rc = sb_call(R->sb, 2, 1, err, sizeof err);
     R->current = NULL;
+    sb_collect_if_near_limit(R->sb);
     if (rc != LUA_OK) {
         script_failed(R, r, err);
         return -1;
@@ -552,7 +583,19 @@ static void parts_were_cut(rules *R, rule *r, lua_Integer returned, lua_Integer 
 /* Runs r on the message table at idx. Pushes what goes on (none, one or several tables, at most
  * room of them) and returns how many; *ok says whether r returned normally (else what it pushed is
  * the copy made before the call, for on_error = "pass"). */
+static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer room, int *ok);
+
+/* Everything done for r (the copy for on_error = "pass", the call, the copies of split parts) is
+ * charged to r's memory. */
 static int run_one(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer room, int *ok)
+{
+    int was = sb_enter(R->sb, r->slot);
+    int n = run_one_as(R, r, idx, now_ms, room, ok);
+    sb_enter(R->sb, was);
+    return n;
+}
+
+static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer room, int *ok)
 {
     lua_State *L = sb_state(R->sb);
     int top = lua_gettop(L), snap = 0;
@@ -813,6 +856,7 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
         R->rep = NULL;
         return;
     }
+    int was = sb_enter(R->sb, r->slot);
     if (tjl_push(L, m) == 0 && call_rule(R, r, now_ms) == 0 && lua_istable(L, -1)) {
         r->failures_in_a_row = 0;
         lua_getfield(L, -1, "tally_many");
@@ -835,6 +879,7 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
     } else if (lua_gettop(L) > top && !lua_isnil(L, -1) && !lua_istable(L, -1)) {
         script_failed(R, r, "map must return a payload table, { tally_many = {...} } or nil");
     }
+    sb_enter(R->sb, was);
     lua_settop(L, top);
     R->rep = NULL;
 }
@@ -850,8 +895,9 @@ void rules_stats(const rules *R, tbuf *b)
                     stage_names[r->stage], (unsigned long long)atomic_load(&r->calls),
                     (unsigned long long)atomic_load(&r->errors), (unsigned long long)atomic_load(&r->dropped),
                     (unsigned long long)atomic_load(&r->violations), atomic_load(&r->disabled) ? "true" : "false");
-        tbuf_printf(b, ",\"log_suppressed\":%llu,\"parts_cut\":%llu}", (unsigned long long)atomic_load(&r->log_suppressed),
-                    (unsigned long long)atomic_load(&r->parts_cut));
+        tbuf_printf(b, ",\"log_suppressed\":%llu,\"parts_cut\":%llu,\"memory\":%zu}",
+                    (unsigned long long)atomic_load(&r->log_suppressed), (unsigned long long)atomic_load(&r->parts_cut),
+                    sb_script_memory(R->sb, r->slot));
     }
     tbuf_putc(b, ']');
 }

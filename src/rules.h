@@ -31,6 +31,7 @@ typedef struct rules_opts {
     int         breaker_threshold;   /* consecutive failures that disable a script */
     int         need_id;             /* results must carry userId or anonymousId */
     const char *rule_config;         /* JSON object: rule name -> its ctx.config, or NULL */
+    size_t      max_memory_per_script; /* bytes one script may hold; 0: max_memory / (scripts + 1) */
 } rules_opts;
 
 /* What happened to one message, for the caller's logs, counters and `tally check`. */
