@@ -25,6 +25,10 @@ typedef struct tly_logger {
 } tly_logger;
 
 void tly_log(const tly_logger *lg, int level, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Copies in to out (outlen >= 6) with control characters and bytes that are not UTF-8 written as
+ * \xNN (\n, \r, \t by name), truncated to fit: what every log line gets, for text that reaches
+ * other outputs (`tally check`). 4 * strlen(in) + 1 bytes always suffice. */
+void tly_escape(const char *in, char *out, size_t outlen);
 
 /* ---- time and ids (ids.c) ---- */
 int64_t tly_now_ms(void);                   /* wall clock, ms since the epoch: timestamps only */

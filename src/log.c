@@ -31,7 +31,7 @@ static int utf8_len(const unsigned char *p, const unsigned char *end)
  * newline in it would forge a line of its own, an escape sequence would reach the operator's
  * terminal. So every line leaves here with C0/C1 controls, DEL and bytes that are not UTF-8 as
  * \xNN (\n, \r, \t by name): one line in, exactly one line out. */
-static void escape_line(const char *in, char *out, size_t outlen)
+void tly_escape(const char *in, char *out, size_t outlen)
 {
     static const char hex[] = "0123456789abcdef";
     const unsigned char *p = (const unsigned char *)in, *end = p + strlen(in);
@@ -69,7 +69,7 @@ void tly_log(const tly_logger *lg, int level, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
-    escape_line(line, safe, sizeof safe);
+    tly_escape(line, safe, sizeof safe);
     if (lg->fn) {
         lg->fn(lg->ud, level, safe);
     } else {

@@ -71,7 +71,13 @@ static int ctx_violation(lua_State *L)
     rules *R = ctx_rules(L);
     const char *code = luaL_checkstring(L, 2), *text = luaL_optstring(L, 3, "");
     if (R->current) atomic_fetch_add(&R->current->violations, 1);
-    if (R->rep && R->rep->on_violation) R->rep->on_violation(R->rep->ud, R->current ? R->current->name : "?", code, text);
+    if (R->rep && R->rep->on_violation) {
+        /* script text: it reaches logs and `tally check` on a terminal */
+        char safe_code[256], safe_text[2048];
+        tly_escape(code, safe_code, sizeof safe_code);
+        tly_escape(text, safe_text, sizeof safe_text);
+        R->rep->on_violation(R->rep->ud, R->current ? R->current->name : "?", safe_code, safe_text);
+    }
     return 0;
 }
 
@@ -439,7 +445,9 @@ static void script_failed(rules *R, rule *r, const char *text)
     atomic_fetch_add(&r->errors, 1);
     if (R->rep) {
         R->rep->failed = 1;
-        if (R->rep->on_error) R->rep->on_error(R->rep->ud, r->name, text);
+        char safe[4096];
+        tly_escape(text, safe, sizeof safe);
+        if (R->rep->on_error) R->rep->on_error(R->rep->ud, r->name, safe);
     }
     tly_log(R->log, TALLY_LOG_WARN, "rule %s failed: %s", r->name, text);
     if (R->o.breaker_threshold > 0 && ++r->failures_in_a_row >= R->o.breaker_threshold && !atomic_load(&r->disabled)) {

@@ -646,3 +646,50 @@ TEST(lua_memory_per_script_caps_one_script_and_names_the_limit)
     free(out);
     free(dir);
 }
+
+/* ---- 14: script text reaching `tally check` (not a log line) is escaped too ---- */
+
+#include "json.h"
+#include "rules.h"
+
+static char reported[4096];
+static void rep_violation(void *ud, const char *rule, const char *code, const char *text)
+{
+    (void)ud;
+    size_t n = strlen(reported);
+    snprintf(reported + n, sizeof reported - n, "violation %s %s %s|", rule, code, text);
+}
+static void rep_error(void *ud, const char *rule, const char *text)
+{
+    (void)ud;
+    size_t n = strlen(reported);
+    snprintf(reported + n, sizeof reported - n, "error %s %s|", rule, text);
+}
+
+TEST(violation_and_error_text_reach_check_output_escaped)
+{
+    char *dir = rules_dir("10_v.lua",
+                          "return { name = 'v', process = function(m, ctx)\n"
+                          "  ctx:violation('code\\27[31m', 'text\\nforged line\\255')\n"
+                          "  error('err\\r\\27]0;x\\7') end }\n", NULL);
+    rules_opts o = {16 << 20, 100000, 0, 0, NULL, 0};
+    rules *R = NULL;
+    REQUIRE(rules_open(&R, dir, &o, NULL) == TALLY_OK);
+    tj_arena *a = tj_arena_new();
+    static const char msg[] = "{\"type\":\"track\",\"event\":\"E\",\"anonymousId\":\"a\",\"messageId\":\"m1\","
+                              "\"timestamp\":\"2026-01-01T00:00:00.000Z\"}";
+    tj_value *m;
+    tj_error err;
+    REQUIRE(tj_parse(a, msg, strlen(msg), &m, &err) == 0);
+    msg_list out = {0};
+    rules_report rep = {rep_violation, rep_error, NULL, NULL, 0, 0};
+    reported[0] = '\0';
+    rules_process(R, a, m, 0, &out, &rep);
+    CHECK_CONTAINS(reported, "violation v code\\x1b[31m text\\nforged line\\xff|");
+    CHECK_CONTAINS(reported, "err\\r\\x1b]0;x\\x07|");
+    for (const char *p = reported; *p; p++) CHECK((unsigned char)*p >= 0x20 && (unsigned char)*p < 0x7f);
+    msg_list_free(&out);
+    tj_arena_free(a);
+    rules_free(R);
+    free(dir);
+}
