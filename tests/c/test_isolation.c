@@ -597,6 +597,7 @@ TEST(one_script_growing_its_state_does_not_starve_the_others)
     CHECK(rule_stat(s, "hog", "errors") > 10);
     CHECK(rule_stat(s, "hog", "memory") <= (32 << 20) / 3);
     CHECK(rule_stat(s, "hog", "memory") > 8 << 20);
+    fprintf(stderr, "  a hoarding script at its share (11184810): %lld bytes held\n", rule_stat(s, "hog", "memory"));
     CHECK_CONTAINS(logged, "rule hog failed: memory limit exceeded (not enough memory): this script holds ");
     CHECK_CONTAINS(logged, "lua_memory_per_script is 11184810");
     CHECK_EQ_INT(tu_count_lines(out), 30);
@@ -616,6 +617,7 @@ TEST(disabled_script_memory_is_given_back)
     char *s = stats_of(t);
     CHECK_CONTAINS(s, "\"disabled\":true");
     CHECK(rule_stat(s, "hog", "memory") < 64 << 10); /* it held ~10 MiB when it was disabled */
+    fprintf(stderr, "  the same script once disabled: %lld bytes held\n", rule_stat(s, "hog", "memory"));
     CHECK(rule_stat(s, "steady", "memory") > 0);
     CHECK_EQ_INT(rule_stat(s, "steady", "errors"), 0);
     tally_free(s);
