@@ -84,9 +84,8 @@ static int ctx_violation(lua_State *L)
 /* A rule that logs in a loop must not flood the operator's log (one message once wrote 196 MiB):
  * each rule may write RULES_LOG_LINES_PER_SECOND lines (ctx:log and print together) per second of
  * ctx.now; the rest are counted in its stats as log_suppressed, and the first one cut says so. */
-static int log_permitted(rules *R, int level)
+static int log_permitted_for(rules *R, rule *r, int level)
 {
-    rule *r = R->current;
     if (!R->log || level > R->log->level) return 0; /* not written anyway: not charged */
     if (!r) return 1;
     int64_t second = R->now_ms / 1000;
@@ -106,6 +105,8 @@ static int log_permitted(rules *R, int level)
     atomic_fetch_add(&r->log_suppressed, 1);
     return 0;
 }
+
+static int log_permitted(rules *R, int level) { return log_permitted_for(R, R->current, level); }
 
 static int print_gate(void *ud, int level) { return log_permitted(ud, level); }
 
@@ -449,7 +450,8 @@ static void script_failed(rules *R, rule *r, const char *text)
         tly_escape(text, safe, sizeof safe);
         if (R->rep->on_error) R->rep->on_error(R->rep->ud, r->name, safe);
     }
-    tly_log(R->log, TALLY_LOG_WARN, "rule %s failed: %s", r->name, text);
+    /* a script failing on every message (breaker off, or every other message) is logging too */
+    if (log_permitted_for(R, r, TALLY_LOG_WARN)) tly_log(R->log, TALLY_LOG_WARN, "rule %s failed: %s", r->name, text);
     if (R->o.breaker_threshold > 0 && ++r->failures_in_a_row >= R->o.breaker_threshold && !atomic_load(&r->disabled)) {
         atomic_store(&r->disabled, 1);
         /* it never runs again: drop its function and ctx, and so its environment and state, so
@@ -783,16 +785,16 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
     for (int stage = STAGE_BEFORE; stage <= STAGE_ENRICHMENT; stage++) {
         for (size_t i = 0; i < R->n && n; i++) {
             rule *r = &R->r[i];
-            int disabled = atomic_load(&r->disabled);
             /* a rule the breaker disabled keeps its failure policy: "pass" lets messages by, "drop"
              * (fail closed) drops every message it would have seen */
-            if (r->stage != stage || (disabled && r->on_error_pass)) continue;
+            if (r->stage != stage || (atomic_load(&r->disabled) && r->on_error_pass)) continue;
             size_t produced = 0;
             int first = base + 1;
             for (size_t k = 0; k < n; k++) {
                 int idx = first + (int)k, ok = 0, got;
                 if (!lua_checkstack(L, 8)) break;
-                if (!type_matches(L, idx, r->types)) {
+                int disabled = atomic_load(&r->disabled); /* also when it was disabled on an earlier part */
+                if (!type_matches(L, idx, r->types) || (disabled && r->on_error_pass)) {
                     lua_pushvalue(L, idx);
                     got = 1;
                 } else if (disabled) {

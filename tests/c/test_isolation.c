@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "harness.h"
@@ -693,5 +694,59 @@ TEST(violation_and_error_text_reach_check_output_escaped)
     msg_list_free(&out);
     tj_arena_free(a);
     rules_free(R);
+    free(dir);
+}
+
+TEST(rule_disabled_on_an_earlier_part_keeps_its_policy_for_the_rest)
+{
+    static const char split5[] =
+        "return { name = 'split', process = function(m)\n"
+        "  local out = {} for i = 1, 5 do local c = {} for k, v in pairs(m) do c[k] = v end\n"
+        "    c.messageId = m.messageId .. '-' .. i; out[i] = c end return out end }\n";
+    for (int pass = 0; pass < 2; pass++) {
+        char fail[256];
+        snprintf(fail, sizeof fail, "return { name = 'fail', on_error = '%s', process = function(m) error('broken') end }\n",
+                 pass ? "pass" : "drop");
+        char *dir = rules_dir("10_split.lua", split5, "20_fail.lua", fail, NULL);
+        char *out = tu_path("parts.ndjson");
+        tally_t *t = open_rules(dir, out, "rule_breaker", "2", NULL);
+        REQUIRE(t);
+        tally_track(t, "E", NULL);
+        REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+        char *s = stats_of(t);
+        CHECK_EQ_INT(rule_stat(s, "fail", "calls"), 2);
+        CHECK_EQ_INT(rule_stat(s, "fail", "errors"), 2);
+        CHECK_EQ_INT(rule_stat(s, "fail", "dropped"), pass ? 0 : 5);
+        CHECK_EQ_INT(tu_count_lines(out), pass ? 5 : 0);
+        CHECK(!strstr(logged, "nil value"));
+        tally_free(s);
+        tally_close(t, 1000);
+        free(out);
+        free(dir);
+    }
+}
+
+TEST(rule_failing_on_every_message_is_rate_limited_in_the_log)
+{
+    char *dir = rules_dir("10_noisy.lua",
+                          "return { name = 'noisy', on_error = 'pass', process = function(m) error(string.rep('e', 900)) end }\n", NULL);
+    char *out = tu_path("noisy.ndjson");
+    needle = "rule noisy failed";
+    tally_t *t = open_rules(dir, out, "rule_breaker", "0", NULL);
+    REQUIRE(t);
+    time_t t0 = time(NULL);
+    for (int i = 0; i < 1000; i++) CHECK_EQ_INT(tu_track_waiting(t, "E", NULL), TALLY_OK);
+    REQUIRE(tally_flush(t, 30000) == TALLY_OK);
+    long elapsed = (long)(time(NULL) - t0);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "noisy", "errors"), 1000);
+    CHECK(needle_lines >= 50);
+    CHECK(needle_lines <= 50 * (elapsed + 2)); /* 50 a second, in every second the run touched */
+    CHECK_EQ_INT(rule_stat(s, "noisy", "log_suppressed"), 1000 - needle_lines);
+    CHECK_EQ_INT(tu_count_lines(out), 1000);
+    tally_free(s);
+    tally_close(t, 1000);
+    needle = NULL;
+    free(out);
     free(dir);
 }
