@@ -202,6 +202,7 @@ static const struct key_def {
     {"rules", K_STR, F(rules), 0, 0, NULL},
     {"rule_config", K_JSON_OBJECT, F(rule_config), 0, 0, NULL},
     {"lua_memory", K_LLONG, F(lua_memory), 1L << 20, 1L << 34, NULL},
+    {"lua_memory_per_script", K_LLONG, F(lua_memory_per_script), 0, 1L << 34, NULL},
     {"lua_instructions", K_LLONG, F(lua_instructions), 1000, 1000000000, NULL},
     {"rule_breaker", K_INT, F(rule_breaker), 0, 1000000, NULL},
     {"ca_bundle", K_STR, F(ca_bundle), 0, 0, NULL},

@@ -39,6 +39,7 @@ struct tally_config {
     int    context_traits;
     char  *rule_config;    /* JSON object: rule name -> ctx.config */
     long long lua_memory;
+    long long lua_memory_per_script; /* 0: lua_memory / (scripts + 1) */
     long long lua_instructions;
     int    rule_breaker;
     char **dests;          /* JSON objects, one per destination, in the order given */

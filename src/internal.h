@@ -28,6 +28,10 @@ void tly_log(const tly_logger *lg, int level, const char *fmt, ...) __attribute_
 /* Non-zero on a thread that is inside a log callback: the calls that wait (flush, reload, close,
  * stats, identity) refuse to run there, since the thread logging may be the one they wait for. */
 extern _Thread_local int tly_in_log_callback;
+/* Copies in to out (outlen >= 6) with control characters and bytes that are not UTF-8 written as
+ * \xNN (\n, \r, \t by name), truncated to fit: what every log line gets, for text that reaches
+ * other outputs (`tally check`). 4 * strlen(in) + 1 bytes always suffice. */
+void tly_escape(const char *in, char *out, size_t outlen);
 
 /* ---- time and ids (ids.c) ---- */
 int64_t tly_now_ms(void);                   /* wall clock, ms since the epoch: timestamps only */

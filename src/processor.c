@@ -225,7 +225,8 @@ static int drain(tally_t *t, struct processor *p, int budget)
 
 static int open_rules(tally_t *t, const char *spec, rules **out)
 {
-    rules_opts o = {(size_t)t->cfg.lua_memory, (long)t->cfg.lua_instructions, t->cfg.rule_breaker, 1, t->cfg.rule_config};
+    rules_opts o = {(size_t)t->cfg.lua_memory, (long)t->cfg.lua_instructions, t->cfg.rule_breaker, 1, t->cfg.rule_config,
+                    (size_t)t->cfg.lua_memory_per_script};
     return rules_open(out, spec, &o, &t->log);
 }
 

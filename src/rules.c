@@ -17,10 +17,13 @@ typedef struct rule {
     int              stage;
     unsigned         types;        /* bit per msg_type; 0 = every type */
     int              on_error_pass;
+    int              slot;         /* its memory account in the sandbox */
     int              fn_ref;       /* process or map */
     int              ctx_ref;      /* the ctx table handed to every call, reused */
     int              failures_in_a_row;
-    _Atomic uint64_t calls, errors, dropped, violations;
+    int64_t          log_second;   /* the second (now_ms / 1000) log_lines counts in */
+    int              log_lines;
+    _Atomic uint64_t calls, errors, dropped, violations, log_suppressed, parts_cut;
     _Atomic int      disabled;
 } rule;
 
@@ -31,6 +34,7 @@ struct rules {
     const tly_logger *log;
     rules_opts        o;
     rule             *current;     /* the script running now, for ctx methods */
+    int64_t           now_ms;      /* the running call's ctx.now */
     rules_report     *rep;
     size_t            n_process;   /* before + enrichment scripts */
     int              *last, *next_last; /* per message in the chain: last script that returned it */
@@ -67,9 +71,44 @@ static int ctx_violation(lua_State *L)
     rules *R = ctx_rules(L);
     const char *code = luaL_checkstring(L, 2), *text = luaL_optstring(L, 3, "");
     if (R->current) atomic_fetch_add(&R->current->violations, 1);
-    if (R->rep && R->rep->on_violation) R->rep->on_violation(R->rep->ud, R->current ? R->current->name : "?", code, text);
+    if (R->rep && R->rep->on_violation) {
+        /* script text: it reaches logs and `tally check` on a terminal */
+        char safe_code[256], safe_text[2048];
+        tly_escape(code, safe_code, sizeof safe_code);
+        tly_escape(text, safe_text, sizeof safe_text);
+        R->rep->on_violation(R->rep->ud, R->current ? R->current->name : "?", safe_code, safe_text);
+    }
     return 0;
 }
+
+/* A rule that logs in a loop must not flood the operator's log (one message once wrote 196 MiB):
+ * each rule may write RULES_LOG_LINES_PER_SECOND lines (ctx:log and print together) per second of
+ * ctx.now; the rest are counted in its stats as log_suppressed, and the first one cut says so. */
+static int log_permitted_for(rules *R, rule *r, int level)
+{
+    if (!R->log || level > R->log->level) return 0; /* not written anyway: not charged */
+    if (!r) return 1;
+    int64_t second = R->now_ms / 1000;
+    if (second != r->log_second) {
+        r->log_second = second;
+        r->log_lines = 0;
+    }
+    if (r->log_lines < RULES_LOG_LINES_PER_SECOND) {
+        r->log_lines++;
+        return 1;
+    }
+    if (r->log_lines == RULES_LOG_LINES_PER_SECOND) {
+        r->log_lines++;
+        tly_log(R->log, TALLY_LOG_WARN, "rule %s: more than %d log lines in a second; the rest of this second's "
+                "are not written (counted as log_suppressed)", r->name ? r->name : "?", RULES_LOG_LINES_PER_SECOND);
+    }
+    atomic_fetch_add(&r->log_suppressed, 1);
+    return 0;
+}
+
+static int log_permitted(rules *R, int level) { return log_permitted_for(R, R->current, level); }
+
+static int print_gate(void *ud, int level) { return log_permitted(ud, level); }
 
 static int ctx_log(lua_State *L)
 {
@@ -77,7 +116,7 @@ static int ctx_log(lua_State *L)
     static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
     int level = luaL_checkoption(L, 2, "info", levels);
     const char *text = luaL_checkstring(L, 3);
-    tly_log(R->log, level, "rule %s: %s", R->current ? R->current->name : "?", text);
+    if (log_permitted(R, level)) tly_log(R->log, level, "rule %s: %s", R->current ? R->current->name : "?", text);
     return 0;
 }
 
@@ -163,10 +202,23 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
         return fail_script(file, "%s: must return a plugin table { name = ..., stage = ..., process = function(msg, ctx) ... end }%s", NULL);
     }
     lua_getfield(L, t, "name");
-    const char *name = lua_tostring(L, -1);
+    size_t name_len = 0;
+    const char *name = lua_tolstring(L, -1, &name_len);
     if (!name || !*name) {
         lua_pop(L, 2);
         return fail_script(file, "%s: plugin needs a non-empty string \"name\"%s", NULL);
+    }
+    /* the name is written into stats JSON, logs and `tally check` output as it is */
+    size_t bad = 0;
+    int ok_utf8 = tj_utf8_valid(name, name_len, &bad);
+    for (size_t i = 0; ok_utf8 && i < name_len; i++)
+        if ((unsigned char)name[i] < 0x20 || name[i] == 0x7F) ok_utf8 = 0, bad = i;
+    if (!ok_utf8 || name_len > RULES_MAX_NAME) {
+        lua_pop(L, 2);
+        if (name_len > RULES_MAX_NAME)
+            return tly_fail(TALLY_ELUA, "%s: \"name\" is %zu bytes; at most %d", file, name_len, RULES_MAX_NAME);
+        return tly_fail(TALLY_ELUA, "%s: \"name\" must be UTF-8 text without control characters (bad byte at offset %zu)",
+                        file, bad);
     }
     r->name = strdup(name);
     r->file = strdup(file);
@@ -182,7 +234,10 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
         lua_pop(L, 2);
         return tly_fail(TALLY_ELUA, "%s: stage \"%s\" needs a function \"%s\"", file, stage_names[r->stage], fn);
     }
+    /* the registry is shared: growing it is the host's cost, not this script's */
+    int was = sb_enter(R->sb, 0);
     r->fn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    sb_enter(R->sb, was);
     /* ctx: { now, config, rule } with the methods; config from rule_config[name] */
     lua_newtable(L);
     push_ctx_methods(L, R);
@@ -193,7 +248,9 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
     lua_setfield(L, -2, "debug");
     lua_newtable(L);
     lua_setfield(L, -2, "config");
+    was = sb_enter(R->sb, 0);
     r->ctx_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    sb_enter(R->sb, was);
     lua_pop(L, 1);
     return TALLY_OK;
 }
@@ -219,8 +276,10 @@ static int set_rule_configs(rules *R)
             break;
         }
         lua_rawgeti(L, LUA_REGISTRYINDEX, R->r[k].ctx_ref);
+        int was = sb_enter(R->sb, R->r[k].slot);
         if (tjl_push(L, cfg->u.obj.m[i].val)) rc = tly_fail(TALLY_ENOMEM, "rule_config: out of memory");
         else lua_setfield(L, -2, "config");
+        sb_enter(R->sb, was);
         lua_settop(L, 0);
     }
     tj_arena_free(a);
@@ -304,16 +363,35 @@ int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_log
     if (!rc) {
         R->log = log;
         R->o = *o;
+        /* each script's own limit: by default an equal share, one more kept for the messages, so
+         * that no script can starve the others */
+        size_t per = o->max_memory_per_script ? o->max_memory_per_script : o->max_memory / (nfiles + 1);
         sb_limits lim = {o->max_memory, o->max_instructions};
-        if (!(R->sb = sb_new(&lim, (const char *const *)dirs, log))) rc = tly_fail(TALLY_ENOMEM, "rules: cannot create the Lua state");
+        if (!(R->sb = sb_new(&lim, (const char *const *)dirs, log))) {
+            rc = tly_fail(TALLY_ENOMEM, "rules: cannot create the Lua state");
+        } else {
+            sb_set_log_gate(R->sb, print_gate, R);
+            sb_set_script_limit(R->sb, per);
+        }
     }
     for (size_t i = 0; !rc && i < nfiles; i++) {
         char err[1024];
-        if (sb_load_file(R->sb, files[i], err, sizeof err)) {
+        R->current = &R->r[R->n]; /* print() at load time is rate-limited like any other */
+        int slot = R->r[R->n].slot = sb_script_new(R->sb);
+        if (slot < 0) {
+            rc = tly_fail(TALLY_ENOMEM, "rules: out of memory");
+            break;
+        }
+        sb_enter(R->sb, slot);
+        int loaded = sb_load_file(R->sb, files[i], err, sizeof err);
+        R->current = NULL;
+        if (loaded) {
+            sb_enter(R->sb, 0);
             rc = tly_fail(TALLY_ELUA, "%s", err);
             break;
         }
         rc = adopt_plugin(R, &R->r[R->n], files[i]);
+        sb_enter(R->sb, 0);
         if (!rc) {
             for (size_t k = 0; k < R->n && !rc; k++)
                 if (!strcmp(R->r[k].name, R->r[R->n].name))
@@ -368,11 +446,21 @@ static void script_failed(rules *R, rule *r, const char *text)
     atomic_fetch_add(&r->errors, 1);
     if (R->rep) {
         R->rep->failed = 1;
-        if (R->rep->on_error) R->rep->on_error(R->rep->ud, r->name, text);
+        char safe[4096];
+        tly_escape(text, safe, sizeof safe);
+        if (R->rep->on_error) R->rep->on_error(R->rep->ud, r->name, safe);
     }
-    tly_log(R->log, TALLY_LOG_WARN, "rule %s failed: %s", r->name, text);
-    if (R->o.breaker_threshold > 0 && ++r->failures_in_a_row >= R->o.breaker_threshold) {
+    /* a script failing on every message (breaker off, or every other message) is logging too */
+    if (log_permitted_for(R, r, TALLY_LOG_WARN)) tly_log(R->log, TALLY_LOG_WARN, "rule %s failed: %s", r->name, text);
+    if (R->o.breaker_threshold > 0 && ++r->failures_in_a_row >= R->o.breaker_threshold && !atomic_load(&r->disabled)) {
         atomic_store(&r->disabled, 1);
+        /* it never runs again: drop its function and ctx, and so its environment and state, so
+         * its memory goes back to the pool now */
+        lua_State *L = sb_state(R->sb);
+        luaL_unref(L, LUA_REGISTRYINDEX, r->fn_ref);
+        luaL_unref(L, LUA_REGISTRYINDEX, r->ctx_ref);
+        r->fn_ref = r->ctx_ref = LUA_NOREF;
+        lua_gc(L, LUA_GCCOLLECT);
         tly_log(R->log, TALLY_LOG_ERROR, "rule %s (%s) DISABLED after %d failures in a row; last: %s. "
                 "Fix the script and reload.", r->name, r->file, r->failures_in_a_row, text);
     }
@@ -398,10 +486,12 @@ static int call_rule(rules *R, rule *r, int64_t now_ms)
     lua_pushinteger(L, now_ms);
     lua_setfield(L, -2, "now");
     R->current = r;
+    R->now_ms = now_ms;
     atomic_fetch_add(&r->calls, 1);
     char err[1024];
     int rc = sb_call(R->sb, 2, 1, err, sizeof err);
     R->current = NULL;
+    sb_collect_if_near_limit(R->sb);
     if (rc != LUA_OK) {
         script_failed(R, r, err);
         return -1;
@@ -489,10 +579,33 @@ static int type_matches(lua_State *L, int idx, unsigned types)
     return types_allow(types, t);
 }
 
-/* Runs r on the message table at idx. Pushes what goes on (none, one or several tables) and
- * returns how many; *ok says whether r returned normally (else what it pushed is the copy made
- * before the call, for on_error = "pass"). */
-static int run_one(rules *R, rule *r, int idx, int64_t now_ms, int *ok)
+/* A script split one message into more parts than RULES_MAX_PARTS: the first ones go on, the rest
+ * are counted as cut (left to grow, one rule could evict every queued message from the store). */
+static void parts_were_cut(rules *R, rule *r, lua_Integer returned, lua_Integer cut)
+{
+    char text[200];
+    atomic_fetch_add(&r->parts_cut, (uint64_t)cut);
+    snprintf(text, sizeof text, "made %lld messages of one; at most %d parts per message: %lld cut",
+             (long long)returned, RULES_MAX_PARTS, (long long)cut);
+    script_failed(R, r, text);
+}
+
+/* Runs r on the message table at idx. Pushes what goes on (none, one or several tables, at most
+ * room of them) and returns how many; *ok says whether r returned normally (else what it pushed is
+ * the copy made before the call, for on_error = "pass"). */
+static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer room, int *ok);
+
+/* Everything done for r (the copy for on_error = "pass", the call, the copies of split parts) is
+ * charged to r's memory. */
+static int run_one(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer room, int *ok)
+{
+    int was = sb_enter(R->sb, r->slot);
+    int n = run_one_as(R, r, idx, now_ms, room, ok);
+    sb_enter(R->sb, was);
+    return n;
+}
+
+static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer room, int *ok)
 {
     lua_State *L = sb_state(R->sb);
     int top = lua_gettop(L), snap = 0;
@@ -509,6 +622,7 @@ static int run_one(rules *R, rule *r, int idx, int64_t now_ms, int *ok)
     lua_pushvalue(L, idx);
     const char *why = NULL;
     int called = call_rule(R, r, now_ms) == 0, res = lua_gettop(L), n = 0;
+    lua_Integer cut = 0, returned = 0;
     if (!called) {
         why = ""; /* reported by call_rule */
     } else if (lua_isnil(L, res)) {
@@ -525,6 +639,11 @@ static int run_one(rules *R, rule *r, int idx, int64_t now_ms, int *ok)
         lua_pop(L, 1);
         lua_Integer len = single ? 1 : (lua_Integer)lua_rawlen(L, res);
         if (len == 0) why = "process must return the message, nil, or a list of messages";
+        if (len > room) {
+            cut = len - room;
+            returned = len;
+            len = room;
+        }
         if (len > 1 && !lua_checkstack(L, (int)len + 4)) why = "returned too many messages";
         for (lua_Integer i = 1; !why && i <= len; i++) {
             if (single) lua_pushvalue(L, res);
@@ -551,10 +670,55 @@ static int run_one(rules *R, rule *r, int idx, int64_t now_ms, int *ok)
     }
     r->failures_in_a_row = 0;
     *ok = 1;
+    if (cut) parts_were_cut(R, r, returned, cut);
     /* move the n results down over the copy and the returned value */
     lua_rotate(L, top + 1, -(res - top));
     lua_settop(L, top + n);
     return n;
+}
+
+/* ---- plain data between rules ----
+ * Rules share the message table, so a metatable one rule leaves on it (or on any table inside,
+ * keys included) would run that rule's code on the next rule's plain reads, and charge its errors
+ * to the innocent one. After a rule has run on all of a message's parts, every table in them loses
+ * any metatable but the array tag: the next rule sees exactly the data that would be encoded. The
+ * walk is bounded like the message itself: a cycle trips the depth, a graph of shared subtables
+ * the count (each appearance counts, as it would when encoded). */
+
+static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, long *budget, const char **why)
+{
+    if (lua_type(L, idx) != LUA_TTABLE) return 0;
+    if (depth > TJ_MAX_DEPTH) { *why = "nested deeper than 64 levels (a cycle?)"; return -1; }
+    if (!lua_checkstack(L, 4)) { *why = "nested too deep for the Lua stack"; return -1; }
+    idx = lua_absindex(L, idx);
+    if (lua_getmetatable(L, idx)) {
+        int keep = lua_topointer(L, -1) == array_mt;
+        lua_pop(L, 1);
+        if (!keep) {
+            lua_pushnil(L);
+            lua_setmetatable(L, idx);
+        }
+    }
+    lua_pushnil(L);
+    while (lua_next(L, idx)) {
+        if (--*budget < 0) { *why = "holds more than " TALLY_STR(RULES_MAX_VALUES) " values (shared subtables count each time)"; }
+        if (*budget < 0 || strip_walk(L, -2, array_mt, depth + 1, budget, why) || strip_walk(L, -1, array_mt, depth + 1, budget, why)) {
+            lua_pop(L, 2);
+            return -1;
+        }
+        lua_pop(L, 1);
+    }
+    return 0;
+}
+
+/* Makes the value at idx plain data; 0, or -1 with *why set when it is out of bounds. */
+static int make_plain(lua_State *L, int idx, const char **why)
+{
+    long budget = RULES_MAX_VALUES;
+    luaL_getmetatable(L, TJL_ARRAY_MT);
+    const void *array_mt = lua_topointer(L, -1);
+    lua_pop(L, 1);
+    return strip_walk(L, idx, array_mt, 0, &budget, why);
 }
 
 static int grow_last(rules *R, size_t n)
@@ -621,17 +785,24 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
     for (int stage = STAGE_BEFORE; stage <= STAGE_ENRICHMENT; stage++) {
         for (size_t i = 0; i < R->n && n; i++) {
             rule *r = &R->r[i];
-            if (r->stage != stage || atomic_load(&r->disabled)) continue;
+            /* a rule the breaker disabled keeps its failure policy: "pass" lets messages by, "drop"
+             * (fail closed) drops every message it would have seen */
+            if (r->stage != stage || (atomic_load(&r->disabled) && r->on_error_pass)) continue;
             size_t produced = 0;
             int first = base + 1;
             for (size_t k = 0; k < n; k++) {
                 int idx = first + (int)k, ok = 0, got;
                 if (!lua_checkstack(L, 8)) break;
-                if (!type_matches(L, idx, r->types)) {
+                int disabled = atomic_load(&r->disabled); /* also when it was disabled on an earlier part */
+                if (!type_matches(L, idx, r->types) || (disabled && r->on_error_pass)) {
                     lua_pushvalue(L, idx);
                     got = 1;
+                } else if (disabled) {
+                    dropped_by(R, r, "disabled by the breaker, and its on_error is drop");
+                    got = 0;
                 } else {
-                    got = run_one(R, r, idx, now_ms, &ok);
+                    /* leave one place for each message after this one: the total stays in bounds */
+                    got = run_one(R, r, idx, now_ms, (lua_Integer)(RULES_MAX_PARTS - produced - (n - k - 1)), &ok);
                 }
                 if (grow_last(R, produced + (size_t)got)) {
                     lua_pop(L, got);
@@ -645,6 +816,17 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
             int *swap = R->last;
             R->last = R->next_last;
             R->next_last = swap;
+            for (size_t k = n; k-- > 0;) {
+                const char *why = NULL;
+                if (R->last[k] != (int)i || !make_plain(L, first + (int)k, &why)) continue;
+                char text[200];
+                snprintf(text, sizeof text, "returned a message that %s", why);
+                script_failed(R, r, text);
+                dropped_by(R, r, "returned a message out of bounds");
+                lua_remove(L, first + (int)k);
+                memmove(R->last + k, R->last + k + 1, (n - k - 1) * sizeof *R->last);
+                n--;
+            }
         }
     }
     for (size_t k = 0; k < n; k++) take_result(R, R->last[k], a, m, base + 1 + (int)k, n == 1, out);
@@ -677,13 +859,20 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
     rule *r = &R->r[idx];
     lua_State *L = sb_state(R->sb);
     int top = lua_gettop(L);
-    if (atomic_load(&r->disabled) || !types_allow(r->types, message_type(m))) return;
+    if (!types_allow(r->types, message_type(m))) return;
     R->rep = rep;
+    if (atomic_load(&r->disabled)) {
+        dropped_by(R, r, "mapping disabled by the breaker");
+        R->rep = NULL;
+        return;
+    }
+    int was = sb_enter(R->sb, r->slot);
     if (tjl_push(L, m) == 0 && call_rule(R, r, now_ms) == 0 && lua_istable(L, -1)) {
         r->failures_in_a_row = 0;
         lua_getfield(L, -1, "tally_many");
         if (lua_istable(L, -1)) {
-            lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+            lua_Integer n = (lua_Integer)lua_rawlen(L, -1), all = n;
+            if (n > RULES_MAX_PARTS) n = RULES_MAX_PARTS;
             for (lua_Integer i = 1; i <= n; i++) {
                 lua_rawgeti(L, -1, i);
                 tj_value *v = take_payload(R, r, a, -1);
@@ -691,6 +880,7 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
                 if (!v) { out->n = 0; break; }
                 msg_list_push(out, v);
             }
+            if (all > n && out->n) parts_were_cut(R, r, all, all - n);
         } else {
             lua_pop(L, 1);
             tj_value *v = take_payload(R, r, a, -1);
@@ -699,6 +889,7 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
     } else if (lua_gettop(L) > top && !lua_isnil(L, -1) && !lua_istable(L, -1)) {
         script_failed(R, r, "map must return a payload table, { tally_many = {...} } or nil");
     }
+    sb_enter(R->sb, was);
     lua_settop(L, top);
     R->rep = NULL;
 }
@@ -710,10 +901,13 @@ void rules_stats(const rules *R, tbuf *b)
         const rule *r = &R->r[i];
         tbuf_puts(b, i ? ",{\"name\":" : "{\"name\":");
         tj_write_string(b, r->name, strlen(r->name));
-        tbuf_printf(b, ",\"stage\":\"%s\",\"calls\":%llu,\"errors\":%llu,\"dropped\":%llu,\"violations\":%llu,\"disabled\":%s}",
+        tbuf_printf(b, ",\"stage\":\"%s\",\"calls\":%llu,\"errors\":%llu,\"dropped\":%llu,\"violations\":%llu,\"disabled\":%s",
                     stage_names[r->stage], (unsigned long long)atomic_load(&r->calls),
                     (unsigned long long)atomic_load(&r->errors), (unsigned long long)atomic_load(&r->dropped),
                     (unsigned long long)atomic_load(&r->violations), atomic_load(&r->disabled) ? "true" : "false");
+        tbuf_printf(b, ",\"log_suppressed\":%llu,\"parts_cut\":%llu,\"memory\":%zu}",
+                    (unsigned long long)atomic_load(&r->log_suppressed), (unsigned long long)atomic_load(&r->parts_cut),
+                    sb_script_memory(R->sb, r->slot));
     }
     tbuf_putc(b, ']');
 }

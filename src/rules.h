@@ -15,6 +15,14 @@
 
 enum { STAGE_BEFORE, STAGE_ENRICHMENT, STAGE_DESTINATION };
 
+/* Limits on what scripts produce (README.md, "Limits"). */
+#define RULES_LOG_LINES_PER_SECOND 50 /* ctx:log and print lines, per rule */
+#define RULES_MAX_PARTS 100           /* messages one message may become (splits, tally_many payloads) */
+#define RULES_MAX_NAME 128            /* bytes of a rule's name */
+#define RULES_MAX_VALUES 32768        /* values in one message between rules (a 32 KB message holds fewer) */
+#define TALLY_STR_(x) #x
+#define TALLY_STR(x) TALLY_STR_(x)
+
 typedef struct rules rules;
 
 typedef struct rules_opts {
@@ -23,6 +31,7 @@ typedef struct rules_opts {
     int         breaker_threshold;   /* consecutive failures that disable a script */
     int         need_id;             /* results must carry userId or anonymousId */
     const char *rule_config;         /* JSON object: rule name -> its ctx.config, or NULL */
+    size_t      max_memory_per_script; /* bytes one script may hold; 0: max_memory / (scripts + 1) */
 } rules_opts;
 
 /* What happened to one message, for the caller's logs, counters and `tally check`. */

@@ -30,15 +30,30 @@
 
 typedef struct spare { struct spare *next; } spare;
 
+/* Every block carries the script that owns it, so memory is counted per script: a block is
+ * charged to the script running when it is allocated or grown, and given back to its owner when
+ * it is freed, whoever runs then (the collector frees anyone's garbage). 8 bytes keep Lua's 8-byte
+ * alignment on glibc's 16-byte blocks. */
+#define HDR 8
+typedef struct block_hdr { uint32_t owner; } block_hdr;
+
+typedef struct sb_script { _Atomic size_t used; } sb_script;
+
+enum { REFUSED_NONE, REFUSED_TOTAL, REFUSED_SCRIPT };
+
 struct sandbox {
     lua_State        *L;
     spare            *spares[SMALL_MAX / CLASS_BYTES];
     size_t            spare_bytes;
-    size_t            used, max_memory;
+    size_t            used, max_memory, max_per_script;
+    sb_script        *scripts;     /* [0]: the host's share (libraries, messages pushed in) */
+    int               nscripts, owner, refused;
     long              max_instructions;
     long              budget;
     char            **dirs;
     const tly_logger *log;
+    int             (*log_gate)(void *ud, int level);
+    void             *log_gate_ud;
 };
 
 /* Bundled modules (the .lua files of lua/tally), compiled in so `require "tally.naming"` works wherever the
@@ -75,30 +90,60 @@ static void block_free(sandbox *sb, void *p, size_t n)
     sb->spare_bytes += c * CLASS_BYTES;
 }
 
+/* Only the allocating thread writes a count; stats read it from elsewhere. */
+static void charge(sandbox *sb, uint32_t owner, size_t add, size_t sub)
+{
+    _Atomic size_t *u = &sb->scripts[owner].used;
+    atomic_store_explicit(u, atomic_load_explicit(u, memory_order_relaxed) + add - sub, memory_order_relaxed);
+}
+
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
 {
     sandbox *sb = ud;
     size_t old = ptr ? osize : 0;
+    char *blk = ptr ? (char *)ptr - HDR : NULL;
+    uint32_t from = blk ? ((block_hdr *)blk)->owner : 0;
     if (nsize == 0) {
         sb->used -= old;
-        if (ptr) block_free(sb, ptr, old);
+        if (blk) {
+            charge(sb, from, 0, old);
+            block_free(sb, blk, old + HDR);
+        }
         return NULL;
     }
-    if (nsize > old && sb->used - old + nsize > sb->max_memory) return NULL; /* Lua raises "not enough memory" */
-    void *p;
-    if (ptr && old > SMALL_MAX && nsize > SMALL_MAX) {
-        p = realloc(ptr, nsize);
-    } else if (ptr && RECYCLE && old <= SMALL_MAX && nsize <= SMALL_MAX && class_of(old) == class_of(nsize)) {
-        p = ptr; /* the block already has room */
-    } else {
-        p = block_new(sb, nsize);
-        if (p && ptr) {
-            memcpy(p, ptr, old < nsize ? old : nsize);
-            block_free(sb, ptr, old);
+    /* Lua assumes a shrinking block never fails: only growth is refused, and only growth moves a
+     * block to the running script */
+    uint32_t to = nsize > old ? (uint32_t)sb->owner : from;
+    if (nsize > old) {
+        if (sb->used - old + nsize > sb->max_memory) {
+            sb->refused = REFUSED_TOTAL;
+            return NULL; /* Lua collects and tries again, then raises "not enough memory" */
+        }
+        size_t mine = atomic_load_explicit(&sb->scripts[to].used, memory_order_relaxed) - (from == to ? old : 0);
+        if (to && sb->max_per_script && mine + nsize > sb->max_per_script) {
+            sb->refused = REFUSED_SCRIPT;
+            return NULL;
         }
     }
-    if (p) sb->used = sb->used - old + nsize;
-    return p;
+    size_t rold = old + HDR, rnew = nsize + HDR;
+    char *p;
+    if (blk && rold > SMALL_MAX && rnew > SMALL_MAX) {
+        p = realloc(blk, rnew);
+    } else if (blk && RECYCLE && rold <= SMALL_MAX && rnew <= SMALL_MAX && class_of(rold) == class_of(rnew)) {
+        p = blk; /* the block already has room */
+    } else {
+        p = block_new(sb, rnew);
+        if (p && blk) {
+            memcpy(p, blk, rold < rnew ? rold : rnew);
+            block_free(sb, blk, rold);
+        }
+    }
+    if (!p) return NULL;
+    sb->used = sb->used - old + nsize;
+    charge(sb, from, 0, old);
+    charge(sb, to, nsize, 0);
+    ((block_hdr *)p)->owner = to;
+    return p + HDR;
 }
 
 /* ---- the instruction fence ---- */
@@ -130,6 +175,7 @@ static void count_hook(lua_State *L, lua_Debug *ar)
 static int safe_print(lua_State *L)
 {
     sandbox *sb = from_state(L);
+    if (sb->log_gate && !sb->log_gate(sb->log_gate_ud, TALLY_LOG_INFO)) return 0;
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     int n = lua_gettop(L);
@@ -362,6 +408,10 @@ sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger 
 {
     sandbox *sb = calloc(1, sizeof *sb);
     if (!sb) return NULL;
+    if (sb_script_new(sb) != 0) { /* the host's share */
+        free(sb);
+        return NULL;
+    }
     sb->max_memory = lim->max_memory;
     sb->max_instructions = lim->max_instructions;
     sb->log = log;
@@ -394,6 +444,13 @@ sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger 
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
     tjl_init(L);
+    /* The array tag is on tables every script sees: were it reachable, one script could give it
+     * __index/__len/__newindex (every other script's arrays change) or __gc (a finalizer runs with
+     * hooks off). getmetatable returns its name instead, and setmetatable refuses to replace it. */
+    luaL_getmetatable(L, TJL_ARRAY_MT);
+    lua_pushliteral(L, TJL_ARRAY_MT);
+    lua_setfield(L, -2, "__metatable");
+    lua_pop(L, 1);
     /* installed once here: Lua copies a thread's hook into every coroutine created from it */
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     return sb;
@@ -412,10 +469,49 @@ void sb_free(sandbox *sb)
     }
     for (char **d = sb->dirs; d && *d; d++) free(*d);
     free(sb->dirs);
+    free(sb->scripts);
     free(sb);
 }
 
 lua_State *sb_state(sandbox *sb) { return sb->L; }
+
+void sb_set_script_limit(sandbox *sb, size_t bytes) { sb->max_per_script = bytes; }
+
+int sb_script_new(sandbox *sb)
+{
+    sb_script *s = realloc(sb->scripts, (size_t)(sb->nscripts + 1) * sizeof *s);
+    if (!s) return -1;
+    sb->scripts = s;
+    atomic_init(&s[sb->nscripts].used, 0);
+    return sb->nscripts++;
+}
+
+int sb_enter(sandbox *sb, int script)
+{
+    int was = sb->owner;
+    sb->owner = script;
+    return was;
+}
+
+/* Lua paces its collector by the memory of the whole state, and lauxlib grows its buffers without
+ * the emergency collection other allocations get: a script's garbage could hold its share full
+ * while the state as a whole looks roomy. */
+void sb_collect_if_near_limit(sandbox *sb)
+{
+    if (sb->owner && sb->max_per_script && sb_script_memory(sb, sb->owner) > sb->max_per_script / 4 * 3)
+        lua_gc(sb->L, LUA_GCCOLLECT);
+}
+
+size_t sb_script_memory(const sandbox *sb, int script)
+{
+    return script >= 0 && script < sb->nscripts ? atomic_load_explicit(&sb->scripts[script].used, memory_order_relaxed) : 0;
+}
+
+void sb_set_log_gate(sandbox *sb, int (*gate)(void *ud, int level), void *ud)
+{
+    sb->log_gate = gate;
+    sb->log_gate_ud = ud;
+}
 
 static int traceback_handler(lua_State *L)
 {
@@ -433,11 +529,22 @@ int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen)
     int base = lua_gettop(L) - nargs;
     lua_pushcfunction(L, traceback_handler);
     lua_insert(L, base);
+    sb->refused = REFUSED_NONE;
     int rc = lua_pcall(L, nargs, nresults, base);
     lua_remove(L, base);
     if (rc != LUA_OK) {
         const char *m = lua_tostring(L, -1);
-        if (rc == LUA_ERRMEM) m = "memory limit exceeded (not enough memory)";
+        char mem[200];
+        if (rc == LUA_ERRMEM || (m && strstr(m, "not enough memory"))) {
+            /* name the limit that refused, and what is held against it */
+            if (sb->refused == REFUSED_SCRIPT)
+                snprintf(mem, sizeof mem, "memory limit exceeded (not enough memory): this script holds %zu bytes; "
+                         "lua_memory_per_script is %zu", sb_script_memory(sb, sb->owner), sb->max_per_script);
+            else
+                snprintf(mem, sizeof mem, "memory limit exceeded (not enough memory): all scripts hold %zu bytes; "
+                         "lua_memory is %zu", sb->used, sb->max_memory);
+            m = mem;
+        }
         snprintf(err, errlen, "%s", m ? m : "error");
         lua_pop(L, 1);
         /* reclaim what the failed call left behind so the next message starts with room */

@@ -28,6 +28,18 @@ typedef struct sb_limits {
 sandbox   *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger *log);
 void       sb_free(sandbox *sb);
 lua_State *sb_state(sandbox *sb);
+/* Memory is counted per script: sb_script_new makes a slot (0 is the host's share: libraries and
+ * the messages pushed in); sb_enter makes `script` the one charged for what is allocated or grown
+ * from now on, and returns the previous one. A script's blocks are given back to it when freed. */
+void   sb_set_script_limit(sandbox *sb, size_t bytes); /* bytes one script may hold; 0: none of its own */
+int    sb_script_new(sandbox *sb);
+int    sb_enter(sandbox *sb, int script);
+size_t sb_script_memory(const sandbox *sb, int script);  /* bytes held now; any thread */
+/* A full collection when the running script holds more than 3/4 of its limit (after its call). */
+void   sb_collect_if_near_limit(sandbox *sb);
+
+/* print() asks gate(ud, TALLY_LOG_INFO) before writing a line: 0 means not now (rate limits). */
+void       sb_set_log_gate(sandbox *sb, int (*gate)(void *ud, int level), void *ud);
 
 /* Loads a script file (text only) into a fresh environment and runs it under the limits; on
  * success pushes its return value. 0, or -1 with err set ("rules/a.lua:3: ..."). */

@@ -48,7 +48,8 @@ end
 function M.is_array(v)
   if type(v) ~= "table" then return false end
   local mt = getmetatable(v)
-  if type(mt) == "table" and mt.__name == ARRAY_NAME then return true end
+  -- in the sandbox the tag is protected: getmetatable returns its name
+  if mt == ARRAY_NAME or (type(mt) == "table" and mt.__name == ARRAY_NAME) then return true end
   local n, max = 0, 0
   for k in pairs(v) do
     if math.type(k) ~= "integer" or k < 1 then return false end

@@ -123,7 +123,7 @@ int cli_check(const cli_opts *o, const char *rules_spec, const char *rule_config
     check_state st;
     memset(&st, 0, sizeof st);
     tly_logger log = {on_log, &st, TALLY_LOG_DEBUG};
-    rules_opts ro = {64u << 20, 1000000, 0, 0, rule_config};
+    rules_opts ro = {64u << 20, 1000000, 0, 0, rule_config, 0};
     rules *R;
     if (rules_open(&R, rules_spec, &ro, &log) != TALLY_OK) {
         fprintf(stderr, "tally: check: %s\n", tally_errmsg(NULL));
