@@ -66,15 +66,19 @@ $(LUASRC)/src/lapi.c:
 	@bash scripts/deps.sh build
 	@bash scripts/lua-src.sh $(LUASRC)
 
+# Our patches to the embedded Lua (patches/lua/): applied to trees unpacked before they existed too.
+$(LUASRC)/.tally-patched: $(LUASRC)/src/lapi.c $(wildcard patches/lua/*.patch) scripts/lua-src.sh
+	@bash scripts/lua-src.sh $(LUASRC)
+
 # The embedded Lua: position independent, every symbol hidden, no dlopen (LUA_USE_POSIX, not
 # LUA_USE_LINUX) since scripts must never load native code.
-$(BUILD)/lua/%.o: $(LUASRC)/src/lapi.c
+$(BUILD)/lua/%.o: $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,LUA,$@)
 	$(Q)$(CC) -std=gnu99 -O2 -g $(LUA_SANFLAGS) -fPIC -fvisibility=hidden -DLUA_USE_POSIX -w \
 	    -c $(LUASRC)/src/$*.c -o $@
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/tally.h | $(LUASRC)/src/lapi.c
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/tally.h $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
 	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
@@ -112,7 +116,7 @@ $(BUILD)/libtally.a: $(BUILD)/tally_all.o
 lib: $(BUILD)/libtally.so.$(VERSION) $(BUILD)/libtally.a
 	@ln -sfn $(notdir $(BUILD)) build/current 2>/dev/null || true
 
-$(BUILD)/obj/cli/%.o: src/cli/%.c $(wildcard src/cli/*.h) $(wildcard src/*.h) include/tally.h | $(LUASRC)/src/lapi.c
+$(BUILD)/obj/cli/%.o: src/cli/%.c $(wildcard src/cli/*.h) $(wildcard src/*.h) include/tally.h $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
 	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
