@@ -517,6 +517,7 @@ int sb_load_file(sandbox *sb, const char *path, char *err, size_t errlen)
     lua_pushlightuserdata(sb->L, &cs);
     int rc = sb_call(sb, 1, 1, err, errlen);
     free(src);
+    if (rc == LUA_ERRMEM) snprintf(err, errlen, "%s: memory limit exceeded (not enough memory)", path);
     return rc == LUA_OK ? 0 : -1;
 }
 
