@@ -289,6 +289,10 @@ static int load_json(lua_State *L)
     if (resolve(sb, rel, path, sizeof path))
         return luaL_error(L, "load_json: '%s' not found in the rule folders (relative paths only)", rel);
     if (read_whole(sb, path, &src, &len, err, sizeof err)) return luaL_error(L, "load_json: %s", err);
+    if (lua_chargework(len >> 2)) { /* as tally.json.decode */
+        free(src);
+        return luaL_error(L, "instruction limit exceeded (work done in C)");
+    }
     lua_pushcfunction(L, tjl_lua_decode);
     lua_pushlstring(L, src, len);
     free(src);
@@ -298,12 +302,41 @@ static int load_json(lua_State *L)
     return 1;
 }
 
+/* tally.json.decode(text): the parse walks the text (charged first); encode walks the value
+ * (charged by what it wrote). Upvalue 1: the function charged. */
+static int charged_decode(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TSTRING) luaL_chargework(L, lua_rawlen(L, 1) >> 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int charged_encode(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    if (lua_type(L, 1) == LUA_TSTRING) luaL_chargework(L, lua_rawlen(L, 1) >> 3);
+    return lua_gettop(L);
+}
+
 static void push_tally_table(lua_State *L)
 {
     lua_newtable(L);
     tjl_set_helpers(L, TALLY_VERSION);
     lua_pushcfunction(L, load_json);
     lua_setfield(L, -2, "load_json");
+    lua_getfield(L, -1, "json");
+    static const struct { const char *name; lua_CFunction charged; } json[] = {
+        {"decode", charged_decode}, {"encode", charged_encode}};
+    for (size_t i = 0; i < sizeof json / sizeof *json; i++) {
+        lua_getfield(L, -1, json[i].name);
+        lua_pushcclosure(L, json[i].charged, 1);
+        lua_setfield(L, -2, json[i].name);
+    }
+    lua_pop(L, 1);
 }
 
 /* Copies the named fields of the library at the top of the stack into a new table at the top. */

@@ -480,3 +480,11 @@ TEST(no_removed_function_is_reachable_from_a_script)
            "error(#found == 0 and 'nothing removed is reachable' or table.concat(found, ' '))",
            "nothing removed is reachable");
 }
+
+TEST(json_decode_of_a_large_text_is_charged)
+{
+    long r = attack("local text = '[' .. string.rep('1,', 1 << 20) .. '1]'\n"
+                    "for i = 1, 1e6 do tally.json.decode(text) n = n + 1 end",
+                    "instruction limit exceeded");
+    CHECK(r >= 0 && r < 10);
+}
