@@ -196,6 +196,16 @@ $(BUILD)/bench/throughput: bench/throughput.c include/tally.h $(BUILD)/libtally.
 
 bench-bins: $(BUILD)/bench/throughput
 
+# How long one hostile rule call can hold the processor (bench/hostile.c).
+$(BUILD)/bench/hostile: bench/hostile.c include/tally.h $(BUILD)/libtally.a
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(SANFLAGS) -Iinclude -o $@ $< $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LIBS)
+
+.PHONY: bench-hostile
+bench-hostile: lib $(BUILD)/bench/hostile
+	@$(BUILD)/bench/hostile
+
 # ==== Lua hosts (src/lua_module) ===================================================== begin ====
 # tally.so (the `tally` Lua module), libtally_lua.a (tally_lua_push_mod for C hosts that embed
 # their own Lua 5.4), the game example and its C test. These objects are compiled against the

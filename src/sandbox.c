@@ -258,7 +258,7 @@ static int safe_require(lua_State *L)
             return luaL_error(L, "module '%s' not found (bundled tally.* modules and the rule folders only)", name);
         char chunk[4200];
         snprintf(chunk, sizeof chunk, "@%s", path);
-        if (lua_chargework(len)) { /* charged like load(); checked before compiling */
+        if (lua_chargework(L, len)) { /* charged like load(); checked before compiling */
             free(src);
             return luaL_error(L, "instruction limit exceeded (work done in C)");
         }
@@ -289,7 +289,7 @@ static int load_json(lua_State *L)
     if (resolve(sb, rel, path, sizeof path))
         return luaL_error(L, "load_json: '%s' not found in the rule folders (relative paths only)", rel);
     if (read_whole(sb, path, &src, &len, err, sizeof err)) return luaL_error(L, "load_json: %s", err);
-    if (lua_chargework(len >> 2)) { /* as tally.json.decode */
+    if (lua_chargework(L, len >> 2)) { /* as tally.json.decode */
         free(src);
         return luaL_error(L, "instruction limit exceeded (work done in C)");
     }
@@ -503,12 +503,12 @@ int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen)
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
     /* work done in C for the script (copies, scans, pattern matching) is charged to the same
      * budget through the embedded Lua's work meter (patches/lua/0009-work-meter.patch) */
-    long *outer = lua_setworkmeter(&sb->budget);
+    long *outer = lua_setworkmeter(L, &sb->budget);
     int base = lua_gettop(L) - nargs;
     lua_pushcfunction(L, traceback_handler);
     lua_insert(L, base);
     int rc = lua_pcall(L, nargs, nresults, base);
-    lua_setworkmeter(outer);
+    lua_setworkmeter(L, outer);
     lua_remove(L, base);
     if (rc != LUA_OK) {
         const char *m = lua_tostring(L, -1);
