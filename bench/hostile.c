@@ -28,15 +28,18 @@ static const struct { const char *name, *src; } attacks[] = {
     {"plain find worst case", "local s = string.rep('a', 1 << 20) local p = string.rep('a', 1 << 19) .. 'b'\n"
                               "while true do string.find(s, p, 1, true) end"},
     {"utf8.len over 16 MiB", "local s = string.rep(string.rep('a', 4096), 4096) while true do utf8.len(s) end"},
+    {"utf8.len over 1 MiB, looped", "local s = string.rep(string.rep('a', 1024), 1024) while true do utf8.len(s) end"},
     {"table.move over 2^53 empty", "table.move({}, 1, 1 << 53, 1, {})"},
     {"string.rep('', 2^50)", "string.rep('', 1 << 50)"},
     {"string.rep 60 MiB", "local s = string.rep('x', 60 << 20)"},
-    {"long string == in a loop", "local a, b = string.rep('x', 1 << 24), string.rep('x', 1 << 24) while true do local _ = a == b end"},
-    {"long string < in a loop", "local a, b = string.rep('x', 1 << 24) .. 'a', string.rep('x', 1 << 24) .. 'b' while true do local _ = a < b end"},
-    {"long string concat loop", "local s = string.rep('x', 1 << 24) while true do local t = s .. 'y' end"},
+    {"1 MiB string == in a loop", "local a, b = string.rep(string.rep('x', 1024), 1024), string.rep(string.rep('x', 1024), 1024)\n"
+                                  "while true do local _ = a == b end"},
+    {"1 MiB string < in a loop", "local a, b = string.rep(string.rep('x', 1024), 1024), string.rep(string.rep('x', 1024), 1023) .. 'y'\n"
+                                 "while true do local _ = a < b end"},
+    {"1 MiB string concat loop", "local s = string.rep(string.rep('x', 1024), 1024) while true do local t = s .. 'y' end"},
     {"vararg copies", "local t = {} for i = 1, 200000 do t[i] = i end\n"
                       "local function f(...) while true do local k = select('#', ...) end end f(table.unpack(t))"},
-    {"tonumber of 16 MiB digits", "local s = string.rep('1', 1 << 24) while true do tonumber(s) end"},
+    {"tonumber of 1 MiB digits", "local s = string.rep(string.rep('1', 1024), 1024) while true do tonumber(s) end"},
     {"table.sort 100k", "local t = {} for i = 1, 100000 do t[i] = (i * 7919) % 100003 end while true do table.sort(t) end"},
     {"load 1 MiB chunk", "local src = string.rep('local a = 1 ', 1 << 17) while true do load(src) end"},
     {"json.decode 4 MiB", "local text = '[' .. string.rep('1,', 1 << 21) .. '1]' while true do tally.json.decode(text) end"},
