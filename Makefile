@@ -69,15 +69,19 @@ $(LUASRC)/src/lapi.c:
 	@bash scripts/deps.sh check
 	@echo "$(LUASRC) (Debian's lua5.4 source, compiled into libtally) is missing: run 'make deps'" >&2; exit 1
 
+# Our patches to the embedded Lua (patches/lua/): applied to trees unpacked before they existed too.
+$(LUASRC)/.tally-patched: $(LUASRC)/src/lapi.c $(wildcard patches/lua/*.patch) scripts/lua-src.sh
+	@bash scripts/lua-src.sh $(LUASRC)
+
 # The embedded Lua: position independent, every symbol hidden, no dlopen (LUA_USE_POSIX, not
 # LUA_USE_LINUX) since scripts must never load native code.
-$(BUILD)/lua/%.o: $(LUASRC)/src/lapi.c
+$(BUILD)/lua/%.o: $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,LUA,$@)
 	$(Q)$(CC) -std=gnu99 -O2 -g $(LUA_SANFLAGS) -fPIC -fvisibility=hidden -DLUA_USE_POSIX -w \
 	    -c $(LUASRC)/src/$*.c -o $@
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/tally.h | $(LUASRC)/src/lapi.c
+$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/tally.h $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
 	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
@@ -115,7 +119,7 @@ $(BUILD)/libtally.a: $(BUILD)/tally_all.o
 lib: $(BUILD)/libtally.so.$(VERSION) $(BUILD)/libtally.a
 	@ln -sfn $(notdir $(BUILD)) build/current 2>/dev/null || true
 
-$(BUILD)/obj/cli/%.o: src/cli/%.c $(wildcard src/cli/*.h) $(wildcard src/*.h) include/tally.h | $(LUASRC)/src/lapi.c
+$(BUILD)/obj/cli/%.o: src/cli/%.c $(wildcard src/cli/*.h) $(wildcard src/*.h) include/tally.h $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
 	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
@@ -229,6 +233,16 @@ $(BUILD)/bench/throughput: bench/throughput.c include/tally.h $(BUILD)/libtally.
 	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(SANFLAGS) -Iinclude -o $@ $< $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LIBS)
 
 bench-bins: $(BUILD)/bench/throughput
+
+# How long one hostile rule call can hold the processor (bench/hostile.c).
+$(BUILD)/bench/hostile: bench/hostile.c include/tally.h $(BUILD)/libtally.a
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(SANFLAGS) -Iinclude -o $@ $< $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LIBS)
+
+.PHONY: bench-hostile
+bench-hostile: lib $(BUILD)/bench/hostile
+	@$(BUILD)/bench/hostile
 
 # ==== Lua hosts (src/lua_module) ===================================================== begin ====
 # tally.so (the `tally` Lua module), libtally_lua.a (tally_lua_push_mod for C hosts that embed

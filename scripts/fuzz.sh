@@ -9,7 +9,7 @@ seconds=${1:-60}
 command -v clang >/dev/null || { echo "fuzz: clang missing (make deps installs it)"; exit 1; }
 out=$PWD/build/fuzz # absolute: a harness may change directory (fuzz_config does)
 mkdir -p "$out"
-[ -f build/lua-src/src/lapi.c ] || { bash scripts/deps.sh build && bash scripts/lua-src.sh build/lua-src; } || exit 1
+{ [ -f build/lua-src/src/lapi.c ] || bash scripts/deps.sh build; } && bash scripts/lua-src.sh build/lua-src || exit 1
 bash scripts/embed-lua.sh build/gen/bundled_lua.c
 core="$(ls src/*.c src/cli/flags.c) build/gen/bundled_lua.c"
 lua=$(for f in lapi lcode lctype ldebug ldo ldump lfunc lgc llex lmem lobject lopcodes lparser lstate lstring ltable ltm lundump lvm lzio lauxlib lbaselib lcorolib lmathlib lstrlib ltablib lutf8lib loslib; do echo build/lua-src/src/$f.c; done)

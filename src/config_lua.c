@@ -77,6 +77,17 @@ static int apply_table(lua_State *L, tally_config *cfg, const char *path)
     return TALLY_OK;
 }
 
+typedef struct applying { tally_config *cfg; const char *path; int rc; } applying;
+
+/* (applying, table) -> nothing: apply_table, protected, since converting the script's values
+ * allocates under the sandbox's memory cap (an error raised outside a protected call aborts). */
+static int apply_in_lua(lua_State *L)
+{
+    applying *a = lua_touserdata(L, 1);
+    a->rc = apply_table(L, a->cfg, a->path);
+    return 0;
+}
+
 int tally_config_load(tally_config *cfg, const char *path)
 {
     if (!cfg || !path) return tly_fail(TALLY_EINVAL, "tally_config_load: NULL argument");
@@ -93,8 +104,10 @@ int tally_config_load(tally_config *cfg, const char *path)
     tly_logger quiet = {NULL, NULL, TALLY_LOG_ERROR};
     sandbox *sb = sb_new(&lim, dirs, &quiet);
     if (!sb) return tly_fail(TALLY_ENOMEM, "%s: out of memory", path);
+    applying a = {cfg, path, TALLY_OK};
     int rc = sb_load_file(sb, path, err, sizeof err) ? tly_fail(TALLY_ELUA, "%s", err)
-                                                     : apply_table(sb_state(sb), cfg, path);
+             : sb_protect(sb, apply_in_lua, &a, 1, err, sizeof err) != LUA_OK ? tly_fail(TALLY_ELUA, "%s: %s", path, err)
+             : a.rc;
     sb_free(sb);
     return rc;
 }

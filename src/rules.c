@@ -255,6 +255,37 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
     return TALLY_OK;
 }
 
+typedef struct adoption { rules *R; rule *r; const char *file; int rc; } adoption;
+
+/* (adoption, plugin table) -> nothing: adopt_plugin, protected (see adopt_protected) */
+static int adopt_in_lua(lua_State *L)
+{
+    adoption *a = lua_touserdata(L, 1);
+    a->rc = adopt_plugin(a->R, a->r, a->file);
+    return 0;
+}
+
+/* Reading the returned table's fields runs its metamethods (a script's code, which may raise,
+ * loop or allocate): under sb_call's limits, with the error reported against the file. */
+static int adopt_protected(rules *R, rule *r, const char *file)
+{
+    adoption a = {R, r, file, TALLY_OK};
+    char err[1024];
+    if (sb_protect(R->sb, adopt_in_lua, &a, 1, err, sizeof err) != LUA_OK)
+        return tly_fail(TALLY_ELUA, "%s: reading the plugin table: %s", file, err);
+    return a.rc;
+}
+
+/* (value, ctx_ref) -> nothing: ctx.config = value */
+static int set_config_in_lua(lua_State *L)
+{
+    const tj_value *v = lua_touserdata(L, 1);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, (lua_Integer)lua_tointeger(L, 2));
+    if (tjl_push(L, v)) return luaL_error(L, "out of memory");
+    lua_setfield(L, -2, "config");
+    return 0;
+}
+
 static int set_rule_configs(rules *R)
 {
     if (!R->o.rule_config) return TALLY_OK;
@@ -275,10 +306,11 @@ static int set_rule_configs(rules *R)
             rc = tly_fail(TALLY_ECONFIG, "rule_config: no rule named \"%s\"", cfg->u.obj.m[i].key);
             break;
         }
-        lua_rawgeti(L, LUA_REGISTRYINDEX, R->r[k].ctx_ref);
+        char why[512];
         int was = sb_enter(R->sb, R->r[k].slot);
-        if (tjl_push(L, cfg->u.obj.m[i].val)) rc = tly_fail(TALLY_ENOMEM, "rule_config: out of memory");
-        else lua_setfield(L, -2, "config");
+        lua_pushinteger(L, R->r[k].ctx_ref);
+        if (sb_protect(R->sb, set_config_in_lua, cfg->u.obj.m[i].val, 1, why, sizeof why) != LUA_OK)
+            rc = tly_fail(TALLY_ENOMEM, "rule_config: %s: %s", R->r[k].name, why);
         sb_enter(R->sb, was);
         lua_settop(L, 0);
     }
@@ -390,7 +422,7 @@ int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_log
             rc = tly_fail(TALLY_ELUA, "%s", err);
             break;
         }
-        rc = adopt_plugin(R, &R->r[R->n], files[i]);
+        rc = adopt_protected(R, &R->r[R->n], files[i]);
         sb_enter(R->sb, 0);
         if (!rc) {
             for (size_t k = 0; k < R->n && !rc; k++)
@@ -475,6 +507,15 @@ static void dropped_by(rules *R, rule *r, const char *why)
     }
 }
 
+/* (ctx, now) -> ctx: rawset, since a script may have given its ctx a __newindex */
+static int set_now(lua_State *L)
+{
+    lua_pushliteral(L, "now");
+    lua_insert(L, 2);
+    lua_rawset(L, 1);
+    return 1;
+}
+
 /* Calls r's function with (value at the top of the stack, ctx); leaves the result on the stack.
  * 0, or -1 after reporting the failure. */
 static int call_rule(rules *R, rule *r, int64_t now_ms)
@@ -482,9 +523,14 @@ static int call_rule(rules *R, rule *r, int64_t now_ms)
     lua_State *L = sb_state(R->sb);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->fn_ref);
     lua_insert(L, -2);
+    lua_pushcfunction(L, set_now);
     lua_rawgeti(L, LUA_REGISTRYINDEX, r->ctx_ref);
     lua_pushinteger(L, now_ms);
-    lua_setfield(L, -2, "now");
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK) {
+        script_failed(R, r, lua_tostring(L, -1));
+        lua_pop(L, 3);
+        return -1;
+    }
     R->current = r;
     R->now_ms = now_ms;
     atomic_fetch_add(&r->calls, 1);
@@ -554,6 +600,44 @@ static int push_protected(lua_State *L)
 {
     if (tjl_push(L, lua_touserdata(L, 1))) return luaL_error(L, "message too deep for Lua");
     return 1;
+}
+
+typedef struct json_conv {
+    const char *root;
+    size_t max_bytes;
+    const tj_value *orig;
+    tj_arena *a;
+    tj_value *v;
+    tj_error err;
+    int rc;
+} json_conv;
+
+/* (json_conv, value) -> nothing */
+static int to_json_in_lua(lua_State *L)
+{
+    json_conv *c = lua_touserdata(L, 1);
+    c->rc = tjl_to_json_max(L, 2, c->root, c->max_bytes, c->orig, c->a, &c->v, &c->err);
+    return 0;
+}
+
+/* tjl_to_json_max, protected: converting allocates (numbers to text), and the memory limit can
+ * be reached there. */
+static int to_json_safe(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
+                        tj_arena *a, tj_value **out, tj_error *err)
+{
+    json_conv c = {root, max_bytes, orig, a, NULL, {0, ""}, 0};
+    idx = lua_absindex(L, idx);
+    lua_pushcfunction(L, to_json_in_lua);
+    lua_pushlightuserdata(L, &c);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+        snprintf(err->msg, sizeof err->msg, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
+        lua_pop(L, 1);
+        return -1;
+    }
+    *err = c.err;
+    *out = c.v;
+    return c.rc;
 }
 
 /* Pushes a deep copy of the value at idx; 0, or -1 with the error text at the top instead. */
@@ -745,7 +829,7 @@ static void take_result(rules *R, int last, tj_arena *a, tj_value *orig, int idx
     tj_value *v;
     tj_error err;
     char text[600];
-    if (tjl_to_json_max(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, a, &v, &err)) {
+    if (to_json_safe(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, a, &v, &err)) {
         snprintf(text, sizeof text, "%s", err.msg);
     } else if (msg_validate(v, R->o.need_id)) {
         snprintf(text, sizeof text, "returned an invalid message: %s", tally_errmsg(NULL));
@@ -841,11 +925,19 @@ int rules_find_mapping(const rules *R, const char *name)
     return -1;
 }
 
+/* (result) -> result.tally_many, raw */
+static int get_many(lua_State *L)
+{
+    lua_pushliteral(L, "tally_many");
+    lua_rawget(L, 1);
+    return 1;
+}
+
 static tj_value *take_payload(rules *R, rule *r, tj_arena *a, int idx)
 {
     tj_value *v;
     tj_error err;
-    if (tjl_to_json_at(sb_state(R->sb), idx, "payload", a, &v, &err)) {
+    if (to_json_safe(sb_state(R->sb), idx, "payload", TJL_MAX_BYTES, NULL, a, &v, &err)) {
         script_failed(R, r, err.msg);
         return NULL;
     }
@@ -867,10 +959,18 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
         return;
     }
     int was = sb_enter(R->sb, r->slot);
-    if (tjl_push(L, m) == 0 && call_rule(R, r, now_ms) == 0 && lua_istable(L, -1)) {
+    lua_pushcfunction(L, push_protected);
+    lua_pushlightuserdata(L, (void *)m);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+        script_failed(R, r, lua_isstring(L, -1) ? lua_tostring(L, -1) : "out of memory");
+    } else if (call_rule(R, r, now_ms) == 0 && lua_istable(L, -1)) {
         r->failures_in_a_row = 0;
-        lua_getfield(L, -1, "tally_many");
-        if (lua_istable(L, -1)) {
+        /* raw: the result is the script's table, and its metamethods must not run here */
+        lua_pushcfunction(L, get_many);
+        lua_pushvalue(L, -2);
+        if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
+            script_failed(R, r, lua_isstring(L, -1) ? lua_tostring(L, -1) : "out of memory");
+        } else if (lua_istable(L, -1)) {
             lua_Integer n = (lua_Integer)lua_rawlen(L, -1), all = n;
             if (n > RULES_MAX_PARTS) n = RULES_MAX_PARTS;
             for (lua_Integer i = 1; i <= n; i++) {

@@ -62,6 +62,10 @@ typedef struct bundled_module { const char *name; const char *src; size_t len; }
 extern const bundled_module tly_bundled[];
 extern const size_t tly_bundled_count;
 
+/* Removed from the string library itself in sb_new, so that neither the scripts' copies nor
+ * method calls on strings (which go through the string metatable) can reach them. */
+static const char *const removed_string_functions[] = {"dump", NULL};
+
 /* ---- the allocator: the memory fence ---- */
 
 static size_t class_of(size_t n) { return (n + CLASS_BYTES - 1) / CLASS_BYTES; } /* 1.. for n <= SMALL_MAX */
@@ -212,6 +216,7 @@ static int safe_load(lua_State *L)
     size_t len;
     const char *s = luaL_checklstring(L, 1, &len);
     const char *name = luaL_optstring(L, 2, "=(load)");
+    luaL_chargework(L, len); /* compiling walks every byte, several times */
     if (luaL_loadbufferx(L, s, len, name, "t") != LUA_OK) {
         luaL_pushfail(L);
         lua_insert(L, -2);
@@ -291,6 +296,10 @@ static int safe_require(lua_State *L)
             return luaL_error(L, "module '%s' not found (bundled tally.* modules and the rule folders only)", name);
         char chunk[4200];
         snprintf(chunk, sizeof chunk, "@%s", path);
+        if (lua_chargework(L, len)) { /* charged like load(); checked before compiling */
+            free(src);
+            return luaL_error(L, "instruction limit exceeded (work done in C)");
+        }
         int rc = load_chunk_into_env(L, sb, src, len, chunk);
         free(src);
         if (rc) return lua_error(L);
@@ -318,6 +327,10 @@ static int load_json(lua_State *L)
     int found = read_resolved(sb, rel, path, sizeof path, &src, &len, err, sizeof err);
     if (found == -1) return luaL_error(L, "load_json: '%s' not found in the rule folders (relative paths only)", rel);
     if (found) return luaL_error(L, "load_json: %s", err);
+    if (lua_chargework(L, len >> 2)) { /* as tally.json.decode */
+        free(src);
+        return luaL_error(L, "instruction limit exceeded (work done in C)");
+    }
     lua_pushcfunction(L, tjl_lua_decode);
     lua_pushlstring(L, src, len);
     free(src);
@@ -327,12 +340,41 @@ static int load_json(lua_State *L)
     return 1;
 }
 
+/* tally.json.decode(text): the parse walks the text (charged first); encode walks the value
+ * (charged by what it wrote). Upvalue 1: the function charged. */
+static int charged_decode(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TSTRING) luaL_chargework(L, lua_rawlen(L, 1) >> 2);
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    return lua_gettop(L);
+}
+
+static int charged_encode(lua_State *L)
+{
+    lua_pushvalue(L, lua_upvalueindex(1));
+    lua_insert(L, 1);
+    lua_call(L, lua_gettop(L) - 1, LUA_MULTRET);
+    if (lua_type(L, 1) == LUA_TSTRING) luaL_chargework(L, lua_rawlen(L, 1) >> 3);
+    return lua_gettop(L);
+}
+
 static void push_tally_table(lua_State *L)
 {
     lua_newtable(L);
     tjl_set_helpers(L, TALLY_VERSION);
     lua_pushcfunction(L, load_json);
     lua_setfield(L, -2, "load_json");
+    lua_getfield(L, -1, "json");
+    static const struct { const char *name; lua_CFunction charged; } json[] = {
+        {"decode", charged_decode}, {"encode", charged_encode}};
+    for (size_t i = 0; i < sizeof json / sizeof *json; i++) {
+        lua_getfield(L, -1, json[i].name);
+        lua_pushcclosure(L, json[i].charged, 1);
+        lua_setfield(L, -2, json[i].name);
+    }
+    lua_pop(L, 1);
 }
 
 /* Copies the named fields of the library at the top of the stack into a new table at the top. */
@@ -386,7 +428,7 @@ static void push_env(lua_State *L, sandbox *sb)
     lua_pushcclosure(L, safe_require, 1);
     lua_setfield(L, env, "require");
     static const struct { const char *name, *skip; } libs[] = {
-        {"string", "dump"}, {"table", NULL}, {"math", NULL}, {"utf8", NULL}, {"coroutine", NULL}};
+        {"string", NULL}, {"table", NULL}, {"math", NULL}, {"utf8", NULL}, {"coroutine", NULL}};
     for (size_t i = 0; i < sizeof libs / sizeof *libs; i++) {
         lua_getglobal(L, libs[i].name);
         copy_all_but(L, libs[i].skip);
@@ -403,6 +445,8 @@ static void push_env(lua_State *L, sandbox *sb)
 }
 
 /* ---- lifecycle ---- */
+
+static int open_libraries(lua_State *L);
 
 sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger *log)
 {
@@ -424,6 +468,19 @@ sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger 
         return NULL;
     }
     lua_State *L = sb->L;
+    /* everything below allocates, and a raised error outside a protected call would abort */
+    lua_pushcfunction(L, open_libraries);
+    if (lua_pcall(L, 0, 0, 0) != LUA_OK) {
+        sb_free(sb);
+        return NULL;
+    }
+    /* installed once here: Lua copies a thread's hook into every coroutine created from it */
+    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    return sb;
+}
+
+static int open_libraries(lua_State *L)
+{
     /* generational: a message's tables die young, and the incremental collector kept walking
      * the long-lived ones (libraries, rule state) to find that out: +3% events/s with three
      * rules (bench/README.md). The memory limit still holds: a refused allocation makes Lua
@@ -443,6 +500,14 @@ sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger 
     lua_pushboolean(L, 0);
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 2);
+    /* and that library is what method calls on strings reach (("").dump): functions removed
+     * from the scripts' copies are removed from it too */
+    lua_getglobal(L, LUA_STRLIBNAME);
+    for (const char *const *r = removed_string_functions; *r; r++) {
+        lua_pushnil(L);
+        lua_setfield(L, -2, *r);
+    }
+    lua_pop(L, 1);
     tjl_init(L);
     /* The array tag is on tables every script sees: were it reachable, one script could give it
      * __index/__len/__newindex (every other script's arrays change) or __gc (a finalizer runs with
@@ -451,9 +516,7 @@ sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger 
     lua_pushliteral(L, TJL_ARRAY_MT);
     lua_setfield(L, -2, "__metatable");
     lua_pop(L, 1);
-    /* installed once here: Lua copies a thread's hook into every coroutine created from it */
-    lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
-    return sb;
+    return 0;
 }
 
 void sb_free(sandbox *sb)
@@ -526,11 +589,15 @@ int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen)
     lua_State *L = sb->L;
     sb->budget = sb->max_instructions;
     lua_sethook(L, count_hook, LUA_MASKCOUNT, HOOK_EVERY);
+    /* work done in C for the script (copies, scans, pattern matching) is charged to the same
+     * budget through the embedded Lua's work meter (patches/lua/0009-work-meter.patch) */
+    long *outer = lua_setworkmeter(L, &sb->budget);
     int base = lua_gettop(L) - nargs;
     lua_pushcfunction(L, traceback_handler);
     lua_insert(L, base);
     sb->refused = REFUSED_NONE;
     int rc = lua_pcall(L, nargs, nresults, base);
+    lua_setworkmeter(L, outer);
     lua_remove(L, base);
     if (rc != LUA_OK) {
         const char *m = lua_tostring(L, -1);
@@ -553,6 +620,18 @@ int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen)
     return rc;
 }
 
+typedef struct chunk_source { const char *src, *name; size_t len; } chunk_source;
+
+/* (chunk_source) -> what the chunk returns. Compiling and building the environment allocate,
+ * and the memory an earlier script holds may leave no room: raised here, inside sb_call. */
+static int load_and_run(lua_State *L)
+{
+    const chunk_source *cs = lua_touserdata(L, 1);
+    if (load_chunk_into_env(L, from_state(L), cs->src, cs->len, cs->name)) return lua_error(L);
+    lua_call(L, 0, 1);
+    return 1;
+}
+
 int sb_load_file(sandbox *sb, const char *path, char *err, size_t errlen)
 {
     char *src;
@@ -565,14 +644,27 @@ int sb_load_file(sandbox *sb, const char *path, char *err, size_t errlen)
     }
     char chunk[4200];
     snprintf(chunk, sizeof chunk, "@%s", path);
-    int rc = load_chunk_into_env(sb->L, sb, src, len, chunk);
+    chunk_source cs = {src, chunk, len};
+    lua_pushcfunction(sb->L, load_and_run);
+    lua_pushlightuserdata(sb->L, &cs);
+    int rc = sb_call(sb, 1, 1, err, errlen);
     free(src);
-    if (rc) {
-        snprintf(err, errlen, "%s", lua_tostring(sb->L, -1));
-        lua_pop(sb->L, 1);
-        return -1;
+    if (rc == LUA_ERRMEM) snprintf(err, errlen, "%s: memory limit exceeded (not enough memory)", path);
+    return rc == LUA_OK ? 0 : -1;
+}
+
+int sb_protect(sandbox *sb, lua_CFunction fn, void *ud, int nargs, char *err, size_t errlen)
+{
+    lua_State *L = sb->L;
+    if (!lua_checkstack(L, 2)) {
+        snprintf(err, errlen, "out of memory (Lua stack)");
+        lua_pop(L, nargs);
+        return LUA_ERRMEM;
     }
-    return sb_call(sb, 0, 1, err, errlen) == LUA_OK ? 0 : -1;
+    lua_pushcfunction(L, fn);
+    lua_pushlightuserdata(L, ud);
+    lua_rotate(L, -(nargs + 2), 2); /* fn, ud below the arguments */
+    return sb_call(sb, nargs + 1, 0, err, errlen);
 }
 
 int sb_sample(double rate, const char *key, size_t len)

@@ -49,6 +49,13 @@ int sb_load_file(sandbox *sb, const char *path, char *err, size_t errlen);
  * Returns a Lua status code (LUA_OK on success). */
 int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen);
 
+/* Runs fn(ud, args...) protected, under the limits of sb_call, discarding its results: every
+ * use of the Lua API on values a script controls (its tables may have metamethods, and any
+ * allocation can meet the memory limit) must run this way, since an error raised outside a
+ * protected call aborts the process. Pops the nargs arguments. Returns a Lua status code, with
+ * the error in err. */
+int sb_protect(sandbox *sb, lua_CFunction fn, void *ud, int nargs, char *err, size_t errlen);
+
 /* Deterministic sampling shared by ctx:sample and the sample module: FNV-1a of key. */
 int sb_sample(double rate, const char *key, size_t len);
 
