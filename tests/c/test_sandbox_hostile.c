@@ -158,7 +158,8 @@ TEST(plugin_types_list_with_raising_index_is_reported)
 
 /* The first script takes all the memory there is and keeps it; loading the next one (building
  * its environment, compiling it, registering the plugin) then fails to allocate: reported, not
- * a panic. */
+ * a panic. Each script's own share would stop the hog first, so it is given the whole pool here:
+ * the pool's limit is what this test reaches. */
 TEST(environment_built_when_an_earlier_script_holds_all_memory)
 {
     /* big enough that what the first script's load frees (its main chunk) cannot hold it */
@@ -174,6 +175,7 @@ TEST(environment_built_when_an_earlier_script_holds_all_memory)
                           "20_next.lua", next_src, NULL);
     char *out = tu_path("hog.ndjson");
     tally_config *c = config(dir, out, "100000000", "2097152");
+    tally_config_set(c, "lua_memory_per_script", "2097152");
     tally_t *t = NULL;
     int rc = tally_open(c, &t);
     tally_config_free(c);
