@@ -854,9 +854,13 @@ int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, c
     tj_value *v = NULL;
     int r = conv(&c, idx, &v);
     if (r) {
-        /* Again in key order, to report the error that comes first in it. Tables converted in
-         * the first pass are kept: they are not walked again. */
+        /* Again in key order, to report the error that comes first in it. The memo starts
+         * empty again: which tables the first pass finished depends on lua_next's order, and a
+         * table kept from it would be charged whole where the walk in key order descends into
+         * it and names a deeper path (the fuzzer's two states disagreed on exactly that). */
         lua_settop(L, base); /* error paths return with keys and values still pushed */
+        c.memo = NULL;
+        c.memo_n = c.memo_cap = 0;
         c.sorted = 1;
         c.fatal = 0;
         c.used = 0;
