@@ -161,5 +161,12 @@ expect help_report_shows_report_usage 0 "" -- "$TALLY" help report
 grep -qF 'tally report [--events=' "$dir/out" && ok help_report_prints_its_flags || bad help_report_prints_its_flags "$(cat "$dir/out")"
 expect misspelt_report_suggested 2 '(did you mean "report"?)' -- "$TALLY" reprot
 
+# --store naming the user's own file: refused with exit 2, the file kept as it was, nothing beside it
+printf '# notes\nnot a store\n' >"$dir/notes.md"; cp "$dir/notes.md" "$dir/notes.orig"
+expect store_not_sqlite_refused 2 "is not a SQLite database (refusing to touch it)" -- \
+  "$TALLY" track --userId=u --event=E --out="$dir/z" --store="$dir/notes.md"
+cmp -s "$dir/notes.md" "$dir/notes.orig" && [ -z "$(ls "$dir" | grep '^notes\.md.')" ] \
+  && ok store_not_sqlite_left_untouched || bad store_not_sqlite_left_untouched "$(ls "$dir")"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
