@@ -70,8 +70,11 @@ $(LUASRC)/src/lapi.c:
 	@echo "$(LUASRC) (Debian's lua5.4 source, compiled into libtally) is missing: run 'make deps'" >&2; exit 1
 
 # Our patches to the embedded Lua (patches/lua/): applied to trees unpacked before they existed too.
+# lua-src.sh touches the stamp only when it changed the tree (so `make deps` rebuilds nothing);
+# here a newer patch or script made make ask, so the stamp is brought up to date either way.
 $(LUASRC)/.tally-patched: $(LUASRC)/src/lapi.c $(wildcard patches/lua/*.patch) scripts/lua-src.sh
 	@bash scripts/lua-src.sh $(LUASRC)
+	@touch $@
 
 # The embedded Lua: position independent, every symbol hidden, no dlopen (LUA_USE_POSIX, not
 # LUA_USE_LINUX) since scripts must never load native code.

@@ -3,9 +3,12 @@
 # then applies our patches (patches/lua/*.patch, in name order: upstream bug fixes and the sandbox's
 # work meter). Idempotent: $1/.tally-patches keeps a copy of every patch applied, so a tree unpacked
 # before a patch was added or changed is brought up to date (changed ones are reversed first).
+# $1/.tally-patched is touched only when the tree changed (or the stamp is missing): everything
+# built from the Lua source depends on it, so touching it on every `make deps` rebuilt it all.
 set -euo pipefail
 dest=$1
 here=$(cd "$(dirname "$0")/.." && pwd)
+changed=0
 if [ ! -f "$dest/src/lapi.c" ]; then
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
@@ -19,6 +22,7 @@ if [ ! -f "$dest/src/lapi.c" ]; then
   rm -rf "$dest"
   mv "$src" "$dest"
   echo "lua-src: $(basename "$src") source in $dest"
+  changed=1
 fi
 applied="$dest/.tally-patches"
 mkdir -p "$applied"
@@ -35,10 +39,12 @@ for ((i = ${#have[@]} - 1; i >= keep; i--)); do
   patch -s -R -p1 -d "$dest" < "${have[$i]}"
   rm -f "${have[$i]}"
   echo "lua-src: reversed $(basename "${have[$i]}")"
+  changed=1
 done
 for ((i = keep; i < ${#wanted[@]}; i++)); do
   patch -s -N -p1 --no-backup-if-mismatch -d "$dest" < "${wanted[$i]}"
   cp "${wanted[$i]}" "$applied/"
   echo "lua-src: applied $(basename "${wanted[$i]}")"
+  changed=1
 done
-touch "$dest/.tally-patched"
+if [ "$changed" = 1 ] || [ ! -e "$dest/.tally-patched" ]; then touch "$dest/.tally-patched"; fi

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -264,6 +265,15 @@ static void close_db(store *s)
     s->db = NULL;
 }
 
+/* Only a file SQLite wrote may be moved aside: a store path that names the user's text or
+ * NDJSON file by mistake must leave that file where it is. */
+static int has_sqlite_header(int fd)
+{
+    static const char magic[16] = "SQLite format 3"; /* with its NUL: 16 bytes */
+    char head[16];
+    return fd >= 0 && pread(fd, head, sizeof head, 0) == (ssize_t)sizeof head && !memcmp(head, magic, sizeof head);
+}
+
 /* A damaged store must not stop the host: keep the evidence, start empty, say so loudly. */
 static int move_aside(store *s, int why)
 {
@@ -297,6 +307,15 @@ int store_open(store **out, const char *path, const store_limits *lim, const tly
         free(s->path);
         free(s);
         return locked;
+    }
+    struct stat st;
+    if (s->lock_fd >= 0 && fstat(s->lock_fd, &st) == 0 && st.st_size > 0 && !has_sqlite_header(s->lock_fd)) {
+        /* checked before SQLite opens it, so not even a -wal or -shm file appears beside it */
+        int e = tly_fail(TALLY_ECONFIG, "store: %s is not a SQLite database (refusing to touch it)", path);
+        unlock_store(s);
+        free(s->path);
+        free(s);
+        return e;
     }
     int rc = open_db(s);
     if ((rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT) && !is_memory(path)) {

@@ -23,7 +23,7 @@ static const struct {
 };
 
 static const char *const commands[] = {"track", "identify", "page", "screen", "group", "alias",
-                                       "send", "check", "inspect", "help", "version", NULL};
+                                       "send", "check", "inspect", "report", "help", "version", NULL};
 
 /* Flags of the CLI itself (not message fields, not configuration keys). */
 static const char *const cli_flags[] = {"type", "config", "json", "wait_ms", "help", "version", NULL};
@@ -69,7 +69,7 @@ static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
     char quoted[80];
     snprintf(quoted, sizeof quoted, "%.60s", cmd);
     return fail(err, errlen, "unknown command \"%s\"%s; commands: track, identify, page, screen, group, alias, "
-                "send, check, inspect, help, version", quoted, hint);
+                "send, check, inspect, report, help, version", quoted, hint);
 }
 
 static int is_switch(const char *name, size_t nlen)
@@ -188,7 +188,7 @@ int cli_parse(int argc, char **argv, cli_opts *o, char *err, size_t errlen)
     }
     if (o->version) { o->command = "version"; return 0; }
     if (!o->command && o->help) o->command = "help";
-    if (!o->command) return fail(err, errlen, "no command: use track, identify, page, screen, group, alias, send, check or inspect (or --type=...; tally --help)%s%s", "", NULL);
+    if (!o->command) return fail(err, errlen, "no command: use track, identify, page, screen, group, alias, send, check, inspect or report (or --type=...; tally --help)%s%s", "", NULL);
     if (!strcmp(o->command, "help")) o->help = 1;
     return check_positionals(o, err, errlen);
 }

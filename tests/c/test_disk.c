@@ -43,7 +43,8 @@ TEST(corrupt_store_is_moved_aside_and_a_fresh_one_used)
     char *store = tu_path("corrupt.db"), *out = tu_path("corrupt.ndjson");
     FILE *f = fopen(store, "w");
     REQUIRE(f);
-    for (int i = 0; i < 2000; i++) fputs("this is not an SQLite database at all; ", f);
+    fwrite("SQLite format 3", 1, 16, f); /* SQLite's header, then garbage: a store that was damaged */
+    for (int i = 0; i < 2000; i++) fputs("the rest of this store is garbage; ", f);
     fclose(f);
     last_log[0] = '\0';
     int rc;
@@ -60,6 +61,38 @@ TEST(corrupt_store_is_moved_aside_and_a_fresh_one_used)
     CHECK_EQ_INT(tally_track(t, "After Corruption", NULL), TALLY_OK);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     CHECK_EQ_INT(tu_count_lines(out), 1);
+    free(store);
+    free(out);
+}
+
+/* A store path naming the user's own file by mistake: refused, and the file stays as it was. */
+TEST(store_naming_a_non_sqlite_file_is_refused_and_left_untouched)
+{
+    char *store = tu_path("notes.md"), *out = tu_path("notes.ndjson");
+    static const char text[] = "# my notes\nnot a database, and not tally's to move\n";
+    FILE *f = fopen(store, "w");
+    REQUIRE(f);
+    fputs(text, f);
+    fclose(f);
+    int rc;
+    tally_t *t = open_at(store, out, &rc);
+    CHECK(t == NULL);
+    CHECK_EQ_INT(rc, TALLY_ECONFIG);
+    CHECK_CONTAINS(tally_errmsg(NULL), "is not a SQLite database (refusing to touch it)");
+    CHECK_CONTAINS(tally_errmsg(NULL), store);
+    char back[256] = "";
+    f = fopen(store, "r");
+    REQUIRE(f);
+    size_t n = fread(back, 1, sizeof back - 1, f);
+    fclose(f);
+    back[n] = '\0';
+    CHECK_STR(back, text);
+    char pattern[600];
+    snprintf(pattern, sizeof pattern, "%s*", store);
+    glob_t g;
+    CHECK(glob(pattern, 0, NULL, &g) == 0 && g.gl_pathc == 1); /* no .corrupt-N, -wal or -shm beside it */
+    globfree(&g);
+    if (t) tally_close(t, 0);
     free(store);
     free(out);
 }

@@ -138,5 +138,35 @@ expect track_space_separated_flags 0 "" -- "$TALLY" track --userId u9 --event "S
 grep -qF '"event":"Space Form"' "$dir/sp.ndjson" && grep -qF '"userId":"u9"' "$dir/sp.ndjson" \
   && ok track_space_form_content || bad track_space_form_content "$(cat "$dir/sp.ndjson")"
 
+# send of a big file: on a full intake the CLI waits for room and offers the same line again.
+python3 -c 'print("{\"type\":\"track\",\"userId\":\"u\",\"event\":\"E\"}\n"*200000,end="")' >"$dir/many.ndjson"
+rm -f "$dir/many.out"
+expect send_large_file_loses_no_line 0 "" -- "$TALLY" send --out="$dir/many.out" "$dir/many.ndjson"
+[ "$(wc -l <"$dir/many.out")" -eq 200000 ] && [ "$(grep -o '"messageId":"[^"]*"' "$dir/many.out" | sort -u | wc -l)" -eq 200000 ] \
+  && ok send_large_file_each_line_exactly_once || bad send_large_file_each_line_exactly_once "$(wc -l <"$dir/many.out") lines"
+# a 16-row intake is full almost every line, so this walks the wait-and-resend path thousands of times
+head -20000 "$dir/many.ndjson" >"$dir/some.ndjson"
+rm -f "$dir/some.out"
+expect send_full_intake_waits_not_drops 0 "" -- "$TALLY" send --max_queue_rows=16 --out="$dir/some.out" "$dir/some.ndjson"
+[ "$(wc -l <"$dir/some.out")" -eq 20000 ] && [ ! -s "$dir/err" ] \
+  && ok send_full_intake_every_line_arrives || bad send_full_intake_every_line_arrives "$(wc -l <"$dir/some.out") lines; $(head -3 "$dir/err")"
+
+# a directory is not input: refused naming the path, whether named or redirected
+mkdir -p "$dir/adir"
+expect send_directory_refused 2 "$dir/adir: is a directory" -- "$TALLY" send --out="$dir/z" "$dir/adir"
+expect send_directory_on_stdin_refused 2 "stdin: is a directory" -- sh -c "'$TALLY' send --out='$dir/z' < '$dir/adir'"
+
+# report is a command like the others for help and did-you-mean
+expect help_report_shows_report_usage 0 "" -- "$TALLY" help report
+grep -qF 'tally report [--events=' "$dir/out" && ok help_report_prints_its_flags || bad help_report_prints_its_flags "$(cat "$dir/out")"
+expect misspelt_report_suggested 2 '(did you mean "report"?)' -- "$TALLY" reprot
+
+# --store naming the user's own file: refused with exit 2, the file kept as it was, nothing beside it
+printf '# notes\nnot a store\n' >"$dir/notes.md"; cp "$dir/notes.md" "$dir/notes.orig"
+expect store_not_sqlite_refused 2 "is not a SQLite database (refusing to touch it)" -- \
+  "$TALLY" track --userId=u --event=E --out="$dir/z" --store="$dir/notes.md"
+cmp -s "$dir/notes.md" "$dir/notes.orig" && [ -z "$(ls "$dir" | grep '^notes\.md.')" ] \
+  && ok store_not_sqlite_left_untouched || bad store_not_sqlite_left_untouched "$(ls "$dir")"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
