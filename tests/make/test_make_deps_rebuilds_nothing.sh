@@ -31,7 +31,8 @@ check "make deps succeeds" $? "$(tail -n 5 "$tmp/out2")"
 check "make deps leaves the patch stamp alone when no patch changed" \
     "$([ "$stamp_before" = "$(stat -c %Y.%y "$tmp/src/build/lua-src/.tally-patched")" ]; echo $?)"
 
-make -C "$tmp/src" -q build/release/libtally.so.0.1.0 build/release/libtally.a build/release/tally_all.o
+version=$(sed -n 's/^VERSION *:= *//p' "$repo/Makefile")
+make -C "$tmp/src" -q "build/release/libtally.so.$version" build/release/libtally.a build/release/tally_all.o
 check "make -q: the library is up to date after make deps" $?
 make -C "$tmp/src" lib >"$tmp/out3" 2>&1
 rebuilt=$(grep -E '^ +(CC|LUA|LD|AR|LINK) ' "$tmp/out3")
