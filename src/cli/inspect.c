@@ -136,7 +136,7 @@ static void write_table(const char *path, const tj_value *dests, const rule_drop
             printf("    dead letter at %s: %s\n", str_of(dead->u.arr.items[k], "at"),
                    str_of(dead->u.arr.items[k], "reason"));
     }
-    printf("%-44s %13s", "messages dropped by rules", "total");
+    printf("\n%-44s %13s", "messages dropped by rules", "total");
     for (size_t c = 0; c < NCLASSES; c++) printf(" %13s", drop_classes[c]);
     printf("\n");
     for (size_t i = 0; i < ndrops; i++) print_drop_row(drops[i].name, &drops[i]);
