@@ -32,6 +32,12 @@ struct processor {
     meta_sink  sink;
     tally_t   *t;
     int64_t    mono_ms, wall_ms; /* read every WAKE_EVERY records (drain), not for each one */
+    struct rule_drops {          /* rule drops not handed over yet (rule_drops_to_worker) */
+        char    *rule;
+        int      cls;
+        uint64_t n;
+    } *drops;
+    size_t     ndrops, drops_cap;
 };
 
 /* ---- rows for the worker ---- */
@@ -86,10 +92,54 @@ static void on_violation(void *ud, const char *rule, const char *code, const cha
     tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s: violation %s: %s", rule, code, text);
 }
 
-static void on_rule_drop(void *ud, const char *rule, const char *why)
+/* Counted here per rule and class, and handed to the worker once per drain (not per message) so
+ * the store keeps them for `tally inspect` after the process exits. A rule set holds few rules:
+ * a linear search is enough. */
+static void count_rule_drop(struct processor *p, const char *rule, int cls)
+{
+    size_t k = 0;
+    while (k < p->ndrops && !(p->drops[k].cls == cls && !strcmp(p->drops[k].rule, rule))) k++;
+    if (k == p->ndrops) {
+        char *name = strdup(rule);
+        if (p->ndrops == p->drops_cap) {
+            size_t cap = p->drops_cap ? p->drops_cap * 2 : 8;
+            struct rule_drops *v = name ? realloc(p->drops, cap * sizeof *v) : NULL;
+            if (v) {
+                p->drops = v;
+                p->drops_cap = cap;
+            }
+        }
+        if (!name || p->ndrops == p->drops_cap) {
+            free(name);
+            tly_log(&p->t->log, TALLY_LOG_ERROR, "out of memory: a drop by rule %s is not counted in the store", rule);
+            return;
+        }
+        p->drops[p->ndrops++] = (struct rule_drops){name, cls, 0};
+    }
+    p->drops[k].n++;
+}
+
+static void rule_drops_to_worker(struct processor *p)
+{
+    for (size_t k = 0; k < p->ndrops; k++) {
+        struct rule_drops *d = &p->drops[k];
+        const char *cls = rule_drop_class_name[d->cls];
+        size_t rl = strlen(d->rule), cl = strlen(cls);
+        char *data = row_slot(p->t, rl + cl + 24);
+        if (data) {
+            int len = snprintf(data, rl + cl + 24, "%s%c%s%c%llu", d->rule, '\0', cls, '\0', (unsigned long long)d->n);
+            rowq_publish(p->t->rows, ROW_RULE_DROPS, (uint32_t)len);
+        }
+        free(d->rule);
+    }
+    p->ndrops = 0;
+}
+
+static void on_rule_drop(void *ud, const char *rule, int cls, const char *why)
 {
     tally_t *t = ud;
     atomic_fetch_add(&t->n.rule_dropped, 1);
+    count_rule_drop(t->p, rule, cls);
     tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s dropped a message: %s", rule, why);
 }
 
@@ -217,6 +267,7 @@ static int drain(tally_t *t, struct processor *p, int budget)
         if (n % WAKE_EVERY == 0) tly_wake_worker(t);
         if (n % every == 0) read_clocks(t, p);
     }
+    if (p->ndrops) rule_drops_to_worker(p);
     if (n) tly_wake_worker(t);
     return n;
 }
@@ -407,6 +458,8 @@ void processor_free(tally_t *t)
     rules_free(p->R);
     msg_list_free(&p->results);
     msg_list_free(&p->payloads);
+    for (size_t k = 0; k < p->ndrops; k++) free(p->drops[k].rule);
+    free(p->drops);
     tbuf_free(&p->mapped);
     tbuf_free(&p->out);
     tj_arena_free(p->arena);

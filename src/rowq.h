@@ -11,10 +11,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { ROW_META_SET = -1, ROW_META_DEL = -2 };
+/* ROW_RULE_DROPS: data is "rule\0class\0count" (RULE_DROP_* name, decimal): messages that rule
+ * dropped since the last such row, for the store's rule_drops table (`tally inspect`). */
+enum { ROW_META_SET = -1, ROW_META_DEL = -2, ROW_RULE_DROPS = -3 };
 
 typedef struct row {
-    int      dest;   /* destination index, or ROW_META_*: data is "key\0value\0" */
+    int      dest;   /* destination index, ROW_META_*: data is "key\0value\0", or ROW_RULE_DROPS */
     uint32_t len;    /* bytes of data (JSON for a destination) */
     char    *data;   /* NUL-terminated; the slot's buffer: valid until rowq_release */
 } row;

@@ -498,14 +498,19 @@ static void script_failed(rules *R, rule *r, const char *text)
     }
 }
 
-static void dropped_by(rules *R, rule *r, const char *why)
+const char *const rule_drop_class_name[RULE_DROP_CLASSES] = {"by_rule", "failed_closed", "disabled"};
+
+static void dropped_as(rules *R, rule *r, int drop_class, const char *why)
 {
     atomic_fetch_add(&r->dropped, 1);
     if (R->rep) {
         R->rep->dropped = 1;
-        if (R->rep->on_drop) R->rep->on_drop(R->rep->ud, r->name, why);
+        if (R->rep->on_drop) R->rep->on_drop(R->rep->ud, r->name, drop_class, why);
     }
 }
+
+/* a failure with on_error "drop": the common case, so the short name */
+static void dropped_by(rules *R, rule *r, const char *why) { dropped_as(R, r, RULE_DROP_FAILED_CLOSED, why); }
 
 /* (ctx, now) -> ctx: rawset, since a script may have given its ctx a __newindex */
 static int set_now(lua_State *L)
@@ -710,7 +715,7 @@ static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer ro
     if (!called) {
         why = ""; /* reported by call_rule */
     } else if (lua_isnil(L, res)) {
-        dropped_by(R, r, "process returned nil");
+        dropped_as(R, r, RULE_DROP_BY_RULE, "process returned nil");
         r->failures_in_a_row = 0;
         *ok = 1;
         lua_settop(L, top);
@@ -882,7 +887,7 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
                     lua_pushvalue(L, idx);
                     got = 1;
                 } else if (disabled) {
-                    dropped_by(R, r, "disabled by the breaker, and its on_error is drop");
+                    dropped_as(R, r, RULE_DROP_DISABLED, "disabled by the breaker, and its on_error is drop");
                     got = 0;
                 } else {
                     /* leave one place for each message after this one: the total stays in bounds */
@@ -954,7 +959,7 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
     if (!types_allow(r->types, message_type(m))) return;
     R->rep = rep;
     if (atomic_load(&r->disabled)) {
-        dropped_by(R, r, "mapping disabled by the breaker");
+        dropped_as(R, r, RULE_DROP_DISABLED, "mapping disabled by the breaker");
         R->rep = NULL;
         return;
     }

@@ -34,11 +34,17 @@ typedef struct rules_opts {
     size_t      max_memory_per_script; /* bytes one script may hold; 0: max_memory / (scripts + 1) */
 } rules_opts;
 
+/* Why a rule dropped a message, the classes `tally inspect` counts per rule: it chose to (process
+ * returned nil), it failed with on_error "drop" (fail closed), or the breaker disabled it and its
+ * on_error is "drop". */
+enum { RULE_DROP_BY_RULE, RULE_DROP_FAILED_CLOSED, RULE_DROP_DISABLED, RULE_DROP_CLASSES };
+extern const char *const rule_drop_class_name[RULE_DROP_CLASSES];
+
 /* What happened to one message, for the caller's logs, counters and `tally check`. */
 typedef struct rules_report {
     void (*on_violation)(void *ud, const char *rule, const char *code, const char *text);
     void (*on_error)(void *ud, const char *rule, const char *text);
-    void (*on_drop)(void *ud, const char *rule, const char *why);
+    void (*on_drop)(void *ud, const char *rule, int drop_class, const char *why); /* RULE_DROP_* */
     void  *ud;
     int    dropped;   /* set when a rule dropped the message (returned nil or failed closed) */
     int    failed;    /* set when any script raised an error */

@@ -15,7 +15,7 @@
 
 enum {
     Q_INSERT, Q_LOAD, Q_RANGE_SIZE, Q_ACK, Q_BODIES, Q_ROW_SIZE, Q_DEAD_ADD, Q_PENDING, Q_OLDEST, Q_DELETE_ONE, Q_TRIM, Q_MIN,
-    Q_DESTS, Q_COUNT, Q_META_GET, Q_META_SET, Q_META_DEL, Q_DEST_GET, Q_DEST_ADD, Q_N
+    Q_DESTS, Q_COUNT, Q_META_GET, Q_META_SET, Q_META_DEL, Q_DEST_GET, Q_DEST_ADD, Q_RULE_DROP, Q_N
 };
 
 /* A row holds a chunk: n messages of one destination, their JSON texts joined by a NUL byte (JSON
@@ -67,6 +67,8 @@ static const char *const sql_text[Q_N] = {
     [Q_META_DEL] = "DELETE FROM meta WHERE key = ?1",
     [Q_DEST_GET] = "SELECT id FROM dests WHERE name = ?1",
     [Q_DEST_ADD] = "INSERT INTO dests(name) VALUES (?1)",
+    [Q_RULE_DROP] = "INSERT INTO rule_drops(rule, class, value) VALUES (?1, ?2, ?3) "
+                    "ON CONFLICT(rule, class) DO UPDATE SET value = value + excluded.value",
 };
 
 static const char schema[] =
@@ -77,7 +79,11 @@ static const char schema[] =
     "CREATE TABLE IF NOT EXISTS dead(id INTEGER PRIMARY KEY, dest INTEGER NOT NULL, body BLOB NOT NULL,"
     " status INTEGER, reason TEXT, at INTEGER);"
     "CREATE TABLE IF NOT EXISTS counters(dest INTEGER NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL,"
-    " PRIMARY KEY(dest, name)) WITHOUT ROWID;";
+    " PRIMARY KEY(dest, name)) WITHOUT ROWID;"
+    /* messages rules dropped, per rule and class (rules.h RULE_DROP_*); stores from before it get
+     * it here when they are opened, and `tally inspect` reads a missing one as all zeros */
+    "CREATE TABLE IF NOT EXISTS rule_drops(rule TEXT NOT NULL, class TEXT NOT NULL, value INTEGER NOT NULL,"
+    " PRIMARY KEY(rule, class)) WITHOUT ROWID;";
 
 struct store {
     sqlite3          *db;
@@ -243,7 +249,8 @@ static int open_db(store *s)
     rc = sqlite3_prepare_v2(s->db,
                             "SELECT total(n), total(length(body)), coalesce(max(id & ?1), 0),"
                             " (SELECT total(length(key) + length(value)) FROM meta),"
-                            " (SELECT total(length(name)) FROM dests), (SELECT total(value) FROM counters) FROM queue",
+                            " (SELECT total(length(name)) FROM dests), (SELECT total(value) FROM counters),"
+                            " (SELECT total(value) FROM rule_drops) FROM queue",
                             -1, &st, NULL);
     if (rc != SQLITE_OK) return rc;
     sqlite3_bind_int64(st, 1, SEQ_MASK);
@@ -826,6 +833,16 @@ void store_count(store *s, int dest_id, const char *name, int64_t delta)
     step_done(s, st);
 }
 
+int store_rule_dropped(store *s, const char *rule, const char *cls, int64_t delta)
+{
+    if (begin(s)) return -1;
+    sqlite3_stmt *st = stmt(s, Q_RULE_DROP);
+    sqlite3_bind_text(st, 1, rule, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, cls, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, delta);
+    return step_done(s, st);
+}
+
 char *store_meta_get(store *s, const char *key)
 {
     sqlite3_stmt *st = stmt(s, Q_META_GET);
@@ -927,6 +944,19 @@ char *store_report(const char *path, char *err, size_t errlen)
         report_dest(db, &b, sqlite3_column_int(st, 0), (const char *)sqlite3_column_text(st, 1));
     }
     sqlite3_finalize(st);
+    tbuf_puts(&b, "],\"rule_drops\":[");
+    /* no table: a store from before rules' drops were kept, none counted yet */
+    if (sqlite3_prepare_v2(db, "SELECT rule, class, value FROM rule_drops ORDER BY rule, class", -1, &st, NULL) == SQLITE_OK) {
+        for (int i = 0; sqlite3_step(st) == SQLITE_ROW; i++) {
+            const char *rule = (const char *)sqlite3_column_text(st, 0), *cls = (const char *)sqlite3_column_text(st, 1);
+            tbuf_puts(&b, i ? ",{\"rule\":" : "{\"rule\":");
+            tj_write_string(&b, rule ? rule : "", rule ? strlen(rule) : 0);
+            tbuf_puts(&b, ",\"class\":");
+            tj_write_string(&b, cls ? cls : "", cls ? strlen(cls) : 0);
+            tbuf_printf(&b, ",\"n\":%lld}", (long long)sqlite3_column_int64(st, 2));
+        }
+        sqlite3_finalize(st);
+    }
     tbuf_puts(&b, "]}");
     sqlite3_close(db);
     if (b.oom) {

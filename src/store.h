@@ -76,6 +76,9 @@ void store_each_queued_dest(store *s, void (*fn)(void *ud, const char *name, int
 
 /* Cumulative per-destination counters kept in the store, for `tally inspect`. */
 void store_count(store *s, int dest_id, const char *name, int64_t delta);
+/* Adds delta to the messages `rule` dropped for reason class `cls` (rules.h RULE_DROP_* names),
+ * in the open transaction: 0, or -1 when the write failed (the commit will then fail). */
+int  store_rule_dropped(store *s, const char *rule, const char *cls, int64_t delta);
 
 /* Small key/value state (identity, sessions). get returns a malloc'd string or NULL. */
 char *store_meta_get(store *s, const char *key);

@@ -4,6 +4,7 @@
  * next deadline. */
 #include <curl/curl.h>
 #include <errno.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -55,8 +56,11 @@ typedef struct dest_state {
  * over and the callers told TALLY_OK; SQLite then undoes the whole transaction, so the worker
  * keeps a copy until the commit succeeds, and holds what was not delivered meanwhile (`held`)
  * until the store takes it again. */
+enum { REDO_RULE_DROPS = -2 };
+
 typedef struct redo {
-    int     dest;    /* destination index; -1: an identity change, body "key\0value" (n 0: delete) */
+    int     dest;    /* destination index; -1: an identity change, body "key\0value" (n 0: delete);
+                      * REDO_RULE_DROPS: n messages rule `body` dropped, body "rule\0class" */
     int64_t seq;     /* the row store_append made, -1 when none (not stored, or its insert failed) */
     int     n;       /* messages in body (joined by NUL bytes, as in a chunk) */
     int64_t left;    /* commit: how many of them are still queued, -1 unknown */
@@ -302,6 +306,28 @@ static void meta_set(struct worker *w, const char *key, const char *value)
     }
 }
 
+/* Kept in the redo log like identity changes: a failed commit must not lose the counts. */
+static void rule_drops_add(struct worker *w, const char *rule, const char *cls, int n)
+{
+    store_rule_dropped(w->st, rule, cls, n);
+    size_t rl = strlen(rule), cl = strlen(cls);
+    tbuf b = TBUF_INIT;
+    tbuf_append(&b, rule, rl + 1);
+    tbuf_append(&b, cls, cl);
+    if (!b.oom) log_append(w, REDO_RULE_DROPS, -1, n, b.data, b.len);
+    tbuf_free(&b);
+}
+
+/* A ROW_RULE_DROPS row: "rule\0class\0count" (rowq.h). */
+static void rule_drops_row(struct worker *w, const char *data, size_t len)
+{
+    const char *cls = data + strlen(data) + 1;
+    const char *count = cls + strlen(cls) + 1;
+    if (count >= data + len) return;
+    long long n = strtoll(count, NULL, 10);
+    if (n > 0 && n <= INT_MAX) rule_drops_add(w, data, cls, (int)n);
+}
+
 static int drain(tally_t *t, struct worker *w, int budget)
 {
     int n = 0;
@@ -309,6 +335,7 @@ static int drain(tally_t *t, struct worker *w, int budget)
     int64_t now = tly_clock_mono(t); /* a pending message's age counts in ms: once per drain is enough */
     while (n < budget && w->log.bytes < w->log_max && !paused(t, w) && rowq_peek(t->rows, &r)) {
         if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
+        else if (r.dest == ROW_RULE_DROPS) rule_drops_row(w, r.data, r.len);
         else meta_set(w, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
         rowq_release(t->rows);
         n++;
@@ -412,7 +439,8 @@ static void restore_held(tally_t *t, struct worker *w)
     int64_t msgs = again.msgs;
     for (size_t k = 0; k < again.n; k++) {
         redo *e = &again.v[k];
-        if (e->dest < 0) meta_set(w, e->body.data, e->n ? e->body.data + strlen(e->body.data) + 1 : NULL);
+        if (e->dest == REDO_RULE_DROPS) rule_drops_add(w, e->body.data, e->body.data + strlen(e->body.data) + 1, e->n);
+        else if (e->dest < 0) meta_set(w, e->body.data, e->n ? e->body.data + strlen(e->body.data) + 1 : NULL);
         else append_chunk(t, w, (size_t)e->dest, e->body.data, e->body.len, e->n);
     }
     redo_free(&again);
@@ -767,11 +795,15 @@ static void *worker_main(void *arg)
     commit(t, w);
     if (w->held.n) restore_held(t, w); /* one last try */
     if (w->held.n) {
-        size_t ids = 0;
-        for (size_t k = 0; k < w->held.n; k++) ids += w->held.v[k].dest < 0;
+        size_t ids = 0, drops = 0;
+        for (size_t k = 0; k < w->held.n; k++) {
+            ids += w->held.v[k].dest == -1;
+            drops += w->held.v[k].dest == REDO_RULE_DROPS;
+        }
         atomic_fetch_add(&t->n.store_given_up, (uint64_t)w->held.msgs);
         tly_log(&t->log, TALLY_LOG_ERROR, "close: the store still cannot write: %lld held messages lost "
-                "(counted as store_given_up)%s", (long long)w->held.msgs, ids ? ", and the last identity changes" : "");
+                "(counted as store_given_up)%s%s", (long long)w->held.msgs, ids ? ", and the last identity changes" : "",
+                drops ? ", and the last rule-drop counts (tally inspect)" : "");
     }
     return NULL;
 }

@@ -33,9 +33,10 @@ static void on_error(void *ud, const char *rule, const char *text)
     snprintf(st->failed_line, sizeof st->failed_line, "rule %s failed: %s", rule, text);
 }
 
-static void on_drop(void *ud, const char *rule, const char *why)
+static void on_drop(void *ud, const char *rule, int drop_class, const char *why)
 {
     (void)ud;
+    (void)drop_class;
     printf("  dropped by [%s]: %s\n", rule, why);
 }
 

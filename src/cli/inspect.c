@@ -1,5 +1,6 @@
 /* `tally inspect STORE`: what is queued, delivered, retried, dead-lettered and dropped, per
- * destination, read straight from the store (safe while the owner is running: WAL readers).
+ * destination, and what rules dropped, per rule, read straight from the store (safe while the
+ * owner is running: WAL readers).
  *
  * --json prints one fixed schema (README, "tally inspect --json"): every counter is present, zero
  * or not, so a script can read .destinations[i].dropped without guessing whether "absent" means 0. */
@@ -39,7 +40,45 @@ static long long counter(const tj_value *d, const char *name)
     return v;
 }
 
-static void write_json(const char *path, const tj_value *dests, tbuf *b)
+/* Messages rules dropped, per rule and reason class (rules.h RULE_DROP_*), summed from the store's
+ * rows ("rule", "class", "n"; sorted by rule). */
+static const char *const drop_classes[] = {"by_rule", "failed_closed", "disabled"};
+#define NCLASSES (sizeof drop_classes / sizeof *drop_classes)
+
+typedef struct rule_drops {
+    const char *name;
+    long long   n[NCLASSES], total;
+} rule_drops;
+
+/* Fills out[] (up to rows, one per rule) and *all; returns the number of rules. */
+static size_t sum_drops(const tj_value *rows, rule_drops *out, rule_drops *all)
+{
+    size_t n = 0;
+    *all = (rule_drops){"", {0}, 0};
+    for (size_t i = 0; rows && i < rows->u.arr.n; i++) {
+        const tj_value *r = rows->u.arr.items[i];
+        const char *rule = str_of(r, "rule"), *cls = str_of(r, "class");
+        size_t c = 0;
+        while (c < NCLASSES && strcmp(cls, drop_classes[c])) c++;
+        if (c == NCLASSES) continue; /* a class this version does not know */
+        if (!n || strcmp(out[n - 1].name, rule)) out[n++] = (rule_drops){rule, {0}, 0};
+        long long v = int_of(r, "n");
+        out[n - 1].n[c] += v;
+        out[n - 1].total += v;
+        all->n[c] += v;
+        all->total += v;
+    }
+    return n;
+}
+
+static void write_drop_counts(tbuf *b, const rule_drops *d)
+{
+    tbuf_printf(b, "\"total\":%lld", d->total);
+    for (size_t c = 0; c < NCLASSES; c++) tbuf_printf(b, ",\"%s\":%lld", drop_classes[c], d->n[c]);
+}
+
+static void write_json(const char *path, const tj_value *dests, const rule_drops *drops, size_t ndrops,
+                       const rule_drops *all, tbuf *b)
 {
     tbuf_puts(b, "{\"store\":");
     tj_write_string(b, path, strlen(path));
@@ -62,10 +101,28 @@ static void write_json(const char *path, const tj_value *dests, tbuf *b)
         }
         tbuf_puts(b, "]}");
     }
-    tbuf_puts(b, "]}");
+    tbuf_puts(b, "],\"rule_drops\":{");
+    write_drop_counts(b, all);
+    tbuf_puts(b, ",\"rules\":[");
+    for (size_t i = 0; i < ndrops; i++) {
+        tbuf_puts(b, i ? ",{\"name\":" : "{\"name\":");
+        tj_write_string(b, drops[i].name, strlen(drops[i].name));
+        tbuf_putc(b, ',');
+        write_drop_counts(b, &drops[i]);
+        tbuf_putc(b, '}');
+    }
+    tbuf_puts(b, "]}}");
 }
 
-static void write_table(const char *path, const tj_value *dests)
+static void print_drop_row(const char *name, const rule_drops *d)
+{
+    printf("%-44s %13lld", name, d->total);
+    for (size_t c = 0; c < NCLASSES; c++) printf(" %13lld", d->n[c]);
+    printf("\n");
+}
+
+static void write_table(const char *path, const tj_value *dests, const rule_drops *drops, size_t ndrops,
+                        const rule_drops *all)
 {
     printf("store %s\n%-44s", path, "destination");
     for (size_t c = 0; c < NCOUNTERS; c++) printf(" %13s", counters[c]);
@@ -79,6 +136,11 @@ static void write_table(const char *path, const tj_value *dests)
             printf("    dead letter at %s: %s\n", str_of(dead->u.arr.items[k], "at"),
                    str_of(dead->u.arr.items[k], "reason"));
     }
+    printf("\n%-44s %13s", "messages dropped by rules", "total");
+    for (size_t c = 0; c < NCLASSES; c++) printf(" %13s", drop_classes[c]);
+    printf("\n");
+    for (size_t i = 0; i < ndrops; i++) print_drop_row(drops[i].name, &drops[i]);
+    print_drop_row("(all rules)", all);
 }
 
 int cli_inspect(const cli_opts *o)
@@ -98,11 +160,17 @@ int cli_inspect(const cli_opts *o)
         fprintf(stderr, "tally: inspect: %s: unreadable report\n", path);
         rc = 1;
     } else {
-        const tj_value *dests = tj_object_get(r, "destinations");
+        const tj_value *dests = tj_object_get(r, "destinations"), *rows = tj_object_get(r, "rule_drops");
         if (dests && dests->type != TJ_ARRAY) dests = NULL;
-        if (o->json_output) {
+        if (rows && rows->type != TJ_ARRAY) rows = NULL;
+        rule_drops all, *drops = calloc(rows && rows->u.arr.n ? rows->u.arr.n : 1, sizeof *drops);
+        size_t ndrops = drops ? sum_drops(rows, drops, &all) : 0;
+        if (!drops) {
+            fprintf(stderr, "tally: inspect: out of memory\n");
+            rc = 1;
+        } else if (o->json_output) {
             tbuf b = TBUF_INIT;
-            write_json(path, dests, &b);
+            write_json(path, dests, drops, ndrops, &all, &b);
             if (b.oom) {
                 fprintf(stderr, "tally: inspect: out of memory\n");
                 rc = 1;
@@ -111,8 +179,9 @@ int cli_inspect(const cli_opts *o)
             }
             tbuf_free(&b);
         } else {
-            write_table(path, dests);
+            write_table(path, dests, drops, ndrops, &all);
         }
+        free(drops);
     }
     tj_arena_free(a);
     free(json);

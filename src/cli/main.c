@@ -25,7 +25,8 @@ static const struct { const char *cmd, *text; } usages[] = {
     {"check", "  tally check --rules=PATH [FILE]    run the rules on NDJSON messages without sending them\n"
               "        [--rule_config=JSON]          prints each result, violation, drop, error and ctx:log line\n"},
     {"inspect", "  tally inspect STORE [--json]      per destination: queued, delivered, retried,\n"
-                "                                     dead-lettered, dropped; --json: the schema in README\n"},
+                "                                     dead-lettered, dropped; per rule: messages rules dropped\n"
+                "                                     (by_rule, failed_closed, disabled); --json: the schema in README\n"},
     {"report", "  tally report --events=DB [--store=S] [--plan=RULE.lua] [-o FILE]   HTML audit (report --help)\n"},
 };
 

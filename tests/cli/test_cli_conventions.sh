@@ -120,7 +120,8 @@ expect inspect_json 0 "" -- "$TALLY" inspect "$dir/srv.db" --json
 "$PY" - "$dir/out" <<'PY' && ok inspect_json_schema || bad inspect_json_schema "$(cat "$dir/out")"
 import json, sys
 d = json.load(open(sys.argv[1]))
-assert set(d) == {"store", "destinations"}, d
+assert set(d) == {"store", "destinations", "rule_drops"}, d
+assert d["rule_drops"] == {"total": 0, "by_rule": 0, "failed_closed": 0, "disabled": 0, "rules": []}, d
 assert len(d["destinations"]) == 1, d
 for dest in d["destinations"]:
     assert set(dest) == {"name", "queued", "delivered", "retried", "dead_lettered", "dropped", "recent_dead"}, dest
@@ -128,6 +129,31 @@ for dest in d["destinations"]:
     assert dest["delivered"] == 2 and dest["retried"] == 0 and dest["dead_lettered"] == 0 and dest["dropped"] == 0, dest
 PY
 hasnt inspect_json_one_name_for_dead_letters "$dir/out" '"dead_letters"'
+
+# ---- inspect: what rules dropped, per rule and reason class, read back after the process exited ----
+mkdir -p "$dir/gate"
+cat >"$dir/gate/10_gate.lua" <<'LUA'
+return { name = "gate", types = { "track" }, process = function(m)
+  if m.event == "Spam" then return nil end
+  error("plan check broke") end }
+LUA
+# Spam: dropped by the rule; two Buys fail closed and the breaker (2) disables it; then a Buy and a
+# Spam are dropped because it is disabled; the identify is not its type and passes
+for ev in Spam Buy Buy Buy Spam; do printf '{"type":"track","event":"%s","userId":"u"}\n' "$ev"; done >"$dir/gate.ndjson"
+printf '%s\n' '{"type":"identify","userId":"u"}' >>"$dir/gate.ndjson"
+expect gate_send_reports_drops 1 "5 messages dropped by a rule" -- "$TALLY" send --store="$dir/gate.db" --out="$dir/gate.out" \
+  --rules="$dir/gate" --rule_breaker=2 "$dir/gate.ndjson"
+expect inspect_rule_drops_table 0 "" -- "$TALLY" inspect "$dir/gate.db"
+has inspect_rule_drops_header "$dir/out" "messages dropped by rules"
+grep -qE '^gate +5 +1 +2 +2$' "$dir/out" && ok inspect_rule_drops_per_rule || bad inspect_rule_drops_per_rule "$(cat "$dir/out")"
+grep -qE '^\(all rules\) +5 +1 +2 +2$' "$dir/out" && ok inspect_rule_drops_total || bad inspect_rule_drops_total "$(cat "$dir/out")"
+expect inspect_rule_drops_json 0 "" -- "$TALLY" inspect "$dir/gate.db" --json
+"$PY" - "$dir/out" <<'PY' && ok inspect_rule_drops_json_counts || bad inspect_rule_drops_json_counts "$(cat "$dir/out")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+want = {"total": 5, "by_rule": 1, "failed_closed": 2, "disabled": 2}
+assert d["rule_drops"] == dict(want, rules=[dict(want, name="gate")]), d["rule_drops"]
+PY
 
 # ---- delivery judged per destination, against tests/e2e/collector.py ----
 "$PY" "$SRC/tests/e2e/collector.py" --port 0 --max-seconds 300 >"$dir/port" 2>"$dir/collector.err" &
