@@ -772,7 +772,12 @@ static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer ro
  * to the innocent one. After a rule has run on all of a message's parts, every table in them loses
  * any metatable but the array tag: the next rule sees exactly the data that would be encoded. The
  * walk is bounded like the message itself: a cycle trips the depth, a graph of shared subtables
- * the count (each appearance counts, as it would when encoded). */
+ * the count (each appearance counts, as it would when encoded), and it blames the rule that made
+ * such a message before the next rule sees it.
+ * The walk is most of what a rule's result costs besides the rule, so it is skipped where it
+ * cannot matter: metatables are only looked at after a script that ever set one
+ * (sb_script_set_metatables), and after the last rule no walk is needed at all, since the
+ * message is then only converted, by raw reads bounded in the same way. */
 
 static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, long *budget, const char **why)
 {
@@ -780,7 +785,7 @@ static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, lo
     if (depth > TJ_MAX_DEPTH) { *why = "nested deeper than 64 levels (a cycle?)"; return -1; }
     if (!lua_checkstack(L, 4)) { *why = "nested too deep for the Lua stack"; return -1; }
     idx = lua_absindex(L, idx);
-    if (lua_getmetatable(L, idx)) {
+    if (array_mt && lua_getmetatable(L, idx)) {
         int keep = lua_topointer(L, -1) == array_mt;
         lua_pop(L, 1);
         if (!keep) {
@@ -800,14 +805,29 @@ static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, lo
     return 0;
 }
 
-/* Makes the value at idx plain data; 0, or -1 with *why set when it is out of bounds. */
-static int make_plain(lua_State *L, int idx, const char **why)
+/* Makes the value at idx plain data (strip: metatables too); 0, or -1 with *why set when it is
+ * out of bounds. */
+static int make_plain(lua_State *L, int idx, int strip, const char **why)
 {
     long budget = RULES_MAX_VALUES;
-    luaL_getmetatable(L, TJL_ARRAY_MT);
-    const void *array_mt = lua_topointer(L, -1);
-    lua_pop(L, 1);
+    const void *array_mt = NULL;
+    if (strip) {
+        luaL_getmetatable(L, TJL_ARRAY_MT);
+        /* never NULL: with no array tag registered, no table can carry it */
+        array_mt = lua_type(L, -1) == LUA_TTABLE ? lua_topointer(L, -1) : (const void *)&array_mt;
+        lua_pop(L, 1);
+    }
     return strip_walk(L, idx, array_mt, 0, &budget, why);
+}
+
+/* Can a process rule after R->r[i] (of stage `stage`) see what R->r[i] returns? */
+static int rule_after(const rules *R, size_t i, int stage)
+{
+    for (size_t j = 0; j < R->n; j++) {
+        int s = R->r[j].stage;
+        if (s <= STAGE_ENRICHMENT && (s > stage || (s == stage && j > i))) return 1;
+    }
+    return 0;
 }
 
 static int grow_last(rules *R, size_t n)
@@ -905,9 +925,11 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
             int *swap = R->last;
             R->last = R->next_last;
             R->next_last = swap;
+            if (!rule_after(R, i, stage)) continue;
+            int strip = sb_script_set_metatables(R->sb, r->slot);
             for (size_t k = n; k-- > 0;) {
                 const char *why = NULL;
-                if (R->last[k] != (int)i || !make_plain(L, first + (int)k, &why)) continue;
+                if (R->last[k] != (int)i || !make_plain(L, first + (int)k, strip, &why)) continue;
                 char text[200];
                 snprintf(text, sizeof text, "returned a message that %s", why);
                 script_failed(R, r, text);

@@ -37,7 +37,9 @@ typedef struct spare { struct spare *next; } spare;
 #define HDR 8
 typedef struct block_hdr { uint32_t owner; } block_hdr;
 
-typedef struct sb_script { _Atomic size_t used; } sb_script;
+/* metatables: the script has set a metatable other than the array tag (sticky; see
+ * sb_script_set_metatables). Written and read on the Lua thread only. */
+typedef struct sb_script { _Atomic size_t used; int metatables; } sb_script;
 
 enum { REFUSED_NONE, REFUSED_TOTAL, REFUSED_SCRIPT };
 
@@ -201,10 +203,33 @@ static int safe_setmetatable(lua_State *L)
         lua_pushliteral(L, "__gc");
         if (lua_rawget(L, 2) != LUA_TNIL) return luaL_error(L, "__gc metamethods are not allowed in rules");
         lua_pop(L, 1);
+        /* before the call: a table with this metatable may exist even if the call raises */
+        luaL_getmetatable(L, TJL_ARRAY_MT);
+        if (!lua_rawequal(L, -1, 2)) {
+            sandbox *sb = from_state(L);
+            sb->scripts[sb->owner].metatables = 1;
+        }
+        lua_pop(L, 1);
     }
     lua_getfield(L, lua_upvalueindex(1), "setmetatable");
     lua_insert(L, 1);
     lua_call(L, lua_gettop(L) - 1, 1);
+    return 1;
+}
+
+/* A metatable a script can read it can also arm (ctx's, given __newindex): that marks the script
+ * as setmetatable does (sb_script_set_metatables). The array tag answers with its name. */
+static int safe_getmetatable(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    lua_getfield(L, lua_upvalueindex(1), "getmetatable");
+    lua_insert(L, 1);
+    lua_call(L, 1, 1);
+    if (lua_type(L, -1) == LUA_TTABLE) {
+        sandbox *sb = from_state(L);
+        sb->scripts[sb->owner].metatables = 1;
+    }
     return 1;
 }
 
@@ -412,13 +437,16 @@ static void push_env(lua_State *L, sandbox *sb)
     (void)sb;
     static const char *const base[] = {"assert", "error", "ipairs", "next", "pairs", "pcall", "select",
                                        "tonumber", "tostring", "type", "xpcall", "rawequal", "rawget",
-                                       "rawset", "rawlen", "getmetatable", "_VERSION", NULL};
+                                       "rawset", "rawlen", "_VERSION", NULL};
     lua_pushglobaltable(L);
     copy_fields(L, base);
     int env = lua_gettop(L);
     lua_pushglobaltable(L);
     lua_pushcclosure(L, safe_setmetatable, 1);
     lua_setfield(L, env, "setmetatable");
+    lua_pushglobaltable(L);
+    lua_pushcclosure(L, safe_getmetatable, 1);
+    lua_setfield(L, env, "getmetatable");
     lua_pushcfunction(L, safe_print);
     lua_setfield(L, env, "print");
     lua_pushvalue(L, env);
@@ -546,6 +574,7 @@ int sb_script_new(sandbox *sb)
     if (!s) return -1;
     sb->scripts = s;
     atomic_init(&s[sb->nscripts].used, 0);
+    s[sb->nscripts].metatables = 0;
     return sb->nscripts++;
 }
 
@@ -568,6 +597,12 @@ void sb_collect_if_near_limit(sandbox *sb)
 size_t sb_script_memory(const sandbox *sb, int script)
 {
     return script >= 0 && script < sb->nscripts ? atomic_load_explicit(&sb->scripts[script].used, memory_order_relaxed) : 0;
+}
+
+int sb_script_set_metatables(const sandbox *sb, int script)
+{
+    if (sb->scripts[0].metatables) return 1;
+    return script > 0 && script < sb->nscripts && sb->scripts[script].metatables;
 }
 
 void sb_set_log_gate(sandbox *sb, int (*gate)(void *ud, int level), void *ud)

@@ -35,6 +35,12 @@ void   sb_set_script_limit(sandbox *sb, size_t bytes); /* bytes one script may h
 int    sb_script_new(sandbox *sb);
 int    sb_enter(sandbox *sb, int script);
 size_t sb_script_memory(const sandbox *sb, int script);  /* bytes held now; any thread */
+/* Has `script` (or anything running as the host's share) ever called setmetatable with a
+ * metatable other than the array tag, or had getmetatable return a table (its ctx's, which it
+ * could arm)? Sticky: a script keeps references to its tables and metatables, so it can arm one
+ * later. The only other metatable on tables a script can reach is the array tag (tally.array,
+ * tally.json.decode, load_json), which no script can read or change. */
+int    sb_script_set_metatables(const sandbox *sb, int script);
 /* A full collection when the running script holds more than 3/4 of its limit (after its call). */
 void   sb_collect_if_near_limit(sandbox *sb);
 

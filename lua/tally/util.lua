@@ -262,14 +262,16 @@ end
 -- editing scripts. Compiling options can be costly (a tracking plan), so compiled handlers are
 -- cached by config table identity and, in case the C side builds a fresh table per call, by the
 -- config's canonical text (bounded, so a config that changes every call cannot grow memory).
+-- Identity is the last table seen, not a weak-keyed table: that would take a metatable, and the
+-- result of a script that ever sets one is walked for metatables after every call.
 local MAX_VARIANTS = 16
 
 local function variant_cache(build, opts)
-  local by_table = setmetatable({}, { __mode = "k" })
+  local last_cfg, last_h
   local by_text, count = {}, 0
   return function(cfg)
-    local h = by_table[cfg]
-    if h then return h end
+    if last_h and rawequal(cfg, last_cfg) then return last_h end
+    local h
     local text = M.canonical(cfg)
     h = by_text[text]
     if not h then
@@ -277,7 +279,7 @@ local function variant_cache(build, opts)
       h = build(merged(opts, cfg))
       by_text[text], count = h, count + 1
     end
-    by_table[cfg] = h
+    last_cfg, last_h = cfg, h
     return h
   end
 end

@@ -520,6 +520,113 @@ TEST(metatable_set_later_through_a_stashed_part_does_not_run_in_next_rule)
     free(dir);
 }
 
+/* The walk runs only after a script that ever set a metatable: one set while the script loaded,
+ * and put into a message calls later, is still stripped. */
+TEST(metatable_set_at_load_and_inserted_calls_later_does_not_run_in_next_rule)
+{
+    char *dir = rules_dir("10_loaded.lua",
+                          "local armed = setmetatable({}, { __index = function() error('load-time trap ran') end })\n"
+                          "local calls = 0\n"
+                          "return { name = 'loaded', process = function(m)\n"
+                          "  calls = calls + 1\n"
+                          "  if calls == 3 then m.properties.armed = armed end\n"
+                          "  return m end }\n",
+                          "20_reader.lua",
+                          "return { name = 'reader', process = function(m)\n"
+                          "  if m.properties.armed then m.properties.read = tostring(m.properties.armed.missing) end\n"
+                          "  return m end }\n", NULL);
+    char *out = tu_path("loaded.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    for (int i = 0; i < 4; i++) tally_track(t, "E", "{\"a\":1}");
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 4);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "reader", "errors"), 0);
+    CHECK_EQ_INT(rule_stat(s, "reader", "calls"), 4);
+    CHECK(!strstr(logged, "load-time trap ran"));
+    char *body = tu_read_file(out, NULL);
+    CHECK_CONTAINS(body, "\"read\":\"nil\"");
+    free(body);
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+/* The mark goes to the script running when setmetatable is called: a function one rule leaves in
+ * the message, called by the next, arms a table as that next rule, whose result is then walked. */
+TEST(metatable_set_by_a_function_left_in_the_message_does_not_run_in_a_later_rule)
+{
+    char *dir = rules_dir("10_leaver.lua",
+                          "return { name = 'leaver', process = function(m)\n"
+                          "  m.properties.arm = function(t) setmetatable(t, { __index = function() error('left trap ran') end }) end\n"
+                          "  return m end }\n",
+                          "20_caller.lua",
+                          "return { name = 'caller', process = function(m)\n"
+                          "  local arm = m.properties.arm; m.properties.arm = nil; arm(m.properties)\n"
+                          "  return m end }\n",
+                          "30_reader.lua",
+                          "return { name = 'reader', process = function(m)\n"
+                          "  m.properties.read = tostring(m.properties.missing); return m end }\n", NULL);
+    char *stats = NULL;
+    char *line = run_one_message(dir, "{\"a\":1}", &stats);
+    CHECK_CONTAINS(line, "\"read\":\"nil\"");
+    CHECK_EQ_INT(rule_stat(stats, "reader", "errors"), 0);
+    CHECK(!strstr(logged, "left trap ran"));
+    free(line);
+    tally_free(stats);
+    free(dir);
+}
+
+/* ctx's metatable is the one a script can arm without calling setmetatable: reading it marks the
+ * script, so a ctx armed and put in a message carries no code of its rule into the next. */
+TEST(ctx_metatable_armed_and_carried_in_a_message_does_not_run_in_next_rule)
+{
+    char *dir = rules_dir("10_ctx.lua",
+                          "return { name = 'ctxtrap', process = function(m, ctx)\n"
+                          "  local mt = getmetatable(ctx)\n"
+                          "  m.properties.mt = type(mt)\n"
+                          "  if type(mt) == 'table' then mt.__newindex = function() error('ctx trap ran') end end\n"
+                          "  m.properties.c = ctx; return m end }\n",
+                          "20_writer.lua",
+                          "return { name = 'writer', process = function(m)\n"
+                          "  m.properties.c.x = 1; m.properties.c = nil; return m end }\n", NULL);
+    char *stats = NULL;
+    char *line = run_one_message(dir, "{\"a\":1}", &stats);
+    CHECK_CONTAINS(line, "\"mt\":\"table\"");
+    CHECK_EQ_INT(rule_stat(stats, "writer", "errors"), 0);
+    CHECK(!strstr(logged, "ctx trap ran"));
+    free(line);
+    tally_free(stats);
+    free(dir);
+}
+
+/* After the last rule nothing walks the message: converting it bounds it, and blames that rule. */
+TEST(cyclic_message_from_the_last_rule_is_blamed_on_it)
+{
+    char *dir = rules_dir("10_first.lua", "return { name = 'first', process = function(m) return m end }\n",
+                          "20_cycle.lua",
+                          "return { name = 'cycle', process = function(m)\n"
+                          "  if m.event == 'attack' then m.properties = {}; m.properties.self = m.properties end return m end }\n",
+                          NULL);
+    char *out = tu_path("lastcycle.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    tally_track(t, "attack", NULL);
+    tally_track(t, "after", NULL);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    CHECK_EQ_INT(tu_count_lines(out), 1);
+    char *s = stats_of(t);
+    CHECK_EQ_INT(rule_stat(s, "cycle", "errors"), 1);
+    CHECK_EQ_INT(rule_stat(s, "cycle", "dropped"), 1);
+    CHECK_EQ_INT(rule_stat(s, "first", "errors"), 0);
+    tally_free(s);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
 TEST(cyclic_message_is_blamed_on_the_rule_that_made_it)
 {
     char *dir = rules_dir("10_cycle.lua",
