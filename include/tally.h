@@ -92,12 +92,12 @@ TALLY_API tally_config *tally_config_new(void);
  * A key may be spelt in camelCase ("flushAt") or by Segment's option name ("host", "flushInterval",
  * "httpRequestTimeout", "maxEventsInBatch"); it then sets the snake_case key it names.
  * Returns TALLY_OK, TALLY_ECONFIG for an unknown key (errmsg suggests the nearest key) or a bad
- * value (errmsg names both),
+ * value (errmsg names both; URL keys are parsed as libcurl will: "endpoint: 'http://': no host"),
  * TALLY_EINVAL for NULL arguments, TALLY_ENOMEM. Copies key and value. */
 TALLY_API int tally_config_set(tally_config *cfg, const char *key, const char *value);
 
 /* Runs a Lua config file (sandboxed: no io, no os.execute) that returns a table of the same keys,
- * and sets each. The file, and whatever it requires or loads with tally.load_json from its folder,
+ * and sets each, all or nothing: on any error cfg is left exactly as it was. The file, and whatever it requires or loads with tally.load_json from its folder,
  * must be a regular file, not a symlink (the folder itself may be one): a FIFO or link is refused
  * with TALLY_EIO (the file) or TALLY_ELUA (what it loads), without blocking.
  * Returns TALLY_OK, TALLY_ELUA (load or run error), TALLY_ECONFIG, TALLY_EIO. */

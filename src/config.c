@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
 #include <stddef.h>
@@ -128,11 +129,53 @@ static int set_string(const char *key, char **slot, const char *v)
     return TALLY_OK;
 }
 
-static int check_url(const char *key, const char *v)
+/* libcurl parses the URL here exactly as it will at delivery, so a URL it cannot use ("http://",
+ * a port of 99999, a space in the host) is refused now, naming the key, instead of failing every
+ * retry later as a network error. A proxy may also be a SOCKS proxy, which curl supports too
+ * though socks is no scheme of a URL it fetches (hence CURLU_NON_SUPPORT_SCHEME for a proxy). */
+int tly_check_url(const char *key, const char *v, int proxy)
 {
-    if (strncmp(v, "http://", 7) && strncmp(v, "https://", 8))
-        return tly_fail(TALLY_ECONFIG, "%s: expected an http:// or https:// URL, got \"%s\"", key, v);
-    return TALLY_OK;
+    static const char *const schemes[] = {"http", "https", "socks4", "socks4a", "socks5", "socks5h", NULL};
+    CURLU *u = curl_url();
+    if (!u) return tly_fail(TALLY_ENOMEM, "%s: out of memory", key);
+    char *scheme = NULL, *host = NULL, *port = NULL;
+    int rc = TALLY_OK;
+    CURLUcode uc = curl_url_set(u, CURLUPART_URL, v, proxy ? CURLU_NON_SUPPORT_SCHEME : 0);
+    if (uc == CURLUE_NO_HOST) {
+        rc = tly_fail(TALLY_ECONFIG, "%s: '%s': no host", key, v);
+        goto out;
+    }
+    if (uc == CURLUE_BAD_PORT_NUMBER) {
+        rc = tly_fail(TALLY_ECONFIG, "%s: '%s': port must be 1 to 65535", key, v);
+        goto out;
+    }
+    if (uc != CURLUE_OK) {
+        rc = tly_fail(TALLY_ECONFIG, "%s: '%s': not a usable URL (%s)", key, v, curl_url_strerror(uc));
+        goto out;
+    }
+    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    int known = 0;
+    for (int i = 0; schemes[i] && (proxy || i < 2) && !known; i++) known = scheme && !strcmp(scheme, schemes[i]);
+    if (!known) {
+        rc = proxy ? tly_fail(TALLY_ECONFIG, "%s: '%s': expected an http://, https:// or socks5:// URL", key, v)
+                   : tly_fail(TALLY_ECONFIG, "%s: expected an http:// or https:// URL, got \"%s\"", key, v);
+        goto out;
+    }
+    if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host || !*host) {
+        rc = tly_fail(TALLY_ECONFIG, "%s: '%s': no host", key, v);
+        goto out;
+    }
+    if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK && port) {
+        char *end;
+        long n = strtol(port, &end, 10);
+        if (*end || n < 1 || n > 65535) rc = tly_fail(TALLY_ECONFIG, "%s: '%s': port must be 1 to 65535", key, v);
+    }
+out:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    return rc;
 }
 
 /* Validates a destinations array now, so a typo fails at tally_config_set, naming the entry. */
@@ -185,7 +228,7 @@ static const char *const store_full_names[] = {"drop_newest", "drop_oldest", "bl
 static const char *const mode_names[] = {"client", "server", NULL};
 static const char *const level_names[] = {"error", "warn", "info", "debug", "off", NULL};
 
-enum key_kind { K_STR, K_URL, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_LEVEL, K_OUT, K_DESTS, K_JSON_OBJECT };
+enum key_kind { K_STR, K_URL, K_PROXY, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_LEVEL, K_OUT, K_DESTS, K_JSON_OBJECT };
 
 /* Every configuration key: its type, where it lands, and its accepted range. */
 static const struct key_def {
@@ -206,7 +249,7 @@ static const struct key_def {
     {"lua_instructions", K_LLONG, F(lua_instructions), 1000, 1000000000, NULL},
     {"rule_breaker", K_INT, F(rule_breaker), 0, 1000000, NULL},
     {"ca_bundle", K_STR, F(ca_bundle), 0, 0, NULL},
-    {"proxy", K_STR, F(proxy), 0, 0, NULL},
+    {"proxy", K_PROXY, F(proxy), 0, 0, NULL},
     {"out", K_OUT, 0, 0, 0, NULL},
     {"destinations", K_DESTS, 0, 0, 0, NULL},
     {"flush_at", K_INT, F(flush_at), 1, 10000, NULL},
@@ -351,7 +394,10 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v)
     int rc, choice;
     switch (k->kind) {
     case K_URL:
-        if ((rc = check_url(k->key, v))) return rc;
+        if ((rc = tly_check_url(k->key, v, 0))) return rc;
+        return set_string(k->key, (char **)field, v);
+    case K_PROXY:
+        if ((rc = tly_check_url(k->key, v, 1))) return rc;
         /* fall through */
     case K_STR: return set_string(k->key, (char **)field, v);
     case K_OUT: return add_file_dest(c, v);
@@ -425,7 +471,7 @@ int config_apply_env(struct tally_config *c)
     int rc;
     if (!c->write_key && k && *k && (rc = set_string("TALLY_WRITE_KEY", &c->write_key, k))) return rc;
     if (!c->endpoint && e && *e) {
-        if ((rc = check_url("TALLY_ENDPOINT", e))) return rc;
+        if ((rc = tly_check_url("TALLY_ENDPOINT", e, 0))) return rc;
         if ((rc = set_string("TALLY_ENDPOINT", &c->endpoint, e))) return rc;
     }
     return TALLY_OK;

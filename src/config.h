@@ -58,6 +58,9 @@ const char *config_nearest_key(const char *name, size_t len);
 size_t tly_edit_distance(const char *a, size_t al, const char *b, size_t bl);
 /* The nearest of names[0..n) to name when it is a plausible typo of it, else NULL. */
 const char *tly_nearest(const char *name, size_t len, const char *const *names, size_t n);
+/* TALLY_OK when v is a URL libcurl can use (http/https; a proxy may also be socks), else
+ * TALLY_ECONFIG with an error naming key and what is wrong ("endpoint: 'http://': no host"). */
+int  tly_check_url(const char *key, const char *v, int proxy);
 int  config_copy(struct tally_config *dst, const struct tally_config *src);
 void config_clear(struct tally_config *c);
 int  config_add_dest(struct tally_config *c, const char *json_object);

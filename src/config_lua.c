@@ -104,10 +104,23 @@ int tally_config_load(tally_config *cfg, const char *path)
     tly_logger quiet = {NULL, NULL, TALLY_LOG_ERROR};
     sandbox *sb = sb_new(&lim, dirs, &quiet);
     if (!sb) return tly_fail(TALLY_ENOMEM, "%s: out of memory", path);
-    applying a = {cfg, path, TALLY_OK};
+    /* all or nothing: the keys land on a copy, which replaces cfg only when every one was good,
+     * so a file with one bad key never leaves a half-applied config that would then open */
+    struct tally_config draft;
+    if (config_copy(&draft, cfg)) {
+        sb_free(sb);
+        return tly_fail(TALLY_ENOMEM, "%s: out of memory", path);
+    }
+    applying a = {&draft, path, TALLY_OK};
     int rc = sb_load_file(sb, path, err, sizeof err) ? tly_fail(TALLY_ELUA, "%s", err)
              : sb_protect(sb, apply_in_lua, &a, 1, err, sizeof err) != LUA_OK ? tly_fail(TALLY_ELUA, "%s: %s", path, err)
              : a.rc;
     sb_free(sb);
-    return rc;
+    if (rc) {
+        config_clear(&draft);
+        return rc;
+    }
+    config_clear(cfg);
+    *cfg = draft;
+    return TALLY_OK;
 }

@@ -6,9 +6,11 @@
  *  - http: any JSON endpoint. POST {url} with a JSON array of the batch's payloads (usually shaped
  *    by a destination-stage rule, "mapping"), optional headers and Basic auth. */
 #include <curl/curl.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "config.h"
@@ -231,7 +233,66 @@ static int common_open(dest *d, const tj_value *cfg, const dest_env *env, const 
     return rc;
 }
 
-static int url_ok(const char *u) { return !strncmp(u, "http://", 7) || !strncmp(u, "https://", 8); }
+/* The destination's own proxy and the trust file it will use (its own or the global one). A
+ * ca_bundle that is missing, or not a regular file (a FIFO would block the worker in curl), is
+ * refused now rather than failing, or hanging, at every delivery. */
+static int check_transport(const tj_value *cfg, const dest_env *env, const char *type)
+{
+    char what[64];
+    const char *proxy = str_opt(cfg, "proxy", NULL);
+    snprintf(what, sizeof what, "destinations: %s: proxy", type);
+    if (proxy && tly_check_url(what, proxy, 1)) return TALLY_ECONFIG;
+    const char *own = str_opt(cfg, "ca_bundle", NULL), *ca = own ? own : env->ca_bundle;
+    struct stat st;
+    if (!ca) return TALLY_OK;
+    snprintf(what, sizeof what, own ? "destinations: %s: ca_bundle" : "ca_bundle", type);
+    if (stat(ca, &st)) return tly_fail(TALLY_ECONFIG, "%s: '%s': %s", what, ca, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return tly_fail(TALLY_ECONFIG, "%s: '%s': not a regular file", what, ca);
+    return TALLY_OK;
+}
+
+/* RFC 7230 tchar: a header name is a token, so it cannot smuggle ':' or a line break. */
+static int is_tchar(unsigned char ch)
+{
+    return (ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+           (ch && strchr("!#$%&'*+-.^_`|~", ch));
+}
+
+/* A header value with CR or LF would start a header (or a body) of its own: refuse any control
+ * character but tab, naming the destination and the header. */
+static int check_headers(const tj_value *hs, const char *dname, size_t dlen)
+{
+    for (size_t i = 0; hs && i < hs->u.obj.n; i++) {
+        const char *name = hs->u.obj.m[i].key;
+        size_t nlen = hs->u.obj.m[i].klen;
+        const tj_value *v = hs->u.obj.m[i].val;
+        int ok = nlen > 0;
+        for (size_t k = 0; k < nlen && ok; k++) ok = is_tchar((unsigned char)name[k]);
+        if (!ok) { /* shown with control characters escaped: the error must not carry the CR/LF */
+            char shown[4 * 64 + 1];
+            size_t o = 0;
+            for (size_t k = 0; k < nlen && k < 64; k++) {
+                unsigned char ch = (unsigned char)name[k];
+                if (ch < 0x20 || ch == 0x7f) o += (size_t)snprintf(shown + o, sizeof shown - o, "\\x%02x", ch);
+                else shown[o++] = (char)ch;
+            }
+            shown[o] = '\0';
+            return tly_fail(TALLY_ECONFIG, "destinations: http %.*s: header name \"%s\" is not a token (RFC 7230)",
+                            (int)dlen, dname, shown);
+        }
+        if (v->type != TJ_STRING)
+            return tly_fail(TALLY_ECONFIG, "destinations: http %.*s: header \"%s\": value must be a string",
+                            (int)dlen, dname, name);
+        for (size_t k = 0; k < v->u.str.len; k++) {
+            unsigned char ch = (unsigned char)v->u.str.s[k];
+            if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
+                return tly_fail(TALLY_ECONFIG,
+                                "destinations: http %.*s: header \"%s\": value has a control character (0x%02x; CR, LF and NUL are refused)",
+                                (int)dlen, dname, name, ch);
+        }
+    }
+    return TALLY_OK;
+}
 
 static int segment_open(dest *d, const tj_value *cfg, const dest_env *env)
 {
@@ -241,8 +302,8 @@ static int segment_open(dest *d, const tj_value *cfg, const dest_env *env)
     if (rc) return rc;
     const char *endpoint = str_opt(cfg, "endpoint", "https://api.segment.io");
     const char *key = str_opt(cfg, "write_key", env->write_key);
-    if (!url_ok(endpoint))
-        return tly_fail(TALLY_ECONFIG, "destinations: segment: endpoint must be an http:// or https:// URL");
+    if (tly_check_url("destinations: segment: endpoint", endpoint, 0) || check_transport(cfg, env, "segment"))
+        return TALLY_ECONFIG;
     if (!key || !*key)
         return tly_fail(TALLY_ECONFIG, "destinations: segment: write_key required (or TALLY_WRITE_KEY)");
     size_t elen = strlen(endpoint);
@@ -260,9 +321,13 @@ static int http_open(dest *d, const tj_value *cfg, const dest_env *env)
     int rc = check_keys(cfg, "http", known);
     if (rc) return rc;
     const char *url = str_opt(cfg, "url", NULL);
-    if (!url || !url_ok(url)) return tly_fail(TALLY_ECONFIG, "destinations: http: \"url\" must be an http:// or https:// URL");
-    const tj_value *h = tj_object_get(cfg, "headers");
+    if (!url) return tly_fail(TALLY_ECONFIG, "destinations: http: \"url\" must be an http:// or https:// URL");
+    if (tly_check_url("destinations: http: url", url, 0) || check_transport(cfg, env, "http")) return TALLY_ECONFIG;
+    const tj_value *h = tj_object_get(cfg, "headers"), *name = tj_object_get(cfg, "name");
     if (h && h->type != TJ_OBJECT) return tly_fail(TALLY_ECONFIG, "destinations: http: \"headers\" must be an object of strings");
+    if (name && name->type == TJ_STRING ? check_headers(h, name->u.str.s, name->u.str.len)
+                                        : check_headers(h, url, strlen(url)))
+        return TALLY_ECONFIG;
     return common_open(d, cfg, env, url, strlen(url), "", str_opt(cfg, "write_key", NULL), 1);
 }
 
