@@ -3,6 +3,9 @@
 # object depends on is touched only when the set of applied patches changed. Runs on a copy of the
 # tree (with the unpacked Lua source, mtimes kept) so the worktree's own build is not disturbed.
 set -u
+# The plain build is what this checks: a sanitizer pass of `make test` hands SAN (and its command
+# line, through MAKEFLAGS) down to here, and would build build/asan instead.
+unset SAN BUILD MAKEFLAGS MAKELEVEL MFLAGS
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 passed=0 failed=0
 tmp=$(mktemp -d)
