@@ -1,6 +1,8 @@
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -16,6 +18,39 @@ int tly_fail(int rc, const char *fmt, ...)
 }
 
 void tly_clear_error(void) { last_error[0] = '\0'; }
+
+int tly_err_set(tly_err *e, int rc, const char *fmt, ...)
+{
+    assert(e && rc != TALLY_OK);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+int tly_err_wrap(tly_err *e, int rc, const char *prefix)
+{
+    assert(e && prefix);
+    char tmp[sizeof e->msg];
+    size_t n = strlen(prefix);
+    if (n > sizeof tmp - 3) n = sizeof tmp - 3;
+    memcpy(tmp, prefix, n);
+    memcpy(tmp + n, ": ", 2);
+    size_t room = sizeof tmp - n - 2, len = strnlen(e->msg, sizeof e->msg);
+    if (len >= room) len = room - 1;
+    memcpy(tmp + n + 2, e->msg, len);
+    tmp[n + 2 + len] = '\0';
+    memcpy(e->msg, tmp, sizeof tmp);
+    return rc;
+}
+
+int tly_publish(int rc, const tly_err *e)
+{
+    assert(e);
+    if (rc != TALLY_OK) snprintf(last_error, sizeof last_error, "%s", e->msg);
+    return rc;
+}
 
 const char *tally_errmsg(const tally_t *t)
 {

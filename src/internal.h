@@ -17,6 +17,21 @@
 int  tly_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tly_clear_error(void);
 
+/* The internal discipline (docs/ARCHITECTURE.md): a module function returns TALLY_OK or a
+ * TALLY_E* code and, when it fails, writes why into the tly_err its caller passed (never NULL).
+ * Only the public entry points (tally.c, the CLI) turn that into the per-thread tally_errmsg
+ * text, with tly_publish; nothing inside reads tally_errmsg back. */
+typedef struct tly_err {
+    char msg[512];
+} tly_err;
+
+/* Writes the text into *e and returns rc, so call sites can `return tly_err_set(e, rc, ...)`. */
+int  tly_err_set(tly_err *e, int rc, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/* Prefixes e's text with "prefix: " (the caller's context: a file name, a field). Returns rc. */
+int  tly_err_wrap(tly_err *e, int rc, const char *prefix);
+/* Makes e's text the calling thread's tally_errmsg. Returns rc. */
+int  tly_publish(int rc, const tly_err *e);
+
 /* ---- logging (log.c) ---- */
 typedef struct tly_logger {
     tally_log_fn fn;
