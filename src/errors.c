@@ -52,6 +52,13 @@ int tly_publish(int rc, const tly_err *e)
     return rc;
 }
 
+int tly_err_legacy(tly_err *e, int rc)
+{
+    assert(e);
+    if (rc != TALLY_OK) snprintf(e->msg, sizeof e->msg, "%s", last_error);
+    return rc;
+}
+
 const char *tally_errmsg(const tally_t *t)
 {
     (void)t; /* the text is per thread, whichever handle failed on it */

@@ -31,6 +31,9 @@ int  tly_err_set(tly_err *e, int rc, const char *fmt, ...) __attribute__((format
 int  tly_err_wrap(tly_err *e, int rc, const char *prefix);
 /* Makes e's text the calling thread's tally_errmsg. Returns rc. */
 int  tly_publish(int rc, const tly_err *e);
+/* For a callee that still reports through tly_fail (its module not converted yet): when rc is
+ * not TALLY_OK, moves the text it left into *e. Returns rc. Goes once every module takes a tly_err. */
+int  tly_err_legacy(tly_err *e, int rc);
 
 /* ---- logging (log.c) ---- */
 typedef struct tly_logger {

@@ -1,8 +1,10 @@
 /* The processor thread (see processor.h). It owns the identity and the rules; the only things it
- * shares are the intake (callers write, it reads), the row queue (it writes, the worker reads)
- * and the counters and requests under t->mu. */
+ * shares are the intake (callers write, it reads), the row queue (it writes, the worker reads),
+ * the counters, the reload requests (requests.h) and what it publishes for callers (the identity
+ * snapshot, the rule set's pointer for tally_stats), each under its own lock (runtime.h). */
 #include "processor.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <poll.h>
 #include <stdio.h>
@@ -16,7 +18,7 @@
 #include "rules.h"
 
 #if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ >= 12
-#pragma GCC diagnostic ignored "-Wtsan" /* see worker.c */
+#pragma GCC diagnostic ignored "-Wtsan" /* see runtime.h */
 #endif
 
 struct processor {
@@ -82,7 +84,7 @@ static void meta_to_worker(void *ud, const char *key, const char *value)
 static void reject(tally_t *t, const char *why)
 {
     atomic_fetch_add(&t->n.invalid, 1);
-    tly_log(&t->log, TALLY_LOG_WARN, "message dropped by the worker: %s", why);
+    tly_log(&t->log, TALLY_LOG_WARN, "message dropped by the processor: %s", why);
 }
 
 static void on_violation(void *ud, const char *rule, const char *code, const char *text)
@@ -139,7 +141,7 @@ static void on_rule_drop(void *ud, const char *rule, int cls, const char *why)
 {
     tally_t *t = ud;
     atomic_fetch_add(&t->n.rule_dropped, 1);
-    count_rule_drop(t->p, rule, cls);
+    count_rule_drop(t->proc, rule, cls);
     tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s dropped a message: %s", rule, why);
 }
 
@@ -178,10 +180,10 @@ static void publish_identity(tally_t *t, struct processor *p)
     char *snap = identity_json(&p->id);
     if (!snap) return;
     p->id.changed = 0;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ident_mu);
     free(t->identity_snapshot);
     t->identity_snapshot = snap;
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ident_mu);
 }
 
 static void process(tally_t *t, struct processor *p, const intake_rec *r)
@@ -274,69 +276,57 @@ static int drain(tally_t *t, struct processor *p, int budget)
 
 /* ---- rules and their reloads ---- */
 
-static int open_rules(tally_t *t, const char *spec, rules **out)
+static int open_rules(tally_t *t, const char *spec, rules **out, tly_err *err)
 {
     rules_opts o = {(size_t)t->cfg.lua_memory, (long)t->cfg.lua_instructions, t->cfg.rule_breaker, 1, t->cfg.rule_config,
                     (size_t)t->cfg.lua_memory_per_script};
-    return rules_open(out, spec, &o, &t->log);
+    return tly_err_legacy(err, rules_open(out, spec, &o, &t->log));
+}
+
+/* The set tally_stats reads: replaced only under rules_mu, since the old one is freed after. */
+static void publish_rules(tally_t *t, rules *R)
+{
+    pthread_mutex_lock(&t->rules_mu);
+    t->rules = R;
+    pthread_mutex_unlock(&t->rules_mu);
 }
 
 /* Loads the rule set again into a new state; only a set that loads completely replaces the
  * running one, and mappings must still resolve. */
-static int reload_rules(tally_t *t, struct processor *p, char *err, size_t errlen)
+static int reload_rules(tally_t *t, struct processor *p, tly_err *err)
 {
-    if (!t->cfg.rules) {
-        snprintf(err, errlen, "no rules configured");
-        return TALLY_ECONFIG;
-    }
+    if (!t->cfg.rules) return tly_err_set(err, TALLY_ECONFIG, "no rules configured");
     rules *R = NULL;
-    int rc = open_rules(t, t->cfg.rules, &R);
+    int rc = open_rules(t, t->cfg.rules, &R, err);
     for (size_t i = 0; !rc && i < t->ndests; i++)
         if (p->mapping[i] && rules_find_mapping(R, p->mapping[i]) < 0)
-            rc = tly_fail(TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", p->mapping[i], t->dests[i].name);
+            rc = tly_err_set(err, TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", p->mapping[i],
+                             t->dests[i].name);
     if (rc) {
-        snprintf(err, errlen, "%s", tally_errmsg(t));
-        tly_log(&t->log, TALLY_LOG_ERROR, "rules reload failed, the previous rules stay: %s", err);
+        tly_log(&t->log, TALLY_LOG_ERROR, "rules reload failed, the previous rules stay: %s", err->msg);
         rules_free(R);
         return rc;
     }
     for (size_t i = 0; i < t->ndests; i++)
         if (p->mapping[i]) p->map_idx[i] = rules_find_mapping(R, p->mapping[i]);
-    pthread_mutex_lock(&t->mu);
     rules *old = p->R;
-    p->R = t->rules = R;
-    pthread_mutex_unlock(&t->mu);
+    p->R = R;
+    publish_rules(t, R);
     rules_free(old);
     tly_log(&t->log, TALLY_LOG_INFO, "rules reloaded: %zu scripts", rules_count(R));
     return TALLY_OK;
 }
 
-/* Reload requests apply in order with messages: once every record before the call is processed. */
+/* Reload requests apply in order with messages: once every record before the call is processed.
+ * The caller may give up while we reload: requests_finish finds its request by number. */
 static void serve_reloads(tally_t *t, struct processor *p)
 {
     size_t taken = intake_taken(&t->q);
-    for (;;) {
-        pthread_mutex_lock(&t->mu);
-        flush_req *f = t->flushes;
-        while (f && !(f->reload && !f->done && taken >= f->ticket)) f = f->next;
-        if (!f) {
-            pthread_mutex_unlock(&t->mu);
-            return;
-        }
-        /* the caller may give up while we reload: find its request again by number, not pointer */
-        uint64_t seq = f->seq;
-        pthread_mutex_unlock(&t->mu);
-        char err[sizeof f->err];
-        int rc = reload_rules(t, p, err, sizeof err);
-        pthread_mutex_lock(&t->mu);
-        for (flush_req *g = t->flushes; g; g = g->next) {
-            if (g->seq != seq) continue;
-            g->result = rc;
-            snprintf(g->err, sizeof g->err, "%s", rc ? err : "");
-            g->done = 1;
-        }
-        pthread_cond_broadcast(&t->cv);
-        pthread_mutex_unlock(&t->mu);
+    uint64_t seq;
+    while (requests_take(&t->req, REQ_RELOAD, taken, &seq)) {
+        tly_err err = {""};
+        int rc = reload_rules(t, p, &err);
+        requests_finish(&t->req, seq, rc, &err);
     }
 }
 
@@ -345,36 +335,32 @@ static void serve_reloads(tally_t *t, struct processor *p)
 /* 1: stop (once the intake is empty); 0: sleep; -1: go on (a reload is waiting). */
 static int idle_state(tally_t *t)
 {
-    pthread_mutex_lock(&t->mu);
-    int stop = t->stop, reload = 0;
-    for (flush_req *f = t->flushes; f && !reload; f = f->next) reload = f->reload && !f->done;
-    pthread_mutex_unlock(&t->mu);
-    if (reload) return -1;
-    return stop;
+    if (requests_waiting(&t->req, REQ_RELOAD)) return -1;
+    return atomic_load(&t->stop);
 }
 
 static void processor_sleep(tally_t *t)
 {
-    atomic_store_explicit(&t->sleeping, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst); /* pairs with tly_wake: see worker.c */
+    atomic_store_explicit(&t->proc_sleeping, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst); /* pairs with tly_wake_processor: see runtime.h */
     if (intake_position(&t->q) != intake_taken(&t->q)) {
-        atomic_store(&t->sleeping, 0);
+        atomic_store(&t->proc_sleeping, 0);
         return;
     }
-    struct pollfd pfd = {t->wake_fd, POLLIN, 0};
+    struct pollfd pfd = {t->proc_wake_fd, POLLIN, 0};
     /* requests (reload, stop) force a wake; the timeout is only a safety net */
     if (poll(&pfd, 1, 1000) > 0) {
         uint64_t v;
-        ssize_t r = read(t->wake_fd, &v, sizeof v);
+        ssize_t r = read(t->proc_wake_fd, &v, sizeof v);
         (void)r;
     }
-    atomic_store(&t->sleeping, 0);
+    atomic_store(&t->proc_sleeping, 0);
 }
 
 void *processor_main(void *arg)
 {
     tally_t *t = arg;
-    struct processor *p = t->p;
+    struct processor *p = t->proc;
     for (;;) {
         int did = drain(t, p, 256);
         int state = idle_state(t);
@@ -383,78 +369,65 @@ void *processor_main(void *arg)
         if (state == 1 && intake_position(&t->q) == intake_taken(&t->q)) break;
         processor_sleep(t);
     }
-    atomic_store(&t->p_done, 1);
-    tly_wake_worker_forced(t);
+    atomic_store(&t->proc_done, 1);
+    tly_wake_worker_forced(t); /* it stops once it has stored what is left */
     return NULL;
 }
 
 /* ---- start / stop ---- */
 
 /* A destination naming a "mapping" gets its payloads from that destination-stage rule. */
-static int read_mapping(tally_t *t, struct processor *p, size_t i)
+static int read_mapping(tally_t *t, struct processor *p, size_t i, tly_err *err)
 {
     p->map_idx[i] = -1;
     tj_arena *a = tj_arena_new();
     tj_value *cfg, *m;
-    tj_error err;
-    if (!a) return tly_fail(TALLY_ENOMEM, "out of memory");
-    if (tj_parse(a, t->cfg.dests[i], strlen(t->cfg.dests[i]), &cfg, &err) == 0 &&
+    tj_error perr;
+    if (!a) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
+    if (tj_parse(a, t->cfg.dests[i], strlen(t->cfg.dests[i]), &cfg, &perr) == 0 &&
         (m = tj_object_get(cfg, "mapping")) != NULL && m->type == TJ_STRING)
         p->mapping[i] = strdup(m->u.str.s);
     tj_arena_free(a);
     if (!p->mapping[i]) return TALLY_OK;
     p->map_idx[i] = rules_find_mapping(p->R, p->mapping[i]);
     if (p->map_idx[i] < 0)
-        return tly_fail(TALLY_ECONFIG, "%s: mapping \"%s\" is not a loaded rule with stage \"destination\"",
-                        t->dests[i].name, p->mapping[i]);
+        return tly_err_set(err, TALLY_ECONFIG, "%s: mapping \"%s\" is not a loaded rule with stage \"destination\"",
+                           t->dests[i].name, p->mapping[i]);
     return TALLY_OK;
 }
 
-int processor_open(tally_t *t, store *st)
+int processor_open(tally_t *t, tly_err *err)
 {
+    assert(t->store && !t->proc);
     struct processor *p = calloc(1, sizeof *p);
+    t->proc = p;
     if (!p || !(p->arena = tj_arena_new()) || !(p->mapping = calloc(t->ndests + 1, sizeof *p->mapping)) ||
-        !(p->map_idx = calloc(t->ndests + 1, sizeof *p->map_idx))) {
-        t->p = p;
-        return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    }
-    t->p = p;
+        !(p->map_idx = calloc(t->ndests + 1, sizeof *p->map_idx)))
+        return tly_err_set(err, TALLY_ENOMEM, "tally_open: out of memory");
     p->t = t;
     p->sink = (meta_sink){meta_to_worker, p};
     int rc = TALLY_OK;
-    if (t->cfg.rules) rc = open_rules(t, t->cfg.rules, &p->R);
-    if (!rc) {
-        pthread_mutex_lock(&t->mu);
-        t->rules = p->R;
-        pthread_mutex_unlock(&t->mu);
-    }
-    for (size_t i = 0; !rc && i < t->ndests; i++) rc = read_mapping(t, p, i);
+    if (t->cfg.rules) rc = open_rules(t, t->cfg.rules, &p->R, err);
+    if (!rc) publish_rules(t, p->R);
+    for (size_t i = 0; !rc && i < t->ndests; i++) rc = read_mapping(t, p, i, err);
     if (!rc && t->cfg.mode != MODE_SERVER) {
-        if (identity_load(&p->id, st, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
-            rc = tly_fail(TALLY_EIO, "store: cannot load the identity");
+        if (identity_load(&p->id, t->store, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
+            rc = tly_err_set(err, TALLY_EIO, "store: cannot load the identity");
         else
             publish_identity(t, p);
     }
     return rc;
 }
 
-void processor_join(tally_t *t)
-{
-    if (t->p_started) pthread_join(t->p_thread, NULL);
-    t->p_started = 0;
-}
-
 void processor_free(tally_t *t)
 {
-    struct processor *p = t->p;
+    struct processor *p = t->proc;
     if (!p) return;
     identity_free(&p->id);
     for (size_t i = 0; p->mapping && i < t->ndests; i++) free(p->mapping[i]);
     free(p->mapping);
     free(p->map_idx);
-    pthread_mutex_lock(&t->mu);
-    t->rules = NULL;
-    pthread_mutex_unlock(&t->mu);
+    publish_rules(t, NULL);
     rules_free(p->R);
     msg_list_free(&p->results);
     msg_list_free(&p->payloads);
@@ -464,5 +437,5 @@ void processor_free(tally_t *t)
     tbuf_free(&p->out);
     tj_arena_free(p->arena);
     free(p);
-    t->p = NULL;
+    t->proc = NULL;
 }

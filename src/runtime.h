@@ -1,28 +1,21 @@
-/* The runtime handle, and the two threads past the intake: the processor (stamping, rules,
- * serializing: processor.c) and the worker (store, delivery: worker.c), joined by a row queue. */
+/* The runtime handle, and the owner of its lifecycle (runtime.c): the store, the destinations and
+ * the two threads past the intake, the processor (identity, rules, serializing: processor.c) and
+ * the worker (store, delivery: worker.c), joined by a row queue (rowq.h). runtime.c opens and
+ * starts them in order and stops them in order; the threads' files use this header (the handle,
+ * the wake and clock helpers) and the queues they read or write, never each other.
+ * docs/ARCHITECTURE.md draws the whole picture. */
 #ifndef TALLY_RUNTIME_H
 #define TALLY_RUNTIME_H
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "dest.h"
 #include "intake.h"
 #include "internal.h"
-
-/* A caller waiting in tally_flush(): lives on that caller's stack, linked into t->flushes. */
-typedef struct flush_req {
-    size_t            ticket;   /* intake position at the call: everything before must be delivered */
-    int               drained;  /* worker: all records before the ticket are processed */
-    int               done;
-    int64_t           mark;     /* worker: the last store id when it drained */
-    int               reload;   /* a tally_reload request rather than a flush */
-    uint64_t          seq;      /* unique per request */
-    int               result;   /* reload: its status */
-    char              err[512]; /* reload: why it failed */
-    struct flush_req *next;
-} flush_req;
+#include "requests.h"
 
 /* Callers write the first two, the processor and the worker the rest: on separate cache lines,
  * or every tally_track would pull the line the processor just wrote (false sharing). Messages
@@ -41,18 +34,18 @@ typedef struct tally_counters {
 } tally_counters;
 
 struct tally {
-    struct tally_config cfg;
-    tly_logger          log;
-    intake              q;
+    struct tally_config cfg;         /* set at open, read-only afterwards */
+    tly_logger          log;         /* set at open, read-only afterwards */
+    intake              q;           /* callers push, the processor pops (intake.h) */
 
     /* Read by every call and written (almost) never, so this line stays shared in every core's
      * cache. Waking the processor (callers, after queuing) and the worker (the processor, after
      * handing rows over): the eventfd is written only when the thread said it sleeps, so the
      * common case costs an atomic load, not a syscall. */
-    _Alignas(64) unsigned fork_gen; /* process generation at open; see tally.c */
+    _Alignas(64) unsigned fork_gen;  /* process generation at open; see tally.c */
     _Atomic int         closing;
-    int                 wake_fd;
-    _Atomic int         sleeping;   /* written by the processor only when it goes to sleep */
+    int                 proc_wake_fd;
+    _Atomic int         proc_sleeping; /* set by the processor only when it goes to sleep */
     _Atomic int64_t     clock_skew_ms; /* tests move time forward instead of sleeping */
     /* What stamping the ids adds to a message (userId, context.traits), so a call can refuse a
      * message that would only go over 32 KB once stamped (tally.c, reserve). stamp_ids: exact for
@@ -63,41 +56,117 @@ struct tally {
     _Atomic uint64_t    stamp_pending;
 
     tally_counters      n;
-    _Atomic uint64_t    store_held;   /* messages held in memory while the store cannot write */
+    _Atomic uint64_t    store_held;    /* messages held in memory while the store cannot write */
     _Atomic int         store_failing; /* its commits fail (worker.c): flush says so */
 
-    _Alignas(64) int    w_wake_fd;
-    _Atomic int         w_sleeping;
-    struct rowq        *rows;          /* processor -> worker */
+    _Alignas(64) int    work_wake_fd;
+    _Atomic int         work_sleeping; /* set by the worker only when it goes to sleep */
+    struct rowq        *rows;          /* processor -> worker; made and freed by the runtime */
     _Atomic size_t      processed_pos; /* intake records handed over (or dropped by the intake) */
-    _Atomic int         p_done;        /* the processor has stopped: no more rows will come */
-    pthread_t           p_thread;
-    int                 p_started;
-    struct processor   *p;
+    _Atomic int         proc_done;     /* the processor has stopped: no more rows will come */
+    _Atomic int         stop;          /* the runtime asks both threads to finish (close) */
 
-    pthread_mutex_t     mu;         /* guards flushes and stop */
-    pthread_cond_t      cv;
-    flush_req          *flushes;
-    uint64_t            next_seq;   /* numbers flush_req (under mu) */
-    char               *identity_snapshot; /* JSON of the worker's current ids, for tally_identity */
-    struct rules       *rules;      /* the worker's current rule set, for tally_stats (under mu) */
-    int                 stop;
-    pthread_t           thread;
+    /* The runtime's alone (runtime.c): the threads, and whether each was started. */
+    pthread_t           proc_thread;
+    pthread_t           work_thread;
+    int                 proc_started;
+    int                 work_started;
 
-    /* worker-owned below this line (dests: the processor reads ndests and names only) */
+    requests            req;           /* flush, reload: its own lock (requests.h) */
+
+    /* What the processor publishes for callers, each under its own lock. */
+    pthread_mutex_t     ident_mu;
+    char               *identity_snapshot; /* under ident_mu: JSON of the processor's ids, for tally_identity */
+    pthread_mutex_t     rules_mu;
+    struct rules       *rules;         /* under rules_mu: the processor's rule set, for tally_stats */
+
+    /* Opened and closed by the runtime; while the threads run: the store and the transfer handle
+     * are the worker's alone (the processor reads the identity from the store before they start);
+     * the destinations are the worker's, except ndests and their names, which the processor reads,
+     * and their counters, which tally_stats reads. */
+    struct store       *store;
+    void               *transfers;     /* CURLM *: the destinations' transfers, on the worker's loop */
     dest               *dests;
     size_t              ndests;
-    struct worker      *w;
+    struct processor   *proc;          /* the processor thread's state (processor.c) */
+    struct worker      *work;          /* the worker thread's state (worker.c) */
 };
 
-void tly_stamp_applied(tally_t *t);       /* the processor applied an identify a caller reserved for */
-void tly_wake(tally_t *t);                /* the processor: a record was queued */
-void tly_wake_worker(tally_t *t);         /* the worker: rows were handed over */
-void tly_wake_worker_forced(tally_t *t);  /* the worker, even if it looks busy */
-void tly_wake_all(tally_t *t);            /* both, even if busy: a request (flush, reload, stop) */
-int64_t tly_clock_mono(tally_t *t);   /* monotonic ms plus clock_skew_ms */
-int64_t tly_clock_wall(tally_t *t);   /* wall ms plus clock_skew_ms */
-int  worker_start(tally_t *t);     /* TALLY_OK or fails (errmsg set) */
-void worker_stop(tally_t *t);      /* asks the worker to finish what is queued and joins it */
+/* Opens the store, the destinations, the processor (rules, mappings, identity) and the worker,
+ * then starts the worker thread and the processor thread. The intake, the wake eventfds, the
+ * request list and the locks above must be ready. TALLY_OK, or an error in err with everything it
+ * made freed again. */
+int  runtime_open(tally_t *t, tly_err *err);
+/* Asks the threads to finish: the processor hands over everything in the intake and stops, the
+ * worker stores it (and delivers what it can) and stops; then frees what runtime_open made.
+ * Only after a runtime_open that succeeded. */
+void runtime_stop(tally_t *t);
+
+/* ---- waking the threads, their clocks, the stamp reservation ----
+ * Inline, so that the threads' files depend on this header and never on runtime.o, which starts
+ * them: the dependency runs one way. */
+
+#if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ >= 12
+/* gcc -Werror=tsan refuses atomic_thread_fence (TSan does not model fences); the atomics of the
+ * wake protocol are still checked */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wtsan"
+#define TLY_TSAN_FENCE_POP 1
+#endif
+
+static inline void tly_wake_fd(int fd, _Atomic int *sleeping)
+{
+    /* pairs with the fence before a thread's last look for work (processor_sleep, worker_sleep):
+     * either it sees what we queued, or we see it asleep */
+    atomic_thread_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(sleeping, memory_order_relaxed) &&
+        atomic_exchange_explicit(sleeping, 0, memory_order_acq_rel)) {
+        uint64_t one = 1;
+        ssize_t r = write(fd, &one, sizeof one);
+        (void)r; /* EAGAIN means a wake is already pending: fine */
+    }
+}
+
+/* The processor: a record was queued (callers). */
+static inline void tly_wake_processor(tally_t *t) { tly_wake_fd(t->proc_wake_fd, &t->proc_sleeping); }
+/* The worker: rows were handed over (the processor). */
+static inline void tly_wake_worker(tally_t *t) { tly_wake_fd(t->work_wake_fd, &t->work_sleeping); }
+
+/* For requests (flush, reload, stop) and the processor's end: the eventfd is written even if the
+ * thread looks busy, so its next sleep returns at once and it looks again. */
+static inline void tly_wake_worker_forced(tally_t *t)
+{
+    atomic_store(&t->work_sleeping, 1);
+    tly_wake_worker(t);
+}
+
+static inline void tly_wake_all(tally_t *t)
+{
+    atomic_store(&t->proc_sleeping, 1);
+    tly_wake_processor(t);
+    tly_wake_worker_forced(t);
+}
+
+#ifdef TLY_TSAN_FENCE_POP
+#pragma GCC diagnostic pop
+#undef TLY_TSAN_FENCE_POP
+#endif
+
+static inline int64_t tly_clock_mono(tally_t *t) { return tly_mono_ms() + atomic_load(&t->clock_skew_ms); }
+static inline int64_t tly_clock_wall(tally_t *t) { return tly_now_ms() + atomic_load(&t->clock_skew_ms); }
+
+#define STAMP_PENDING_SHIFT 48
+#define STAMP_PENDING_BOUND ((UINT64_C(1) << STAMP_PENDING_SHIFT) - 1)
+
+/* The processor applied an identify a caller reserved room for (tally.c raises the reservation). */
+static inline void tly_stamp_applied(tally_t *t)
+{
+    uint64_t w = atomic_load(&t->stamp_pending), nw;
+    do {
+        uint64_t n = w >> STAMP_PENDING_SHIFT;
+        /* the last one: stamp_ids is exact */
+        nw = n > 1 ? ((n - 1) << STAMP_PENDING_SHIFT) | (w & STAMP_PENDING_BOUND) : 0;
+    } while (!atomic_compare_exchange_weak(&t->stamp_pending, &w, nw));
+}
 
 #endif

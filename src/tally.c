@@ -36,22 +36,15 @@ static int from_log_callback(const char *call)
     return tly_fail(TALLY_EINVAL, "%s: called from inside a log callback (it would wait for the thread that logs)", call);
 }
 
-static void close_dests(tally_t *t)
+/* What tally_open makes before the runtime (runtime.c frees its own parts). */
+static void free_handle(tally_t *t, int req_ready)
 {
-    for (size_t i = 0; i < t->ndests; i++) dest_close(&t->dests[i]);
-    free(t->dests);
-    t->dests = NULL;
-    t->ndests = 0;
-}
-
-static void free_handle(tally_t *t)
-{
-    close_dests(t);
     intake_destroy(&t->q);
-    if (t->wake_fd >= 0) close(t->wake_fd);
-    if (t->w_wake_fd >= 0) close(t->w_wake_fd);
-    pthread_mutex_destroy(&t->mu);
-    pthread_cond_destroy(&t->cv);
+    if (t->proc_wake_fd >= 0) close(t->proc_wake_fd);
+    if (t->work_wake_fd >= 0) close(t->work_wake_fd);
+    if (req_ready) requests_destroy(&t->req);
+    pthread_mutex_destroy(&t->ident_mu);
+    pthread_mutex_destroy(&t->rules_mu);
     config_clear(&t->cfg);
     free(t->identity_snapshot);
     free(t);
@@ -65,13 +58,15 @@ int tally_open(const tally_config *cfg, tally_t **out)
     pthread_once(&atfork_once, install_atfork);
     tally_t *t = tly_fault() ? NULL : calloc(1, sizeof *t);
     if (!t) return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    t->wake_fd = t->w_wake_fd = -1;
-    pthread_mutex_init(&t->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC); /* flush deadlines must not jump with the wall clock */
-    pthread_cond_init(&t->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    t->proc_wake_fd = t->work_wake_fd = -1;
+    pthread_mutex_init(&t->ident_mu, NULL);
+    pthread_mutex_init(&t->rules_mu, NULL);
+    tly_err err = {""};
+    int req_ready = requests_init(&t->req, &err) == TALLY_OK;
+    if (!req_ready) {
+        free_handle(t, 0);
+        return tly_publish(TALLY_ENOMEM, &err);
+    }
     struct tally_config defaults;
     config_defaults(&defaults);
     int rc = tly_fault() || config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
@@ -83,12 +78,12 @@ int tally_open(const tally_config *cfg, tally_t **out)
     tly_clock_init();
     if (!rc && (tly_fault() || intake_init(&t->q, t->cfg.max_queue_rows, t->cfg.max_queue_bytes, t->cfg.on_full)))
         rc = tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    if (!rc && ((t->wake_fd = tly_fault() ? (errno = EMFILE, -1) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
-                (t->w_wake_fd = tly_fault() ? (errno = EMFILE, -1) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0))
+    if (!rc && ((t->proc_wake_fd = tly_fault() ? (errno = EMFILE, -1) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+                (t->work_wake_fd = tly_fault() ? (errno = EMFILE, -1) : eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0))
         rc = tly_fail(TALLY_EIO, "tally_open: eventfd: %s", strerror(errno));
-    if (!rc) rc = worker_start(t);
+    if (!rc) rc = tly_publish(runtime_open(t, &err), &err);
     if (rc) {
-        free_handle(t);
+        free_handle(t, 1);
         return rc;
     }
     *out = t;
@@ -104,8 +99,8 @@ int tally_close(tally_t *t, int timeout_ms)
         return tly_fail(TALLY_EFORK, "tally_close: handle opened before fork(); left to the parent");
     rc = tally_flush(t, timeout_ms);
     atomic_store(&t->closing, 1);
-    worker_stop(t);
-    free_handle(t);
+    runtime_stop(t);
+    free_handle(t, 1);
     return rc;
 }
 
@@ -120,14 +115,11 @@ int tally_close(tally_t *t, int timeout_ms)
  * identity the processor will have applied by then: stamp_ids for what it applied, raised by
  * every identify queued but not applied yet (its new userId and traits on top of the rest). */
 
-#define PENDING_SHIFT 48
-#define PENDING_BOUND ((UINT64_C(1) << PENDING_SHIFT) - 1)
-
 static size_t ids_reserve(tally_t *t)
 {
     if (t->cfg.mode == MODE_SERVER) return 0;
     size_t applied = atomic_load_explicit(&t->stamp_ids, memory_order_relaxed);
-    size_t pending = (size_t)(atomic_load_explicit(&t->stamp_pending, memory_order_relaxed) & PENDING_BOUND);
+    size_t pending = (size_t)(atomic_load_explicit(&t->stamp_pending, memory_order_relaxed) & STAMP_PENDING_BOUND);
     return applied > pending ? applied : pending;
 }
 
@@ -136,18 +128,9 @@ static void reserve_raise(tally_t *t, size_t bound)
 {
     uint64_t w = atomic_load(&t->stamp_pending), nw;
     do {
-        uint64_t b = w & PENDING_BOUND;
-        if (bound > b) b = bound > PENDING_BOUND ? PENDING_BOUND : bound;
-        nw = (((w >> PENDING_SHIFT) + 1) << PENDING_SHIFT) | b;
-    } while (!atomic_compare_exchange_weak(&t->stamp_pending, &w, nw));
-}
-
-void tly_stamp_applied(tally_t *t)
-{
-    uint64_t w = atomic_load(&t->stamp_pending), nw;
-    do {
-        uint64_t n = w >> PENDING_SHIFT;
-        nw = n > 1 ? ((n - 1) << PENDING_SHIFT) | (w & PENDING_BOUND) : 0; /* the last one: stamp_ids is exact */
+        uint64_t b = w & STAMP_PENDING_BOUND;
+        if (bound > b) b = bound > STAMP_PENDING_BOUND ? STAMP_PENDING_BOUND : bound;
+        nw = (((w >> STAMP_PENDING_SHIFT) + 1) << STAMP_PENDING_SHIFT) | b;
     } while (!atomic_compare_exchange_weak(&t->stamp_pending, &w, nw));
 }
 
@@ -178,7 +161,7 @@ static int enqueue(tally_t *t, int kind, const char *s1, size_t l1, const char *
         return tly_fail(TALLY_EFULL, "queue full (max_queue_bytes=%zu, max_queue_rows=%zu): message dropped",
                         t->cfg.max_queue_bytes, t->cfg.max_queue_rows);
     }
-    tly_wake(t);
+    tly_wake_processor(t);
     return TALLY_OK;
 }
 
@@ -357,45 +340,13 @@ int tally_session_start(tally_t *t)
 
 /* ---- waiting ---- */
 
-static void deadline_after(struct timespec *ts, int ms)
+/* Queues a request for the threads and waits for it to be done, at most timeout_ms (<0: no
+ * limit): the handshake is requests.h's. Returns 1 when done, 0 on timeout. */
+static int wait_request(tally_t *t, tly_request *req, int timeout_ms)
 {
-    clock_gettime(CLOCK_MONOTONIC, ts);
-    ts->tv_sec += ms / 1000;
-    ts->tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts->tv_nsec >= 1000000000L) { ts->tv_sec++; ts->tv_nsec -= 1000000000L; }
-}
-
-static void unlink_req(tally_t *t, flush_req *r)
-{
-    for (flush_req **p = &t->flushes; *p; p = &(*p)->next)
-        if (*p == r) { *p = r->next; return; }
-}
-
-/* Queues a request for the worker and waits for it to be done, at most timeout_ms (<0: no limit).
- * Returns 1 when done, 0 on timeout. */
-static int wait_request(tally_t *t, flush_req *req, int timeout_ms)
-{
-    pthread_mutex_lock(&t->mu);
-    req->seq = ++t->next_seq;
-    req->next = t->flushes;
-    t->flushes = req;
-    pthread_mutex_unlock(&t->mu);
+    requests_post(&t->req, req);
     tly_wake_all(t);
-
-    struct timespec until;
-    if (timeout_ms >= 0) deadline_after(&until, timeout_ms);
-    pthread_mutex_lock(&t->mu);
-    while (!req->done) {
-        if (timeout_ms < 0) {
-            pthread_cond_wait(&t->cv, &t->mu);
-        } else if (pthread_cond_timedwait(&t->cv, &t->mu, &until) == ETIMEDOUT) {
-            break;
-        }
-    }
-    int done = req->done;
-    unlink_req(t, req);
-    pthread_mutex_unlock(&t->mu);
-    return done;
+    return requests_wait(&t->req, req, timeout_ms);
 }
 
 int tally_flush(tally_t *t, int timeout_ms)
@@ -403,9 +354,7 @@ int tally_flush(tally_t *t, int timeout_ms)
     int rc = usable(t);
     if (!rc) rc = from_log_callback("tally_flush");
     if (rc) return rc;
-    flush_req req;
-    memset(&req, 0, sizeof req);
-    req.ticket = intake_position(&t->q);
+    tly_request req = {.kind = REQ_FLUSH, .ticket = intake_position(&t->q)};
     if (!wait_request(t, &req, timeout_ms)) {
         uint64_t held = atomic_load(&t->store_held);
         if (atomic_load(&t->store_failing))
@@ -422,13 +371,10 @@ int tally_reload(tally_t *t, int timeout_ms)
     if (!rc) rc = from_log_callback("tally_reload");
     if (rc) return rc;
     if (!t->cfg.rules) return tly_fail(TALLY_ECONFIG, "reload: no rules configured");
-    flush_req req;
-    memset(&req, 0, sizeof req);
-    req.ticket = intake_position(&t->q);
-    req.reload = 1;
+    tly_request req = {.kind = REQ_RELOAD, .ticket = intake_position(&t->q)};
     if (!wait_request(t, &req, timeout_ms))
         return tly_fail(TALLY_ETIMEDOUT, "reload: not done within %d ms (it still happens)", timeout_ms);
-    if (req.result) return tly_fail(req.result, "reload: %s (the previous rules stay)", req.err);
+    if (req.result) return tly_fail(req.result, "reload: %s (the previous rules stay)", req.err.msg);
     return TALLY_OK;
 }
 
@@ -437,10 +383,10 @@ int tally_identity(tally_t *t, char **json_out)
     if (!t || !json_out) return tly_fail(TALLY_EINVAL, "tally_identity: NULL argument");
     if (from_log_callback("tally_identity")) return TALLY_EINVAL;
     *json_out = NULL;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->ident_mu);
     const char *snap = t->identity_snapshot ? t->identity_snapshot : "{}";
     *json_out = strdup(snap);
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->ident_mu);
     return *json_out ? TALLY_OK : tly_fail(TALLY_ENOMEM, "tally_identity: out of memory");
 }
 
@@ -472,9 +418,9 @@ int tally_stats(tally_t *t, char **json_out)
     }
     tbuf_printf(&b, "],\"violations\":%llu,\"rule_dropped\":%llu,\"rules\":",
                 (unsigned long long)atomic_load(&t->n.violations), (unsigned long long)atomic_load(&t->n.rule_dropped));
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->rules_mu);
     rules_stats(t->rules, &b);
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->rules_mu);
     tbuf_putc(&b, '}');
     if (b.oom) {
         tbuf_free(&b);

@@ -2,6 +2,7 @@
  * the processor thread made (processor.c: stamping, rules, serializing) and stores and delivers
  * them on one event loop: curl_multi_poll waits for transfers, for its wake eventfd and for the
  * next deadline. */
+#include <assert.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
@@ -11,10 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "processor.h"
 #include "rowq.h"
-#include "runtime.h"
 #include "store.h"
+#include "worker.h"
 
 #if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ >= 12
 /* gcc -Werror=tsan refuses atomic_thread_fence (TSan does not model fences); the atomics of the
@@ -75,7 +75,7 @@ typedef struct redo_list {
 } redo_list;
 
 struct worker {
-    store      *st;
+    store      *st;          /* the runtime's (t->store), this thread's alone while it runs */
     redo_list   log;         /* the open transaction's */
     redo_list   held;        /* rolled back and not delivered: stored again once the store writes */
     int64_t     retry_at;    /* monotonic: when to try storing `held` again */
@@ -83,7 +83,7 @@ struct worker {
     int         failing;     /* commits fail: logged once per spell */
     int64_t     uncopied;    /* messages of the open transaction the log has no copy of (out of memory) */
     size_t      log_max;     /* a transaction commits early once its log holds this many bytes */
-    CURLM      *multi;
+    CURLM      *multi;       /* the runtime's (t->transfers): the destinations' transfers run on it */
     dest_state *ds;
     uint64_t    txn_id;      /* the store transaction txn_since belongs to */
     int64_t     txn_since;   /* monotonic: when it began */
@@ -93,40 +93,6 @@ struct worker {
     int         chunk_max_n; /* a chunk is at most a batch, and never more than the store holds */
     size_t      chunk_max_bytes;
 };
-
-int64_t tly_clock_mono(tally_t *t) { return tly_mono_ms() + atomic_load(&t->clock_skew_ms); }
-int64_t tly_clock_wall(tally_t *t) { return tly_now_ms() + atomic_load(&t->clock_skew_ms); }
-
-static void wake(int fd, _Atomic int *sleeping)
-{
-    /* pairs with the fence before a thread's last look for work: either it sees what we queued,
-     * or we see it asleep */
-    atomic_thread_fence(memory_order_seq_cst);
-    if (atomic_load_explicit(sleeping, memory_order_relaxed) &&
-        atomic_exchange_explicit(sleeping, 0, memory_order_acq_rel)) {
-        uint64_t one = 1;
-        ssize_t r = write(fd, &one, sizeof one);
-        (void)r; /* EAGAIN means a wake is already pending: fine */
-    }
-}
-
-void tly_wake(tally_t *t) { wake(t->wake_fd, &t->sleeping); }
-void tly_wake_worker(tally_t *t) { wake(t->w_wake_fd, &t->w_sleeping); }
-
-/* For requests (flush, reload, stop): the eventfd is written even if the thread looks busy, so
- * its next sleep returns at once and it looks at the requests. */
-void tly_wake_worker_forced(tally_t *t)
-{
-    atomic_store(&t->w_sleeping, 1);
-    tly_wake_worker(t);
-}
-
-void tly_wake_all(tally_t *t)
-{
-    atomic_store(&t->sleeping, 1);
-    tly_wake(t);
-    tly_wake_worker_forced(t);
-}
 
 /* ---- rows from the processor -> chunks -> the store ---- */
 
@@ -261,13 +227,7 @@ static void store_row(tally_t *t, struct worker *w, size_t i, const char *json, 
 /* store_on_full=block: a full store takes no more rows, so the row queue and then the intake
  * fill up and callers get TALLY_EFULL, until deliveries make room. Not while closing: the
  * processor must be able to hand everything over to finish. */
-static int stop_requested(tally_t *t)
-{
-    pthread_mutex_lock(&t->mu);
-    int s = t->stop;
-    pthread_mutex_unlock(&t->mu);
-    return s;
-}
+static int stop_requested(tally_t *t) { return atomic_load(&t->stop); }
 
 static int paused(tally_t *t, struct worker *w)
 {
@@ -673,10 +633,9 @@ static int64_t delivered_frontier(tally_t *t, struct worker *w)
     return frontier;
 }
 
-/* A flush request is drained once every record before its ticket left the intake (we process
- * what we pop before coming here); it is done when no destination has a row up to the store id
- * that was last when it drained. Requests live on their callers' stacks and a caller may give up
- * (timeout) at any moment, so they are only touched with the lock held. */
+/* A flush request is drained once every record before its ticket was handed over by the processor
+ * and stored; it is done when no destination has a row up to the store id that was last when it
+ * drained (requests.h has the whole handshake). */
 static void serve_flushes(tally_t *t, struct worker *w)
 {
     /* what the processor had handed over when we looked, then everything it queued before that */
@@ -684,45 +643,17 @@ static void serve_flushes(tally_t *t, struct worker *w)
     while (drain(t, w, 1 << 20) > 0) continue;
     store_chunks(t, w); /* so the last row id covers everything drained */
     int all_in = rowq_empty(t->rows); /* not when a full store (block) left rows waiting */
-    int waiting = 0;
-    pthread_mutex_lock(&t->mu);
-    for (flush_req *f = t->flushes; f; f = f->next) {
-        if (f->reload) continue;
-        if (!f->drained && all_in && taken >= f->ticket) {
-            f->drained = 1;
-            f->mark = store_last_id(w->st);
-        }
-        waiting |= f->drained && !f->done;
-    }
-    pthread_mutex_unlock(&t->mu);
-    if (!waiting) return;
+    if (!requests_flush_drained(&t->req, all_in, taken, store_last_id(w->st))) return;
     /* No commit here: this runs on every turn of the loop while a flush waits, and committing on
      * each one wrote the WAL's last pages over and over (1,500 commits in the last 0.7 s of a
      * 200k burst). The group commit goes on at its interval; only a flush that is done commits. */
     deliver(t, w, 1);
     int64_t frontier = delivered_frontier(t, w);
-    int any = 0;
-    pthread_mutex_lock(&t->mu);
-    for (flush_req *f = t->flushes; f; f = f->next) any |= !f->reload && f->drained && !f->done && f->mark < frontier;
-    pthread_mutex_unlock(&t->mu);
-    if (!any) return;
+    if (!requests_flush_due(&t->req, frontier)) return;
     commit(t, w); /* what the flush saw delivered is acknowledged on disk too */
     if (w->held.n) return; /* it was not: the store gave messages back, and they are not delivered */
     for (size_t i = 0; i < t->ndests; i++) t->dests[i].ops->sync(&t->dests[i]);
-    pthread_mutex_lock(&t->mu);
-    for (flush_req *f = t->flushes; f; f = f->next)
-        if (!f->reload && f->drained && f->mark < frontier) f->done = 1;
-    pthread_cond_broadcast(&t->cv);
-    pthread_mutex_unlock(&t->mu);
-}
-
-static int flush_waiting(tally_t *t)
-{
-    pthread_mutex_lock(&t->mu);
-    int any = 0;
-    for (flush_req *f = t->flushes; f && !any; f = f->next) any = !f->done;
-    pthread_mutex_unlock(&t->mu);
-    return any;
+    requests_flush_done(&t->req, frontier);
 }
 
 /* ---- the loop ---- */
@@ -749,27 +680,27 @@ static int next_timeout_ms(tally_t *t, struct worker *w)
 
 static void worker_sleep(tally_t *t, struct worker *w, int timeout_ms)
 {
-    atomic_store_explicit(&t->w_sleeping, 1, memory_order_relaxed);
+    atomic_store_explicit(&t->work_sleeping, 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst);
     if (!rowq_empty(t->rows) && !paused(t, w)) {
-        atomic_store(&t->w_sleeping, 0);
+        atomic_store(&t->work_sleeping, 0);
         return;
     }
-    struct curl_waitfd fd = {t->w_wake_fd, CURL_WAIT_POLLIN, 0};
+    struct curl_waitfd fd = {t->work_wake_fd, CURL_WAIT_POLLIN, 0};
     int n;
     curl_multi_poll(w->multi, &fd, 1, timeout_ms, &n);
     if (fd.revents) {
         uint64_t v;
-        ssize_t r = read(t->w_wake_fd, &v, sizeof v);
+        ssize_t r = read(t->work_wake_fd, &v, sizeof v);
         (void)r;
     }
-    atomic_store(&t->w_sleeping, 0);
+    atomic_store(&t->work_sleeping, 0);
 }
 
-static void *worker_main(void *arg)
+void *worker_main(void *arg)
 {
     tally_t *t = arg;
-    struct worker *w = t->w;
+    struct worker *w = t->work;
     for (;;) {
         if (w->held.n && tly_clock_mono(t) >= w->retry_at) restore_held(t, w);
         int did = drain(t, w, 1024);
@@ -781,9 +712,9 @@ static void *worker_main(void *arg)
         }
         collect_transfers(t, w);
         deliver(t, w, 0);
-        if (flush_waiting(t)) serve_flushes(t, w);
+        if (requests_waiting(&t->req, REQ_FLUSH)) serve_flushes(t, w);
         /* the processor has stopped only once the intake was empty: nothing more will come */
-        if (!did && atomic_load(&t->p_done) && rowq_empty(t->rows)) break;
+        if (!did && atomic_load(&t->proc_done) && rowq_empty(t->rows)) break;
         /* Nothing more to gather for now: with no transaction open, into a new one, so the group
          * commit's deadline covers it; an open one takes them when it commits. Running dry does
          * not commit (under load the row queue runs dry for a moment all the time): the sleep
@@ -808,12 +739,11 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
-/* ---- start / stop ---- */
+/* ---- open / free ---- */
 
-static void worker_free(tally_t *t, struct worker *w)
+void worker_free(tally_t *t)
 {
-    rowq_free(t->rows); /* rows still there were never stored: only after a failed start */
-    t->rows = NULL;
+    struct worker *w = t->work;
     if (!w) return;
     int64_t left = 0;
     for (size_t i = 0; i < t->ndests && w->ds; i++) {
@@ -821,18 +751,15 @@ static void worker_free(tally_t *t, struct worker *w)
         for (int k = 0; k < MAX_IN_FLIGHT; k++) batch_free(&w->ds[i].f[k].batch);
         tbuf_free(&w->ds[i].chunk);
     }
-    /* destinations hold easy handles on the multi handle: close them before it goes */
-    for (size_t i = 0; i < t->ndests; i++) dest_close(&t->dests[i]);
     if (left && t->cfg.store && strcmp(t->cfg.store, ":memory:") != 0)
         tly_log(&t->log, TALLY_LOG_INFO, "close: %lld deliveries left in the store for the next start", (long long)left);
     else if (left)
         tly_log(&t->log, TALLY_LOG_ERROR, "close: %lld undelivered messages lost (store is :memory:)", (long long)left);
-    store_close(w->st);
     redo_free(&w->log);
     redo_free(&w->held);
-    if (w->multi) curl_multi_cleanup(w->multi);
     free(w->ds);
     free(w);
+    t->work = NULL;
 }
 
 /* Rows belong to a destination by name (by default its type and endpoint or path). Rows left for a
@@ -848,64 +775,32 @@ static void warn_orphan(void *ud, const char *name, int64_t rows)
             (long long)rows, name);
 }
 
-static int open_dests(tally_t *t, struct worker *w)
+static int register_dests(tally_t *t, struct worker *w, tly_err *err)
 {
-    if (t->cfg.ndests == 0)
-        return tly_fail(TALLY_ECONFIG, "no destination: set write_key (or TALLY_WRITE_KEY), out, or destinations");
-    if (tly_fault() || !(t->dests = calloc(t->cfg.ndests, sizeof *t->dests)) || tly_fault() ||
-        !(w->ds = calloc(t->cfg.ndests, sizeof *w->ds)))
-        return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    dest_env env = {t->cfg.write_key, t->cfg.ca_bundle, t->cfg.proxy, t->cfg.gzip, t->cfg.timeout_ms, t->cfg.max_in_flight,
-                    w->multi};
     int64_t now = tly_clock_mono(t);
-    for (size_t i = 0; i < t->cfg.ndests; i++) {
-        int rc = tly_fault() ? tly_fail(TALLY_EIO, "destination: injected fault")
-                             : dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log);
-        if (rc) return rc;
-        t->ndests++;
-        for (size_t k = 0; k < i; k++)
-            if (!strcmp(t->dests[k].name, t->dests[i].name))
-                return tly_fail(TALLY_ECONFIG, "destinations: \"%s\" is configured twice (give one a \"name\")",
-                                t->dests[i].name);
+    for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
         if (tly_fault() || store_dest_id(w->st, t->dests[i].name, &s->store_id))
-            return tly_fail(TALLY_EIO, "store: cannot register destination %s", t->dests[i].name);
+            return tly_err_set(err, TALLY_EIO, "store: cannot register destination %s", t->dests[i].name);
         /* rows left by an earlier run go out at once */
         s->pending = store_pending(w->st, s->store_id);
         s->since_ms = now - t->cfg.flush_interval_ms;
     }
-    if (tly_fault() || store_commit(w->st)) return tly_fail(TALLY_EIO, "store: cannot write");
+    if (tly_fault() || store_commit(w->st)) return tly_err_set(err, TALLY_EIO, "store: cannot write");
     store_each_queued_dest(w->st, warn_orphan, t);
     return TALLY_OK;
 }
 
-static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
-
-/* Both threads start with every signal blocked: they must not take the host's signals (nginx
- * runs its event loop on them); the caller's mask is restored right after. Named, so `top -H`
- * and perf tell them apart from the host's threads. */
-static int start_thread(pthread_t *th, const char *name, void *(*fn)(void *), void *arg)
+int worker_open(tally_t *t, tly_err *err)
 {
-    sigset_t all, old;
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    int e = pthread_create(th, NULL, fn, arg);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (!e) pthread_setname_np(*th, name); /* at most 15 characters */
-    return e;
-}
-
-#define ROWQ_SLOTS 1024 /* rows between the threads: ~0.5 MB of typical messages */
-
-int worker_start(tally_t *t)
-{
-    static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
-    pthread_once(&curl_once, curl_init_once);
+    assert(t->store && t->transfers && t->rows && t->ndests > 0 && !t->work);
     struct worker *w = tly_fault() ? NULL : calloc(1, sizeof *w);
-    if (!w || tly_fault() || !(w->multi = curl_multi_init()) || tly_fault() || !(t->rows = rowq_new(ROWQ_SLOTS))) {
-        worker_free(t, w);
-        return tly_fail(TALLY_ENOMEM, "tally_open: out of memory");
-    }
+    if (!w) return tly_err_set(err, TALLY_ENOMEM, "tally_open: out of memory");
+    t->work = w;
+    if (tly_fault() || !(w->ds = calloc(t->ndests, sizeof *w->ds)))
+        return tly_err_set(err, TALLY_ENOMEM, "tally_open: out of memory");
+    w->st = t->store;
+    w->multi = t->transfers;
     w->rng = (unsigned)tly_now_ms() ^ (unsigned)(uintptr_t)w;
     /* what one failed commit can leave held: no more than the intake holds */
     w->log_max = t->cfg.max_queue_bytes > BATCH_MAX_BYTES ? t->cfg.max_queue_bytes : BATCH_MAX_BYTES;
@@ -913,46 +808,5 @@ int worker_start(tally_t *t)
     if (w->chunk_max_n < 1) w->chunk_max_n = 1;
     w->chunk_max_bytes = t->cfg.max_store_bytes > 0 && (uint64_t)t->cfg.max_store_bytes < BATCH_MAX_BYTES
                              ? (size_t)t->cfg.max_store_bytes : BATCH_MAX_BYTES;
-    const char *path = t->cfg.store ? t->cfg.store : ":memory:";
-    store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full};
-    int rc = tly_fault() ? tly_fail(TALLY_EIO, "store: injected fault") : store_open(&w->st, path, &lim, &t->log);
-    if (!rc) rc = open_dests(t, w);
-    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "injected fault") : processor_open(t, w->st); /* the identity's first writes go in directly */
-    if (!rc && (tly_fault() || store_commit(w->st))) rc = tly_fail(TALLY_EIO, "store: cannot write");
-    if (!rc) {
-        t->w = w;
-        int e = tly_fault() ? EAGAIN : start_thread(&t->thread, "tally-worker", worker_main, t);
-        if (e) {
-            t->w = NULL;
-            rc = tly_fail(TALLY_ENOMEM, "tally_open: cannot start the worker thread: %s", strerror(e));
-        }
-    }
-    if (!rc && (rc = tly_fault() ? EAGAIN : start_thread(&t->p_thread, "tally-processor", processor_main, t)) != 0) {
-        int e = rc;
-        /* the worker is running: stop it as a close would (the processor counts as done) */
-        atomic_store(&t->p_done, 1);
-        worker_stop(t);
-        processor_free(t);
-        return tly_fail(TALLY_ENOMEM, "tally_open: cannot start the processor thread: %s", strerror(e));
-    }
-    if (!rc) t->p_started = 1;
-    if (rc) {
-        processor_free(t);
-        worker_free(t, w);
-    }
-    return rc;
-}
-
-void worker_stop(tally_t *t)
-{
-    if (!t->w) return;
-    pthread_mutex_lock(&t->mu);
-    t->stop = 1;
-    pthread_mutex_unlock(&t->mu);
-    tly_wake_all(t);
-    processor_join(t); /* it hands over what is in the intake, then marks itself done */
-    pthread_join(t->thread, NULL);
-    processor_free(t);
-    worker_free(t, t->w);
-    t->w = NULL;
+    return register_dests(t, w, err);
 }
