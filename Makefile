@@ -18,7 +18,7 @@ else ifeq ($(SAN),tsan)
   OPT      := -O1 -g
   # The embedded Lua is not instrumented under TSan: its errors are longjmps, and a script that
   # raises millions of them (the sandbox tests do) overflows TSan's shadow call stack. The Lua
-  # state is confined to the worker thread by design, so there is nothing for TSan to see there.
+  # state is confined to the processor thread by design, so there is nothing for TSan to see there.
   LUA_SANFLAGS :=
 else
   BUILD    := build/release

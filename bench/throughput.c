@@ -9,9 +9,9 @@
  * of tally_track (p50/p99/max ns, from the calling threads), CPU seconds per 100k events, peak RSS,
  * and how many events were refused (queue full) and retried by the caller. A full queue is not a
  * loss here: the caller waits and retries, and the retries are reported. The wait is sched_yield()
- * by default; --full_wait_us=N sleeps N microseconds instead, so a caller that outruns the worker
- * does not spin on a core the worker (and, end to end, the collector) needs. Only the first attempt
- * of each call is timed. caller_cpu_s_per_100k is the calling threads' own CPU time
+ * by default; --full_wait_us=N sleeps N microseconds instead, so a caller that outruns the
+ * processor does not spin on a core the processor (and, end to end, the worker and the collector)
+ * needs. Only the first attempt of each call is timed. caller_cpu_s_per_100k is the calling threads' own CPU time
  * (CLOCK_THREAD_CPUTIME_ID), so cpu_s_per_100k minus it is the background's share. */
 #include <pthread.h>
 #include <stdio.h>

@@ -24,8 +24,8 @@
  * tally_config_free(NULL) and tally_free(NULL) are no-ops). A handle passed to tally_close() is
  * freed memory from then on: using it again, closing it twice, or calling it while tally_close()
  * runs is undefined behaviour (C cannot detect a freed pointer safely); set your pointer to NULL.
- * Timeouts: 0 means "do not wait" (the call returns TALLY_ETIMEDOUT unless the worker had already
- * answered, even when nothing was pending), any negative value means "no limit".
+ * Timeouts: 0 means "do not wait" (the call returns TALLY_ETIMEDOUT unless the background threads
+ * had already answered, even when nothing was pending), any negative value means "no limit".
  */
 #ifndef TALLY_H
 #define TALLY_H
@@ -119,9 +119,9 @@ TALLY_API void tally_config_free(tally_config *cfg);
  * descriptor, store lock or memory is left). Any thread. */
 TALLY_API int tally_open(const tally_config *cfg, tally_t **out);
 
-/* Flushes for up to timeout_ms (0: do not wait, <0: wait without limit), stops the worker and frees
- * the handle. What was not delivered in time stays in the store for the next open (with a
- * ":memory:" store it is lost, and the count is logged). Returns TALLY_OK when everything was
+/* Flushes for up to timeout_ms (0: do not wait, <0: wait without limit), stops the background
+ * threads and frees the handle. What was not delivered in time stays in the store for the next
+ * open (with a ":memory:" store it is lost, and the count is logged). Returns TALLY_OK when everything was
  * delivered, TALLY_ETIMEDOUT otherwise (TALLY_EIO when the store cannot write: what it held is
  * then lost, counted as store_given_up and logged); the handle is freed either way. NULL is a no-op.
  * Must not run concurrently with other calls on the same handle: the caller stops using it first. */
@@ -129,10 +129,11 @@ TALLY_API int tally_close(tally_t *t, int timeout_ms);
 
 /* ---- messages (any thread, never block) ----
  * Each validates its arguments, copies them, and returns. TALLY_OK means accepted: the message is
- * in the queue and will be stamped (messageId, timestamp, ids, context.library), run through the
- * rules and stored by the worker. Other results: TALLY_EINVAL / TALLY_ETOOBIG (nothing queued,
- * errmsg names the field), TALLY_EFULL (queue full under drop_newest; counted in stats),
- * TALLY_ECLOSED, TALLY_EFORK. `*_json` arguments must be JSON objects or NULL. */
+ * in the queue and will be stamped (messageId, timestamp, ids, context.library) and run through the
+ * rules by the processor thread, and stored by the worker thread. Other results: TALLY_EINVAL /
+ * TALLY_ETOOBIG (nothing queued, errmsg names the field), TALLY_EFULL (queue full under
+ * drop_newest; counted in stats), TALLY_ECLOSED, TALLY_EFORK. `*_json` arguments must be JSON
+ * objects or NULL. */
 
 /* A `track` event: `event` is required and non-empty. */
 TALLY_API int tally_track(tally_t *t, const char *event, const char *properties_json);
@@ -171,8 +172,9 @@ TALLY_API int tally_session_start(tally_t *t);
 /* Loads the configured rules again (after editing the scripts) and swaps them in between two
  * messages: everything enqueued before the call runs through the old rules, everything after
  * through the new ones; nothing queued is lost. If any script fails to load, the running rules
- * stay and TALLY_ELUA names the script and line. Waits at most timeout_ms for the worker.
- * Returns TALLY_OK, TALLY_ELUA, TALLY_ECONFIG (no rules configured), TALLY_ETIMEDOUT. Any thread. */
+ * stay and TALLY_ELUA names the script and line. Waits at most timeout_ms for the processor
+ * thread. Returns TALLY_OK, TALLY_ELUA, TALLY_ECONFIG (no rules configured), TALLY_ETIMEDOUT.
+ * Any thread. */
 TALLY_API int tally_reload(tally_t *t, int timeout_ms);
 
 /* Waits until every message accepted (on any thread) before this call has been delivered by every
@@ -184,13 +186,13 @@ TALLY_API int tally_flush(tally_t *t, int timeout_ms);
 
 /* Counters as a JSON object (accepted, rejected, dropped, delivered, failed, queue sizes, per
  * destination; every reason a message can be given up has its counter: README, "what can be lost"). *json_out is malloc'd: free it with tally_free(). Any thread, does not block on
- * the worker. Returns TALLY_OK, TALLY_EINVAL, TALLY_ENOMEM. */
+ * the background threads. Returns TALLY_OK, TALLY_EINVAL, TALLY_ENOMEM. */
 TALLY_API int tally_stats(tally_t *t, char **json_out);
 
 /* The device's current identity as a JSON object: {"anonymousId", "userId" (when logged in),
- * "session": {"id", "index", "started_at"}}; "{}" in server mode. It reflects the calls the worker
- * has processed: after tally_flush() it includes every earlier call of this thread. *json_out is
- * malloc'd: free it with tally_free(). Any thread; does not wait for the worker. */
+ * "session": {"id", "index", "started_at"}}; "{}" in server mode. It reflects the calls the
+ * processor thread has applied: after tally_flush() it includes every earlier call of this thread.
+ * *json_out is malloc'd: free it with tally_free(). Any thread; does not wait for the processor. */
 TALLY_API int tally_identity(tally_t *t, char **json_out);
 
 /* Frees memory returned by tally (tally_stats, tally_identity). NULL is a no-op. */

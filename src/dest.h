@@ -43,7 +43,7 @@ typedef struct dest_env {
     int         gzip;
     int         timeout_ms;
     int         in_flight;   /* batches the worker may hand over before the first one finishes */
-    void       *multi;       /* the worker's CURLM *: transfers run on the worker's event loop */
+    void       *multi;       /* the runtime's CURLM *: transfers run on the worker's event loop */
 } dest_env;
 
 typedef struct dest dest;

@@ -1,4 +1,4 @@
-/* The intake: a bounded multi-producer queue between caller threads and the worker.
+/* The intake: a bounded multi-producer queue between caller threads and the processor thread.
  *
  * Callers must never block, so the queue is lock-free (a ring of sequenced cells, one pointer
  * each). It is bounded twice: by cells (max_queue_rows) and by the bytes of the records it holds

@@ -1,4 +1,4 @@
-/* Segment Spec messages: validation (shared by the caller side and the worker, so a rule that
+/* Segment Spec messages: validation (shared by the caller side and the processor, so a rule that
  * breaks a message is caught by the same checks as a caller), building a message from an intake
  * record, and stamping the fields the runtime owns. */
 #ifndef TALLY_MESSAGE_H

@@ -25,10 +25,11 @@ static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 static int open_dests(tally_t *t, tly_err *err)
 {
     if (t->cfg.ndests == 0)
-        return tly_err_set(err, TALLY_ECONFIG, "no destination: set write_key (or TALLY_WRITE_KEY), out, or destinations");
+        return tly_err_set(err, TALLY_ECONFIG,
+                           "no destination: set write_key (or TALLY_WRITE_KEY), out, or destinations");
     if (tly_fault() || !(t->dests = calloc(t->cfg.ndests, sizeof *t->dests))) return oom(err);
-    dest_env env = {t->cfg.write_key, t->cfg.ca_bundle, t->cfg.proxy, t->cfg.gzip, t->cfg.timeout_ms, t->cfg.max_in_flight,
-                    t->transfers};
+    dest_env env = {t->cfg.write_key, t->cfg.ca_bundle, t->cfg.proxy, t->cfg.gzip,
+                    t->cfg.timeout_ms, t->cfg.max_in_flight, t->transfers};
     for (size_t i = 0; i < t->cfg.ndests; i++) {
         int rc = tly_fault() ? tly_err_set(err, TALLY_EIO, "destination: injected fault")
                              : tly_err_legacy(err, dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log));

@@ -1,4 +1,5 @@
-/* The Lua sandbox: one Lua 5.4 state owned by the worker, in which untrusted rule scripts run.
+/* The Lua sandbox: one Lua 5.4 state owned by the processor thread, in which untrusted rule scripts
+ * run.
  *
  * It is a security boundary (game mods are untrusted code), built from three fences:
  *  - what a script can reach: each script gets its own _ENV holding copies of the safe parts of the

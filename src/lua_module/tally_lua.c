@@ -377,7 +377,7 @@ static int apply_opts(build *bd, int opts, enum kind k, tj_value *m)
 }
 
 /* tally_send requires previousId on an alias, which tally_alias fills from the device's anonymous
- * id. Here the best we know is opts.anonymousId, else the identity as the worker last published
+ * id. Here the best we know is opts.anonymousId, else the identity as the processor last published
  * it (an earlier reset still in the queue is not reflected). */
 static int fill_previous_id(build *bd, tally_t *t, tj_value *m)
 {
@@ -569,7 +569,7 @@ static int l_stats(lua_State *L)
     return push_json_text(L, json);
 }
 
-/* The ids the next message would carry, as the worker last published them. For mods too:
+/* The ids the next message would carry, as the processor last published them. For mods too:
  * reading them changes nothing. */
 static int l_session(lua_State *L)
 {
