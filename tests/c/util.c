@@ -1,7 +1,6 @@
 #include "util.h"
 
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,27 +74,6 @@ char *tu_path(const char *name)
     char *p = malloc(strlen(tu_tmpdir()) + strlen(name) + 2);
     if (p) sprintf(p, "%s/%s", tu_tmpdir(), name);
     return p;
-}
-
-struct tally *tu_open_file(const char *file, ...)
-{
-    tally_config *cfg = tally_config_new();
-    if (!cfg) return NULL;
-    unlink(file);
-    tally_config_set(cfg, "out", file);
-    tally_config_set(cfg, "log_level", "off");
-    va_list ap;
-    va_start(ap, file);
-    const char *k;
-    while ((k = va_arg(ap, const char *)) != NULL) {
-        const char *v = va_arg(ap, const char *);
-        if (tally_config_set(cfg, k, v) != TALLY_OK) fprintf(stderr, "tu_open_file: %s\n", tally_errmsg(NULL));
-    }
-    va_end(ap);
-    tally_t *t = NULL;
-    if (tally_open(cfg, &t) != TALLY_OK) fprintf(stderr, "tu_open_file: %s\n", tally_errmsg(NULL));
-    tally_config_free(cfg);
-    return t;
 }
 
 int tu_track_waiting(struct tally *t, const char *event, const char *props)
