@@ -132,6 +132,12 @@ static tally_config *build(const char *const *defaults, va_list ap, int *rc)
     return c;
 }
 
+tally_config *tf_vconfig(const char *const *defaults, va_list ap)
+{
+    int rc;
+    return build(defaults, ap, &rc);
+}
+
 int tf_vopen(tally_t **out, const char *const *defaults, va_list ap)
 {
     int rc;
@@ -203,13 +209,7 @@ char *tf_rules_dir(const char *tag, const char *first_file, ...)
         const char *src = va_arg(ap, const char *);
         char path[1024];
         snprintf(path, sizeof path, "%s/%s", dir, file);
-        FILE *f = fopen(path, "w");
-        if (!f) {
-            fprintf(stderr, "  cannot write %s\n", path);
-            continue;
-        }
-        fputs(src, f);
-        fclose(f);
+        tu_write_file(path, src);
     }
     va_end(ap);
     return dir;

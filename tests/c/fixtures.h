@@ -42,6 +42,7 @@ int           tf_vopen(struct tally **out, const char *const *defaults, va_list 
 /* A config built the same way (pairs, then tf_log as its logger), for tests that need the config
  * itself; NULL with the refused key printed. The caller frees it. */
 struct tally_config *tf_config(const char *key, ...);
+struct tally_config *tf_vconfig(const char *const *defaults, va_list ap);
 
 /* Opens a handle writing to a fresh NDJSON file `file` (removed first), log_level off; extra
  * key/value pairs end with NULL. */

@@ -35,8 +35,7 @@ static char *join(const char *dir, const char *name)
 static void write_at(const char *dir, const char *name, const char *text)
 {
     char *p = join(dir, name);
-    FILE *f = fopen(p, "w");
-    if (f) { fputs(text, f); fclose(f); }
+    tu_write_file(p, text);
     free(p);
 }
 

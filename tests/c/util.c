@@ -76,6 +76,17 @@ char *tu_path(const char *name)
     return p;
 }
 
+void tu_write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "  cannot write %s\n", path);
+        return;
+    }
+    fputs(text, f);
+    fclose(f);
+}
+
 int tu_track_waiting(struct tally *t, const char *event, const char *props)
 {
     int rc;

@@ -9,6 +9,7 @@ int   tu_count_lines(const char *path);              /* -1 if missing */
 char *tu_line(const char *path, int n);              /* the n-th line (0-based), malloc'd */
 const char *tu_tmpdir(void);                         /* a fresh directory for this process */
 char *tu_path(const char *name);                     /* tu_tmpdir()/name, malloc'd */
+void  tu_write_file(const char *path, const char *text); /* creates or replaces; complains on stderr */
 struct tally;
 /* tally_track, yielding and calling again while the queue is full (TALLY_EFULL): tests that must
  * not drop. Returns the final status. */
