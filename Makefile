@@ -59,7 +59,7 @@ LUA_OBJ    := $(patsubst %,$(BUILD)/lua/%.o,$(LUA_CORE))
 
 TEST_SRC   := $(wildcard tests/c/test_*.c)
 TEST_BIN   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfields.c tests/c/fixtures.c
+TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfields.c tests/c/fixtures.c tests/c/delivery.c
 
 .PHONY: all deps lib cli test test-asan test-tsan demo bench install uninstall clean fuzz check-symbols
 all: lib cli

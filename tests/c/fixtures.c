@@ -195,6 +195,14 @@ tally_t *tu_open_file(const char *file, ...)
     return t;
 }
 
+void tf_clean_http_environment(void)
+{
+    static const char *const vars[] = {"TALLY_WRITE_KEY", "TALLY_ENDPOINT", "http_proxy", "HTTP_PROXY",
+                                       "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
+                                       "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", NULL};
+    for (int i = 0; vars[i]; i++) unsetenv(vars[i]);
+}
+
 char *tf_rules_dir(const char *tag, const char *first_file, ...)
 {
     static int counter;

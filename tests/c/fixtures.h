@@ -48,6 +48,16 @@ struct tally_config *tf_vconfig(const char *const *defaults, va_list ap);
  * key/value pairs end with NULL. */
 struct tally *tu_open_file(const char *file, ...);
 
+/* ---- the environment of tests that talk HTTP ---- */
+
+/* Unsets what would change where a handle sends or whom it trusts: TALLY_WRITE_KEY and
+ * TALLY_ENDPOINT (a destination at api.segment.io on every handle), the proxy variables (a proxy
+ * between tally and the collector) and CURL_CA_BUNDLE / SSL_CERT_FILE / SSL_CERT_DIR. It must run
+ * before any thread starts: TF_CLEAN_HTTP_ENVIRONMENT, once in a test file, runs it before main. */
+void tf_clean_http_environment(void);
+#define TF_CLEAN_HTTP_ENVIRONMENT \
+    __attribute__((constructor)) static void tf_clean_environment_first(void) { tf_clean_http_environment(); }
+
 /* ---- rules folders ---- */
 
 /* A fresh folder tu_tmpdir()/<tag>-<n> holding the given (filename, source) pairs, ending with
