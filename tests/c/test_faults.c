@@ -41,13 +41,8 @@
 
 /* ---- small helpers ---- */
 
-__attribute__((constructor)) static void clean_environment(void)
-{
-    /* a write key in the environment would add a destination; a proxy would sit in the middle */
-    static const char *const vars[] = {"TALLY_WRITE_KEY", "TALLY_ENDPOINT", "http_proxy", "HTTP_PROXY",
-                                       "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", NULL};
-    for (int i = 0; vars[i]; i++) unsetenv(vars[i]);
-}
+/* a write key in the environment would add a destination; a proxy would sit in the middle */
+TF_CLEAN_HTTP_ENVIRONMENT
 
 static void sleep_until(long deadline_ms)
 {
