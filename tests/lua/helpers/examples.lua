@@ -4,7 +4,8 @@
 -- A runner gives:
 --   run(msg) -> the messages out, and an outcome with :expect_codes(list) and :expect_text(pattern)
 --   expect_order(names)            the rules load in this order
---   expect_loaded(n, stages)       n rules loaded, each in one of stages (a set)
+--   expect_loaded(n, stages)       n rules loaded (and, where the runner can see it, each in one of
+--                                  stages, a set: tally_stats shows stages, `tally check` does not)
 -- `b` is the spec's busted API ({ describe = describe, it = it, assert = assert }): busted gives
 -- those to spec files only.
 local M = {}
@@ -13,7 +14,6 @@ function M.describe(label, runner, b)
   local describe, it, assert = b.describe, b.it, b.assert
   describe("examples/rules through " .. label, function()
     local run = runner.run
-
 
     it("finds the four examples, in name order", function()
       runner.expect_order({ "naming", "episode", "user_type", "flatten" })
