@@ -59,7 +59,7 @@ LUA_OBJ    := $(patsubst %,$(BUILD)/lua/%.o,$(LUA_CORE))
 
 TEST_SRC   := $(wildcard tests/c/test_*.c)
 TEST_BIN   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfields.c
+TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfields.c tests/c/fixtures.c tests/c/delivery.c
 
 .PHONY: all deps lib cli test test-asan test-tsan demo bench install uninstall clean fuzz check-symbols
 all: lib cli
@@ -300,11 +300,11 @@ luamod: $(LUAMOD)/tally.so $(LUAMOD)/libtally_lua.a
 
 # The generic test rule links the core objects and our embedded Lua; this test is a Lua host, so it
 # links like one (an explicit rule wins over the pattern rule).
-$(BUILD)/tests/test_game_mods: tests/c/test_game_mods.c tests/c/harness.c tests/c/util.c tests/c/harness.h \
-                               tests/c/util.h include/tally.h $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a
+$(BUILD)/tests/test_game_mods: tests/c/test_game_mods.c tests/c/harness.c tests/c/util.c tests/c/fixtures.c \
+                               tests/c/harness.h tests/c/util.h tests/c/fixtures.h include/tally.h $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a
 	@mkdir -p $(dir $@)
 	$(call say,TEST,$@)
-	$(Q)$(CC) $(LUAMOD_CFLAGS) -Itests/c -o $@ tests/c/test_game_mods.c tests/c/harness.c tests/c/util.c \
+	$(Q)$(CC) $(LUAMOD_CFLAGS) -Itests/c -o $@ tests/c/test_game_mods.c tests/c/harness.c tests/c/util.c tests/c/fixtures.c \
 	    $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LUA_HOST_LIBS) $(LIBS)
 
 $(BUILD)/examples/game: examples/game/game.c include/tally.h $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a

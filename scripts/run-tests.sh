@@ -55,13 +55,14 @@ if ls tests/lua/*_spec.lua >/dev/null 2>&1; then
   # tally.so (the Lua module) is in $BUILD/luamod. A sanitized tally.so loaded by the plain lua5.4
   # needs the sanitizer runtime first in the process (LD_PRELOAD); the interpreter itself is not
   # instrumented and keeps its memory until exit, so leak checks are off for it. libtsan cannot be
-  # preloaded that way (every child the specs fork crashes), so under TSan the two specs that load
+  # preloaded that way (every child the specs fork crashes), so under TSan the specs that load
   # tally.so are left out; tests/c/test_game_mods runs the binding under TSan instead.
   busted_env=() busted_skip=()
   case ${SAN:-} in
     asan) busted_env=(env "LD_PRELOAD=$(${CC:-cc} -print-file-name=libasan.so)"
                       "ASAN_OPTIONS=detect_leaks=0:abort_on_error=0") ;;
-    tsan) busted_skip=(--exclude-pattern='^module_spec' --exclude-pattern='^game_spec' --exclude-pattern='^sandbox_spec') ;;
+    tsan) busted_skip=(--exclude-pattern='^module_spec' --exclude-pattern='^game_spec' --exclude-pattern='^sandbox_spec'
+                       --exclude-pattern='^examples_runtime_spec') ;;
   esac
   busted_tap() {
     "${busted_env[@]}" lua5.4 "$(command -v busted)" --output=TAP --lpath="$TALLY_SRC_DIR/lua/?.lua;$TALLY_SRC_DIR/lua/?/init.lua" \

@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "jfields.h"
 #include "internal.h"

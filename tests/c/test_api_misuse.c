@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "tally.h"
 #include "util.h"
@@ -17,13 +18,7 @@
 static tally_t *open_out(const char *name, const char *rules)
 {
     char *file = tu_path(name);
-    tally_config *c = tally_config_new();
-    tally_config_set(c, "out", file);
-    tally_config_set(c, "log_level", "off");
-    if (rules) tally_config_set(c, "rules", rules);
-    tally_t *t = NULL;
-    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "  open: %s\n", tally_errmsg(NULL));
-    tally_config_free(c);
+    tally_t *t = tf_open("out", file, "log_level", "off", rules ? "rules" : NULL, rules, NULL);
     free(file);
     return t;
 }

@@ -9,6 +9,7 @@
 
 #include "collector.h"
 #include "config.h"
+#include "fixtures.h"
 #include "harness.h"
 #include "iso8601.h"
 #include "json.h"

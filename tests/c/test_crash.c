@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "json.h"
 #include "tally.h"
@@ -19,16 +20,7 @@
 
 static tally_t *open_store(const char *store, const char *out)
 {
-    tally_config *c = tally_config_new();
-    tally_config_set(c, "store", store);
-    tally_config_set(c, "out", out);
-    tally_config_set(c, "log_level", "off");
-    tally_config_set(c, "flush_at", "25");
-    tally_config_set(c, "flush_interval_ms", "5");
-    tally_t *t = NULL;
-    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
-    tally_config_free(c);
-    return t;
+    return tf_open("store", store, "out", out, "log_level", "off", "flush_at", "25", "flush_interval_ms", "5", NULL);
 }
 
 /* The child: tracks numbered messages forever, confirming each flushed prefix on the pipe. */

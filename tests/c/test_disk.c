@@ -13,28 +13,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
+#include "jfields.h"
 #include "tally.h"
 #include "util.h"
 
-static char last_log[4096];
-static void capture(void *ud, int level, const char *msg)
-{
-    (void)ud;
-    (void)level;
-    snprintf(last_log + strlen(last_log), sizeof last_log - strlen(last_log), "%s\n", msg);
-}
-
 static tally_t *open_at(const char *store, const char *out, int *rc)
 {
-    tally_config *c = tally_config_new();
-    tally_config_set(c, "store", store);
-    tally_config_set(c, "out", out);
-    tally_config_set(c, "log_level", "warn");
-    tally_config_set_logger(c, capture, NULL);
-    tally_t *t = NULL;
-    *rc = tally_open(c, &t);
-    tally_config_free(c);
+    tally_t *t;
+    *rc = tf_open_rc(&t, "store", store, "out", out, "log_level", "warn", NULL);
     return t;
 }
 
@@ -46,13 +34,13 @@ TEST(corrupt_store_is_moved_aside_and_a_fresh_one_used)
     fwrite("SQLite format 3", 1, 16, f); /* SQLite's header, then garbage: a store that was damaged */
     for (int i = 0; i < 2000; i++) fputs("the rest of this store is garbage; ", f);
     fclose(f);
-    last_log[0] = '\0';
+    tf_log_reset();
     int rc;
     tally_t *t = open_at(store, out, &rc);
     CHECK_EQ_INT(rc, TALLY_OK);
     REQUIRE(t);
-    CHECK_CONTAINS(last_log, "unreadable");
-    CHECK_CONTAINS(last_log, "moved to");
+    CHECK_CONTAINS(tf_logged(), "unreadable");
+    CHECK_CONTAINS(tf_logged(), "moved to");
     char pattern[600];
     snprintf(pattern, sizeof pattern, "%s.corrupt-*", store);
     glob_t g;
@@ -121,7 +109,7 @@ TEST(store_damaged_in_the_middle_still_opens)
     memset(junk, 0xA5, sizeof junk);
     REQUIRE(pwrite(fd, junk, sizeof junk, 16384) == (ssize_t)sizeof junk);
     close(fd);
-    last_log[0] = '\0';
+    tf_log_reset();
     t = open_at(store, out, &rc);
     CHECK_EQ_INT(rc, TALLY_OK); /* moved aside, or still readable: either way the host goes on */
     REQUIRE(t);
@@ -225,18 +213,6 @@ TEST(read_only_store_path_fails_clearly)
     free(dir);
 }
 
-static long long stat_of(tally_t *t, const char *key)
-{
-    char *s = NULL, pat[64];
-    long long v = -1;
-    tally_stats(t, &s);
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = s ? strstr(s, pat) : NULL;
-    if (p) v = atoll(p + strlen(pat));
-    tally_free(s);
-    return v;
-}
-
 /* Fills the tmpfs but for a few blocks: the store is open, and cannot commit. */
 static int fill_disk(const char *dir, const char *store, const char *filler)
 {
@@ -254,19 +230,11 @@ static int fill_disk(const char *dir, const char *store, const char *filler)
 /* out NULL: a collector that never answers (a closed port), so nothing leaves the store */
 static tally_t *open_full_disk(const char *store, const char *out)
 {
-    tally_config *c = tally_config_new();
-    tally_config_set(c, "store", store);
-    if (out) tally_config_set(c, "out", out);
-    else tally_config_set(c, "destinations", "[{\"type\":\"segment\",\"endpoint\":\"http://127.0.0.1:9\",\"write_key\":\"k\"}]");
-    tally_config_set(c, "log_level", "warn");
-    tally_config_set(c, "max_queue_bytes", "262144");
-    tally_config_set(c, "flush_at", "10000");          /* nothing goes out before a flush: it all waits in the store */
-    tally_config_set(c, "flush_interval_ms", "600000");
-    tally_config_set_logger(c, capture, NULL);
-    tally_t *t = NULL;
-    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
-    tally_config_free(c);
-    return t;
+    return tf_open("store", store, out ? "out" : "destinations",
+                   out ? out : "[{\"type\":\"segment\",\"endpoint\":\"http://127.0.0.1:9\",\"write_key\":\"k\"}]",
+                   "log_level", "warn", "max_queue_bytes", "262144",
+                   "flush_at", "10000", /* nothing goes out before a flush: it all waits in the store */
+                   "flush_interval_ms", "600000", NULL);
 }
 
 static void numbered_props(char *buf, size_t size, int i)
@@ -292,7 +260,7 @@ TEST(messages_accepted_while_the_disk_is_full_are_held_and_written_when_space_re
     snprintf(store, sizeof store, "%s/tally.db", dir);
     snprintf(filler, sizeof filler, "%s/filler", dir);
     unlink(out);
-    last_log[0] = '\0';
+    tf_log_reset();
     tally_t *t = open_full_disk(store, out);
     REQUIRE(t);
     REQUIRE(fill_disk(dir, store, filler) == 0);
@@ -312,17 +280,17 @@ TEST(messages_accepted_while_the_disk_is_full_are_held_and_written_when_space_re
     CHECK(accepted < 2000); /* held within the memory bounds, not taken and dropped */
     CHECK_EQ_INT(tally_flush(t, 2000), TALLY_EIO); /* not delivered, and it says why */
     CHECK_CONTAINS(tally_errmsg(t), "the store cannot write");
-    CHECK(stat_of(t, "store_held") > 0);
-    CHECK(stat_of(t, "store_errors") > 0);
-    CHECK_CONTAINS(last_log, "holding");
+    CHECK(tu_stat(t, NULL, "store_held") > 0);
+    CHECK(tu_stat(t, NULL, "store_errors") > 0);
+    CHECK_CONTAINS(tf_logged(), "holding");
     /* still held after the flush: nothing was let through by dropping */
     numbered_props(props, sizeof props, accepted);
     CHECK_EQ_INT(tally_track(t, "Disk Full", props), TALLY_EFULL);
     /* space comes back */
     unlink(filler);
     CHECK_EQ_INT(tally_flush(t, 20000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "store_held"), 0);
-    CHECK_EQ_INT(stat_of(t, "store_given_up"), 0);
+    CHECK_EQ_INT(tu_stat(t, NULL, "store_held"), 0);
+    CHECK_EQ_INT(tu_stat(t, NULL, "store_given_up"), 0);
     for (int i = 0; i < 10; i++) CHECK_EQ_INT(tally_track(t, "After Space Freed", NULL), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
     /* every accepted message exactly once, in order */
@@ -366,9 +334,9 @@ TEST(messages_still_held_at_close_on_a_full_disk_are_counted_as_given_up)
         CHECK_EQ_INT(tally_track(t, "Given Up", props), TALLY_OK);
     }
     CHECK_EQ_INT(tally_flush(t, 1000), TALLY_EIO);
-    last_log[0] = '\0';
+    tf_log_reset();
     CHECK(tally_close(t, 500) != TALLY_OK);
-    CHECK_CONTAINS(last_log, "50 held messages lost (counted as store_given_up)");
+    CHECK_CONTAINS(tf_logged(), "50 held messages lost (counted as store_given_up)");
     unlink(filler);
     umount(dir);
     free(dir);
@@ -388,11 +356,11 @@ TEST(rows_for_a_destination_no_longer_configured_are_reported_at_open)
     tally_config_free(c);
     for (int i = 0; i < 3; i++) tally_track(t, "Queued", NULL);
     tally_close(t, 0);
-    last_log[0] = '\0';
+    tf_log_reset();
     int rc;
     t = open_at(store, "/dev/null", &rc);
     REQUIRE(t);
-    CHECK_CONTAINS(last_log, "3 queued messages for \"segment:old\", which is not configured now");
+    CHECK_CONTAINS(tf_logged(), "3 queued messages for \"segment:old\", which is not configured now");
     tally_close(t, 1000);
     free(store);
 }

@@ -25,6 +25,7 @@
 
 #include "buf.h"
 #include "collector.h"
+#include "fixtures.h"
 #include "harness.h"
 #include "jfields.h"
 #include "json.h"
@@ -40,13 +41,8 @@
 
 /* ---- small helpers ---- */
 
-__attribute__((constructor)) static void clean_environment(void)
-{
-    /* a write key in the environment would add a destination; a proxy would sit in the middle */
-    static const char *const vars[] = {"TALLY_WRITE_KEY", "TALLY_ENDPOINT", "http_proxy", "HTTP_PROXY",
-                                       "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", NULL};
-    for (int i = 0; vars[i]; i++) unsetenv(vars[i]);
-}
+/* a write key in the environment would add a destination; a proxy would sit in the middle */
+TF_CLEAN_HTTP_ENVIRONMENT
 
 static void sleep_until(long deadline_ms)
 {
@@ -76,24 +72,10 @@ static tally_t *open_handle(collector *c, const char *timeout_ms, int in_flight)
 {
     char flights[16];
     snprintf(flights, sizeof flights, "%d", in_flight);
-    tally_config *cfg = tally_config_new();
-    if (!cfg) return NULL;
-    const char *kv[][2] = {
-        {"write_key", KEY},          {"endpoint", collector_url(c)}, {"store", ":memory:"},
-        {"log_level", "off"},        {"flush_at", "100"},             {"flush_interval_ms", "60000"},
-        {"retry_base_ms", "20"},     {"retry_cap_ms", "500"},         {"max_retries", "1000"},
-        {"timeout_ms", timeout_ms},  {"max_queue_rows", "65536"},   {"max_in_flight", flights},
-    };
-    int ok = 1;
-    for (size_t i = 0; i < sizeof kv / sizeof *kv; i++)
-        if (tally_config_set(cfg, kv[i][0], kv[i][1]) != TALLY_OK) {
-            fprintf(stderr, "  config %s=%s: %s\n", kv[i][0], kv[i][1], tally_errmsg(NULL));
-            ok = 0;
-        }
-    tally_t *t = NULL;
-    if (ok && tally_open(cfg, &t) != TALLY_OK) fprintf(stderr, "  tally_open: %s\n", tally_errmsg(NULL));
-    tally_config_free(cfg);
-    return t;
+    return tf_open("write_key", KEY, "endpoint", collector_url(c), "store", ":memory:", "log_level", "off",
+                   "flush_at", "100", "flush_interval_ms", "60000", "retry_base_ms", "20", "retry_cap_ms", "500",
+                   "max_retries", "1000", "timeout_ms", timeout_ms, "max_queue_rows", "65536",
+                   "max_in_flight", flights, NULL);
 }
 
 static int track_range(tally_t *t, int first, int n)

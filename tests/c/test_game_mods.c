@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "tally.h"
 #include "util.h"

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "json.h"
 #include "runtime.h"

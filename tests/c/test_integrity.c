@@ -8,7 +8,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
+#include "jfields.h"
 #include "tally.h"
 #include "util.h"
 
@@ -25,20 +27,15 @@ static long long sqlite_count(const char *path, const char *sql)
     return n;
 }
 
+/* A handle whose one destination is the sqlite table in db (removed first), through `mapping` if
+ * given, with the rules folder if given. */
 static tally_t *open_sqlite(const char *db, const char *rules, const char *mapping)
 {
-    tally_config *c = tally_config_new();
     char dests[1024];
     snprintf(dests, sizeof dests, "[{\"type\":\"sqlite\",\"path\":\"%s\"%s%s%s}]", db, mapping ? ",\"mapping\":\"" : "",
              mapping ? mapping : "", mapping ? "\"" : "");
     unlink(db);
-    tally_config_set(c, "destinations", dests);
-    tally_config_set(c, "log_level", "off");
-    if (rules) tally_config_set(c, "rules", rules);
-    tally_t *t = NULL;
-    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
-    tally_config_free(c);
-    return t;
+    return tf_open("destinations", dests, "log_level", "off", rules ? "rules" : NULL, rules, NULL);
 }
 
 static int send_with_id(tally_t *t, const char *id, const char *event)
@@ -101,19 +98,7 @@ TEST(blank_overlong_and_control_character_message_ids_are_refused)
     free(out);
 }
 
-static char *rules_dir(const char *name, const char *body)
-{
-    char *dir = tu_path("rules-integrity");
-    mkdir(dir, 0755);
-    char path[600];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    FILE *f = fopen(path, "w");
-    if (f) {
-        fputs(body, f);
-        fclose(f);
-    }
-    return dir;
-}
+#define rules_dir(name, body) tf_rules_dir("rules-integrity", name, body, NULL)
 
 /* A rule's result is checked like a caller's message: blanking the id is the rule's error. */
 TEST(rule_that_blanks_the_message_id_does_not_merge_messages)
@@ -160,40 +145,14 @@ TEST(mapping_payloads_with_an_empty_id_get_a_row_each)
 
 /* ---- the 32 KB limit holds for what is written, and the caller hears it at the call ---- */
 
-static char log_text[8192];
-static void capture(void *ud, int level, const char *msg)
-{
-    (void)ud;
-    (void)level;
-    size_t at = strlen(log_text);
-    snprintf(log_text + at, sizeof log_text - at, "%s\n", msg);
-}
-
+/* A handle writing to out (removed first), logging to the fixtures' capture, which is emptied
+ * once it is open; one optional extra key/value pair. */
 static tally_t *open_capturing(const char *out, const char *k1, const char *v1)
 {
-    tally_config *c = tally_config_new();
     unlink(out);
-    tally_config_set(c, "out", out);
-    tally_config_set(c, "log_level", "warn");
-    tally_config_set_logger(c, capture, NULL);
-    if (k1) tally_config_set(c, k1, v1);
-    tally_t *t = NULL;
-    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
-    tally_config_free(c);
-    log_text[0] = '\0';
+    tally_t *t = tf_open("out", out, "log_level", "warn", k1, v1, NULL);
+    tf_log_reset();
     return t;
-}
-
-static long long stat_of(tally_t *t, const char *key)
-{
-    char *s = NULL, pat[64];
-    long long v = -1;
-    tally_stats(t, &s);
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = s ? strstr(s, pat) : NULL;
-    if (p) v = atoll(p + strlen(pat));
-    tally_free(s);
-    return v;
 }
 
 static size_t longest_line(const char *path)
@@ -243,10 +202,10 @@ TEST(message_under_32k_at_the_call_but_over_once_stamped_is_refused_at_the_call)
     size_t pad = largest_accepted(t, track_padded, 1000, 32700);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
     /* everything accepted was written; nothing was dropped after the call */
-    CHECK_EQ_INT(stat_of(t, "invalid"), 0);
-    CHECK_EQ_INT(stat_of(t, "oversize"), 0);
-    CHECK_EQ_INT(tu_count_lines(out), stat_of(t, "accepted"));
-    CHECK(stat_of(t, "accepted") >= 1);
+    CHECK_EQ_INT(tu_stat(t, NULL, "invalid"), 0);
+    CHECK_EQ_INT(tu_stat(t, NULL, "oversize"), 0);
+    CHECK_EQ_INT(tu_count_lines(out), tu_stat(t, NULL, "accepted"));
+    CHECK(tu_stat(t, NULL, "accepted") >= 1);
     /* and the reserve is honest, not a guess: the largest accepted message, as written, comes
      * within the 20 digits kept for the session index of the limit */
     size_t longest = longest_line(out);
@@ -274,7 +233,7 @@ TEST(event_name_of_control_characters_is_measured_as_escaped)
     CHECK_EQ_INT(tally_track(t, event, NULL), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
     CHECK_EQ_INT(tu_count_lines(out), 1);
-    CHECK_EQ_INT(stat_of(t, "invalid") + stat_of(t, "oversize"), 0);
+    CHECK_EQ_INT(tu_stat(t, NULL, "invalid") + tu_stat(t, NULL, "oversize"), 0);
     tally_close(t, 1000);
     free(event);
     free(out);
@@ -299,8 +258,8 @@ TEST(sent_message_that_only_overflows_once_stamped_is_refused_at_the_call)
     CHECK_CONTAINS(tally_errmsg(t), "once stamped");
     largest_accepted(t, send_padded, 1000, 32600);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "oversize") + stat_of(t, "invalid"), 0);
-    CHECK_EQ_INT(tu_count_lines(out), stat_of(t, "accepted"));
+    CHECK_EQ_INT(tu_stat(t, NULL, "oversize") + tu_stat(t, NULL, "invalid"), 0);
+    CHECK_EQ_INT(tu_count_lines(out), tu_stat(t, NULL, "accepted"));
     size_t longest = longest_line(out);
     CHECK(longest <= TALLY_MAX_MESSAGE_BYTES && longest + 24 >= TALLY_MAX_MESSAGE_BYTES);
     tally_close(t, 1000);
@@ -329,7 +288,7 @@ TEST(long_user_id_from_an_identify_is_reserved_by_the_very_next_call)
     CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
     CHECK_EQ_INT(track_padded(t, pad), TALLY_OK); /* logged out: no userId to stamp */
     CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "oversize") + stat_of(t, "invalid"), 0);
+    CHECK_EQ_INT(tu_stat(t, NULL, "oversize") + tu_stat(t, NULL, "invalid"), 0);
     CHECK_EQ_INT(tu_count_lines(out), 3); /* two tracks and the identify */
     tally_close(t, 1000);
     free(big_props);
@@ -351,7 +310,7 @@ TEST(identify_traits_copied_into_context_are_reserved_by_the_next_call)
     CHECK_EQ_INT(track_padded(t, pad), TALLY_ETOOBIG);
     CHECK_EQ_INT(track_padded(t, pad - 8100), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
-    CHECK_EQ_INT(stat_of(t, "oversize") + stat_of(t, "invalid"), 0);
+    CHECK_EQ_INT(tu_stat(t, NULL, "oversize") + tu_stat(t, NULL, "invalid"), 0);
     CHECK_EQ_INT(tu_count_lines(out), 2);
     tally_close(t, 1000);
     free(big_props);
@@ -371,9 +330,9 @@ TEST(rule_that_grows_a_message_past_32k_is_never_dropped_silently)
     REQUIRE(t);
     CHECK_EQ_INT(tally_track(t, "Grown", NULL), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
-    CHECK_EQ_INT(tu_count_lines(out) + stat_of(t, "oversize"), 1); /* written as it was, or counted */
+    CHECK_EQ_INT(tu_count_lines(out) + tu_stat(t, NULL, "oversize"), 1); /* written as it was, or counted */
     CHECK(longest_line(out) <= TALLY_MAX_MESSAGE_BYTES);
-    CHECK_CONTAINS(log_text, "32768");
+    CHECK_CONTAINS(tf_logged(), "32768");
     tally_close(t, 1000);
     char path[600];
     snprintf(path, sizeof path, "%s/20_grow.lua", dir);

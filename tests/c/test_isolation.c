@@ -9,66 +9,25 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "tally.h"
 #include "util.h"
 
-static int dir_counter;
+#define rules_dir(...) tf_rules_dir("iso-rules", __VA_ARGS__)
 
-/* A fresh rules folder holding the given (filename, source) pairs, NULL-terminated. */
-static char *rules_dir(const char *first, ...)
-{
-    char name[64];
-    snprintf(name, sizeof name, "iso-rules-%d", ++dir_counter);
-    char *dir = tu_path(name);
-    mkdir(dir, 0755);
-    va_list ap;
-    va_start(ap, first);
-    for (const char *file = first; file; file = va_arg(ap, const char *)) {
-        const char *src = va_arg(ap, const char *);
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, file);
-        FILE *f = fopen(path, "w");
-        if (f) { fputs(src, f); fclose(f); }
-    }
-    va_end(ap);
-    return dir;
-}
-
-/* What the logger received: every line, and how many held `needle`. */
-static char logged[65536];
-static const char *needle;
-static int lines, needle_lines;
-static void capture(void *ud, int level, const char *msg)
-{
-    (void)ud;
-    (void)level;
-    lines++;
-    if (needle && strstr(msg, needle)) needle_lines++;
-    size_t n = strlen(logged);
-    snprintf(logged + n, sizeof logged - n, "%s\n", msg);
-}
-
-/* Opens a handle on the rules folder writing to out; extra key/value pairs end with NULL. */
+/* Opens a handle on the rules folder writing to out, logging (info and up) to the fixtures'
+ * capture; extra key/value pairs end with NULL. */
 static tally_t *open_rules(const char *dir, const char *out, ...)
 {
-    tally_config *c = tally_config_new();
     unlink(out);
-    logged[0] = '\0';
-    lines = needle_lines = 0;
-    tally_config_set(c, "out", out);
-    tally_config_set(c, "rules", dir);
-    tally_config_set(c, "log_level", "info");
-    tally_config_set_logger(c, capture, NULL);
-    tally_config_set(c, "lua_instructions", "2000000");
-    tally_config_set(c, "lua_memory", "33554432");
+    const char *defaults[] = {"out", out, "rules", dir, "log_level", "info", "lua_instructions", "2000000",
+                              "lua_memory", "33554432", NULL};
     va_list ap;
     va_start(ap, out);
-    for (const char *k = va_arg(ap, const char *); k; k = va_arg(ap, const char *)) tally_config_set(c, k, va_arg(ap, const char *));
+    tally_t *t;
+    tf_vopen(&t, defaults, ap);
     va_end(ap);
-    tally_t *t = NULL;
-    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
-    tally_config_free(c);
     return t;
 }
 
@@ -100,20 +59,20 @@ TEST(ctx_log_in_a_loop_is_rate_limited_and_counted)
                           "return { name = 'spam', process = function(m, ctx)\n"
                           "  for i = 1, 100000 do ctx:log('warn', 'spam line ' .. i) end return m end }\n", NULL);
     char *out = tu_path("spam.ndjson");
-    needle = "spam line";
+    tf_log_needle("spam line");
     tally_t *t = open_rules(dir, out, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
     REQUIRE(tally_flush(t, 20000) == TALLY_OK);
     char *s = stats_of(t);
     /* one second's allowance, or two when the loop straddles a second */
-    CHECK(needle_lines >= 50 && needle_lines <= 100);
-    CHECK_EQ_INT(rule_stat(s, "spam", "log_suppressed"), 100000 - needle_lines);
-    CHECK_CONTAINS(logged, "rule spam: more than 50 log lines in a second");
+    CHECK(tf_log_needle_lines() >= 50 && tf_log_needle_lines() <= 100);
+    CHECK_EQ_INT(rule_stat(s, "spam", "log_suppressed"), 100000 - tf_log_needle_lines());
+    CHECK_CONTAINS(tf_logged(), "rule spam: more than 50 log lines in a second");
     CHECK_EQ_INT(tu_count_lines(out), 1); /* the message itself went on */
     tally_free(s);
     tally_close(t, 1000);
-    needle = NULL;
+    tf_log_needle(NULL);
     free(out);
     free(dir);
 }
@@ -125,20 +84,20 @@ TEST(print_in_a_loop_is_rate_limited_and_counted)
                           "return { name = 'printer', process = function(m, ctx)\n"
                           "  for i = 1, 100000 do print('printed line', i) end return m end }\n", NULL);
     char *out = tu_path("print.ndjson");
-    needle = "printed line";
+    tf_log_needle("printed line");
     tally_t *t = open_rules(dir, out, NULL);
     REQUIRE(t);
-    CHECK(strstr(logged, "load time print") != NULL);
-    CHECK_CONTAINS(logged, "more than 50 log lines in a second");
+    CHECK(strstr(tf_logged(), "load time print") != NULL);
+    CHECK_CONTAINS(tf_logged(), "more than 50 log lines in a second");
     CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
     REQUIRE(tally_flush(t, 20000) == TALLY_OK);
     char *s = stats_of(t);
-    CHECK(needle_lines >= 50 && needle_lines <= 100);
-    CHECK(lines < 400); /* not 101,000 */
-    CHECK(rule_stat(s, "printer", "log_suppressed") >= 100000 - needle_lines);
+    CHECK(tf_log_needle_lines() >= 50 && tf_log_needle_lines() <= 100);
+    CHECK(tf_log_lines() < 400); /* not 101,000 */
+    CHECK(rule_stat(s, "printer", "log_suppressed") >= 100000 - tf_log_needle_lines());
     tally_free(s);
     tally_close(t, 1000);
-    needle = NULL;
+    tf_log_needle(NULL);
     free(out);
     free(dir);
 }
@@ -154,10 +113,10 @@ TEST(log_lines_cannot_forge_lines_or_reach_the_terminal)
     REQUIRE(t);
     CHECK_EQ_INT(tally_track(t, "E", NULL), TALLY_OK);
     REQUIRE(tally_flush(t, 5000) == TALLY_OK);
-    CHECK_CONTAINS(logged, "rule forger: ok\\ntally: error: forged\\x1b[2J\\r\\t\\x7f\\xc2\\x9b\\xffend");
-    CHECK_CONTAINS(logged, "boom\\nforged error line\\x1b]0;title\\x07");
+    CHECK_CONTAINS(tf_logged(), "rule forger: ok\\ntally: error: forged\\x1b[2J\\r\\t\\x7f\\xc2\\x9b\\xffend");
+    CHECK_CONTAINS(tf_logged(), "boom\\nforged error line\\x1b]0;title\\x07");
     /* each line the logger received is one line: no raw control byte anywhere */
-    for (const char *p = logged; *p; p++) {
+    for (const char *p = tf_logged(); *p; p++) {
         unsigned char c = (unsigned char)*p;
         if (c == '\n') continue;
         CHECK(c >= 0x20 && c != 0x7f);
@@ -293,7 +252,7 @@ TEST(split_into_10000_parts_is_cut_at_the_limit)
     char *s = stats_of(t);
     CHECK_EQ_INT(rule_stat(s, "splitter", "parts_cut"), 9900);
     CHECK_EQ_INT(rule_stat(s, "splitter", "errors"), 1);
-    CHECK_CONTAINS(logged, "made 10000 messages of one; at most 100 parts per message: 9900 cut");
+    CHECK_CONTAINS(tf_logged(), "made 10000 messages of one; at most 100 parts per message: 9900 cut");
     char *last = tu_line(out, 100);
     CHECK_CONTAINS(last, "\"i\":100}"); /* the first parts go on, in order */
     free(last);
@@ -481,7 +440,7 @@ TEST(metatable_left_on_message_does_not_run_in_next_rule)
     CHECK_CONTAINS(line, "\"properties\":{\"a\":1,\"read\":3}");
     CHECK_EQ_INT(rule_stat(stats, "reader", "errors"), 0);
     CHECK_EQ_INT(rule_stat(stats, "trap", "errors"), 0);
-    CHECK(!strstr(logged, "trap code ran"));
+    CHECK(!strstr(tf_logged(), "trap code ran"));
     free(line);
     tally_free(stats);
     free(dir);
@@ -513,7 +472,7 @@ TEST(metatable_set_later_through_a_stashed_part_does_not_run_in_next_rule)
     CHECK_EQ_INT(tu_count_lines(out), 2);
     char *s = stats_of(t);
     CHECK_EQ_INT(rule_stat(s, "reader", "errors"), 0);
-    CHECK(!strstr(logged, "stashed trap ran"));
+    CHECK(!strstr(tf_logged(), "stashed trap ran"));
     tally_free(s);
     tally_close(t, 1000);
     free(out);
@@ -544,7 +503,7 @@ TEST(metatable_set_at_load_and_inserted_calls_later_does_not_run_in_next_rule)
     char *s = stats_of(t);
     CHECK_EQ_INT(rule_stat(s, "reader", "errors"), 0);
     CHECK_EQ_INT(rule_stat(s, "reader", "calls"), 4);
-    CHECK(!strstr(logged, "load-time trap ran"));
+    CHECK(!strstr(tf_logged(), "load-time trap ran"));
     char *body = tu_read_file(out, NULL);
     CHECK_CONTAINS(body, "\"read\":\"nil\"");
     free(body);
@@ -573,7 +532,7 @@ TEST(metatable_set_by_a_function_left_in_the_message_does_not_run_in_a_later_rul
     char *line = run_one_message(dir, "{\"a\":1}", &stats);
     CHECK_CONTAINS(line, "\"read\":\"nil\"");
     CHECK_EQ_INT(rule_stat(stats, "reader", "errors"), 0);
-    CHECK(!strstr(logged, "left trap ran"));
+    CHECK(!strstr(tf_logged(), "left trap ran"));
     free(line);
     tally_free(stats);
     free(dir);
@@ -596,7 +555,7 @@ TEST(ctx_metatable_armed_and_carried_in_a_message_does_not_run_in_next_rule)
     char *line = run_one_message(dir, "{\"a\":1}", &stats);
     CHECK_CONTAINS(line, "\"mt\":\"table\"");
     CHECK_EQ_INT(rule_stat(stats, "writer", "errors"), 0);
-    CHECK(!strstr(logged, "ctx trap ran"));
+    CHECK(!strstr(tf_logged(), "ctx trap ran"));
     free(line);
     tally_free(stats);
     free(dir);
@@ -645,7 +604,7 @@ TEST(cyclic_message_is_blamed_on_the_rule_that_made_it)
     CHECK_EQ_INT(rule_stat(s, "cycle", "dropped"), 1);
     CHECK_EQ_INT(rule_stat(s, "next", "errors"), 0);
     CHECK_EQ_INT(rule_stat(s, "next", "calls"), 1);
-    CHECK_CONTAINS(logged, "rule cycle failed: returned a message that nested deeper than 64 levels (a cycle?)");
+    CHECK_CONTAINS(tf_logged(), "rule cycle failed: returned a message that nested deeper than 64 levels (a cycle?)");
     tally_free(s);
     tally_close(t, 1000);
     free(out);
@@ -665,7 +624,7 @@ TEST(shared_subtable_graph_is_bounded_and_blamed_on_its_maker)
     CHECK(line == NULL);
     CHECK_EQ_INT(rule_stat(stats, "dag", "errors"), 1);
     CHECK_EQ_INT(rule_stat(stats, "next", "calls"), 0);
-    CHECK_CONTAINS(logged, "holds more than 32768 values");
+    CHECK_CONTAINS(tf_logged(), "holds more than 32768 values");
     free(line);
     tally_free(stats);
     free(dir);
@@ -706,8 +665,8 @@ TEST(one_script_growing_its_state_does_not_starve_the_others)
     CHECK(rule_stat(s, "hog", "memory") <= (32 << 20) / 3);
     CHECK(rule_stat(s, "hog", "memory") > 8 << 20);
     fprintf(stderr, "  a hoarding script at its share (11184810): %lld bytes held\n", rule_stat(s, "hog", "memory"));
-    CHECK_CONTAINS(logged, "rule hog failed: memory limit exceeded (not enough memory): this script holds ");
-    CHECK_CONTAINS(logged, "lua_memory_per_script is 11184810");
+    CHECK_CONTAINS(tf_logged(), "rule hog failed: memory limit exceeded (not enough memory): this script holds ");
+    CHECK_CONTAINS(tf_logged(), "lua_memory_per_script is 11184810");
     CHECK_EQ_INT(tu_count_lines(out), 30);
     char *last = tu_line(out, 29);
     CHECK_CONTAINS(last, "\"steady\":1048612"); /* 1 MiB + the 36-character messageId */
@@ -750,7 +709,7 @@ TEST(lua_memory_per_script_caps_one_script_and_names_the_limit)
     tally_free(s);
     tally_track(t, "E", NULL);
     REQUIRE(tally_flush(t, 5000) == TALLY_OK);
-    CHECK_CONTAINS(logged, "lua_memory_per_script is 2097152");
+    CHECK_CONTAINS(tf_logged(), "lua_memory_per_script is 2097152");
     CHECK_EQ_INT(tu_count_lines(out), 1);
     tally_close(t, 1000);
     free(out);
@@ -825,7 +784,7 @@ TEST(rule_disabled_on_an_earlier_part_keeps_its_policy_for_the_rest)
         CHECK_EQ_INT(rule_stat(s, "fail", "errors"), 2);
         CHECK_EQ_INT(rule_stat(s, "fail", "dropped"), pass ? 0 : 5);
         CHECK_EQ_INT(tu_count_lines(out), pass ? 5 : 0);
-        CHECK(!strstr(logged, "nil value"));
+        CHECK(!strstr(tf_logged(), "nil value"));
         tally_free(s);
         tally_close(t, 1000);
         free(out);
@@ -838,7 +797,7 @@ TEST(rule_failing_on_every_message_is_rate_limited_in_the_log)
     char *dir = rules_dir("10_noisy.lua",
                           "return { name = 'noisy', on_error = 'pass', process = function(m) error(string.rep('e', 900)) end }\n", NULL);
     char *out = tu_path("noisy.ndjson");
-    needle = "rule noisy failed";
+    tf_log_needle("rule noisy failed");
     tally_t *t = open_rules(dir, out, "rule_breaker", "0", NULL);
     REQUIRE(t);
     time_t t0 = time(NULL);
@@ -847,13 +806,13 @@ TEST(rule_failing_on_every_message_is_rate_limited_in_the_log)
     long elapsed = (long)(time(NULL) - t0);
     char *s = stats_of(t);
     CHECK_EQ_INT(rule_stat(s, "noisy", "errors"), 1000);
-    CHECK(needle_lines >= 50);
-    CHECK(needle_lines <= 50 * (elapsed + 2)); /* 50 a second, in every second the run touched */
-    CHECK_EQ_INT(rule_stat(s, "noisy", "log_suppressed"), 1000 - needle_lines);
+    CHECK(tf_log_needle_lines() >= 50);
+    CHECK(tf_log_needle_lines() <= 50 * (elapsed + 2)); /* 50 a second, in every second the run touched */
+    CHECK_EQ_INT(rule_stat(s, "noisy", "log_suppressed"), 1000 - tf_log_needle_lines());
     CHECK_EQ_INT(tu_count_lines(out), 1000);
     tally_free(s);
     tally_close(t, 1000);
-    needle = NULL;
+    tf_log_needle(NULL);
     free(out);
     free(dir);
 }

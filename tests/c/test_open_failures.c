@@ -28,12 +28,6 @@ static int count_entries(const char *dir)
 static int open_fds(void) { return count_entries("/proc/self/fd"); }
 static int threads(void) { return count_entries("/proc/self/task"); }
 
-static void write_file(const char *path, const char *text)
-{
-    FILE *f = fopen(path, "w");
-    if (f) { fputs(text, f); fclose(f); }
-}
-
 /* A configuration that passes every step of tally_open: a store file, rules with a destination
  * mapping, a file destination using it and a segment destination (nothing listens on port 9). */
 static tally_config *full_config(const char *tag, char **out_path)
@@ -44,9 +38,9 @@ static tally_config *full_config(const char *tag, char **out_path)
     mkdir(rules, 0755);
     char rule[512];
     snprintf(rule, sizeof rule, "%s/10_keep.lua", rules);
-    write_file(rule, "return { name = 'keep', process = function(m) return m end }\n");
+    tu_write_file(rule, "return { name = 'keep', process = function(m) return m end }\n");
     snprintf(rule, sizeof rule, "%s/20_map.lua", rules);
-    write_file(rule, "return { name = 'map', stage = 'destination', map = function(m) return m end }\n");
+    tu_write_file(rule, "return { name = 'map', stage = 'destination', map = function(m) return m end }\n");
     snprintf(name, sizeof name, "%s.ndjson", tag);
     *out_path = tu_path(name);
     snprintf(name, sizeof name, "%s.db", tag);
@@ -171,7 +165,7 @@ TEST(every_stage_that_refuses_a_configuration_frees_what_it_made)
     mkdir(rules, 0755);
     char path[512];
     snprintf(path, sizeof path, "%s/10_broken.lua", rules);
-    write_file(path, "return { name = 'broken', process = function(m) return m end\n");
+    tu_write_file(path, "return { name = 'broken', process = function(m) return m end\n");
     free(rules);
     const struct bad_case cases[] = {
         {"no destination", TALLY_ECONFIG, "no destination", {NULL}},

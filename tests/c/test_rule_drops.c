@@ -11,7 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
+#include "jfields.h"
 #include "store.h"
 #include "tally.h"
 #include "util.h"
@@ -20,36 +22,16 @@
  * fail closed, and the breaker disables it after `rule_breaker` failures. */
 static char *drop_rules(void)
 {
-    char *dir = tu_path("drop-rules");
-    mkdir(dir, 0755);
-    static const char *const files[][2] = {
-        {"10_spam.lua", "return { name = 'spam', process = function(m) if m.event == 'Spam' then return nil end return m end }\n"},
-        {"20_gate.lua", "return { name = 'gate', types = {'track'}, process = function(m)\n"
-                        "  if m.event == 'Purchase' then error('plan check broke') end return m end }\n"},
-    };
-    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, files[i][0]);
-        FILE *f = fopen(path, "w");
-        if (f) {
-            fputs(files[i][1], f);
-            fclose(f);
-        }
-    }
-    return dir;
+    return tf_rules_dir("drop-rules",
+        "10_spam.lua", "return { name = 'spam', process = function(m) if m.event == 'Spam' then return nil end return m end }\n",
+        "20_gate.lua", "return { name = 'gate', types = {'track'}, process = function(m)\n"
+                       "  if m.event == 'Purchase' then error('plan check broke') end return m end }\n",
+        NULL);
 }
 
 static tally_t *open_store(const char *path, const char *rules, const char *out)
 {
-    tally_config *c = tally_config_new();
-    tally_config_set(c, "out", out);
-    tally_config_set(c, "store", path);
-    tally_config_set(c, "rules", rules);
-    tally_config_set(c, "rule_breaker", "3");
-    tally_t *t = NULL;
-    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
-    tally_config_free(c);
-    return t;
+    return tf_open("out", out, "store", path, "rules", rules, "rule_breaker", "3", NULL);
 }
 
 /* Spam x2 (dropped by "spam"), Purchase x6 (3 failures, then disabled), then a track the disabled
@@ -180,18 +162,6 @@ TEST(store_from_before_rule_drops_is_read_and_upgraded)
     free(out);
 }
 
-static long long stat_of(tally_t *t, const char *key)
-{
-    char *s = NULL, pat[64];
-    long long v = -1;
-    tally_stats(t, &s);
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = s ? strstr(s, pat) : NULL;
-    if (p) v = atoll(p + strlen(pat));
-    tally_free(s);
-    return v;
-}
-
 /* tally_track, retried while the intake is full (a burst outruns the processor) until it stays full */
 static int track_retrying(tally_t *t, const char *event, const char *props)
 {
@@ -246,7 +216,7 @@ TEST(rule_drops_in_a_commit_that_failed_on_a_full_disk_are_written_once_space_re
     }
     CHECK_EQ_INT(rc, TALLY_EFULL);
     CHECK(spam > 0);
-    CHECK(stat_of(t, "store_errors") > 0); /* commits failed while drops were counted */
+    CHECK(tu_stat(t, NULL, "store_errors") > 0); /* commits failed while drops were counted */
     unlink(filler);
     CHECK_EQ_INT(tally_flush(t, 20000), TALLY_OK);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "tally.h"
 #include "util.h"
@@ -35,8 +36,7 @@ static char *join(const char *dir, const char *name)
 static void write_at(const char *dir, const char *name, const char *text)
 {
     char *p = join(dir, name);
-    FILE *f = fopen(p, "w");
-    if (f) { fputs(text, f); fclose(f); }
+    tu_write_file(p, text);
     free(p);
 }
 
@@ -69,13 +69,7 @@ static char *outside_rule(void)
 static int open_rules(const char *dir, tally_t **out)
 {
     char *file = tu_path("rule-files.ndjson");
-    tally_config *c = tally_config_new();
-    tally_config_set(c, "out", file);
-    tally_config_set(c, "rules", dir);
-    tally_config_set(c, "log_level", "off");
-    *out = NULL;
-    int rc = tally_open(c, out);
-    tally_config_free(c);
+    int rc = tf_open_rc(out, "out", file, "rules", dir, "log_level", "off", NULL);
     free(file);
     return rc;
 }

@@ -8,57 +8,19 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "tally.h"
 #include "util.h"
 
-static int dir_counter;
+#define rules_dir(...) tf_rules_dir("rules", __VA_ARGS__)
 
-/* Makes a fresh rules folder holding the given (filename, source) pairs, NULL-terminated. */
-static char *rules_dir(const char *first, ...)
-{
-    char name[64];
-    snprintf(name, sizeof name, "rules-%d", ++dir_counter);
-    char *dir = tu_path(name);
-    mkdir(dir, 0755);
-    va_list ap;
-    va_start(ap, first);
-    for (const char *file = first; file; file = va_arg(ap, const char *)) {
-        const char *src = va_arg(ap, const char *);
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, file);
-        FILE *f = fopen(path, "w");
-        if (f) { fputs(src, f); fclose(f); }
-    }
-    va_end(ap);
-    return dir;
-}
-
-static char logged[16384];
-static void capture(void *ud, int level, const char *msg)
-{
-    (void)ud;
-    (void)level;
-    size_t n = strlen(logged);
-    snprintf(logged + n, sizeof logged - n, "%s\n", msg);
-}
-
+/* A handle on the rules folder writing to out, logging (warn and up) to the fixtures' capture. */
 static tally_t *open_rules(const char *dir, const char *out, const char *extra_key, const char *extra_val)
 {
-    tally_config *c = tally_config_new();
     unlink(out);
-    logged[0] = '\0';
-    tally_config_set(c, "out", out);
-    tally_config_set(c, "rules", dir);
-    tally_config_set(c, "log_level", "warn");
-    tally_config_set_logger(c, capture, NULL);
-    tally_config_set(c, "lua_instructions", "200000");
-    tally_config_set(c, "lua_memory", "16777216");
-    if (extra_key) tally_config_set(c, extra_key, extra_val);
-    tally_t *t = NULL;
-    if (tally_open(c, &t) != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
-    tally_config_free(c);
-    return t;
+    return tf_open("out", out, "rules", dir, "log_level", "warn", "lua_instructions", "200000",
+                   "lua_memory", "16777216", extra_key, extra_val, NULL);
 }
 
 /* A hostile "before" script runs first; a marker script after it proves the pipeline goes on. */
@@ -90,9 +52,9 @@ static void contained(const char *hostile_src, int on_error_pass, const char *wh
     tally_stats(t, &stats);
     CHECK_CONTAINS(stats, "\"name\":\"hostile\",\"stage\":\"before\",\"calls\":2,\"errors\":1");
     tally_free(stats);
-    CHECK_CONTAINS(logged, "rule hostile failed: ");
-    if (!strstr(why, "memory")) CHECK_CONTAINS(logged, "10_hostile.lua:"); /* Lua's memory error has no position */
-    CHECK_CONTAINS(logged, why); /* stopped for the right reason, with the script's name and line */
+    CHECK_CONTAINS(tf_logged(), "rule hostile failed: ");
+    if (!strstr(why, "memory")) CHECK_CONTAINS(tf_logged(), "10_hostile.lua:"); /* Lua's memory error has no position */
+    CHECK_CONTAINS(tf_logged(), why); /* stopped for the right reason, with the script's name and line */
     free(all);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     free(out);
@@ -571,8 +533,8 @@ static void returns_graph(const char *build, const char *why)
     char *all = tu_read_file(out, NULL);
     CHECK_CONTAINS(all, "\"event\":\"after\"");
     CHECK(all && !strstr(all, "\"event\":\"attack\""));
-    CHECK_CONTAINS(logged, "rule graph failed: ");
-    CHECK_CONTAINS(logged, why);
+    CHECK_CONTAINS(tf_logged(), "rule graph failed: ");
+    CHECK_CONTAINS(tf_logged(), why);
     free(all);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     free(out);

@@ -14,52 +14,25 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "tally.h"
 #include "util.h"
 
-static int dir_counter;
+#define rules_dir(...) tf_rules_dir("hostile", __VA_ARGS__)
 
-static char *rules_dir(const char *first, ...)
+/* Opens a handle on the rules folder writing to out with the given Lua budget, logging (info and
+ * up) to the fixtures' capture; extra key/value pairs end with NULL. Returns tally_open's code. */
+static int open_budget(tally_t **t, const char *rules, const char *out, const char *instructions, const char *memory, ...)
 {
-    char name[64];
-    snprintf(name, sizeof name, "hostile-%d", ++dir_counter);
-    char *dir = tu_path(name);
-    mkdir(dir, 0755);
-    va_list ap;
-    va_start(ap, first);
-    for (const char *file = first; file; file = va_arg(ap, const char *)) {
-        const char *src = va_arg(ap, const char *);
-        char path[512];
-        snprintf(path, sizeof path, "%s/%s", dir, file);
-        FILE *f = fopen(path, "w");
-        if (f) { fputs(src, f); fclose(f); }
-    }
-    va_end(ap);
-    return dir;
-}
-
-static char logged[32768];
-static void capture(void *ud, int level, const char *msg)
-{
-    (void)ud;
-    (void)level;
-    size_t n = strlen(logged);
-    snprintf(logged + n, sizeof logged - n, "%s\n", msg);
-}
-
-static tally_config *config(const char *rules, const char *out, const char *instructions, const char *memory)
-{
-    tally_config *c = tally_config_new();
     unlink(out);
-    logged[0] = '\0';
-    tally_config_set(c, "out", out);
-    tally_config_set(c, "rules", rules);
-    tally_config_set(c, "log_level", "info");
-    tally_config_set_logger(c, capture, NULL);
-    tally_config_set(c, "lua_instructions", instructions);
-    tally_config_set(c, "lua_memory", memory);
-    return c;
+    const char *defaults[] = {"out", out, "rules", rules, "log_level", "info", "lua_instructions", instructions,
+                              "lua_memory", memory, NULL};
+    va_list ap;
+    va_start(ap, memory);
+    int rc = tf_vopen(t, defaults, ap);
+    va_end(ap);
+    return rc;
 }
 
 /* Runs `attack` (Lua statements; `n` counts rounds, `ctx` is there) in a before-stage rule on an
@@ -77,12 +50,9 @@ static long attack_with(const char *attack, const char *why, const char *instruc
              attack);
     char *dir = rules_dir("10_hostile.lua", src, NULL);
     char *out = tu_path("hostile.ndjson");
-    tally_config *c = config(dir, out, instructions, memory);
     tally_t *t = NULL;
     long rounds = -1;
-    int rc = tally_open(c, &t);
-    tally_config_free(c);
-    if (rc != TALLY_OK) fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
+    int rc = open_budget(&t, dir, out, instructions, memory, NULL);
     if (rc == TALLY_OK) {
         CHECK_EQ_INT(tally_track(t, "attack", NULL), TALLY_OK);
         CHECK_EQ_INT(tally_track(t, "after", NULL), TALLY_OK);
@@ -93,8 +63,8 @@ static long attack_with(const char *attack, const char *why, const char *instruc
         const char *r = all ? strstr(all, "\"rounds\":") : NULL;
         if (r) rounds = strtol(r + 9, NULL, 10);
         free(all);
-        CHECK_CONTAINS(logged, "rule hostile failed: ");
-        CHECK_CONTAINS(logged, why);
+        CHECK_CONTAINS(tf_logged(), "rule hostile failed: ");
+        CHECK_CONTAINS(tf_logged(), why);
         CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     }
     CHECK(rc == TALLY_OK);
@@ -112,10 +82,8 @@ static int open_only(const char *file, const char *src, const char *memory)
 {
     char *dir = rules_dir(file, src, NULL);
     char *out = tu_path("open.ndjson");
-    tally_config *c = config(dir, out, "1000000", memory);
     tally_t *t = NULL;
-    int rc = tally_open(c, &t);
-    tally_config_free(c);
+    int rc = open_budget(&t, dir, out, "1000000", memory, NULL);
     if (t) {
         CHECK_EQ_INT(tally_track(t, "still tracking", NULL), TALLY_OK);
         CHECK_EQ_INT(tally_flush(t, 5000), TALLY_OK);
@@ -174,11 +142,8 @@ TEST(environment_built_when_an_earlier_script_holds_all_memory)
                           "return plugin\n",
                           "20_next.lua", next_src, NULL);
     char *out = tu_path("hog.ndjson");
-    tally_config *c = config(dir, out, "100000000", "2097152");
-    tally_config_set(c, "lua_memory_per_script", "2097152");
     tally_t *t = NULL;
-    int rc = tally_open(c, &t);
-    tally_config_free(c);
+    int rc = open_budget(&t, dir, out, "100000000", "2097152", "lua_memory_per_script", "2097152", NULL);
     CHECK_EQ_INT(rc, TALLY_ELUA);
     CHECK_CONTAINS(tally_errmsg(NULL), "20_next.lua: memory limit exceeded");
     if (t) tally_close(t, 1000);
@@ -269,7 +234,7 @@ TEST(xpcall_message_handler_does_not_run_after_the_budget)
     attack("xpcall(function() while true do end end,\n"
            "  function(e) ctx:log('warn', 'handler ran') while true do end end)",
            "instruction limit exceeded");
-    CHECK(!strstr(logged, "handler ran"));
+    CHECK(!strstr(tf_logged(), "handler ran"));
 }
 
 TEST(xpcall_message_handler_still_runs_for_ordinary_errors)
@@ -285,7 +250,7 @@ TEST(close_handler_does_not_run_after_the_budget)
            "  ctx:log('warn', 'close ran') while true do end end })\n"
            "while true do end",
            "instruction limit exceeded");
-    CHECK(!strstr(logged, "close ran"));
+    CHECK(!strstr(tf_logged(), "close ran"));
 }
 
 TEST(close_handler_inside_pcall_does_not_run_after_the_budget)
@@ -295,7 +260,7 @@ TEST(close_handler_inside_pcall_does_not_run_after_the_budget)
            "    ctx:log('warn', 'close ran') while true do end end })\n"
            "  while true do end end) end",
            "instruction limit exceeded");
-    CHECK(!strstr(logged, "close ran"));
+    CHECK(!strstr(tf_logged(), "close ran"));
 }
 
 /* a coroutine body made before the budget ran out, started by a __close during the unwinding */
@@ -305,7 +270,7 @@ TEST(coroutine_body_does_not_run_after_the_budget)
            "local guard <close> = setmetatable({}, { __close = body })\n"
            "while true do end",
            "instruction limit exceeded");
-    CHECK(!strstr(logged, "coroutine ran"));
+    CHECK(!strstr(tf_logged(), "coroutine ran"));
 }
 
 /* a coroutine that died inside the count hook keeps hooks off; closing it ran its __close unmetered */
@@ -319,7 +284,7 @@ TEST(close_of_a_coroutine_killed_by_the_budget_is_metered)
            "coroutine.resume(co)\n"
            "while true do end",
            "instruction limit exceeded");
-    CHECK(!strstr(logged, "close ran"));
+    CHECK(!strstr(tf_logged(), "close ran"));
 }
 
 /* ---- 4. work done in C is charged ---- */

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "fixtures.h"
 #include "harness.h"
 #include "json.h"
 #include "tally.h"

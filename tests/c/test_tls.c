@@ -15,28 +15,18 @@
 
 #include "buf.h"
 #include "collector.h"
+#include "fixtures.h"
 #include "harness.h"
+#include "jfields.h"
 #include "json.h"
 #include "tally.h"
 #include "util.h"
 
 #define KEY "wk_tls_test_key"
 
-__attribute__((constructor)) static void clean_environment(void)
-{
-    static const char *const vars[] = {"TALLY_WRITE_KEY", "TALLY_ENDPOINT", "http_proxy", "HTTP_PROXY",
-                                       "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY",
-                                       /* these would make libcurl trust something else than asked */
-                                       "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR", NULL};
-    for (int i = 0; vars[i]; i++) unsetenv(vars[i]);
-}
-
-static long mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (long)ts.tv_sec * 1000L + ts.tv_nsec / 1000000L;
-}
+/* a proxy, or CURL_CA_BUNDLE / SSL_CERT_FILE / SSL_CERT_DIR, would make libcurl trust something
+ * else than asked */
+TF_CLEAN_HTTP_ENVIRONMENT
 
 /* ---- certificates ---- */
 
@@ -83,35 +73,20 @@ static collector *start_tls(const struct cert *c)
     return collector_start_opts(args);
 }
 
-/* ---- log capture ---- */
+/* ---- the log (the fixtures' capture) ---- */
 
-typedef struct logcap {
-    pthread_mutex_t mu;
-    tbuf            text;
-} logcap;
-
-static void capture(void *ud, int level, const char *msg)
+static int log_mentions_tls_problem(void)
 {
-    logcap *lc = ud;
-    pthread_mutex_lock(&lc->mu);
-    tbuf_printf(&lc->text, "%d %s\n", level, msg);
-    pthread_mutex_unlock(&lc->mu);
-}
-
-static int log_mentions_tls_problem(logcap *lc)
-{
-    pthread_mutex_lock(&lc->mu);
-    int yes = lc->text.data && (strcasestr(lc->text.data, "certificate") || strstr(lc->text.data, "SSL"));
-    pthread_mutex_unlock(&lc->mu);
-    return yes;
+    const char *log = tf_logged();
+    return strcasestr(log, "certificate") || strstr(log, "SSL");
 }
 
 /* Polls the captured log until it mentions a certificate / SSL problem. 0 when it does. */
-static int wait_tls_log(logcap *lc, int timeout_ms)
+static int wait_tls_log(int timeout_ms)
 {
-    long deadline = mono_ms() + timeout_ms;
-    while (!log_mentions_tls_problem(lc)) {
-        if (mono_ms() >= deadline) return -1;
+    long deadline = tu_mono_ms() + timeout_ms;
+    while (!log_mentions_tls_problem()) {
+        if (tu_mono_ms() >= deadline) return -1;
         struct timespec ts = {0, 10 * 1000000L};
         nanosleep(&ts, NULL); /* polling interval */
     }
@@ -120,32 +95,15 @@ static int wait_tls_log(logcap *lc, int timeout_ms)
 
 /* ---- handles ---- */
 
+#define TLS_HANDLE_KEYS "store", ":memory:", "log_level", "warn", "retry_base_ms", "20", "retry_cap_ms", "200", \
+                        "max_retries", "1000", "timeout_ms", "5000"
+
 /* A handle whose only destination is a segment destination: at `endpoint` via the top-level keys
- * (dests NULL), or the given destinations JSON. ca may be NULL. */
-static tally_t *open_tls(const char *endpoint, const char *dests, const char *ca, logcap *lc)
+ * (dests NULL), or the given destinations JSON. ca may be NULL. It logs to the fixtures' capture. */
+static tally_t *open_tls(const char *endpoint, const char *dests, const char *ca)
 {
-    tally_config *cfg = tally_config_new();
-    if (!cfg) return NULL;
-    int ok = 1;
-    if (dests) {
-        ok &= tally_config_set(cfg, "destinations", dests) == TALLY_OK;
-    } else {
-        ok &= tally_config_set(cfg, "write_key", KEY) == TALLY_OK;
-        ok &= tally_config_set(cfg, "endpoint", endpoint) == TALLY_OK;
-    }
-    if (ca) ok &= tally_config_set(cfg, "ca_bundle", ca) == TALLY_OK;
-    ok &= tally_config_set(cfg, "store", ":memory:") == TALLY_OK;
-    ok &= tally_config_set(cfg, "log_level", "warn") == TALLY_OK;
-    ok &= tally_config_set(cfg, "retry_base_ms", "20") == TALLY_OK;
-    ok &= tally_config_set(cfg, "retry_cap_ms", "200") == TALLY_OK;
-    ok &= tally_config_set(cfg, "max_retries", "1000") == TALLY_OK;
-    ok &= tally_config_set(cfg, "timeout_ms", "5000") == TALLY_OK;
-    if (lc) ok &= tally_config_set_logger(cfg, capture, lc) == TALLY_OK;
-    tally_t *t = NULL;
-    if (!ok) fprintf(stderr, "  config: %s\n", tally_errmsg(NULL));
-    else if (tally_open(cfg, &t) != TALLY_OK) fprintf(stderr, "  tally_open: %s\n", tally_errmsg(NULL));
-    tally_config_free(cfg);
-    return t;
+    if (dests) return tf_open("destinations", dests, TLS_HANDLE_KEYS, ca ? "ca_bundle" : NULL, ca, NULL);
+    return tf_open("write_key", KEY, "endpoint", endpoint, TLS_HANDLE_KEYS, ca ? "ca_bundle" : NULL, ca, NULL);
 }
 
 static int track_n(tally_t *t, int n)
@@ -195,10 +153,10 @@ static long tls_failures(collector *c)
  * flush times out, the collector accepted nothing (and, when handshake_fails, saw the handshakes
  * fail: an untrusted chain is rejected inside the handshake, while libcurl checks the host name
  * once the handshake is done and then hangs up before sending anything). */
-static void expect_refused(collector *c, tally_t *t, logcap *lc, int n, int handshake_fails)
+static void expect_refused(collector *c, tally_t *t, int n, int handshake_fails)
 {
     CHECK_EQ_INT(track_n(t, n), 0);
-    CHECK_EQ_INT(wait_tls_log(lc, 15000), 0);
+    CHECK_EQ_INT(wait_tls_log(15000), 0);
     CHECK_EQ_INT(tally_flush(t, 500), TALLY_ETIMEDOUT);
     CHECK_EQ_INT(dest_stat(t, "delivered"), 0);
     CHECK_EQ_INT(dest_stat(t, "failed"), 0); /* still retrying: an untrusted server is not a dead letter */
@@ -207,13 +165,12 @@ static void expect_refused(collector *c, tally_t *t, logcap *lc, int n, int hand
     CHECK_EQ_INT(collector_requests(c), 0); /* not one request got past the handshake */
     if (handshake_fails) CHECK(tls_failures(c) >= 1);
     CHECK_EQ_INT(tally_close(t, 0), TALLY_ETIMEDOUT);
-    pthread_mutex_lock(&lc->mu);
-    if (!lc->text.data || !(strcasestr(lc->text.data, "certificate") || strstr(lc->text.data, "SSL")))
+    const char *log = tf_logged();
+    if (!(strcasestr(log, "certificate") || strstr(log, "SSL")))
         CHECK(!"the log does not mention the certificate");
     else
-        printf("  log: %.*s\n", (int)strcspn(lc->text.data, "\n"), lc->text.data);
-    CHECK(lc->text.data && strstr(lc->text.data, KEY) == NULL);
-    pthread_mutex_unlock(&lc->mu);
+        printf("  log: %.*s\n", (int)strcspn(log, "\n"), log);
+    CHECK(strstr(log, KEY) == NULL);
     fflush(stdout);
 }
 
@@ -244,11 +201,9 @@ TEST(self_signed_is_refused_without_ca_bundle)
     collector *c = start_tls(crt);
     REQUIRE(c);
     CHECK(strncmp(collector_url(c), "https://127.0.0.1:", 18) == 0);
-    logcap lc = {PTHREAD_MUTEX_INITIALIZER, TBUF_INIT};
-    tally_t *t = open_tls(collector_url(c), NULL, NULL, &lc);
-    if (t) expect_refused(c, t, &lc, 50, 1);
+    tally_t *t = open_tls(collector_url(c), NULL, NULL);
+    if (t) expect_refused(c, t, 50, 1);
     else CHECK(!"tally_open failed");
-    tbuf_free(&lc.text);
     collector_stop(c);
 }
 
@@ -258,14 +213,10 @@ TEST(self_signed_is_trusted_with_ca_bundle)
     REQUIRE(crt);
     collector *c = start_tls(crt);
     REQUIRE(c);
-    logcap lc = {PTHREAD_MUTEX_INITIALIZER, TBUF_INIT};
-    tally_t *t = open_tls(collector_url(c), NULL, crt->crt, &lc);
+    tally_t *t = open_tls(collector_url(c), NULL, crt->crt);
     if (t) expect_delivered(c, t, 300);
     else CHECK(!"tally_open failed");
-    pthread_mutex_lock(&lc.mu);
-    CHECK(lc.text.data == NULL); /* not one warning */
-    pthread_mutex_unlock(&lc.mu);
-    tbuf_free(&lc.text);
+    CHECK_EQ_INT(tf_log_lines(), 0); /* not one warning */
     collector_stop(c);
 }
 
@@ -280,7 +231,7 @@ TEST(ca_bundle_per_destination_and_dns_name)
     snprintf(dests, sizeof dests,
              "[{\"type\":\"segment\",\"endpoint\":\"https://localhost:%d\",\"write_key\":\"%s\",\"ca_bundle\":\"%s\"}]",
              collector_port(c), KEY, crt->crt);
-    tally_t *t = open_tls(NULL, dests, NULL, NULL);
+    tally_t *t = open_tls(NULL, dests, NULL);
     if (t) expect_delivered(c, t, 120);
     else CHECK(!"tally_open failed");
     collector_stop(c);
@@ -293,10 +244,8 @@ TEST(trusted_certificate_for_another_host_is_refused)
     REQUIRE(make_cert(&other, "other", "example.invalid", "DNS:example.invalid") == 0);
     collector *c = start_tls(&other);
     REQUIRE(c);
-    logcap lc = {PTHREAD_MUTEX_INITIALIZER, TBUF_INIT};
-    tally_t *t = open_tls(collector_url(c), NULL, other.crt, &lc);
-    if (t) expect_refused(c, t, &lc, 20, 0);
+    tally_t *t = open_tls(collector_url(c), NULL, other.crt);
+    if (t) expect_refused(c, t, 20, 0);
     else CHECK(!"tally_open failed");
-    tbuf_free(&lc.text);
     collector_stop(c);
 }

@@ -1,7 +1,6 @@
 #include "util.h"
 
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,25 +76,15 @@ char *tu_path(const char *name)
     return p;
 }
 
-struct tally *tu_open_file(const char *file, ...)
+void tu_write_file(const char *path, const char *text)
 {
-    tally_config *cfg = tally_config_new();
-    if (!cfg) return NULL;
-    unlink(file);
-    tally_config_set(cfg, "out", file);
-    tally_config_set(cfg, "log_level", "off");
-    va_list ap;
-    va_start(ap, file);
-    const char *k;
-    while ((k = va_arg(ap, const char *)) != NULL) {
-        const char *v = va_arg(ap, const char *);
-        if (tally_config_set(cfg, k, v) != TALLY_OK) fprintf(stderr, "tu_open_file: %s\n", tally_errmsg(NULL));
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "  cannot write %s\n", path);
+        return;
     }
-    va_end(ap);
-    tally_t *t = NULL;
-    if (tally_open(cfg, &t) != TALLY_OK) fprintf(stderr, "tu_open_file: %s\n", tally_errmsg(NULL));
-    tally_config_free(cfg);
-    return t;
+    fputs(text, f);
+    fclose(f);
 }
 
 int tu_track_waiting(struct tally *t, const char *event, const char *props)

@@ -1,4 +1,5 @@
-/* Small helpers shared by the C tests. */
+/* Small helpers shared by the C tests (files, temporary paths, tracking); the handle openers
+ * and the log capture are in fixtures.h. */
 #ifndef TALLY_TEST_UTIL_H
 #define TALLY_TEST_UTIL_H
 #include <stddef.h>
@@ -8,9 +9,8 @@ int   tu_count_lines(const char *path);              /* -1 if missing */
 char *tu_line(const char *path, int n);              /* the n-th line (0-based), malloc'd */
 const char *tu_tmpdir(void);                         /* a fresh directory for this process */
 char *tu_path(const char *name);                     /* tu_tmpdir()/name, malloc'd */
-/* Opens a handle writing to a fresh NDJSON file; extra key/value pairs end with NULL. */
+void  tu_write_file(const char *path, const char *text); /* creates or replaces; complains on stderr */
 struct tally;
-struct tally *tu_open_file(const char *file, ...);
 /* tally_track, yielding and calling again while the queue is full (TALLY_EFULL): tests that must
  * not drop. Returns the final status. */
 int   tu_track_waiting(struct tally *t, const char *event, const char *props);

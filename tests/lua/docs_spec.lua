@@ -1,7 +1,7 @@
--- Every ```lua block of docs/rules.md that returns something is a complete rule script: load each
--- in the sandbox-like environment and check it builds a plugin table, so the docs cannot rot.
-local sandbox = require("tests.lua.helpers.sandbox")
-local fake_ctx = require("tests.lua.helpers.ctx")
+-- Every ```lua block of docs/rules.md that returns something is a complete rule script: run each
+-- through the product (`tally check` loads it in the real sandbox and runs a plausible message
+-- through the real rule chain), so the docs cannot rot.
+local chain = require("tests.lua.helpers.chain")
 
 local function rule_blocks()
   local f = assert(io.open("docs/rules.md"))
@@ -26,16 +26,16 @@ describe("docs/rules.md examples", function()
 
   for i, code in ipairs(blocks) do
     it("block " .. i .. " builds a plugin table and runs", function()
-      local env = sandbox.env{ host = sandbox.fake_host() }
-      local chunk = assert(load(code, "=docs block " .. i, "t", env))
-      local plugin = chunk()
-      assert.is_string(plugin.name)
-      local entry = plugin.process or plugin.map
-      assert.is_function(entry)
+      local dir = chain.rules_dir{ ["10_block.lua"] = code }
       -- a plausible message must not make it raise
       local msg = { type = "track", event = "Order Completed", anonymousId = "a", userId = "u",
                     properties = { order_id = "o-1", total = 1, products = { { sku = "s", price = 1 } } } }
-      entry(msg, fake_ctx.new())
+      local reports, run = chain.check(dir, { msg })
+      -- the product loaded it: a plugin table with a name and a process or map function
+      assert.matches("^rules: 1 scripts from ", run.text)
+      assert.equal(1, #reports, run.text)
+      assert.same({}, reports[1].errors)
+      os.execute("rm -rf '" .. dir .. "'")
     end)
   end
 end)

@@ -1,153 +1,137 @@
--- Loads examples/rules/*.lua in a sandbox-like environment (only the globals the tally sandbox
--- keeps, a require that finds lua/tally/* only, text chunks only) and runs messages through them
--- in name order, as the runtime does.
-local sandbox = require("tests.lua.helpers.sandbox")
-local fake_ctx = require("tests.lua.helpers.ctx")
+-- examples/rules/*.lua through the product's own rule chain as `tally check` runs it (the CLI
+-- prints every result and violation, so codes and texts are checked), and the sandbox the product
+-- loads them in, seen from a rule. examples_runtime_spec.lua runs the same scenarios through a
+-- runtime opened with the Lua module.
+local chain = require("tests.lua.helpers.chain")
+local examples = require("tests.lua.helpers.examples")
 
 local DIR = "examples/rules"
 
-local function example_files()
-  local files = {}
-  local p = assert(io.popen('ls "' .. DIR .. '"'))
-  for name in p:lines() do
-    if name:match("%.lua$") then files[#files + 1] = DIR .. "/" .. name end
-  end
-  p:close()
-  table.sort(files)
-  return files
-end
+local Outcome = {}
+Outcome.__index = Outcome
+function Outcome:expect_codes(codes) assert.same(codes, self.report:codes()) end
+function Outcome:expect_text(pattern) assert.matches(pattern, self.report:texts()) end
 
-local MODULES = { "util", "naming", "plan", "enrich", "sample", "crownpeak" }
+-- A message every example but user_type acts on (it logs each fix): their log lines come in chain order.
+local CALL = { type = "track", event = "Call Ended By Patient", userId = "u1",
+               properties = { channelId = "ep-9", userType = "Patient" } }
 
--- Both with the C side's `tally` global (faked) and without it, as under plain lua5.4.
-for _, variant in ipairs{ { label = "with a tally host", host = sandbox.fake_host }, { label = "without a tally host" } } do
-  describe("examples/rules (" .. variant.label .. ")", function()
-    local env, plugins
-
-    before_each(function()
-      env = sandbox.env{ host = variant.host and variant.host() }
-      plugins = {}
-      for _, f in ipairs(example_files()) do plugins[#plugins + 1] = sandbox.load_rule(f, env) end
-    end)
-
-    local function run(msg)
-      local ctx = fake_ctx.new()
-      local out = sandbox.run(plugins, msg, ctx)
-      return out, ctx
+examples.describe("tally check", {
+  run = function(msg)
+    local out, rep = chain.check_one(DIR, msg)
+    assert.same({}, rep.errors)
+    return out, setmetatable({ report = rep }, Outcome)
+  end,
+  expect_order = function(names)
+    local _, rep, run = chain.check_one(DIR, CALL)
+    assert.matches("^rules: " .. #names .. " scripts from " .. DIR, run.text)
+    local rank, last = {}, 0
+    for i, n in ipairs(names) do rank[n] = i end
+    for _, l in ipairs(rep.logs) do
+      local r = rank[l.text:match("^rule ([%w_]+):")]
+      assert.is_not_nil(r, l.text)
+      assert.is_true(r >= last, l.text)
+      last = r
     end
+    assert.equal(rank.flatten, last)
+  end,
+  expect_loaded = function(n)
+    local reports, run = chain.check(DIR, { CALL })
+    assert.matches("^rules: " .. n .. " scripts from " .. DIR, run.text)
+    assert.same({}, reports[1].errors)
+    assert.equal(0, run.status)
+  end,
+}, { describe = describe, it = it, assert = assert })
 
-    it("finds the four examples, in name order", function()
-      local names = {}
-      for i, p in ipairs(plugins) do names[i] = p.name end
-      assert.same({ "naming", "episode", "user_type", "flatten" }, names)
-    end)
-
-    it("returns plugin tables the C side can read", function()
-      for _, p in ipairs(plugins) do
-        assert.is_string(p.name)
-        assert.is_true(p.stage == "before" or p.stage == "enrichment")
-        assert.is_function(p.process)
-      end
-    end)
-
-    it("cleans up a badly named call event completely", function()
-      local out, ctx = run{ type = "track", event = "Call Ended By Patient", userId = "u1",
-                            properties = { channelId = "ep-9", userType = "Patient" } }
-      assert.equal(1, #out)
-      assert.equal("call ended", out[1].event)
-      assert.same({ episode_id = "ep-9", type = "ended_by_patient", user_type = "patient" }, out[1].properties)
-      assert.same({}, ctx.violations)
-    end)
-
-    it("flattens call ended by practitioner", function()
-      local out = run{ type = "track", event = "call ended by practitioner",
-                       properties = { episode_id = "e", user_type = "practitioner" } }
-      assert.equal("call ended", out[1].event)
-      assert.equal("ended_by_practitioner", out[1].properties.type)
-    end)
-
-    it("reports what it cannot fix, and still passes the message", function()
-      local out, ctx = run{ type = "track", event = "login", properties = {} }
-      assert.equal(1, #out)
-      assert.same({ "naming.object_action" }, ctx:codes())
-    end)
-
-    it("requires episode_id inside an episode, by event object or by an episode-only id", function()
-      local _, ctx = run{ type = "track", event = "call started", properties = { user_type = "patient" } }
-      assert.same({ "naming.required" }, ctx:codes())
-      assert.matches("episode_id", ctx:texts())
-
-      _, ctx = run{ type = "track", event = "note added", properties = { call_id = "c1" } }
-      assert.same({ "naming.required" }, ctx:codes())
-
-      _, ctx = run{ type = "track", event = "report downloaded", properties = {} }
-      assert.same({}, ctx.violations)
-    end)
-
-    it("keeps both ids, and reports, when channel_id and episode_id disagree", function()
-      local out, ctx = run{ type = "track", event = "prescription issued",
-                            properties = { channel_id = "c", episode_id = "e" } }
-      assert.same({ channel_id = "c", episode_id = "e" }, out[1].properties)
-      assert.same({ "naming.forbidden" }, ctx:codes())
-    end)
-
-    it("requires user_type only when the object is shared by several kinds of users", function()
-      local _, ctx = run{ type = "track", event = "user signed up", properties = {} }
-      assert.same({ "naming.required" }, ctx:codes())
-      assert.matches("user_type", ctx:texts())
-
-      _, ctx = run{ type = "track", event = "prescription issued", properties = { episode_id = "e" } }
-      assert.same({}, ctx.violations)
-    end)
-
-    it("normalizes user_type values and rejects non-strings", function()
-      local out = run{ type = "track", event = "user logged in", properties = { user_type = "HR Admin" } }
-      assert.equal("hr_admin", out[1].properties.user_type)
-      local _, ctx = run{ type = "track", event = "user logged in", properties = { user_type = 3 } }
-      assert.same({ "naming.user_type" }, ctx:codes())
-    end)
-
-    it("applies key conventions to identify traits and leaves event rules to track", function()
-      local out, ctx = run{ type = "identify", userId = "u1", traits = { firstName = "Peter", email = "p@i.com" } }
-      assert.same({ first_name = "Peter", email = "p@i.com" }, out[1].traits)
-      assert.same({}, ctx.violations)
-    end)
+describe("examples/rules, both ways", function()
+  it("gives every message the same result as the other way does", function()
+    local msgs = {
+      { type = "track", event = "Call Ended By Patient", userId = "u1", properties = { channelId = "ep-9" } },
+      { type = "track", event = "login", userId = "u", properties = {} },
+      { type = "identify", userId = "u1", traits = { firstName = "Peter" } },
+    }
+    local delivered = chain.runtime(DIR, msgs)
+    local reports = chain.check(DIR, msgs)
+    assert.equal(#msgs, #delivered)
+    assert.equal(#msgs, #reports)
+    for i, d in ipairs(delivered) do
+      local c = reports[i].results[1]
+      -- ids, timestamps and the session are the runtime's (it runs in client mode); the rules' work is the same
+      for _, k in ipairs{ "type", "event", "userId", "properties", "traits" } do assert.same(c[k], d[k], k) end
+    end
   end)
-end
+end)
 
-describe("the sandbox-like environment", function()
+-- The sandbox the product loads the examples in, seen from a rule: what it keeps and what it hides.
+describe("the rule sandbox, as a rule sees it", function()
+  -- A rule that reports what it sees in the message's properties.
+  local function probe(body)
+    local dir = chain.rules_dir{ ["10_probe.lua"] = "return { name = 'probe', process = function(m, ctx)\n"
+      .. "  local seen = {}\n" .. body .. "\n  m.properties = seen\n  return m end }\n" }
+    local out, rep = chain.check_one(dir, { type = "track", event = "probe run", userId = "u" })
+    assert.same({}, rep.errors)
+    assert.equal(1, #out)
+    return out[1].properties, rep
+  end
+
   it("has no io, os, debug, load, dofile or package", function()
-    local env = sandbox.env()
-    for _, name in ipairs{ "io", "os", "debug", "load", "loadfile", "dofile", "package", "_G", "print" } do
-      assert.is_nil(env[name], name)
+    local seen, rep = probe[[
+      print("probe", "says hi")
+      for _, name in ipairs{ "io", "os", "debug", "load", "loadfile", "dofile", "package", "_G", "print" } do
+        seen[name] = type(_ENV[name])
+      end
+      local os_fields = {}
+      for k in pairs(os) do os_fields[#os_fields + 1] = k end
+      table.sort(os_fields)
+      seen.os_fields = table.concat(os_fields, ",")
+      seen.g_is_env = _G == _ENV]]
+    for _, name in ipairs{ "io", "debug", "loadfile", "dofile", "package" } do
+      assert.equal("nil", seen[name], name)
     end
+    -- the product keeps a clock-only os (time, clock, date, difftime), not the whole library
+    assert.equal("table", seen.os)
+    assert.equal("clock,date,difftime,time", seen.os_fields)
+    -- and _G, the rule's own environment, not the interpreter's globals
+    assert.is_true(seen.g_is_env)
+    -- and a print that writes to the runtime's log, not to stdout
+    assert.equal("function", seen.print)
+    assert.equal(1, #rep.logs)
+    assert.equal("info", rep.logs[1].level)
+    -- (the log escapes the tab print puts between its arguments)
+    assert.equal("lua: probe\\tsays hi", rep.logs[1].text:sub(1, #"lua: probe\\tsays hi"))
+    -- load stays, text chunks only (tests/lua/sandbox_spec.lua and tests/c/test_rules.c refuse bytecode)
+    assert.equal("function", seen.load)
   end)
 
   it("resolves only tally.* modules", function()
-    local env = sandbox.env()
-    assert.has_error(function() env.require("io") end)
-    assert.has_error(function() env.require("busted") end)
-    assert.is_table(env.require("tally.naming"))
+    local seen = probe[[
+      seen.io = pcall(require, "io")
+      seen.busted = pcall(require, "busted")
+      seen.naming = type(require("tally.naming"))]]
+    assert.same({ io = false, busted = false, naming = "table" }, seen)
   end)
 
-  for _, with_host in ipairs{ true, false } do
-    it("loads every bundled module without writing a global (host: " .. tostring(with_host) .. ")", function()
-      local env = sandbox.env{ host = with_host and sandbox.fake_host() or nil }
+  it("loads every bundled module without writing a global", function()
+    local seen = probe[[
       local before = {}
-      for k in pairs(env) do before[k] = true end
-      for _, m in ipairs(MODULES) do assert.is_table(env.require("tally." .. m)) end
-      for k in pairs(env) do assert.is_true(before[k] or false, "global written: " .. tostring(k)) end
-    end)
-  end
+      for k in pairs(_ENV) do before[k] = true end
+      for _, m in ipairs{ "util", "naming", "plan", "enrich", "sample", "crownpeak" } do
+        seen[m] = type(require("tally." .. m))
+      end
+      local written = {}
+      for k in pairs(_ENV) do if not before[k] then written[#written + 1] = tostring(k) end end
+      seen.written = table.concat(written, ",")]]
+    assert.same({ util = "table", naming = "table", plan = "table", enrich = "table", sample = "table",
+                  crownpeak = "table", written = "" }, seen)
+  end)
 
   it("lets the modules use the host's array tag and null", function()
-    local host = sandbox.fake_host()
-    local env = sandbox.env{ host = host }
-    local util = env.require("tally.util")
-    assert.equal(host.null, util.null)
-    assert.is_true(util.is_null(host.null))
-    local arr = util.array()
-    assert.equal("tally.array", getmetatable(arr).__name)
-    assert.is_true(util.is_array(host.array({})))
+    local seen = probe[[
+      local util = require("tally.util")
+      seen.same_null = util.null == tally.null
+      seen.is_null = util.is_null(tally.null)
+      seen.tag = getmetatable(util.array()) == getmetatable(tally.array({}))
+      seen.is_array = util.is_array(tally.array({}))]]
+    assert.same({ same_null = true, is_null = true, tag = true, is_array = true }, seen)
   end)
 end)

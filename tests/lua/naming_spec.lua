@@ -252,13 +252,12 @@ describe("tally.naming", function()
     end)
 
     it("treats a JSON null as missing", function()
-      local sandbox = require("tests.lua.helpers.sandbox")
-      local host = sandbox.fake_host()
-      local env = sandbox.env{ host = host }
-      local p = env.require("tally.naming").rule{ required = { "user_type" } }
-      local ctx = fake_ctx.new()
-      p.process(track("a b", { user_type = host.null }), ctx)
-      assert.same({ "naming.required" }, ctx:codes())
+      -- through the product (`tally check`), where a JSON null is the host's null sentinel
+      local chain = require("tests.lua.helpers.chain")
+      local dir = chain.rules_dir{ ["10_naming.lua"] =
+        'return require("tally.naming").rule{ required = { "user_type" } }\n' }
+      local _, rep = chain.check_one(dir, '{"type":"track","event":"a b","userId":"u","properties":{"user_type":null}}')
+      assert.same({ "naming.required" }, rep:codes())
     end)
 
     it("takes a function condition", function()

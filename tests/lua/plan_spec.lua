@@ -1,7 +1,7 @@
 local plan = require("tally.plan")
 local util = require("tally.util")
 local fake_ctx = require("tests.lua.helpers.ctx")
-local sandbox = require("tests.lua.helpers.sandbox")
+local chain = require("tests.lua.helpers.chain")
 
 -- The keyword ("plan.<keyword>") and field of each problem found for value against schema.
 local function problems(schema, value)
@@ -119,12 +119,22 @@ describe("tally.plan", function()
     end)
 
     it("checks the null type against the host's null sentinel", function()
-      local host = sandbox.fake_host()
-      local splan = sandbox.env{ host = host }.require("tally.plan")
-      assert.same({}, splan.validate({ type = { "string", "null" } }, host.null))
-      local p = splan.validate({ type = "string" }, host.null, "properties.x")
-      assert.equal("expected string, got null", p[1].description)
-      assert.same({}, splan.validate({ enum = { host.null, 1 } }, host.null))
+      -- inside the product's sandbox (`tally check`), where the host's tally.null is real
+      local dir = chain.rules_dir{ ["10_probe.lua"] = [[
+local plan = require("tally.plan")
+return { name = "probe", process = function(m)
+  local p = plan.validate({ type = "string" }, tally.null, "properties.x")
+  m.properties = {
+    nullable = #plan.validate({ type = { "string", "null" } }, tally.null),
+    description = p[1] and p[1].description or "",
+    in_enum = #plan.validate({ enum = { tally.null, 1 } }, tally.null),
+  }
+  return m
+end }
+]] }
+      local out, rep = chain.check_one(dir, { type = "track", event = "probe run", userId = "u" })
+      assert.same({}, rep.errors)
+      assert.same({ nullable = 0, description = "expected string, got null", in_enum = 0 }, out[1].properties)
     end)
 
     it("checks enum and const with JSON equality", function()
