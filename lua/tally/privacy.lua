@@ -202,7 +202,8 @@ local MAX_LOCAL = 64
 local function scan_email(s, out)
   local init = 1
   while true do
-    local at = find(s, "@", init, true)
+    -- candidates are "@label.x": an "@" that cannot start a domain costs the matcher, not Lua
+    local at = find(s, "@[%w%-\128-\255]+%.[%w\128-\255]", init)
     if not at then return end
     init = at + 1
     local i = at - 1
@@ -233,12 +234,22 @@ local function follows_version_word(s, i)
   return w ~= nil and VERSION_WORDS[lower(w)] == true
 end
 
+-- Candidate runs are found by patterns made of a short fixed prefix and a greedy run that ends the
+-- pattern: nothing backtracks, and the runs too short to hold a match are skipped by their length
+-- before any other work.
+local IPV4_RUN = "%d%.[%d.]*"          -- 1.2.3.4: a digit and a dot
+local CARD_RUN = "%d%d%d%d[%d %-]*"    -- every card and each grouping starts with four digits
+local PHONE_RUN = "[+(]?%d[%d ().-]+"  -- every phone form has a digit and more
+
 local function scan_ipv4(s, out)
   local init = 1
   while true do
-    local a, b = find(s, "[%d.]+", init)
+    local a, b = find(s, IPV4_RUN, init)
     if not a then return end
     init = b + 1
+    -- the run starts up to three digits before the first dot (more: prev is a digit, refused below)
+    while a > 1 and a > b - 14 and find(s, "^%d", a - 1) and find(s, "^%d%d?%d?%.", a - 1) do a = a - 1 end
+    if b - a < 6 then goto next end
     local tok_end = b
     while tok_end > a and byte(s, tok_end) == 46 do tok_end = tok_end - 1 end -- sentence end
     local tok = sub(s, a, tok_end)
@@ -249,6 +260,7 @@ local function scan_ipv4(s, out)
        and byte(s, a - 1) ~= 45 and not follows_version_word(s, a) then
       out[#out + 1] = { a, tok_end, "ip", tok }
     end
+    ::next::
   end
 end
 
@@ -287,19 +299,21 @@ end
 local function scan_card(s, out)
   local init = 1
   while true do
-    local a, b = find(s, "%d[%d %-]*", init)
+    local a, b = find(s, CARD_RUN, init)
     if not a then return end
     init = b + 1
+    if b - a < 12 then goto next end
     while b > a and not find(s, "^%d", b) do b = b - 1 end
     local tok = sub(s, a, b)
     local prev, nxt = byte(s, a - 1), byte(s, b + 1)
-    if #tok >= 13 and not is_word(prev) and prev ~= 46 and prev ~= 45 and not is_word(nxt)
+    if not is_word(prev) and prev ~= 46 and prev ~= 45 and not is_word(nxt)
        and not (nxt == 46 and find(s, "^%d", b + 2)) and not find(tok, "[ %-][ %-]")
        and not (find(tok, " ", 1, true) and find(tok, "-", 1, true)) then
       local digits = gsub(tok, "[ %-]", "")
       local grouped_ok = digits == tok or card_grouping(tok)
       if grouped_ok and M.card_valid(digits) then out[#out + 1] = { a, b, "card", digits } end
     end
+    ::next::
   end
 end
 
@@ -374,9 +388,10 @@ end
 local function scan_phone(s, out)
   local init, n = 1, #s
   while true do
-    local a, b = find(s, "[+(]?%d[%d ().-]*", init)
+    local a, b = find(s, PHONE_RUN, init)
     if not a then return end
     init = b + 1
+    if b - a < 7 then goto next end
     -- trailing separators belong to the sentence, not to the number
     while b > a and find(s, "^[ .(-]", b) do b = b - 1 end
     local tok = sub(s, a, b)
@@ -389,6 +404,7 @@ local function scan_phone(s, out)
       local norm = phone_ok(tok, whole)
       if norm then out[#out + 1] = { a, b, "phone", norm } end
     end
+    ::next::
   end
 end
 
@@ -419,19 +435,38 @@ local function hash(h, ctx, text)
   return ctx:hmac(h.key, text)
 end
 
+-- Values of these shapes (whole) carry no personal data and are in every message (context.session):
+-- skipped before the detectors that would each walk them.
+local UUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+local ISO_TIME = "^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d[.%d]*Z?$"
+
+local function ipv6_possible(s)
+  local c = find(s, ":", 1, true)
+  if not c then return false end
+  if find(s, "::", c, true) then return true end
+  for _ = 1, 6 do -- seven colons when nothing is compressed
+    c = find(s, ":", c + 1, true)
+    if not c then return false end
+  end
+  return true
+end
+
 -- Scans one string; returns it (changed or not) or DROP.
 local function scan(h, s, nk, ctx)
-  if #s < 3 then return s end
+  local n = #s
+  if n < 3 then return s end
   local found = {}
-  local digit = find(s, "%d")
   local d = h.detectors
   if d.email and find(s, "@", 1, true) then scan_email(s, found) end
-  if d.ip and find(s, ":", 1, true) then scan_ipv6(s, found) end
-  if digit then
-    if d.ip and not is_version_key(nk) and find(s, ".", 1, true) then scan_ipv4(s, found) end
-    if d.card then scan_card(s, found) end
-    if d.iban then scan_iban(s, found) end
-    if d.phone then scan_phone(s, found) end
+  if find(s, "%d") and not ((n == 36 and find(s, UUID)) or (n >= 20 and find(s, ISO_TIME))) then
+    -- plain searches first: each pattern below costs a class test per byte
+    if d.ip and ipv6_possible(s) then scan_ipv6(s, found) end
+    if d.ip and n >= 7 and find(s, ".", 1, true) and find(s, "%d%.%d+%.%d+%.%d") and not is_version_key(nk) then
+      scan_ipv4(s, found)
+    end
+    if d.card and n >= 13 then scan_card(s, found) end
+    if d.iban and n >= 15 then scan_iban(s, found) end
+    if d.phone and n >= 8 then scan_phone(s, found) end
   end
   if #found == 0 then return s end
   if #found > 1 then

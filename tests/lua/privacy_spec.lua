@@ -221,6 +221,22 @@ describe("tally.privacy", function()
     end)
   end)
 
+  describe("cost", function()
+    -- Every pattern step counts against the call's budget (lua_instructions, 1e6 by default), so a
+    -- detector that backtracked over these 30 KB values (~4.5e8 steps if quadratic) would fail
+    -- the call, and the rule (on_error drop) would drop the message.
+    it("scans long adversarial values within the default budget", function()
+      local n = 30000
+      local values = { string.rep("1", n), string.rep("1.", n // 2), string.rep("a", n), string.rep("a@", n // 2),
+        string.rep("1:", n // 2), string.rep("+1 ", n // 3), string.rep("GB82", n // 4), string.rep("4111 ", n // 5),
+        string.rep("a.", n // 2) .. "@", "x@" .. string.rep("a", n - 2) }
+      local msgs = {}
+      for i, v in ipairs(values) do msgs[i] = track({ i = i, v = v }) end
+      local got = run("{}", msgs)
+      assert.are.equal(#values, #got)
+    end)
+  end)
+
   describe("options", function()
     it("refuses hash without a key, and a short key, at load", function()
       assert.truthy(open_error("{ detectors = { email = 'hash' } }"):find(
