@@ -18,9 +18,10 @@ end
 
 -- Sends each message (tables for t:send) through a runtime with the rule; returns what was
 -- delivered, in order.
-local function run(opts_src, msgs, more)
+local function run(opts_src, msgs, more, rule_config)
   local dir, out = rules_dir(opts_src, more), files.tmp(".ndjson")
-  local t = assert(tally.open({ rules = dir, destinations = { { type = "file", path = out } }, log_level = "off" }))
+  local t = assert(tally.open({ rules = dir, destinations = { { type = "file", path = out } }, log_level = "off",
+    rule_config = rule_config }))
   for _, m in ipairs(msgs) do assert(t:send(m)) end
   assert.is_true(t:close(10000))
   local got = files.ndjson(out, tally.json.decode)
@@ -129,6 +130,13 @@ describe("tally.privacy", function()
       assert.are.equal(one[1].properties.e, one[2].properties.e)
       assert.are_not.equal(one[1].properties.e, other[1].properties.e)
       assert.are_not.equal("ann@example.com", one[1].properties.e)
+    end)
+
+    it("takes the key from rule_config over the file's", function()
+      local other = KEY .. "-from-config"
+      local got = run(("{ key = %q, detectors = { email = 'hash' } }"):format(KEY), { track({ e = "ann@example.com" }) },
+        nil, { privacy = { key = other } })
+      assert.are.equal(hmac_hex_in_rule(other, "ann@example.com"), got[1].properties.e)
     end)
 
     it("drop removes the key (or array element) holding a match", function()
