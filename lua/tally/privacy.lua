@@ -5,9 +5,10 @@
 --
 --   return require("tally.privacy").rule{ key = "a secret of 16 bytes or more", detectors = { email = "hash" } }
 --
--- Every detector scans linearly: candidates are found with patterns that end in a greedy run (so
--- the matcher never backtracks) or by a plain search for a fixed byte ('@', ':'), then checked
--- with bounded work. docs/rules.md has the exact definitions and what is not caught.
+-- Every detector scans in linear time: candidates come from plain searches or from patterns of a
+-- short fixed prefix and a greedy run (the matcher never backtracks over a run more than once),
+-- then are checked with bounded work. docs/rules.md has the exact definitions and what is not
+-- caught.
 local util = require("tally.util")
 
 local M = {}
