@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "hmac.h"
 #include "json_lua.h"
 #include "message.h"
 #include "sandbox.h"
@@ -138,7 +139,8 @@ static void push_ctx_methods(lua_State *L, rules *R)
     lua_newtable(L); /* metatable */
     lua_newtable(L); /* __index */
     static const struct { const char *name; lua_CFunction fn; } m[] = {
-        {"violation", ctx_violation}, {"log", ctx_log}, {"sample", ctx_sample}};
+        {"violation", ctx_violation}, {"log", ctx_log}, {"sample", ctx_sample},
+        {"hmac", hmac_ctx_method}};
     for (size_t i = 0; i < sizeof m / sizeof *m; i++) {
         lua_pushlightuserdata(L, R);
         lua_pushcclosure(L, m[i].fn, 1);
