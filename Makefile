@@ -44,7 +44,7 @@ endif
 WARN       := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden \
               -Iinclude -Isrc -I$(LUASRC)/src $(CFLAGS)
-LIBS       := -lcurl -lsqlite3 -lz -lm -lpthread -ldl
+LIBS       := -lcurl -lcrypto -lsqlite3 -lz -lm -lpthread -ldl
 LDFLAGS_ALL := $(SANFLAGS) $(LDFLAGS)
 
 CORE_SRC   := $(wildcard src/*.c)

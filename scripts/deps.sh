@@ -8,7 +8,7 @@ want=${1:-build}
 check_only=
 [ "$want" = check ] && want=build check_only=1
 
-build_pkgs="gcc make pkg-config dpkg-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libcurl4-openssl-dev libsqlite3-dev sqlite3 zlib1g-dev"
+build_pkgs="gcc make pkg-config dpkg-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 zlib1g-dev"
 test_pkgs="lua-busted python3 clang libclang-rt-14-dev nginx-light libnginx-mod-http-lua openssl luarocks chromium"
 bench_pkgs="nodejs npm time"
 

@@ -19,7 +19,7 @@ for h in tests/fuzz/fuzz_*.c; do
   bin="$out/fuzz_$name"
   if ! clang -std=gnu11 -D_GNU_SOURCE -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
        -Iinclude -Isrc -Isrc/cli -Ibuild/lua-src/src -DLUA_USE_POSIX -w -o "$bin" "$h" $core $lua \
-       -lcurl -lsqlite3 -lz -lm -lpthread -ldl; then
+       -lcurl -lcrypto -lsqlite3 -lz -lm -lpthread -ldl; then
     echo "FAIL fuzz_$name: build"; fail=$((fail + 1)); continue
   fi
   corpus=tests/fuzz/corpus/$name
