@@ -29,6 +29,7 @@ dependencies = {
 -- its library dirs include lib/<multiarch>. The compiler finds the headers itself.
 external_dependencies = {
    CURL = { library = "curl" },
+   CRYPTO = { library = "crypto" },
    SQLITE3 = { library = "sqlite3" },
    ZLIB = { library = "z" },
 }

@@ -133,7 +133,8 @@ static int only_known(const tj_value *obj, const char *const *known, const char 
 {
     for (size_t i = 0; i < obj->u.obj.n; i++) {
         int found = 0;
-        for (size_t k = 0; known[k] && !found; k++) found = !strcmp(obj->u.obj.m[i].key, known[k]);
+        for (size_t k = 0; known[k] && !found; k++) /* by length too: a key may hold a NUL */
+            found = obj->u.obj.m[i].klen == strlen(known[k]) && !memcmp(obj->u.obj.m[i].key, known[k], obj->u.obj.m[i].klen);
         if (!found) {
             char key[64];
             tly_escape(obj->u.obj.m[i].key, key, sizeof key);

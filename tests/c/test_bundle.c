@@ -237,6 +237,8 @@ TEST(test_envelope_fields_are_named)
          "signature: expected the base64 of 64 bytes"},
         {"{\"format\":1,\"key_id\":\"0123456789abcdef\",\"payload\":\"e30=\",\"signature\":\"\",\"extra\":1}",
          "bundle: unknown field \"extra\""},
+        /* a key that only starts with a known name is another key */
+        {"{\"format\\u0000x\":1,\"format\":1}", "bundle: unknown field"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         bundle *b = NULL;
