@@ -25,7 +25,7 @@ static const char usage[] =
     "       tally rules verify BUNDLE --public-key=KEY [--public-key=KEY ...]\n"
     "       tally rules test BUNDLE (--public-key=KEY [...] | --key=KEYFILE)\n"
     "  keygen  writes a new Ed25519 private key (mode 0600, never over an existing file) and prints\n"
-    "          its public key, the KEY the other commands and the runtime take\n"
+    "          its public key: the KEY the other commands take\n"
     "  pack    signs DIR's *.lua rules (the files, names and order `--rules=DIR` loads), the\n"
     "          rule_config of --config (a JSON object) and the self-tests of --tests (docs/bundles.md)\n"
     "  verify  checks the signature against the given public keys (several: key rotation)\n"
