@@ -27,6 +27,7 @@ static const struct { const char *cmd, *text; } usages[] = {
     {"inspect", "  tally inspect STORE [--json]      per destination: queued, delivered, retried,\n"
                 "                                     dead-lettered, dropped; per rule: messages rules dropped\n"
                 "                                     (by_rule, failed_closed, disabled); --json: the schema in README\n"},
+    {"rules", "  tally rules keygen|pack|verify|test   signed rule bundles: sign, check, self-test (rules --help)\n"},
     {"report", "  tally report --events=DB [--store=S] [--plan=RULE.lua] [-o FILE]   HTML audit (report --help)\n"},
 };
 
@@ -270,6 +271,7 @@ int main(int argc, char **argv)
     cli_opts o;
     char err[512];
     if (argc > 1 && !strcmp(argv[1], "report")) return cli_report(argc - 1, argv + 1);
+    if (argc > 1 && !strcmp(argv[1], "rules")) return cli_rules(argc - 1, argv + 1);
     if (cli_parse(argc, argv, &o, err, sizeof err)) {
         fprintf(stderr, "tally: %s\n", err);
         return 2;
