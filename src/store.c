@@ -2,6 +2,7 @@
  * (store_queue.c), metadata and counters (store_meta.c) write through the helpers at the end. */
 #include "store_impl.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/file.h>
@@ -51,13 +52,17 @@ static const char schema[] =
     " PRIMARY KEY(rule, class)) WITHOUT ROWID;";
 
 
-int store_exec(store *s, const char *sql)
+/* Runs sql, logging a failure. Returns the SQLite code: opening tells a damaged file (moved
+ * aside) from other failures by it, and a commit a busy database from a failed one. With err,
+ * a failure's text goes there too. */
+static int exec(store *s, const char *sql, tly_err *err)
 {
-    char *err = NULL;
-    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &err);
+    char *msg = NULL;
+    int rc = sqlite3_exec(s->db, sql, NULL, NULL, &msg);
     if (rc != SQLITE_OK) {
-        tly_log(s->log, TALLY_LOG_ERROR, "store %s: %s", s->path, err ? err : sqlite3_errstr(rc));
-        sqlite3_free(err);
+        tly_log(s->log, TALLY_LOG_ERROR, "store %s: %s", s->path, msg ? msg : sqlite3_errstr(rc));
+        if (err) tly_err_set(err, TALLY_EIO, "store %s: %s", s->path, msg ? msg : sqlite3_errstr(rc));
+        sqlite3_free(msg);
     }
     return rc;
 }
@@ -75,18 +80,18 @@ static int is_memory(const char *path) { return !strcmp(path, ":memory:"); }
 /* Two processes appending to one store would hand out the same row ids and lose rows, so the
  * file is locked for as long as a runtime uses it. flock, not fcntl: closing this descriptor must
  * not drop SQLite's own fcntl locks on the same file, and it is only closed after SQLite is. */
-static int lock_store(store *s)
+static int lock_store(store *s, tly_err *err)
 {
     s->lock_fd = -1;
     if (is_memory(s->path)) return TALLY_OK;
     s->lock_fd = open(s->path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (s->lock_fd < 0) return tly_fail(TALLY_EIO, "store %s: cannot open: %s", s->path, strerror(errno));
+    if (s->lock_fd < 0) return tly_err_set(err, TALLY_EIO, "store %s: cannot open: %s", s->path, strerror(errno));
     if (flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
         int e = errno;
         close(s->lock_fd);
         s->lock_fd = -1;
-        return tly_fail(TALLY_EIO, "store %s: %s", s->path,
-                        e == EWOULDBLOCK ? "in use by another process (one runtime per store file)" : strerror(e));
+        return tly_err_set(err, TALLY_EIO, "store %s: %s", s->path,
+                           e == EWOULDBLOCK ? "in use by another process (one runtime per store file)" : strerror(e));
     }
     return TALLY_OK;
 }
@@ -132,7 +137,7 @@ static int add_chunk_count(store *s)
         sqlite3_finalize(st);
         return SQLITE_OK;
     }
-    return store_exec(s, "ALTER TABLE queue ADD COLUMN n INTEGER NOT NULL DEFAULT 1");
+    return exec(s, "ALTER TABLE queue ADD COLUMN n INTEGER NOT NULL DEFAULT 1", NULL);
 }
 
 /* Stores written before ids carried the destination: move every row into its destination's
@@ -151,12 +156,12 @@ static int migrate(store *s)
     char *move = sqlite3_mprintf("UPDATE queue SET id = (dest << %d) | id WHERE id <= %lld", SEQ_BITS,
                                  (long long)SEQ_MASK);
     if (!move) return SQLITE_NOMEM;
-    int rc = store_exec(s, "BEGIN");
-    if (rc == SQLITE_OK) rc = store_exec(s, move);
+    int rc = exec(s, "BEGIN", NULL);
+    if (rc == SQLITE_OK) rc = exec(s, move, NULL);
     sqlite3_free(move);
-    if (rc == SQLITE_OK) rc = store_exec(s, "DROP INDEX queue_dest");
-    if (rc == SQLITE_OK) rc = store_exec(s, "COMMIT");
-    else store_exec(s, "ROLLBACK");
+    if (rc == SQLITE_OK) rc = exec(s, "DROP INDEX queue_dest", NULL);
+    if (rc == SQLITE_OK) rc = exec(s, "COMMIT", NULL);
+    else exec(s, "ROLLBACK", NULL);
     if (rc == SQLITE_OK) tly_log(s->log, TALLY_LOG_INFO, "store %s: upgraded to per-destination id ranges", s->path);
     return rc;
 }
@@ -171,19 +176,19 @@ static int open_db(store *s)
     /* New files only (an existing one keeps its size): 16 KiB pages hold ~30 messages, so a
      * group commit writes and a checkpoint copies fewer, fuller pages than with 4 KiB ones
      * (156k -> 175k events/s end to end, 0.54 -> 0.46 CPU s per 100k; bench/README.md). */
-    store_exec(s, "PRAGMA page_size=16384");
+    exec(s, "PRAGMA page_size=16384", NULL);
     /* Debian builds SQLite with secure_delete on: every page a delivered chunk frees would be
      * zeroed, i.e. written to the WAL and checkpointed once more. FAST still clears deleted
      * content in pages written anyway; freed pages keep old bytes until reused (README, limits).
      * WAL + checkpoint writes for 96 MB of messages: 361 -> 211 MB (bench/README.md). */
-    store_exec(s, "PRAGMA secure_delete=FAST");
-    if (!is_memory(s->path) && (rc = store_exec(s, "PRAGMA journal_mode=WAL")) != SQLITE_OK) return rc;
+    exec(s, "PRAGMA secure_delete=FAST", NULL);
+    if (!is_memory(s->path) && (rc = exec(s, "PRAGMA journal_mode=WAL", NULL)) != SQLITE_OK) return rc;
     sqlite3_wal_autocheckpoint(s->db, 0); /* see store_checkpoint */
     sqlite3_wal_hook(s->db, on_wal_commit, s);
     /* NORMAL in WAL mode: a commit survives a crash of the process; only an OS crash or power
      * loss can take back the last commits. */
-    if ((rc = store_exec(s, "PRAGMA synchronous=NORMAL")) != SQLITE_OK) return rc;
-    if ((rc = store_exec(s, schema)) != SQLITE_OK) return rc;
+    if ((rc = exec(s, "PRAGMA synchronous=NORMAL", NULL)) != SQLITE_OK) return rc;
+    if ((rc = exec(s, schema, NULL)) != SQLITE_OK) return rc;
     if ((rc = migrate(s)) != SQLITE_OK || (rc = add_chunk_count(s)) != SQLITE_OK) return rc;
     int page = 4096;
     if (sqlite3_prepare_v2(s->db, "PRAGMA page_size", -1, &st, NULL) == SQLITE_OK) {
@@ -232,13 +237,13 @@ static int has_sqlite_header(int fd)
 }
 
 /* A damaged store must not stop the host: keep the evidence, start empty, say so loudly. */
-static int move_aside(store *s, int why)
+static int move_aside(store *s, int why, tly_err *err)
 {
     char aside[4096];
     snprintf(aside, sizeof aside, "%s.corrupt-%lld", s->path, (long long)(tly_now_ms() / 1000));
     if (rename(s->path, aside) != 0)
-        return tly_fail(TALLY_EIO, "store %s: unreadable (%s) and cannot be moved aside: %s", s->path,
-                        sqlite3_errstr(why), strerror(errno));
+        return tly_err_set(err, TALLY_EIO, "store %s: unreadable (%s) and cannot be moved aside: %s", s->path,
+                           sqlite3_errstr(why), strerror(errno));
     char side[4200];
     snprintf(side, sizeof side, "%s-wal", s->path);
     unlink(side);
@@ -249,17 +254,17 @@ static int move_aside(store *s, int why)
     return TALLY_OK;
 }
 
-int store_open(store **out, const char *path, const store_limits *lim, const tly_logger *log)
+int store_open(store **out, const char *path, const store_limits *lim, const tly_logger *log, tly_err *err)
 {
     *out = NULL;
     store *s = calloc(1, sizeof *s);
     if (!s || !(s->path = strdup(path))) {
         free(s);
-        return tly_fail(TALLY_ENOMEM, "store: out of memory");
+        return tly_err_set(err, TALLY_ENOMEM, "store: out of memory");
     }
     s->log = log;
     s->lim = *lim;
-    int locked = lock_store(s);
+    int locked = lock_store(s, err);
     if (locked) {
         free(s->path);
         free(s);
@@ -268,7 +273,7 @@ int store_open(store **out, const char *path, const store_limits *lim, const tly
     struct stat st;
     if (s->lock_fd >= 0 && fstat(s->lock_fd, &st) == 0 && st.st_size > 0 && !has_sqlite_header(s->lock_fd)) {
         /* checked before SQLite opens it, so not even a -wal or -shm file appears beside it */
-        int e = tly_fail(TALLY_ECONFIG, "store: %s is not a SQLite database (refusing to touch it)", path);
+        int e = tly_err_set(err, TALLY_ECONFIG, "store: %s is not a SQLite database (refusing to touch it)", path);
         unlock_store(s);
         free(s->path);
         free(s);
@@ -278,14 +283,14 @@ int store_open(store **out, const char *path, const store_limits *lim, const tly
     if ((rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT) && !is_memory(path)) {
         close_db(s);
         unlock_store(s); /* the lock belongs to the file being moved aside */
-        int moved = move_aside(s, rc);
-        if (!moved) moved = lock_store(s);
+        int moved = move_aside(s, rc, err);
+        if (!moved) moved = lock_store(s, err);
         if (moved) { free(s->path); free(s); return moved; }
         rc = open_db(s);
     }
     if (rc != SQLITE_OK) {
-        int e = tly_fail(TALLY_EIO, "store %s: cannot open: %s", path,
-                         s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
+        int e = tly_err_set(err, TALLY_EIO, "store %s: cannot open: %s", path,
+                            s->db ? sqlite3_errmsg(s->db) : sqlite3_errstr(rc));
         close_db(s);
         unlock_store(s);
         free(s->path);
@@ -299,27 +304,28 @@ int store_open(store **out, const char *path, const store_limits *lim, const tly
 void store_close(store *s)
 {
     if (!s) return;
-    if (s->in_txn) store_commit(s);
+    tly_err ignored; /* a failed last commit is logged; close has no caller to tell */
+    if (s->in_txn) store_commit(s, &ignored);
     close_db(s);
     unlock_store(s);
     free(s->path);
     free(s);
 }
 
-int store_begin(store *s)
+int store_begin(store *s, tly_err *err)
 {
     /* once a write failed the transaction only waits for store_commit to roll it back; writing
      * on would add to it for nothing, or, should SQLite have rolled it back already, commit each
      * statement on its own */
     if (s->in_txn && (s->txn_failed || sqlite3_get_autocommit(s->db))) {
         s->txn_failed = 1;
-        return -1;
+        return tly_err_set(err, TALLY_EIO, "store %s: an earlier write of this transaction failed", s->path);
     }
-    if (s->in_txn) return 0;
-    if (store_exec(s, "BEGIN") != SQLITE_OK) return -1;
+    if (s->in_txn) return TALLY_OK;
+    if (exec(s, "BEGIN", err) != SQLITE_OK) return TALLY_EIO;
     s->in_txn = 1;
     s->txn_id++;
-    return 0;
+    return TALLY_OK;
 }
 
 int store_in_txn(const store *s) { return s->in_txn; }
@@ -337,22 +343,26 @@ static void recount(store *s)
     sqlite3_finalize(st);
 }
 
-int store_commit(store *s)
+int store_commit(store *s, tly_err *err)
 {
-    if (!s->in_txn) return 0;
+    assert(s->in_txn || !s->txn_failed); /* only a write inside a transaction can fail one */
+    if (!s->in_txn) return TALLY_OK;
     /* A failed write (SQLITE_FULL, IOERR...) may have undone one statement or the whole
      * transaction: committing the rest would keep half of it, so it all goes back. */
-    int rc = s->txn_failed ? SQLITE_ABORT : store_exec(s, "COMMIT");
+    int rc = s->txn_failed ? SQLITE_ABORT : exec(s, "COMMIT", err);
     if (rc == SQLITE_OK) {
         s->in_txn = 0;
-        return 0;
+        return TALLY_OK;
     }
-    if (rc == SQLITE_BUSY && !sqlite3_get_autocommit(s->db)) return 1; /* still open: try again later */
-    if (!sqlite3_get_autocommit(s->db)) store_exec(s, "ROLLBACK");
+    if (rc == SQLITE_BUSY && !sqlite3_get_autocommit(s->db)) /* still open: try again later */
+        return tly_err_set(err, TALLY_ETIMEDOUT, "store %s: busy (another connection holds it); commit postponed",
+                           s->path);
+    if (s->txn_failed) tly_err_set(err, TALLY_EIO, "store %s: a write of the transaction failed; rolled back", s->path);
+    if (!sqlite3_get_autocommit(s->db)) exec(s, "ROLLBACK", NULL);
     s->in_txn = 0;
     s->txn_failed = 0;
     recount(s);
-    return -1;
+    return TALLY_EIO;
 }
 
 int store_txn_intact(const store *s) { return s->in_txn && !s->txn_failed && !sqlite3_get_autocommit(s->db); }
@@ -364,13 +374,18 @@ sqlite3_stmt *store_stmt(store *s, int q)
     return s->q[q];
 }
 
-int store_step_done(store *s, sqlite3_stmt *st)
+int store_step_done(store *s, sqlite3_stmt *st, tly_err *err)
 {
     int rc = sqlite3_step(st);
     sqlite3_reset(st);
-    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return 0;
+    if (rc == SQLITE_DONE || rc == SQLITE_ROW) return TALLY_OK;
     if (s->in_txn) s->txn_failed = 1;
+    return store_failed(s, err);
+}
+
+int store_failed(store *s, tly_err *err)
+{
     tly_log(s->log, TALLY_LOG_ERROR, "store %s: %s", s->path, sqlite3_errmsg(s->db));
-    return -1;
+    return tly_err_set(err, TALLY_EIO, "store %s: %s", s->path, sqlite3_errmsg(s->db));
 }
 

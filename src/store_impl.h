@@ -56,10 +56,15 @@ struct store {
     int               wal_pages;  /* frames in the WAL after the last commit (wal hook) */
 };
 
-/* store.c: the transaction and statement helpers every part of the store writes through. */
-int           store_exec(store *s, const char *sql);
-int           store_begin(store *s);
-sqlite3_stmt *store_stmt(store *s, int q);
-int           store_step_done(store *s, sqlite3_stmt *st);
+/* store.c: the helpers every part of the store reads and writes through. */
+/* Joins the open group-commit transaction, beginning one when none is open; TALLY_EIO when a
+ * write of the open one failed already (it can only be rolled back: store_commit). */
+int           store_begin(store *s, tly_err *err);
+sqlite3_stmt *store_stmt(store *s, int q);      /* prepared statement q, reset, no bindings */
+/* Steps a statement that writes (or reads one row) and resets it; a failure marks the open
+ * transaction failed. TALLY_OK or TALLY_EIO. */
+int           store_step_done(store *s, sqlite3_stmt *st, tly_err *err);
+/* Logs SQLite's last error on the store's connection and writes it to err: TALLY_EIO. */
+int           store_failed(store *s, tly_err *err);
 
 #endif

@@ -3,7 +3,6 @@
 #include "store.h"
 
 #include <sqlite3.h>
-#include <stdio.h>
 #include <string.h>
 
 #include "json.h"
@@ -53,20 +52,21 @@ static void report_dest(sqlite3 *db, tbuf *b, int id, const char *name)
     tbuf_puts(b, "]}");
 }
 
-char *store_report(const char *path, char *err, size_t errlen)
+int store_report(const char *path, char **json, tly_err *err)
 {
+    *json = NULL;
     sqlite3 *db;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
+        tly_err_set(err, TALLY_EIO, "%s: %s", path, sqlite3_errmsg(db));
         sqlite3_close(db);
-        return NULL;
+        return TALLY_EIO;
     }
     sqlite3_busy_timeout(db, 2000);
     sqlite3_stmt *st;
     if (sqlite3_prepare_v2(db, "SELECT id, name FROM dests ORDER BY id", -1, &st, NULL) != SQLITE_OK) {
-        snprintf(err, errlen, "%s: not a tally store (%s)", path, sqlite3_errmsg(db));
+        tly_err_set(err, TALLY_EIO, "%s: not a tally store (%s)", path, sqlite3_errmsg(db));
         sqlite3_close(db);
-        return NULL;
+        return TALLY_EIO;
     }
     tbuf b = TBUF_INIT;
     tbuf_puts(&b, "{\"store\":");
@@ -93,9 +93,9 @@ char *store_report(const char *path, char *err, size_t errlen)
     tbuf_puts(&b, "]}");
     sqlite3_close(db);
     if (b.oom) {
-        snprintf(err, errlen, "out of memory");
         tbuf_free(&b);
-        return NULL;
+        return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     }
-    return tbuf_steal(&b);
+    *json = tbuf_steal(&b);
+    return TALLY_OK;
 }
