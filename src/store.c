@@ -166,7 +166,8 @@ static int migrate(store *s)
     return rc;
 }
 
-/* Opens the database, applies the schema and reads the totals. Returns an SQLite code. */
+/* Opens the database, applies the schema and reads the totals. Returns an SQLite code (not a
+ * TALLY_E*): store_open moves a damaged file aside on SQLITE_NOTADB / SQLITE_CORRUPT only. */
 static int open_db(store *s)
 {
     sqlite3_stmt *st;
