@@ -26,7 +26,6 @@ void batch_clear(dest_batch *b)
 {
     tbuf_reset(&b->data);
     b->n = 0;
-    b->first_id = b->last_id = b->last_taken = b->last_n = 0;
 }
 
 void batch_free(dest_batch *b)

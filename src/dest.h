@@ -12,17 +12,16 @@
 #include "json.h"
 
 /* A batch of serialized messages, one per line ("\n"-terminated) in `data`; message i spans
- * data[off[i]] .. data[off[i+1]-2] (off has n+1 entries). */
+ * data[off[i]] .. data[off[i+1]-2] (off has n+1 entries). Where its messages lie in the store is
+ * the store's business (store_cursor): the worker keeps the two side by side. */
 typedef struct dest_batch {
     tbuf    data;
     size_t *off;
     size_t  n, cap;
-    int64_t first_id, last_id;   /* store rows the batch holds: all of each, but only the first */
-    int64_t last_taken, last_n;  /* last_taken of the last row's last_n messages (store.c) */
 } dest_batch;
 
 int  batch_add(dest_batch *b, const char *json, size_t len);
-void batch_clear(dest_batch *b);       /* no messages, no store rows */
+void batch_clear(dest_batch *b);       /* no messages */
 void batch_free(dest_batch *b);
 
 enum dest_result { DEST_OK = 0, DEST_RETRY = 1, DEST_FAIL = 2 };

@@ -6,9 +6,17 @@
 
 #include "json.h"
 
+/* NULL when absent, or when it cannot be read: the identity then starts that part afresh. */
+static char *meta_get(store *s, const char *key)
+{
+    tly_err e;
+    char *v;
+    return store_meta_get(s, key, &v, &e) == TALLY_OK ? v : NULL;
+}
+
 static int64_t meta_int(store *s, const char *key)
 {
-    char *v = store_meta_get(s, key);
+    char *v = meta_get(s, key);
     int64_t n = v ? strtoll(v, NULL, 10) : 0;
     free(v);
     return n;
@@ -41,24 +49,25 @@ int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
 {
     memset(id, 0, sizeof *id);
     id->timeout_ms = timeout_ms;
-    char *anon = store_meta_get(s, "anonymous_id");
+    tly_err e;
+    char *anon = meta_get(s, "anonymous_id");
     if (anon && strlen(anon) == 36) {
         copy_id(id->anonymous_id, anon);
     } else {
         if (tly_uuid4(id->anonymous_id)) { free(anon); return -1; }
-        store_meta_set(s, "anonymous_id", id->anonymous_id);
+        store_meta_set(s, "anonymous_id", id->anonymous_id, &e);
     }
     free(anon);
-    id->user_id = store_meta_get(s, "user_id");
-    id->traits = store_meta_get(s, "traits");
-    char *sid = store_meta_get(s, "session_id");
+    id->user_id = meta_get(s, "user_id");
+    id->traits = meta_get(s, "traits");
+    char *sid = meta_get(s, "session_id");
     copy_id(id->session_id, sid);
     free(sid);
     id->session_index = meta_int(s, "session_index");
     id->session_started_ms = meta_int(s, "session_started_ms");
     id->last_seen_wall = id->saved_wall = meta_int(s, "last_seen_ms");
     (void)now_wall;
-    return store_commit(s);
+    return store_commit(s, &e) == TALLY_OK ? 0 : -1;
 }
 
 void identity_free(identity *id)

@@ -117,13 +117,13 @@ int runtime_open(tally_t *t, tly_err *err)
         const char *path = t->cfg.store ? t->cfg.store : ":memory:";
         store_limits lim = {t->cfg.max_store_bytes, t->cfg.max_store_rows, t->cfg.store_on_full};
         rc = tly_fault() ? tly_err_set(err, TALLY_EIO, "store: injected fault")
-                         : tly_err_legacy(err, store_open(&t->store, path, &lim, &t->log));
+                         : store_open(&t->store, path, &lim, &t->log, err);
     }
     if (!rc) rc = open_dests(t, err);
     if (!rc) rc = worker_open(t, err);
     /* the identity is loaded before any thread runs; its first writes go into the store directly */
     if (!rc) rc = tly_fault() ? tly_err_set(err, TALLY_ENOMEM, "injected fault") : processor_open(t, err);
-    if (!rc && (tly_fault() || store_commit(t->store))) rc = tly_err_set(err, TALLY_EIO, "store: cannot write");
+    if (!rc && (tly_fault() || store_commit(t->store, err))) rc = tly_err_set(err, TALLY_EIO, "store: cannot write");
     if (!rc) rc = start_threads(t, err);
     if (rc) free_parts(t);
     return rc;

@@ -31,6 +31,7 @@
 enum { FL_SENDING = 1, FL_RETRY, FL_OK, FL_DEAD };
 typedef struct flight {
     dest_batch batch;
+    store_cursor cur;        /* where batch lies in the store */
     void      *handle;       /* the transfer of an asynchronous destination */
     int        state;
     int        attempts;
@@ -47,7 +48,7 @@ typedef struct dest_state {
     int64_t    sent;         /* of those, in the batches of f */
     int64_t    since_ms;     /* monotonic: when the oldest message not in a batch arrived */
     int        stale;        /* a rollback changed the rows under batches in flight: recount after them */
-    tbuf       chunk;        /* messages not stored yet, joined by NUL bytes (store.c) */
+    tbuf       chunk;        /* messages not stored yet, joined by NUL bytes (store_impl.h) */
     int        chunk_n;
 } dest_state;
 
@@ -99,8 +100,9 @@ struct worker {
 /* All of a destination's pending messages: the stored ones and those still being gathered. */
 static int64_t count_pending(struct worker *w, dest_state *s)
 {
-    int64_t n = store_pending(w->st, s->store_id);
-    return (n < 0 ? 0 : n) + s->chunk_n;
+    int64_t n;
+    tly_err e;
+    return (store_pending(w->st, s->store_id, &n, &e) ? 0 : n) + s->chunk_n;
 }
 
 /* ---- the redo log ---- */
@@ -170,9 +172,12 @@ static void append_chunk(tally_t *t, struct worker *w, size_t i, const char *bod
 {
     dest_state *s = &w->ds[i];
     int64_t dropped = 0;
-    int rc = store_append(w->st, s->store_id, body, len, n, &dropped);
-    if (rc >= 0 && rc < n) log_append(w, (int)i, store_last_id(w->st), n - rc, body, front_len(body, len, n - rc));
-    else if (rc < 0) log_append(w, (int)i, -1, n, body, len);
+    int rc;
+    tly_err e; /* a failed write is logged by the store, and fails the commit: the redo log has it */
+    if (store_append(w->st, s->store_id, body, len, n, &rc, &dropped, &e) != TALLY_OK)
+        log_append(w, (int)i, -1, n, body, len);
+    else if (rc < n)
+        log_append(w, (int)i, store_last_id(w->st), n - rc, body, front_len(body, len, n - rc));
     if (dropped) {
         atomic_fetch_add(&t->n.store_dropped, (uint64_t)dropped);
         tly_log(&t->log, TALLY_LOG_WARN, "store full (max_store_bytes/max_store_rows): dropped %lld oldest",
@@ -188,7 +193,7 @@ static void append_chunk(tally_t *t, struct worker *w, size_t i, const char *bod
     }
 }
 
-/* Stores the messages a destination gathered as one row (a chunk: see store.c). Chunks are
+/* Stores the messages a destination gathered as one row (a chunk: see store_impl.h). Chunks are
  * written when they reach a batch, before a batch is loaded, before every commit and when the
  * worker runs out of rows, so gathering never delays the group commit. */
 static void store_chunk(tally_t *t, struct worker *w, size_t i)
@@ -249,7 +254,8 @@ static int paused(tally_t *t, struct worker *w)
 
 static void meta_set(struct worker *w, const char *key, const char *value)
 {
-    store_meta_set(w->st, key, value);
+    tly_err e; /* logged by the store; the redo log keeps the change should the commit fail */
+    store_meta_set(w->st, key, value, &e);
     size_t kl = strlen(key);
     char buf[1024];
     if (!value) {
@@ -269,7 +275,8 @@ static void meta_set(struct worker *w, const char *key, const char *value)
 /* Kept in the redo log like identity changes: a failed commit must not lose the counts. */
 static void rule_drops_add(struct worker *w, const char *rule, const char *cls, int n)
 {
-    store_rule_dropped(w->st, rule, cls, n);
+    tly_err e; /* as in meta_set */
+    store_rule_dropped(w->st, rule, cls, n, &e);
     size_t rl = strlen(rule), cl = strlen(cls);
     tbuf b = TBUF_INIT;
     tbuf_append(&b, rule, rl + 1);
@@ -356,13 +363,16 @@ static void commit(tally_t *t, struct worker *w)
     /* what is left of each appended row, asked before the commit: after a failed one the rows
      * are gone, and the batches taken from them (delivered or not) with them */
     int intact = store_txn_intact(w->st);
+    tly_err err; /* the store logs its failures; here they are counted and held */
     for (size_t k = 0; intact && k < w->log.n; k++) {
         redo *e = &w->log.v[k];
-        e->left = e->dest >= 0 && e->seq >= 0 ? store_row_left(w->st, w->ds[e->dest].store_id, e->seq) : -1;
+        e->left = -1;
+        if (e->dest >= 0 && e->seq >= 0 && store_row_left(w->st, w->ds[e->dest].store_id, e->seq, &e->left, &err))
+            e->left = -1;
     }
-    int rc = store_commit(w->st);
-    if (rc == 1) return; /* busy: the transaction and its log stay for the next try */
-    if (rc == 0) {
+    int rc = store_commit(w->st, &err);
+    if (rc == TALLY_ETIMEDOUT) return; /* busy: the transaction and its log stay for the next try */
+    if (rc == TALLY_OK) {
         redo_clear(&w->log);
         w->uncopied = 0;
         return;
@@ -427,12 +437,22 @@ static int64_t backoff_ms(tally_t *t, struct worker *w, int attempt)
 static int slot(const dest_state *s, int k) { return (s->head + k) % MAX_IN_FLIGHT; }
 static flight *flight_at(dest_state *s, int k) { return &s->f[slot(s, k)]; }
 
-/* Loads the batch that follows `after` (NULL: the oldest), at most a batch; with `until`, no further
- * than that batch ended (a retry reloads what is left of it). */
-static int load_batch(tally_t *t, struct worker *w, dest_state *s, const dest_batch *after, const dest_batch *until,
-                      dest_batch *b)
+static int take_message(void *b, const char *json, size_t len)
 {
-    return store_load(w->st, s->store_id, after, until, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES, b);
+    return batch_add(b, json, len) ? TALLY_ENOMEM : TALLY_OK;
+}
+
+/* Loads the batch that follows `after` (NULL: the oldest), at most a batch, into f; with `until`,
+ * no further than that batch ended (a retry reloads what is left of it). The number of messages,
+ * or -1 on a store error (logged by the store), with f's cursor as it was. */
+static int load_batch(tally_t *t, struct worker *w, dest_state *s, const store_cursor *after,
+                      const store_cursor *until, flight *f)
+{
+    store_sink to = {take_message, &f->batch, (size_t)t->cfg.flush_at, BATCH_MAX_BYTES};
+    size_t n;
+    tly_err e;
+    batch_clear(&f->batch);
+    return store_load(w->st, s->store_id, after, until, &to, &f->cur, &n, &e) ? -1 : (int)n;
 }
 
 /* Removes answered batches from the front of the line, in load order. */
@@ -443,13 +463,14 @@ static void settle(tally_t *t, struct worker *w, size_t i)
     while (s->nf > 0 && (flight_at(s, 0)->state == FL_OK || flight_at(s, 0)->state == FL_DEAD)) {
         flight *f = flight_at(s, 0);
         int64_t n = (int64_t)f->batch.n;
+        tly_err e; /* a failed write is logged by the store and fails the commit, which recounts */
         if (f->state == FL_OK) {
-            store_ack(w->st, s->store_id, &f->batch);
-            store_count(w->st, s->store_id, "delivered", n);
+            store_ack(w->st, s->store_id, &f->cur, &e);
+            store_count(w->st, s->store_id, "delivered", n, &e);
             atomic_fetch_add(&d->delivered, (uint64_t)n);
         } else {
-            store_dead(w->st, s->store_id, &f->batch, f->status, f->reason);
-            store_count(w->st, s->store_id, "dead_lettered", n);
+            store_dead(w->st, s->store_id, &f->cur, f->status, f->reason, &e);
+            store_count(w->st, s->store_id, "dead_lettered", n, &e);
             atomic_fetch_add(&d->failed, (uint64_t)n);
             tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)n,
                     f->reason);
@@ -479,7 +500,8 @@ static void outcome(tally_t *t, struct worker *w, size_t i, flight *f, const des
         if (wait > t->cfg.retry_cap_ms) wait = t->cfg.retry_cap_ms;
         f->state = FL_RETRY;
         f->retry_at = tly_clock_mono(t) + (wait > 0 ? wait : 1);
-        store_count(w->st, w->ds[i].store_id, "retried", n);
+        tly_err e; /* as in settle */
+        store_count(w->st, w->ds[i].store_id, "retried", n, &e);
         atomic_fetch_add(&d->retried, (uint64_t)n);
         tly_log(&t->log, TALLY_LOG_WARN, "%s: %s; retry %d of %d in %lld ms", d->name, o->reason, f->attempts,
                 t->cfg.max_retries, (long long)wait);
@@ -508,14 +530,9 @@ static void retry(tally_t *t, struct worker *w, size_t i, int k)
 {
     dest_state *s = &w->ds[i];
     flight *f = flight_at(s, k);
-    dest_batch keep = f->batch; /* its bounds, should the reload fail */
     int64_t was = (int64_t)f->batch.n;
-    int n = load_batch(t, w, s, k ? &flight_at(s, k - 1)->batch : NULL, &f->batch, &f->batch);
-    if (n < 0) { /* a store error: try again later, with the same bounds */
-        f->batch.first_id = keep.first_id;
-        f->batch.last_id = keep.last_id;
-        f->batch.last_taken = keep.last_taken;
-        f->batch.last_n = keep.last_n;
+    int n = load_batch(t, w, s, k ? &flight_at(s, k - 1)->cur : NULL, &f->cur, f);
+    if (n < 0) { /* a store error: try again later, with the same bounds (f->cur is untouched) */
         f->batch.n = 0;
         f->retry_at = tly_clock_mono(t) + t->cfg.retry_base_ms;
         s->sent -= was;
@@ -577,11 +594,11 @@ static void deliver(tally_t *t, struct worker *w, int force)
              * ending inside a chunk whose rest must be rewritten when they are acknowledged. */
             if (s->pending - s->sent - s->chunk_n < t->cfg.flush_at) store_chunk(t, w, i);
             flight *f = flight_at(s, s->nf), *prev = s->nf ? flight_at(s, s->nf - 1) : NULL;
-            const dest_batch *after = prev ? &prev->batch : NULL;
-            int n = load_batch(t, w, s, after, NULL, &f->batch);
+            const store_cursor *after = prev ? &prev->cur : NULL;
+            int n = load_batch(t, w, s, after, NULL, f);
             if (n == 0 && s->chunk_n) {
                 store_chunk(t, w, i); /* pending was an estimate after a full-policy drop */
-                n = load_batch(t, w, s, after, NULL, &f->batch);
+                n = load_batch(t, w, s, after, NULL, f);
             }
             if (n <= 0) {
                 if (n == 0) s->pending = s->sent; /* rows were dropped by the full policy */
@@ -627,7 +644,9 @@ static int64_t delivered_frontier(tally_t *t, struct worker *w)
 {
     int64_t frontier = INT64_MAX;
     for (size_t i = 0; i < t->ndests; i++) {
-        int64_t oldest = store_oldest(w->st, w->ds[i].store_id);
+        int64_t oldest;
+        tly_err e;
+        if (store_oldest(w->st, w->ds[i].store_id, &oldest, &e)) return 0; /* unknown: nothing is done */
         if (oldest < frontier) frontier = oldest;
     }
     return frontier;
@@ -778,16 +797,17 @@ static void warn_orphan(void *ud, const char *name, int64_t rows)
 static int register_dests(tally_t *t, struct worker *w, tly_err *err)
 {
     int64_t now = tly_clock_mono(t);
+    tly_err e;
     for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
-        if (tly_fault() || store_dest_id(w->st, t->dests[i].name, &s->store_id))
+        if (tly_fault() || store_dest_id(w->st, t->dests[i].name, &s->store_id, err))
             return tly_err_set(err, TALLY_EIO, "store: cannot register destination %s", t->dests[i].name);
         /* rows left by an earlier run go out at once */
-        s->pending = store_pending(w->st, s->store_id);
+        if (store_pending(w->st, s->store_id, &s->pending, &e)) s->pending = -1;
         s->since_ms = now - t->cfg.flush_interval_ms;
     }
-    if (tly_fault() || store_commit(w->st)) return tly_err_set(err, TALLY_EIO, "store: cannot write");
-    store_each_queued_dest(w->st, warn_orphan, t);
+    if (tly_fault() || store_commit(w->st, err)) return tly_err_set(err, TALLY_EIO, "store: cannot write");
+    store_each_queued_dest(w->st, warn_orphan, t, &e); /* a warning only: its failure is logged */
     return TALLY_OK;
 }
 

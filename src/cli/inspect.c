@@ -146,10 +146,10 @@ static void write_table(const char *path, const tj_value *dests, const rule_drop
 int cli_inspect(const cli_opts *o)
 {
     const char *path = o->positional[0];
-    char err[512];
-    char *json = store_report(path, err, sizeof err);
-    if (!json) {
-        fprintf(stderr, "tally: inspect: %s\n", err);
+    tly_err err;
+    char *json;
+    if (store_report(path, &json, &err) != TALLY_OK) {
+        fprintf(stderr, "tally: inspect: %s\n", err.msg);
         return 1;
     }
     tj_arena *a = tj_arena_new();

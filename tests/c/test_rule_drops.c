@@ -47,9 +47,9 @@ static void send_mix(tally_t *t)
 
 static char *report(const char *path)
 {
-    char err[256] = "";
-    char *r = store_report(path, err, sizeof err);
-    if (!r) fprintf(stderr, "store_report: %s\n", err);
+    tly_err err;
+    char *r;
+    if (store_report(path, &r, &err) != TALLY_OK) fprintf(stderr, "store_report: %s\n", err.msg);
     return r;
 }
 

@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "dest.h"
 #include "harness.h"
 #include "store.h"
 #include "util.h"
 
 static const tly_logger quiet = {NULL, NULL, 0};
+static tly_err err; /* where the store writes why a call failed */
 
 /* A fresh store file with one destination, "d", whose id goes to *d. */
 static store *open_store(const char *name, int64_t max_rows, int on_full, int *d)
@@ -19,16 +21,17 @@ static store *open_store(const char *name, int64_t max_rows, int on_full, int *d
     unlink(path);
     store_limits lim = {1 << 30, max_rows, on_full};
     store *s = NULL;
-    if (store_open(&s, path, &lim, &quiet) != TALLY_OK) s = NULL;
+    if (store_open(&s, path, &lim, &quiet, &err) != TALLY_OK) s = NULL;
     free(path);
-    if (s && store_dest_id(s, "d", d) != 0) {
+    if (s && store_dest_id(s, "d", d, &err) != TALLY_OK) {
         store_close(s);
         s = NULL;
     }
     return s;
 }
 
-/* Appends the messages in `msgs` (one letter each) as one chunk. */
+/* Appends the messages in `msgs` (one letter each) as one chunk: how many of its newest the full
+ * policy refused, or -1 on error. */
 static int append(store *s, int did, const char *msgs, int64_t *dropped)
 {
     char body[64];
@@ -38,26 +41,52 @@ static int append(store *s, int did, const char *msgs, int64_t *dropped)
         body[len++] = msgs[i];
     }
     int64_t ignored;
-    return store_append(s, did, body, len, (int)n, dropped ? dropped : &ignored);
+    int refused;
+    return store_append(s, did, body, len, (int)n, &refused, dropped ? dropped : &ignored, &err) == TALLY_OK ? refused
+                                                                                                          : -1;
 }
 
+/* A batch as the worker keeps one: its messages, and where they lie in the store. */
+typedef struct loaded {
+    dest_batch   msgs;
+    store_cursor cur;
+} loaded;
+
+static int take(void *b, const char *json, size_t len) { return batch_add(b, json, len) ? TALLY_ENOMEM : TALLY_OK; }
+
 /* The batch's messages as one string of letters. */
-static const char *letters(const dest_batch *b)
+static const char *letters(const loaded *b)
 {
     static char out[64];
     size_t k = 0;
-    for (size_t i = 0; i < b->n && k + 1 < sizeof out; i++) out[k++] = b->data.data[b->off[i]];
+    for (size_t i = 0; i < b->msgs.n && k + 1 < sizeof out; i++) out[k++] = b->msgs.data.data[b->msgs.off[i]];
     out[k] = '\0';
     return out;
 }
 
 /* Loads the batch that follows `after` (NULL: the oldest) and returns its letters. */
-static const char *load_after(store *s, int did, const dest_batch *after, size_t max_n, dest_batch *b)
+static const char *load_after(store *s, int did, const loaded *after, size_t max_n, loaded *b)
 {
-    return store_load(s, did, after, NULL, max_n, 1 << 20, b) < 0 ? "(error)" : letters(b);
+    store_sink to = {take, &b->msgs, max_n, 1 << 20};
+    size_t n;
+    batch_clear(&b->msgs);
+    return store_load(s, did, after ? &after->cur : NULL, NULL, &to, &b->cur, &n, &err) != TALLY_OK ? "(error)"
+                                                                                                  : letters(b);
 }
 
-static const char *load(store *s, int did, size_t max_n, dest_batch *b) { return load_after(s, did, NULL, max_n, b); }
+static const char *load(store *s, int did, size_t max_n, loaded *b) { return load_after(s, did, NULL, max_n, b); }
+
+static int ack(store *s, int did, const loaded *b) { return store_ack(s, did, &b->cur, &err); }
+static int dead(store *s, int did, const loaded *b, int status, const char *reason)
+{
+    return store_dead(s, did, &b->cur, status, reason, &err);
+}
+static int64_t pending(store *s, int did)
+{
+    int64_t n;
+    return store_pending(s, did, &n, &err) == TALLY_OK ? n : -1;
+}
+static int commit(store *s) { return store_commit(s, &err); }
 
 TEST(batches_cut_inside_chunks_lose_and_repeat_nothing)
 {
@@ -67,22 +96,22 @@ TEST(batches_cut_inside_chunks_lose_and_repeat_nothing)
     CHECK_EQ_INT(append(s, d, "abc", NULL), 0);
     CHECK_EQ_INT(append(s, d, "def", NULL), 0);
     CHECK_EQ_INT(append(s, d, "g", NULL), 0);
-    CHECK_EQ_INT(store_pending(s, d), 7);
-    dest_batch b = {0};
+    CHECK_EQ_INT(pending(s, d), 7);
+    loaded b = {0};
     CHECK_STR(load(s, d, 4, &b), "abcd");
-    CHECK_EQ_INT(b.last_taken, 1);
-    CHECK_EQ_INT(b.last_n, 3);
+    CHECK_EQ_INT(b.cur.last_taken, 1);
+    CHECK_EQ_INT(b.cur.last_n, 3);
     CHECK_STR(load(s, d, 4, &b), "abcd"); /* not acknowledged: the same batch again (a retry) */
-    CHECK_EQ_INT(store_ack(s, d, &b), 0);
-    CHECK_EQ_INT(store_pending(s, d), 3);
+    CHECK_EQ_INT(ack(s, d, &b), 0);
+    CHECK_EQ_INT(pending(s, d), 3);
     CHECK_STR(load(s, d, 1, &b), "e");
-    CHECK_EQ_INT(store_dead(s, d, &b, 400, "bad request"), 0);
-    CHECK_EQ_INT(store_pending(s, d), 2);
+    CHECK_EQ_INT(dead(s, d, &b, 400, "bad request"), 0);
+    CHECK_EQ_INT(pending(s, d), 2);
     CHECK_STR(load(s, d, 10, &b), "fg");
-    CHECK_EQ_INT(store_ack(s, d, &b), 0);
-    CHECK_EQ_INT(store_pending(s, d), 0);
-    CHECK_EQ_INT(store_commit(s), 0);
-    batch_free(&b);
+    CHECK_EQ_INT(ack(s, d, &b), 0);
+    CHECK_EQ_INT(pending(s, d), 0);
+    CHECK_EQ_INT(commit(s), 0);
+    batch_free(&b.msgs);
     store_close(s);
 
     /* the dead letter is the one message the batch held, not its chunk */
@@ -109,17 +138,17 @@ TEST(drop_oldest_trims_the_oldest_chunk_message_exactly)
     CHECK_EQ_INT(dropped, 0);
     CHECK_EQ_INT(append(s, d, "def", &dropped), 0);
     CHECK_EQ_INT(dropped, 2);
-    dest_batch b = {0};
+    loaded b = {0};
     CHECK_STR(load(s, d, 10, &b), "cdef");
     /* a chunk whose front was acknowledged: the rest of it is what goes next */
     CHECK_STR(load(s, d, 2, &b), "cd");
-    CHECK_EQ_INT(store_ack(s, d, &b), 0);
+    CHECK_EQ_INT(ack(s, d, &b), 0);
     CHECK_EQ_INT(append(s, d, "gh", &dropped), 0);
     CHECK_EQ_INT(dropped, 0);
     CHECK_EQ_INT(append(s, d, "i", &dropped), 0);
     CHECK_EQ_INT(dropped, 1);
     CHECK_STR(load(s, d, 10, &b), "fghi");
-    batch_free(&b);
+    batch_free(&b.msgs);
     store_close(s);
 }
 
@@ -131,10 +160,10 @@ TEST(drop_newest_stores_the_front_that_fits)
     CHECK_EQ_INT(append(s, d, "abc", NULL), 0);
     CHECK_EQ_INT(append(s, d, "def", NULL), 2);
     CHECK_EQ_INT(append(s, d, "g", NULL), 1);
-    dest_batch b = {0};
+    loaded b = {0};
     CHECK_STR(load(s, d, 10, &b), "abcd");
-    CHECK_EQ_INT(store_pending(s, d), 4);
-    batch_free(&b);
+    CHECK_EQ_INT(pending(s, d), 4);
+    batch_free(&b.msgs);
     store_close(s);
 }
 
@@ -146,17 +175,17 @@ TEST(ack_after_the_full_policy_trimmed_the_batch)
     store *s = open_store("inflight.db", 5, STORE_FULL_DROP_OLDEST, &d);
     REQUIRE(s);
     CHECK_EQ_INT(append(s, d, "abcde", NULL), 0);
-    dest_batch b = {0};
+    loaded b = {0};
     CHECK_STR(load(s, d, 3, &b), "abc"); /* in flight */
     int64_t dropped = 0;
     CHECK_EQ_INT(append(s, d, "fg", &dropped), 0); /* a and b go */
     CHECK_EQ_INT(dropped, 2);
-    CHECK_EQ_INT(store_ack(s, d, &b), 0); /* c was sent: it goes, d and e stay */
-    dest_batch rest = {0};
+    CHECK_EQ_INT(ack(s, d, &b), 0); /* c was sent: it goes, d and e stay */
+    loaded rest = {0};
     CHECK_STR(load(s, d, 10, &rest), "defg");
-    CHECK_EQ_INT(store_pending(s, d), 4);
-    batch_free(&b);
-    batch_free(&rest);
+    CHECK_EQ_INT(pending(s, d), 4);
+    batch_free(&b.msgs);
+    batch_free(&rest.msgs);
     store_close(s);
 }
 
@@ -171,22 +200,22 @@ TEST(batches_loaded_back_to_back_cover_the_queue_once)
     CHECK_EQ_INT(append(s, d, "abc", NULL), 0);
     CHECK_EQ_INT(append(s, d, "def", NULL), 0);
     CHECK_EQ_INT(append(s, d, "g", NULL), 0);
-    dest_batch b1 = {0}, b2 = {0}, b3 = {0};
+    loaded b1 = {0}, b2 = {0}, b3 = {0};
     CHECK_STR(load_after(s, d, NULL, 4, &b1), "abcd");
     CHECK_STR(load_after(s, d, &b1, 2, &b2), "ef"); /* begins inside "def" */
     CHECK_STR(load_after(s, d, &b2, 4, &b3), "g");
     CHECK_STR(load_after(s, d, &b3, 4, &b1), ""); /* nothing after the last one */
     CHECK_STR(load_after(s, d, NULL, 4, &b1), "abcd");
-    CHECK_EQ_INT(store_ack(s, d, &b1), 0);
-    CHECK_EQ_INT(store_pending(s, d), 3);
-    CHECK_EQ_INT(store_dead(s, d, &b2, 400, "bad request"), 0);
-    CHECK_EQ_INT(store_pending(s, d), 1);
-    CHECK_EQ_INT(store_ack(s, d, &b3), 0);
-    CHECK_EQ_INT(store_pending(s, d), 0);
-    CHECK_EQ_INT(store_commit(s), 0);
-    batch_free(&b1);
-    batch_free(&b2);
-    batch_free(&b3);
+    CHECK_EQ_INT(ack(s, d, &b1), 0);
+    CHECK_EQ_INT(pending(s, d), 3);
+    CHECK_EQ_INT(dead(s, d, &b2, 400, "bad request"), 0);
+    CHECK_EQ_INT(pending(s, d), 1);
+    CHECK_EQ_INT(ack(s, d, &b3), 0);
+    CHECK_EQ_INT(pending(s, d), 0);
+    CHECK_EQ_INT(commit(s), 0);
+    batch_free(&b1.msgs);
+    batch_free(&b2.msgs);
+    batch_free(&b3.msgs);
     store_close(s);
 
     /* the dead letters are the two messages of b2, not "d" before them or "g" after */
@@ -211,23 +240,23 @@ TEST(back_to_back_batches_survive_the_full_policy_trimming_them)
     store *s = open_store("pipetrim.db", 6, STORE_FULL_DROP_OLDEST, &d);
     REQUIRE(s);
     CHECK_EQ_INT(append(s, d, "abcde", NULL), 0);
-    dest_batch b1 = {0}, b2 = {0}, b3 = {0};
+    loaded b1 = {0}, b2 = {0}, b3 = {0};
     CHECK_STR(load_after(s, d, NULL, 2, &b1), "ab");
     CHECK_STR(load_after(s, d, &b1, 2, &b2), "cd");
     int64_t dropped = 0;
     CHECK_EQ_INT(append(s, d, "fgh", &dropped), 0); /* a and b go: all of b1 */
     CHECK_EQ_INT(dropped, 2);
     CHECK_STR(load_after(s, d, &b2, 10, &b3), "efgh");
-    CHECK_EQ_INT(store_ack(s, d, &b1), 0);
-    CHECK_EQ_INT(store_pending(s, d), 6);
+    CHECK_EQ_INT(ack(s, d, &b1), 0);
+    CHECK_EQ_INT(pending(s, d), 6);
     CHECK_EQ_INT(append(s, d, "i", &dropped), 0); /* c goes: half of b2 */
     CHECK_EQ_INT(dropped, 1);
-    CHECK_EQ_INT(store_ack(s, d, &b2), 0); /* d only */
-    CHECK_EQ_INT(store_pending(s, d), 5);
-    CHECK_EQ_INT(store_ack(s, d, &b3), 0);
+    CHECK_EQ_INT(ack(s, d, &b2), 0); /* d only */
+    CHECK_EQ_INT(pending(s, d), 5);
+    CHECK_EQ_INT(ack(s, d, &b3), 0);
     CHECK_STR(load_after(s, d, NULL, 10, &b1), "i");
-    batch_free(&b1);
-    batch_free(&b2);
-    batch_free(&b3);
+    batch_free(&b1.msgs);
+    batch_free(&b2.msgs);
+    batch_free(&b3.msgs);
     store_close(s);
 }
