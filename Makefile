@@ -66,7 +66,8 @@ TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfi
 TEST_OBJ   := $(patsubst tests/c/%.c,$(BUILD)/tests/obj/%.o,$(TEST_SRC) $(TEST_SUPPORT))
 TEST_SUPPORT_OBJ := $(patsubst tests/c/%.c,$(BUILD)/tests/obj/%.o,$(TEST_SUPPORT))
 
-.PHONY: all deps lib cli test test-asan test-tsan demo bench install uninstall clean fuzz check-symbols
+.PHONY: all deps lib cli test test-asan test-tsan demo bench install uninstall clean fuzz check-symbols \
+        print-core-sources print-lua-sources
 all: lib cli
 
 # `make deps` (and so `make test`, `make demo`) installs packages and unpacks the Lua source; plain
@@ -172,6 +173,14 @@ test-asan:
 
 test-tsan:
 	@$(MAKE) --no-print-directory test SAN=tsan
+
+# scripts/fuzz.sh compiles the same sources with clang: it reads the lists from here, so each
+# list is written once.
+print-core-sources:
+	@echo $(CORE_SRC) build/gen/bundled_lua.c
+
+print-lua-sources:
+	@echo $(patsubst %,$(LUASRC)/src/%.c,$(LUA_CORE))
 
 check-symbols: lib
 	@bad=$$(nm -D --defined-only $(BUILD)/libtally.so | awk '{print $$3}' | grep -v '^tally_' || true); \
