@@ -44,6 +44,9 @@ endif
 WARN       := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wno-unused-parameter
 CFLAGS_ALL := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(SANFLAGS) -fPIC -fvisibility=hidden \
               -Iinclude -Isrc -I$(LUASRC)/src $(CFLAGS)
+# Every compile also writes a .d file beside its output naming the headers it read, so an object is
+# rebuilt exactly when one of those changes (-MP: a deleted header does not break the build).
+DEPFLAGS   := -MMD -MP
 LIBS       := -lcurl -lcrypto -lsqlite3 -lz -lm -lpthread -ldl
 LDFLAGS_ALL := $(SANFLAGS) $(LDFLAGS)
 
@@ -60,8 +63,11 @@ LUA_OBJ    := $(patsubst %,$(BUILD)/lua/%.o,$(LUA_CORE))
 TEST_SRC   := $(wildcard tests/c/test_*.c)
 TEST_BIN   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(TEST_SRC))
 TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfields.c tests/c/fixtures.c tests/c/delivery.c
+TEST_OBJ   := $(patsubst tests/c/%.c,$(BUILD)/tests/obj/%.o,$(TEST_SRC) $(TEST_SUPPORT))
+TEST_SUPPORT_OBJ := $(patsubst tests/c/%.c,$(BUILD)/tests/obj/%.o,$(TEST_SUPPORT))
 
-.PHONY: all deps lib cli test test-asan test-tsan demo bench install uninstall clean fuzz check-symbols
+.PHONY: all deps lib cli test test-asan test-tsan demo bench install uninstall clean fuzz check-symbols \
+        print-core-sources print-lua-sources
 all: lib cli
 
 # `make deps` (and so `make test`, `make demo`) installs packages and unpacks the Lua source; plain
@@ -86,13 +92,15 @@ $(LUASRC)/.tally-patched: $(LUASRC)/src/lapi.c $(wildcard patches/lua/*.patch) s
 $(BUILD)/lua/%.o: $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,LUA,$@)
-	$(Q)$(CC) -std=gnu99 -O2 -g $(LUA_SANFLAGS) -fPIC -fvisibility=hidden -DLUA_USE_POSIX -w \
+	$(Q)$(CC) -std=gnu99 -O2 -g $(LUA_SANFLAGS) -fPIC -fvisibility=hidden -DLUA_USE_POSIX -w $(DEPFLAGS) \
 	    -c $(LUASRC)/src/$*.c -o $@
 
-$(BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) include/tally.h $(LUASRC)/.tally-patched
+# The patched Lua source must exist before anything that includes its headers compiles; which of
+# its headers an object reads (and so whether a new patch rebuilds it) is in the object's .d file.
+$(BUILD)/obj/%.o: src/%.c | $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
-	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_ALL) $(DEPFLAGS) -c $< -o $@
 
 # The bundled rule modules, compiled into the library (see scripts/embed-lua.sh).
 build/gen/bundled_lua.c: $(BUNDLED) scripts/embed-lua.sh
@@ -102,7 +110,7 @@ build/gen/bundled_lua.c: $(BUNDLED) scripts/embed-lua.sh
 $(BUILD)/obj/bundled_lua.o: build/gen/bundled_lua.c
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
-	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_ALL) $(DEPFLAGS) -c $< -o $@
 
 # One relocatable object holding the core and the embedded Lua, with every hidden symbol made
 # local: whatever links it (our .so, our .a, the Lua module, a host with its own Lua or LuaJIT)
@@ -127,10 +135,10 @@ $(BUILD)/libtally.a: $(BUILD)/tally_all.o
 lib: $(BUILD)/libtally.so.$(VERSION) $(BUILD)/libtally.a
 	@ln -sfn $(notdir $(BUILD)) build/current 2>/dev/null || true
 
-$(BUILD)/obj/cli/%.o: src/cli/%.c $(wildcard src/cli/*.h) $(wildcard src/*.h) include/tally.h $(LUASRC)/.tally-patched
+$(BUILD)/obj/cli/%.o: src/cli/%.c | $(LUASRC)/.tally-patched
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
-	$(Q)$(CC) $(CFLAGS_ALL) -c $< -o $@
+	$(Q)$(CC) $(CFLAGS_ALL) $(DEPFLAGS) -c $< -o $@
 
 # The CLI is ours: it links the core objects directly to share the codec and the config table.
 $(BUILD)/tally: $(CLI_OBJ) $(CORE_OBJ) $(LUA_OBJ)
@@ -139,11 +147,18 @@ $(BUILD)/tally: $(CLI_OBJ) $(CORE_OBJ) $(LUA_OBJ)
 
 cli: $(BUILD)/tally
 
+$(BUILD)/tests/obj/%.o: tests/c/%.c | $(LUASRC)/.tally-patched
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) $(CFLAGS_ALL) -Itests/c $(DEPFLAGS) -c $< -o $@
+
 # Tests link the core objects directly (not tally_all.o) so they can reach internal functions.
-$(BUILD)/tests/%: tests/c/%.c $(TEST_SUPPORT) tests/c/harness.h $(CORE_OBJ) $(LUA_OBJ)
+# test_game_mods is a Lua host and has its own rule below.
+$(filter-out $(BUILD)/tests/test_game_mods,$(TEST_BIN)): $(BUILD)/tests/%: $(BUILD)/tests/obj/%.o \
+                                                        $(TEST_SUPPORT_OBJ) $(CORE_OBJ) $(LUA_OBJ)
 	@mkdir -p $(dir $@)
 	$(call say,TEST,$@)
-	$(Q)$(CC) $(CFLAGS_ALL) -Itests/c -o $@ $< $(TEST_SUPPORT) $(CORE_OBJ) $(LUA_OBJ) $(LDFLAGS_ALL) $(LIBS)
+	$(Q)$(CC) -o $@ $< $(TEST_SUPPORT_OBJ) $(CORE_OBJ) $(LUA_OBJ) $(LDFLAGS_ALL) $(LIBS)
 
 test-bins: $(TEST_BIN) $(BUILD)/tally
 
@@ -158,6 +173,14 @@ test-asan:
 
 test-tsan:
 	@$(MAKE) --no-print-directory test SAN=tsan
+
+# scripts/fuzz.sh compiles the same sources with clang: it reads the lists from here, so each
+# list is written once.
+print-core-sources:
+	@echo $(CORE_SRC) build/gen/bundled_lua.c
+
+print-lua-sources:
+	@echo $(patsubst %,$(LUASRC)/src/%.c,$(LUA_CORE))
 
 check-symbols: lib
 	@bad=$$(nm -D --defined-only $(BUILD)/libtally.so | awk '{print $$3}' | grep -v '^tally_' || true); \
@@ -226,27 +249,27 @@ clean:
 	rm -rf build/release build/asan build/tsan build/current build/fuzz
 
 # ---- examples ----
-$(BUILD)/examples/quickstart: examples/quickstart.c include/tally.h $(BUILD)/libtally.so.$(VERSION)
+$(BUILD)/examples/quickstart: examples/quickstart.c $(BUILD)/libtally.so.$(VERSION)
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
-	$(Q)$(CC) -std=c11 -Wall -Wextra -Werror $(SANFLAGS) -Iinclude -o $@ $< -L$(BUILD) -ltally -Wl,-rpath,$(abspath $(BUILD))
+	$(Q)$(CC) -std=c11 -Wall -Wextra -Werror $(SANFLAGS) -Iinclude $(DEPFLAGS) -MF $@.d -MT $@ -o $@ $< -L$(BUILD) -ltally -Wl,-rpath,$(abspath $(BUILD))
 
 examples: $(BUILD)/examples/quickstart
 test-bins: examples
 
 # ---- benchmarks ----
-$(BUILD)/bench/throughput: bench/throughput.c include/tally.h $(BUILD)/libtally.a
+$(BUILD)/bench/throughput: bench/throughput.c $(BUILD)/libtally.a
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
-	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(SANFLAGS) -Iinclude -o $@ $< $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LIBS)
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(SANFLAGS) -Iinclude $(DEPFLAGS) -MF $@.d -MT $@ -o $@ $< $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LIBS)
 
 bench-bins: $(BUILD)/bench/throughput
 
 # How long one hostile rule call can hold the processor (bench/hostile.c).
-$(BUILD)/bench/hostile: bench/hostile.c include/tally.h $(BUILD)/libtally.a
+$(BUILD)/bench/hostile: bench/hostile.c $(BUILD)/libtally.a
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
-	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(SANFLAGS) -Iinclude -o $@ $< $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LIBS)
+	$(Q)$(CC) -std=c11 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror $(SANFLAGS) -Iinclude $(DEPFLAGS) -MF $@.d -MT $@ -o $@ $< $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LIBS)
 
 .PHONY: bench-hostile
 bench-hostile: lib $(BUILD)/bench/hostile
@@ -268,15 +291,15 @@ LUAMOD_OBJ      := $(LUAMOD)/obj/tally_lua.o $(LUAMOD)/obj/json_lua.o $(LUAMOD)/
 
 .PHONY: luamod demo-bins install-luamod
 
-$(LUAMOD)/obj/tally_lua.o: src/lua_module/tally_lua.c $(wildcard src/*.h) include/tally.h
+$(LUAMOD)/obj/tally_lua.o: src/lua_module/tally_lua.c
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
-	$(Q)$(CC) $(LUAMOD_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(LUAMOD_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
-$(LUAMOD)/obj/json_lua.o $(LUAMOD)/obj/json.o $(LUAMOD)/obj/buf.o: $(LUAMOD)/obj/%.o: src/%.c $(wildcard src/*.h)
+$(LUAMOD)/obj/json_lua.o $(LUAMOD)/obj/json.o $(LUAMOD)/obj/buf.o: $(LUAMOD)/obj/%.o: src/%.c
 	@mkdir -p $(dir $@)
 	$(call say,CC,$<)
-	$(Q)$(CC) $(LUAMOD_CFLAGS) -c $< -o $@
+	$(Q)$(CC) $(LUAMOD_CFLAGS) $(DEPFLAGS) -c $< -o $@
 
 $(LUAMOD)/tally_lua_all.o: $(LUAMOD_OBJ)
 	$(call say,LD,$@)
@@ -299,18 +322,23 @@ $(LUAMOD)/libtally_lua.a: $(LUAMOD)/tally_lua_all.o
 luamod: $(LUAMOD)/tally.so $(LUAMOD)/libtally_lua.a
 
 # The generic test rule links the core objects and our embedded Lua; this test is a Lua host, so it
-# links like one (an explicit rule wins over the pattern rule).
-$(BUILD)/tests/test_game_mods: tests/c/test_game_mods.c tests/c/harness.c tests/c/util.c tests/c/fixtures.c \
-                               tests/c/harness.h tests/c/util.h tests/c/fixtures.h include/tally.h $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a
+# compiles against the host's Lua headers and links like one.
+$(BUILD)/tests/obj/test_game_mods.o: tests/c/test_game_mods.c
+	@mkdir -p $(dir $@)
+	$(call say,CC,$<)
+	$(Q)$(CC) $(LUAMOD_CFLAGS) -Itests/c $(DEPFLAGS) -c $< -o $@
+
+$(BUILD)/tests/test_game_mods: $(BUILD)/tests/obj/test_game_mods.o $(BUILD)/tests/obj/harness.o \
+                               $(BUILD)/tests/obj/util.o $(BUILD)/tests/obj/fixtures.o \
+                               $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a
 	@mkdir -p $(dir $@)
 	$(call say,TEST,$@)
-	$(Q)$(CC) $(LUAMOD_CFLAGS) -Itests/c -o $@ tests/c/test_game_mods.c tests/c/harness.c tests/c/util.c tests/c/fixtures.c \
-	    $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a $(LDFLAGS_ALL) $(LUA_HOST_LIBS) $(LIBS)
+	$(Q)$(CC) -o $@ $(filter %.o %.a,$^) $(LDFLAGS_ALL) $(LUA_HOST_LIBS) $(LIBS)
 
-$(BUILD)/examples/game: examples/game/game.c include/tally.h $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a
+$(BUILD)/examples/game: examples/game/game.c $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a
 	@mkdir -p $(dir $@)
 	$(call say,LINK,$@)
-	$(Q)$(CC) $(LUAMOD_CFLAGS) -o $@ $< $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a \
+	$(Q)$(CC) $(LUAMOD_CFLAGS) $(DEPFLAGS) -MF $@.d -MT $@ -o $@ $< $(LUAMOD)/libtally_lua.a $(BUILD)/libtally.a \
 	    $(LDFLAGS_ALL) $(LUA_HOST_LIBS) $(LIBS)
 
 demo-bins: $(BUILD)/examples/game $(BUILD)/tally
@@ -323,3 +351,19 @@ install-luamod: luamod
 	install -d $(DESTDIR)$(LUA_LIBDIR)
 	install -m 755 $(LUAMOD)/tally.so $(DESTDIR)$(LUA_LIBDIR)/
 # ==== Lua hosts (src/lua_module) ======================================================= end ====
+
+# ---- header dependencies ----
+# The .d files the compiler wrote (DEPFLAGS), each beside its object in $(BUILD).
+DEP_OBJ  := $(CORE_OBJ) $(CLI_OBJ) $(LUA_OBJ) $(LUAMOD_OBJ) $(TEST_OBJ)
+DEP_BIN  := $(BUILD)/bench/throughput $(BUILD)/bench/hostile $(BUILD)/examples/quickstart \
+            $(BUILD)/examples/game
+-include $(wildcard $(DEP_OBJ:.o=.d) $(addsuffix .d,$(DEP_BIN)))
+# An output built before the compiler wrote dependency files has none, so nothing would tell make
+# when its headers change: build it once more.
+NO_DEPFILE := $(foreach o,$(wildcard $(DEP_OBJ)),$(if $(wildcard $(o:.o=.d)),,$(o))) \
+              $(foreach b,$(wildcard $(DEP_BIN)),$(if $(wildcard $(b).d),,$(b)))
+ifneq ($(strip $(NO_DEPFILE)),)
+$(NO_DEPFILE): FORCE
+endif
+.PHONY: FORCE
+FORCE:

@@ -10,9 +10,13 @@ command -v clang >/dev/null || { echo "fuzz: clang missing (make deps installs i
 out=$PWD/build/fuzz # absolute: a harness may change directory (fuzz_config does)
 mkdir -p "$out"
 { [ -f build/lua-src/src/lapi.c ] || bash scripts/deps.sh build; } && bash scripts/lua-src.sh build/lua-src || exit 1
-bash scripts/embed-lua.sh build/gen/bundled_lua.c
-core="$(ls src/*.c src/cli/flags.c) build/gen/bundled_lua.c"
-lua=$(for f in lapi lcode lctype ldebug ldo ldump lfunc lgc llex lmem lobject lopcodes lparser lstate lstring ltable ltm lundump lvm lzio lauxlib lbaselib lcorolib lmathlib lstrlib ltablib lutf8lib loslib; do echo build/lua-src/src/$f.c; done)
+# The library's sources and the embedded Lua's are the Makefile's lists (a `make test` that runs
+# this hands down its flags, which the listing does not need).
+mk() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s --no-print-directory "$@"; }
+mk build/gen/bundled_lua.c || exit 1
+core=$(mk print-core-sources) && lua=$(mk print-lua-sources) && [ -n "$core" ] && [ -n "$lua" ] ||
+  { echo "fuzz: make printed no source list"; exit 1; }
+core="$core src/cli/flags.c"
 pass=0 fail=0
 for h in tests/fuzz/fuzz_*.c; do
   name=$(basename "$h" .c); name=${name#fuzz_}
