@@ -5,7 +5,7 @@
  * transaction commits. ":memory:" gives the same behaviour without a file.
  *
  * Functions that can fail return TALLY_OK or a TALLY_E* code (TALLY_EIO for SQLite's failures,
- * which are also logged) with the reason in *err; counts come back through out-parameters. */
+ * which an open store also logs) with the reason in *err; counts come back through out-parameters. */
 #ifndef TALLY_STORE_H
 #define TALLY_STORE_H
 
