@@ -21,9 +21,10 @@
 
 TF_CLEAN_HTTP_ENVIRONMENT
 
-/* 20 messages at flush_at=10: two batches. The collector holds the first one 300 ms and answers
- * it with `status`; the second, sent meanwhile, is answered at once, so it is recorded first and
- * acknowledged before the first one's answer. A 500 is retried: every message arrives once, the
+/* 20 messages at flush_at=10: two batches. The collector holds its answer to the first one until
+ * it has answered another request, then answers it with `status`; the second, which tally sends
+ * while the first is in flight, is answered at once, so it is recorded first and acknowledged
+ * before the first one's answer. A 500 is retried: every message arrives once, the
  * retry carries exactly the first batch. A 400 dead-letters the first batch's ten messages and
  * only those. Either way the store ends empty. */
 static void overtaken(int status)
@@ -32,7 +33,7 @@ static void overtaken(int status)
     collector *c = collector_start(NULL);
     REQUIRE(c);
     char script[128];
-    snprintf(script, sizeof script, "{\"script\":[{\"delay_ms\":300,\"status\":%d}]}", status);
+    snprintf(script, sizeof script, "{\"script\":[{\"after_answers\":1,\"status\":%d}]}", status);
     REQUIRE(collector_script(c, script) == 0);
     char *store = tu_path(retried ? "overtaken-retry.db" : "overtaken-dead.db");
     unlink(store);

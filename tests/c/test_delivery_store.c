@@ -129,20 +129,25 @@ TEST(store_full_while_a_batch_is_in_flight_does_not_strand_rows)
     collector_stop(c);
 }
 
-/* The store keeps messages in chunks of up to a batch (store.c); a full store must still drop
-
- * exactly as many messages as the limit says, the newest or the oldest, never a whole chunk too
- * many. The collector refuses everything meanwhile, so all 25 have to wait in the store. */
+/* The store keeps messages in chunks of up to a batch (store_impl.h); a full store must still
+ * drop exactly as many messages as the limit says, the newest or the oldest, never a whole chunk
+ * too many. The collector refuses everything meanwhile, so all 25 have to wait in the store.
+ * Before the collector turns healthy, the request that may have been in flight when the drops
+ * finished (one at most: max_in_flight=1) must have had its 503: the collector picks a request's
+ * answer when it reads it, so a batch loaded before the drops and read after the reset would be
+ * accepted with messages the store had dropped. Two more answers prove it: the second was sent
+ * after the first came back. */
 static void store_full_exactly(const char *policy, int kept_first)
 {
     collector *c = collector_start(NULL);
     REQUIRE(c);
     REQUIRE(collector_script(c, "{\"default\":{\"status\":503}}") == 0);
     tally_t *t = open_http(c, NULL, "flush_at", "10", "max_store_rows", "16", "store_on_full", policy, "retry_base_ms",
-                           "10", "retry_cap_ms", "50", "max_retries", "1000", NULL);
+                           "10", "retry_cap_ms", "50", "max_retries", "1000", "max_in_flight", "1", NULL);
     REQUIRE(t);
     CHECK_EQ_INT(track_seq(t, 0, 25, 0), 0);
     CHECK_EQ_INT(tu_wait_stat(t, NULL, "store_dropped", 9, 5000), 0);
+    CHECK_EQ_INT(collector_wait_requests(c, collector_requests(c) + 2, 5000), 0);
     collector_reset(c); /* healthy again */
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
     CHECK_EQ_INT(tu_stat(t, NULL, "store_dropped"), 9);

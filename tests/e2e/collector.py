@@ -19,6 +19,9 @@ next step from the script, and the default once the script is used up:
   {"status":500}                      answer with that status
   {"status":429,"retry_after":"2"}    also send Retry-After
   {"delay_ms":3000}                   wait before answering (status defaults to 200)
+  {"after_answers":1}                 answer only once N other requests were answered (at most
+                                      10 s; past that it answers anyway, recorded as fault
+                                      "after_answers_timeout"): orders answers without sleeping
   {"reset":true,"read_bytes":N}       read N body bytes (default all), then RST
   {"close_mid_response":true}         send headers promising 100 bytes, then close
   {"body":...}                        answer with this body instead of the usual one
@@ -46,7 +49,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit, parse_qs
 
 DEFAULT_STEP = {"status": 200}
-STEP_KEYS = {"status", "retry_after", "delay_ms", "reset", "read_bytes",
+STEP_KEYS = {"status", "retry_after", "delay_ms", "after_answers", "reset", "read_bytes",
              "close_mid_response", "body"}
 BATCH_PATHS = {"/v1/batch", "/v1/import"}
 SINGLE_PATHS = {"/v1/track", "/v1/identify", "/v1/page", "/v1/screen",
@@ -64,6 +67,7 @@ class State:
 
     def __init__(self, log_file, verbose):
         self.lock = threading.Lock()
+        self.answered = threading.Condition(self.lock)  # notified by add_record
         self.records = []
         self.seq = 0
         self.script = []
@@ -89,6 +93,7 @@ class State:
             self.seq += 1
             rec["seq"] = self.seq
             self.records.append(rec)
+            self.answered.notify_all()
             if self.log_file:
                 self.log_file.write(json.dumps(rec) + "\n")
                 self.log_file.flush()
@@ -153,7 +158,7 @@ def validate_step(step):
         if isinstance(ra, bool) or not isinstance(ra, (str, int, float)):
             raise ValueError("retry_after must be a string or number")
         out["retry_after"] = ra if isinstance(ra, str) else str(ra)
-    for key in ("delay_ms", "read_bytes"):
+    for key in ("delay_ms", "read_bytes", "after_answers"):
         if key in out:
             v = out[key]
             if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
@@ -455,6 +460,11 @@ class Handler(BaseHTTPRequestHandler):
         if step.get("delay_ms"):
             rec["fault"] = "delay"
             time.sleep(step["delay_ms"] / 1000.0)
+        if step.get("after_answers"):
+            want = int(step["after_answers"])
+            with STATE.lock:
+                if not STATE.answered.wait_for(lambda: len(STATE.records) >= want, timeout=10):
+                    rec["fault"] = "after_answers_timeout"
 
         status = step["status"]
         if error is not None and 200 <= status < 300:
