@@ -182,9 +182,9 @@ static int safe_print(lua_State *L)
 {
     sandbox *sb = from_state(L);
     if (sb->log_gate && !sb->log_gate(sb->log_gate_ud, TALLY_LOG_INFO)) return 0;
+    int n = lua_gettop(L); /* before luaL_buffinit, which pushes a placeholder of its own */
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    int n = lua_gettop(L);
     for (int i = 1; i <= n; i++) {
         if (i > 1) luaL_addchar(&b, '\t');
         luaL_tolstring(L, i, NULL);

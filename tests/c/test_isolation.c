@@ -77,6 +77,22 @@ TEST(ctx_log_in_a_loop_is_rate_limited_and_counted)
     free(dir);
 }
 
+/* luaL_buffinit pushes a placeholder: counting the arguments after it printed one of its own */
+TEST(print_writes_exactly_its_arguments)
+{
+    char *dir = rules_dir("10_printer.lua",
+                          "print('a', 2, nil, true)\n"
+                          "return { name = 'printer', process = function(m, ctx) return m end }\n", NULL);
+    char *out = tu_path("print-args.ndjson");
+    tally_t *t = open_rules(dir, out, NULL);
+    REQUIRE(t);
+    CHECK_CONTAINS(tf_logged(), "lua: a\\t2\\tnil\\ttrue\n"); /* the logger escapes tabs */
+    CHECK(strstr(tf_logged(), "userdata") == NULL);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
 TEST(print_in_a_loop_is_rate_limited_and_counted)
 {
     char *dir = rules_dir("10_printer.lua",
