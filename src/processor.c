@@ -188,10 +188,10 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
 {
     int server = t->cfg.mode == MODE_SERVER, control = r->kind == REC_RESET || r->kind == REC_SESSION_START;
     tj_arena_reset(p->arena);
-    tj_error err = {0, ""};
-    tj_value *m = control ? NULL : msg_from_rec(p->arena, r, &err);
-    if (!control && !m) {
-        reject(t, err.msg[0] ? err.msg : "out of memory");
+    tly_err err;
+    tj_value *m = NULL;
+    if (!control && msg_from_rec(p->arena, r, &m, &err)) {
+        reject(t, err.msg);
         return;
     }
     if (!server) {
@@ -207,11 +207,11 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
     if (!server) identity_ids(&p->id, &ids);
     if (!t->cfg.context_traits) ids.traits = NULL;
     if (msg_stamp(p->arena, m, &ids, intake_rec_time(r), &err)) {
-        reject(t, err.msg[0] ? err.msg : "out of memory");
+        reject(t, err.msg);
         return;
     }
-    if (msg_validate(m, 1)) {
-        reject(t, tally_errmsg(t));
+    if (msg_validate(m, 1, &err)) {
+        reject(t, err.msg);
         return;
     }
     rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};

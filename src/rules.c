@@ -853,11 +853,12 @@ static void take_result(rules *R, int last, tj_arena *a, tj_value *orig, int idx
     lua_State *L = sb_state(R->sb);
     tj_value *v;
     tj_error err;
+    tly_err why;
     char text[600];
     if (to_json_safe(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, a, &v, &err)) {
         snprintf(text, sizeof text, "%s", err.msg);
-    } else if (msg_validate(v, R->o.need_id)) {
-        snprintf(text, sizeof text, "returned an invalid message: %s", tally_errmsg(NULL));
+    } else if (msg_validate(v, R->o.need_id, &why)) {
+        snprintf(text, sizeof text, "returned an invalid message: %s", why.msg);
     } else {
         msg_list_push(out, v);
         return;

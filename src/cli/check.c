@@ -82,13 +82,14 @@ static void check_one(rules *R, tj_arena *a, const char *line, size_t len, check
         st->invalid++;
         return;
     }
-    if (msg_validate(m, 0)) {
-        printf("message %ld: invalid: %s\n", st->index, tally_errmsg(NULL));
+    tly_err why;
+    if (msg_validate(m, 0, &why)) {
+        printf("message %ld: invalid: %s\n", st->index, why.msg);
         st->invalid++;
         return;
     }
     msg_ids none = {0};
-    msg_stamp(a, m, &none, tly_now_ms(), &err);
+    msg_stamp(a, m, &none, tly_now_ms(), &why);
     char label[256];
     printf("message %ld (%s)\n", st->index, describe(m, label, sizeof label));
     rules_report rep = {on_violation, on_error, on_drop, st, 0, 0};
