@@ -22,7 +22,7 @@ void tly_clear_error(void);
  * Only the public entry points (tally.c, the CLI) turn that into the per-thread tally_errmsg
  * text, with tly_publish; nothing inside reads tally_errmsg back. */
 typedef struct tly_err {
-    char msg[512];
+    char msg[1024]; /* a script's error text reaches the log whole; tally_errmsg keeps 511 bytes */
 } tly_err;
 
 /* Writes the text into *e and returns rc, so call sites can `return tly_err_set(e, rc, ...)`. */

@@ -274,11 +274,11 @@ static int drain(tally_t *t, struct processor *p, int budget)
 
 /* ---- rules and their reloads ---- */
 
-static int open_rules(tally_t *t, const char *spec, rules **out)
+static int open_rules(tally_t *t, const char *spec, rules **out, tly_err *err)
 {
     rules_opts o = {(size_t)t->cfg.lua_memory, (long)t->cfg.lua_instructions, t->cfg.rule_breaker, 1, t->cfg.rule_config,
                     (size_t)t->cfg.lua_memory_per_script};
-    return rules_open(out, spec, &o, &t->log);
+    return rules_open(out, spec, &o, &t->log, err);
 }
 
 /* Loads the rule set again into a new state; only a set that loads completely replaces the
@@ -290,12 +290,13 @@ static int reload_rules(tally_t *t, struct processor *p, char *err, size_t errle
         return TALLY_ECONFIG;
     }
     rules *R = NULL;
-    int rc = open_rules(t, t->cfg.rules, &R);
+    tly_err why;
+    int rc = open_rules(t, t->cfg.rules, &R, &why);
     for (size_t i = 0; !rc && i < t->ndests; i++)
         if (p->mapping[i] && rules_find_mapping(R, p->mapping[i]) < 0)
-            rc = tly_fail(TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", p->mapping[i], t->dests[i].name);
+            rc = tly_err_set(&why, TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", p->mapping[i], t->dests[i].name);
     if (rc) {
-        snprintf(err, errlen, "%s", tally_errmsg(t));
+        snprintf(err, errlen, "%.*s", (int)errlen - 1, why.msg);
         tly_log(&t->log, TALLY_LOG_ERROR, "rules reload failed, the previous rules stay: %s", err);
         rules_free(R);
         return rc;
@@ -422,7 +423,8 @@ int processor_open(tally_t *t, store *st)
     p->t = t;
     p->sink = (meta_sink){meta_to_worker, p};
     int rc = TALLY_OK;
-    if (t->cfg.rules) rc = open_rules(t, t->cfg.rules, &p->R);
+    tly_err why;
+    if (t->cfg.rules && (rc = open_rules(t, t->cfg.rules, &p->R, &why))) tly_fail(rc, "%s", why.msg);
     if (!rc) {
         pthread_mutex_lock(&t->mu);
         t->rules = p->R;

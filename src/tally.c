@@ -74,9 +74,10 @@ int tally_open(const tally_config *cfg, tally_t **out)
     pthread_condattr_destroy(&ca);
     struct tally_config defaults;
     config_defaults(&defaults);
+    tly_err err;
     int rc = tly_fault() || config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
-    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : config_apply_env(&t->cfg);
-    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : config_resolve_dests(&t->cfg);
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : tly_publish(config_apply_env(&t->cfg, &err), &err);
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : tly_publish(config_resolve_dests(&t->cfg, &err), &err);
     if (!rc) config_store_defaults(&t->cfg);
     t->log = (tly_logger){t->cfg.log_fn, t->cfg.log_ud, t->cfg.log_level};
     t->fork_gen = atomic_load(&fork_gen);

@@ -858,9 +858,10 @@ static int open_dests(tally_t *t, struct worker *w)
     dest_env env = {t->cfg.write_key, t->cfg.ca_bundle, t->cfg.proxy, t->cfg.gzip, t->cfg.timeout_ms, t->cfg.max_in_flight,
                     w->multi};
     int64_t now = tly_clock_mono(t);
+    tly_err err;
     for (size_t i = 0; i < t->cfg.ndests; i++) {
         int rc = tly_fault() ? tly_fail(TALLY_EIO, "destination: injected fault")
-                             : dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log);
+                             : tly_publish(dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log, &err), &err);
         if (rc) return rc;
         t->ndests++;
         for (size_t k = 0; k < i; k++)

@@ -127,8 +127,9 @@ int cli_check(const cli_opts *o, const char *rules_spec, const char *rule_config
     tly_logger log = {on_log, &st, TALLY_LOG_DEBUG};
     rules_opts ro = {64u << 20, 1000000, 0, 0, rule_config, 0};
     rules *R;
-    if (rules_open(&R, rules_spec, &ro, &log) != TALLY_OK) {
-        fprintf(stderr, "tally: check: %s\n", tally_errmsg(NULL));
+    tly_err err;
+    if (rules_open(&R, rules_spec, &ro, &log, &err) != TALLY_OK) {
+        fprintf(stderr, "tally: check: %s\n", err.msg);
         if (in != stdin) fclose(in);
         return 1;
     }
