@@ -37,7 +37,7 @@ static void new_session(identity *id, const meta_sink *s, int64_t now_wall)
     meta_set_int(s, "session_started_ms", id->session_started_ms);
 }
 
-int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
+int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall, tly_err *err)
 {
     memset(id, 0, sizeof *id);
     id->timeout_ms = timeout_ms;
@@ -45,7 +45,10 @@ int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
     if (anon && strlen(anon) == 36) {
         copy_id(id->anonymous_id, anon);
     } else {
-        if (tly_uuid4(id->anonymous_id)) { free(anon); return -1; }
+        if (tly_uuid4(id->anonymous_id)) {
+            free(anon);
+            return tly_err_set(err, TALLY_EIO, "store: cannot load the identity");
+        }
         store_meta_set(s, "anonymous_id", id->anonymous_id);
     }
     free(anon);
@@ -58,7 +61,7 @@ int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
     id->session_started_ms = meta_int(s, "session_started_ms");
     id->last_seen_wall = id->saved_wall = meta_int(s, "last_seen_ms");
     (void)now_wall;
-    return store_commit(s);
+    return store_commit(s) ? tly_err_set(err, TALLY_EIO, "store: cannot load the identity") : TALLY_OK;
 }
 
 void identity_free(identity *id)

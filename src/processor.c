@@ -432,8 +432,8 @@ int processor_open(tally_t *t, store *st)
     }
     for (size_t i = 0; !rc && i < t->ndests; i++) rc = read_mapping(t, p, i);
     if (!rc && t->cfg.mode != MODE_SERVER) {
-        if (identity_load(&p->id, st, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
-            rc = tly_fail(TALLY_EIO, "store: cannot load the identity");
+        if ((rc = identity_load(&p->id, st, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t), &why)))
+            tly_fail(rc, "%s", why.msg);
         else
             publish_identity(t, p);
     }
