@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "intake.h"
 #include "json.h"
 
 void config_defaults(struct tally_config *c)
@@ -24,7 +25,7 @@ void config_defaults(struct tally_config *c)
      * (2.7 us -> 0.4-0.75 us at 4 MiB; peak RSS 29 -> 20 MiB; bench/README.md). */
     c->max_queue_bytes = 4u << 20;
     c->max_queue_rows = 65536;
-    c->on_full = 0; /* ON_FULL_DROP_NEWEST: the caller is told (TALLY_EFULL) */
+    c->on_full = ON_FULL_DROP_NEWEST; /* the caller is told (TALLY_EFULL) */
     c->timeout_ms = 10000;
     c->mode = MODE_CLIENT;
     c->log_level = TALLY_LOG_WARN;
@@ -108,14 +109,17 @@ static int parse_bool(const char *key, const char *v, int *out, tly_err *err)
     return tly_err_set(err, TALLY_ECONFIG, "%s: expected true or false, got \"%s\"", key, v);
 }
 
-static int parse_choice(const char *key, const char *v, const char *const *names, int *out, tly_err *err)
+/* A choice's text and the value it stands for, so no list depends on the order of an enum. */
+typedef struct choice { const char *name; int value; } choice;
+
+static int parse_choice(const char *key, const char *v, const choice *names, int *out, tly_err *err)
 {
-    for (int i = 0; names[i]; i++)
-        if (!strcmp(v, names[i])) { *out = i; return TALLY_OK; }
+    for (int i = 0; names[i].name; i++)
+        if (!strcmp(v, names[i].name)) { *out = names[i].value; return TALLY_OK; }
     char list[160] = "";
-    for (int i = 0; names[i]; i++) {
+    for (int i = 0; names[i].name; i++) {
         strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
-        strncat(list, names[i], sizeof list - strlen(list) - 1);
+        strncat(list, names[i].name, sizeof list - strlen(list) - 1);
     }
     return tly_err_set(err, TALLY_ECONFIG, "%s: expected one of %s, got \"%s\"", key, list, v);
 }
@@ -224,12 +228,15 @@ static int add_file_dest(struct tally_config *c, const char *path, tly_err *err)
     return rc;
 }
 
-static const char *const on_full_names[] = {"drop_newest", "drop_oldest", NULL};
-static const char *const store_full_names[] = {"drop_newest", "drop_oldest", "block", NULL};
-static const char *const mode_names[] = {"client", "server", NULL};
-static const char *const level_names[] = {"error", "warn", "info", "debug", "off", NULL};
+static const choice on_full_names[] = {
+    {"drop_newest", ON_FULL_DROP_NEWEST}, {"drop_oldest", ON_FULL_DROP_OLDEST}, {NULL, 0}};
+static const choice store_full_names[] = {
+    {"drop_newest", STORE_FULL_DROP_NEWEST}, {"drop_oldest", STORE_FULL_DROP_OLDEST}, {"block", STORE_FULL_BLOCK}, {NULL, 0}};
+static const choice mode_names[] = {{"client", MODE_CLIENT}, {"server", MODE_SERVER}, {NULL, 0}};
+static const choice level_names[] = {{"error", TALLY_LOG_ERROR}, {"warn", TALLY_LOG_WARN}, {"info", TALLY_LOG_INFO},
+                                     {"debug", TALLY_LOG_DEBUG}, {"off", -1 /* below every level */}, {NULL, 0}};
 
-enum key_kind { K_STR, K_URL, K_PROXY, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_LEVEL, K_OUT, K_DESTS, K_JSON_OBJECT };
+enum key_kind { K_STR, K_URL, K_PROXY, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_OUT, K_DESTS, K_JSON_OBJECT };
 
 /* Every configuration key: its type, where it lands, and its accepted range. */
 static const struct key_def {
@@ -237,7 +244,7 @@ static const struct key_def {
     int                kind;
     size_t             off;
     long               lo, hi;
-    const char *const *choices;
+    const choice      *choices;
 } keys[] = {
 #define F(field) offsetof(struct tally_config, field)
     {"write_key", K_STR, F(write_key), 0, 0, NULL},
@@ -271,7 +278,7 @@ static const struct key_def {
     {"on_full", K_CHOICE, F(on_full), 0, 0, on_full_names},
     {"store_on_full", K_CHOICE, F(store_on_full), 0, 0, store_full_names},
     {"mode", K_CHOICE, F(mode), 0, 0, mode_names},
-    {"log_level", K_LEVEL, F(log_level), 0, 0, level_names},
+    {"log_level", K_CHOICE, F(log_level), 0, 0, level_names},
 #undef F
 };
 
@@ -392,7 +399,7 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v, tl
 {
     char *field = (char *)c + k->off;
     long n;
-    int rc, choice;
+    int rc;
     switch (k->kind) {
     case K_URL:
         if ((rc = tly_check_url(k->key, v, 0, err))) return rc;
@@ -425,10 +432,6 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v, tl
         return TALLY_OK;
     case K_BOOL: return parse_bool(k->key, v, (int *)field, err);
     case K_CHOICE: return parse_choice(k->key, v, k->choices, (int *)field, err);
-    case K_LEVEL:
-        if ((rc = parse_choice(k->key, v, k->choices, &choice, err))) return rc;
-        *(int *)field = choice == 4 ? -1 : choice; /* "off": below every level */
-        return TALLY_OK;
     }
     assert(!"a key kind without a parser");
     return tly_err_set(err, TALLY_ECONFIG, "%s: cannot be set", k->key);

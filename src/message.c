@@ -6,9 +6,15 @@
 #include "internal.h"
 #include "iso8601.h"
 
-static const char *const type_names[MT_COUNT] = {"track", "identify", "page", "screen", "group", "alias"};
+static const char *const type_names[MT_COUNT] = {
+    [MT_TRACK] = "track", [MT_IDENTIFY] = "identify", [MT_PAGE] = "page",
+    [MT_SCREEN] = "screen", [MT_GROUP] = "group", [MT_ALIAS] = "alias"};
 
-const char *msg_type_name(int t) { return t >= 0 && t < MT_COUNT ? type_names[t] : "?"; }
+const char *msg_type_name(int t)
+{
+    assert(t >= 0 && t < MT_COUNT);
+    return t >= 0 && t < MT_COUNT ? type_names[t] : "?";
+}
 
 int msg_type_from(const char *s, size_t len)
 {

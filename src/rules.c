@@ -41,7 +41,10 @@ struct rules {
     size_t            last_cap;
 };
 
-static const char *const stage_names[] = {"before", "enrichment", "destination", NULL};
+/* read_choice stores the index of the name, so each name sits at its STAGE_* value */
+static const char *const stage_names[] = {
+    [STAGE_BEFORE] = "before", [STAGE_ENRICHMENT] = "enrichment", [STAGE_DESTINATION] = "destination",
+    [STAGE_DESTINATION + 1] = NULL};
 
 int msg_list_push(msg_list *l, tj_value *v)
 {
@@ -113,7 +116,8 @@ static int print_gate(void *ud, int level) { return log_permitted(ud, level); }
 static int ctx_log(lua_State *L)
 {
     rules *R = ctx_rules(L);
-    static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
+    static const char *const levels[] = {[TALLY_LOG_ERROR] = "error", [TALLY_LOG_WARN] = "warn", [TALLY_LOG_INFO] = "info",
+                                         [TALLY_LOG_DEBUG] = "debug", [TALLY_LOG_DEBUG + 1] = NULL};
     int level = luaL_checkoption(L, 2, "info", levels);
     const char *text = luaL_checkstring(L, 3);
     if (log_permitted(R, level)) tly_log(R->log, level, "rule %s: %s", R->current ? R->current->name : "?", text);
@@ -223,7 +227,7 @@ static int adopt_plugin(rules *R, rule *r, const char *file, tly_err *err)
     r->name = strdup(name);
     r->file = strdup(file);
     lua_pop(L, 1);
-    static const char *const on_error_names[] = {"drop", "pass", NULL};
+    static const char *const on_error_names[] = {"drop", "pass", NULL}; /* the index is on_error_pass */
     int rc = read_choice(L, t, "stage", stage_names, STAGE_BEFORE, file, &r->stage, err);
     if (!rc) rc = read_choice(L, t, "on_error", on_error_names, r->stage == STAGE_BEFORE ? 0 : 1, file, &r->on_error_pass, err);
     if (!rc) rc = read_types(L, t, file, &r->types, err);
@@ -498,7 +502,8 @@ static void script_failed(rules *R, rule *r, const char *text)
     }
 }
 
-const char *const rule_drop_class_name[RULE_DROP_CLASSES] = {"by_rule", "failed_closed", "disabled"};
+const char *const rule_drop_class_name[RULE_DROP_CLASSES] = {
+    [RULE_DROP_BY_RULE] = "by_rule", [RULE_DROP_FAILED_CLOSED] = "failed_closed", [RULE_DROP_DISABLED] = "disabled"};
 
 static void dropped_as(rules *R, rule *r, int drop_class, const char *why)
 {

@@ -44,7 +44,8 @@ static void on_drop(void *ud, const char *rule, int drop_class, const char *why)
  * runtime's own line about a failure repeats what on_error printed, so it is left out. */
 static void on_log(void *ud, int level, const char *line)
 {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
+    static const char *const names[] = {
+        [TALLY_LOG_ERROR] = "error", [TALLY_LOG_WARN] = "warn", [TALLY_LOG_INFO] = "info", [TALLY_LOG_DEBUG] = "debug"};
     check_state *st = ud;
     if (st->failed_line[0] && !strcmp(line, st->failed_line)) {
         st->failed_line[0] = '\0';
