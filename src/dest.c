@@ -1,5 +1,6 @@
 #include "dest.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -61,6 +62,7 @@ int dest_open(dest *d, const char *json_cfg, const dest_env *env, const tly_logg
                               type && type->type == TJ_STRING ? (int)type->u.str.len : 1,
                               type && type->type == TJ_STRING ? type->u.str.s : "?");
 out:
+    assert(rc != TALLY_OK || (d->ops && d->name[0])); /* an open destination has a name for logs and the store */
     tj_arena_free(a);
     if (rc) d->ops = NULL;
     return rc;

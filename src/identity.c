@@ -1,5 +1,6 @@
 #include "identity.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -134,6 +135,7 @@ static void apply_identify(identity *id, const meta_sink *s, const tj_value *m)
 
 void identity_apply(identity *id, const meta_sink *s, int kind, const tj_value *m, int64_t now_mono, int64_t now_wall)
 {
+    assert(!m == (kind == REC_RESET || kind == REC_SESSION_START)); /* control records carry no message */
     if (kind == REC_RESET) {
         logout(id, s);
         new_session(id, s, now_wall);

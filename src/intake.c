@@ -1,5 +1,6 @@
 #include "intake.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -142,7 +143,9 @@ void intake_destroy(intake *q)
 intake_rec *intake_pop(intake *q)
 {
     intake_rec *r = ring_pop(&q->ring);
-    if (r) atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed);
+    size_t before = r ? atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed) : 0;
+    assert(before >= (r ? r->size : 0)); /* counted when it was pushed */
+    (void)before;
     return r;
 }
 

@@ -1,5 +1,6 @@
 #include "sandbox.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -100,7 +101,9 @@ static void block_free(sandbox *sb, void *p, size_t n)
 static void charge(sandbox *sb, uint32_t owner, size_t add, size_t sub)
 {
     _Atomic size_t *u = &sb->scripts[owner].used;
-    atomic_store_explicit(u, atomic_load_explicit(u, memory_order_relaxed) + add - sub, memory_order_relaxed);
+    size_t now = atomic_load_explicit(u, memory_order_relaxed);
+    assert(owner < (uint32_t)sb->nscripts && now + add >= sub); /* a script never frees more than it holds */
+    atomic_store_explicit(u, now + add - sub, memory_order_relaxed);
 }
 
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -110,6 +113,7 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     char *blk = ptr ? (char *)ptr - HDR : NULL;
     uint32_t from = blk ? ((block_hdr *)blk)->owner : 0;
     if (nsize == 0) {
+        assert(old <= sb->used);
         sb->used -= old;
         if (blk) {
             charge(sb, from, 0, old);
@@ -580,6 +584,7 @@ int sb_script_new(sandbox *sb)
 
 int sb_enter(sandbox *sb, int script)
 {
+    assert(script >= 0 && script < sb->nscripts);
     int was = sb->owner;
     sb->owner = script;
     return was;

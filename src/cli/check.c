@@ -1,5 +1,6 @@
 /* `tally check --rules PATH [events.ndjson]`: runs the rules on messages without sending them and
  * shows what each script did. This is how rules are developed: edit, check, repeat. */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +52,7 @@ static void on_log(void *ud, int level, const char *line)
         st->failed_line[0] = '\0';
         return;
     }
+    assert(level >= TALLY_LOG_ERROR && level <= TALLY_LOG_DEBUG);
     printf("  log [%s] %s\n", level >= 0 && level <= 3 ? names[level] : "debug", line);
 }
 
