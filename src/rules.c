@@ -640,10 +640,11 @@ static int to_json_safe(lua_State *L, int idx, const char *root, size_t max_byte
     lua_pushcfunction(L, to_json_in_lua);
     lua_pushlightuserdata(L, &c);
     lua_pushvalue(L, idx);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    int st = lua_pcall(L, 2, 0, 0);
+    if (st != LUA_OK) {
         snprintf(err->msg, sizeof err->msg, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
         lua_pop(L, 1);
-        return -1;
+        return st == LUA_ERRMEM ? TALLY_ENOMEM : TALLY_ELUA;
     }
     *err = c.err;
     *out = c.v;
