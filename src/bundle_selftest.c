@@ -139,16 +139,12 @@ static int run_one(rules *R, tj_arena *a, const tj_value *t, msg_list *out, char
     const tj_value *drop = tj_object_get(t, "drop"), *output = tj_object_get(t, "output");
     const tj_value *viol = tj_object_get(t, "violations"), *absent = tj_object_get(t, "absent");
     tj_value *m = reparse(a, tj_object_get(t, "input"));
-    tj_error je;
+    tly_err e;
     if (!m) return -1;
     msg_ids ids = {0};
     if (!tj_object_get(m, "userId") && !tj_object_get(m, "anonymousId")) ids.anonymous_id = BUNDLE_TEST_ANONYMOUS_ID;
-    if (msg_stamp(a, m, &ids, tly_now_ms(), &je)) {
-        snprintf(why, wlen, "input: %s", je.msg[0] ? je.msg : "cannot be stamped");
-        return 0;
-    }
-    if (msg_validate(m, 1)) {
-        snprintf(why, wlen, "input: not a valid message (`tally check` names the field)");
+    if (msg_stamp(a, m, &ids, tly_now_ms(), &e) || msg_validate(m, 1, &e)) {
+        snprintf(why, wlen, "input: %.400s", e.msg);
         return 0;
     }
     outcome o;

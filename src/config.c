@@ -1,5 +1,6 @@
 #include "config.h"
 
+#include <assert.h>
 #include <curl/curl.h>
 #include <errno.h>
 #include <limits.h>
@@ -7,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "intake.h"
 #include "json.h"
 
 void config_defaults(struct tally_config *c)
@@ -23,7 +25,7 @@ void config_defaults(struct tally_config *c)
      * (2.7 us -> 0.4-0.75 us at 4 MiB; peak RSS 29 -> 20 MiB; bench/README.md). */
     c->max_queue_bytes = 4u << 20;
     c->max_queue_rows = 65536;
-    c->on_full = 0; /* ON_FULL_DROP_NEWEST: the caller is told (TALLY_EFULL) */
+    c->on_full = ON_FULL_DROP_NEWEST; /* the caller is told (TALLY_EFULL) */
     c->timeout_ms = 10000;
     c->mode = MODE_CLIENT;
     c->log_level = TALLY_LOG_WARN;
@@ -59,8 +61,8 @@ int config_copy(struct tally_config *dst, const struct tally_config *src)
               (src->ca_bundle && !dst->ca_bundle) || (src->proxy && !dst->proxy) ||
               (src->rule_config && !dst->rule_config);
     for (size_t i = 0; i < src->ndests && !oom; i++) oom = config_add_dest(dst, src->dests[i]) != 0;
-    if (oom) { config_clear(dst); return -1; }
-    return 0;
+    if (oom) { config_clear(dst); return TALLY_ENOMEM; }
+    return TALLY_OK;
 }
 
 void config_clear(struct tally_config *c)
@@ -80,50 +82,53 @@ void config_clear(struct tally_config *c)
 int config_add_dest(struct tally_config *c, const char *json_object)
 {
     char **d = realloc(c->dests, (c->ndests + 1) * sizeof *d);
-    if (!d) return -1;
+    if (!d) return TALLY_ENOMEM;
     c->dests = d;
-    if (!(d[c->ndests] = strdup(json_object))) return -1;
+    if (!(d[c->ndests] = strdup(json_object))) return TALLY_ENOMEM;
     c->ndests++;
-    return 0;
+    return TALLY_OK;
 }
 
 /* ---- value parsers: each names the key and the accepted range in its error ---- */
 
-static int parse_long(const char *key, const char *v, long lo, long hi, long *out)
+static int parse_long(const char *key, const char *v, long lo, long hi, long *out, tly_err *err)
 {
     char *end;
     errno = 0;
     long n = strtol(v, &end, 10);
     if (errno || end == v || *end != '\0' || n < lo || n > hi)
-        return tly_fail(TALLY_ECONFIG, "%s: expected an integer from %ld to %ld, got \"%s\"", key, lo, hi, v);
+        return tly_err_set(err, TALLY_ECONFIG, "%s: expected an integer from %ld to %ld, got \"%s\"", key, lo, hi, v);
     *out = n;
     return TALLY_OK;
 }
 
-static int parse_bool(const char *key, const char *v, int *out)
+static int parse_bool(const char *key, const char *v, int *out, tly_err *err)
 {
     if (!strcmp(v, "true") || !strcmp(v, "1")) { *out = 1; return TALLY_OK; }
     if (!strcmp(v, "false") || !strcmp(v, "0")) { *out = 0; return TALLY_OK; }
-    return tly_fail(TALLY_ECONFIG, "%s: expected true or false, got \"%s\"", key, v);
+    return tly_err_set(err, TALLY_ECONFIG, "%s: expected true or false, got \"%s\"", key, v);
 }
 
-static int parse_choice(const char *key, const char *v, const char *const *names, int *out)
+/* A choice's text and the value it stands for, so no list depends on the order of an enum. */
+typedef struct choice { const char *name; int value; } choice;
+
+static int parse_choice(const char *key, const char *v, const choice *names, int *out, tly_err *err)
 {
-    for (int i = 0; names[i]; i++)
-        if (!strcmp(v, names[i])) { *out = i; return TALLY_OK; }
+    for (int i = 0; names[i].name; i++)
+        if (!strcmp(v, names[i].name)) { *out = names[i].value; return TALLY_OK; }
     char list[160] = "";
-    for (int i = 0; names[i]; i++) {
+    for (int i = 0; names[i].name; i++) {
         strncat(list, i ? ", " : "", sizeof list - strlen(list) - 1);
-        strncat(list, names[i], sizeof list - strlen(list) - 1);
+        strncat(list, names[i].name, sizeof list - strlen(list) - 1);
     }
-    return tly_fail(TALLY_ECONFIG, "%s: expected one of %s, got \"%s\"", key, list, v);
+    return tly_err_set(err, TALLY_ECONFIG, "%s: expected one of %s, got \"%s\"", key, list, v);
 }
 
-static int set_string(const char *key, char **slot, const char *v)
+static int set_string(const char *key, char **slot, const char *v, tly_err *err)
 {
-    if (!*v) return tly_fail(TALLY_ECONFIG, "%s: must not be empty", key);
+    if (!*v) return tly_err_set(err, TALLY_ECONFIG, "%s: must not be empty", key);
     char *s = strdup(v);
-    if (!s) return tly_fail(TALLY_ENOMEM, "%s: out of memory", key);
+    if (!s) return tly_err_set(err, TALLY_ENOMEM, "%s: out of memory", key);
     free(*slot);
     *slot = s;
     return TALLY_OK;
@@ -133,42 +138,42 @@ static int set_string(const char *key, char **slot, const char *v)
  * a port of 99999, a space in the host) is refused now, naming the key, instead of failing every
  * retry later as a network error. A proxy may also be a SOCKS proxy, which curl supports too
  * though socks is no scheme of a URL it fetches (hence CURLU_NON_SUPPORT_SCHEME for a proxy). */
-int tly_check_url(const char *key, const char *v, int proxy)
+int tly_check_url(const char *key, const char *v, int proxy, tly_err *err)
 {
     static const char *const schemes[] = {"http", "https", "socks4", "socks4a", "socks5", "socks5h", NULL};
     CURLU *u = curl_url();
-    if (!u) return tly_fail(TALLY_ENOMEM, "%s: out of memory", key);
+    if (!u) return tly_err_set(err, TALLY_ENOMEM, "%s: out of memory", key);
     char *scheme = NULL, *host = NULL, *port = NULL;
     int rc = TALLY_OK;
     CURLUcode uc = curl_url_set(u, CURLUPART_URL, v, proxy ? CURLU_NON_SUPPORT_SCHEME : 0);
     if (uc == CURLUE_NO_HOST) {
-        rc = tly_fail(TALLY_ECONFIG, "%s: '%s': no host", key, v);
+        rc = tly_err_set(err, TALLY_ECONFIG, "%s: '%s': no host", key, v);
         goto out;
     }
     if (uc == CURLUE_BAD_PORT_NUMBER) {
-        rc = tly_fail(TALLY_ECONFIG, "%s: '%s': port must be 1 to 65535", key, v);
+        rc = tly_err_set(err, TALLY_ECONFIG, "%s: '%s': port must be 1 to 65535", key, v);
         goto out;
     }
     if (uc != CURLUE_OK) {
-        rc = tly_fail(TALLY_ECONFIG, "%s: '%s': not a usable URL (%s)", key, v, curl_url_strerror(uc));
+        rc = tly_err_set(err, TALLY_ECONFIG, "%s: '%s': not a usable URL (%s)", key, v, curl_url_strerror(uc));
         goto out;
     }
     curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
     int known = 0;
     for (int i = 0; schemes[i] && (proxy || i < 2) && !known; i++) known = scheme && !strcmp(scheme, schemes[i]);
     if (!known) {
-        rc = proxy ? tly_fail(TALLY_ECONFIG, "%s: '%s': expected an http://, https:// or socks5:// URL", key, v)
-                   : tly_fail(TALLY_ECONFIG, "%s: expected an http:// or https:// URL, got \"%s\"", key, v);
+        rc = proxy ? tly_err_set(err, TALLY_ECONFIG, "%s: '%s': expected an http://, https:// or socks5:// URL", key, v)
+                   : tly_err_set(err, TALLY_ECONFIG, "%s: expected an http:// or https:// URL, got \"%s\"", key, v);
         goto out;
     }
     if (curl_url_get(u, CURLUPART_HOST, &host, 0) != CURLUE_OK || !host || !*host) {
-        rc = tly_fail(TALLY_ECONFIG, "%s: '%s': no host", key, v);
+        rc = tly_err_set(err, TALLY_ECONFIG, "%s: '%s': no host", key, v);
         goto out;
     }
     if (curl_url_get(u, CURLUPART_PORT, &port, 0) == CURLUE_OK && port) {
         char *end;
         long n = strtol(port, &end, 10);
-        if (*end || n < 1 || n > 65535) rc = tly_fail(TALLY_ECONFIG, "%s: '%s': port must be 1 to 65535", key, v);
+        if (*end || n < 1 || n > 65535) rc = tly_err_set(err, TALLY_ECONFIG, "%s: '%s': port must be 1 to 65535", key, v);
     }
 out:
     curl_free(scheme);
@@ -179,22 +184,22 @@ out:
 }
 
 /* Validates a destinations array now, so a typo fails at tally_config_set, naming the entry. */
-static int add_destinations(struct tally_config *c, const char *v)
+static int add_destinations(struct tally_config *c, const char *v, tly_err *err)
 {
     tj_arena *a = tj_arena_new();
-    if (!a) return tly_fail(TALLY_ENOMEM, "destinations: out of memory");
+    if (!a) return tly_err_set(err, TALLY_ENOMEM, "destinations: out of memory");
     tj_value *root;
-    tj_error err;
+    tj_error je;
     int rc = TALLY_OK;
-    if (tj_parse(a, v, strlen(v), &root, &err)) {
-        rc = tly_fail(TALLY_ECONFIG, "destinations: invalid JSON: %s", err.msg);
+    if (tj_parse(a, v, strlen(v), &root, &je)) {
+        rc = tly_err_set(err, TALLY_ECONFIG, "destinations: invalid JSON: %s", je.msg);
     } else if (root->type != TJ_ARRAY) {
-        rc = tly_fail(TALLY_ECONFIG, "destinations: expected a JSON array of objects");
+        rc = tly_err_set(err, TALLY_ECONFIG, "destinations: expected a JSON array of objects");
     }
     for (size_t i = 0; rc == TALLY_OK && i < root->u.arr.n; i++) {
         tj_value *d = root->u.arr.items[i], *type = tj_object_get(d, "type");
         if (d->type != TJ_OBJECT || !type || type->type != TJ_STRING) {
-            rc = tly_fail(TALLY_ECONFIG, "destinations[%zu]: expected an object with a string \"type\"", i);
+            rc = tly_err_set(err, TALLY_ECONFIG, "destinations[%zu]: expected an object with a string \"type\"", i);
             break;
         }
         /* a destination's keys are configuration keys too: writeKey, host, timeoutMs ... */
@@ -204,31 +209,34 @@ static int add_destinations(struct tally_config *c, const char *v)
         }
         tbuf b = TBUF_INIT;
         tj_write(&b, d);
-        if (b.oom || config_add_dest(c, b.data)) rc = tly_fail(TALLY_ENOMEM, "destinations: out of memory");
+        if (b.oom || config_add_dest(c, b.data)) rc = tly_err_set(err, TALLY_ENOMEM, "destinations: out of memory");
         tbuf_free(&b);
     }
     tj_arena_free(a);
     return rc;
 }
 
-static int add_file_dest(struct tally_config *c, const char *path)
+static int add_file_dest(struct tally_config *c, const char *path, tly_err *err)
 {
-    if (!*path) return tly_fail(TALLY_ECONFIG, "out: must not be empty");
+    if (!*path) return tly_err_set(err, TALLY_ECONFIG, "out: must not be empty");
     tbuf b = TBUF_INIT;
     tbuf_puts(&b, "{\"type\":\"file\",\"path\":");
     tj_write_string(&b, path, strlen(path));
     tbuf_putc(&b, '}');
-    int rc = (b.oom || config_add_dest(c, b.data)) ? tly_fail(TALLY_ENOMEM, "out: out of memory") : TALLY_OK;
+    int rc = (b.oom || config_add_dest(c, b.data)) ? tly_err_set(err, TALLY_ENOMEM, "out: out of memory") : TALLY_OK;
     tbuf_free(&b);
     return rc;
 }
 
-static const char *const on_full_names[] = {"drop_newest", "drop_oldest", NULL};
-static const char *const store_full_names[] = {"drop_newest", "drop_oldest", "block", NULL};
-static const char *const mode_names[] = {"client", "server", NULL};
-static const char *const level_names[] = {"error", "warn", "info", "debug", "off", NULL};
+static const choice on_full_names[] = {
+    {"drop_newest", ON_FULL_DROP_NEWEST}, {"drop_oldest", ON_FULL_DROP_OLDEST}, {NULL, 0}};
+static const choice store_full_names[] = {
+    {"drop_newest", STORE_FULL_DROP_NEWEST}, {"drop_oldest", STORE_FULL_DROP_OLDEST}, {"block", STORE_FULL_BLOCK}, {NULL, 0}};
+static const choice mode_names[] = {{"client", MODE_CLIENT}, {"server", MODE_SERVER}, {NULL, 0}};
+static const choice level_names[] = {{"error", TALLY_LOG_ERROR}, {"warn", TALLY_LOG_WARN}, {"info", TALLY_LOG_INFO},
+                                     {"debug", TALLY_LOG_DEBUG}, {"off", -1 /* below every level */}, {NULL, 0}};
 
-enum key_kind { K_STR, K_URL, K_PROXY, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_LEVEL, K_OUT, K_DESTS, K_JSON_OBJECT };
+enum key_kind { K_STR, K_URL, K_PROXY, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_OUT, K_DESTS, K_JSON_OBJECT };
 
 /* Every configuration key: its type, where it lands, and its accepted range. */
 static const struct key_def {
@@ -236,7 +244,7 @@ static const struct key_def {
     int                kind;
     size_t             off;
     long               lo, hi;
-    const char *const *choices;
+    const choice      *choices;
 } keys[] = {
 #define F(field) offsetof(struct tally_config, field)
     {"write_key", K_STR, F(write_key), 0, 0, NULL},
@@ -270,7 +278,7 @@ static const struct key_def {
     {"on_full", K_CHOICE, F(on_full), 0, 0, on_full_names},
     {"store_on_full", K_CHOICE, F(store_on_full), 0, 0, store_full_names},
     {"mode", K_CHOICE, F(mode), 0, 0, mode_names},
-    {"log_level", K_LEVEL, F(log_level), 0, 0, level_names},
+    {"log_level", K_CHOICE, F(log_level), 0, 0, level_names},
 #undef F
 };
 
@@ -387,60 +395,63 @@ const char *config_nearest_key(const char *name, size_t len)
     return NULL;
 }
 
-static int apply_key(tally_config *c, const struct key_def *k, const char *v)
+static int apply_key(tally_config *c, const struct key_def *k, const char *v, tly_err *err)
 {
     char *field = (char *)c + k->off;
     long n;
-    int rc, choice;
+    int rc;
     switch (k->kind) {
     case K_URL:
-        if ((rc = tly_check_url(k->key, v, 0))) return rc;
-        return set_string(k->key, (char **)field, v);
+        if ((rc = tly_check_url(k->key, v, 0, err))) return rc;
+        return set_string(k->key, (char **)field, v, err);
     case K_PROXY:
-        if ((rc = tly_check_url(k->key, v, 1))) return rc;
+        if ((rc = tly_check_url(k->key, v, 1, err))) return rc;
         /* fall through */
-    case K_STR: return set_string(k->key, (char **)field, v);
-    case K_OUT: return add_file_dest(c, v);
+    case K_STR: return set_string(k->key, (char **)field, v, err);
+    case K_OUT: return add_file_dest(c, v, err);
     case K_JSON_OBJECT: {
-        tj_error err;
+        tj_error je;
         size_t i = 0;
-        if (tj_validate(v, strlen(v), &err)) return tly_fail(TALLY_ECONFIG, "%s: invalid JSON: %s", k->key, err.msg);
+        if (tj_validate(v, strlen(v), &je)) return tly_err_set(err, TALLY_ECONFIG, "%s: invalid JSON: %s", k->key, je.msg);
         while (v[i] == ' ' || v[i] == '\n' || v[i] == '\t' || v[i] == '\r') i++;
-        if (v[i] != '{') return tly_fail(TALLY_ECONFIG, "%s: expected a JSON object", k->key);
-        return set_string(k->key, (char **)field, v);
+        if (v[i] != '{') return tly_err_set(err, TALLY_ECONFIG, "%s: expected a JSON object", k->key);
+        return set_string(k->key, (char **)field, v, err);
     }
-    case K_DESTS: return add_destinations(c, v);
+    case K_DESTS: return add_destinations(c, v, err);
     case K_INT:
-        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n))) return rc;
+        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n, err))) return rc;
         *(int *)field = (int)n;
         return TALLY_OK;
     case K_LLONG:
-        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n))) return rc;
+        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n, err))) return rc;
         *(long long *)field = n;
         return TALLY_OK;
     case K_SIZE:
-        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n))) return rc;
+        if ((rc = parse_long(k->key, v, k->lo, k->hi, &n, err))) return rc;
         *(size_t *)field = (size_t)n;
         return TALLY_OK;
-    case K_BOOL: return parse_bool(k->key, v, (int *)field);
-    case K_CHOICE: return parse_choice(k->key, v, k->choices, (int *)field);
-    case K_LEVEL:
-        if ((rc = parse_choice(k->key, v, k->choices, &choice))) return rc;
-        *(int *)field = choice == 4 ? -1 : choice; /* "off": below every level */
-        return TALLY_OK;
+    case K_BOOL: return parse_bool(k->key, v, (int *)field, err);
+    case K_CHOICE: return parse_choice(k->key, v, k->choices, (int *)field, err);
     }
-    return TALLY_ECONFIG;
+    assert(!"a key kind without a parser");
+    return tly_err_set(err, TALLY_ECONFIG, "%s: cannot be set", k->key);
+}
+
+int config_set(tally_config *c, const char *key, const char *v, tly_err *err)
+{
+    size_t len = strlen(key);
+    const char *canon = config_key_lookup(key, len);
+    if (canon) return apply_key(c, find_key(canon, strlen(canon)), v, err);
+    const char *near = config_nearest_key(key, len);
+    if (near) return tly_err_set(err, TALLY_ECONFIG, "unknown configuration key \"%s\" (did you mean \"%s\"?)", key, near);
+    return tly_err_set(err, TALLY_ECONFIG, "unknown configuration key \"%s\"", key);
 }
 
 int tally_config_set(tally_config *c, const char *key, const char *v)
 {
-    if (!c || !key || !v) return tly_fail(TALLY_EINVAL, "tally_config_set: NULL argument");
-    size_t len = strlen(key);
-    const char *canon = config_key_lookup(key, len);
-    if (canon) return apply_key(c, find_key(canon, strlen(canon)), v);
-    const char *near = config_nearest_key(key, len);
-    if (near) return tly_fail(TALLY_ECONFIG, "unknown configuration key \"%s\" (did you mean \"%s\"?)", key, near);
-    return tly_fail(TALLY_ECONFIG, "unknown configuration key \"%s\"", key);
+    tly_err err;
+    if (!c || !key || !v) return tly_publish(tly_err_set(&err, TALLY_EINVAL, "tally_config_set: NULL argument"), &err);
+    return tly_publish(config_set(c, key, v, &err), &err);
 }
 
 tally_config *tally_config_new(void)
@@ -465,14 +476,14 @@ int tally_config_set_logger(tally_config *c, tally_log_fn fn, void *ud)
     return TALLY_OK;
 }
 
-int config_apply_env(struct tally_config *c)
+int config_apply_env(struct tally_config *c, tly_err *err)
 {
     const char *k = getenv("TALLY_WRITE_KEY"), *e = getenv("TALLY_ENDPOINT");
     int rc;
-    if (!c->write_key && k && *k && (rc = set_string("TALLY_WRITE_KEY", &c->write_key, k))) return rc;
+    if (!c->write_key && k && *k && (rc = set_string("TALLY_WRITE_KEY", &c->write_key, k, err))) return rc;
     if (!c->endpoint && e && *e) {
-        if ((rc = tly_check_url("TALLY_ENDPOINT", e, 0))) return rc;
-        if ((rc = set_string("TALLY_ENDPOINT", &c->endpoint, e))) return rc;
+        if ((rc = tly_check_url("TALLY_ENDPOINT", e, 0, err))) return rc;
+        if ((rc = set_string("TALLY_ENDPOINT", &c->endpoint, e, err))) return rc;
     }
     return TALLY_OK;
 }
@@ -497,17 +508,17 @@ void config_store_defaults(struct tally_config *c)
     if (c->store_on_full < 0) c->store_on_full = memory ? STORE_FULL_BLOCK : STORE_FULL_DROP_OLDEST;
 }
 
-int config_resolve_dests(struct tally_config *c)
+int config_resolve_dests(struct tally_config *c, tly_err *err)
 {
     if ((!c->write_key && !c->endpoint) || has_segment_dest(c)) return TALLY_OK;
     if (!c->write_key)
-        return tly_fail(TALLY_ECONFIG, "write_key: required with endpoint (set write_key or TALLY_WRITE_KEY)");
+        return tly_err_set(err, TALLY_ECONFIG, "write_key: required with endpoint (set write_key or TALLY_WRITE_KEY)");
     tbuf b = TBUF_INIT;
     tbuf_puts(&b, "{\"type\":\"segment\",\"endpoint\":");
     const char *ep = c->endpoint ? c->endpoint : "https://api.segment.io";
     tj_write_string(&b, ep, strlen(ep));
     tbuf_putc(&b, '}');
-    int rc = (b.oom || config_add_dest(c, b.data)) ? tly_fail(TALLY_ENOMEM, "out of memory") : TALLY_OK;
+    int rc = (b.oom || config_add_dest(c, b.data)) ? tly_err_set(err, TALLY_ENOMEM, "out of memory") : TALLY_OK;
     tbuf_free(&b);
     return rc;
 }

@@ -59,16 +59,23 @@ size_t tly_edit_distance(const char *a, size_t al, const char *b, size_t bl);
 /* The nearest of names[0..n) to name when it is a plausible typo of it, else NULL. */
 const char *tly_nearest(const char *name, size_t len, const char *const *names, size_t n);
 /* TALLY_OK when v is a URL libcurl can use (http/https; a proxy may also be socks), else
- * TALLY_ECONFIG with an error naming key and what is wrong ("endpoint: 'http://': no host"). */
-int  tly_check_url(const char *key, const char *v, int proxy);
+ * TALLY_ECONFIG with err naming key and what is wrong ("endpoint: 'http://': no host"). */
+int  tly_check_url(const char *key, const char *v, int proxy, tly_err *err);
+/* Sets one key (any spelling config_key_lookup takes) from its text form: what tally_config_set,
+ * config files and tally.open{} do. TALLY_OK, or TALLY_ECONFIG / TALLY_ENOMEM with err naming the key. */
+int  config_set(struct tally_config *c, const char *key, const char *v, tly_err *err);
+/* Reads a Lua config file onto c, all keys or none (tally_config_load). TALLY_OK, or a code with
+ * err naming the file. */
+int  config_load(struct tally_config *c, const char *path, tly_err *err);
+/* These two fail only for memory (TALLY_ENOMEM), which the caller names in its own words. */
 int  config_copy(struct tally_config *dst, const struct tally_config *src);
 void config_clear(struct tally_config *c);
 int  config_add_dest(struct tally_config *c, const char *json_object);
 /* Fills write_key/endpoint from TALLY_WRITE_KEY/TALLY_ENDPOINT when unset. */
-int  config_apply_env(struct tally_config *c);
+int  config_apply_env(struct tally_config *c, tly_err *err);
 /* Settles max_store_bytes and store_on_full left unset (-1), which depend on the kind of store. */
 void config_store_defaults(struct tally_config *c);
 /* Builds the final destination list: explicit ones plus the write_key/endpoint shorthand. */
-int  config_resolve_dests(struct tally_config *c);
+int  config_resolve_dests(struct tally_config *c, tly_err *err);
 
 #endif

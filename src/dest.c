@@ -1,5 +1,6 @@
 #include "dest.h"
 
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,33 +38,30 @@ void batch_free(dest_batch *b)
 
 static const dest_ops *const all_dests[] = {&dest_segment_ops, &dest_http_ops, &dest_file_ops, &dest_sqlite_ops};
 
-int dest_open(dest *d, const char *json_cfg, const dest_env *env, const tly_logger *log)
+int dest_open(dest *d, const char *json_cfg, const dest_env *env, const tly_logger *log, tly_err *err)
 {
     memset(d, 0, sizeof *d);
     d->log = log;
     tj_arena *a = tj_arena_new();
-    if (!a) return tly_fail(TALLY_ENOMEM, "destinations: out of memory");
+    if (!a) return tly_err_set(err, TALLY_ENOMEM, "destinations: out of memory");
     tj_value *cfg;
-    tj_error err;
+    tj_error je;
     int rc;
-    if (tj_parse(a, json_cfg, strlen(json_cfg), &cfg, &err)) {
-        rc = tly_fail(TALLY_ECONFIG, "destinations: invalid JSON: %s", err.msg);
+    if (tj_parse(a, json_cfg, strlen(json_cfg), &cfg, &je)) {
+        rc = tly_err_set(err, TALLY_ECONFIG, "destinations: invalid JSON: %s", je.msg);
         goto out;
     }
     const tj_value *type = tj_object_get(cfg, "type");
-    rc = tly_fail(TALLY_ECONFIG, "destinations: unknown type \"%.*s\" (known: segment, http, file, sqlite)",
-                  type && type->type == TJ_STRING ? (int)type->u.str.len : 1,
-                  type && type->type == TJ_STRING ? type->u.str.s : "?");
-    for (size_t i = 0; i < sizeof all_dests / sizeof *all_dests; i++) {
+    for (size_t i = 0; !d->ops && i < sizeof all_dests / sizeof *all_dests; i++)
         if (type && type->type == TJ_STRING && type->u.str.len == strlen(all_dests[i]->type) &&
-            !memcmp(type->u.str.s, all_dests[i]->type, type->u.str.len)) {
+            !memcmp(type->u.str.s, all_dests[i]->type, type->u.str.len))
             d->ops = all_dests[i];
-            tly_clear_error();
-            rc = d->ops->open(d, cfg, env);
-            break;
-        }
-    }
+    rc = d->ops ? d->ops->open(d, cfg, env, err)
+                : tly_err_set(err, TALLY_ECONFIG, "destinations: unknown type \"%.*s\" (known: segment, http, file, sqlite)",
+                              type && type->type == TJ_STRING ? (int)type->u.str.len : 1,
+                              type && type->type == TJ_STRING ? type->u.str.s : "?");
 out:
+    assert(rc != TALLY_OK || (d->ops && d->name[0])); /* an open destination has a name for logs and the store */
     tj_arena_free(a);
     if (rc) d->ops = NULL;
     return rc;
@@ -75,13 +73,3 @@ void dest_close(dest *d)
     d->ops = NULL;
 }
 
-void dest_outcome_set(dest_outcome *o, int result, int status, const char *fmt, ...)
-{
-    o->result = result;
-    o->status = status;
-    o->retry_after_ms = 0;
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(o->reason, sizeof o->reason, fmt, ap);
-    va_end(ap);
-}

@@ -48,8 +48,8 @@ typedef struct dest_env {
 typedef struct dest dest;
 typedef struct dest_ops {
     const char *type;
-    /* Reads the destination's keys from cfg (a JSON object); TALLY_OK or fails naming the key. */
-    int  (*open)(dest *d, const tj_value *cfg, const dest_env *env);
+    /* Reads the destination's keys from cfg (a JSON object); TALLY_OK or fails naming the key in err. */
+    int  (*open)(dest *d, const tj_value *cfg, const dest_env *env, tly_err *err);
     /* Starts delivering b. A synchronous destination finishes here: returns 1 with *out filled.
      * An asynchronous one returns 0 with *handle set to the transfer, and the worker calls
      * finish() with that handle when it completes; b stays untouched until then. Up to
@@ -57,7 +57,7 @@ typedef struct dest_ops {
     int  (*submit)(dest *d, const dest_batch *b, dest_outcome *out, void **handle);
     /* Asynchronous destinations only: the transfer `handle` ended with curl code `code`. */
     void (*finish)(dest *d, void *handle, int code, dest_outcome *out);
-    /* Makes everything delivered so far durable (fsync for files); 0 or -1. */
+    /* Makes everything delivered so far durable (fsync for files); TALLY_OK or TALLY_EIO (logged). */
     int  (*sync)(dest *d);
     void (*close)(dest *d);
 } dest_ops;
@@ -70,8 +70,9 @@ struct dest {
     _Atomic uint64_t  delivered, failed, retried, batches; /* read by tally_stats on any thread */
 };
 
-/* Opens a destination from its JSON config object; unknown types fail naming the type. */
-int  dest_open(dest *d, const char *json_cfg, const dest_env *env, const tly_logger *log);
+/* Opens a destination from its JSON config object: TALLY_OK, or a code with err naming the key (an
+ * unknown type names the type). */
+int  dest_open(dest *d, const char *json_cfg, const dest_env *env, const tly_logger *log, tly_err *err);
 void dest_close(dest *d);
 void dest_outcome_set(dest_outcome *o, int result, int status, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));

@@ -26,22 +26,22 @@ static void end_torn_line(dest *d, file_dest *f)
     }
 }
 
-static int file_open(dest *d, const tj_value *cfg, const dest_env *env)
+static int file_open(dest *d, const tj_value *cfg, const dest_env *env, tly_err *err)
 {
     const tj_value *path = tj_object_get(cfg, "path");
     if (!path || path->type != TJ_STRING || path->u.str.len == 0)
-        return tly_fail(TALLY_ECONFIG, "destinations: file needs a non-empty string \"path\"");
+        return tly_err_set(err, TALLY_ECONFIG, "destinations: file needs a non-empty string \"path\"");
     file_dest *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path->u.str.s))) {
         free(f);
-        return tly_fail(TALLY_ENOMEM, "file destination: out of memory");
+        return tly_err_set(err, TALLY_ENOMEM, "file destination: out of memory");
     }
     f->fd = open(f->path, O_RDWR | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     if (f->fd < 0) {
         int e = errno;
         free(f->path);
         free(f);
-        return tly_fail(TALLY_EIO, "file destination: cannot open %s: %s", path->u.str.s, strerror(e));
+        return tly_err_set(err, TALLY_EIO, "file destination: cannot open %s: %s", path->u.str.s, strerror(e));
     }
     d->impl = f;
     snprintf(d->name, sizeof d->name, "file:%s", f->path);
@@ -79,9 +79,9 @@ static int file_sync(dest *d)
     file_dest *f = d->impl;
     if (fsync(f->fd) && errno != EINVAL) {
         tly_log(d->log, TALLY_LOG_ERROR, "%s: fsync failed: %s", d->name, strerror(errno));
-        return -1;
+        return TALLY_EIO;
     }
-    return 0;
+    return TALLY_OK;
 }
 
 static void file_close(dest *d)

@@ -103,12 +103,12 @@ static void response_excerpt(const xfer *x, char *out, size_t outlen)
     out[o] = '\0';
 }
 
-static int check_keys(const tj_value *cfg, const char *type, const char *const *known)
+static int check_keys(const tj_value *cfg, const char *type, const char *const *known, tly_err *err)
 {
     for (size_t i = 0; i < cfg->u.obj.n; i++) {
         int ok = 0;
         for (int k = 0; known[k] && !ok; k++) ok = !strcmp(cfg->u.obj.m[i].key, known[k]);
-        if (!ok) return tly_fail(TALLY_ECONFIG, "destinations: %s: unknown key \"%s\"", type, cfg->u.obj.m[i].key);
+        if (!ok) return tly_err_set(err, TALLY_ECONFIG, "destinations: %s: unknown key \"%s\"", type, cfg->u.obj.m[i].key);
     }
     return TALLY_OK;
 }
@@ -150,7 +150,7 @@ static void segment_close(dest *d)
     d->impl = NULL;
 }
 
-static int setup_easy(dest *d, xfer *x, const tj_value *cfg, const dest_env *env)
+static int setup_easy(dest *d, xfer *x, const tj_value *cfg, const dest_env *env, tly_err *err)
 {
     segment_dest *s = x->s;
     const tj_value *tmo = tj_object_get(cfg, "timeout_ms");
@@ -167,7 +167,7 @@ static int setup_easy(dest *d, xfer *x, const tj_value *cfg, const dest_env *env
         if (h) h = curl_slist_append(h, "Expect:"); /* no 100-continue round trip per batch */
         s->headers = h;
     }
-    if (!h || !(x->easy = curl_easy_init())) return tly_fail(TALLY_ENOMEM, "%s: out of memory", d->name);
+    if (!h || !(x->easy = curl_easy_init())) return tly_err_set(err, TALLY_ENOMEM, "%s: out of memory", d->name);
     CURL *e = x->easy;
     curl_easy_setopt(e, CURLOPT_URL, s->url);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->headers);
@@ -192,11 +192,11 @@ static int setup_easy(dest *d, xfer *x, const tj_value *cfg, const dest_env *env
 }
 
 static int common_open(dest *d, const tj_value *cfg, const dest_env *env, const char *url, size_t ulen,
-                       const char *suffix, const char *key, int array_body)
+                       const char *suffix, const char *key, int array_body, tly_err *err)
 {
-    if (!env->multi) return tly_fail(TALLY_ECONFIG, "destinations: %s: no transfer loop", d->ops->type);
+    if (!env->multi) return tly_err_set(err, TALLY_ECONFIG, "destinations: %s: no transfer loop", d->ops->type);
     segment_dest *s = calloc(1, sizeof *s);
-    if (!s) return tly_fail(TALLY_ENOMEM, "%s destination: out of memory", d->ops->type);
+    if (!s) return tly_err_set(err, TALLY_ENOMEM, "%s destination: out of memory", d->ops->type);
     d->impl = s;
     s->multi = env->multi;
     s->array_body = array_body;
@@ -215,7 +215,7 @@ static int common_open(dest *d, const tj_value *cfg, const dest_env *env, const 
     }
     if (!(s->url = malloc(ulen + strlen(suffix) + 1)) || (key && (!(s->write_key = strdup(key)) || !s->auth_b64))) {
         segment_close(d);
-        return tly_fail(TALLY_ENOMEM, "%s destination: out of memory", d->ops->type);
+        return tly_err_set(err, TALLY_ENOMEM, "%s destination: out of memory", d->ops->type);
     }
     s->keep = BODY_EXCERPT + (s->auth_b64 ? strlen(s->auth_b64) : 0);
     memcpy(s->url, url, ulen);
@@ -227,7 +227,7 @@ static int common_open(dest *d, const tj_value *cfg, const dest_env *env, const 
     int n = env->in_flight > 0 && env->in_flight <= MAX_IN_FLIGHT ? env->in_flight : 1, rc = TALLY_OK;
     for (; s->nx < n && !rc; s->nx++) {
         s->x[s->nx].s = s;
-        rc = setup_easy(d, &s->x[s->nx], cfg, env);
+        rc = setup_easy(d, &s->x[s->nx], cfg, env, err);
     }
     if (rc) segment_close(d);
     return rc;
@@ -236,18 +236,18 @@ static int common_open(dest *d, const tj_value *cfg, const dest_env *env, const 
 /* The destination's own proxy and the trust file it will use (its own or the global one). A
  * ca_bundle that is missing, or not a regular file (a FIFO would block the worker in curl), is
  * refused now rather than failing, or hanging, at every delivery. */
-static int check_transport(const tj_value *cfg, const dest_env *env, const char *type)
+static int check_transport(const tj_value *cfg, const dest_env *env, const char *type, tly_err *err)
 {
     char what[64];
     const char *proxy = str_opt(cfg, "proxy", NULL);
     snprintf(what, sizeof what, "destinations: %s: proxy", type);
-    if (proxy && tly_check_url(what, proxy, 1)) return TALLY_ECONFIG;
+    if (proxy && tly_check_url(what, proxy, 1, err)) return TALLY_ECONFIG;
     const char *own = str_opt(cfg, "ca_bundle", NULL), *ca = own ? own : env->ca_bundle;
     struct stat st;
     if (!ca) return TALLY_OK;
     snprintf(what, sizeof what, own ? "destinations: %s: ca_bundle" : "ca_bundle", type);
-    if (stat(ca, &st)) return tly_fail(TALLY_ECONFIG, "%s: '%s': %s", what, ca, strerror(errno));
-    if (!S_ISREG(st.st_mode)) return tly_fail(TALLY_ECONFIG, "%s: '%s': not a regular file", what, ca);
+    if (stat(ca, &st)) return tly_err_set(err, TALLY_ECONFIG, "%s: '%s': %s", what, ca, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return tly_err_set(err, TALLY_ECONFIG, "%s: '%s': not a regular file", what, ca);
     return TALLY_OK;
 }
 
@@ -260,7 +260,7 @@ static int is_tchar(unsigned char ch)
 
 /* A header value with CR or LF would start a header (or a body) of its own: refuse any control
  * character but tab, naming the destination and the header. */
-static int check_headers(const tj_value *hs, const char *dname, size_t dlen)
+static int check_headers(const tj_value *hs, const char *dname, size_t dlen, tly_err *err)
 {
     for (size_t i = 0; hs && i < hs->u.obj.n; i++) {
         const char *name = hs->u.obj.m[i].key;
@@ -277,16 +277,16 @@ static int check_headers(const tj_value *hs, const char *dname, size_t dlen)
                 else shown[o++] = (char)ch;
             }
             shown[o] = '\0';
-            return tly_fail(TALLY_ECONFIG, "destinations: http %.*s: header name \"%s\" is not a token (RFC 7230)",
+            return tly_err_set(err, TALLY_ECONFIG, "destinations: http %.*s: header name \"%s\" is not a token (RFC 7230)",
                             (int)dlen, dname, shown);
         }
         if (v->type != TJ_STRING)
-            return tly_fail(TALLY_ECONFIG, "destinations: http %.*s: header \"%s\": value must be a string",
+            return tly_err_set(err, TALLY_ECONFIG, "destinations: http %.*s: header \"%s\": value must be a string",
                             (int)dlen, dname, name);
         for (size_t k = 0; k < v->u.str.len; k++) {
             unsigned char ch = (unsigned char)v->u.str.s[k];
             if ((ch < 0x20 && ch != '\t') || ch == 0x7f)
-                return tly_fail(TALLY_ECONFIG,
+                return tly_err_set(err, TALLY_ECONFIG,
                                 "destinations: http %.*s: header \"%s\": value has a control character (0x%02x; CR, LF and NUL are refused)",
                                 (int)dlen, dname, name, ch);
         }
@@ -294,41 +294,41 @@ static int check_headers(const tj_value *hs, const char *dname, size_t dlen)
     return TALLY_OK;
 }
 
-static int segment_open(dest *d, const tj_value *cfg, const dest_env *env)
+static int segment_open(dest *d, const tj_value *cfg, const dest_env *env, tly_err *err)
 {
     static const char *const known[] = {"type", "name", "endpoint", "write_key", "gzip", "timeout_ms",
                                         "ca_bundle", "proxy", "mapping", NULL};
-    int rc = check_keys(cfg, "segment", known);
+    int rc = check_keys(cfg, "segment", known, err);
     if (rc) return rc;
     const char *endpoint = str_opt(cfg, "endpoint", "https://api.segment.io");
     const char *key = str_opt(cfg, "write_key", env->write_key);
-    if (tly_check_url("destinations: segment: endpoint", endpoint, 0) || check_transport(cfg, env, "segment"))
+    if (tly_check_url("destinations: segment: endpoint", endpoint, 0, err) || check_transport(cfg, env, "segment", err))
         return TALLY_ECONFIG;
     if (!key || !*key)
-        return tly_fail(TALLY_ECONFIG, "destinations: segment: write_key required (or TALLY_WRITE_KEY)");
+        return tly_err_set(err, TALLY_ECONFIG, "destinations: segment: write_key required (or TALLY_WRITE_KEY)");
     size_t elen = strlen(endpoint);
     while (elen > 0 && endpoint[elen - 1] == '/') elen--;
     /* an endpoint copied from Segment's docs often already ends in the path: do not double it */
     if (elen >= 9 && !memcmp(endpoint + elen - 9, "/v1/batch", 9)) elen -= 9;
     while (elen > 0 && endpoint[elen - 1] == '/') elen--;
-    return common_open(d, cfg, env, endpoint, elen, "/v1/batch", key, 0);
+    return common_open(d, cfg, env, endpoint, elen, "/v1/batch", key, 0, err);
 }
 
-static int http_open(dest *d, const tj_value *cfg, const dest_env *env)
+static int http_open(dest *d, const tj_value *cfg, const dest_env *env, tly_err *err)
 {
     static const char *const known[] = {"type", "name", "url", "write_key", "headers", "gzip", "timeout_ms",
                                         "ca_bundle", "proxy", "mapping", NULL};
-    int rc = check_keys(cfg, "http", known);
+    int rc = check_keys(cfg, "http", known, err);
     if (rc) return rc;
     const char *url = str_opt(cfg, "url", NULL);
-    if (!url) return tly_fail(TALLY_ECONFIG, "destinations: http: \"url\" must be an http:// or https:// URL");
-    if (tly_check_url("destinations: http: url", url, 0) || check_transport(cfg, env, "http")) return TALLY_ECONFIG;
+    if (!url) return tly_err_set(err, TALLY_ECONFIG, "destinations: http: \"url\" must be an http:// or https:// URL");
+    if (tly_check_url("destinations: http: url", url, 0, err) || check_transport(cfg, env, "http", err)) return TALLY_ECONFIG;
     const tj_value *h = tj_object_get(cfg, "headers"), *name = tj_object_get(cfg, "name");
-    if (h && h->type != TJ_OBJECT) return tly_fail(TALLY_ECONFIG, "destinations: http: \"headers\" must be an object of strings");
-    if (name && name->type == TJ_STRING ? check_headers(h, name->u.str.s, name->u.str.len)
-                                        : check_headers(h, url, strlen(url)))
+    if (h && h->type != TJ_OBJECT) return tly_err_set(err, TALLY_ECONFIG, "destinations: http: \"headers\" must be an object of strings");
+    if (name && name->type == TJ_STRING ? check_headers(h, name->u.str.s, name->u.str.len, err)
+                                        : check_headers(h, url, strlen(url), err))
         return TALLY_ECONFIG;
-    return common_open(d, cfg, env, url, strlen(url), "", str_opt(cfg, "write_key", NULL), 1);
+    return common_open(d, cfg, env, url, strlen(url), "", str_opt(cfg, "write_key", NULL), 1, err);
 }
 
 static int gzip_into(tbuf *out, const char *p, size_t n)
@@ -443,7 +443,7 @@ static void segment_finish(dest *d, void *handle, int code, dest_outcome *out)
     }
 }
 
-static int segment_sync(dest *d) { (void)d; return 0; }
+static int segment_sync(dest *d) { (void)d; return TALLY_OK; }
 
 const dest_ops dest_segment_ops = {"segment", segment_open, segment_submit, segment_finish, segment_sync, segment_close};
 const dest_ops dest_http_ops = {"http", http_open, segment_submit, segment_finish, segment_sync, segment_close};

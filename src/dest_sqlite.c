@@ -44,21 +44,21 @@ static void sqlite_close_dest(dest *d)
     d->impl = NULL;
 }
 
-static int sqlite_open_dest(dest *d, const tj_value *cfg, const dest_env *env)
+static int sqlite_open_dest(dest *d, const tj_value *cfg, const dest_env *env, tly_err *err)
 {
     const tj_value *path = tj_object_get(cfg, "path");
     if (!path || path->type != TJ_STRING || path->u.str.len == 0)
-        return tly_fail(TALLY_ECONFIG, "destinations: sqlite needs a non-empty string \"path\"");
+        return tly_err_set(err, TALLY_ECONFIG, "destinations: sqlite needs a non-empty string \"path\"");
     sqlite_dest *s = calloc(1, sizeof *s);
-    if (!s) return tly_fail(TALLY_ENOMEM, "sqlite destination: out of memory");
+    if (!s) return tly_err_set(err, TALLY_ENOMEM, "sqlite destination: out of memory");
     d->impl = s;
     snprintf(d->name, sizeof d->name, "sqlite:%s", path->u.str.s);
-    char *err = NULL;
+    char *why = NULL;
     if (sqlite3_open_v2(path->u.str.s, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL) ||
-        sqlite3_exec(s->db, events_schema, NULL, NULL, &err) ||
+        sqlite3_exec(s->db, events_schema, NULL, NULL, &why) ||
         sqlite3_prepare_v2(s->db, insert_sql, -1, &s->insert, NULL)) {
-        int rc = tly_fail(TALLY_EIO, "sqlite destination %s: %s", path->u.str.s, err ? err : sqlite3_errmsg(s->db));
-        sqlite3_free(err);
+        int rc = tly_err_set(err, TALLY_EIO, "sqlite destination %s: %s", path->u.str.s, why ? why : sqlite3_errmsg(s->db));
+        sqlite3_free(why);
         sqlite_close_dest(d);
         return rc;
     }
@@ -95,6 +95,6 @@ static int sqlite_submit(dest *d, const dest_batch *b, dest_outcome *out, void *
 }
 
 /* Each batch already commits; in WAL mode with the default synchronous=FULL that is durable. */
-static int sqlite_sync(dest *d) { (void)d; return 0; }
+static int sqlite_sync(dest *d) { (void)d; return TALLY_OK; }
 
 const dest_ops dest_sqlite_ops = {"sqlite", sqlite_open_dest, sqlite_submit, NULL, sqlite_sync, sqlite_close_dest};

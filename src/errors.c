@@ -48,14 +48,11 @@ int tly_err_wrap(tly_err *e, int rc, const char *prefix)
 int tly_publish(int rc, const tly_err *e)
 {
     assert(e);
-    if (rc != TALLY_OK) snprintf(last_error, sizeof last_error, "%s", e->msg);
-    return rc;
-}
-
-int tly_err_legacy(tly_err *e, int rc)
-{
-    assert(e);
-    if (rc != TALLY_OK) snprintf(e->msg, sizeof e->msg, "%s", last_error);
+    if (rc != TALLY_OK) { /* the public text keeps what fits, as tly_fail's does */
+        size_t n = strnlen(e->msg, sizeof last_error - 1);
+        memcpy(last_error, e->msg, n);
+        last_error[n] = '\0';
+    }
     return rc;
 }
 

@@ -1,5 +1,6 @@
 #include "identity.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,7 +46,7 @@ static void new_session(identity *id, const meta_sink *s, int64_t now_wall)
     meta_set_int(s, "session_started_ms", id->session_started_ms);
 }
 
-int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
+int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall, tly_err *err)
 {
     memset(id, 0, sizeof *id);
     id->timeout_ms = timeout_ms;
@@ -54,7 +55,10 @@ int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
     if (anon && strlen(anon) == 36) {
         copy_id(id->anonymous_id, anon);
     } else {
-        if (tly_uuid4(id->anonymous_id)) { free(anon); return -1; }
+        if (tly_uuid4(id->anonymous_id)) {
+            free(anon);
+            return tly_err_set(err, TALLY_EIO, "store: cannot load the identity");
+        }
         store_meta_set(s, "anonymous_id", id->anonymous_id, &e);
     }
     free(anon);
@@ -67,7 +71,7 @@ int identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall)
     id->session_started_ms = meta_int(s, "session_started_ms");
     id->last_seen_wall = id->saved_wall = meta_int(s, "last_seen_ms");
     (void)now_wall;
-    return store_commit(s, &e) == TALLY_OK ? 0 : -1;
+    return store_commit(s, &e) ? tly_err_set(err, TALLY_EIO, "store: cannot load the identity") : TALLY_OK;
 }
 
 void identity_free(identity *id)
@@ -140,6 +144,7 @@ static void apply_identify(identity *id, const meta_sink *s, const tj_value *m)
 
 void identity_apply(identity *id, const meta_sink *s, int kind, const tj_value *m, int64_t now_mono, int64_t now_wall)
 {
+    assert(!m == (kind == REC_RESET || kind == REC_SESSION_START)); /* control records carry no message */
     if (kind == REC_RESET) {
         logout(id, s);
         new_session(id, s, now_wall);

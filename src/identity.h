@@ -31,8 +31,8 @@ typedef struct identity {
     int     changed;            /* set by identity_apply when ids or session changed */
 } identity;
 
-/* Loads (or creates and persists) the identity. 0 or -1. */
-int  identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall);
+/* Loads (or creates and persists) the identity. TALLY_OK, or TALLY_EIO with err saying so. */
+int  identity_load(identity *id, store *s, int64_t timeout_ms, int64_t now_wall, tly_err *err);
 void identity_free(identity *id);
 
 /* Applies a record to the identity before its message is stamped: session rollover after idle

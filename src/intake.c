@@ -1,5 +1,6 @@
 #include "intake.h"
 
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -115,17 +116,17 @@ int64_t intake_rec_time(const intake_rec *r) { return r->at_ticks ? tly_ticks_wa
 
 int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
 {
-    if (ring_init(&q->ring, rows)) return -1;
+    if (ring_init(&q->ring, rows)) return TALLY_ENOMEM;
     if (ring_init(&q->spare, SPARES)) {
         free(q->ring.cells);
         q->ring.cells = NULL;
-        return -1;
+        return TALLY_ENOMEM;
     }
     q->max_bytes = max_bytes;
     q->on_full = on_full;
     atomic_init(&q->bytes, 0);
     atomic_init(&q->dropped, 0);
-    return 0;
+    return TALLY_OK;
 }
 
 void intake_destroy(intake *q)
@@ -142,7 +143,9 @@ void intake_destroy(intake *q)
 intake_rec *intake_pop(intake *q)
 {
     intake_rec *r = ring_pop(&q->ring);
-    if (r) atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed);
+    size_t before = r ? atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed) : 0;
+    assert(before >= (r ? r->size : 0)); /* counted when it was pushed */
+    (void)before;
     return r;
 }
 
@@ -164,9 +167,9 @@ int intake_push(intake *q, intake_rec *r, int *dropped_oldest)
         if (over_bytes || ring_push(&q->ring, r) != 0) {
             atomic_fetch_sub_explicit(&q->bytes, r->size, memory_order_relaxed);
             atomic_fetch_add_explicit(&q->dropped, 1, memory_order_relaxed);
-            return -1;
+            return TALLY_EFULL;
         }
-        return 0;
+        return TALLY_OK;
     }
     /* drop_oldest: make room by discarding from the front until this record fits. Bounded: each
      * round removes one record or finds the queue empty, in which case the record fits alone. */
@@ -180,7 +183,7 @@ int intake_push(intake *q, intake_rec *r, int *dropped_oldest)
         drop_one_oldest(q);
         *dropped_oldest = 1;
     }
-    return 0;
+    return TALLY_OK;
 }
 
 size_t intake_position(intake *q) { return atomic_load_explicit(&q->ring.head, memory_order_acquire); }

@@ -70,10 +70,12 @@ struct intake {
     _Atomic uint64_t dropped;           /* records dropped by the full policy */
 };
 
-int  intake_init(intake *q, size_t rows, size_t max_bytes, int on_full); /* rows: rounded up to 2^k */
+/* rows: rounded up to 2^k. TALLY_OK or TALLY_ENOMEM: the caller names what it was opening. */
+int  intake_init(intake *q, size_t rows, size_t max_bytes, int on_full);
 void intake_destroy(intake *q);          /* frees queued records too */
-/* 0 queued; -1 refused (drop_newest, full). Under drop_oldest it always queues; *dropped_oldest
- * is set to 1 when an older record was discarded for it. */
+/* TALLY_OK queued; TALLY_EFULL refused (drop_newest, full): the caller words the error, with the
+ * configuration it knows. Under drop_oldest it always queues; *dropped_oldest is set to 1 when an
+ * older record was discarded for it. */
 int  intake_push(intake *q, intake_rec *r, int *dropped_oldest);
 intake_rec *intake_pop(intake *q);       /* NULL when empty */
 size_t intake_position(intake *q);       /* how many records have ever been queued */

@@ -13,16 +13,19 @@
 
 /* ---- errors (errors.c) ----
  * The last failure text is per thread: calls are made from any thread, and a caller reads the
- * text right after its own failing call. Returns rc so call sites can `return tly_fail(...)`. */
+ * text right after its own failing call. Returns rc so call sites can `return tly_fail(...)`.
+ * For public entry points (it writes the public text); module code takes a tly_err instead
+ * (the processor, worker and store still call this until they move to tly_err). */
 int  tly_fail(int rc, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void tly_clear_error(void);
 
 /* The internal discipline (docs/ARCHITECTURE.md): a module function returns TALLY_OK or a
  * TALLY_E* code and, when it fails, writes why into the tly_err its caller passed (never NULL).
- * Only the public entry points (tally.c, the CLI) turn that into the per-thread tally_errmsg
- * text, with tly_publish; nothing inside reads tally_errmsg back. */
+ * Only the public entry points (tally.c, tally_config_set/_load, the Lua module's C glue, the CLI)
+ * turn that into the per-thread tally_errmsg text, with tly_publish; nothing inside reads
+ * tally_errmsg back. */
 typedef struct tly_err {
-    char msg[512];
+    char msg[1024]; /* a script's error text reaches the log whole; tally_errmsg keeps 511 bytes */
 } tly_err;
 
 /* Writes the text into *e and returns rc, so call sites can `return tly_err_set(e, rc, ...)`. */
@@ -31,9 +34,6 @@ int  tly_err_set(tly_err *e, int rc, const char *fmt, ...) __attribute__((format
 int  tly_err_wrap(tly_err *e, int rc, const char *prefix);
 /* Makes e's text the calling thread's tally_errmsg. Returns rc. */
 int  tly_publish(int rc, const tly_err *e);
-/* For a callee that still reports through tly_fail (its module not converted yet): when rc is
- * not TALLY_OK, moves the text it left into *e. Returns rc. Goes once every module takes a tly_err. */
-int  tly_err_legacy(tly_err *e, int rc);
 
 /* ---- logging (log.c) ---- */
 typedef struct tly_logger {

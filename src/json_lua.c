@@ -5,6 +5,7 @@
  * found in the registry by name each time. */
 #include "json_lua.h"
 
+#include <assert.h>
 #include <lauxlib.h>
 #include <limits.h>
 #include <math.h>
@@ -232,7 +233,7 @@ int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err)
     int top = lua_gettop(L);
     if (!lua_checkstack(L, 8)) {
         if (err) snprintf(err->msg, sizeof err->msg, "out of memory (Lua stack)");
-        return -1;
+        return TALLY_ENOMEM;
     }
     push_array_mt(L);
     dctx c;
@@ -241,10 +242,10 @@ int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err)
     c.depth = 0;
     if (tj_walk(text, len, &to_lua, &c, err)) {
         lua_settop(L, top);
-        return -1;
+        return TALLY_EINVAL;
     }
     lua_remove(L, c.mt);
-    return 0;
+    return TALLY_OK;
 }
 
 static int push_raw(pctx *c, const tj_value *v, int depth)
@@ -274,15 +275,15 @@ static int push_value(pctx *c, const tj_value *v, int depth)
 int tjl_push(lua_State *L, const tj_value *v)
 {
     int top = lua_gettop(L);
-    if (!lua_checkstack(L, 8)) return -1;
+    if (!lua_checkstack(L, 8)) return TALLY_ENOMEM;
     push_array_mt(L);
     pctx c = {L, lua_gettop(L)};
     if (push_value(&c, v, 0)) {
         lua_settop(L, top);
-        return -1;
+        return TALLY_EINVAL;
     }
     lua_remove(L, c.mt);
-    return 0;
+    return TALLY_OK;
 }
 
 /* ======================================================================== Lua -> JSON */
@@ -302,6 +303,7 @@ typedef struct {
     int depth;  /* tables being converted */
     int npath;
     int fatal;  /* the byte budget is spent: stop everything, report that */
+    int rc;     /* the TALLY_E* of the error last written to err */
     size_t used, limit; /* bytes the JSON text takes at least so far, and the most it may take */
     seg path[TJ_MAX_DEPTH + 1];
     const void *open[TJ_MAX_DEPTH]; /* the tables being converted, outermost first: a cycle's proof */
@@ -427,10 +429,22 @@ static int cfail(cctx *c, const char *fmt, ...)
     }
     if (path.len) sb_put(&msg, ": ", 2);
     sb_put(&msg, what, wlen);
+    c->rc = TALLY_EINVAL;
     return -1;
 }
 
-static int oom(cctx *c) { return cfail(c, "out of memory"); }
+static int oom_text(cctx *c, const char *text)
+{
+    cfail(c, "%s", text);
+    c->rc = TALLY_ENOMEM;
+    return c->rc;
+}
+
+static int oom(cctx *c)
+{
+    oom_text(c, "out of memory");
+    return -1;
+}
 
 /* Counts n more bytes of output (a lower bound of what the writer will produce) against the limit.
  * Every value, key and table entry is charged before it costs anything, and a table shared by
@@ -444,7 +458,9 @@ static int charge(cctx *c, size_t n)
         return 0;
     }
     c->fatal = 1;
-    return cfail(c, "too large: the JSON text would exceed the %zu-byte limit", c->limit);
+    cfail(c, "too large: the JSON text would exceed the %zu-byte limit", c->limit);
+    c->rc = TALLY_ETOOBIG;
+    return -1;
 }
 
 static int conv(cctx *c, int idx, tj_value **out);
@@ -848,7 +864,7 @@ int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, c
     int top = lua_gettop(L);
     idx = lua_absindex(L, idx);
     *out = NULL;
-    if (!lua_checkstack(L, 8)) return cfail(&c, "out of memory (Lua stack)");
+    if (!lua_checkstack(L, 8)) return oom_text(&c, "out of memory (Lua stack)");
     if (luaL_getmetatable(L, TJL_ARRAY_MT) == LUA_TTABLE) c.mt = lua_gettop(L);
     int base = lua_gettop(L);
     tj_value *v = NULL;
@@ -865,11 +881,14 @@ int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, c
         c.fatal = 0;
         c.used = 0;
         c.depth = c.npath = 0;
-        if (!conv(&c, idx, &v)) cfail(&c, "internal error: the second pass did not fail");
+        int again = conv(&c, idx, &v);
+        assert(again); /* the same value, walked in another order, fails too */
+        if (!again) cfail(&c, "internal error: the second pass did not fail");
     }
     lua_settop(L, top);
     if (r == 0) *out = v;
-    return r;
+    assert(!r || c.rc); /* every failure wrote its error */
+    return r ? (c.rc ? c.rc : TALLY_EINVAL) : TALLY_OK;
 }
 
 int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_value **out,

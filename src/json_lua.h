@@ -52,6 +52,7 @@
 #include <lua.h>
 
 #include "json.h"
+#include "tally.h" /* the TALLY_E* codes returned */
 
 #define TJL_ARRAY_MT "tally.array"  /* registry key and __name of the array metatable */
 
@@ -73,19 +74,22 @@ void tjl_set_array(lua_State *L, int idx);
 int  tjl_is_array(lua_State *L, int idx);
 
 /* Pushes the value of a JSON text (validated as tj_parse does) straight as Lua values, without a
- * C tree: all memory it takes is the Lua state's, so a sandbox's cap bounds it. Returns 0 with the
- * value pushed, or -1 with *err (may be NULL) filled for bad text. May raise a Lua memory error,
- * leaking nothing. */
+ * C tree: all memory it takes is the Lua state's, so a sandbox's cap bounds it. Returns TALLY_OK with
+ * the value pushed, TALLY_EINVAL with *err (may be NULL) filled for bad text, or TALLY_ENOMEM when
+ * the Lua stack cannot grow. May raise a Lua memory error, leaking nothing. */
 int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err);
 
-/* Pushes v as one Lua value. Returns 0, or -1 (nothing pushed) when a TJ_RAW does not parse, the C
- * side runs out of memory, the Lua stack cannot grow or the tree is deeper than 4 * TJ_MAX_DEPTH. */
+/* Pushes v as one Lua value. Returns TALLY_OK; TALLY_ENOMEM (nothing pushed) when the Lua stack
+ * cannot grow at the start; TALLY_EINVAL (nothing pushed) when a TJ_RAW does not parse, the C side
+ * runs out of memory, the stack cannot grow on the way down or the tree is deeper than
+ * 4 * TJ_MAX_DEPTH. */
 int tjl_push(lua_State *L, const tj_value *v);
 
 #define TJL_MAX_BYTES (1024 * 1024) /* default limit of one Lua -> JSON conversion's text */
 
-/* Converts the Lua value at idx into a tree allocated in a. Returns 0 with *out set, or -1 with
- * err->msg describing the problem and its path. The Lua stack is left as it was. */
+/* Converts the Lua value at idx into a tree allocated in a. Returns TALLY_OK with *out set, or with
+ * err->msg describing the problem and its path: TALLY_ETOOBIG past the byte limit, TALLY_ENOMEM out
+ * of memory, TALLY_EINVAL for a value JSON cannot hold. The Lua stack is left as it was. */
 int tjl_to_json(lua_State *L, int idx, tj_arena *a, tj_value **out, tj_error *err);
 /* Same, with paths in messages starting at `root` (e.g. "properties" gives
  * "properties.items[2]: ..." and, for the value itself, "properties: ..."). root may be NULL. */

@@ -1,13 +1,20 @@
 #include "message.h"
 
+#include <assert.h>
 #include <string.h>
 
 #include "internal.h"
 #include "iso8601.h"
 
-static const char *const type_names[MT_COUNT] = {"track", "identify", "page", "screen", "group", "alias"};
+static const char *const type_names[MT_COUNT] = {
+    [MT_TRACK] = "track", [MT_IDENTIFY] = "identify", [MT_PAGE] = "page",
+    [MT_SCREEN] = "screen", [MT_GROUP] = "group", [MT_ALIAS] = "alias"};
 
-const char *msg_type_name(int t) { return t >= 0 && t < MT_COUNT ? type_names[t] : "?"; }
+const char *msg_type_name(int t)
+{
+    assert(t >= 0 && t < MT_COUNT);
+    return t >= 0 && t < MT_COUNT ? type_names[t] : "?";
+}
 
 int msg_type_from(const char *s, size_t len)
 {
@@ -16,77 +23,77 @@ int msg_type_from(const char *s, size_t len)
     return -1;
 }
 
-int msg_check_string(const char *field, const char *s, int required, size_t *lenp)
+int msg_check_string(const char *field, const char *s, int required, size_t *lenp, tly_err *err)
 {
     *lenp = 0;
-    if (!s) return required ? tly_fail(TALLY_EINVAL, "%s: required", field) : TALLY_OK;
+    if (!s) return required ? tly_err_set(err, TALLY_EINVAL, "%s: required", field) : TALLY_OK;
     size_t len = *lenp = strlen(s), bad;
-    if (required && len == 0) return tly_fail(TALLY_EINVAL, "%s: must not be empty", field);
+    if (required && len == 0) return tly_err_set(err, TALLY_EINVAL, "%s: must not be empty", field);
     if (len > TALLY_MAX_MESSAGE_BYTES)
-        return tly_fail(TALLY_ETOOBIG, "%s: %zu bytes, over the %d-byte message limit", field, len,
+        return tly_err_set(err, TALLY_ETOOBIG, "%s: %zu bytes, over the %d-byte message limit", field, len,
                         TALLY_MAX_MESSAGE_BYTES);
     if (!tj_utf8_valid(s, len, &bad))
-        return tly_fail(TALLY_EINVAL, "%s: invalid UTF-8 at byte %zu", field, bad);
+        return tly_err_set(err, TALLY_EINVAL, "%s: invalid UTF-8 at byte %zu", field, bad);
     return TALLY_OK;
 }
 
-int msg_check_object(const char *field, const char *json, size_t *len)
+int msg_check_object(const char *field, const char *json, size_t *len, tly_err *err)
 {
     *len = 0;
     if (!json) return TALLY_OK;
     size_t n = strlen(json);
     if (n > TALLY_MAX_MESSAGE_BYTES)
-        return tly_fail(TALLY_ETOOBIG, "%s: %zu bytes, over the %d-byte message limit", field, n,
+        return tly_err_set(err, TALLY_ETOOBIG, "%s: %zu bytes, over the %d-byte message limit", field, n,
                         TALLY_MAX_MESSAGE_BYTES);
-    tj_error err;
-    if (tj_validate(json, n, &err)) return tly_fail(TALLY_EINVAL, "%s: invalid JSON: %s", field, err.msg);
+    tj_error je;
+    if (tj_validate(json, n, &je)) return tly_err_set(err, TALLY_EINVAL, "%s: invalid JSON: %s", field, je.msg);
     size_t i = 0;
     while (json[i] == ' ' || json[i] == '\t' || json[i] == '\n' || json[i] == '\r') i++;
-    if (json[i] != '{') return tly_fail(TALLY_EINVAL, "%s: expected a JSON object", field);
+    if (json[i] != '{') return tly_err_set(err, TALLY_EINVAL, "%s: expected a JSON object", field);
     *len = n;
     return TALLY_OK;
 }
 
 /* ---- whole-message validation ---- */
 
-static int want_string(const tj_value *m, const char *field, int required)
+static int want_string(const tj_value *m, const char *field, int required, tly_err *err)
 {
     const tj_value *v = tj_object_get(m, field);
-    if (!v) return required ? tly_fail(TALLY_EINVAL, "%s: required", field) : TALLY_OK;
-    if (v->type != TJ_STRING) return tly_fail(TALLY_EINVAL, "%s: expected a string", field);
-    if (required && v->u.str.len == 0) return tly_fail(TALLY_EINVAL, "%s: must not be empty", field);
+    if (!v) return required ? tly_err_set(err, TALLY_EINVAL, "%s: required", field) : TALLY_OK;
+    if (v->type != TJ_STRING) return tly_err_set(err, TALLY_EINVAL, "%s: expected a string", field);
+    if (required && v->u.str.len == 0) return tly_err_set(err, TALLY_EINVAL, "%s: must not be empty", field);
     return TALLY_OK;
 }
 
-static int want_object(const tj_value *m, const char *field)
+static int want_object(const tj_value *m, const char *field, tly_err *err)
 {
     const tj_value *v = tj_object_get(m, field);
     if (!v || v->type == TJ_OBJECT) return TALLY_OK;
     if (v->type == TJ_RAW && v->u.str.len && v->u.str.s[0] == '{') return TALLY_OK;
-    return tly_fail(TALLY_EINVAL, "%s: expected an object", field);
+    return tly_err_set(err, TALLY_EINVAL, "%s: expected an object", field);
 }
 
 /* The receiver (and the sqlite destination) deduplicate by messageId, so two messages with the
  * same id are one message to them: an id that is empty, blank or carries control characters would
  * merge distinct messages, or look equal to another when printed. Refused, not replaced: the
  * caller chose the id, so it hears why; leaving it out gets a UUIDv4. */
-static int check_message_id(const tj_value *m)
+static int check_message_id(const tj_value *m, tly_err *err)
 {
     const tj_value *v = tj_object_get(m, "messageId");
     if (!v) return TALLY_OK;
     const unsigned char *s = (const unsigned char *)v->u.str.s;
     size_t len = v->u.str.len, blank = 0;
-    if (len == 0) return tly_fail(TALLY_EINVAL, "messageId: must not be empty (leave it out to get a UUIDv4)");
+    if (len == 0) return tly_err_set(err, TALLY_EINVAL, "messageId: must not be empty (leave it out to get a UUIDv4)");
     if (len > TALLY_MAX_MESSAGE_ID_BYTES)
-        return tly_fail(TALLY_EINVAL, "messageId: %zu bytes, over the %d-byte limit", len, TALLY_MAX_MESSAGE_ID_BYTES);
+        return tly_err_set(err, TALLY_EINVAL, "messageId: %zu bytes, over the %d-byte limit", len, TALLY_MAX_MESSAGE_ID_BYTES);
     for (size_t i = 0; i < len; i++) {
         if (s[i] < 0x20 || s[i] == 0x7f)
-            return tly_fail(TALLY_EINVAL, "messageId: control character at byte %zu", i);
+            return tly_err_set(err, TALLY_EINVAL, "messageId: control character at byte %zu", i);
         blank += s[i] == ' ';
     }
-    if (blank == len) return tly_fail(TALLY_EINVAL, "messageId: must not be only whitespace");
+    if (blank == len) return tly_err_set(err, TALLY_EINVAL, "messageId: must not be only whitespace");
     if (s[0] == ' ' || s[len - 1] == ' ')
-        return tly_fail(TALLY_EINVAL, "messageId: must not begin or end with whitespace");
+        return tly_err_set(err, TALLY_EINVAL, "messageId: must not begin or end with whitespace");
     return TALLY_OK;
 }
 
@@ -96,31 +103,31 @@ static int has_id(const tj_value *m, const char *field)
     return v && v->type == TJ_STRING && v->u.str.len > 0;
 }
 
-int msg_validate(const tj_value *m, int need_id)
+int msg_validate(const tj_value *m, int need_id, tly_err *err)
 {
-    if (!m || m->type != TJ_OBJECT) return tly_fail(TALLY_EINVAL, "message: expected a JSON object");
+    if (!m || m->type != TJ_OBJECT) return tly_err_set(err, TALLY_EINVAL, "message: expected a JSON object");
     const tj_value *type = tj_object_get(m, "type");
-    if (!type) return tly_fail(TALLY_EINVAL, "type: required (track, identify, page, screen, group or alias)");
+    if (!type) return tly_err_set(err, TALLY_EINVAL, "type: required (track, identify, page, screen, group or alias)");
     int t = type->type == TJ_STRING ? msg_type_from(type->u.str.s, type->u.str.len) : -1;
-    if (t < 0) return tly_fail(TALLY_EINVAL, "type: expected one of track, identify, page, screen, group, alias");
+    if (t < 0) return tly_err_set(err, TALLY_EINVAL, "type: expected one of track, identify, page, screen, group, alias");
     int rc;
     static const char *const objects[] = {"properties", "traits", "context", "integrations"};
     for (size_t i = 0; i < sizeof objects / sizeof *objects; i++)
-        if ((rc = want_object(m, objects[i]))) return rc;
+        if ((rc = want_object(m, objects[i], err))) return rc;
     static const char *const strings[] = {"messageId", "timestamp", "userId", "anonymousId", "name", "category"};
     for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
-        if ((rc = want_string(m, strings[i], 0))) return rc;
+        if ((rc = want_string(m, strings[i], 0, err))) return rc;
     const tj_value *ts = tj_object_get(m, "timestamp");
     if (ts && !tly_iso8601_valid(ts->u.str.s, ts->u.str.len))
-        return tly_fail(TALLY_EINVAL, "timestamp: expected an ISO-8601 date and time with a time zone, "
+        return tly_err_set(err, TALLY_EINVAL, "timestamp: expected an ISO-8601 date and time with a time zone, "
                         "like 2024-01-31T12:00:00.000Z");
-    if ((rc = check_message_id(m))) return rc;
-    if (t == MT_TRACK && (rc = want_string(m, "event", 1))) return rc;
-    if (t == MT_GROUP && (rc = want_string(m, "groupId", 1))) return rc;
-    if (t == MT_ALIAS && ((rc = want_string(m, "previousId", 1)) || (rc = want_string(m, "userId", 1))))
+    if ((rc = check_message_id(m, err))) return rc;
+    if (t == MT_TRACK && (rc = want_string(m, "event", 1, err))) return rc;
+    if (t == MT_GROUP && (rc = want_string(m, "groupId", 1, err))) return rc;
+    if (t == MT_ALIAS && ((rc = want_string(m, "previousId", 1, err)) || (rc = want_string(m, "userId", 1, err))))
         return rc;
     if (need_id && !has_id(m, "userId") && !has_id(m, "anonymousId"))
-        return tly_fail(TALLY_EINVAL, "userId or anonymousId: one is required");
+        return tly_err_set(err, TALLY_EINVAL, "userId or anonymousId: one is required");
     return TALLY_OK;
 }
 
@@ -152,43 +159,58 @@ static const struct {
     [REC_ALIAS]    = {MT_ALIAS, "userId", "previousId", NULL},
 };
 
-tj_value *msg_from_rec(tj_arena *a, const intake_rec *r, tj_error *err)
+int msg_type_of_rec(int kind)
 {
+    assert(kind >= 0 && (size_t)kind < sizeof rec_shape / sizeof *rec_shape && rec_shape[kind].s1);
+    return rec_shape[kind].type;
+}
+
+/* A failed parse or expansion names what is wrong in je; tj_* leave it empty only when memory ran out. */
+static int tj_failed(tly_err *err, const tj_error *je)
+{
+    return je->msg[0] ? tly_err_set(err, TALLY_EINVAL, "%s", je->msg) : tly_err_set(err, TALLY_ENOMEM, "out of memory");
+}
+
+int msg_from_rec(tj_arena *a, const intake_rec *r, tj_value **out, tly_err *err)
+{
+    *out = NULL;
     if (r->kind == REC_SEND) {
-        tj_value *m;
-        return tj_parse(a, r->json, r->json_len, &m, err) ? NULL : m;
+        tj_error je = {0, ""};
+        return tj_parse(a, r->json, r->json_len, out, &je) ? tj_failed(err, &je) : TALLY_OK;
     }
     tj_value *m = tj_new(a, TJ_OBJECT);
-    if (!m) return NULL;
-    const char *tn = type_names[rec_shape[r->kind].type];
+    if (!m) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
+    const char *tn = type_names[msg_type_of_rec(r->kind)];
     if (put_str(a, m, "type", tn, strlen(tn)) ||
         put_str(a, m, rec_shape[r->kind].s1, r->s1, r->s1_len) ||
         (rec_shape[r->kind].s2 && put_str(a, m, rec_shape[r->kind].s2, r->s2, r->s2_len)) ||
         (rec_shape[r->kind].json && put_raw(a, m, rec_shape[r->kind].json, r->json, r->json_len)))
-        return NULL;
-    return m;
+        return tly_err_set(err, TALLY_ENOMEM, "out of memory");
+    *out = m;
+    return TALLY_OK;
 }
 
 /* ---- stamping ---- */
 
-static int stamp_context(tj_arena *a, tj_value *m, const msg_ids *ids, tj_error *err)
+static int stamp_context(tj_arena *a, tj_value *m, const msg_ids *ids, tly_err *err)
 {
+    tj_error je = {0, ""};
     tj_value *ctx = tj_object_get(m, "context");
     if (!ctx) {
-        if (!(ctx = tj_new(a, TJ_OBJECT)) || tj_object_set(a, m, "context", 7, ctx)) return -1;
-    } else if (ctx->type == TJ_RAW && tj_expand(a, ctx, err)) {
-        return -1;
+        if (!(ctx = tj_new(a, TJ_OBJECT)) || tj_object_set(a, m, "context", 7, ctx)) return tj_failed(err, &je);
+    } else if (ctx->type == TJ_RAW && tj_expand(a, ctx, &je)) {
+        return tj_failed(err, &je);
     }
-    if (ctx->type != TJ_OBJECT) return -1;
+    if (ctx->type != TJ_OBJECT) return tly_err_set(err, TALLY_EINVAL, "context: expected an object");
     if (!tj_object_get(ctx, "library")) {
         tj_value *lib = tj_new(a, TJ_OBJECT);
         if (!lib || put_str(a, lib, "name", "tally", 5) ||
             put_str(a, lib, "version", TALLY_VERSION, strlen(TALLY_VERSION)) ||
             tj_object_set(a, ctx, "library", 7, lib))
-            return -1;
+            return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     }
     if (ids->traits && !tj_object_get(ctx, "traits") && put_raw(a, ctx, "traits", ids->traits, strlen(ids->traits)))
-        return -1;
+        return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     if (ids->session_id && !tj_object_get(ctx, "session")) {
         char started[25];
         tly_iso8601(ids->session_started_ms, started);
@@ -196,9 +218,9 @@ static int stamp_context(tj_arena *a, tj_value *m, const msg_ids *ids, tj_error 
         if (!s || !idx || put_str(a, s, "id", ids->session_id, strlen(ids->session_id)) ||
             tj_object_set(a, s, "index", 5, idx) || put_str(a, s, "started_at", started, 24) ||
             tj_object_set(a, ctx, "session", 7, s))
-            return -1;
+            return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     }
-    return 0;
+    return TALLY_OK;
 }
 
 #define LIT(s) (sizeof(s) - 1)
@@ -221,27 +243,27 @@ size_t msg_stamp_bound(const tj_value *m, int type, int client, size_t ids_bytes
     return n;
 }
 
-int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tj_error *err)
+int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tly_err *err)
 {
     if (!tj_object_get(m, "messageId")) {
         char id[37];
-        if (tly_uuid4(id) || put_str(a, m, "messageId", id, 36)) return -1;
+        if (tly_uuid4(id) || put_str(a, m, "messageId", id, 36)) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     }
     if (!tj_object_get(m, "timestamp")) {
         char ts[25];
         tly_iso8601(ts_ms, ts);
-        if (put_str(a, m, "timestamp", ts, 24)) return -1;
+        if (put_str(a, m, "timestamp", ts, 24)) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     }
     if (ids->anonymous_id && !tj_object_get(m, "anonymousId") &&
         put_str(a, m, "anonymousId", ids->anonymous_id, strlen(ids->anonymous_id)))
-        return -1;
+        return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     const tj_value *type = tj_object_get(m, "type");
     if (ids->anonymous_id && type && type->type == TJ_STRING && type->u.str.len == 5 &&
         !memcmp(type->u.str.s, "alias", 5) && !tj_object_get(m, "previousId") &&
         put_str(a, m, "previousId", ids->anonymous_id, strlen(ids->anonymous_id)))
-        return -1;
+        return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     if (ids->user_id && !tj_object_get(m, "userId") &&
         put_str(a, m, "userId", ids->user_id, strlen(ids->user_id)))
-        return -1;
+        return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     return stamp_context(a, m, ids, err);
 }

@@ -5,25 +5,28 @@
 #define TALLY_MESSAGE_H
 
 #include "intake.h"
+#include "internal.h"
 #include "json.h"
 
 enum msg_type { MT_TRACK, MT_IDENTIFY, MT_PAGE, MT_SCREEN, MT_GROUP, MT_ALIAS, MT_COUNT };
 
-const char *msg_type_name(int t);
+const char *msg_type_name(int t);                     /* t: an MT_* value */
+int         msg_type_of_rec(int kind);                /* the MT_* of a typed call's REC_* kind */
 int         msg_type_from(const char *s, size_t len); /* -1 when unknown */
 
-/* Caller-side checks on C API arguments. Each returns TALLY_OK or fails naming `field`. */
-int msg_check_string(const char *field, const char *s, int required, size_t *len); /* *len: strlen(s), 0 for NULL */
-int msg_check_object(const char *field, const char *json, size_t *len);
+/* Caller-side checks on C API arguments. Each returns TALLY_OK or fails naming `field` in err. */
+int msg_check_string(const char *field, const char *s, int required, size_t *len, tly_err *err); /* *len: strlen(s), 0 for NULL */
+int msg_check_object(const char *field, const char *json, size_t *len, tly_err *err);
 
 /* Checks a whole message against the Spec: known type, required fields per type, field types.
  * need_id: a userId or anonymousId must be present (server mode, and after stamping).
- * Returns TALLY_OK or TALLY_EINVAL with the field named. */
-int msg_validate(const tj_value *m, int need_id);
+ * Returns TALLY_OK or TALLY_EINVAL with the field named in err. */
+int msg_validate(const tj_value *m, int need_id, tly_err *err);
 
-/* Builds the message tree for an intake record (not REC_RESET). Caller JSON stays TJ_RAW so it is
- * passed through byte for byte unless a rule looks inside. NULL on OOM or invalid REC_SEND JSON. */
-tj_value *msg_from_rec(tj_arena *a, const intake_rec *r, tj_error *err);
+/* Builds the message tree for an intake record (not a control record: REC_RESET, REC_SESSION_START)
+ * into *out. Caller JSON stays TJ_RAW so it is passed through byte for byte unless a rule looks
+ * inside. TALLY_OK, TALLY_ENOMEM, or TALLY_EINVAL for REC_SEND JSON that does not parse. */
+int msg_from_rec(tj_arena *a, const intake_rec *r, tj_value **out, tly_err *err);
 
 typedef struct msg_ids {
     const char *anonymous_id;   /* NULL in server mode */
@@ -36,8 +39,8 @@ typedef struct msg_ids {
 
 /* Adds what the caller did not give: messageId, timestamp (from ts_ms), anonymousId/userId from
  * ids, context.library and context.session. Fields the caller set are left exactly as they were.
- * 0 or -1 (OOM, or a caller `context` that is not an object). */
-int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tj_error *err);
+ * TALLY_OK, TALLY_ENOMEM, or TALLY_EINVAL for a caller `context` that is not an object. */
+int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tly_err *err);
 
 /* The most bytes msg_stamp can add to message m as written (m NULL: a typed call, which gives
  * none of the stamped fields). ids_bytes: what the ids add at most, `,"userId":...` and

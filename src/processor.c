@@ -190,10 +190,10 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
 {
     int server = t->cfg.mode == MODE_SERVER, control = r->kind == REC_RESET || r->kind == REC_SESSION_START;
     tj_arena_reset(p->arena);
-    tj_error err = {0, ""};
-    tj_value *m = control ? NULL : msg_from_rec(p->arena, r, &err);
-    if (!control && !m) {
-        reject(t, err.msg[0] ? err.msg : "out of memory");
+    tly_err err;
+    tj_value *m = NULL;
+    if (!control && msg_from_rec(p->arena, r, &m, &err)) {
+        reject(t, err.msg);
         return;
     }
     if (!server) {
@@ -209,11 +209,11 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
     if (!server) identity_ids(&p->id, &ids);
     if (!t->cfg.context_traits) ids.traits = NULL;
     if (msg_stamp(p->arena, m, &ids, intake_rec_time(r), &err)) {
-        reject(t, err.msg[0] ? err.msg : "out of memory");
+        reject(t, err.msg);
         return;
     }
-    if (msg_validate(m, 1)) {
-        reject(t, tally_errmsg(t));
+    if (msg_validate(m, 1, &err)) {
+        reject(t, err.msg);
         return;
     }
     rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
@@ -280,7 +280,7 @@ static int open_rules(tally_t *t, const char *spec, rules **out, tly_err *err)
 {
     rules_opts o = {(size_t)t->cfg.lua_memory, (long)t->cfg.lua_instructions, t->cfg.rule_breaker, 1, t->cfg.rule_config,
                     (size_t)t->cfg.lua_memory_per_script};
-    return tly_err_legacy(err, rules_open(out, spec, &o, &t->log));
+    return rules_open(out, spec, &o, &t->log, err);
 }
 
 /* The set tally_stats reads: replaced only under rules_mu, since the old one is freed after. */
@@ -410,12 +410,9 @@ int processor_open(tally_t *t, tly_err *err)
     if (t->cfg.rules) rc = open_rules(t, t->cfg.rules, &p->R, err);
     if (!rc) publish_rules(t, p->R);
     for (size_t i = 0; !rc && i < t->ndests; i++) rc = read_mapping(t, p, i, err);
-    if (!rc && t->cfg.mode != MODE_SERVER) {
-        if (identity_load(&p->id, t->store, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t)))
-            rc = tly_err_set(err, TALLY_EIO, "store: cannot load the identity");
-        else
-            publish_identity(t, p);
-    }
+    if (!rc && t->cfg.mode != MODE_SERVER &&
+        !(rc = identity_load(&p->id, t->store, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t), err)))
+        publish_identity(t, p);
     return rc;
 }
 

@@ -1,5 +1,6 @@
 #include "rowq.h"
 
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -79,6 +80,7 @@ void rowq_publish(rowq *q, int dest, uint32_t len)
 {
     size_t h = atomic_load_explicit(&q->head, memory_order_relaxed);
     slot *s = &q->slots[h & q->mask];
+    assert(h - atomic_load(&q->tail) <= q->mask && len < s->cap); /* rowq_slot made room for it */
     s->r.dest = dest;
     s->r.len = len;
     s->r.data[len] = '\0';
@@ -95,6 +97,7 @@ int rowq_peek(rowq *q, row *out)
 
 void rowq_release(rowq *q)
 {
+    assert(!rowq_empty(q)); /* only a row rowq_peek returned is released */
     atomic_store(&q->tail, atomic_load_explicit(&q->tail, memory_order_relaxed) + 1);
     if (atomic_load(&q->waiting)) {
         pthread_mutex_lock(&q->mu);

@@ -42,7 +42,10 @@ struct rules {
     size_t            last_cap;
 };
 
-static const char *const stage_names[] = {"before", "enrichment", "destination", NULL};
+/* read_choice stores the index of the name, so each name sits at its STAGE_* value */
+static const char *const stage_names[] = {
+    [STAGE_BEFORE] = "before", [STAGE_ENRICHMENT] = "enrichment", [STAGE_DESTINATION] = "destination",
+    [STAGE_DESTINATION + 1] = NULL};
 
 int msg_list_push(msg_list *l, tj_value *v)
 {
@@ -114,7 +117,8 @@ static int print_gate(void *ud, int level) { return log_permitted(ud, level); }
 static int ctx_log(lua_State *L)
 {
     rules *R = ctx_rules(L);
-    static const char *const levels[] = {"error", "warn", "info", "debug", NULL};
+    static const char *const levels[] = {[TALLY_LOG_ERROR] = "error", [TALLY_LOG_WARN] = "warn", [TALLY_LOG_INFO] = "info",
+                                         [TALLY_LOG_DEBUG] = "debug", [TALLY_LOG_DEBUG + 1] = NULL};
     int level = luaL_checkoption(L, 2, "info", levels);
     const char *text = luaL_checkstring(L, 3);
     if (log_permitted(R, level)) tly_log(R->log, level, "rule %s: %s", R->current ? R->current->name : "?", text);
@@ -151,17 +155,17 @@ static void push_ctx_methods(lua_State *L, rules *R)
 
 /* ---- loading ---- */
 
-static int fail_script(const char *file, const char *fmt, const char *detail)
+static int fail_script(const char *file, const char *fmt, const char *detail, tly_err *err)
 {
-    return tly_fail(TALLY_ELUA, fmt, file, detail ? detail : "");
+    return tly_err_set(err, TALLY_ELUA, fmt, file, detail ? detail : "");
 }
 
-static int read_types(lua_State *L, int idx, const char *file, unsigned *mask)
+static int read_types(lua_State *L, int idx, const char *file, unsigned *mask, tly_err *err)
 {
     *mask = 0;
     lua_getfield(L, idx, "types");
     if (lua_isnil(L, -1)) { lua_pop(L, 1); return TALLY_OK; }
-    if (!lua_istable(L, -1)) { lua_pop(L, 1); return fail_script(file, "%s: \"types\" must be a list of message types%s", NULL); }
+    if (!lua_istable(L, -1)) { lua_pop(L, 1); return fail_script(file, "%s: \"types\" must be a list of message types%s", NULL, err); }
     for (lua_Integer i = 1;; i++) {
         if (lua_rawgeti(L, -1, i) == LUA_TNIL) { lua_pop(L, 1); break; }
         size_t len;
@@ -170,7 +174,7 @@ static int read_types(lua_State *L, int idx, const char *file, unsigned *mask)
         lua_pop(L, 1);
         if (t < 0) {
             lua_pop(L, 1);
-            return fail_script(file, "%s: \"types\": unknown message type (track, identify, page, screen, group, alias)%s", NULL);
+            return fail_script(file, "%s: \"types\": unknown message type (track, identify, page, screen, group, alias)%s", NULL, err);
         }
         *mask |= 1u << t;
     }
@@ -179,7 +183,7 @@ static int read_types(lua_State *L, int idx, const char *file, unsigned *mask)
 }
 
 static int read_choice(lua_State *L, int idx, const char *field, const char *const *names, int dflt, const char *file,
-                       int *out)
+                       int *out, tly_err *err)
 {
     lua_getfield(L, idx, field);
     *out = dflt;
@@ -190,25 +194,25 @@ static int read_choice(lua_State *L, int idx, const char *field, const char *con
             if (!strcmp(s, names[i])) *out = i;
     }
     lua_pop(L, 1);
-    if (*out < 0) return tly_fail(TALLY_ELUA, "%s: \"%s\": expected %s or %s%s", file, field, names[0], names[1], names[2] ? ", ..." : "");
+    if (*out < 0) return tly_err_set(err, TALLY_ELUA, "%s: \"%s\": expected %s or %s%s", file, field, names[0], names[1], names[2] ? ", ..." : "");
     return TALLY_OK;
 }
 
 /* Checks the plugin table at the top of the stack and records it as rule r (pops the table). */
-static int adopt_plugin(rules *R, rule *r, const char *file)
+static int adopt_plugin(rules *R, rule *r, const char *file, tly_err *err)
 {
     lua_State *L = sb_state(R->sb);
     int t = lua_gettop(L);
     if (!lua_istable(L, t)) {
         lua_pop(L, 1);
-        return fail_script(file, "%s: must return a plugin table { name = ..., stage = ..., process = function(msg, ctx) ... end }%s", NULL);
+        return fail_script(file, "%s: must return a plugin table { name = ..., stage = ..., process = function(msg, ctx) ... end }%s", NULL, err);
     }
     lua_getfield(L, t, "name");
     size_t name_len = 0;
     const char *name = lua_tolstring(L, -1, &name_len);
     if (!name || !*name) {
         lua_pop(L, 2);
-        return fail_script(file, "%s: plugin needs a non-empty string \"name\"%s", NULL);
+        return fail_script(file, "%s: plugin needs a non-empty string \"name\"%s", NULL, err);
     }
     /* the name is written into stats JSON, logs and `tally check` output as it is */
     size_t bad = 0;
@@ -218,23 +222,23 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
     if (!ok_utf8 || name_len > RULES_MAX_NAME) {
         lua_pop(L, 2);
         if (name_len > RULES_MAX_NAME)
-            return tly_fail(TALLY_ELUA, "%s: \"name\" is %zu bytes; at most %d", file, name_len, RULES_MAX_NAME);
-        return tly_fail(TALLY_ELUA, "%s: \"name\" must be UTF-8 text without control characters (bad byte at offset %zu)",
+            return tly_err_set(err, TALLY_ELUA, "%s: \"name\" is %zu bytes; at most %d", file, name_len, RULES_MAX_NAME);
+        return tly_err_set(err, TALLY_ELUA, "%s: \"name\" must be UTF-8 text without control characters (bad byte at offset %zu)",
                         file, bad);
     }
     r->name = strdup(name);
     r->file = strdup(file);
     lua_pop(L, 1);
-    static const char *const on_error_names[] = {"drop", "pass", NULL};
-    int rc = read_choice(L, t, "stage", stage_names, STAGE_BEFORE, file, &r->stage);
-    if (!rc) rc = read_choice(L, t, "on_error", on_error_names, r->stage == STAGE_BEFORE ? 0 : 1, file, &r->on_error_pass);
-    if (!rc) rc = read_types(L, t, file, &r->types);
+    static const char *const on_error_names[] = {"drop", "pass", NULL}; /* the index is on_error_pass */
+    int rc = read_choice(L, t, "stage", stage_names, STAGE_BEFORE, file, &r->stage, err);
+    if (!rc) rc = read_choice(L, t, "on_error", on_error_names, r->stage == STAGE_BEFORE ? 0 : 1, file, &r->on_error_pass, err);
+    if (!rc) rc = read_types(L, t, file, &r->types, err);
     if (rc) { lua_pop(L, 1); return rc; }
     const char *fn = r->stage == STAGE_DESTINATION ? "map" : "process";
     lua_getfield(L, t, fn);
     if (!lua_isfunction(L, -1)) {
         lua_pop(L, 2);
-        return tly_fail(TALLY_ELUA, "%s: stage \"%s\" needs a function \"%s\"", file, stage_names[r->stage], fn);
+        return tly_err_set(err, TALLY_ELUA, "%s: stage \"%s\" needs a function \"%s\"", file, stage_names[r->stage], fn);
     }
     /* the registry is shared: growing it is the host's cost, not this script's */
     int was = sb_enter(R->sb, 0);
@@ -257,24 +261,25 @@ static int adopt_plugin(rules *R, rule *r, const char *file)
     return TALLY_OK;
 }
 
-typedef struct adoption { rules *R; rule *r; const char *file; int rc; } adoption;
+typedef struct adoption { rules *R; rule *r; const char *file; int rc; tly_err *err; } adoption;
 
 /* (adoption, plugin table) -> nothing: adopt_plugin, protected (see adopt_protected) */
 static int adopt_in_lua(lua_State *L)
 {
     adoption *a = lua_touserdata(L, 1);
-    a->rc = adopt_plugin(a->R, a->r, a->file);
+    a->rc = adopt_plugin(a->R, a->r, a->file, a->err);
     return 0;
 }
 
 /* Reading the returned table's fields runs its metamethods (a script's code, which may raise,
  * loop or allocate): under sb_call's limits, with the error reported against the file. */
-static int adopt_protected(rules *R, rule *r, const char *file)
+static int adopt_protected(rules *R, rule *r, const char *file, tly_err *err)
 {
-    adoption a = {R, r, file, TALLY_OK};
-    char err[1024];
-    if (sb_protect(R->sb, adopt_in_lua, &a, 1, err, sizeof err) != LUA_OK)
-        return tly_fail(TALLY_ELUA, "%s: reading the plugin table: %s", file, err);
+    adoption a = {R, r, file, TALLY_OK, err};
+    if (sb_protect(R->sb, adopt_in_lua, &a, 1, err) != TALLY_OK) {
+        tly_err_wrap(err, TALLY_ELUA, "reading the plugin table");
+        return tly_err_wrap(err, TALLY_ELUA, file);
+    }
     return a.rc;
 }
 
@@ -288,31 +293,32 @@ static int set_config_in_lua(lua_State *L)
     return 0;
 }
 
-static int set_rule_configs(rules *R)
+static int set_rule_configs(rules *R, tly_err *err)
 {
     if (!R->o.rule_config) return TALLY_OK;
     tj_arena *a = tj_arena_new();
     tj_value *cfg;
-    tj_error err;
+    tj_error je;
     int rc = TALLY_OK;
-    if (!a) return tly_fail(TALLY_ENOMEM, "rule_config: out of memory");
-    if (tj_parse(a, R->o.rule_config, strlen(R->o.rule_config), &cfg, &err) || cfg->type != TJ_OBJECT) {
+    if (!a) return tly_err_set(err, TALLY_ENOMEM, "rule_config: out of memory");
+    if (tj_parse(a, R->o.rule_config, strlen(R->o.rule_config), &cfg, &je) || cfg->type != TJ_OBJECT) {
         tj_arena_free(a);
-        return tly_fail(TALLY_ECONFIG, "rule_config: expected a JSON object of rule name -> options");
+        return tly_err_set(err, TALLY_ECONFIG, "rule_config: expected a JSON object of rule name -> options");
     }
     lua_State *L = sb_state(R->sb);
     for (size_t i = 0; i < cfg->u.obj.n && !rc; i++) {
         size_t k = 0;
         while (k < R->n && strcmp(R->r[k].name, cfg->u.obj.m[i].key)) k++;
         if (k == R->n) {
-            rc = tly_fail(TALLY_ECONFIG, "rule_config: no rule named \"%s\"", cfg->u.obj.m[i].key);
+            rc = tly_err_set(err, TALLY_ECONFIG, "rule_config: no rule named \"%s\"", cfg->u.obj.m[i].key);
             break;
         }
-        char why[512];
         int was = sb_enter(R->sb, R->r[k].slot);
         lua_pushinteger(L, R->r[k].ctx_ref);
-        if (sb_protect(R->sb, set_config_in_lua, cfg->u.obj.m[i].val, 1, why, sizeof why) != LUA_OK)
-            rc = tly_fail(TALLY_ENOMEM, "rule_config: %s: %s", R->r[k].name, why);
+        if (sb_protect(R->sb, set_config_in_lua, cfg->u.obj.m[i].val, 1, err) != TALLY_OK) {
+            tly_err_wrap(err, TALLY_ENOMEM, R->r[k].name);
+            rc = tly_err_wrap(err, TALLY_ENOMEM, "rule_config");
+        }
         sb_enter(R->sb, was);
         lua_settop(L, 0);
     }
@@ -323,12 +329,12 @@ static int set_rule_configs(rules *R)
 static int cmp_names(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* Appends the script files a spec entry names: the file itself, or a folder's *.lua sorted. */
-static int expand_entry(const char *entry, char ***files, size_t *nfiles, char ***dirs, size_t *ndirs)
+static int expand_entry(const char *entry, char ***files, size_t *nfiles, char ***dirs, size_t *ndirs, tly_err *err)
 {
     struct stat st;
-    if (stat(entry, &st) != 0) return tly_fail(TALLY_EIO, "rules: %s: no such file or folder", entry);
+    if (stat(entry, &st) != 0) return tly_err_set(err, TALLY_EIO, "rules: %s: no such file or folder", entry);
     char *dir = strdup(entry);
-    if (!dir) return tly_fail(TALLY_ENOMEM, "rules: out of memory");
+    if (!dir) return tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
     if (!S_ISDIR(st.st_mode)) {
         char *slash = strrchr(dir, '/');
         if (slash) *slash = '\0';
@@ -340,7 +346,7 @@ static int expand_entry(const char *entry, char ***files, size_t *nfiles, char *
     size_t first = *nfiles;
     if (S_ISDIR(st.st_mode)) {
         DIR *d = opendir(entry);
-        if (!d) return tly_fail(TALLY_EIO, "rules: %s: cannot read the folder", entry);
+        if (!d) return tly_err_set(err, TALLY_EIO, "rules: %s: cannot read the folder", entry);
         struct dirent *e;
         while ((e = readdir(d)) != NULL) {
             size_t len = strlen(e->d_name);
@@ -360,21 +366,21 @@ static int expand_entry(const char *entry, char ***files, size_t *nfiles, char *
     return TALLY_OK;
 }
 
-static int expand_spec(const char *spec, char ***files, size_t *nfiles, char ***dirs, size_t *ndirs)
+static int expand_spec(const char *spec, char ***files, size_t *nfiles, char ***dirs, size_t *ndirs, tly_err *err)
 {
-    if (spec[0] != '[') return expand_entry(spec, files, nfiles, dirs, ndirs);
+    if (spec[0] != '[') return expand_entry(spec, files, nfiles, dirs, ndirs, err);
     tj_arena *a = tj_arena_new();
     tj_value *list;
-    tj_error err;
+    tj_error je;
     int rc = TALLY_OK;
-    if (!a || tj_parse(a, spec, strlen(spec), &list, &err) || list->type != TJ_ARRAY) {
+    if (!a || tj_parse(a, spec, strlen(spec), &list, &je) || list->type != TJ_ARRAY) {
         tj_arena_free(a);
-        return tly_fail(TALLY_ECONFIG, "rules: expected a path or a JSON array of paths");
+        return tly_err_set(err, TALLY_ECONFIG, "rules: expected a path or a JSON array of paths");
     }
     for (size_t i = 0; i < list->u.arr.n && !rc; i++) {
         tj_value *p = list->u.arr.items[i];
-        if (p->type != TJ_STRING) rc = tly_fail(TALLY_ECONFIG, "rules[%zu]: expected a path string", i);
-        else rc = expand_entry(p->u.str.s, files, nfiles, dirs, ndirs);
+        if (p->type != TJ_STRING) rc = tly_err_set(err, TALLY_ECONFIG, "rules[%zu]: expected a path string", i);
+        else rc = expand_entry(p->u.str.s, files, nfiles, dirs, ndirs, err);
     }
     tj_arena_free(a);
     return rc;
@@ -386,14 +392,14 @@ static void free_list(char **l, size_t n)
     free(l);
 }
 
-int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_logger *log)
+int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_logger *log, tly_err *err)
 {
     *out = NULL;
     char **files = NULL, **dirs = NULL;
     size_t nfiles = 0, ndirs = 0;
-    int rc = expand_spec(spec, &files, &nfiles, &dirs, &ndirs);
+    int rc = expand_spec(spec, &files, &nfiles, &dirs, &ndirs, err);
     rules *R = calloc(1, sizeof *R);
-    if (!rc && (!R || !(R->r = calloc(nfiles ? nfiles : 1, sizeof *R->r)))) rc = tly_fail(TALLY_ENOMEM, "rules: out of memory");
+    if (!rc && (!R || !(R->r = calloc(nfiles ? nfiles : 1, sizeof *R->r)))) rc = tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
     if (!rc) {
         R->log = log;
         R->o = *o;
@@ -402,38 +408,36 @@ int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_log
         size_t per = o->max_memory_per_script ? o->max_memory_per_script : o->max_memory / (nfiles + 1);
         sb_limits lim = {o->max_memory, o->max_instructions};
         if (!(R->sb = sb_new(&lim, (const char *const *)dirs, log))) {
-            rc = tly_fail(TALLY_ENOMEM, "rules: cannot create the Lua state");
+            rc = tly_err_set(err, TALLY_ENOMEM, "rules: cannot create the Lua state");
         } else {
             sb_set_log_gate(R->sb, print_gate, R);
             sb_set_script_limit(R->sb, per);
         }
     }
     for (size_t i = 0; !rc && i < nfiles; i++) {
-        char err[1024];
         R->current = &R->r[R->n]; /* print() at load time is rate-limited like any other */
         int slot = R->r[R->n].slot = sb_script_new(R->sb);
         if (slot < 0) {
-            rc = tly_fail(TALLY_ENOMEM, "rules: out of memory");
+            rc = tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
             break;
         }
         sb_enter(R->sb, slot);
-        int loaded = sb_load_file(R->sb, files[i], err, sizeof err);
+        rc = sb_load_file(R->sb, files[i], err);
         R->current = NULL;
-        if (loaded) {
+        if (rc) {
             sb_enter(R->sb, 0);
-            rc = tly_fail(TALLY_ELUA, "%s", err);
             break;
         }
-        rc = adopt_protected(R, &R->r[R->n], files[i]);
+        rc = adopt_protected(R, &R->r[R->n], files[i], err);
         sb_enter(R->sb, 0);
         if (!rc) {
             for (size_t k = 0; k < R->n && !rc; k++)
                 if (!strcmp(R->r[k].name, R->r[R->n].name))
-                    rc = tly_fail(TALLY_ELUA, "%s: a rule named \"%s\" is already loaded from %s", files[i], R->r[k].name, R->r[k].file);
+                    rc = tly_err_set(err, TALLY_ELUA, "%s: a rule named \"%s\" is already loaded from %s", files[i], R->r[k].name, R->r[k].file);
         }
         if (R->r[R->n].name || R->r[R->n].file) R->n++; /* counted for cleanup even when rejected */
     }
-    if (!rc) rc = set_rule_configs(R);
+    if (!rc) rc = set_rule_configs(R, err);
     for (size_t i = 0; !rc && i < R->n; i++) R->n_process += R->r[i].stage != STAGE_DESTINATION;
     free_list(files, nfiles);
     free_list(dirs, ndirs);
@@ -500,7 +504,8 @@ static void script_failed(rules *R, rule *r, const char *text)
     }
 }
 
-const char *const rule_drop_class_name[RULE_DROP_CLASSES] = {"by_rule", "failed_closed", "disabled"};
+const char *const rule_drop_class_name[RULE_DROP_CLASSES] = {
+    [RULE_DROP_BY_RULE] = "by_rule", [RULE_DROP_FAILED_CLOSED] = "failed_closed", [RULE_DROP_DISABLED] = "disabled"};
 
 static void dropped_as(rules *R, rule *r, int drop_class, const char *why)
 {
@@ -541,12 +546,12 @@ static int call_rule(rules *R, rule *r, int64_t now_ms)
     R->current = r;
     R->now_ms = now_ms;
     atomic_fetch_add(&r->calls, 1);
-    char err[1024];
-    int rc = sb_call(R->sb, 2, 1, err, sizeof err);
+    tly_err err;
+    int rc = sb_call(R->sb, 2, 1, &err);
     R->current = NULL;
     sb_collect_if_near_limit(R->sb);
-    if (rc != LUA_OK) {
-        script_failed(R, r, err);
+    if (rc != TALLY_OK) {
+        script_failed(R, r, err.msg);
         return -1;
     }
     return 0;
@@ -637,10 +642,11 @@ static int to_json_safe(lua_State *L, int idx, const char *root, size_t max_byte
     lua_pushcfunction(L, to_json_in_lua);
     lua_pushlightuserdata(L, &c);
     lua_pushvalue(L, idx);
-    if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    int st = lua_pcall(L, 2, 0, 0);
+    if (st != LUA_OK) {
         snprintf(err->msg, sizeof err->msg, "%s", lua_isstring(L, -1) ? lua_tostring(L, -1) : "error");
         lua_pop(L, 1);
-        return -1;
+        return st == LUA_ERRMEM ? TALLY_ENOMEM : TALLY_ELUA;
     }
     *err = c.err;
     *out = c.v;
@@ -855,11 +861,12 @@ static void take_result(rules *R, int last, tj_arena *a, tj_value *orig, int idx
     lua_State *L = sb_state(R->sb);
     tj_value *v;
     tj_error err;
+    tly_err why;
     char text[600];
     if (to_json_safe(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, a, &v, &err)) {
         snprintf(text, sizeof text, "%s", err.msg);
-    } else if (msg_validate(v, R->o.need_id)) {
-        snprintf(text, sizeof text, "returned an invalid message: %s", tally_errmsg(NULL));
+    } else if (msg_validate(v, R->o.need_id, &why)) {
+        snprintf(text, sizeof text, "returned an invalid message: %.511s", why.msg);
     } else {
         msg_list_push(out, v);
         return;

@@ -60,9 +60,9 @@ int  msg_list_push(msg_list *l, tj_value *v);
 void msg_list_free(msg_list *l);
 
 /* Loads the scripts named by spec: a file, a folder (its *.lua files in name order), or a JSON
- * array of files and folders. TALLY_OK, or TALLY_ELUA / TALLY_EIO / TALLY_ECONFIG with errmsg set
- * naming the script and line. */
-int  rules_open(rules **out, const char *spec, const rules_opts *o, const tly_logger *log);
+ * array of files and folders. TALLY_OK, or TALLY_ELUA / TALLY_EIO / TALLY_ECONFIG / TALLY_ENOMEM
+ * with err naming the script and line. */
+int  rules_open(rules **out, const char *spec, const rules_opts *o, const tly_logger *log, tly_err *err);
 void rules_free(rules *R);
 size_t rules_count(const rules *R);
 

@@ -32,7 +32,7 @@ static int open_dests(tally_t *t, tly_err *err)
                     t->cfg.timeout_ms, t->cfg.max_in_flight, t->transfers};
     for (size_t i = 0; i < t->cfg.ndests; i++) {
         int rc = tly_fault() ? tly_err_set(err, TALLY_EIO, "destination: injected fault")
-                             : tly_err_legacy(err, dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log));
+                             : dest_open(&t->dests[i], t->cfg.dests[i], &env, &t->log, err);
         if (rc) return rc;
         t->ndests++;
         for (size_t k = 0; k < i; k++)

@@ -1,5 +1,6 @@
 #include "sandbox.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -100,7 +101,9 @@ static void block_free(sandbox *sb, void *p, size_t n)
 static void charge(sandbox *sb, uint32_t owner, size_t add, size_t sub)
 {
     _Atomic size_t *u = &sb->scripts[owner].used;
-    atomic_store_explicit(u, atomic_load_explicit(u, memory_order_relaxed) + add - sub, memory_order_relaxed);
+    size_t now = atomic_load_explicit(u, memory_order_relaxed);
+    assert(owner < (uint32_t)sb->nscripts && now + add >= sub); /* a script never frees more than it holds */
+    atomic_store_explicit(u, now + add - sub, memory_order_relaxed);
 }
 
 static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
@@ -110,6 +113,7 @@ static void *sb_alloc(void *ud, void *ptr, size_t osize, size_t nsize)
     char *blk = ptr ? (char *)ptr - HDR : NULL;
     uint32_t from = blk ? ((block_hdr *)blk)->owner : 0;
     if (nsize == 0) {
+        assert(old <= sb->used);
         sb->used -= old;
         if (blk) {
             charge(sb, from, 0, old);
@@ -580,6 +584,7 @@ int sb_script_new(sandbox *sb)
 
 int sb_enter(sandbox *sb, int script)
 {
+    assert(script >= 0 && script < sb->nscripts);
     int was = sb->owner;
     sb->owner = script;
     return was;
@@ -619,7 +624,7 @@ static int traceback_handler(lua_State *L)
     return 1;
 }
 
-int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen)
+int sb_call(sandbox *sb, int nargs, int nresults, tly_err *err)
 {
     lua_State *L = sb->L;
     sb->budget = sb->max_instructions;
@@ -647,12 +652,12 @@ int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen)
                          "lua_memory is %zu", sb->used, sb->max_memory);
             m = mem;
         }
-        snprintf(err, errlen, "%s", m ? m : "error");
+        tly_err_set(err, TALLY_ELUA, "%s", m ? m : "error");
         lua_pop(L, 1);
         /* reclaim what the failed call left behind so the next message starts with room */
         lua_gc(L, LUA_GCCOLLECT);
     }
-    return rc;
+    return rc == LUA_OK ? TALLY_OK : rc == LUA_ERRMEM ? TALLY_ENOMEM : TALLY_ELUA;
 }
 
 typedef struct chunk_source { const char *src, *name; size_t len; } chunk_source;
@@ -667,39 +672,37 @@ static int load_and_run(lua_State *L)
     return 1;
 }
 
-int sb_load_file(sandbox *sb, const char *path, char *err, size_t errlen)
+int sb_load_file(sandbox *sb, const char *path, tly_err *err)
 {
     char *src;
     size_t len;
-    if (read_whole(sb, path, &src, &len, err, errlen)) return -1;
+    if (read_whole(sb, path, &src, &len, err->msg, sizeof err->msg)) return TALLY_ELUA;
     if (len >= 4 && !memcmp(src, LUA_SIGNATURE, 4)) {
         free(src);
-        snprintf(err, errlen, "%s: precompiled (binary) chunks are refused; load the source", path);
-        return -1;
+        return tly_err_set(err, TALLY_ELUA, "%s: precompiled (binary) chunks are refused; load the source", path);
     }
     char chunk[4200];
     snprintf(chunk, sizeof chunk, "@%s", path);
     chunk_source cs = {src, chunk, len};
     lua_pushcfunction(sb->L, load_and_run);
     lua_pushlightuserdata(sb->L, &cs);
-    int rc = sb_call(sb, 1, 1, err, errlen);
+    int rc = sb_call(sb, 1, 1, err);
     free(src);
-    if (rc == LUA_ERRMEM) snprintf(err, errlen, "%s: memory limit exceeded (not enough memory)", path);
-    return rc == LUA_OK ? 0 : -1;
+    if (rc == TALLY_ENOMEM) tly_err_set(err, rc, "%s: memory limit exceeded (not enough memory)", path);
+    return rc == TALLY_OK ? TALLY_OK : TALLY_ELUA;
 }
 
-int sb_protect(sandbox *sb, lua_CFunction fn, void *ud, int nargs, char *err, size_t errlen)
+int sb_protect(sandbox *sb, lua_CFunction fn, void *ud, int nargs, tly_err *err)
 {
     lua_State *L = sb->L;
     if (!lua_checkstack(L, 2)) {
-        snprintf(err, errlen, "out of memory (Lua stack)");
         lua_pop(L, nargs);
-        return LUA_ERRMEM;
+        return tly_err_set(err, TALLY_ENOMEM, "out of memory (Lua stack)");
     }
     lua_pushcfunction(L, fn);
     lua_pushlightuserdata(L, ud);
     lua_rotate(L, -(nargs + 2), 2); /* fn, ud below the arguments */
-    return sb_call(sb, nargs + 1, 0, err, errlen);
+    return sb_call(sb, nargs + 1, 0, err);
 }
 
 int sb_sample(double rate, const char *key, size_t len)

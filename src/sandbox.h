@@ -49,19 +49,20 @@ void   sb_collect_if_near_limit(sandbox *sb);
 void       sb_set_log_gate(sandbox *sb, int (*gate)(void *ud, int level), void *ud);
 
 /* Loads a script file (text only) into a fresh environment and runs it under the limits; on
- * success pushes its return value. 0, or -1 with err set ("rules/a.lua:3: ..."). */
-int sb_load_file(sandbox *sb, const char *path, char *err, size_t errlen);
+ * success pushes its return value. TALLY_OK, or TALLY_ELUA whatever kept the script from loading
+ * (unreadable, binary, an error, a limit), with err saying what ("rules/a.lua:3: ..."). */
+int sb_load_file(sandbox *sb, const char *path, tly_err *err);
 
 /* lua_pcall under the instruction budget, with the error message (and its script:line) in err.
- * Returns a Lua status code (LUA_OK on success). */
-int sb_call(sandbox *sb, int nargs, int nresults, char *err, size_t errlen);
+ * TALLY_OK; TALLY_ENOMEM when Lua ran out of memory (the limit, named in err); TALLY_ELUA for
+ * any other error, the instruction limit included. */
+int sb_call(sandbox *sb, int nargs, int nresults, tly_err *err);
 
 /* Runs fn(ud, args...) protected, under the limits of sb_call, discarding its results: every
  * use of the Lua API on values a script controls (its tables may have metamethods, and any
  * allocation can meet the memory limit) must run this way, since an error raised outside a
- * protected call aborts the process. Pops the nargs arguments. Returns a Lua status code, with
- * the error in err. */
-int sb_protect(sandbox *sb, lua_CFunction fn, void *ud, int nargs, char *err, size_t errlen);
+ * protected call aborts the process. Pops the nargs arguments. Returns as sb_call does. */
+int sb_protect(sandbox *sb, lua_CFunction fn, void *ud, int nargs, tly_err *err);
 
 /* Deterministic sampling shared by ctx:sample and the sample module: FNV-1a of key. */
 int sb_sample(double rate, const char *key, size_t len);

@@ -70,8 +70,8 @@ int tally_open(const tally_config *cfg, tally_t **out)
     struct tally_config defaults;
     config_defaults(&defaults);
     int rc = tly_fault() || config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
-    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : config_apply_env(&t->cfg);
-    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : config_resolve_dests(&t->cfg);
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : tly_publish(config_apply_env(&t->cfg, &err), &err);
+    if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : tly_publish(config_resolve_dests(&t->cfg, &err), &err);
     if (!rc) config_store_defaults(&t->cfg);
     t->log = (tly_logger){t->cfg.log_fn, t->cfg.log_ud, t->cfg.log_level};
     t->fork_gen = atomic_load(&fork_gen);
@@ -236,12 +236,13 @@ static int typed(tally_t *t, int kind, const char *f1, const char *s1, int s1_re
     int rc = usable(t);
     if (rc) return rc;
     size_t len = 0, l1 = 0, l2 = 0;
-    if ((rc = msg_check_string(f1, s1, s1_required, &l1)) || (f2 && (rc = msg_check_string(f2, s2, 0, &l2))) ||
-        (fj && (rc = msg_check_object(fj, json, &len))))
-        return rejected(t, rc);
-    if ((rc = need_ids_from_caller(t, msg_type_name(kind)))) return rejected(t, rc);
+    tly_err err;
+    if ((rc = msg_check_string(f1, s1, s1_required, &l1, &err)) || (f2 && (rc = msg_check_string(f2, s2, 0, &l2, &err))) ||
+        (fj && (rc = msg_check_object(fj, json, &len, &err))))
+        return rejected(t, tly_publish(rc, &err));
+    const char *type = msg_type_name(msg_type_of_rec(kind));
+    if ((rc = need_ids_from_caller(t, type))) return rejected(t, rc);
     /* as msg_from_rec builds it: {"type":..,f1:s1,f2:s2,fj:json} with json as given */
-    const char *type = msg_type_name(kind);
     size_t given = 2 + member_size("type", tj_string_size(type, strlen(type))) - 1; /* braces, no first comma */
     if (s1) given += member_size(f1, tj_string_size(s1, l1));
     if (f2 && s2) given += member_size(f2, tj_string_size(s2, l2));
@@ -308,7 +309,8 @@ int tally_send(tally_t *t, const char *json)
     tj_error err;
     if (tj_parse(c->a, json, len, &m, &err))
         return rejected(t, tly_fail(TALLY_EINVAL, "message: invalid JSON: %s", err.msg));
-    if ((rc = msg_validate(m, t->cfg.mode == MODE_SERVER))) return rejected(t, rc);
+    tly_err verr;
+    if ((rc = msg_validate(m, t->cfg.mode == MODE_SERVER, &verr))) return rejected(t, tly_publish(rc, &verr));
     /* the processor parses the text as we did and writes that tree, plus what it stamps */
     const tj_value *type = tj_object_get(m, "type");
     int mt = msg_type_from(type->u.str.s, type->u.str.len), client = t->cfg.mode != MODE_SERVER;

@@ -1,5 +1,6 @@
 /* `tally check --rules PATH [events.ndjson]`: runs the rules on messages without sending them and
  * shows what each script did. This is how rules are developed: edit, check, repeat. */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,12 +45,14 @@ static void on_drop(void *ud, const char *rule, int drop_class, const char *why)
  * runtime's own line about a failure repeats what on_error printed, so it is left out. */
 static void on_log(void *ud, int level, const char *line)
 {
-    static const char *const names[] = {"error", "warn", "info", "debug"};
+    static const char *const names[] = {
+        [TALLY_LOG_ERROR] = "error", [TALLY_LOG_WARN] = "warn", [TALLY_LOG_INFO] = "info", [TALLY_LOG_DEBUG] = "debug"};
     check_state *st = ud;
     if (st->failed_line[0] && !strcmp(line, st->failed_line)) {
         st->failed_line[0] = '\0';
         return;
     }
+    assert(level >= TALLY_LOG_ERROR && level <= TALLY_LOG_DEBUG);
     printf("  log [%s] %s\n", level >= 0 && level <= 3 ? names[level] : "debug", line);
 }
 
@@ -82,13 +85,14 @@ static void check_one(rules *R, tj_arena *a, const char *line, size_t len, check
         st->invalid++;
         return;
     }
-    if (msg_validate(m, 0)) {
-        printf("message %ld: invalid: %s\n", st->index, tally_errmsg(NULL));
+    tly_err why;
+    if (msg_validate(m, 0, &why)) {
+        printf("message %ld: invalid: %s\n", st->index, why.msg);
         st->invalid++;
         return;
     }
     msg_ids none = {0};
-    msg_stamp(a, m, &none, tly_now_ms(), &err);
+    msg_stamp(a, m, &none, tly_now_ms(), &why);
     char label[256];
     printf("message %ld (%s)\n", st->index, describe(m, label, sizeof label));
     rules_report rep = {on_violation, on_error, on_drop, st, 0, 0};
@@ -126,8 +130,9 @@ int cli_check(const cli_opts *o, const char *rules_spec, const char *rule_config
     tly_logger log = {on_log, &st, TALLY_LOG_DEBUG};
     rules_opts ro = {64u << 20, 1000000, 0, 0, rule_config, 0};
     rules *R;
-    if (rules_open(&R, rules_spec, &ro, &log) != TALLY_OK) {
-        fprintf(stderr, "tally: check: %s\n", tally_errmsg(NULL));
+    tly_err err;
+    if (rules_open(&R, rules_spec, &ro, &log, &err) != TALLY_OK) {
+        fprintf(stderr, "tally: check: %s\n", err.msg);
         if (in != stdin) fclose(in);
         return 1;
     }

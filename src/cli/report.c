@@ -69,7 +69,11 @@ static int load_rule_info(rep_data *d, const char *path, int want_plan, char *er
         return -1;
     }
     int rc = -1;
-    if (sb_load_file(sb, path, err, errlen)) goto out;
+    tly_err why;
+    if (sb_load_file(sb, path, &why)) {
+        snprintf(err, errlen, "%s", why.msg);
+        goto out;
+    }
     lua_State *L = sb_state(sb);
     if (!lua_istable(L, -1)) {
         snprintf(err, errlen, "%s: must return a plugin table", path);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "buf.h"
+#include "message.h"
 
 /* JSON types of a property, as a reader thinks of them (integers and decimals are both numbers). */
 enum { RT_STRING, RT_NUMBER, RT_BOOLEAN, RT_NULL, RT_OBJECT, RT_ARRAY, RT_COUNT };
@@ -56,7 +57,7 @@ typedef struct rep_data {
 
     int64_t     total, unreadable;   /* rows; rows whose body is not a JSON object */
     int64_t     unreadable_example;  /* row id of one */
-    int64_t     by_type[6];          /* track identify page screen group alias */
+    int64_t     by_type[MT_COUNT];   /* by message type (MT_*) */
     int64_t     other_type;
     char       *first_ts, *last_ts;
 

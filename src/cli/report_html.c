@@ -168,13 +168,12 @@ static void summary(const rep_data *d, tbuf *b)
     tbuf_puts(b, "</div>");
     if (d->have_events && d->total) {
         tbuf_puts(b, "<p>");
-        static const char *const tn[] = {"track", "identify", "page", "screen", "group", "alias"};
         int any = 0;
-        for (int t = 0; t < 6; t++) {
+        for (int t = 0; t < MT_COUNT; t++) {
             if (!d->by_type[t]) continue;
-            tbuf_printf(b, "%s<span data-type-total=\"%s\">", any++ ? " · " : "", tn[t]);
+            tbuf_printf(b, "%s<span data-type-total=\"%s\">", any++ ? " · " : "", msg_type_name(t));
             num(b, d->by_type[t]);
-            tbuf_printf(b, "</span> %s", tn[t]);
+            tbuf_printf(b, "</span> %s", msg_type_name(t));
         }
         if (d->other_type) {
             tbuf_printf(b, "%s<span data-type-total=\"other\">", any ? " · " : "");

@@ -103,8 +103,6 @@ static void strmap_free(strmap *m)
 
 /* ---- the pass ---- */
 
-static const char *const type_names[] = {"track", "identify", "page", "screen", "group", "alias"};
-
 typedef struct stamp { char first[32], last[32]; } stamp;   /* per event: ISO text, compared as text */
 typedef struct tick { double jd; uint32_t ev; } tick;        /* one per timed event, for the chart */
 typedef struct span { int64_t n; double lo, hi; } span;      /* one per session */
@@ -272,9 +270,8 @@ static void take_row(pass *P, sqlite3_stmt *st, tj_arena *a)
     rep_event *e = &d->events[ev];
     e->n++;
     d->total++;
-    int t = 0;
-    while (t < 6 && strcmp(e->type, type_names[t])) t++;
-    if (t < 6) d->by_type[t]++;
+    int t = msg_type_from(e->type, strlen(e->type));
+    if (t >= 0) d->by_type[t]++;
     else d->other_type++;
     if (ts && strlen(ts) < sizeof P->stamps->first) {
         stamp *s = &P->stamps[ev];

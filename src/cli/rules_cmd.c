@@ -434,9 +434,9 @@ static int cmd_test(const rules_args *a)
     rules_opts ro = {64u << 20, 1000000, 0, 1, b->rule_config, 0};
     if (bundle_extract(b, dir, &err)) {
         rc = fail2("test", "", err.msg);
-    } else if (rules_open(&R, dir, &ro, &log) != TALLY_OK) {
+    } else if (rules_open(&R, dir, &ro, &log, &err) != TALLY_OK) {
         char msg[1024];
-        strip_dir(tally_errmsg(NULL), dir, msg, sizeof msg);
+        strip_dir(err.msg, dir, msg, sizeof msg);
         fprintf(stderr, "tally: rules test: %s: the rules do not load: %s\n", a->pos[0], msg);
         rc = 1;
     } else {

@@ -42,7 +42,7 @@ TEST(drop_newest_refuses_when_rows_are_full)
     int d;
     for (int i = 0; i < 4; i++) CHECK_EQ_INT(intake_push(&q, rec(i), &d), 0);
     intake_rec *extra = rec(99);
-    CHECK_EQ_INT(intake_push(&q, extra, &d), -1);
+    CHECK_EQ_INT(intake_push(&q, extra, &d), TALLY_EFULL);
     free(extra);
     CHECK_EQ_INT(atomic_load(&q.dropped), 1);
     intake_rec *r = intake_pop(&q);

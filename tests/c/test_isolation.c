@@ -759,7 +759,8 @@ TEST(violation_and_error_text_reach_check_output_escaped)
                           "  error('err\\r\\27]0;x\\7') end }\n", NULL);
     rules_opts o = {16 << 20, 100000, 0, 0, NULL, 0};
     rules *R = NULL;
-    REQUIRE(rules_open(&R, dir, &o, NULL) == TALLY_OK);
+    tly_err why;
+    REQUIRE(rules_open(&R, dir, &o, NULL, &why) == TALLY_OK);
     tj_arena *a = tj_arena_new();
     static const char msg[] = "{\"type\":\"track\",\"event\":\"E\",\"anonymousId\":\"a\",\"messageId\":\"m1\","
                               "\"timestamp\":\"2026-01-01T00:00:00.000Z\"}";

@@ -163,7 +163,7 @@ TEST(lua_raw_values_are_expanded)
     CHECK_STR(encode_top(L, NULL), "{\"p\":{\"x\":[1,2.0,null]}}");
     tj_value *bad = tj_new_raw(a, "{\"x\":", 5);
     lua_pushinteger(L, 42);
-    CHECK(tjl_push(L, bad) == -1);
+    CHECK(tjl_push(L, bad) == TALLY_EINVAL);
     CHECK_EQ_INT(lua_gettop(L), 1); /* nothing pushed on failure */
     lua_close(L);
     tj_arena_free(a);
@@ -477,7 +477,7 @@ TEST(lua_json_decode_same_values_as_the_tree)
         CHECK_STR(got, through_lua(texts[i], NULL));
     }
     tj_error err;
-    CHECK(tjl_decode(L, "[1,]", 4, &err) == -1);
+    CHECK(tjl_decode(L, "[1,]", 4, &err) == TALLY_EINVAL);
     CHECK_STR(err.msg, "unexpected character ']' at offset 3");
     CHECK_EQ_INT(lua_gettop(L), 0);
     lua_close(L);
