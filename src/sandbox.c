@@ -483,10 +483,12 @@ sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger 
 {
     sandbox *sb = calloc(1, sizeof *sb);
     if (!sb) return NULL;
-    if (sb_script_new(sb) != 0) { /* the host's share */
+    int host;
+    if (sb_script_new(sb, &host)) { /* the host's share */
         free(sb);
         return NULL;
     }
+    assert(host == 0);
     sb->max_memory = lim->max_memory;
     sb->max_instructions = lim->max_instructions;
     sb->log = log;
@@ -571,14 +573,15 @@ lua_State *sb_state(sandbox *sb) { return sb->L; }
 
 void sb_set_script_limit(sandbox *sb, size_t bytes) { sb->max_per_script = bytes; }
 
-int sb_script_new(sandbox *sb)
+int sb_script_new(sandbox *sb, int *script)
 {
     sb_script *s = realloc(sb->scripts, (size_t)(sb->nscripts + 1) * sizeof *s);
-    if (!s) return -1;
+    if (!s) return TALLY_ENOMEM;
     sb->scripts = s;
     atomic_init(&s[sb->nscripts].used, 0);
     s[sb->nscripts].metatables = 0;
-    return sb->nscripts++;
+    *script = sb->nscripts++;
+    return TALLY_OK;
 }
 
 int sb_enter(sandbox *sb, int script)
