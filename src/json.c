@@ -1370,4 +1370,8 @@ static int write_value(tbuf *b, const tj_value *v)
     return b->oom ? -1 : 0;
 }
 
-int tj_write(tbuf *b, const tj_value *v) { return write_value(b, v); }
+int tj_write(tbuf *b, const tj_value *v)
+{
+    if (write_value(b, v)) return b->oom ? TALLY_ENOMEM : TALLY_EINVAL;
+    return TALLY_OK;
+}

@@ -110,7 +110,8 @@ int       tj_expand(tj_arena *a, tj_value *v, tj_error *err);
  * Compact JSON (no spaces). Strings: escapes only what JSON requires ("\\ \" and < 0x20, plus
  * U+2028/2029 as \u2028/\u2029); other UTF-8 is written as is. Doubles: shortest round-trip text;
  * an integral double keeps a ".0" (or exponent) so it reads back as a double. NaN and +-Inf cannot
- * be represented: tj_write returns -1 for them. Returns 0, or -1 (b->oom or NaN/Inf). */
+ * be represented: tj_write returns TALLY_EINVAL for them. TALLY_OK, TALLY_EINVAL, or TALLY_ENOMEM
+ * (b->oom). */
 int tj_write(tbuf *b, const tj_value *v);
 void tj_write_string(tbuf *b, const char *s, size_t len);           /* quoted + escaped */
 size_t tj_string_size(const char *s, size_t len);                   /* what tj_write_string writes */

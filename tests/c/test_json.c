@@ -585,9 +585,9 @@ TEST(array_push_and_build)
     tbuf_reset(&b);
     tj_value *bad = tj_new(a, TJ_ARRAY);
     tj_array_push(a, bad, tj_new_double(a, NAN));
-    CHECK(tj_write(&b, bad) == -1);
+    CHECK(tj_write(&b, bad) == TALLY_EINVAL);
     tbuf_reset(&b);
-    CHECK(tj_write(&b, tj_new_double(a, -INFINITY)) == -1);
+    CHECK(tj_write(&b, tj_new_double(a, -INFINITY)) == TALLY_EINVAL);
     tbuf_free(&b);
     tj_arena_free(a);
 }
