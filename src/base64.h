@@ -14,7 +14,8 @@ size_t b64_encode(const unsigned char *in, size_t n, char *out);
 /* Decodes s[0..len) into out (room for len / 4 * 3 bytes), strictly: the length is a multiple
  * of 4, only the alphabet and trailing '=' padding, no whitespace, and the unused bits of the
  * last character are zero. So each byte string has exactly one accepted encoding: a changed
- * character always changes the bytes. Returns the decoded length, or -1. */
-long b64_decode(const char *s, size_t len, unsigned char *out);
+ * character always changes the bytes. TALLY_OK with the decoded length in *outlen, or TALLY_EINVAL
+ * (not such an encoding; *outlen untouched). */
+int b64_decode(const char *s, size_t len, unsigned char *out, size_t *outlen);
 
 #endif

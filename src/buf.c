@@ -7,16 +7,16 @@
 
 int tbuf_grow(tbuf *b, size_t extra)
 {
-    if (b->oom) return -1;
+    if (b->oom) return TALLY_ENOMEM;
     size_t need = b->len + extra + 1;
-    if (need <= b->cap) return 0;
+    if (need <= b->cap) return TALLY_OK;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < need) cap *= 2;
     char *p = realloc(b->data, cap);
-    if (!p) { b->oom = 1; return -1; }
+    if (!p) { b->oom = 1; return TALLY_ENOMEM; }
     b->data = p;
     b->cap = cap;
-    return 0;
+    return TALLY_OK;
 }
 
 void tbuf_puts(tbuf *b, const char *s) { tbuf_append(b, s, strlen(s)); }

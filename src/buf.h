@@ -6,6 +6,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "tally.h"
+
 typedef struct tbuf {
     char  *data;   /* always NUL-terminated when non-NULL */
     size_t len;
@@ -15,13 +17,13 @@ typedef struct tbuf {
 
 #define TBUF_INIT {NULL, 0, 0, 0}
 
-int  tbuf_grow(tbuf *b, size_t extra);              /* tbuf_reserve's slow path */
+int  tbuf_grow(tbuf *b, size_t extra);              /* tbuf_reserve's slow path; its returns */
 
 /* The appends are inline: serializing a message calls them for every key, value and comma, and
  * the calls themselves were a fifth of the processor's time (bench/README.md). */
-static inline int tbuf_reserve(tbuf *b, size_t extra) /* 0 ok, -1 on OOM (and b->oom set) */
+static inline int tbuf_reserve(tbuf *b, size_t extra) /* TALLY_OK, or TALLY_ENOMEM (and b->oom set) */
 {
-    if (!b->oom && extra < b->cap - b->len) return 0; /* room for extra bytes and the NUL */
+    if (!b->oom && extra < b->cap - b->len) return TALLY_OK; /* room for extra bytes and the NUL */
     return tbuf_grow(b, extra);
 }
 

@@ -53,7 +53,8 @@ int bundle_keys_add(bundle_keys *k, const char *text, tly_err *err)
     while (len && (text[len - 1] == ' ' || text[len - 1] == '\t' || text[len - 1] == '\n' || text[len - 1] == '\r')) len--;
     if (len < plen || memcmp(text, BUNDLE_PUBKEY_PREFIX, plen)) return tly_err_set(err, TALLY_ECONFIG, "%s", want);
     unsigned char raw[48];
-    if (len - plen != 44 || b64_decode(text + plen, 44, raw) != 32) return tly_err_set(err, TALLY_ECONFIG, "%s", want);
+    size_t rawlen;
+    if (len - plen != 44 || b64_decode(text + plen, 44, raw, &rawlen) || rawlen != 32) return tly_err_set(err, TALLY_ECONFIG, "%s", want);
     for (size_t i = 0; i < k->n; i++)
         if (!memcmp(k->k[i].raw, raw, 32)) return TALLY_OK; /* given twice: one key */
     if (k->n == BUNDLE_MAX_KEYS)
@@ -83,11 +84,11 @@ int bundle_envelope(tbuf *out, const char *key_id, const unsigned char *payload,
 {
     char sig64[B64_ENCODED_SIZE(64)];
     b64_encode(sig, 64, sig64);
-    if (tbuf_reserve(out, B64_ENCODED_SIZE(plen) + 256)) return -1;
+    if (tbuf_reserve(out, B64_ENCODED_SIZE(plen) + 256)) return TALLY_ENOMEM;
     tbuf_printf(out, "{\"format\":%d,\"key_id\":\"%s\",\"payload\":\"", BUNDLE_FORMAT, key_id);
     out->len += b64_encode(payload, plen, out->data + out->len);
     tbuf_printf(out, "\",\"signature\":\"%s\"}\n", sig64);
-    return out->oom ? -1 : 0;
+    return out->oom ? TALLY_ENOMEM : TALLY_OK;
 }
 
 int bundle_signed_bytes(tbuf *out, const char *key_id, const unsigned char *payload, size_t plen)
@@ -96,7 +97,7 @@ int bundle_signed_bytes(tbuf *out, const char *key_id, const unsigned char *payl
     tbuf_puts(out, key_id);
     tbuf_putc(out, '\n');
     tbuf_append(out, payload, plen);
-    return out->oom ? -1 : 0;
+    return out->oom ? TALLY_ENOMEM : TALLY_OK;
 }
 
 int bundle_name_ok(const char *name, size_t len)
@@ -181,7 +182,7 @@ int bundle_verify(const char *bytes, size_t len, size_t max_bytes, const bundle_
     tj_error je;
     int rc = TALLY_OK;
     unsigned char *payload = NULL, sig[64 + 3];
-    long plen = 0;
+    size_t plen = 0, siglen;
     tbuf canon = TBUF_INIT, tbs = TBUF_INIT;
     if (tj_parse(b->arena, bytes, len, &env, &je)) {
         rc = tly_err_set(err, TALLY_EINVAL, "bundle: invalid JSON: %s", je.msg);
@@ -207,18 +208,18 @@ int bundle_verify(const char *bytes, size_t len, size_t max_bytes, const bundle_
         rc = tly_err_set(err, TALLY_ENOMEM, "bundle: out of memory");
         goto out;
     }
-    if ((plen = b64_decode(p64->u.str.s, p64->u.str.len, payload)) < 0) {
+    if (b64_decode(p64->u.str.s, p64->u.str.len, payload, &plen)) {
         rc = tly_err_set(err, TALLY_EINVAL, "payload: not canonical base64");
         goto out;
     }
-    if (s64->u.str.len != 88 || b64_decode(s64->u.str.s, 88, sig) != 64) {
+    if (s64->u.str.len != 88 || b64_decode(s64->u.str.s, 88, sig, &siglen) || siglen != 64) {
         rc = tly_err_set(err, TALLY_EINVAL, "signature: expected the base64 of 64 bytes");
         goto out;
     }
     /* The signature covers key_id and payload; requiring the exact bytes `pack` writes covers
      * the rest (spacing, member order, format), so any changed byte is refused. */
-    if (bundle_envelope(&canon, kid->u.str.s, payload, (size_t)plen, sig) ||
-        bundle_signed_bytes(&tbs, kid->u.str.s, payload, (size_t)plen)) {
+    if (bundle_envelope(&canon, kid->u.str.s, payload, plen, sig) ||
+        bundle_signed_bytes(&tbs, kid->u.str.s, payload, plen)) {
         rc = tly_err_set(err, TALLY_ENOMEM, "bundle: out of memory");
         goto out;
     }
@@ -241,7 +242,7 @@ int bundle_verify(const char *bytes, size_t len, size_t max_bytes, const bundle_
         goto out;
     }
     memcpy(b->key_id, kid->u.str.s, BUNDLE_KEY_ID_LEN + 1);
-    rc = parse_payload(b, (const char *)payload, (size_t)plen, err);
+    rc = parse_payload(b, (const char *)payload, plen, err);
 out:
     free(payload);
     tbuf_free(&canon);

@@ -79,10 +79,11 @@ int  bundle_name_ok(const char *name, size_t len);
 int  bundle_extract(const bundle *b, const char *dir, tly_err *err);
 
 /* The envelope exactly as bundle_sign writes it and bundle_verify accepts it (docs/bundles.md).
- * Appends to out; 0, or -1 on OOM. */
+ * Appends to out; TALLY_OK, or TALLY_ENOMEM. */
 int  bundle_envelope(tbuf *out, const char *key_id, const unsigned char *payload, size_t plen,
                      const unsigned char sig[64]);
-/* The bytes the signature covers: BUNDLE_SIGNED_TAG, key_id, '\n', then the payload. */
+/* The bytes the signature covers: BUNDLE_SIGNED_TAG, key_id, '\n', then the payload. TALLY_OK, or
+ * TALLY_ENOMEM. */
 int  bundle_signed_bytes(tbuf *out, const char *key_id, const unsigned char *payload, size_t plen);
 
 #endif

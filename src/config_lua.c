@@ -87,9 +87,8 @@ int config_load(tally_config *cfg, const char *path, tly_err *err)
      * rule: a regular file, not a link, never a FIFO that would block here */
     char dir[4096];
     const char *base;
-    if (tly_split_path(path, dir, sizeof dir, &base)) return tly_err_set(err, TALLY_EIO, "%s: path too long", path);
-    int fd = tly_open_below(dir, base, err->msg, sizeof err->msg);
-    if (fd < 0) return TALLY_EIO;
+    int fd;
+    if (tly_split_path(path, dir, sizeof dir, &base, err) || tly_open_below(dir, base, &fd, err)) return TALLY_EIO;
     close(fd);
     const char *dirs[] = {dir, NULL};
     sb_limits lim = {CONFIG_MAX_MEMORY, CONFIG_MAX_INSTRUCTIONS};

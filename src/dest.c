@@ -11,16 +11,16 @@ int batch_add(dest_batch *b, const char *json, size_t len)
     if (b->n + 2 > b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 128;
         size_t *off = realloc(b->off, cap * sizeof *off);
-        if (!off) return -1;
+        if (!off) return TALLY_ENOMEM;
         b->off = off;
         b->cap = cap;
     }
     if (b->n == 0) b->off[0] = b->data.len;
     tbuf_append(&b->data, json, len);
     tbuf_putc(&b->data, '\n');
-    if (b->data.oom) return -1;
+    if (b->data.oom) return TALLY_ENOMEM;
     b->off[++b->n] = b->data.len;
-    return 0;
+    return TALLY_OK;
 }
 
 void batch_clear(dest_batch *b)

@@ -20,7 +20,7 @@ typedef struct dest_batch {
     size_t  n, cap;
 } dest_batch;
 
-int  batch_add(dest_batch *b, const char *json, size_t len);
+int  batch_add(dest_batch *b, const char *json, size_t len); /* TALLY_OK, or TALLY_ENOMEM */
 void batch_clear(dest_batch *b);       /* no messages */
 void batch_free(dest_batch *b);
 

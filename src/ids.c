@@ -181,7 +181,7 @@ int tly_uuid4(char out[37])
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, install_fork_handler);
     if (pool.used + 16 > sizeof pool.bytes) {
-        if (fill_random(pool.bytes, sizeof pool.bytes)) return -1;
+        if (fill_random(pool.bytes, sizeof pool.bytes)) return TALLY_EIO;
         pool.used = 0;
     }
     unsigned char u[16];
@@ -198,5 +198,5 @@ int tly_uuid4(char out[37])
         out[o++] = hex[u[i] & 15];
     }
     out[o] = '\0';
-    return 0;
+    return TALLY_OK;
 }

@@ -69,7 +69,8 @@ static inline uint64_t tly_ticks(void) { return 0; }
 #endif
 int64_t tly_ticks_wall_ms(uint64_t ticks);  /* wall ms at the moment tly_ticks() returned `ticks` */
 void    tly_iso8601(int64_t ms, char out[25]); /* "2026-11-24T20:31:02.123Z" */
-/* A random (version 4) UUID in canonical text form, from the OS random source. 0 or -1. */
+/* A random (version 4) UUID in canonical text form, from the OS random source. TALLY_OK, or
+ * TALLY_EIO when the OS gives no random bytes. */
 int     tly_uuid4(char out[37]);
 
 /* ---- fault points (fault.c) ----

@@ -535,7 +535,7 @@ value:
             char what[40];
             snprintf(what, sizeof what, "nesting deeper than %d", TJ_MAX_DEPTH);
             vfail(&v, p, what);
-            return -1;
+            return TALLY_EINVAL;
         }
         depth++;
         objects = objects << 1 | (*p == '{');
@@ -552,12 +552,12 @@ value:
         break;
     default: goto bad_char;
     }
-    if (!p) return -1;
+    if (!p) return TALLY_EINVAL;
 after:
     p = skip_ws(p, end);
     if (depth == 0) {
-        if (p != end) { vfail(&v, p, "trailing characters"); return -1; }
-        return 0;
+        if (p != end) { vfail(&v, p, "trailing characters"); return TALLY_EINVAL; }
+        return TALLY_OK;
     }
     if (p == end) goto bad_char;
     if (*p == ',') {
@@ -573,14 +573,14 @@ close:
     goto after;
 key:
     if (p == end || *p != '"') goto bad_char;
-    if (!(p = v_string(&v, p))) return -1;
+    if (!(p = v_string(&v, p))) return TALLY_EINVAL;
     p = skip_ws(p, end);
     if (p == end || *p != ':') goto bad_char;
     p++;
     goto value;
 bad_char:
     vfail_char(&v, p);
-    return -1;
+    return TALLY_EINVAL;
 }
 
 /* ======================================================================== build */
@@ -639,12 +639,12 @@ static void *grow_array(tj_arena *a, void *items, size_t n, size_t *cap, size_t 
 
 int tj_array_push(tj_arena *a, tj_value *arr, tj_value *v)
 {
-    if (!arr || arr->type != TJ_ARRAY) return -1;
+    if (!arr || arr->type != TJ_ARRAY) return TALLY_EINVAL;
     tj_value **items = grow_array(a, arr->u.arr.items, arr->u.arr.n, &arr->u.arr.cap, sizeof *items);
-    if (!items) return -1;
+    if (!items) return TALLY_ENOMEM;
     items[arr->u.arr.n++] = v;
     arr->u.arr.items = items;
-    return 0;
+    return TALLY_OK;
 }
 
 /* Index of the last member named key (JSON's "last one wins"), or -1. */
@@ -659,18 +659,18 @@ static long find_member(const tj_value *obj, const char *key, size_t klen)
 
 int tj_object_set(tj_arena *a, tj_value *obj, const char *key, size_t klen, tj_value *v)
 {
-    if (!obj || obj->type != TJ_OBJECT) return -1;
+    if (!obj || obj->type != TJ_OBJECT) return TALLY_EINVAL;
     long i = find_member(obj, key, klen);
     if (i >= 0) {
         obj->u.obj.m[i].val = v;
-        return 0;
+        return TALLY_OK;
     }
     char *k = tj_strdup(a, key, klen);
     tj_member *m = grow_array(a, obj->u.obj.m, obj->u.obj.n, &obj->u.obj.cap, sizeof *m);
-    if (!k || !m) return -1;
+    if (!k || !m) return TALLY_ENOMEM;
     m[obj->u.obj.n++] = (tj_member){k, klen, v};
     obj->u.obj.m = m;
-    return 0;
+    return TALLY_OK;
 }
 
 tj_value *tj_object_get(const tj_value *obj, const char *key)
@@ -941,25 +941,27 @@ int tj_parse(tj_arena *a, const char *s, size_t len, tj_value **out, tj_error *e
     tj_error scratch_err;
     if (!err) err = &scratch_err;
     *out = NULL;
-    if (tj_validate(s, len, err)) return -1;
+    int rc = tj_validate(s, len, err);
+    if (rc) return rc;
     bctx c = {a, (const unsigned char *)s, (const unsigned char *)s + len, 0};
     tj_value *v = b_value(&c);
     if (!v) {
         err->offset = 0;
         snprintf(err->msg, sizeof err->msg, "out of memory");
-        return -1;
+        return TALLY_ENOMEM;
     }
     *out = v;
-    return 0;
+    return TALLY_OK;
 }
 
 int tj_expand(tj_arena *a, tj_value *v, tj_error *err)
 {
-    if (v->type != TJ_RAW) return 0;
+    if (v->type != TJ_RAW) return TALLY_OK;
     tj_value *t;
-    if (tj_parse(a, v->u.str.s, v->u.str.len, &t, err)) return -1;
+    int rc = tj_parse(a, v->u.str.s, v->u.str.len, &t, err);
+    if (rc) return rc;
     *v = *t;
-    return 0;
+    return TALLY_OK;
 }
 
 /* ======================================================================== walk (no tree) */
@@ -1027,14 +1029,15 @@ int tj_walk(const char *s, size_t len, const tj_handler *h, void *ud, tj_error *
 {
     tj_error scratch_err;
     if (!err) err = &scratch_err;
-    if (tj_validate(s, len, err)) return -1;
+    int rc = tj_validate(s, len, err);
+    if (rc) return rc;
     wctx c = {h, ud, (const unsigned char *)s, (const unsigned char *)s + len};
     if (w_value(&c)) {
         err->offset = (size_t)(c.p - (const unsigned char *)s);
         snprintf(err->msg, sizeof err->msg, "stopped by the handler");
-        return -1;
+        return TALLY_EINVAL;
     }
-    return 0;
+    return TALLY_OK;
 }
 
 /* ======================================================================== write: numbers */
@@ -1367,4 +1370,8 @@ static int write_value(tbuf *b, const tj_value *v)
     return b->oom ? -1 : 0;
 }
 
-int tj_write(tbuf *b, const tj_value *v) { return write_value(b, v); }
+int tj_write(tbuf *b, const tj_value *v)
+{
+    if (write_value(b, v)) return b->oom ? TALLY_ENOMEM : TALLY_EINVAL;
+    return TALLY_OK;
+}

@@ -40,6 +40,7 @@ struct tj_member {
     tj_value   *val;
 };
 
+/* Its own error type, not a tly_err: tests measure texts against the size of msg (test_json_lua). */
 typedef struct tj_error {
     size_t offset;     /* byte offset into the input where the problem was found */
     char   msg[128];   /* e.g. "invalid UTF-8 at offset 17", "nesting deeper than 64 at offset 130" */
@@ -55,7 +56,8 @@ void      tj_arena_free(tj_arena *a);
 size_t    tj_arena_size(const tj_arena *a);              /* bytes it holds now (for tests, fuzzers) */
 
 /* ---- parse / validate ----
- * Both return 0 on success, -1 with *err filled on failure. Whitespace around the value is allowed,
+ * Both return TALLY_OK, or TALLY_EINVAL with *err filled (tj_parse: TALLY_ENOMEM when the arena
+ * cannot grow, err->msg "out of memory"). Whitespace around the value is allowed,
  * anything else after it is an error. Numbers: an integer literal (no '.', 'e') within int64 is
  * TJ_INT; an integer literal beyond 64 bits is a TJ_RAW holding its text, so that it is written out
  * byte for byte (no C type holds it exactly); anything else is TJ_DOUBLE; literals that overflow a
@@ -69,7 +71,8 @@ int tj_validate(const char *s, size_t len, tj_error *err);
  * for each token in document order. Strings and keys are given as their body in the input (between
  * the quotes), still escaped when `escaped` is set (tj_unescape decodes them); scalar() gets a
  * TJ_NULL/TRUE/FALSE/INT/DOUBLE value, or a TJ_RAW pointing into the input for an integer beyond
- * 64 bits. A handler returning non-zero stops the walk: tj_walk then returns -1. The walk keeps no
+ * 64 bits. TALLY_OK, or TALLY_EINVAL with *err filled: for bad text, and when a handler returned
+ * non-zero, which stops the walk (err->msg "stopped by the handler"). The walk keeps no
  * allocation of its own while a handler runs, so a handler may longjmp out of it (a Lua error).
  * Nesting is at most TJ_MAX_DEPTH. */
 typedef struct tj_handler {
@@ -92,19 +95,23 @@ tj_value *tj_new_int(tj_arena *a, int64_t i);
 tj_value *tj_new_double(tj_arena *a, double d);
 tj_value *tj_new_string(tj_arena *a, const char *s, size_t len);  /* copies s */
 tj_value *tj_new_raw(tj_arena *a, const char *json, size_t len);  /* copies; caller vouches it is valid */
-int       tj_array_push(tj_arena *a, tj_value *arr, tj_value *v);  /* 0 ok, -1 OOM */
-/* Sets key (replacing an existing member with the same key); copies the key. 0 ok, -1 OOM. */
+/* TALLY_OK, TALLY_EINVAL (arr is not an array), TALLY_ENOMEM */
+int       tj_array_push(tj_arena *a, tj_value *arr, tj_value *v);
+/* Sets key (replacing an existing member with the same key); copies the key. TALLY_OK,
+ * TALLY_EINVAL (obj is not an object), TALLY_ENOMEM. */
 int       tj_object_set(tj_arena *a, tj_value *obj, const char *key, size_t klen, tj_value *v);
 tj_value *tj_object_get(const tj_value *obj, const char *key);     /* NULL when absent or not object */
 int       tj_object_remove(tj_value *obj, const char *key);        /* 1 removed, 0 absent */
-/* Turns a TJ_RAW value into a real tree in place (same arena). 0 ok, -1 on error. */
+/* Turns a TJ_RAW value into a real tree in place (same arena); anything else is left as it is.
+ * TALLY_OK, or tj_parse's codes. */
 int       tj_expand(tj_arena *a, tj_value *v, tj_error *err);
 
 /* ---- write ----
  * Compact JSON (no spaces). Strings: escapes only what JSON requires ("\\ \" and < 0x20, plus
  * U+2028/2029 as \u2028/\u2029); other UTF-8 is written as is. Doubles: shortest round-trip text;
  * an integral double keeps a ".0" (or exponent) so it reads back as a double. NaN and +-Inf cannot
- * be represented: tj_write returns -1 for them. Returns 0, or -1 (b->oom or NaN/Inf). */
+ * be represented: tj_write returns TALLY_EINVAL for them. TALLY_OK, TALLY_EINVAL, or TALLY_ENOMEM
+ * (b->oom). */
 int tj_write(tbuf *b, const tj_value *v);
 void tj_write_string(tbuf *b, const char *s, size_t len);           /* quoted + escaped */
 size_t tj_string_size(const char *s, size_t len);                   /* what tj_write_string writes */

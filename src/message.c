@@ -137,14 +137,14 @@ static int put_str(tj_arena *a, tj_value *m, const char *key, const char *s, siz
 {
     if (!s) return 0;
     tj_value *v = tj_new_string(a, s, len);
-    return v ? tj_object_set(a, m, key, strlen(key), v) : -1;
+    return v ? tj_object_set(a, m, key, strlen(key), v) : TALLY_ENOMEM;
 }
 
 static int put_raw(tj_arena *a, tj_value *m, const char *key, const char *json, size_t len)
 {
     if (!json) return 0;
     tj_value *v = tj_new_raw(a, json, len);
-    return v ? tj_object_set(a, m, key, strlen(key), v) : -1;
+    return v ? tj_object_set(a, m, key, strlen(key), v) : TALLY_ENOMEM;
 }
 
 static const struct {

@@ -52,12 +52,12 @@ int msg_list_push(msg_list *l, tj_value *v)
     if (l->n == l->cap) {
         size_t cap = l->cap ? l->cap * 2 : 4;
         tj_value **p = realloc(l->v, cap * sizeof *p);
-        if (!p) return -1;
+        if (!p) return TALLY_ENOMEM;
         l->v = p;
         l->cap = cap;
     }
     l->v[l->n++] = v;
-    return 0;
+    return TALLY_OK;
 }
 
 void msg_list_free(msg_list *l)
@@ -416,11 +416,12 @@ int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_log
     }
     for (size_t i = 0; !rc && i < nfiles; i++) {
         R->current = &R->r[R->n]; /* print() at load time is rate-limited like any other */
-        int slot = R->r[R->n].slot = sb_script_new(R->sb);
-        if (slot < 0) {
+        int slot;
+        if (sb_script_new(R->sb, &slot)) {
             rc = tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
             break;
         }
+        R->r[R->n].slot = slot;
         sb_enter(R->sb, slot);
         rc = sb_load_file(R->sb, files[i], err);
         R->current = NULL;

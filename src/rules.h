@@ -56,7 +56,7 @@ typedef struct msg_list {
     size_t     n, cap;
 } msg_list;
 
-int  msg_list_push(msg_list *l, tj_value *v);
+int  msg_list_push(msg_list *l, tj_value *v); /* TALLY_OK, or TALLY_ENOMEM */
 void msg_list_free(msg_list *l);
 
 /* Loads the scripts named by spec: a file, a folder (its *.lua files in name order), or a JSON

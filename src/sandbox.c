@@ -257,27 +257,24 @@ static int safe_load(lua_State *L)
     return 1;
 }
 
-static int read_whole(sandbox *sb, const char *path, char **out, size_t *len, char *err, size_t errlen)
+static int read_whole(sandbox *sb, const char *path, char **out, size_t *len, tly_err *err)
 {
     (void)sb;
     char dir[4096];
     const char *base;
-    if (tly_split_path(path, dir, sizeof dir, &base)) {
-        snprintf(err, errlen, "%s: path too long", path);
-        return -1;
-    }
-    return tly_read_below(dir, base, MAX_FILE_BYTES, out, len, err, errlen);
+    int rc = tly_split_path(path, dir, sizeof dir, &base, err);
+    return rc ? rc : tly_read_below(dir, base, MAX_FILE_BYTES, out, len, err);
 }
 
 /* A relative path without ".." components, looked up in each rule folder in order and read from the
  * first that has it. 0: read; -1: in no folder; -2: refused or unreadable (err says why). */
-static int read_resolved(sandbox *sb, const char *rel, char *path, size_t pathlen, char **src, size_t *len, char *err,
-                         size_t errlen)
+static int read_resolved(sandbox *sb, const char *rel, char *path, size_t pathlen, char **src, size_t *len,
+                         tly_err *err)
 {
     if (!*rel || rel[0] == '/' || strstr(rel, "..")) return -1;
     for (char **d = sb->dirs; d && *d; d++) {
         snprintf(path, pathlen, "%s/%s", *d, rel);
-        if (tly_read_below(*d, rel, MAX_FILE_BYTES, src, len, err, errlen) == 0) return 0;
+        if (tly_read_below(*d, rel, MAX_FILE_BYTES, src, len, err) == TALLY_OK) return 0;
         if (errno != ENOENT) return -2;
     }
     return -1;
@@ -313,14 +310,15 @@ static int safe_require(lua_State *L)
         loaded = 1;
     }
     if (!loaded) {
-        char rel[512], path[4096], err[512];
+        char rel[512], path[4096];
+        tly_err err;
         snprintf(rel, sizeof rel, "%s.lua", name);
         for (char *p = rel; *p && strcmp(p, ".lua"); p++)
             if (*p == '.') *p = '/';
         char *src;
         size_t len;
-        int found = read_resolved(sb, rel, path, sizeof path, &src, &len, err, sizeof err);
-        if (found == -2) return luaL_error(L, "module '%s': %s", name, err);
+        int found = read_resolved(sb, rel, path, sizeof path, &src, &len, &err);
+        if (found == -2) return luaL_error(L, "module '%s': %s", name, err.msg);
         if (found)
             return luaL_error(L, "module '%s' not found (bundled tally.* modules and the rule folders only)", name);
         char chunk[4200];
@@ -350,12 +348,13 @@ static int load_json(lua_State *L)
 {
     sandbox *sb = from_state(L);
     const char *rel = luaL_checkstring(L, 1);
-    char path[4096], err[512];
+    char path[4096];
+    tly_err err;
     char *src;
     size_t len;
-    int found = read_resolved(sb, rel, path, sizeof path, &src, &len, err, sizeof err);
+    int found = read_resolved(sb, rel, path, sizeof path, &src, &len, &err);
     if (found == -1) return luaL_error(L, "load_json: '%s' not found in the rule folders (relative paths only)", rel);
-    if (found) return luaL_error(L, "load_json: %s", err);
+    if (found) return luaL_error(L, "load_json: %s", err.msg);
     if (lua_chargework(L, len >> 2)) { /* as tally.json.decode */
         free(src);
         return luaL_error(L, "instruction limit exceeded (work done in C)");
@@ -484,10 +483,12 @@ sandbox *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger 
 {
     sandbox *sb = calloc(1, sizeof *sb);
     if (!sb) return NULL;
-    if (sb_script_new(sb) != 0) { /* the host's share */
+    int host;
+    if (sb_script_new(sb, &host)) { /* the host's share */
         free(sb);
         return NULL;
     }
+    assert(host == 0);
     sb->max_memory = lim->max_memory;
     sb->max_instructions = lim->max_instructions;
     sb->log = log;
@@ -572,14 +573,15 @@ lua_State *sb_state(sandbox *sb) { return sb->L; }
 
 void sb_set_script_limit(sandbox *sb, size_t bytes) { sb->max_per_script = bytes; }
 
-int sb_script_new(sandbox *sb)
+int sb_script_new(sandbox *sb, int *script)
 {
     sb_script *s = realloc(sb->scripts, (size_t)(sb->nscripts + 1) * sizeof *s);
-    if (!s) return -1;
+    if (!s) return TALLY_ENOMEM;
     sb->scripts = s;
     atomic_init(&s[sb->nscripts].used, 0);
     s[sb->nscripts].metatables = 0;
-    return sb->nscripts++;
+    *script = sb->nscripts++;
+    return TALLY_OK;
 }
 
 int sb_enter(sandbox *sb, int script)
@@ -676,7 +678,7 @@ int sb_load_file(sandbox *sb, const char *path, tly_err *err)
 {
     char *src;
     size_t len;
-    if (read_whole(sb, path, &src, &len, err->msg, sizeof err->msg)) return TALLY_ELUA;
+    if (read_whole(sb, path, &src, &len, err)) return TALLY_ELUA;
     if (len >= 4 && !memcmp(src, LUA_SIGNATURE, 4)) {
         free(src);
         return tly_err_set(err, TALLY_ELUA, "%s: precompiled (binary) chunks are refused; load the source", path);

@@ -29,11 +29,12 @@ typedef struct sb_limits {
 sandbox   *sb_new(const sb_limits *lim, const char *const *dirs, const tly_logger *log);
 void       sb_free(sandbox *sb);
 lua_State *sb_state(sandbox *sb);
-/* Memory is counted per script: sb_script_new makes a slot (0 is the host's share: libraries and
- * the messages pushed in); sb_enter makes `script` the one charged for what is allocated or grown
+/* Memory is counted per script: sb_script_new makes a slot and gives its index in *script
+ * (TALLY_OK, or TALLY_ENOMEM; slot 0 is the host's share: libraries and the messages pushed in);
+ * sb_enter makes `script` the one charged for what is allocated or grown
  * from now on, and returns the previous one. A script's blocks are given back to it when freed. */
 void   sb_set_script_limit(sandbox *sb, size_t bytes); /* bytes one script may hold; 0: none of its own */
-int    sb_script_new(sandbox *sb);
+int    sb_script_new(sandbox *sb, int *script);
 int    sb_enter(sandbox *sb, int script);
 size_t sb_script_memory(const sandbox *sb, int script);  /* bytes held now; any thread */
 /* Has `script` (or anything running as the host's share) ever called setmetatable with a

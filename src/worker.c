@@ -439,7 +439,7 @@ static flight *flight_at(dest_state *s, int k) { return &s->f[slot(s, k)]; }
 
 static int take_message(void *b, const char *json, size_t len)
 {
-    return batch_add(b, json, len) ? TALLY_ENOMEM : TALLY_OK;
+    return batch_add(b, json, len);
 }
 
 /* Loads the batch that follows `after` (NULL: the oldest), at most a batch, into f; with `until`,

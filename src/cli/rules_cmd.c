@@ -225,7 +225,7 @@ static int parse_version(const char *s, int64_t *v)
 
 static int add_member(tj_arena *ar, tj_value *obj, const char *key, tj_value *v)
 {
-    return v ? tj_object_set(ar, obj, key, strlen(key), v) : -1;
+    return v ? tj_object_set(ar, obj, key, strlen(key), v) : TALLY_ENOMEM;
 }
 
 /* The payload of docs/bundles.md as JSON text in *out. 0, or 2 with the reason printed. */

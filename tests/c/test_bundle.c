@@ -369,21 +369,27 @@ TEST(test_base64_is_strict_and_round_trips)
 {
     unsigned char in[6] = {0x00, 0xff, 0x10, 0x80, 0x7f, 0x01}, out[8];
     char text[B64_ENCODED_SIZE(6)];
+    size_t got;
     for (size_t n = 0; n <= 6; n++) {
         size_t len = b64_encode(in, n, text);
         CHECK_EQ_INT(len, (n + 2) / 3 * 4);
-        CHECK_EQ_INT(b64_decode(text, len, out), n);
+        got = 99;
+        CHECK_EQ_INT(b64_decode(text, len, out, &got), TALLY_OK);
+        CHECK_EQ_INT(got, n);
         CHECK(!memcmp(in, out, n));
     }
-    CHECK_EQ_INT(b64_decode("QQ==", 4, out), 1);
-    CHECK_EQ_INT(b64_decode("QR==", 4, out), -1);   /* same byte, unused bits set */
-    CHECK_EQ_INT(b64_decode("QUI=", 4, out), 2);
-    CHECK_EQ_INT(b64_decode("QUJ=", 4, out), -1);
-    CHECK_EQ_INT(b64_decode("QQ", 2, out), -1);      /* padding required */
-    CHECK_EQ_INT(b64_decode("Q Q=", 4, out), -1);
-    CHECK_EQ_INT(b64_decode("QQ==QQ==", 8, out), -1); /* padding only at the end */
-    CHECK_EQ_INT(b64_decode("Q===", 4, out), -1);
-    CHECK_EQ_INT(b64_decode("QUJD", 4, out), 3);
+    CHECK_EQ_INT(b64_decode("QQ==", 4, out, &got), TALLY_OK);
+    CHECK_EQ_INT(got, 1);
+    CHECK_EQ_INT(b64_decode("QR==", 4, out, &got), TALLY_EINVAL);   /* same byte, unused bits set */
+    CHECK_EQ_INT(b64_decode("QUI=", 4, out, &got), TALLY_OK);
+    CHECK_EQ_INT(got, 2);
+    CHECK_EQ_INT(b64_decode("QUJ=", 4, out, &got), TALLY_EINVAL);
+    CHECK_EQ_INT(b64_decode("QQ", 2, out, &got), TALLY_EINVAL);      /* padding required */
+    CHECK_EQ_INT(b64_decode("Q Q=", 4, out, &got), TALLY_EINVAL);
+    CHECK_EQ_INT(b64_decode("QQ==QQ==", 8, out, &got), TALLY_EINVAL); /* padding only at the end */
+    CHECK_EQ_INT(b64_decode("Q===", 4, out, &got), TALLY_EINVAL);
+    CHECK_EQ_INT(b64_decode("QUJD", 4, out, &got), TALLY_OK);
+    CHECK_EQ_INT(got, 3);
 }
 
 TEST(test_keygen_file_is_private_and_never_replaced)
