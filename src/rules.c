@@ -1,5 +1,6 @@
 #include "rules.h"
 
+#include <assert.h>
 #include <dirent.h>
 #include <lauxlib.h>
 #include <stdio.h>
@@ -46,6 +47,25 @@ struct rules {
 static const char *const stage_names[] = {
     [STAGE_BEFORE] = "before", [STAGE_ENRICHMENT] = "enrichment", [STAGE_DESTINATION] = "destination",
     [STAGE_DESTINATION + 1] = NULL};
+
+int msg_list_reserve(msg_list *l, size_t n)
+{
+    if (l->cap >= n) return TALLY_OK;
+    tj_value **p = realloc(l->v, n * sizeof *p);
+    if (!p) return TALLY_ENOMEM;
+    l->v = p;
+    l->cap = n;
+    return TALLY_OK;
+}
+
+/* Within rules_process / rules_map, after msg_list_reserve: cannot fail. */
+static void put(msg_list *l, tj_value *v)
+{
+    assert(l->n < l->cap);
+    int rc = msg_list_push(l, v);
+    assert(rc == TALLY_OK);
+    (void)rc;
+}
 
 int msg_list_push(msg_list *l, tj_value *v)
 {
@@ -856,7 +876,7 @@ static int grow_last(rules *R, size_t n)
 static void take_result(rules *R, int last, tj_arena *a, tj_value *orig, int idx, int alone, msg_list *out)
 {
     if (last < 0) { /* no script changed it (only failed ones, undone): no need to convert */
-        msg_list_push(out, orig);
+        put(out, orig);
         return;
     }
     lua_State *L = sb_state(R->sb);
@@ -869,20 +889,24 @@ static void take_result(rules *R, int last, tj_arena *a, tj_value *orig, int idx
     } else if (msg_validate(v, R->o.need_id, &why)) {
         snprintf(text, sizeof text, "returned an invalid message: %.511s", why.msg);
     } else {
-        msg_list_push(out, v);
+        put(out, v);
         return;
     }
     rule *r = &R->r[last];
     script_failed(R, r, text);
-    if (r->on_error_pass && alone) msg_list_push(out, orig);
+    if (r->on_error_pass && alone) put(out, orig);
     else dropped_by(R, r, "returned an invalid message");
 }
 
 void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list *out, rules_report *rep)
 {
     out->n = 0;
+    if (msg_list_reserve(out, RULES_MAX_PARTS)) {
+        tly_log(R ? R->log : NULL, TALLY_LOG_ERROR, "out of memory: a message was dropped before its rules");
+        return;
+    }
     if (!R || !R->n_process) {
-        msg_list_push(out, m);
+        put(out, m);
         return;
     }
     lua_State *L = sb_state(R->sb);
@@ -895,7 +919,7 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
         tly_log(R->log, TALLY_LOG_ERROR, "rules skipped for a message: %s",
                 lua_isstring(L, -1) ? lua_tostring(L, -1) : "out of memory");
         lua_settop(L, base);
-        msg_list_push(out, m);
+        put(out, m);
         R->rep = NULL;
         return;
     }
@@ -986,6 +1010,10 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
     out->n = 0;
     if (!R || idx < 0 || (size_t)idx >= R->n || R->r[idx].stage != STAGE_DESTINATION) return;
     rule *r = &R->r[idx];
+    if (msg_list_reserve(out, RULES_MAX_PARTS)) {
+        tly_log(R->log, TALLY_LOG_ERROR, "out of memory: a message was not mapped for %s", r->name ? r->name : "?");
+        return;
+    }
     lua_State *L = sb_state(R->sb);
     int top = lua_gettop(L);
     if (!types_allow(r->types, message_type(m))) return;
@@ -1015,13 +1043,13 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
                 tj_value *v = take_payload(R, r, a, -1);
                 lua_pop(L, 1);
                 if (!v) { out->n = 0; break; }
-                msg_list_push(out, v);
+                put(out, v);
             }
             if (all > n && out->n) parts_were_cut(R, r, all, all - n);
         } else {
             lua_pop(L, 1);
             tj_value *v = take_payload(R, r, a, -1);
-            if (v) msg_list_push(out, v);
+            if (v) put(out, v);
         }
     } else if (lua_gettop(L) > top && !lua_isnil(L, -1) && !lua_istable(L, -1)) {
         script_failed(R, r, "map must return a payload table, { tally_many = {...} } or nil");

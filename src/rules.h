@@ -56,6 +56,10 @@ typedef struct msg_list {
     size_t     n, cap;
 } msg_list;
 
+/* rules_process and rules_map first make room for RULES_MAX_PARTS messages (the most one message
+ * may become), so their pushes cannot fail midway and lose a message; that room stays for the next
+ * call. On TALLY_ENOMEM there, the message is logged as dropped and out is empty. */
+int  msg_list_reserve(msg_list *l, size_t n); /* TALLY_OK, or TALLY_ENOMEM */
 int  msg_list_push(msg_list *l, tj_value *v); /* TALLY_OK, or TALLY_ENOMEM */
 void msg_list_free(msg_list *l);
 
