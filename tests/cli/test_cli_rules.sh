@@ -101,8 +101,10 @@ import sys
 path, field, off = sys.argv[1], sys.argv[2], int(sys.argv[3])
 data = bytearray(open(path, "rb").read())
 i = data.index(('"%s":"' % field).encode()) + len(field) + 4 + off
-data[i] = ord("B") if data[i] != ord("B") else ord("C")
-if field == "key_id": data[i] = ord("0") if data[i] != ord("0") else ord("1")
+# a key id is hex, so its byte changes to another hex digit (checked against the original byte:
+# flipping twice could land back on it)
+a, b = ("0", "1") if field == "key_id" else ("B", "C")
+data[i] = ord(a) if data[i] != ord(a) else ord(b)
 open(path + ".t", "wb").write(data)
 PY
 }
