@@ -2,7 +2,7 @@
  *
  *   throughput [--n=200000] [--threads=1] [--rules=PATH] [--store=:memory:|FILE] [--out=/dev/null]
  *              [--endpoint=URL --write_key=K] [--gzip=true] [--label=NAME] [--full_wait_us=0]
- *              [any other --key=value: passed to tally_config_set]
+ *              [--api=track|send] [any other --key=value: passed to tally_config_set]
  *
  * Tracks N ~380-byte events (6 mixed properties) as fast as the caller can, then flushes, and
  * prints one JSON line: events/s end to end (first call to flush returning), the caller-side cost
@@ -12,7 +12,11 @@
  * by default; --full_wait_us=N sleeps N microseconds instead, so a caller that outruns the
  * processor does not spin on a core the processor (and, end to end, the worker and the collector)
  * needs. Only the first attempt of each call is timed. caller_cpu_s_per_100k is the calling threads' own CPU time
- * (CLOCK_THREAD_CPUTIME_ID), so cpu_s_per_100k minus it is the background's share. */
+ * (CLOCK_THREAD_CPUTIME_ID), so cpu_s_per_100k minus it is the background's share.
+ *
+ * --api=send times tally_send instead, the way a server host calls it: a whole ~400-byte message
+ * with the same event and properties plus the ids and a request's context (works in either mode;
+ * --mode=server is the host's usual setting). The latency fields keep their track_ names. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +31,7 @@ typedef struct opts {
     int         threads;
     const char *label;
     long        full_wait_us;
+    int         send;
     const char *keys[16], *vals[16];
     int         nkv;
 } opts;
@@ -37,6 +42,7 @@ typedef struct worker_arg {
     uint32_t *lat;   /* ns per call */
     long      full_retries;
     long      full_wait_us;
+    int       send;    /* --api=send */
     double    cpu_s;   /* this thread's CPU time */
 } worker_arg;
 
@@ -54,19 +60,31 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* One call of the measured API: the event with props, or a whole message holding them. */
+static int call(const worker_arg *a, const char *props, const char *msg)
+{
+    return a->send ? tally_send(a->t, msg) : tally_track(a->t, "Button Clicked", props);
+}
 
 static void *run(void *p)
 {
     worker_arg *a = p;
-    char props[400];
+    char props[400], msg[1024];
     for (long i = 0; i < a->n; i++) {
         long k = a->first + i;
         snprintf(props, sizeof props,
                  "{\"button_name\":\"Play Again %ld\",\"level\":%ld,\"score\":%ld.25,\"hard_mode\":%s,"
                  "\"tags\":[\"arcade\",\"weekend\"],\"loadout\":{\"weapon\":\"bow\",\"ammo\":%ld}}",
                  k % 97, k % 40, k * 7 % 5000, k % 3 ? "false" : "true", k % 120);
+        if (a->send)
+            snprintf(msg, sizeof msg,
+                     "{\"type\":\"track\",\"event\":\"Button Clicked\",\"userId\":\"user-%ld\","
+                     "\"anonymousId\":\"6f1c0a52-3b7e-4f0e-9d2a-%012ld\",\"properties\":%s,"
+                     "\"context\":{\"ip\":\"203.0.113.%ld\",\"userAgent\":\"Mozilla/5.0 (X11; Linux x86_64)\","
+                     "\"page\":{\"path\":\"/play\",\"url\":\"https://example.com/play\"}}}",
+                     k % 5000, k, props, k % 250);
         uint64_t t0 = now_ns();
-        int rc = tally_track(a->t, "Button Clicked", props);
+        int rc = call(a, props, msg);
         uint64_t dt = now_ns() - t0;
         a->lat[i] = dt > UINT32_MAX ? UINT32_MAX : (uint32_t)dt;
         while (rc == TALLY_EFULL) {
@@ -77,10 +95,10 @@ static void *run(void *p)
             } else {
                 sched_yield();
             }
-            rc = tally_track(a->t, "Button Clicked", props);
+            rc = call(a, props, msg);
         }
         if (rc != TALLY_OK) {
-            fprintf(stderr, "track: %s\n", tally_errmsg(a->t));
+            fprintf(stderr, "%s: %s\n", a->send ? "send" : "track", tally_errmsg(a->t));
             exit(1);
         }
     }
@@ -130,6 +148,7 @@ static void parse(int argc, char **argv, opts *o)
         else if (!strcmp(a + 2, "threads")) o->threads = atoi(eq + 1);
         else if (!strcmp(a + 2, "label")) o->label = eq + 1;
         else if (!strcmp(a + 2, "full_wait_us")) o->full_wait_us = atol(eq + 1);
+        else if (!strcmp(a + 2, "api")) o->send = !strcmp(eq + 1, "send");
         else if (o->nkv < 16) { o->keys[o->nkv] = a + 2; o->vals[o->nkv++] = eq + 1; }
     }
 }
@@ -162,7 +181,7 @@ int main(int argc, char **argv)
     long per = o.n / o.threads;
     double cpu0 = cpu_s(), t0 = now_s();
     for (int i = 0; i < o.threads; i++) {
-        args[i] = (worker_arg){t, per, per * i, lat + per * i, 0, o.full_wait_us, 0};
+        args[i] = (worker_arg){t, per, per * i, lat + per * i, 0, o.full_wait_us, o.send, 0};
         pthread_create(&th[i], NULL, run, &args[i]);
     }
     long retries = 0;
@@ -181,10 +200,10 @@ int main(int argc, char **argv)
     qsort(lat, (size_t)total, sizeof *lat, cmp_u32);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    printf("{\"label\":\"%s\",\"n\":%ld,\"threads\":%d,\"flush\":\"%s\",\"events_per_s\":%.0f,"
+    printf("{\"label\":\"%s\",\"api\":\"%s\",\"n\":%ld,\"threads\":%d,\"flush\":\"%s\",\"events_per_s\":%.0f,"
            "\"enqueue_s\":%.3f,\"total_s\":%.3f,\"cpu_s_per_100k\":%.3f,\"caller_cpu_s_per_100k\":%.3f,\"peak_rss_mib\":%.1f,"
            "\"track_ns_p50\":%u,\"track_ns_p99\":%u,\"track_ns_max\":%u,\"timer_ns_p50\":%u,\"full_retries\":%ld,\"stats\":%s}\n",
-           o.label, total, o.threads, frc == TALLY_OK ? "ok" : "timeout", total / (t1 - t0), t_enq - t0, t1 - t0,
+           o.label, o.send ? "send" : "track", total, o.threads, frc == TALLY_OK ? "ok" : "timeout", total / (t1 - t0), t_enq - t0, t1 - t0,
            (cpu1 - cpu0) / total * 100000.0, caller_cpu / total * 100000.0, ru.ru_maxrss / 1024.0, lat[total / 2], lat[total * 99 / 100],
            lat[total - 1], floor_ns, retries, stats ? stats : "{}");
     tally_free(stats);
