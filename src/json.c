@@ -19,6 +19,7 @@
 #endif
 #include "json.h"
 
+#include <assert.h>
 #include <float.h>
 #include <locale.h>
 #include <math.h>
@@ -516,19 +517,164 @@ static const unsigned char *skip_ws(const unsigned char *p, const unsigned char 
     return p;
 }
 
-int tj_validate(const char *s, size_t len, tj_error *err)
+/* ---- measuring while validating (tj_scan) ----
+ * The same walk as tj_validate, also adding up what tj_write will write for the tree tj_parse
+ * would build, and noting the values of the members the caller asked about. Kept in one function
+ * with tj_validate (validate() below, with sc NULL for tj_validate) so that both accept and refuse
+ * exactly the same texts with the same messages. */
+
+typedef struct {
+    tj_field *f;
+    size_t    nf;
+    size_t    w;        /* bytes written so far */
+    int       member[3];  /* at depth 1 and 2: the field whose value is being read, or -1 */
+    const unsigned char *start[3];
+    size_t    wstart[3];
+    int       escaped;  /* the last string read held a backslash */
+    int       oom;
+} scan_state;
+
+/* What tj_write writes for the decoded escape at p (the backslash; validated). */
+static size_t escape_written(const unsigned char *p)
+{
+    if (p[1] == '/') return 1;
+    if (p[1] != 'u') return 2; /* \" \\ \b \f \n \r \t: written as the same escape */
+    long u = hex4(p + 2);
+    if (u >= 0xD800 && u <= 0xDBFF) return 4; /* a pair: one 4-byte character */
+    if (u == '"' || u == '\\' || u == '\b' || u == '\f' || u == '\n' || u == '\r' || u == '\t') return 2;
+    if (u < 0x20 || u == 0x2028 || u == 0x2029) return 6;
+    return u < 0x80 ? 1 : u < 0x800 ? 2 : 3;
+}
+
+/* v_string_slow, also measuring: n counts from the opening quote to p. */
+static __attribute__((noinline)) const unsigned char *s_string_slow(const vctx *v, scan_state *sc,
+                                                                    const unsigned char *open,
+                                                                    const unsigned char *p)
+{
+    const unsigned char *end = v->end;
+    size_t n = 2 + (size_t)(p - open - 1);
+    int escaped = 0;
+    for (;;) {
+        const unsigned char *q = skip_plain(p, end);
+        n += (size_t)(q - p);
+        p = q;
+        if (p == end) return vfail(v, open, "unterminated string");
+        switch (str_class[*p]) {
+        case SC_PLAIN: p++; n++; break;
+        case SC_QUOTE:
+            sc->w += n;
+            sc->escaped = escaped;
+            return p + 1;
+        case SC_ESC:
+            if (!(q = v_escape(v, p))) return NULL;
+            n += escape_written(p);
+            escaped = 1;
+            p = q;
+            break;
+        case SC_CTRL: return vfail(v, p, "control character in string");
+        default: {
+            int k = utf8_seq(p, end);
+            if (!k) return vfail(v, p, "invalid UTF-8");
+            /* U+2028 and U+2029 are written escaped (json.h) */
+            n += k == 3 && p[0] == 0xE2 && p[1] == 0x80 && (p[2] | 1) == 0xA9 ? 6 : (size_t)k;
+            p += k;
+        }
+        }
+    }
+}
+
+static inline const unsigned char *s_string(const vctx *v, scan_state *sc, const unsigned char *p)
+{
+    const unsigned char *q = skip_plain(p + 1, v->end);
+    if (q < v->end && *q == '"') {
+        sc->w += (size_t)(q - p) + 1;
+        sc->escaped = 0;
+        return q + 1;
+    }
+    return s_string_slow(v, sc, p, q);
+}
+
+static const unsigned char *scan_number(const unsigned char *s, const unsigned char *end, tj_value *v);
+static size_t format_double(double d, char *out);
+static char *unescape(char *o, const unsigned char *p, const unsigned char *e);
+
+/* What tj_write writes for the validated number literal [s, e): integers as they are (JSON allows
+ * no other spelling; beyond 64 bits they are kept verbatim), doubles in their shortest form. */
+static void s_number(scan_state *sc, const unsigned char *s, const unsigned char *e)
+{
+    tj_value n;
+    if (!scan_number(s, e, &n)) {
+        sc->oom = 1;
+        return;
+    }
+    if (n.type != TJ_DOUBLE) {
+        sc->w += (size_t)(e - s);
+        return;
+    }
+    char buf[48];
+    sc->w += format_double(n.u.d, buf);
+}
+
+/* The field named by the key body [k, k + len) among the children of parent (-1: the root's). */
+static int s_match(const scan_state *sc, int parent, const unsigned char *k, size_t len, int escaped)
+{
+    char buf[96];
+    if (escaped) {
+        if (len > sizeof buf) return -1; /* longer than any name asked about, even escaped */
+        len = (size_t)(unescape(buf, k, k + len) - buf);
+        k = (const unsigned char *)buf;
+    }
+    for (size_t i = 0; i < sc->nf; i++) {
+        tj_field *f = &sc->f[i];
+        if (f->parent == parent && f->klen == len && !memcmp(f->key, k, len)) return (int)i;
+    }
+    return -1;
+}
+
+/* A member's key was read at depth d: which field's value follows. A later member with the same
+ * key replaces an earlier one, children included (JSON's last one wins, as in tj_object_get). */
+static void s_key(scan_state *sc, int d, const unsigned char *k, size_t len)
+{
+    int parent = d == 1 ? -1 : sc->member[1], i;
+    sc->member[d] = i = parent == -1 && d == 2 ? -1 : s_match(sc, parent, k, len, sc->escaped);
+    if (i < 0 || d != 1) return;
+    for (size_t j = (size_t)i + 1; j < sc->nf; j++)
+        if (sc->f[j].parent == i) sc->f[j].found = 0;
+}
+
+/* The value of the member at depth d ended just before p. */
+static void s_value_end(scan_state *sc, const unsigned char *base, int d, const unsigned char *p)
+{
+    tj_field *f = &sc->f[sc->member[d]];
+    const unsigned char *a = sc->start[d];
+    int str = *a == '"';
+    f->found = 1;
+    f->first = *a;
+    f->escaped = str && sc->escaped;
+    f->at = (size_t)(a + str - base);
+    f->len = (size_t)(p - a) - 2 * (size_t)str;
+    f->written = sc->w - sc->wstart[d];
+    sc->member[d] = -1;
+}
+
+/* tj_validate, and tj_scan when sc is set: inlined into both, so the plain validator pays nothing. */
+static inline __attribute__((always_inline)) int validate(const char *s, size_t len, tj_error *err, scan_state *sc)
 {
     tj_error scratch_err;
     vctx v = {(const unsigned char *)s, (const unsigned char *)s + len, err ? err : &scratch_err};
-    const unsigned char *p = v.base, *end = v.end;
+    const unsigned char *p = v.base, *end = v.end, *k;
     uint64_t objects = 0; /* bit 0 describes the innermost open container: 1 = object */
     int depth = 0;
 
 value:
     p = skip_ws(p, end);
     if (p == end) goto bad_char;
+    if (sc && (depth == 1 || depth == 2) && sc->member[depth] >= 0) {
+        sc->start[depth] = p;
+        sc->wstart[depth] = sc->w;
+    }
     switch (*p) {
-    case '"': p = v_string(&v, p); break;
+    case '"': p = sc ? s_string(&v, sc, p) : v_string(&v, p); break;
     case '{':
     case '[':
         if (depth == TJ_MAX_DEPTH) {
@@ -538,22 +684,26 @@ value:
             return TALLY_EINVAL;
         }
         depth++;
+        if (sc) sc->w++;
         objects = objects << 1 | (*p == '{');
         p = skip_ws(p + 1, end);
         if (p < end && *p == (objects & 1 ? '}' : ']')) { p++; goto close; }
         if (objects & 1) goto key;
         goto value;
-    case 't': p = v_literal(&v, p, "true", 4); break;
-    case 'f': p = v_literal(&v, p, "false", 5); break;
-    case 'n': p = v_literal(&v, p, "null", 4); break;
+    case 't': p = v_literal(&v, p, "true", 4); if (sc) sc->w += 4; break;
+    case 'f': p = v_literal(&v, p, "false", 5); if (sc) sc->w += 5; break;
+    case 'n': p = v_literal(&v, p, "null", 4); if (sc) sc->w += 4; break;
     case '-': case '0': case '1': case '2': case '3': case '4':
     case '5': case '6': case '7': case '8': case '9':
+        k = p;
         p = v_number(&v, p);
+        if (sc && p) s_number(sc, k, p);
         break;
     default: goto bad_char;
     }
     if (!p) return TALLY_EINVAL;
 after:
+    if (sc && (depth == 1 || depth == 2) && sc->member[depth] >= 0) s_value_end(sc, v.base, depth, p);
     p = skip_ws(p, end);
     if (depth == 0) {
         if (p != end) { vfail(&v, p, "trailing characters"); return TALLY_EINVAL; }
@@ -561,6 +711,7 @@ after:
     }
     if (p == end) goto bad_char;
     if (*p == ',') {
+        if (sc) sc->w++;
         p = skip_ws(p + 1, end);
         if (objects & 1) goto key;
         goto value;
@@ -568,12 +719,18 @@ after:
     if (*p != (objects & 1 ? '}' : ']')) goto bad_char;
     p++;
 close:
+    if (sc) sc->w++;
     depth--;
     objects >>= 1;
     goto after;
 key:
     if (p == end || *p != '"') goto bad_char;
-    if (!(p = v_string(&v, p))) return TALLY_EINVAL;
+    k = p;
+    if (!(p = sc ? s_string(&v, sc, p) : v_string(&v, p))) return TALLY_EINVAL;
+    if (sc) {
+        sc->w++; /* ':' */
+        if (depth <= 2) s_key(sc, depth, k + 1, (size_t)(p - k) - 2);
+    }
     p = skip_ws(p, end);
     if (p == end || *p != ':') goto bad_char;
     p++;
@@ -581,6 +738,27 @@ key:
 bad_char:
     vfail_char(&v, p);
     return TALLY_EINVAL;
+}
+
+int tj_validate(const char *s, size_t len, tj_error *err) { return validate(s, len, err, NULL); }
+
+int tj_scan(const char *s, size_t len, tj_field *f, size_t nf, size_t *written, tj_error *err)
+{
+    tj_error scratch_err;
+    if (!err) err = &scratch_err;
+    for (size_t i = 0; i < nf; i++) {
+        assert(f[i].parent < (int)i && (f[i].parent < 0 || f[f[i].parent].parent < 0));
+        f[i].found = 0;
+    }
+    scan_state sc = {f, nf, 0, {-1, -1, -1}, {NULL, NULL, NULL}, {0, 0, 0}, 0, 0};
+    int rc = validate(s, len, err, &sc);
+    *written = sc.w;
+    if (!rc && sc.oom) {
+        err->offset = 0;
+        snprintf(err->msg, sizeof err->msg, "out of memory");
+        return TALLY_ENOMEM;
+    }
+    return rc;
 }
 
 /* ======================================================================== build */
@@ -936,6 +1114,13 @@ static tj_value *b_value(bctx *c)
     }
 }
 
+int tj_parse_valid(tj_arena *a, const char *s, size_t len, tj_value **out)
+{
+    bctx c = {a, (const unsigned char *)s, (const unsigned char *)s + len, 0};
+    *out = b_value(&c);
+    return *out ? TALLY_OK : TALLY_ENOMEM;
+}
+
 int tj_parse(tj_arena *a, const char *s, size_t len, tj_value **out, tj_error *err)
 {
     tj_error scratch_err;
@@ -943,14 +1128,11 @@ int tj_parse(tj_arena *a, const char *s, size_t len, tj_value **out, tj_error *e
     *out = NULL;
     int rc = tj_validate(s, len, err);
     if (rc) return rc;
-    bctx c = {a, (const unsigned char *)s, (const unsigned char *)s + len, 0};
-    tj_value *v = b_value(&c);
-    if (!v) {
+    if (tj_parse_valid(a, s, len, out)) {
         err->offset = 0;
         snprintf(err->msg, sizeof err->msg, "out of memory");
         return TALLY_ENOMEM;
     }
-    *out = v;
     return TALLY_OK;
 }
 

@@ -67,6 +67,29 @@ int tj_parse(tj_arena *a, const char *s, size_t len, tj_value **out, tj_error *e
  * for the caller's thread. */
 int tj_validate(const char *s, size_t len, tj_error *err);
 
+/* One pass over a JSON text for a caller that must check a document cheaply (tally_send): the
+ * checks of tj_validate (same verdict, same error), *written set to the bytes tj_write would write
+ * for the tree tj_parse would build, and, for each field asked about, where the value of the LAST
+ * member with that key is (JSON's last one wins, as tj_object_get). Fields name members of the
+ * root object (parent -1) or of the object value of an earlier root field (parent: its index);
+ * deeper members are not looked for. No allocation (but strtod's for a literal over 127 bytes
+ * that needs it). TALLY_OK; TALLY_EINVAL with *err as tj_validate fills it; TALLY_ENOMEM. */
+typedef struct tj_field {
+    const char *key;       /* in: the member's name, klen bytes */
+    size_t      klen;
+    int         parent;    /* in: -1, or the index of the root field whose object holds it */
+    int         found;     /* out: 0 when no such member (or its parent is not the last one) */
+    unsigned char first;   /* the value's first byte: '"', '{', '[', 't', 'f', 'n', '-' or a digit */
+    int         escaped;   /* a string whose body holds escapes (tj_unescape decodes it) */
+    size_t      at, len;   /* the value's text in the input; for a string its body, between the quotes */
+    size_t      written;   /* bytes tj_write writes for the value */
+} tj_field;
+#define TJ_FIELD(name, parent) {name, sizeof name - 1, parent, 0, 0, 0, 0, 0, 0}
+int tj_scan(const char *s, size_t len, tj_field *fields, size_t nfields, size_t *written, tj_error *err);
+/* tj_parse for a text that tj_validate or tj_scan accepted, without checking it again (the
+ * processor builds what a caller checked). Undefined for any other text. */
+int tj_parse_valid(tj_arena *a, const char *s, size_t len, tj_value **out);
+
 /* Walks a JSON text without building a tree: after the same checks as tj_parse, calls the handler
  * for each token in document order. Strings and keys are given as their body in the input (between
  * the quotes), still escaped when `escaped` is set (tj_unescape decodes them); scalar() gets a

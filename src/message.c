@@ -77,12 +77,10 @@ static int want_object(const tj_value *m, const char *field, tly_err *err)
  * same id are one message to them: an id that is empty, blank or carries control characters would
  * merge distinct messages, or look equal to another when printed. Refused, not replaced: the
  * caller chose the id, so it hears why; leaving it out gets a UUIDv4. */
-static int check_message_id(const tj_value *m, tly_err *err)
+static int check_message_id(const char *id, size_t len, tly_err *err)
 {
-    const tj_value *v = tj_object_get(m, "messageId");
-    if (!v) return TALLY_OK;
-    const unsigned char *s = (const unsigned char *)v->u.str.s;
-    size_t len = v->u.str.len, blank = 0;
+    const unsigned char *s = (const unsigned char *)id;
+    size_t blank = 0;
     if (len == 0) return tly_err_set(err, TALLY_EINVAL, "messageId: must not be empty (leave it out to get a UUIDv4)");
     if (len > TALLY_MAX_MESSAGE_ID_BYTES)
         return tly_err_set(err, TALLY_EINVAL, "messageId: %zu bytes, over the %d-byte limit", len, TALLY_MAX_MESSAGE_ID_BYTES);
@@ -121,13 +119,113 @@ int msg_validate(const tj_value *m, int need_id, tly_err *err)
     if (ts && !tly_iso8601_valid(ts->u.str.s, ts->u.str.len))
         return tly_err_set(err, TALLY_EINVAL, "timestamp: expected an ISO-8601 date and time with a time zone, "
                         "like 2024-01-31T12:00:00.000Z");
-    if ((rc = check_message_id(m, err))) return rc;
+    const tj_value *mid = tj_object_get(m, "messageId");
+    if (mid && (rc = check_message_id(mid->u.str.s, mid->u.str.len, err))) return rc;
     if (t == MT_TRACK && (rc = want_string(m, "event", 1, err))) return rc;
     if (t == MT_GROUP && (rc = want_string(m, "groupId", 1, err))) return rc;
     if (t == MT_ALIAS && ((rc = want_string(m, "previousId", 1, err)) || (rc = want_string(m, "userId", 1, err))))
         return rc;
     if (need_id && !has_id(m, "userId") && !has_id(m, "anonymousId"))
         return tly_err_set(err, TALLY_EINVAL, "userId or anonymousId: one is required");
+    return TALLY_OK;
+}
+
+/* ---- whole-message check on the text (tally_send) ----
+ * msg_validate's checks, in its order and with its messages, on what one tj_scan pass found: the
+ * caller's thread never builds the tree (the processor does, once). tests/c/test_send_check.c
+ * holds the two to the same verdicts on a corpus, tests/fuzz/fuzz_send.c on random texts. */
+
+enum { F_TYPE, F_PROPERTIES, F_TRAITS, F_CONTEXT, F_INTEGRATIONS, F_MESSAGE_ID, F_TIMESTAMP, F_USER_ID,
+       F_ANONYMOUS_ID, F_NAME, F_CATEGORY, F_EVENT, F_GROUP_ID, F_PREVIOUS_ID, F_LIBRARY, F_SESSION, F_COUNT };
+
+static const tj_field text_fields[F_COUNT] = {
+    [F_TYPE] = TJ_FIELD("type", -1), [F_PROPERTIES] = TJ_FIELD("properties", -1),
+    [F_TRAITS] = TJ_FIELD("traits", -1), [F_CONTEXT] = TJ_FIELD("context", -1),
+    [F_INTEGRATIONS] = TJ_FIELD("integrations", -1), [F_MESSAGE_ID] = TJ_FIELD("messageId", -1),
+    [F_TIMESTAMP] = TJ_FIELD("timestamp", -1), [F_USER_ID] = TJ_FIELD("userId", -1),
+    [F_ANONYMOUS_ID] = TJ_FIELD("anonymousId", -1), [F_NAME] = TJ_FIELD("name", -1),
+    [F_CATEGORY] = TJ_FIELD("category", -1), [F_EVENT] = TJ_FIELD("event", -1),
+    [F_GROUP_ID] = TJ_FIELD("groupId", -1), [F_PREVIOUS_ID] = TJ_FIELD("previousId", -1),
+    [F_LIBRARY] = TJ_FIELD("library", F_CONTEXT), [F_SESSION] = TJ_FIELD("session", F_CONTEXT),
+};
+
+/* A string field's value, decoded into scratch when it holds escapes; NULL when out of memory. */
+static const char *text_of(const char *json, const tj_field *f, tbuf *scratch, size_t *len)
+{
+    *len = f->len;
+    if (!f->escaped) return json + f->at;
+    tbuf_reset(scratch);
+    if (tbuf_reserve(scratch, f->len + 1)) return NULL;
+    *len = tj_unescape(scratch->data, json + f->at, f->len);
+    return scratch->data;
+}
+
+/* want_string on a field: present, a string, not empty */
+static int text_string(const tj_field *f, const char *field, int required, tly_err *err)
+{
+    if (!f->found) return required ? tly_err_set(err, TALLY_EINVAL, "%s: required", field) : TALLY_OK;
+    if (f->first != '"') return tly_err_set(err, TALLY_EINVAL, "%s: expected a string", field);
+    if (required && f->len == 0) return tly_err_set(err, TALLY_EINVAL, "%s: must not be empty", field);
+    return TALLY_OK; /* an escape decodes to at least one byte: empty as text is empty decoded */
+}
+
+static int text_has_id(const tj_field *f) { return f->found && f->first == '"' && f->len > 0; }
+
+int msg_check_text(const char *json, size_t len, int need_id, tbuf *scratch, msg_text *out, tly_err *err)
+{
+    tj_field f[F_COUNT];
+    memcpy(f, text_fields, sizeof f);
+    tj_error je;
+    size_t written, n;
+    int rc = tj_scan(json, len, f, F_COUNT, &written, &je);
+    if (rc == TALLY_ENOMEM) return tly_err_set(err, rc, "out of memory");
+    if (rc) return tly_err_set(err, TALLY_EINVAL, "message: invalid JSON: %s", je.msg);
+    size_t i = 0;
+    while (json[i] == ' ' || json[i] == '\t' || json[i] == '\n' || json[i] == '\r') i++;
+    if (json[i] != '{') return tly_err_set(err, TALLY_EINVAL, "message: expected a JSON object");
+    if (!f[F_TYPE].found) return tly_err_set(err, TALLY_EINVAL, "type: required (track, identify, page, screen, group or alias)");
+    const char *s = f[F_TYPE].first == '"' ? text_of(json, &f[F_TYPE], scratch, &n) : NULL;
+    if (f[F_TYPE].first == '"' && !s) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
+    int t = s ? msg_type_from(s, n) : -1;
+    if (t < 0) return tly_err_set(err, TALLY_EINVAL, "type: expected one of track, identify, page, screen, group, alias");
+    static const struct { int f; const char *name; } objects[] = {
+        {F_PROPERTIES, "properties"}, {F_TRAITS, "traits"}, {F_CONTEXT, "context"}, {F_INTEGRATIONS, "integrations"}};
+    for (size_t k = 0; k < sizeof objects / sizeof *objects; k++)
+        if (f[objects[k].f].found && f[objects[k].f].first != '{')
+            return tly_err_set(err, TALLY_EINVAL, "%s: expected an object", objects[k].name);
+    static const struct { int f; const char *name; } strings[] = {
+        {F_MESSAGE_ID, "messageId"}, {F_TIMESTAMP, "timestamp"}, {F_USER_ID, "userId"},
+        {F_ANONYMOUS_ID, "anonymousId"}, {F_NAME, "name"}, {F_CATEGORY, "category"}};
+    for (size_t k = 0; k < sizeof strings / sizeof *strings; k++)
+        if ((rc = text_string(&f[strings[k].f], strings[k].name, 0, err))) return rc;
+    if (f[F_TIMESTAMP].found) {
+        if (!(s = text_of(json, &f[F_TIMESTAMP], scratch, &n))) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
+        if (!tly_iso8601_valid(s, n))
+            return tly_err_set(err, TALLY_EINVAL, "timestamp: expected an ISO-8601 date and time with a time zone, "
+                               "like 2024-01-31T12:00:00.000Z");
+    }
+    if (f[F_MESSAGE_ID].found) {
+        if (!(s = text_of(json, &f[F_MESSAGE_ID], scratch, &n))) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
+        if ((rc = check_message_id(s, n, err))) return rc;
+    }
+    if (t == MT_TRACK && (rc = text_string(&f[F_EVENT], "event", 1, err))) return rc;
+    if (t == MT_GROUP && (rc = text_string(&f[F_GROUP_ID], "groupId", 1, err))) return rc;
+    if (t == MT_ALIAS && ((rc = text_string(&f[F_PREVIOUS_ID], "previousId", 1, err)) ||
+                          (rc = text_string(&f[F_USER_ID], "userId", 1, err))))
+        return rc;
+    if (need_id && !text_has_id(&f[F_USER_ID]) && !text_has_id(&f[F_ANONYMOUS_ID]))
+        return tly_err_set(err, TALLY_EINVAL, "userId or anonymousId: one is required");
+    int ctx = f[F_CONTEXT].found;
+    *out = (msg_text){
+        .type = t,
+        .written = written,
+        .given = (f[F_MESSAGE_ID].found ? MSG_GIVEN_MESSAGE_ID : 0) | (f[F_TIMESTAMP].found ? MSG_GIVEN_TIMESTAMP : 0) |
+                 (f[F_ANONYMOUS_ID].found ? MSG_GIVEN_ANONYMOUS_ID : 0) |
+                 (f[F_PREVIOUS_ID].found ? MSG_GIVEN_PREVIOUS_ID : 0) | (ctx ? MSG_GIVEN_CONTEXT : 0) |
+                 (ctx && f[F_LIBRARY].found ? MSG_GIVEN_LIBRARY : 0) | (ctx && f[F_SESSION].found ? MSG_GIVEN_SESSION : 0),
+        .user_size = f[F_USER_ID].found && f[F_USER_ID].len ? f[F_USER_ID].written : 0,
+        .traits_size = f[F_TRAITS].found ? f[F_TRAITS].written : MSG_NO_TRAITS,
+    };
     return TALLY_OK;
 }
 
@@ -175,8 +273,9 @@ int msg_from_rec(tj_arena *a, const intake_rec *r, tj_value **out, tly_err *err)
 {
     *out = NULL;
     if (r->kind == REC_SEND) {
-        tj_error je = {0, ""};
-        return tj_parse(a, r->json, r->json_len, out, &je) ? tj_failed(err, &je) : TALLY_OK;
+        /* tally_send checked this text (msg_check_text) before queueing it: built without a second check */
+        assert(tj_validate(r->json, r->json_len, NULL) == TALLY_OK);
+        return tj_parse_valid(a, r->json, r->json_len, out) ? tly_err_set(err, TALLY_ENOMEM, "out of memory") : TALLY_OK;
     }
     tj_value *m = tj_new(a, TJ_OBJECT);
     if (!m) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
@@ -225,22 +324,34 @@ static int stamp_context(tj_arena *a, tj_value *m, const msg_ids *ids, tly_err *
 
 #define LIT(s) (sizeof(s) - 1)
 
-size_t msg_stamp_bound(const tj_value *m, int type, int client, size_t ids_bytes)
+size_t msg_stamp_bound_given(unsigned given, int type, int client, size_t ids_bytes)
 {
     /* a member added to an object costs a comma, its quoted key, a colon and its value */
     const size_t uuid = 2 + 36, iso = 2 + 24;
     size_t n = ids_bytes;
-    if (!m || !tj_object_get(m, "messageId")) n += LIT(",\"messageId\":") + uuid;
-    if (!m || !tj_object_get(m, "timestamp")) n += LIT(",\"timestamp\":") + iso;
-    if (client && (!m || !tj_object_get(m, "anonymousId"))) n += LIT(",\"anonymousId\":") + uuid;
-    if (client && type == MT_ALIAS && (!m || !tj_object_get(m, "previousId"))) n += LIT(",\"previousId\":") + uuid;
-    const tj_value *ctx = m ? tj_object_get(m, "context") : NULL;
+    if (!(given & MSG_GIVEN_MESSAGE_ID)) n += LIT(",\"messageId\":") + uuid;
+    if (!(given & MSG_GIVEN_TIMESTAMP)) n += LIT(",\"timestamp\":") + iso;
+    if (client && !(given & MSG_GIVEN_ANONYMOUS_ID)) n += LIT(",\"anonymousId\":") + uuid;
+    if (client && type == MT_ALIAS && !(given & MSG_GIVEN_PREVIOUS_ID)) n += LIT(",\"previousId\":") + uuid;
+    int ctx = given & MSG_GIVEN_CONTEXT;
     if (!ctx) n += LIT(",\"context\":{}");
-    if (!ctx || !tj_object_get(ctx, "library"))
+    if (!ctx || !(given & MSG_GIVEN_LIBRARY))
         n += LIT(",\"library\":{\"name\":\"tally\",\"version\":\"\"}") + strlen(TALLY_VERSION);
-    if (client && (!ctx || !tj_object_get(ctx, "session")))
+    if (client && (!ctx || !(given & MSG_GIVEN_SESSION)))
         n += LIT(",\"session\":{\"id\":,\"index\":,\"started_at\":}") + uuid + 20 + iso; /* 20: an int64 */
     return n;
+}
+
+size_t msg_stamp_bound(const tj_value *m, int type, int client, size_t ids_bytes)
+{
+    const tj_value *ctx = m ? tj_object_get(m, "context") : NULL;
+    unsigned given = (m && tj_object_get(m, "messageId") ? MSG_GIVEN_MESSAGE_ID : 0) |
+                     (m && tj_object_get(m, "timestamp") ? MSG_GIVEN_TIMESTAMP : 0) |
+                     (m && tj_object_get(m, "anonymousId") ? MSG_GIVEN_ANONYMOUS_ID : 0) |
+                     (m && tj_object_get(m, "previousId") ? MSG_GIVEN_PREVIOUS_ID : 0) |
+                     (ctx ? MSG_GIVEN_CONTEXT : 0) | (tj_object_get(ctx, "library") ? MSG_GIVEN_LIBRARY : 0) |
+                     (tj_object_get(ctx, "session") ? MSG_GIVEN_SESSION : 0);
+    return msg_stamp_bound_given(given, type, client, ids_bytes);
 }
 
 int msg_stamp(tj_arena *a, tj_value *m, const msg_ids *ids, int64_t ts_ms, tly_err *err)

@@ -177,11 +177,10 @@ static int need_ids_from_caller(tally_t *t, const char *call)
     return tly_fail(TALLY_EINVAL, "userId or anonymousId: required in server mode; use tally_send with the ids (%s)", call);
 }
 
-/* Per calling thread, freed when it exits: an arena for parsing whole messages (tally_send) and
- * a buffer for measuring what the processor will write, so calls do not allocate each time. */
+/* Per calling thread, freed when it exits: a buffer for decoding a whole message's escaped
+ * strings (tally_send), so calls do not allocate each time. */
 typedef struct call_scratch {
-    tj_arena *a;
-    tbuf      out;
+    tbuf out;
 } call_scratch;
 
 static pthread_key_t scratch_key;
@@ -189,7 +188,6 @@ static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 static void free_scratch(void *p)
 {
     call_scratch *c = p;
-    tj_arena_free(c->a);
     tbuf_free(&c->out);
     free(c);
 }
@@ -200,30 +198,18 @@ static call_scratch *thread_scratch(void)
     pthread_once(&scratch_once, make_scratch_key);
     call_scratch *c = pthread_getspecific(scratch_key);
     if (c) return c;
-    if (!(c = calloc(1, sizeof *c)) || !(c->a = tj_arena_new())) {
-        free(c);
-        return NULL;
-    }
+    if (!(c = calloc(1, sizeof *c))) return NULL;
     pthread_setspecific(scratch_key, c);
     return c;
 }
 
-/* The size v will have as the processor writes it, or (size_t)-1 when out of memory. */
-static size_t written_size(call_scratch *c, const tj_value *v)
+/* What an identify adds to the ids' stamp on top of the current ones: its userId (as written, 0:
+ * none), and its traits (as written, MSG_NO_TRAITS: none) when they are copied into
+ * context.traits (merged traits are at most the old plus the new). */
+static size_t identify_growth(tally_t *t, size_t user_size, size_t traits_size)
 {
-    tbuf_reset(&c->out);
-    return tj_write(&c->out, v) || c->out.oom ? (size_t)-1 : c->out.len;
-}
-
-/* What an identify adds to the ids' stamp on top of the current ones: its userId, and its traits
- * when they are copied into context.traits (merged traits are at most the old plus the new). */
-static size_t identify_growth(tally_t *t, call_scratch *c, const char *user, size_t user_len, const tj_value *traits)
-{
-    size_t n = user && user_len ? sizeof ",\"userId\":" - 1 + tj_string_size(user, user_len) : 0;
-    if (t->cfg.context_traits && traits) {
-        size_t w = written_size(c, traits);
-        n += sizeof ",\"traits\":" - 1 + (w == (size_t)-1 ? TALLY_MAX_MESSAGE_BYTES : w);
-    }
+    size_t n = user_size ? sizeof ",\"userId\":" - 1 + user_size : 0;
+    if (t->cfg.context_traits && traits_size != MSG_NO_TRAITS) n += sizeof ",\"traits\":" - 1 + traits_size;
     return n;
 }
 
@@ -249,12 +235,9 @@ static int typed(tally_t *t, int kind, const char *f1, const char *s1, int s1_re
     if (fj && json) given += member_size(fj, len);
     size_t ids = ids_reserve(t), bound = 0;
     if (kind == REC_IDENTIFY && t->cfg.mode != MODE_SERVER) {
-        call_scratch *c = thread_scratch();
-        tj_value *traits = NULL;
-        if (!c) return tly_fail(TALLY_ENOMEM, "out of memory");
-        tj_arena_reset(c->a);
-        if (json && tj_parse(c->a, json, len, &traits, NULL)) return tly_fail(TALLY_ENOMEM, "out of memory");
-        bound = ids += identify_growth(t, c, s1, l1, traits);
+        size_t traits = MSG_NO_TRAITS; /* the traits were checked: tj_scan only measures them */
+        if (json && tj_scan(json, len, NULL, 0, &traits, NULL)) return tly_fail(TALLY_ENOMEM, "out of memory");
+        bound = ids += identify_growth(t, s1 && l1 ? tj_string_size(s1, l1) : 0, traits);
     }
     size_t stamp = msg_stamp_bound(NULL, kind == REC_ALIAS ? MT_ALIAS : MT_TRACK, t->cfg.mode != MODE_SERVER, ids);
     if (given + stamp > TALLY_MAX_MESSAGE_BYTES) return rejected(t, too_big_once_stamped(given, stamp));
@@ -291,8 +274,9 @@ int tally_alias(tally_t *t, const char *user_id, const char *previous_id)
     return typed(t, REC_ALIAS, "userId", user_id, 1, "previousId", previous_id, NULL, NULL);
 }
 
-/* Whole messages are parsed on the caller's thread: the caller must learn here, not in a log,
- * that its message lacks an event or an id, or will not fit once stamped. */
+/* Whole messages are checked on the caller's thread: the caller must learn here, not in a log,
+ * that its message lacks an event or an id, or will not fit once stamped. One pass over the text
+ * (msg_check_text), no tree: the processor builds that, once. */
 int tally_send(tally_t *t, const char *json)
 {
     int rc = usable(t);
@@ -304,25 +288,15 @@ int tally_send(tally_t *t, const char *json)
                                     TALLY_MAX_MESSAGE_BYTES));
     call_scratch *c = thread_scratch();
     if (!c) return tly_fail(TALLY_ENOMEM, "out of memory");
-    tj_arena_reset(c->a);
-    tj_value *m;
-    tj_error err;
-    if (tj_parse(c->a, json, len, &m, &err))
-        return rejected(t, tly_fail(TALLY_EINVAL, "message: invalid JSON: %s", err.msg));
-    tly_err verr;
-    if ((rc = msg_validate(m, t->cfg.mode == MODE_SERVER, &verr))) return rejected(t, tly_publish(rc, &verr));
-    /* the processor parses the text as we did and writes that tree, plus what it stamps */
-    const tj_value *type = tj_object_get(m, "type");
-    int mt = msg_type_from(type->u.str.s, type->u.str.len), client = t->cfg.mode != MODE_SERVER;
-    size_t given = written_size(c, m), ids = ids_reserve(t), bound = 0;
-    if (given == (size_t)-1) return tly_fail(TALLY_ENOMEM, "out of memory");
-    if (mt == MT_IDENTIFY && client) {
-        const tj_value *user = tj_object_get(m, "userId");
-        bound = ids += identify_growth(t, c, user ? user->u.str.s : NULL, user ? user->u.str.len : 0,
-                                       tj_object_get(m, "traits"));
-    }
-    size_t stamp = msg_stamp_bound(m, mt, client, ids);
-    if (given + stamp > TALLY_MAX_MESSAGE_BYTES) return rejected(t, too_big_once_stamped(given, stamp));
+    msg_text m;
+    tly_err err;
+    if ((rc = msg_check_text(json, len, t->cfg.mode == MODE_SERVER, &c->out, &m, &err)))
+        return rc == TALLY_ENOMEM ? tly_publish(rc, &err) : rejected(t, tly_publish(rc, &err));
+    int client = t->cfg.mode != MODE_SERVER;
+    size_t ids = ids_reserve(t), bound = 0;
+    if (m.type == MT_IDENTIFY && client) bound = ids += identify_growth(t, m.user_size, m.traits_size);
+    size_t stamp = msg_stamp_bound_given(m.given, m.type, client, ids);
+    if (m.written + stamp > TALLY_MAX_MESSAGE_BYTES) return rejected(t, too_big_once_stamped(m.written, stamp));
     return enqueue(t, REC_SEND, NULL, 0, NULL, 0, json, len, bound);
 }
 
