@@ -75,8 +75,10 @@ intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const
 {
     size_t size = sizeof(intake_rec) + l1 + 1 + l2 + 1 + json_len + 1;
     intake_rec *r = NULL;
-    if (size > REC_SPARE_BYTES) r = malloc(size);
-    else if (!q || !(r = ring_pop(&q->spare))) r = malloc(REC_SPARE_BYTES);
+    if (size > REC_SPARE_BIG_BYTES) r = malloc(size);
+    else if (size > REC_SPARE_BYTES) {
+        if (!q || !(r = ring_pop(&q->spare_big))) r = malloc(REC_SPARE_BIG_BYTES);
+    } else if (!q || !(r = ring_pop(&q->spare))) r = malloc(REC_SPARE_BYTES);
     if (!r) return NULL;
     r->size = (uint32_t)size;
     r->kind = (uint8_t)kind;
@@ -105,6 +107,7 @@ void intake_rec_free(intake *q, intake_rec *r)
 {
     if (!r) return;
     if (q && r->size <= REC_SPARE_BYTES && ring_push(&q->spare, r) == 0) return;
+    if (q && r->size > REC_SPARE_BYTES && r->size <= REC_SPARE_BIG_BYTES && ring_push(&q->spare_big, r) == 0) return;
     free(r);
 }
 
@@ -113,6 +116,7 @@ int64_t intake_rec_time(const intake_rec *r) { return r->at_ticks ? tly_ticks_wa
 /* ---- the queue ---- */
 
 #define SPARES 1024 /* records kept for reuse: SPARES * REC_SPARE_BYTES (256 KiB) at most */
+#define SPARES_BIG 256 /* and SPARES_BIG * REC_SPARE_BIG_BYTES (256 KiB) */
 
 int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
 {
@@ -120,6 +124,12 @@ int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
     if (ring_init(&q->spare, SPARES)) {
         free(q->ring.cells);
         q->ring.cells = NULL;
+        return TALLY_ENOMEM;
+    }
+    if (ring_init(&q->spare_big, SPARES_BIG)) {
+        free(q->ring.cells);
+        free(q->spare.cells);
+        q->ring.cells = q->spare.cells = NULL;
         return TALLY_ENOMEM;
     }
     q->max_bytes = max_bytes;
@@ -135,9 +145,11 @@ void intake_destroy(intake *q)
     intake_rec *r;
     while ((r = intake_pop(q)) != NULL) free(r);
     while ((r = ring_pop(&q->spare)) != NULL) free(r);
+    while ((r = ring_pop(&q->spare_big)) != NULL) free(r);
     free(q->ring.cells);
     free(q->spare.cells);
-    q->ring.cells = q->spare.cells = NULL;
+    free(q->spare_big.cells);
+    q->ring.cells = q->spare.cells = q->spare_big.cells = NULL;
 }
 
 intake_rec *intake_pop(intake *q)

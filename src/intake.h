@@ -20,7 +20,7 @@ enum rec_kind {
 /* One caller request, copied into a single allocation. s1/s2 are the call's string arguments
  * (event, user id, name, group id, previous id, category), json its JSON argument. */
 typedef struct intake_rec {
-    uint32_t size;       /* bytes in use, for the byte bound; up to REC_SPARE_BYTES: a spare's */
+    uint32_t size;       /* bytes in use, for the byte bound; up to REC_SPARE_(BIG_)BYTES: a spare's */
     uint8_t  kind;       /* enum rec_kind */
     uint8_t  at_ticks;   /* `at` is tly_ticks(), not wall ms */
     uint8_t  reserved;   /* an identify counted in tally_t.stamp_pending */
@@ -59,11 +59,15 @@ typedef struct ptr_ring {
  * of a block another thread allocated takes that thread's malloc arena lock, which the calling
  * thread's next malloc then waits for (~20 ns of tally_track's p50, bench/README.md). */
 #define REC_SPARE_BYTES 256
+/* Whole messages (tally_send: a server's request, ~300-1000 bytes) get a second class of spares,
+ * for the same reason; larger records are malloc'd and freed each time. */
+#define REC_SPARE_BIG_BYTES 1024
 
 struct intake {
     ptr_ring     ring;                  /* head: producers (callers); tail: the processor, and
                                          * drop_oldest producers */
     ptr_ring     spare;                 /* records of REC_SPARE_BYTES to reuse */
+    ptr_ring     spare_big;             /* records of REC_SPARE_BIG_BYTES to reuse */
     size_t       max_bytes;
     int          on_full;
     _Alignas(64) _Atomic size_t bytes;  /* bytes of queued records */

@@ -209,3 +209,38 @@ TEST(small_records_are_reused_big_ones_freed)
     for (int i = 0; i < 3000; i++) intake_rec_free(&q, many[i]);
     intake_destroy(&q);
 }
+
+/* Whole messages (tally_send) have their own class of spares: one of a few hundred bytes is handed
+ * out again, one over REC_SPARE_BIG_BYTES is not kept, and both classes are bounded. */
+TEST(message_sized_records_are_reused)
+{
+    intake q;
+    REQUIRE(intake_init(&q, 16, 1 << 20, ON_FULL_DROP_NEWEST) == 0);
+    char msg[600], huge[REC_SPARE_BIG_BYTES + 1];
+    memset(msg, ' ', sizeof msg - 3);
+    memcpy(msg + sizeof msg - 3, "{}", 3);
+    memset(huge, ' ', sizeof huge - 3);
+    memcpy(huge + sizeof huge - 3, "{}", 3);
+    intake_rec *a = intake_rec_new(&q, REC_SEND, NULL, 0, NULL, 0, msg, strlen(msg));
+    REQUIRE(a);
+    CHECK(a->size > REC_SPARE_BYTES && a->size <= REC_SPARE_BIG_BYTES);
+    intake_rec_free(&q, a);
+    void *m = malloc(REC_SPARE_BIG_BYTES); /* had a gone back to malloc, this would likely be it */
+    CHECK(m != (void *)a);
+    intake_rec *b = intake_rec_new(&q, REC_SEND, NULL, 0, NULL, 0, msg + 100, strlen(msg + 100));
+    CHECK(b == a);
+    free(m);
+    CHECK_STR(b->json, msg + 100);
+    intake_rec *s = intake_rec_new(&q, REC_TRACK, "e", 1, NULL, 0, NULL, 0);
+    CHECK(s != a); /* the small class does not hand out a big spare */
+    intake_rec *c = intake_rec_new(&q, REC_SEND, NULL, 0, NULL, 0, huge, strlen(huge));
+    REQUIRE(c);
+    CHECK(c->size > REC_SPARE_BIG_BYTES);
+    intake_rec_free(&q, c);
+    intake_rec_free(&q, s);
+    intake_rec_free(&q, b);
+    intake_rec *many[600];
+    for (int i = 0; i < 600; i++) REQUIRE((many[i] = intake_rec_new(NULL, REC_SEND, NULL, 0, NULL, 0, msg, strlen(msg))));
+    for (int i = 0; i < 600; i++) intake_rec_free(&q, many[i]);
+    intake_destroy(&q);
+}
