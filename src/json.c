@@ -532,6 +532,7 @@ typedef struct {
     size_t    wstart[3];
     int       escaped;  /* the last string read held a backslash */
     int       oom;
+    uint64_t  parents;  /* bit i: field i has children */
 } scan_state;
 
 /* What tj_write writes for the decoded escape at p (the backslash; validated). */
@@ -600,8 +601,28 @@ static char *unescape(char *o, const unsigned char *p, const unsigned char *e);
 
 /* What tj_write writes for the validated number literal [s, e): integers as they are (JSON allows
  * no other spelling; beyond 64 bits they are kept verbatim), doubles in their shortest form. */
+/* Is [s, e) a double literal tj_write writes back byte for byte: no exponent, at most 15
+ * significant digits (any such decimal is the shortest text of its double: two of them cannot
+ * round to the same double), no trailing zero but a lone ".0", and a decimal exponent in plain
+ * notation's range. Most doubles a program prints are; the rest are formatted to be measured. */
+static int plain_double(const unsigned char *s, const unsigned char *e)
+{
+    const unsigned char *p = s + (*s == '-'), *dot = memchr(p, '.', (size_t)(e - p));
+    if (!dot || memchr(dot, 'e', (size_t)(e - dot)) || memchr(dot, 'E', (size_t)(e - dot))) return 0;
+    const unsigned char *f = dot + 1;
+    if (e[-1] == '0' && e - f != 1) return 0;
+    if (*p != '0') return (dot - p) + (e - f) - (e[-1] == '0') <= 15;
+    const unsigned char *q = f;
+    while (q < e && *q == '0') q++;
+    return q == e || (q - f <= 5 && e - q <= 15);
+}
+
 static void s_number(scan_state *sc, const unsigned char *s, const unsigned char *e)
 {
+    if (plain_double(s, e)) {
+        sc->w += (size_t)(e - s);
+        return;
+    }
     tj_value n;
     if (!scan_number(s, e, &n)) {
         sc->oom = 1;
@@ -626,7 +647,7 @@ static int s_match(const scan_state *sc, int parent, const unsigned char *k, siz
     }
     for (size_t i = 0; i < sc->nf; i++) {
         tj_field *f = &sc->f[i];
-        if (f->parent == parent && f->klen == len && !memcmp(f->key, k, len)) return (int)i;
+        if (f->klen == len && f->parent == parent && f->key[0] == k[0] && !memcmp(f->key, k, len)) return (int)i;
     }
     return -1;
 }
@@ -636,7 +657,8 @@ static int s_match(const scan_state *sc, int parent, const unsigned char *k, siz
 static void s_key(scan_state *sc, int d, const unsigned char *k, size_t len)
 {
     int parent = d == 1 ? -1 : sc->member[1], i;
-    sc->member[d] = i = parent == -1 && d == 2 ? -1 : s_match(sc, parent, k, len, sc->escaped);
+    int none = d == 2 && (parent == -1 || !(sc->parents >> parent & 1));
+    sc->member[d] = i = none ? -1 : s_match(sc, parent, k, len, sc->escaped);
     if (i < 0 || d != 1) return;
     for (size_t j = (size_t)i + 1; j < sc->nf; j++)
         if (sc->f[j].parent == i) sc->f[j].found = 0;
@@ -746,11 +768,13 @@ int tj_scan(const char *s, size_t len, tj_field *f, size_t nf, size_t *written, 
 {
     tj_error scratch_err;
     if (!err) err = &scratch_err;
+    scan_state sc = {f, nf, 0, {-1, -1, -1}, {NULL, NULL, NULL}, {0, 0, 0}, 0, 0, 0};
+    assert(nf <= 64);
     for (size_t i = 0; i < nf; i++) {
         assert(f[i].parent < (int)i && (f[i].parent < 0 || f[f[i].parent].parent < 0));
         f[i].found = 0;
+        if (f[i].parent >= 0) sc.parents |= 1ull << f[i].parent;
     }
-    scan_state sc = {f, nf, 0, {-1, -1, -1}, {NULL, NULL, NULL}, {0, 0, 0}, 0, 0};
     int rc = validate(s, len, err, &sc);
     *written = sc.w;
     if (!rc && sc.oom) {
@@ -1119,6 +1143,113 @@ int tj_parse_valid(tj_arena *a, const char *s, size_t len, tj_value **out)
     bctx c = {a, (const unsigned char *)s, (const unsigned char *)s + len, 0};
     *out = b_value(&c);
     return *out ? TALLY_OK : TALLY_ENOMEM;
+}
+
+/* ---- shallow build (tj_parse_shallow) ---- */
+
+/* The end of the validated string at p (its opening quote); clears *canon when tj_write would
+ * write it differently: an escape that is not the one tj_write uses, or a raw U+2028/U+2029. */
+static const unsigned char *string_extent(const unsigned char *p, const unsigned char *end, int *canon)
+{
+    for (p++;;) {
+        p = skip_plain(p, end);
+        unsigned char ch = *p;
+        if (ch == '"') return p + 1;
+        if (ch == '\\') {
+            if (p[1] != 'u') {
+                if (p[1] == '/') *canon = 0;
+                p += 2;
+                continue;
+            }
+            long u = hex4(p + 2);
+            int same = (u < 0x20 && u != '\b' && u != '\f' && u != '\n' && u != '\r' && u != '\t') || u == 0x2028 ||
+                       u == 0x2029;
+            for (int i = 2; i < 6 && same; i++) same = !(p[i] >= 'A' && p[i] <= 'F'); /* tj_write writes lowercase hex */
+            if (!same) *canon = 0;
+            p += 6;
+            continue;
+        }
+        if (ch == 0xE2 && p[1] == 0x80 && (p[2] | 1) == 0xA9) *canon = 0;
+        p++;
+    }
+}
+
+/* The end of the validated container at p ('{' or '['); *canon: its text is exactly what tj_write
+ * writes for the tree tj_parse builds from it (compact, the same escapes, numbers as written). */
+static const unsigned char *container_extent(const unsigned char *p, const unsigned char *end, int *canon)
+{
+    int depth = 0;
+    *canon = 1;
+    for (;;) {
+        switch (*p) {
+        case '{': case '[': depth++; p++; break;
+        case '}': case ']':
+            p++;
+            if (--depth == 0) return p;
+            break;
+        case ',': case ':': p++; break;
+        case '"': p = string_extent(p, end, canon); break;
+        case 't': case 'n': p += 4; break;
+        case 'f': p += 5; break;
+        case ' ': case '\t': case '\n': case '\r':
+            *canon = 0;
+            p = skip_ws(p, end);
+            break;
+        default: { /* a number */
+            const unsigned char *q = p + 1;
+            int integral = 1;
+            while (q < end && (is_digit(*q) || *q == '.' || (*q | 0x20) == 'e' || *q == '+' || *q == '-')) {
+                integral &= is_digit(*q);
+                q++;
+            }
+            if (integral ? (*p == '-' && q - p == 2 && p[1] == '0') : !plain_double(p, q)) *canon = 0;
+            p = q;
+        }
+        }
+    }
+}
+
+int tj_parse_shallow(tj_arena *a, const char *s, size_t len, const char *deep, tj_value **out)
+{
+    bctx c = {a, (const unsigned char *)s, (const unsigned char *)s + len, 0};
+    b_ws(&c);
+    if (*c.p != '{') return tj_parse_valid(a, s, len, out);
+    tj_value *v = tj_new(a, TJ_OBJECT);
+    if (!v) return TALLY_ENOMEM;
+    c.p++;
+    b_ws(&c);
+    size_t dlen = strlen(deep);
+    while (*c.p != '}') {
+        tj_member m;
+        b_ws(&c);
+        if (b_string(&c, &m.key, &m.klen)) return TALLY_ENOMEM;
+        b_ws(&c);
+        c.p++; /* ':' */
+        b_ws(&c);
+        m.val = NULL;
+        if ((*c.p == '{' || *c.p == '[') && !(m.klen == dlen && !memcmp(m.key, deep, dlen))) {
+            int canon;
+            const unsigned char *e = container_extent(c.p, c.end, &canon);
+            if (canon) {
+                if (!(m.val = tj_new_raw(a, (const char *)c.p, (size_t)(e - c.p)))) return TALLY_ENOMEM;
+                c.p = e;
+            }
+        }
+        if ((!m.val && !(m.val = b_value(&c))) || scratch_push(&c, &m, sizeof m)) return TALLY_ENOMEM;
+        b_ws(&c);
+        if (*c.p == ',') c.p++;
+        b_ws(&c);
+    }
+    size_t n = c.top / sizeof(tj_member);
+    if (n) {
+        tj_member *m = tj_alloc(a, n * sizeof *m);
+        if (!m) return TALLY_ENOMEM;
+        memcpy(m, a->scratch, n * sizeof *m);
+        v->u.obj.m = m;
+        v->u.obj.n = v->u.obj.cap = n;
+    }
+    *out = v;
+    return TALLY_OK;
 }
 
 int tj_parse(tj_arena *a, const char *s, size_t len, tj_value **out, tj_error *err)

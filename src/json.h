@@ -89,6 +89,11 @@ int tj_scan(const char *s, size_t len, tj_field *fields, size_t nfields, size_t 
 /* tj_parse for a text that tj_validate or tj_scan accepted, without checking it again (the
  * processor builds what a caller checked). Undefined for any other text. */
 int tj_parse_valid(tj_arena *a, const char *s, size_t len, tj_value **out);
+/* tj_parse_valid, building only the root object (and the member named deep) as a tree: another
+ * member whose value is an object or array written exactly as tj_write would write it (compact,
+ * the same escapes, numbers in their written form) stays TJ_RAW, a copy of its text, so that
+ * tj_write writes the same bytes either way. TALLY_OK or TALLY_ENOMEM. */
+int tj_parse_shallow(tj_arena *a, const char *s, size_t len, const char *deep, tj_value **out);
 
 /* Walks a JSON text without building a tree: after the same checks as tj_parse, calls the handler
  * for each token in document order. Strings and keys are given as their body in the input (between

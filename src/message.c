@@ -273,9 +273,12 @@ int msg_from_rec(tj_arena *a, const intake_rec *r, tj_value **out, tly_err *err)
 {
     *out = NULL;
     if (r->kind == REC_SEND) {
-        /* tally_send checked this text (msg_check_text) before queueing it: built without a second check */
+        /* tally_send checked this text (msg_check_text) before queueing it: built without a second
+         * check, and its objects kept as text where writing them would give the same bytes, as a
+         * typed call's properties are (context is stamped: a tree) */
         assert(tj_validate(r->json, r->json_len, NULL) == TALLY_OK);
-        return tj_parse_valid(a, r->json, r->json_len, out) ? tly_err_set(err, TALLY_ENOMEM, "out of memory") : TALLY_OK;
+        return tj_parse_shallow(a, r->json, r->json_len, "context", out) ? tly_err_set(err, TALLY_ENOMEM, "out of memory")
+                                                                          : TALLY_OK;
     }
     tj_value *m = tj_new(a, TJ_OBJECT);
     if (!m) return tly_err_set(err, TALLY_ENOMEM, "out of memory");

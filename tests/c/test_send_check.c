@@ -55,6 +55,20 @@ static const char *const corpus[] = {
     "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"a\":1.50,\"b\":1e2,\"c\":-0,\"d\":0.1e-7,\"e\":1E+21,"
     "\"f\":123456789012345678901234567890,\"g\":-9223372036854775808,\"h\":9223372036854775808,\"i\":0.0,"
     "\"j\":-0.0,\"k\":2.2250738585072014e-308,\"l\":1.7976931348623157e308,\"m\":5e-324,\"n\":4.9e-324}}",
+    /* objects the processor may keep as text: only when written the same */
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"u\":\"a\\/b\"}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"u\":\"\\u00e9\\u001f\\u001F\\u0041\"}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"u\":\"\\u001f\\u2028\\n\\\"\\\\\"},\"traits\":[1]}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"u\":\"\xe2\x80\xa9\"}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{ \"a\":1}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"integrations\":{\"a\":[1,2 ]}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"a\":[1.5,0.25,-0.0,0.0,100.0,0.000001,123456789012345.5]}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"a\":[1.50]},\"x\":[-0],\"y\":{\"z\":1e2},\"w\":[0.0000001]}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"a\":[1234567890123456.5,0.1000000000000001]}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"a\":[123456789012345678901,1E2,1e+2,true,false,null]}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"context\":{\"a\":1.50},\"properties\":{\"a\":{},\"b\":[]}}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"a\":1},\"properties\":{\"a\":1 }}",
+    "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"a\":1,\"a\":2}}",
     "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"x\":1e999}}",
     "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"x\":-1e400}}",
     "{\"type\":\"track\",\"event\":\"E\",\"properties\":{\"x\":01}}",
