@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The fuzz harnesses as a time-bounded suite of `make test`: each harness (JSON codec, Lua table
-# graphs <-> JSON, message validation, CLI flag parser, configuration to open and close, signed
-# rule bundles) runs FUZZ_SECONDS (default 20) from its corpus. The harnesses are
-# always built with ASan+UBSan, so a sanitizer pass of `make test` does not run them twice.
+# graphs <-> JSON, message validation, tally_send's one-pass check against the tree path, CLI flag
+# parser, configuration to open and close, signed rule bundles) runs FUZZ_SECONDS (default 20)
+# from its corpus. The harnesses are always built with ASan+UBSan, so a sanitizer pass of `make test` does not run them twice.
 set -u
 cd "$(dirname "$0")/../.."
 if [ -n "${SAN:-}" ]; then
