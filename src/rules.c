@@ -41,6 +41,8 @@ struct rules {
     size_t            n_process;   /* before + enrichment scripts */
     int              *last, *next_last; /* per message in the chain: last script that returned it */
     size_t            last_cap;
+    tjl_origin       *origin;      /* the message's tables, to write back what no script touched */
+    const tj_value   *pushing;     /* the message push_origin_protected pushes */
 };
 
 /* read_choice stores the index of the name, so each name sits at its STAGE_* value */
@@ -419,7 +421,8 @@ int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_log
     size_t nfiles = 0, ndirs = 0;
     int rc = expand_spec(spec, &files, &nfiles, &dirs, &ndirs, err);
     rules *R = calloc(1, sizeof *R);
-    if (!rc && (!R || !(R->r = calloc(nfiles ? nfiles : 1, sizeof *R->r)))) rc = tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
+    if (!rc && (!R || !(R->r = calloc(nfiles ? nfiles : 1, sizeof *R->r)) || !(R->origin = tjl_origin_new())))
+        rc = tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
     if (!rc) {
         R->log = log;
         R->o = *o;
@@ -474,6 +477,7 @@ void rules_free(rules *R)
 {
     if (!R) return;
     sb_free(R->sb);
+    tjl_origin_free(R->origin);
     free(R->last);
     free(R->next_last);
     for (size_t i = 0; R->r && i < R->n; i++) {
@@ -635,10 +639,19 @@ static int push_protected(lua_State *L)
     return 1;
 }
 
+/* (rules) -> the message R->pushing, its tables recorded in R->origin */
+static int push_origin_protected(lua_State *L)
+{
+    rules *R = lua_touserdata(L, 1);
+    if (tjl_push_from(L, R->pushing, R->origin)) return luaL_error(L, "message too deep for Lua");
+    return 1;
+}
+
 typedef struct json_conv {
     const char *root;
     size_t max_bytes;
     const tj_value *orig;
+    const tjl_origin *origin;
     tj_arena *a;
     tj_value *v;
     tj_error err;
@@ -649,16 +662,16 @@ typedef struct json_conv {
 static int to_json_in_lua(lua_State *L)
 {
     json_conv *c = lua_touserdata(L, 1);
-    c->rc = tjl_to_json_max(L, 2, c->root, c->max_bytes, c->orig, c->a, &c->v, &c->err);
+    c->rc = tjl_to_json_from(L, 2, c->root, c->max_bytes, c->orig, c->origin, c->a, &c->v, &c->err);
     return 0;
 }
 
-/* tjl_to_json_max, protected: converting allocates (numbers to text), and the memory limit can
+/* tjl_to_json_from, protected: converting allocates (numbers to text), and the memory limit can
  * be reached there. */
 static int to_json_safe(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
-                        tj_arena *a, tj_value **out, tj_error *err)
+                        const tjl_origin *origin, tj_arena *a, tj_value **out, tj_error *err)
 {
-    json_conv c = {root, max_bytes, orig, a, NULL, {0, ""}, 0};
+    json_conv c = {root, max_bytes, orig, origin, a, NULL, {0, ""}, 0};
     idx = lua_absindex(L, idx);
     lua_pushcfunction(L, to_json_in_lua);
     lua_pushlightuserdata(L, &c);
@@ -884,7 +897,8 @@ static void take_result(rules *R, int last, tj_arena *a, tj_value *orig, int idx
     tj_error err;
     tly_err why;
     char text[600];
-    if (to_json_safe(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, a, &v, &err)) {
+    /* the result may share the untouched parts of orig (tjl_to_json_from), which outlives it */
+    if (to_json_safe(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, R->origin, a, &v, &err)) {
         snprintf(text, sizeof text, "%s", err.msg);
     } else if (msg_validate(v, R->o.need_id, &why)) {
         snprintf(text, sizeof text, "returned an invalid message: %.511s", why.msg);
@@ -912,8 +926,9 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
     lua_State *L = sb_state(R->sb);
     int base = lua_gettop(L);
     R->rep = rep;
-    lua_pushcfunction(L, push_protected);
-    lua_pushlightuserdata(L, m);
+    R->pushing = m;
+    lua_pushcfunction(L, push_origin_protected);
+    lua_pushlightuserdata(L, R);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK || grow_last(R, 1)) {
         /* the sandbox has no room for it: deliver it untouched rather than lose it */
         tly_log(R->log, TALLY_LOG_ERROR, "rules skipped for a message: %s",
@@ -998,7 +1013,7 @@ static tj_value *take_payload(rules *R, rule *r, tj_arena *a, int idx)
 {
     tj_value *v;
     tj_error err;
-    if (to_json_safe(sb_state(R->sb), idx, "payload", TJL_MAX_BYTES, NULL, a, &v, &err)) {
+    if (to_json_safe(sb_state(R->sb), idx, "payload", TJL_MAX_BYTES, NULL, NULL, a, &v, &err)) {
         script_failed(R, r, err.msg);
         return NULL;
     }
