@@ -372,13 +372,18 @@ static int push_value(pctx *c, const tj_value *v, int depth, int *height)
     return -1;
 }
 
-int tjl_push(lua_State *L, const tj_value *v) { return tjl_push_from(L, v, NULL); }
+int tjl_push(lua_State *L, const tj_value *v) { return tjl_push_more(L, v, NULL); }
 
 int tjl_push_from(lua_State *L, const tj_value *v, tjl_origin *o)
 {
+    if (o) origin_reset(o);
+    return tjl_push_more(L, v, o);
+}
+
+int tjl_push_more(lua_State *L, const tj_value *v, tjl_origin *o)
+{
     int top = lua_gettop(L), height;
     if (!lua_checkstack(L, 8)) return TALLY_ENOMEM;
-    if (o) origin_reset(o);
     push_array_mt(L);
     pctx c = {L, lua_gettop(L), o};
     if (push_value(&c, v, 0, &height)) {
@@ -677,8 +682,8 @@ static int scan_keys(cctx *c, int idx, keyscan *k)
     memset(k, 0, sizeof *k);
     k->all_pos = 1;
     k->bad_type = LUA_TNONE;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
+    unsigned cur = 0;
+    while (tjl_next(L, idx, &cur)) {
         k->n++;
         /* more entries than bytes left is too large whatever the order: the same error, at the
          * table's path, in both passes */
@@ -821,15 +826,14 @@ static size_t node_bytes(const tj_value *v)
 /* The origin's entry of the table at idx when it, and every table below it, is untouched since
  * it was pushed (so it holds exactly what it was made from); else NULL. Untouched tables hold
  * only what was pushed, a tree as deep as the message, so the walk ends. */
-static const oentry *untouched(cctx *c, int idx, int depth)
+static const oentry *untouched(lua_State *L, const tjl_origin *o, int idx, int depth)
 {
-    lua_State *L = c->L;
-    const oentry *e = origin_find(c->origin, lua_topointer(L, idx));
+    const oentry *e = origin_find(o, lua_topointer(L, idx));
     if (!e || lua_tabletouched(L, idx) || depth > TJ_MAX_DEPTH || !lua_checkstack(L, 4)) return NULL;
     idx = lua_absindex(L, idx);
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        int ok = lua_type(L, -1) != LUA_TTABLE || untouched(c, -1, depth + 1);
+    unsigned cur = 0;
+    while (tjl_next(L, idx, &cur)) {
+        int ok = lua_type(L, -1) != LUA_TTABLE || untouched(L, o, lua_gettop(L), depth + 1);
         lua_pop(L, 1);
         if (!ok) {
             lua_pop(L, 1);
@@ -840,13 +844,25 @@ static const oentry *untouched(cctx *c, int idx, int depth)
 }
 #endif
 
+const tj_value *tjl_untouched_node(lua_State *L, int idx, const tjl_origin *o)
+{
+#ifdef LUA_TALLY_TOUCH
+    if (!o || lua_type(L, idx) != LUA_TTABLE) return NULL;
+    const oentry *e = untouched(L, o, lua_absindex(L, idx), 0);
+    return e ? e->node : NULL;
+#else
+    (void)L, (void)idx, (void)o;
+    return NULL;
+#endif
+}
+
 /* 1 with *out set to the node the table at idx was pushed from, when it can stand for the table
  * (see tjl_origin); 0 when the table must be converted; -1 when the limit is passed. */
 static int reuse_origin(cctx *c, int idx, tj_value **out)
 {
 #ifdef LUA_TALLY_TOUCH
     if (!c->origin) return 0;
-    const oentry *e = untouched(c, idx, 0);
+    const oentry *e = untouched(c->L, c->origin, idx, 0);
     /* moved deeper than the limit allows: converted, to report that */
     if (!e || !e->node || c->depth + e->height > TJ_MAX_DEPTH) return 0;
     if (charge(c, node_bytes(e->node))) return -1;

@@ -73,6 +73,24 @@ void tjl_set_array(lua_State *L, int idx);
 /* 1 if the value at idx is a table carrying the array metatable. */
 int  tjl_is_array(lua_State *L, int idx);
 
+/* Steps through the table at idx (an absolute index) for a C walk that does not change it, like
+ * lua_next, the loop's body popping the value and leaving the key: *cursor is 0 to start; pushes
+ * the next key and value (1), or nothing at the end (0). The embedded Lua keeps the place in
+ * *cursor (patches/lua/0012) instead of looking the key up again at every step. */
+static inline int tjl_next(lua_State *L, int idx, unsigned *cursor)
+{
+#ifdef LUA_TALLY_NEXTSLOT
+    if (*cursor) lua_pop(L, 1); /* the key the body left */
+    return lua_nextslot(L, idx, cursor);
+#else
+    if (!*cursor) {
+        lua_pushnil(L);
+        *cursor = 1;
+    }
+    return lua_next(L, idx);
+#endif
+}
+
 /* Pushes the value of a JSON text (validated as tj_parse does) straight as Lua values, without a
  * C tree: all memory it takes is the Lua state's, so a sandbox's cap bounds it. Returns TALLY_OK with
  * the value pushed, TALLY_EINVAL with *err (may be NULL) filled for bad text, or TALLY_ENOMEM when
@@ -101,6 +119,11 @@ tjl_origin *tjl_origin_new(void);   /* NULL when out of memory */
 void        tjl_origin_free(tjl_origin *o);
 /* tjl_push, recording into o (may be NULL: plain tjl_push). */
 int tjl_push_from(lua_State *L, const tj_value *v, tjl_origin *o);
+/* Same, adding to what o holds (a part of the same message pushed again). */
+int tjl_push_more(lua_State *L, const tj_value *v, tjl_origin *o);
+/* The node the table at idx was pushed from, when it and every table below it are untouched
+ * (see above); NULL otherwise, for a non-table, and against a Lua without the patch. */
+const tj_value *tjl_untouched_node(lua_State *L, int idx, const tjl_origin *o);
 
 #define TJL_MAX_BYTES (1024 * 1024) /* default limit of one Lua -> JSON conversion's text */
 
