@@ -90,22 +90,34 @@ typedef struct oentry {
 } oentry;
 
 struct tjl_origin {
-    unsigned gen; /* bumped per message, so the slots need no clearing */
-    size_t   n;
-    oentry   e[ORIGIN_SLOTS];
+    unsigned  gen; /* bumped per message, so the slots need no clearing */
+    size_t    n;
+    tj_arena *scratch; /* a TJ_RAW's text parsed to size its tables; C memory, so a Lua error
+                        * raised while they are made leaks nothing; reset per message */
+    oentry    e[ORIGIN_SLOTS];
 };
 
 tjl_origin *tjl_origin_new(void)
 {
     tjl_origin *o = calloc(1, sizeof *o);
+    if (o && !(o->scratch = tj_arena_new())) {
+        free(o);
+        return NULL;
+    }
     if (o) o->gen = 1; /* calloc's 0 marks every slot free */
     return o;
 }
 
-void tjl_origin_free(tjl_origin *o) { free(o); }
+void tjl_origin_free(tjl_origin *o)
+{
+    if (!o) return;
+    tj_arena_free(o->scratch);
+    free(o);
+}
 
 static void origin_reset(tjl_origin *o)
 {
+    tj_arena_reset(o->scratch);
     if (++o->gen == 0) { /* wrapped: old entries could look live again */
         memset(o->e, 0, sizeof o->e);
         o->gen = 1;
@@ -154,7 +166,17 @@ typedef struct {
     lua_State *L;
     int mt; /* stack index of the array metatable */
     tjl_origin *o; /* NULL: nothing recorded */
+    const tj_value *raw; /* pushing the parse of this TJ_RAW (at depth raw_depth), else NULL */
+    int raw_depth;
 } pctx;
+
+/* What the table made from v at depth stands for: v itself, or inside a TJ_RAW's parse the text
+ * for the outermost table and nothing for the others (they are not nodes of the message). */
+static const tj_value *made_from(const pctx *c, const tj_value *v, int depth)
+{
+    if (!c->raw) return v;
+    return depth == c->raw_depth ? c->raw : NULL;
+}
 
 static int push_value(pctx *c, const tj_value *v, int depth, int *height);
 
@@ -172,7 +194,7 @@ static int push_array(pctx *c, const tj_value *v, int depth, int *height)
     lua_pushvalue(L, c->mt);
     lua_setmetatable(L, -2);
     *height = below + 1;
-    origin_note(L, c->o, v, *height);
+    origin_note(L, c->o, made_from(c, v, depth), *height);
     return 0;
 }
 
@@ -190,7 +212,7 @@ static int push_object(pctx *c, const tj_value *v, int depth, int *height)
         lua_rawset(L, -3);
     }
     *height = below + 1;
-    origin_note(L, c->o, v, *height);
+    origin_note(L, c->o, made_from(c, v, depth), *height);
     return 0;
 }
 
@@ -350,7 +372,19 @@ int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err)
 static int push_raw(pctx *c, const tj_value *v, int depth, int *height)
 {
     (void)depth; /* the text's own nesting is bounded by the validator */
-    return decode_from(c->L, v->u.str.s, v->u.str.len, NULL, c->o, v, height);
+    tj_value *tree;
+    tj_error err;
+    const char *s = v->u.str.s;
+    if (!c->o || !v->u.str.len || (s[0] != '{' && s[0] != '[') ||
+        tj_parse(c->o->scratch, s, v->u.str.len, &tree, &err))
+        return decode_from(c->L, s, v->u.str.len, NULL, c->o, v, height);
+    /* Parsed in C first, its tables are made at their size: filled key by key, each was rehashed
+     * log2(n) times (made_from says what they stand for) */
+    c->raw = v;
+    c->raw_depth = depth;
+    int rc = push_value(c, tree, depth, height);
+    c->raw = NULL;
+    return rc;
 }
 
 static int push_value(pctx *c, const tj_value *v, int depth, int *height)
@@ -385,7 +419,7 @@ int tjl_push_more(lua_State *L, const tj_value *v, tjl_origin *o)
     int top = lua_gettop(L), height;
     if (!lua_checkstack(L, 8)) return TALLY_ENOMEM;
     push_array_mt(L);
-    pctx c = {L, lua_gettop(L), o};
+    pctx c = {L, lua_gettop(L), o, NULL, 0};
     if (push_value(&c, v, 0, &height)) {
         lua_settop(L, top);
         return TALLY_EINVAL;
