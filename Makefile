@@ -358,6 +358,9 @@ DEP_OBJ  := $(CORE_OBJ) $(CLI_OBJ) $(LUA_OBJ) $(LUAMOD_OBJ) $(TEST_OBJ)
 DEP_BIN  := $(BUILD)/bench/throughput $(BUILD)/bench/hostile $(BUILD)/examples/quickstart \
             $(BUILD)/examples/game
 -include $(wildcard $(DEP_OBJ:.o=.d) $(addsuffix .d,$(DEP_BIN)))
+# The compiler writes them; make never makes them. Without this, once a new Lua patch made the
+# stamp newer, make tried to remake lua/X.d from lua/X.d.o through the Lua pattern rule and failed.
+$(DEP_OBJ:.o=.d): ;
 # An output built before the compiler wrote dependency files has none, so nothing would tell make
 # when its headers change: build it once more.
 NO_DEPFILE := $(foreach o,$(wildcard $(DEP_OBJ)),$(if $(wildcard $(o:.o=.d)),,$(o))) \

@@ -113,6 +113,8 @@ for store in mem file; do
             # that shows whether the collector's parsing and counting limit the figures
             [ "$store $gz $rules" = "mem off 0" ] && cases+=("e2e mem gzip=off rules=0 null|e2e-null|$args")
         done
+        # the rules most users run: naming + a 20-event tracking plan + a hand-written rule
+        [ $gz = off ] && cases+=("e2e $store gzip=off rules=plan|e2e-$store|--gzip=false --rules=bench/rules/plan")
     done
 done
 cases+=("segment analytics-node|segment|--window=$NODE_WINDOW --flush_interval=1000")

@@ -77,40 +77,142 @@ int tjl_is_array(lua_State *L, int idx)
     return r;
 }
 
+/* ======================================================================== origins */
+
+#define ORIGIN_SLOTS 512              /* a power of two */
+#define ORIGIN_MAX (ORIGIN_SLOTS / 2) /* tables recorded per message; the rest are converted */
+
+typedef struct oentry {
+    const void     *t;      /* the Lua table (lua_topointer) */
+    const tj_value *node;   /* what it was pushed from; NULL for a table made inside a TJ_RAW */
+    unsigned        gen;    /* the entry is live when this is the origin's gen */
+    int             height; /* levels of tables in it, itself included */
+} oentry;
+
+struct tjl_origin {
+    unsigned  gen; /* bumped per message, so the slots need no clearing */
+    size_t    n;
+    tj_arena *scratch; /* a TJ_RAW's text parsed to size its tables; C memory, so a Lua error
+                        * raised while they are made leaks nothing; reset per message */
+    oentry    e[ORIGIN_SLOTS];
+};
+
+tjl_origin *tjl_origin_new(void)
+{
+    tjl_origin *o = calloc(1, sizeof *o);
+    if (o && !(o->scratch = tj_arena_new())) {
+        free(o);
+        return NULL;
+    }
+    if (o) o->gen = 1; /* calloc's 0 marks every slot free */
+    return o;
+}
+
+void tjl_origin_free(tjl_origin *o)
+{
+    if (!o) return;
+    tj_arena_free(o->scratch);
+    free(o);
+}
+
+static void origin_reset(tjl_origin *o)
+{
+    tj_arena_reset(o->scratch);
+    if (++o->gen == 0) { /* wrapped: old entries could look live again */
+        memset(o->e, 0, sizeof o->e);
+        o->gen = 1;
+    }
+    o->n = 0;
+}
+
+static inline size_t origin_slot(const void *t)
+{
+    uint64_t x = (uint64_t)(uintptr_t)t;
+    x ^= x >> 29;
+    x *= 0xBF58476D1CE4E5B9ULL;
+    x ^= x >> 32;
+    return (size_t)x & (ORIGIN_SLOTS - 1);
+}
+
+#ifdef LUA_TALLY_TOUCH
+static const oentry *origin_find(const tjl_origin *o, const void *t)
+{
+    for (size_t i = origin_slot(t); o->e[i].gen == o->gen; i = (i + 1) & (ORIGIN_SLOTS - 1))
+        if (o->e[i].t == t) return &o->e[i];
+    return NULL;
+}
+#endif
+
+/* The table on top of the stack was just made from node (NULL inside a TJ_RAW) and filled:
+ * marks it untouched and records it. */
+static void origin_note(lua_State *L, tjl_origin *o, const tj_value *node, int height)
+{
+#ifdef LUA_TALLY_TOUCH
+    if (!o || o->n == ORIGIN_MAX) return;
+    const void *t = lua_topointer(L, -1);
+    size_t i = origin_slot(t);
+    while (o->e[i].gen == o->gen) i = (i + 1) & (ORIGIN_SLOTS - 1);
+    o->e[i] = (oentry){t, node, o->gen, height};
+    o->n++;
+    lua_tableuntouch(L, -1);
+#else
+    (void)L, (void)o, (void)node, (void)height;
+#endif
+}
+
 /* ======================================================================== JSON -> Lua */
 
 typedef struct {
     lua_State *L;
     int mt; /* stack index of the array metatable */
+    tjl_origin *o; /* NULL: nothing recorded */
+    const tj_value *raw; /* pushing the parse of this TJ_RAW (at depth raw_depth), else NULL */
+    int raw_depth;
 } pctx;
 
-static int push_value(pctx *c, const tj_value *v, int depth);
+/* What the table made from v at depth stands for: v itself, or inside a TJ_RAW's parse the text
+ * for the outermost table and nothing for the others (they are not nodes of the message). */
+static const tj_value *made_from(const pctx *c, const tj_value *v, int depth)
+{
+    if (!c->raw) return v;
+    return depth == c->raw_depth ? c->raw : NULL;
+}
 
-static int push_array(pctx *c, const tj_value *v, int depth)
+static int push_value(pctx *c, const tj_value *v, int depth, int *height);
+
+static int push_array(pctx *c, const tj_value *v, int depth, int *height)
 {
     lua_State *L = c->L;
     size_t n = v->u.arr.n;
+    int below = 0, h;
     lua_createtable(L, n <= INT_MAX ? (int)n : 0, 0);
     for (size_t i = 0; i < n; i++) {
-        if (push_value(c, v->u.arr.items[i], depth + 1)) return -1;
+        if (push_value(c, v->u.arr.items[i], depth + 1, &h)) return -1;
+        if (h > below) below = h;
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     lua_pushvalue(L, c->mt);
     lua_setmetatable(L, -2);
+    *height = below + 1;
+    origin_note(L, c->o, made_from(c, v, depth), *height);
     return 0;
 }
 
-static int push_object(pctx *c, const tj_value *v, int depth)
+static int push_object(pctx *c, const tj_value *v, int depth, int *height)
 {
     lua_State *L = c->L;
     size_t n = v->u.obj.n;
+    int below = 0, h;
     lua_createtable(L, 0, n <= INT_MAX ? (int)n : 0);
     for (size_t i = 0; i < n; i++) {
         const tj_member *m = &v->u.obj.m[i];
         lua_pushlstring(L, m->key, m->klen);
-        if (push_value(c, m->val, depth + 1)) return -1;
+        if (push_value(c, m->val, depth + 1, &h)) return -1;
+        if (h > below) below = h;
         lua_rawset(L, -3);
     }
+    *height = below + 1;
+    origin_note(L, c->o, made_from(c, v, depth), *height);
     return 0;
 }
 
@@ -146,7 +248,10 @@ typedef struct {
     lua_State *L;
     int mt;    /* stack index of the array metatable */
     int depth; /* open containers */
-    struct { int object; lua_Integer n; } open[TJ_MAX_DEPTH + 1];
+    struct { int object, below; lua_Integer n; } open[TJ_MAX_DEPTH + 1];
+    tjl_origin *o;        /* NULL: nothing recorded */
+    const tj_value *raw;  /* the TJ_RAW being pushed, recorded for the outermost table */
+    int height;           /* levels of tables in the value pushed */
 } dctx;
 
 /* Stores the value on top into the open container (nothing to do at the top level). */
@@ -164,6 +269,7 @@ static int d_begin(void *ud, int object)
     if (c->depth > TJ_MAX_DEPTH || !lua_checkstack(c->L, 4)) return -1;
     lua_newtable(c->L);
     c->open[c->depth].object = object;
+    c->open[c->depth].below = 0;
     c->open[c->depth].n = 0;
     c->depth++;
     return 0;
@@ -176,6 +282,10 @@ static int d_end(void *ud)
         lua_pushvalue(c->L, c->mt);
         lua_setmetatable(c->L, -2);
     }
+    int h = c->open[c->depth].below + 1;
+    if (c->depth && h > c->open[c->depth - 1].below) c->open[c->depth - 1].below = h;
+    if (!c->depth) c->height = h;
+    if (c->o) origin_note(c->L, c->o, c->depth ? NULL : c->raw, h);
     return d_place(c);
 }
 
@@ -228,7 +338,9 @@ static int d_scalar(void *ud, const tj_value *v)
 
 static const tj_handler to_lua = {d_begin, d_end, d_key, d_string, d_scalar};
 
-int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err)
+/* tjl_decode, recording the tables made into o (when not NULL) as made from raw. */
+static int decode_from(lua_State *L, const char *text, size_t len, tj_error *err, tjl_origin *o,
+                       const tj_value *raw, int *height)
 {
     int top = lua_gettop(L);
     if (!lua_checkstack(L, 8)) {
@@ -240,24 +352,46 @@ int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err)
     c.L = L;
     c.mt = lua_gettop(L);
     c.depth = 0;
+    c.o = o;
+    c.raw = raw;
+    c.height = 0;
     if (tj_walk(text, len, &to_lua, &c, err)) {
         lua_settop(L, top);
         return TALLY_EINVAL;
     }
     lua_remove(L, c.mt);
+    if (height) *height = c.height;
     return TALLY_OK;
 }
 
-static int push_raw(pctx *c, const tj_value *v, int depth)
+int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err)
 {
-    (void)depth; /* the text's own nesting is bounded by the validator */
-    return tjl_decode(c->L, v->u.str.s, v->u.str.len, NULL);
+    return decode_from(L, text, len, err, NULL, NULL, NULL);
 }
 
-static int push_value(pctx *c, const tj_value *v, int depth)
+static int push_raw(pctx *c, const tj_value *v, int depth, int *height)
+{
+    (void)depth; /* the text's own nesting is bounded by the validator */
+    tj_value *tree;
+    tj_error err;
+    const char *s = v->u.str.s;
+    if (!c->o || !v->u.str.len || (s[0] != '{' && s[0] != '[') ||
+        tj_parse(c->o->scratch, s, v->u.str.len, &tree, &err))
+        return decode_from(c->L, s, v->u.str.len, NULL, c->o, v, height);
+    /* Parsed in C first, its tables are made at their size: filled key by key, each was rehashed
+     * log2(n) times (made_from says what they stand for) */
+    c->raw = v;
+    c->raw_depth = depth;
+    int rc = push_value(c, tree, depth, height);
+    c->raw = NULL;
+    return rc;
+}
+
+static int push_value(pctx *c, const tj_value *v, int depth, int *height)
 {
     lua_State *L = c->L;
     if (depth > PUSH_MAX_DEPTH || !lua_checkstack(L, 4)) return -1;
+    *height = 0;
     switch (v->type) {
     case TJ_NULL: lua_pushlightuserdata(L, NULL); return 0;
     case TJ_FALSE: lua_pushboolean(L, 0); return 0;
@@ -265,20 +399,28 @@ static int push_value(pctx *c, const tj_value *v, int depth)
     case TJ_INT: push_int(L, v->u.i); return 0;
     case TJ_DOUBLE: lua_pushnumber(L, (lua_Number)v->u.d); return 0;
     case TJ_STRING: lua_pushlstring(L, v->u.str.s, v->u.str.len); return 0;
-    case TJ_ARRAY: return push_array(c, v, depth);
-    case TJ_OBJECT: return push_object(c, v, depth);
-    case TJ_RAW: return push_raw(c, v, depth);
+    case TJ_ARRAY: return push_array(c, v, depth, height);
+    case TJ_OBJECT: return push_object(c, v, depth, height);
+    case TJ_RAW: return push_raw(c, v, depth, height);
     }
     return -1;
 }
 
-int tjl_push(lua_State *L, const tj_value *v)
+int tjl_push(lua_State *L, const tj_value *v) { return tjl_push_more(L, v, NULL); }
+
+int tjl_push_from(lua_State *L, const tj_value *v, tjl_origin *o)
 {
-    int top = lua_gettop(L);
+    if (o) origin_reset(o);
+    return tjl_push_more(L, v, o);
+}
+
+int tjl_push_more(lua_State *L, const tj_value *v, tjl_origin *o)
+{
+    int top = lua_gettop(L), height;
     if (!lua_checkstack(L, 8)) return TALLY_ENOMEM;
     push_array_mt(L);
-    pctx c = {L, lua_gettop(L)};
-    if (push_value(&c, v, 0)) {
+    pctx c = {L, lua_gettop(L), o, NULL, 0};
+    if (push_value(&c, v, 0, &height)) {
         lua_settop(L, top);
         return TALLY_EINVAL;
     }
@@ -313,6 +455,7 @@ typedef struct {
     struct memo *memo;               /* every table converted so far, by address */
     size_t memo_n, memo_cap;
     const tj_value *orig;            /* what the value was made from, for big integers' text */
+    const tjl_origin *origin;        /* the tables pushed from it, reused when untouched */
     int bigs_known;                  /* bigs collected from orig */
     struct big *bigs;
     size_t nbigs, bigs_cap;
@@ -573,8 +716,8 @@ static int scan_keys(cctx *c, int idx, keyscan *k)
     memset(k, 0, sizeof *k);
     k->all_pos = 1;
     k->bad_type = LUA_TNONE;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
+    unsigned cur = 0;
+    while (tjl_next(L, idx, &cur)) {
         k->n++;
         /* more entries than bytes left is too large whatever the order: the same error, at the
          * table's path, in both passes */
@@ -692,6 +835,80 @@ static tj_value *copy_tree(tj_arena *a, const tj_value *v)
 
 static int conv_fresh(cctx *c, int idx, tj_value **out);
 
+#ifdef LUA_TALLY_TOUCH
+/* At least what writing v takes (its exact length for a TJ_RAW, whose text is written as it is). */
+static size_t node_bytes(const tj_value *v)
+{
+    size_t n = 2;
+    switch (v->type) {
+    case TJ_NULL: case TJ_TRUE: return 4;
+    case TJ_FALSE: return 5;
+    case TJ_INT: return 1;
+    case TJ_DOUBLE: return 3;
+    case TJ_STRING: return v->u.str.len + 2;
+    case TJ_RAW: return v->u.str.len;
+    case TJ_ARRAY:
+        for (size_t i = 0; i < v->u.arr.n; i++) n += (i > 0) + node_bytes(v->u.arr.items[i]);
+        return n;
+    case TJ_OBJECT:
+        for (size_t i = 0; i < v->u.obj.n; i++) n += (i > 0) + v->u.obj.m[i].klen + 3 + node_bytes(v->u.obj.m[i].val);
+        return n;
+    }
+    return n;
+}
+
+/* The origin's entry of the table at idx when it, and every table below it, is untouched since
+ * it was pushed (so it holds exactly what it was made from); else NULL. Untouched tables hold
+ * only what was pushed, a tree as deep as the message, so the walk ends. */
+static const oentry *untouched(lua_State *L, const tjl_origin *o, int idx, int depth)
+{
+    const oentry *e = origin_find(o, lua_topointer(L, idx));
+    if (!e || lua_tabletouched(L, idx) || depth > TJ_MAX_DEPTH || !lua_checkstack(L, 4)) return NULL;
+    idx = lua_absindex(L, idx);
+    unsigned cur = 0;
+    while (tjl_next(L, idx, &cur)) {
+        int ok = lua_type(L, -1) != LUA_TTABLE || untouched(L, o, lua_gettop(L), depth + 1);
+        lua_pop(L, 1);
+        if (!ok) {
+            lua_pop(L, 1);
+            return NULL;
+        }
+    }
+    return e;
+}
+#endif
+
+const tj_value *tjl_untouched_node(lua_State *L, int idx, const tjl_origin *o)
+{
+#ifdef LUA_TALLY_TOUCH
+    if (!o || lua_type(L, idx) != LUA_TTABLE) return NULL;
+    const oentry *e = untouched(L, o, lua_absindex(L, idx), 0);
+    return e ? e->node : NULL;
+#else
+    (void)L, (void)idx, (void)o;
+    return NULL;
+#endif
+}
+
+/* 1 with *out set to the node the table at idx was pushed from, when it can stand for the table
+ * (see tjl_origin); 0 when the table must be converted; -1 when the limit is passed. */
+static int reuse_origin(cctx *c, int idx, tj_value **out)
+{
+#ifdef LUA_TALLY_TOUCH
+    if (!c->origin) return 0;
+    const oentry *e = untouched(c->L, c->origin, idx, 0);
+    /* moved deeper than the limit allows: converted, to report that */
+    if (!e || !e->node || c->depth + e->height > TJ_MAX_DEPTH) return 0;
+    if (charge(c, node_bytes(e->node))) return -1;
+    *out = (tj_value *)(uintptr_t)e->node; /* shared, never edited in place by the caller (tjl_to_json_from) */
+    c->height = e->height;
+    return 1;
+#else
+    (void)c, (void)idx, (void)out;
+    return 0;
+#endif
+}
+
 static int conv_table(cctx *c, int idx, tj_value **out)
 {
     const void *self = lua_topointer(c->L, idx);
@@ -705,7 +922,8 @@ static int conv_table(cctx *c, int idx, tj_value **out)
         return 0;
     }
     size_t used = c->used;
-    if (conv_fresh(c, idx, out)) return -1;
+    int reused = reuse_origin(c, idx, out);
+    if (reused < 0 || (!reused && conv_fresh(c, idx, out))) return -1;
     if (!e && (e = memo_add(c, self))) { /* when it cannot be kept, it only costs time */
         e->v = *out;
         e->height = c->height;
@@ -852,6 +1070,12 @@ static int conv(cctx *c, int idx, tj_value **out)
 int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
                     tj_arena *a, tj_value **out, tj_error *err)
 {
+    return tjl_to_json_from(L, idx, root, max_bytes, orig, NULL, a, out, err);
+}
+
+int tjl_to_json_from(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
+                     const tjl_origin *o, tj_arena *a, tj_value **out, tj_error *err)
+{
     tj_error scratch;
     cctx c;
     memset(&c, 0, sizeof c);
@@ -861,6 +1085,7 @@ int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, c
     c.root = root;
     c.limit = max_bytes;
     c.orig = orig;
+    c.origin = o;
     int top = lua_gettop(L);
     idx = lua_absindex(L, idx);
     *out = NULL;

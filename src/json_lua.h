@@ -73,6 +73,24 @@ void tjl_set_array(lua_State *L, int idx);
 /* 1 if the value at idx is a table carrying the array metatable. */
 int  tjl_is_array(lua_State *L, int idx);
 
+/* Steps through the table at idx (an absolute index) for a C walk that does not change it, like
+ * lua_next, the loop's body popping the value and leaving the key: *cursor is 0 to start; pushes
+ * the next key and value (1), or nothing at the end (0). The embedded Lua keeps the place in
+ * *cursor (patches/lua/0012) instead of looking the key up again at every step. */
+static inline int tjl_next(lua_State *L, int idx, unsigned *cursor)
+{
+#ifdef LUA_TALLY_NEXTSLOT
+    if (*cursor) lua_pop(L, 1); /* the key the body left */
+    return lua_nextslot(L, idx, cursor);
+#else
+    if (!*cursor) {
+        lua_pushnil(L);
+        *cursor = 1;
+    }
+    return lua_next(L, idx);
+#endif
+}
+
 /* Pushes the value of a JSON text (validated as tj_parse does) straight as Lua values, without a
  * C tree: all memory it takes is the Lua state's, so a sandbox's cap bounds it. Returns TALLY_OK with
  * the value pushed, TALLY_EINVAL with *err (may be NULL) filled for bad text, or TALLY_ENOMEM when
@@ -84,6 +102,28 @@ int tjl_decode(lua_State *L, const char *text, size_t len, tj_error *err);
  * runs out of memory, the stack cannot grow on the way down or the tree is deeper than
  * 4 * TJ_MAX_DEPTH. */
 int tjl_push(lua_State *L, const tj_value *v);
+
+/* Where the tables of a pushed message came from, so that converting it back can reuse what no
+ * script wrote to. tjl_push_from records every table it makes (up to a few hundred per message;
+ * more are simply not recorded) with the node it was made from, and marks it untouched; the
+ * embedded Lua (patches/lua/0011) marks a table touched by any store into it or any metatable set
+ * on it, and a table a script makes is born touched. tjl_to_json_from then gives back, for a
+ * table that is untouched and whose tables below are all untouched, the very node it was pushed
+ * from (a TJ_RAW text stays that text: written out byte for byte, as a message no rule changed
+ * is), instead of converting it; any other table is converted as tjl_to_json_max does. Against a
+ * Lua without that patch (the Lua module's host Lua) nothing is recorded and every table is
+ * converted. C memory only, owned by the caller; one message at a time: each tjl_push_from
+ * forgets the previous one, whose nodes must stay alive until its conversion is done. */
+typedef struct tjl_origin tjl_origin;
+tjl_origin *tjl_origin_new(void);   /* NULL when out of memory */
+void        tjl_origin_free(tjl_origin *o);
+/* tjl_push, recording into o (may be NULL: plain tjl_push). */
+int tjl_push_from(lua_State *L, const tj_value *v, tjl_origin *o);
+/* Same, adding to what o holds (a part of the same message pushed again). */
+int tjl_push_more(lua_State *L, const tj_value *v, tjl_origin *o);
+/* The node the table at idx was pushed from, when it and every table below it are untouched
+ * (see above); NULL otherwise, for a non-table, and against a Lua without the patch. */
+const tj_value *tjl_untouched_node(lua_State *L, int idx, const tjl_origin *o);
 
 #define TJL_MAX_BYTES (1024 * 1024) /* default limit of one Lua -> JSON conversion's text */
 
@@ -102,6 +142,13 @@ int tjl_to_json_at(lua_State *L, int idx, const char *root, tj_arena *a, tj_valu
  * original digits again, unless two different such integers round to that same float. */
 int tjl_to_json_max(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
                     tj_arena *a, tj_value **out, tj_error *err);
+
+/* tjl_to_json_max, reusing the nodes of the message o recorded (see tjl_origin; o may be NULL).
+ * The result may share those nodes (a node reached twice is copied, so it stays a tree), so
+ * they must outlive it. The byte limit charges a reused node the length of its text (a TJ_RAW)
+ * or at least what its writing takes. */
+int tjl_to_json_from(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
+                     const tjl_origin *o, tj_arena *a, tj_value **out, tj_error *err);
 
 /* Sets, in the table on top of the stack, what scripts know as `tally.*`: null, empty_array,
  * array(t), json.encode/decode (the exact codec: encode returns nil, err for values JSON cannot

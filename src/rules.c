@@ -13,6 +13,8 @@
 #include "message.h"
 #include "sandbox.h"
 
+#define RULES_SNAP_SHARED 64 /* untouched subtrees a snapshot may share; past that, copied */
+
 typedef struct rule {
     char            *name;
     char            *file;
@@ -41,6 +43,11 @@ struct rules {
     size_t            n_process;   /* before + enrichment scripts */
     int              *last, *next_last; /* per message in the chain: last script that returned it */
     size_t            last_cap;
+    tjl_origin       *origin;      /* the message's tables, to write back what no script touched */
+    const tj_value   *pushing;     /* the message push_origin_protected pushes */
+    /* the untouched subtrees the last snapshot shares with the message (see push_copy) */
+    struct { const void *t; const tj_value *node; } shared[RULES_SNAP_SHARED];
+    size_t            nshared;
 };
 
 /* read_choice stores the index of the name, so each name sits at its STAGE_* value */
@@ -419,7 +426,8 @@ int rules_open(rules **out, const char *spec, const rules_opts *o, const tly_log
     size_t nfiles = 0, ndirs = 0;
     int rc = expand_spec(spec, &files, &nfiles, &dirs, &ndirs, err);
     rules *R = calloc(1, sizeof *R);
-    if (!rc && (!R || !(R->r = calloc(nfiles ? nfiles : 1, sizeof *R->r)))) rc = tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
+    if (!rc && (!R || !(R->r = calloc(nfiles ? nfiles : 1, sizeof *R->r)) || !(R->origin = tjl_origin_new())))
+        rc = tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
     if (!rc) {
         R->log = log;
         R->o = *o;
@@ -474,6 +482,7 @@ void rules_free(rules *R)
 {
     if (!R) return;
     sb_free(R->sb);
+    tjl_origin_free(R->origin);
     free(R->last);
     free(R->next_last);
     for (size_t i = 0; R->r && i < R->n; i++) {
@@ -584,12 +593,16 @@ static int call_rule(rules *R, rule *r, int64_t now_ms)
  * converted back and checked once, after the last script. Pushing and converting around every
  * script cost ~3.4 us per script per message (bench/README.md). What that means for scripts:
  * - a script with on_error = "pass" gets a copy made first, so that if it fails, the message as
- *   it entered that script goes on (its half-done changes do not);
+ *   it entered that script goes on (its half-done changes do not). The copy shares the subtrees
+ *   no script has written to yet (most of a message: json_lua.h, tjl_origin); one the failed
+ *   script wrote to is pushed again from the message it came from;
  * - the result is checked after the last script; an invalid one counts as an error of the last
  *   script that returned it, and goes on as it entered the rules when that script's on_error is
  *   "pass" (and it was not split), else it is dropped. */
 
-static int push_copy(lua_State *L, int idx, int depth)
+/* share: the rules whose snapshot this is, whose untouched subtrees it shares rather than copies
+ * (recorded in R->shared); NULL for a full copy (split parts must not share anything). */
+static int push_copy(lua_State *L, int idx, int depth, rules *share)
 {
     if (lua_type(L, idx) != LUA_TTABLE) {
         lua_pushvalue(L, idx);
@@ -597,19 +610,26 @@ static int push_copy(lua_State *L, int idx, int depth)
     }
     if (depth > TJ_MAX_DEPTH || !lua_checkstack(L, 6)) return -1;
     idx = lua_absindex(L, idx);
+    const tj_value *node;
+    if (share && share->nshared < RULES_SNAP_SHARED && (node = tjl_untouched_node(L, idx, share->origin))) {
+        share->shared[share->nshared].t = lua_topointer(L, idx);
+        share->shared[share->nshared++].node = node;
+        lua_pushvalue(L, idx);
+        return 0;
+    }
     /* sized from a counting pass: grown key by key instead, the copy rehashed each table
      * log2(n) times (luaH_resize was ~4% of a message's time with three rules) */
     int narr = (int)lua_rawlen(L, idx), n = 0;
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
+    unsigned cur = 0;
+    while (tjl_next(L, idx, &cur)) {
         n++;
         lua_pop(L, 1);
     }
     lua_createtable(L, narr, n > narr ? n - narr : 0);
     int copy = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
-        if (push_copy(L, -1, depth + 1)) {
+    cur = 0;
+    while (tjl_next(L, idx, &cur)) {
+        if (push_copy(L, -1, depth + 1, share)) {
             lua_settop(L, copy - 1);
             return -1;
         }
@@ -622,10 +642,56 @@ static int push_copy(lua_State *L, int idx, int depth)
     return 0;
 }
 
-/* Protected, because allocating can hit the sandbox's memory limit: (value) -> deep copy. */
+/* Protected, because allocating can hit the sandbox's memory limit: (share, value) -> copy. */
 static int copy_protected(lua_State *L)
 {
-    if (push_copy(L, 1, 0)) return luaL_error(L, "message nested deeper than %d levels", TJ_MAX_DEPTH);
+    rules *share = lua_touserdata(L, 1);
+    if (share) share->nshared = 0;
+    if (push_copy(L, 2, 0, share)) return luaL_error(L, "message nested deeper than %d levels", TJ_MAX_DEPTH);
+    return 1;
+}
+
+static const tj_value *shared_node(const rules *R, const void *t)
+{
+    for (size_t i = 0; i < R->nshared; i++)
+        if (R->shared[i].t == t) return R->shared[i].node;
+    return NULL;
+}
+
+/* The snapshot's tables it made itself (not shared) are walked; a shared one that is no longer
+ * untouched (the failed script wrote into it) is replaced by a new push of its node. */
+static void restore_walk(rules *R, lua_State *L, int idx, int depth)
+{
+    if (depth > TJ_MAX_DEPTH || !lua_checkstack(L, 6)) luaL_error(L, "message nested deeper than %d levels", TJ_MAX_DEPTH);
+    unsigned cur = 0;
+    while (tjl_next(L, idx, &cur)) {
+        if (lua_type(L, -1) == LUA_TTABLE) {
+            const tj_value *node = shared_node(R, lua_topointer(L, -1));
+            if (!node) {
+                restore_walk(R, L, lua_gettop(L), depth + 1);
+            } else if (!tjl_untouched_node(L, -1, R->origin)) {
+                lua_pop(L, 1);
+                lua_pushvalue(L, -1);
+                if (tjl_push_more(L, node, R->origin)) luaL_error(L, "out of memory");
+                lua_rawset(L, idx); /* an existing key: the walk goes on */
+                continue;
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* (rules, snapshot) -> the snapshot, with what the failed script wrote into shared parts undone */
+static int restore_protected(lua_State *L)
+{
+    rules *R = lua_touserdata(L, 1);
+    const tj_value *node = lua_type(L, 2) == LUA_TTABLE ? shared_node(R, lua_topointer(L, 2)) : NULL;
+    if (node) { /* the whole message was shared */
+        if (!tjl_untouched_node(L, 2, R->origin) && tjl_push_more(L, node, R->origin)) return luaL_error(L, "out of memory");
+        return 1;
+    }
+    if (lua_type(L, 2) == LUA_TTABLE) restore_walk(R, L, 2, 0);
+    lua_settop(L, 2);
     return 1;
 }
 
@@ -635,10 +701,19 @@ static int push_protected(lua_State *L)
     return 1;
 }
 
+/* (rules) -> the message R->pushing, its tables recorded in R->origin */
+static int push_origin_protected(lua_State *L)
+{
+    rules *R = lua_touserdata(L, 1);
+    if (tjl_push_from(L, R->pushing, R->origin)) return luaL_error(L, "message too deep for Lua");
+    return 1;
+}
+
 typedef struct json_conv {
     const char *root;
     size_t max_bytes;
     const tj_value *orig;
+    const tjl_origin *origin;
     tj_arena *a;
     tj_value *v;
     tj_error err;
@@ -649,16 +724,16 @@ typedef struct json_conv {
 static int to_json_in_lua(lua_State *L)
 {
     json_conv *c = lua_touserdata(L, 1);
-    c->rc = tjl_to_json_max(L, 2, c->root, c->max_bytes, c->orig, c->a, &c->v, &c->err);
+    c->rc = tjl_to_json_from(L, 2, c->root, c->max_bytes, c->orig, c->origin, c->a, &c->v, &c->err);
     return 0;
 }
 
-/* tjl_to_json_max, protected: converting allocates (numbers to text), and the memory limit can
+/* tjl_to_json_from, protected: converting allocates (numbers to text), and the memory limit can
  * be reached there. */
 static int to_json_safe(lua_State *L, int idx, const char *root, size_t max_bytes, const tj_value *orig,
-                        tj_arena *a, tj_value **out, tj_error *err)
+                        const tjl_origin *origin, tj_arena *a, tj_value **out, tj_error *err)
 {
-    json_conv c = {root, max_bytes, orig, a, NULL, {0, ""}, 0};
+    json_conv c = {root, max_bytes, orig, origin, a, NULL, {0, ""}, 0};
     idx = lua_absindex(L, idx);
     lua_pushcfunction(L, to_json_in_lua);
     lua_pushlightuserdata(L, &c);
@@ -674,13 +749,29 @@ static int to_json_safe(lua_State *L, int idx, const char *root, size_t max_byte
     return c.rc;
 }
 
-/* Pushes a deep copy of the value at idx; 0, or -1 with the error text at the top instead. */
-static int copy_value(lua_State *L, int idx)
+/* Pushes a deep copy of the value at idx (sharing untouched subtrees when share is not NULL);
+ * 0, or -1 with the error text at the top instead. */
+static int copy_value(lua_State *L, int idx, rules *share)
 {
     idx = lua_absindex(L, idx);
     lua_pushcfunction(L, copy_protected);
+    lua_pushlightuserdata(L, share);
     lua_pushvalue(L, idx);
-    return lua_pcall(L, 1, 1, 0) == LUA_OK ? 0 : -1;
+    return lua_pcall(L, 2, 1, 0) == LUA_OK ? 0 : -1;
+}
+
+/* Undoes, in the snapshot at snap, what the failed script wrote into the parts it shares;
+ * 0, or -1 (out of memory) with the error text at the top. */
+static int restore_snapshot(rules *R, int snap)
+{
+    lua_State *L = sb_state(R->sb);
+    if (!R->nshared) return 0;
+    lua_pushcfunction(L, restore_protected);
+    lua_pushlightuserdata(L, R);
+    lua_pushvalue(L, snap);
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK) return -1;
+    lua_replace(L, snap);
+    return 0;
 }
 
 static int type_matches(lua_State *L, int idx, unsigned types)
@@ -729,7 +820,7 @@ static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer ro
     int top = lua_gettop(L), snap = 0;
     *ok = 0;
     if (r->on_error_pass) {
-        if (copy_value(L, idx)) { /* cannot even copy: the script does not see it, it goes on */
+        if (copy_value(L, idx, R)) { /* cannot even copy: the script does not see it, it goes on */
             script_failed(R, r, lua_tostring(L, -1));
             lua_settop(L, top);
             lua_pushvalue(L, idx);
@@ -770,7 +861,7 @@ static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer ro
                 why = "process returned a list whose elements are not all messages";
             } else if (len > 1) {
                 /* split parts often share sub-tables: later scripts must be free to change one */
-                if (copy_value(L, -1)) why = lua_tostring(L, -1);
+                if (copy_value(L, -1, NULL)) why = lua_tostring(L, -1);
                 else lua_remove(L, -2);
             }
             n++;
@@ -780,7 +871,10 @@ static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer ro
         if (*why) script_failed(R, r, why);
         if (r->on_error_pass) {
             lua_settop(L, snap);
-            return 1;
+            if (restore_snapshot(R, snap) == 0) return 1;
+            lua_settop(L, top);
+            dropped_by(R, r, "failed, and the message as it entered could not be restored (out of memory)");
+            return 0;
         }
         dropped_by(R, r, "failed and on_error is drop");
         lua_settop(L, top);
@@ -822,8 +916,8 @@ static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, lo
             lua_setmetatable(L, idx);
         }
     }
-    lua_pushnil(L);
-    while (lua_next(L, idx)) {
+    unsigned cur = 0;
+    while (tjl_next(L, idx, &cur)) {
         if (--*budget < 0) { *why = "holds more than " TALLY_STR(RULES_MAX_VALUES) " values (shared subtables count each time)"; }
         if (*budget < 0 || strip_walk(L, -2, array_mt, depth + 1, budget, why) || strip_walk(L, -1, array_mt, depth + 1, budget, why)) {
             lua_pop(L, 2);
@@ -884,7 +978,8 @@ static void take_result(rules *R, int last, tj_arena *a, tj_value *orig, int idx
     tj_error err;
     tly_err why;
     char text[600];
-    if (to_json_safe(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, a, &v, &err)) {
+    /* the result may share the untouched parts of orig (tjl_to_json_from), which outlives it */
+    if (to_json_safe(L, idx, "message", TALLY_MAX_MESSAGE_BYTES, orig, R->origin, a, &v, &err)) {
         snprintf(text, sizeof text, "%s", err.msg);
     } else if (msg_validate(v, R->o.need_id, &why)) {
         snprintf(text, sizeof text, "returned an invalid message: %.511s", why.msg);
@@ -912,8 +1007,9 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
     lua_State *L = sb_state(R->sb);
     int base = lua_gettop(L);
     R->rep = rep;
-    lua_pushcfunction(L, push_protected);
-    lua_pushlightuserdata(L, m);
+    R->pushing = m;
+    lua_pushcfunction(L, push_origin_protected);
+    lua_pushlightuserdata(L, R);
     if (lua_pcall(L, 1, 1, 0) != LUA_OK || grow_last(R, 1)) {
         /* the sandbox has no room for it: deliver it untouched rather than lose it */
         tly_log(R->log, TALLY_LOG_ERROR, "rules skipped for a message: %s",
@@ -998,7 +1094,7 @@ static tj_value *take_payload(rules *R, rule *r, tj_arena *a, int idx)
 {
     tj_value *v;
     tj_error err;
-    if (to_json_safe(sb_state(R->sb), idx, "payload", TJL_MAX_BYTES, NULL, a, &v, &err)) {
+    if (to_json_safe(sb_state(R->sb), idx, "payload", TJL_MAX_BYTES, NULL, NULL, a, &v, &err)) {
         script_failed(R, r, err.msg);
         return NULL;
     }

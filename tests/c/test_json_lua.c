@@ -545,6 +545,118 @@ TEST(lua_big_integer_left_alone_keeps_its_digits)
     CHECK_STR(through_lua("99999999999999999999", NULL), "100000000000000000000.0");
 }
 
+/* Pushes {"p": <raw>} (raw: JSON text, as tally_track's properties arrive) or the parsed tree of
+ * raw itself (as_tree), runs script on it (`...`), converts the result back: with an origin
+ * (what the rules do) or without (every table converted, as before origins existed). */
+static const char *through_origin(const char *raw, int as_tree, int with_origin, const char *script)
+{
+    static tbuf out[2] = {TBUF_INIT, TBUF_INIT};
+    tbuf *b = &out[with_origin != 0];
+    tbuf_reset(b);
+    lua_State *L = new_state();
+    tj_arena *a = tj_arena_new();
+    tjl_origin *o = with_origin ? tjl_origin_new() : NULL;
+    tj_value *v, *r;
+    tj_error err;
+    if (as_tree) {
+        if (tj_parse(a, raw, strlen(raw), &v, &err)) v = tj_new(a, TJ_NULL);
+        CHECK(v->type != TJ_NULL);
+    } else {
+        v = tj_new(a, TJ_OBJECT);
+        tj_object_set(a, v, "p", 1, tj_new_raw(a, raw, strlen(raw)));
+    }
+    if (luaL_loadstring(L, script) || tjl_push_from(L, v, o) || lua_pcall(L, 1, 1, 0))
+        tbuf_printf(b, "SETUP FAILED: %s", lua_tostring(L, -1));
+    else if (tjl_to_json_from(L, -1, NULL, 1 << 20, v, o, a, &r, &err)) tbuf_printf(b, "ERROR: %s", err.msg);
+    else tj_write(b, r);
+    tjl_origin_free(o);
+    tj_arena_free(a);
+    lua_close(L);
+    return b->data;
+}
+
+/* Text whose spelling a conversion would change: key order, 1.50, 1e2, -0, escapes, 2^53+1, the
+ * largest and smallest doubles (1e400 never gets this far: the caller's text is refused, "number
+ * out of range"). */
+static const char shapes[] =
+    "{\"z\":1,\"a\":[],\"o\":{},\"d\":[1,{\"x\":null,\"y\":[[]]}],\"s\":\"\\u00e9\\ud83d\\ude00\\/\","
+    "\"f\":1.50,\"e\":1e2,\"m\":-0,\"n\":-0.0,\"big\":9007199254740993,\"max\":1.7976931348623157e308,\"min\":5e-324,\"t\":true}";
+
+TEST(lua_untouched_subtrees_go_out_as_they_came)
+{
+    static const char *reads[] = {
+        "return ...",
+        "local m = ... local x = m.p.d[2].y[1] return m",                       /* reads deep */
+        "local m = ... for k, v in pairs(m.p) do local _ = v end return m",     /* iterates */
+        "local m = ... local n = #m.p.d + #m.p.a return m",
+        "local m = ... return { p = m.p }",                                     /* a new root around it */
+    };
+    for (size_t i = 0; i < sizeof reads / sizeof *reads; i++) {
+        char want[512];
+        snprintf(want, sizeof want, "{\"p\":%s}", shapes);
+        CHECK_STR(through_origin(shapes, 0, 1, reads[i]), want);
+    }
+    /* a tree (not text) left alone is the same tree: written as a message without rules is */
+    CHECK_STR(through_origin("{\"b\":1,\"a\":{\"d\":2.0,\"c\":[]}}", 1, 1, "return ..."), "{\"b\":1,\"a\":{\"d\":2.0,\"c\":[]}}");
+    /* moved, and reached twice: both places get the text (a copy, so the result stays a tree) */
+    char want[1024];
+    snprintf(want, sizeof want, "{\"p\":%s,\"q\":%s}", shapes, shapes);
+    CHECK_STR(through_origin(shapes, 0, 1, "local m = ... m.q = m.p return m"), want);
+}
+
+TEST(lua_written_subtrees_are_converted_as_before)
+{
+    static const char *writes[] = {
+        "local m = ... m.p.d[2].x = 5 return m",                 /* a deep field */
+        "local m = ... m.p.o = { k = 'v' } return m",            /* a subtree replaced */
+        "local m = ... m.p.z = nil m.p.a = nil return m",        /* keys deleted */
+        "local m = ... table.insert(m.p.d, 3) return m",         /* table library */
+        "local m = ... table.sort(m.p.d[2].y[1]) m.p.d[2].y[1][1] = 1 return m",
+        "local m = ... rawset(m.p.d[2], 'w', true) return m",
+        "local m = ... setmetatable(m.p.o, array_mt) return m",  /* {} becomes [] */
+        "local m = ... setmetatable(m.p.d[2], nil) return m",     /* a metatable set, even nil */
+        "local m = ... local x = m.p.f m.p.f = x return m",      /* written back unchanged: still written */
+        "local m = ... m.p.d[2].y[1][1] = null return m",        /* the deepest table */
+    };
+    for (size_t i = 0; i < sizeof writes / sizeof *writes; i++) {
+        char with[2048];
+        snprintf(with, sizeof with, "%s", through_origin(shapes, 0, 1, writes[i]));
+        CHECK_STR(with, through_origin(shapes, 0, 0, writes[i]));
+        CHECK(strncmp(with, "ERROR", 5) && strncmp(with, "SETUP", 5));
+    }
+    /* the converted form: keys in byte order, tally's spelling of numbers */
+    CHECK_STR(through_origin("{\"b\":1.50,\"a\":[]}", 0, 1, "local m = ... m.p.c = 1 return m"),
+              "{\"p\":{\"a\":[],\"b\":1.5,\"c\":1}}");
+    CHECK_STR(through_origin("{\"o\":{},\"a\":[]}", 0, 1, "local m = ... setmetatable(m.p.o, array_mt) m.p.a[1] = 1 return m"),
+              "{\"p\":{\"a\":[1],\"o\":[]}}");
+    /* a written parent, an untouched child: the child keeps its text only when it is a node of
+     * its own (a tree's member), not a table made inside a text */
+    CHECK_STR(through_origin("{\"b\":{\"y\":1.50,\"x\":1},\"a\":[]}", 1, 1, "local m = ... m.c = 1 return m"),
+              "{\"a\":[],\"b\":{\"y\":1.5,\"x\":1},\"c\":1}");
+    CHECK_STR(through_origin("{\"b\":{\"y\":1.50,\"x\":1},\"a\":[]}", 0, 1, "local m = ... m.p.c = 1 return m"),
+              "{\"p\":{\"a\":[],\"b\":{\"x\":1,\"y\":1.5},\"c\":1}}");
+}
+
+TEST(lua_untouched_subtrees_keep_the_limits)
+{
+    /* a cycle through an untouched table is still found */
+    CHECK_STR(through_origin(shapes, 0, 1, "local m = ... m.p.d[2].self = m.p return m"),
+              "ERROR: p.d[1].self: cycle: the table contains itself");
+    /* an untouched subtree is charged its text against the limit: 600 copies of 2 KB pass 1 MiB */
+    char big[2100];
+    size_t n = (size_t)snprintf(big, sizeof big, "{\"s\":\"");
+    memset(big + n, 'x', 2000);
+    snprintf(big + n + 2000, sizeof big - n - 2000, "\"}");
+    CHECK_CONTAINS(through_origin(big, 0, 1, "local m = ... for i = 1, 600 do m[tostring(i)] = m.p end return m"),
+                   "too large: the JSON text would exceed the 1048576-byte limit");
+    CHECK(strncmp(through_origin(big, 0, 1, "local m = ... for i = 1, 500 do m[tostring(i)] = m.p end return m"), "ERROR", 5));
+    /* moved deeper than 64 levels: refused as a converted one would be */
+    CHECK_STR(through_origin("{\"a\":[[[[[[[[[[1]]]]]]]]]]}", 0, 1,
+                             "local m = ... local t = m for i = 1, 60 do t.c = {} t = t.c end t.x = m.p return m"),
+              through_origin("{\"a\":[[[[[[[[[[1]]]]]]]]]]}", 0, 0,
+                             "local m = ... local t = m for i = 1, 60 do t.c = {} t = t.c end t.x = m.p return m"));
+}
+
 TEST(lua_helpers)
 {
     lua_State *L = new_state();

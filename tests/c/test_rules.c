@@ -166,6 +166,46 @@ TEST(rule_modifies_drops_and_splits)
     free(dir);
 }
 
+/* What no rule wrote goes out as the caller wrote it (key order, 1.50, -0, escapes), as with no
+ * rules at all; what a rule wrote to is encoded anew. A failed "pass" rule's half-done writes
+ * are undone, deep ones in parts its snapshot shared with the message included, and what no
+ * rule wrote before it still goes out as it came. */
+TEST(rule_leaves_untouched_properties_as_the_caller_wrote_them)
+{
+    char *dir = rules_dir("10_read.lua",
+                          "return { name = 'read', process = function(m, ctx)\n"
+                          "  local seen = m.properties.b + #m.properties.a\n"
+                          "  m.event = m.event .. ' seen'\n"
+                          "  if m.properties.w then m.properties.c.d = 1 end\n"
+                          "  return m end }\n",
+                          "20_fail.lua",
+                          "return { name = 'fail', stage = 'enrichment', process = function(m, ctx)\n"
+                          "  if m.properties.f then m.properties.b = 2; m.properties.c.d = 3\n"
+                          "    m.context.library.name = 'x'; table.insert(m.properties.a, 1); error('half done') end\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("untouched.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    CHECK_EQ_INT(tally_track(t, "read", "{\"b\":1.50,\"a\":[],\"c\":{\"d\":-0,\"e\":\"\\u00e9\"}}"), TALLY_OK);
+    CHECK_EQ_INT(tally_track(t, "write", "{\"b\":1.50,\"a\":[],\"c\":{\"d\":-0,\"e\":\"\\u00e9\"},\"w\":true}"), TALLY_OK);
+    CHECK_EQ_INT(tally_track(t, "fail", "{\"b\":1.50,\"a\":[],\"c\":{\"d\":-0},\"f\":true}"), TALLY_OK);
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *all = tu_read_file(out, NULL);
+    CHECK_CONTAINS(all, "\"event\":\"read seen\"");
+    CHECK_CONTAINS(all, "\"properties\":{\"b\":1.50,\"a\":[],\"c\":{\"d\":-0,\"e\":\"\\u00e9\"}}");
+    CHECK_CONTAINS(all, "\"properties\":{\"a\":[],\"b\":1.5,\"c\":{\"d\":1,\"e\":\"\xC3\xA9\"},\"w\":true}");
+    CHECK_CONTAINS(all, "\"event\":\"fail seen\"");
+    CHECK_CONTAINS(all, "\"properties\":{\"b\":1.50,\"a\":[],\"c\":{\"d\":-0},\"f\":true}");
+    CHECK_CONTAINS(all, "\"library\":{\"name\":\"tally\"");
+    CHECK(all && !strstr(all, "\"name\":\"x\""));
+    CHECK_CONTAINS(tf_logged(), "half done");
+    free(all);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
 TEST(enrichment_fails_open_before_fails_closed)
 {
     char *dir = rules_dir("10_enrich.lua",

@@ -287,6 +287,16 @@ TEST(close_of_a_coroutine_killed_by_the_budget_is_metered)
     CHECK(!strstr(tf_logged(), "close ran"));
 }
 
+/* The count hook's fast path (patches/lua/0010) counts every instruction: a round of this loop is
+ * 4 VM instructions (GETUPVAL, ADDI, SETUPVAL, JMP; ADDI skips its MMBINI fallback), so the
+ * budget stops it after ~250000 rounds, give or take the hook's 1000-instruction step. */
+TEST(instruction_budget_counts_every_instruction)
+{
+    long r = attack("while true do n = n + 1 end", "instruction limit exceeded (1000000 per call)");
+    if (r < 1000000 / 5 || r > 1000000 / 3) fprintf(stderr, "rounds: %ld\n", r);
+    CHECK(r >= 1000000 / 5 && r <= 1000000 / 3);
+}
+
 /* ---- 4. work done in C is charged ---- */
 
 TEST(exponential_pattern_backtracking_is_charged)
