@@ -279,7 +279,7 @@ TEST(messages_carry_the_preferences_in_force_when_they_were_accepted)
                                        "{\"analytics\":true,\"advertising\":true}"};
     REQUIRE(lines(f.c) == 4);
     for (int i = 0; i < 4; i++) {
-        char prefs[256], ev[64], name[8];
+        char prefs[256], ev[64], name[16];
         stamped(f.c, i, prefs, sizeof prefs, ev, sizeof ev);
         snprintf(name, sizeof name, "e%d", i);
         CHECK_STR(ev, name);
