@@ -6,7 +6,9 @@
  *
  * Three file destinations: "a" needs analytics, "b" needs advertising, "c" needs nothing. What
  * reached each is read from its NDJSON file, what waits from the store file. */
+#include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -501,6 +503,73 @@ TEST(a_destinations_consent_must_be_a_category_id_or_a_list_of_them)
     char *out = tu_path("x.ndjson");
     CHECK_EQ_INT(tf_open_rc(&t, "mode", "server", "consent_required", "true", "out", out, NULL), TALLY_ECONFIG);
     CHECK_CONTAINS(tally_errmsg(NULL), "consent_required: only in client mode");
+    CHECK(t == NULL);
+    free(out);
+}
+
+/* Calls from several threads merge one after another: none is lost, whatever the interleaving. */
+static void *consent_thread(void *arg)
+{
+    tally_t *t = arg;
+    static _Atomic int next;
+    int me = atomic_fetch_add(&next, 1);
+    for (int i = 0; i < 50; i++) {
+        char json[64];
+        snprintf(json, sizeof json, "{\"t%d_%d\":true,\"analytics\":%s}", me, i % 10, i % 2 ? "true" : "false");
+        if (tally_consent(t, json) != TALLY_OK) return (void *)1;
+        if (tally_track(t, "Threaded", NULL) != TALLY_OK) return (void *)1;
+    }
+    return NULL;
+}
+
+TEST(concurrent_calls_merge_without_losing_a_category)
+{
+    files f;
+    files_init(&f, "threads");
+    tally_t *t = open_files(&f, NULL, NULL, NULL, NULL);
+    REQUIRE(t);
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) REQUIRE(pthread_create(&th[i], NULL, consent_thread, t) == 0);
+    for (int i = 0; i < 4; i++) {
+        void *rc;
+        pthread_join(th[i], &rc);
+        CHECK(rc == NULL);
+    }
+    CHECK_EQ_INT(tally_track(t, "Last", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
+    CHECK_EQ_INT(lines(f.c), 201);
+    char prefs[4096], ev[64];
+    stamped(f.c, 200, prefs, sizeof prefs, ev, sizeof ev);
+    CHECK_STR(ev, "Last");
+    for (int me = 0; me < 4; me++)
+        for (int k = 0; k < 10; k++) {
+            char key[32];
+            snprintf(key, sizeof key, "\"t%d_%d\":true", me, k);
+            CHECK(strstr(prefs, key) != NULL);
+        }
+    /* every message "a" got was stamped with analytics true */
+    for (int i = 0; i < lines(f.a); i++) {
+        stamped(f.a, i, prefs, sizeof prefs, ev, sizeof ev);
+        CHECK(strstr(prefs, "\"analytics\":true") != NULL);
+    }
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    files_free(&f);
+}
+
+TEST(more_distinct_categories_than_bits_is_refused_at_open)
+{
+    char dests[4096] = "[", *out = tu_path("cats.ndjson");
+    for (int d = 0; d < 2; d++) {
+        snprintf(dests + strlen(dests), sizeof dests - strlen(dests), "%s{\"type\":\"file\",\"path\":\"%s%d\",\"consent\":[",
+                 d ? "," : "", out, d);
+        for (int k = 0; k < 33; k++)
+            snprintf(dests + strlen(dests), sizeof dests - strlen(dests), "%s\"c%d_%d\"", k ? "," : "", d, k);
+        strcat(dests, "]}");
+    }
+    strcat(dests, "]");
+    tally_t *t = NULL;
+    CHECK_EQ_INT(tf_open_rc(&t, "destinations", dests, NULL), TALLY_ECONFIG);
+    CHECK_CONTAINS(tally_errmsg(NULL), "destinations: consent: more than 64 distinct categories");
     CHECK(t == NULL);
     free(out);
 }
