@@ -277,6 +277,9 @@ static int run_consent(const cli_opts *o, tally_config *cfg)
 {
     if (!has_store(o)) return die(2, "--store", "required: the consent preferences are kept in the store");
     if (o->npositional != 1) return die(2, "consent", "expected the preferences: tally consent --store=S '{\"analytics\":true}'");
+    /* Held, whatever the application sets: rows queued before the decision must not go out
+     * before it is applied (it is the first record; a decided store holds nothing). */
+    if (tally_config_set(cfg, "consent_required", "true") != TALLY_OK) return die(2, "", tally_errmsg(NULL));
     tally_t *t;
     if (tally_open(cfg, &t) != TALLY_OK) return die(2, "", tally_errmsg(NULL));
     if (tally_consent(t, o->positional[0]) != TALLY_OK) {

@@ -42,7 +42,8 @@ run "$T" consent --destinations="$D" '{"analytics":true}'
 rc=$?
 if [ "$rc" -eq 2 ] && grep -qF -- "--store: required" "$dir/err"; then ok store_required; else bad store_required "exit $rc: $(cat "$dir/err")"; fi
 
-run "$T" consent --store=s.db --destinations="$D" --consent_required=true '{"analytics":true,"advertising":false}'
+# without --consent_required: the command holds what is queued until it has applied the decision
+run "$T" consent --store=s.db --destinations="$D" '{"analytics":true,"advertising":false}'
 rc=$?
 if [ "$rc" -eq 0 ] && [ "$(lines a.ndjson)" = 1 ] && [ "$(lines b.ndjson)" = 0 ] && [ "$(counter b.ndjson consent_purged)" = 1 ] \
    && [ "$(counter b.ndjson queued)" = 0 ]; then
