@@ -233,7 +233,12 @@ static uint64_t message_consent(tally_t *t, struct processor *p, tj_value *m, in
     if (own) return consent_granted(&t->consent, own);
     if (server) return t->cfg.consent_default == CONSENT_DEFAULT_GRANT ? ~UINT64_C(0) : 0;
     if (!p->consent.decided) return t->cfg.consent_required ? ~UINT64_C(0) : 0;
-    tj_value *raw = tj_new_raw(p->arena, p->prefs, p->prefs_len);
+    /* not copied: the text stays until the next REC_CONSENT, and this message is written before it */
+    tj_value *raw = tj_new(p->arena, TJ_RAW);
+    if (raw) {
+        raw->u.str.s = p->prefs;
+        raw->u.str.len = p->prefs_len;
+    }
     if (ctx && ctx->type == TJ_OBJECT && !c && (c = tj_new(p->arena, TJ_OBJECT)) != NULL &&
         tj_object_set(p->arena, ctx, "consent", 7, c))
         c = NULL;
