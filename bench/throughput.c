@@ -2,7 +2,15 @@
  *
  *   throughput [--n=200000] [--threads=1] [--rules=PATH] [--store=:memory:|FILE] [--out=/dev/null]
  *              [--endpoint=URL --write_key=K] [--gzip=true] [--label=NAME] [--full_wait_us=0]
- *              [--api=track|send] [any other --key=value: passed to tally_config_set]
+ *              [--api=track|send] [--consent=on|stamp|off]
+ *              [any other --key=value: passed to tally_config_set]
+ *
+ * --consent=on: two file destinations (/dev/null) that need consent categories ("analytics";
+ * "analytics" and "performance"), both granted by tally_consent before the run, so every message
+ * is stamped with the preferences and checked for each destination; --consent=stamp: the same two
+ * destinations without categories and the same preferences, so messages are stamped alike but
+ * nothing is checked; --consent=off: no preferences either. on - stamp is the check's cost, stamp
+ * - off the stamp's (the preferences' bytes, written to every destination and the store).
  *
  * Tracks N ~380-byte events (6 mixed properties) as fast as the caller can, then flushes, and
  * prints one JSON line: events/s end to end (first call to flush returning), the caller-side cost
@@ -30,6 +38,7 @@ typedef struct opts {
     long        n;
     int         threads;
     const char *label;
+    const char *consent;     /* NULL, "on", "stamp" or "off" */
     long        full_wait_us;
     int         send;
     const char *keys[16], *vals[16];
@@ -149,6 +158,7 @@ static void parse(int argc, char **argv, opts *o)
         else if (!strcmp(a + 2, "label")) o->label = eq + 1;
         else if (!strcmp(a + 2, "full_wait_us")) o->full_wait_us = atol(eq + 1);
         else if (!strcmp(a + 2, "api")) o->send = !strcmp(eq + 1, "send");
+        else if (!strcmp(a + 2, "consent")) o->consent = eq + 1;
         else if (o->nkv < 16) { o->keys[o->nkv] = a + 2; o->vals[o->nkv++] = eq + 1; }
     }
 }
@@ -167,10 +177,27 @@ int main(int argc, char **argv)
         }
         has_dest |= !strcmp(o.keys[i], "out") || !strcmp(o.keys[i], "endpoint") || !strcmp(o.keys[i], "destinations");
     }
+    int consent = o.consent && !strcmp(o.consent, "on");
+    if (o.consent) {
+        /* two names for /dev/null: destinations are told apart by their path */
+        const char *d = consent ? "[{\"type\":\"file\",\"path\":\"/dev/null\",\"consent\":\"analytics\"},"
+                                  "{\"type\":\"file\",\"path\":\"/dev//null\",\"consent\":[\"analytics\",\"performance\"]}]"
+                                : "[{\"type\":\"file\",\"path\":\"/dev/null\"},{\"type\":\"file\",\"path\":\"/dev//null\"}]";
+        if (tally_config_set(cfg, "destinations", d) != TALLY_OK) {
+            fprintf(stderr, "%s\n", tally_errmsg(NULL));
+            return 2;
+        }
+        has_dest = 1;
+    }
     if (!has_dest) tally_config_set(cfg, "out", "/dev/null");
     tally_t *t;
     if (tally_open(cfg, &t) != TALLY_OK) {
         fprintf(stderr, "open: %s\n", tally_errmsg(NULL));
+        return 1;
+    }
+    if ((consent || (o.consent && !strcmp(o.consent, "stamp"))) &&
+        tally_consent(t, "{\"analytics\":true,\"performance\":true,\"advertising\":false}") != TALLY_OK) {
+        fprintf(stderr, "consent: %s\n", tally_errmsg(t));
         return 1;
     }
     tally_config_free(cfg);

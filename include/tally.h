@@ -167,6 +167,22 @@ TALLY_API int tally_reset(tally_t *t);
  * sessions also start on their own after session_timeout_s idle and at tally_reset. Never blocks. */
 TALLY_API int tally_session_start(tally_t *t);
 
+/* Consent: merges `json`, an object of category id -> true/false ({"analytics":true,
+ * "advertising":false}), into the device's preferences, or opts out with the text `false` (every
+ * category known, set before or named by a destination, becomes false). Applies in order, like
+ * tally_reset: messages enqueued before the call carry the old preferences, later ones the new, in
+ * context.consent.categoryPreferences (a message that has its own keeps it). A destination with
+ * "consent" categories gets a message only when each of them is true in its preferences; revoking
+ * one deletes that destination's queued and dead-lettered messages; preferences all false (at
+ * least one category) are an opt-out: nothing new is kept or sent, everything queued is deleted,
+ * and calls still return TALLY_OK (counted as opted_out in tally_stats) until a category is true
+ * again. The preferences are kept in the store and survive a restart. README "Privacy".
+ * Limits: `json` at most 4096 bytes, at most 64 categories (after merging), ids 1 to 64 bytes.
+ * Returns TALLY_OK, TALLY_EINVAL (NULL, not an object of booleans, over a limit, server mode: the
+ * preferences are left as they were), TALLY_EFULL, TALLY_ECLOSED, TALLY_EFORK, TALLY_ENOMEM.
+ * Any thread; copies `json`; never blocks on the background threads. */
+TALLY_API int tally_consent(tally_t *t, const char *json);
+
 /* ---- waiting and introspection ---- */
 
 /* Loads the configured rules again (after editing the scripts) and swaps them in between two

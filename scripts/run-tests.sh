@@ -62,7 +62,7 @@ if ls tests/lua/*_spec.lua >/dev/null 2>&1; then
     asan) busted_env=(env "LD_PRELOAD=$(${CC:-cc} -print-file-name=libasan.so)"
                       "ASAN_OPTIONS=detect_leaks=0:abort_on_error=0") ;;
     tsan) busted_skip=(--exclude-pattern='^module_spec' --exclude-pattern='^game_spec' --exclude-pattern='^sandbox_spec'
-                       --exclude-pattern='^examples_runtime_spec') ;;
+                       --exclude-pattern='^examples_runtime_spec' --exclude-pattern='^consent_spec') ;;
   esac
   busted_tap() {
     "${busted_env[@]}" lua5.4 "$(command -v busted)" --output=TAP --lpath="$TALLY_SRC_DIR/lua/?.lua;$TALLY_SRC_DIR/lua/?/init.lua" \

@@ -5,9 +5,11 @@
 #include <errno.h>
 #include <limits.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "consent.h"
 #include "intake.h"
 #include "json.h"
 
@@ -207,6 +209,10 @@ static int add_destinations(struct tally_config *c, const char *v, tly_err *err)
             const char *canon = config_key_lookup(d->u.obj.m[k].key, d->u.obj.m[k].klen);
             if (canon) { d->u.obj.m[k].key = canon; d->u.obj.m[k].klen = strlen(canon); }
         }
+        tj_value *consent = tj_object_get(d, "consent");
+        char where[48];
+        snprintf(where, sizeof where, "destinations[%zu]", i);
+        if (consent && (rc = consent_check_dest(consent, where, err))) break;
         tbuf b = TBUF_INIT;
         tj_write(&b, d);
         if (b.oom || config_add_dest(c, b.data)) rc = tly_err_set(err, TALLY_ENOMEM, "destinations: out of memory");
@@ -232,6 +238,8 @@ static const choice on_full_names[] = {
     {"drop_newest", ON_FULL_DROP_NEWEST}, {"drop_oldest", ON_FULL_DROP_OLDEST}, {NULL, 0}};
 static const choice store_full_names[] = {
     {"drop_newest", STORE_FULL_DROP_NEWEST}, {"drop_oldest", STORE_FULL_DROP_OLDEST}, {"block", STORE_FULL_BLOCK}, {NULL, 0}};
+static const choice consent_default_names[] = {
+    {"grant", CONSENT_DEFAULT_GRANT}, {"deny", CONSENT_DEFAULT_DENY}, {NULL, 0}};
 static const choice mode_names[] = {{"client", MODE_CLIENT}, {"server", MODE_SERVER}, {NULL, 0}};
 static const choice level_names[] = {{"error", TALLY_LOG_ERROR}, {"warn", TALLY_LOG_WARN}, {"info", TALLY_LOG_INFO},
                                      {"debug", TALLY_LOG_DEBUG}, {"off", -1 /* below every level */}, {NULL, 0}};
@@ -278,6 +286,8 @@ static const struct key_def {
     {"on_full", K_CHOICE, F(on_full), 0, 0, on_full_names},
     {"store_on_full", K_CHOICE, F(store_on_full), 0, 0, store_full_names},
     {"mode", K_CHOICE, F(mode), 0, 0, mode_names},
+    {"consent_required", K_BOOL, F(consent_required), 0, 0, NULL},
+    {"consent_default", K_CHOICE, F(consent_default), 0, 0, consent_default_names},
     {"log_level", K_CHOICE, F(log_level), 0, 0, level_names},
 #undef F
 };

@@ -42,6 +42,8 @@ struct tally_config {
     long long lua_memory_per_script; /* 0: lua_memory / (scripts + 1) */
     long long lua_instructions;
     int    rule_breaker;
+    int    consent_required; /* messages wait in the store until the first tally_consent */
+    int    consent_default;  /* CONSENT_DEFAULT_*: server mode, messages without their own consent */
     char **dests;          /* JSON objects, one per destination, in the order given */
     size_t ndests;
     tally_log_fn log_fn;

@@ -68,6 +68,7 @@ struct dest {
     const tly_logger *log;
     void             *impl;
     _Atomic uint64_t  delivered, failed, retried, batches; /* read by tally_stats on any thread */
+    _Atomic uint64_t  consent_withheld, consent_purged;   /* messages consent kept from it */
 };
 
 /* Opens a destination from its JSON config object: TALLY_OK, or a code with err naming the key (an

@@ -297,7 +297,7 @@ static int check_headers(const tj_value *hs, const char *dname, size_t dlen, tly
 static int segment_open(dest *d, const tj_value *cfg, const dest_env *env, tly_err *err)
 {
     static const char *const known[] = {"type", "name", "endpoint", "write_key", "gzip", "timeout_ms",
-                                        "ca_bundle", "proxy", "mapping", NULL};
+                                        "ca_bundle", "proxy", "mapping", "consent", NULL};
     int rc = check_keys(cfg, "segment", known, err);
     if (rc) return rc;
     const char *endpoint = str_opt(cfg, "endpoint", "https://api.segment.io");
@@ -317,7 +317,7 @@ static int segment_open(dest *d, const tj_value *cfg, const dest_env *env, tly_e
 static int http_open(dest *d, const tj_value *cfg, const dest_env *env, tly_err *err)
 {
     static const char *const known[] = {"type", "name", "url", "write_key", "headers", "gzip", "timeout_ms",
-                                        "ca_bundle", "proxy", "mapping", NULL};
+                                        "ca_bundle", "proxy", "mapping", "consent", NULL};
     int rc = check_keys(cfg, "http", known, err);
     if (rc) return rc;
     const char *url = str_opt(cfg, "url", NULL);

@@ -14,7 +14,7 @@
 
 enum rec_kind {
     REC_TRACK, REC_IDENTIFY, REC_PAGE, REC_SCREEN, REC_GROUP, REC_ALIAS, REC_SEND, REC_RESET,
-    REC_SESSION_START
+    REC_SESSION_START, REC_CONSENT /* json: the whole merged preferences (tally_consent) */
 };
 
 /* One caller request, copied into a single allocation. s1/s2 are the call's string arguments

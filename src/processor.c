@@ -16,6 +16,7 @@
 #include "message.h"
 #include "rowq.h"
 #include "rules.h"
+#include "store.h"
 
 #if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ >= 12
 #pragma GCC diagnostic ignored "-Wtsan" /* see runtime.h */
@@ -40,6 +41,9 @@ struct processor {
         uint64_t n;
     } *drops;
     size_t     ndrops, drops_cap;
+    consent_state consent;       /* the device's preferences as applied so far (client mode) */
+    char      *prefs;            /* their JSON text, stamped on messages; NULL until decided */
+    size_t     prefs_len;
 };
 
 /* ---- rows for the worker ---- */
@@ -146,10 +150,16 @@ static void on_rule_drop(void *ud, const char *rule, int cls, const char *why)
 }
 
 /* One row per destination: the message itself, or what the destination's mapping makes of it
- * (none, one or several payloads). */
-static void rows_for_dests(tally_t *t, struct processor *p, const tj_value *m, const char *json, size_t len)
+ * (none, one or several payloads); none for a destination whose consent categories the message's
+ * preferences (`granted`) do not all grant. */
+static void rows_for_dests(tally_t *t, struct processor *p, const tj_value *m, const char *json, size_t len,
+                           uint64_t granted)
 {
     for (size_t i = 0; i < t->ndests; i++) {
+        if (!consent_allows(t->consent.need[i], granted)) {
+            atomic_fetch_add_explicit(&t->dests[i].consent_withheld, 1, memory_order_relaxed);
+            continue;
+        }
         if (p->map_idx[i] < 0) {
             hand_over(t, (int)i, json, len);
             continue;
@@ -186,9 +196,69 @@ static void publish_identity(tally_t *t, struct processor *p)
     pthread_mutex_unlock(&t->ident_mu);
 }
 
+/* ---- consent ---- */
+
+/* New preferences (tally_consent merged them on the caller's thread): from the next record on,
+ * and to the worker in order with the messages before them, so it stores them in the same
+ * transaction and purges or releases exactly the rows queued before. */
+static void apply_consent(tally_t *t, struct processor *p, const intake_rec *r)
+{
+    tly_err err;
+    consent_state cs;
+    char *text = strndup(r->json, r->json_len);
+    if (!text || consent_state_of(&t->consent, text, &cs, &err)) {
+        free(text);
+        tly_log(&t->log, TALLY_LOG_ERROR, "consent: not applied: %s", text ? err.msg : "out of memory");
+        return;
+    }
+    free(p->prefs);
+    p->prefs = text;
+    p->prefs_len = r->json_len;
+    p->consent = cs;
+    char *data = row_slot(t, r->json_len);
+    if (!data) return;
+    memcpy(data, r->json, r->json_len);
+    rowq_publish(t->rows, ROW_CONSENT, r->json_len);
+}
+
+/* The consent categories message m grants, worked out once per message: its own
+ * context.consent.categoryPreferences when it has them; otherwise the device's preferences, which
+ * it is stamped with (client mode), or consent_default (server mode). Before the first decision
+ * with consent_required everything is handed over, and the worker holds it. */
+static uint64_t message_consent(tally_t *t, struct processor *p, tj_value *m, int server)
+{
+    tj_value *ctx = tj_object_get(m, "context"), *c = ctx ? tj_object_get(ctx, "consent") : NULL;
+    if (c && c->type == TJ_RAW && tj_expand(p->arena, c, NULL)) c = NULL;
+    tj_value *own = c ? tj_object_get(c, "categoryPreferences") : NULL;
+    if (own) return consent_granted(&t->consent, own);
+    if (server) return t->cfg.consent_default == CONSENT_DEFAULT_GRANT ? ~UINT64_C(0) : 0;
+    if (!p->consent.decided) return t->cfg.consent_required ? ~UINT64_C(0) : 0;
+    /* not copied: the text stays until the next REC_CONSENT, and this message is written before it */
+    tj_value *raw = tj_new(p->arena, TJ_RAW);
+    if (raw) {
+        raw->u.str.s = p->prefs;
+        raw->u.str.len = p->prefs_len;
+    }
+    if (ctx && ctx->type == TJ_OBJECT && !c && (c = tj_new(p->arena, TJ_OBJECT)) != NULL &&
+        tj_object_set(p->arena, ctx, "consent", 7, c))
+        c = NULL;
+    if (!raw || !c || c->type != TJ_OBJECT || tj_object_set(p->arena, c, "categoryPreferences", 19, raw))
+        tly_log(&t->log, TALLY_LOG_WARN, "consent: a message could not be stamped with the preferences "
+                "(context.consent is not an object, or out of memory); they still decide where it goes");
+    return p->consent.granted;
+}
+
 static void process(tally_t *t, struct processor *p, const intake_rec *r)
 {
     int server = t->cfg.mode == MODE_SERVER, control = r->kind == REC_RESET || r->kind == REC_SESSION_START;
+    if (r->kind == REC_CONSENT) {
+        apply_consent(t, p, r);
+        return;
+    }
+    if (!control && p->consent.opted_out) { /* nothing new is kept, not even identity changes */
+        atomic_fetch_add_explicit(&t->n.opted_out, 1, memory_order_relaxed);
+        return;
+    }
     tj_arena_reset(p->arena);
     tly_err err;
     tj_value *m = NULL;
@@ -212,6 +282,9 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         reject(t, err.msg);
         return;
     }
+    /* only where consent can matter: a destination needs a category, or there are preferences to stamp */
+    uint64_t granted = ~UINT64_C(0);
+    if (t->consent.any_need || (!server && p->consent.decided)) granted = message_consent(t, p, m, server);
     if (msg_validate(m, 1, &err)) {
         reject(t, err.msg);
         return;
@@ -233,7 +306,7 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
                     TALLY_MAX_MESSAGE_BYTES);
             continue;
         }
-        rows_for_dests(t, p, v, p->out.data, p->out.len);
+        rows_for_dests(t, p, v, p->out.data, p->out.len, granted);
         atomic_fetch_add(&t->n.processed, 1);
     }
 }
@@ -396,6 +469,29 @@ static int read_mapping(tally_t *t, struct processor *p, size_t i, tly_err *err)
     return TALLY_OK;
 }
 
+/* The preferences a previous run kept: for stamping here, and for tally_consent to merge into. */
+static int load_consent(tally_t *t, struct processor *p, tly_err *err)
+{
+    char *prefs = NULL;
+    tly_err e;
+    int rc = store_meta_get(t->store, CONSENT_META_KEY, &prefs, err);
+    if (rc || !prefs) return rc;
+    if (consent_state_of(&t->consent, prefs, &p->consent, &e)) {
+        /* only a hand-edited store gets here: undecided is the safe reading (nothing is granted) */
+        tly_log(&t->log, TALLY_LOG_ERROR, "store: consent preferences not readable, ignored: %s", e.msg);
+        free(prefs);
+        return TALLY_OK;
+    }
+    p->prefs = prefs;
+    p->prefs_len = strlen(prefs);
+    pthread_mutex_lock(&t->consent_mu);
+    t->consent_prefs = strdup(prefs);
+    pthread_mutex_unlock(&t->consent_mu);
+    if (!t->consent_prefs) return tly_err_set(err, TALLY_ENOMEM, "tally_open: out of memory");
+    atomic_store(&t->consent_stamp, sizeof ",\"consent\":{\"categoryPreferences\":}" - 1 + p->prefs_len);
+    return TALLY_OK;
+}
+
 int processor_open(tally_t *t, tly_err *err)
 {
     assert(t->store && !t->proc);
@@ -413,6 +509,7 @@ int processor_open(tally_t *t, tly_err *err)
     if (!rc && t->cfg.mode != MODE_SERVER &&
         !(rc = identity_load(&p->id, t->store, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t), err)))
         publish_identity(t, p);
+    if (!rc && t->cfg.mode != MODE_SERVER) rc = load_consent(t, p, err);
     return rc;
 }
 
@@ -421,6 +518,7 @@ void processor_free(tally_t *t)
     struct processor *p = t->proc;
     if (!p) return;
     identity_free(&p->id);
+    free(p->prefs);
     for (size_t i = 0; p->mapping && i < t->ndests; i++) free(p->mapping[i]);
     free(p->mapping);
     free(p->map_idx);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "consent.h"
 #include "dest.h"
 #include "intake.h"
 #include "internal.h"
@@ -31,6 +32,7 @@ typedef struct tally_counters {
     _Atomic uint64_t store_given_up; /* messages the store never took: still unwritable at close, or no memory */
     _Atomic uint64_t violations;     /* ctx:violation calls by rules */
     _Atomic uint64_t rule_dropped;   /* messages dropped by rules (nil, block, fail closed) */
+    _Atomic uint64_t opted_out;      /* messages not kept: the device opted out (consent) */
 } tally_counters;
 
 struct tally {
@@ -79,6 +81,14 @@ struct tally {
     char               *identity_snapshot; /* under ident_mu: JSON of the processor's ids, for tally_identity */
     pthread_mutex_t     rules_mu;
     struct rules       *rules;         /* under rules_mu: the processor's rule set, for tally_stats */
+
+    /* Consent (consent.h): the destinations' categories, read-only once open; the preferences as
+     * the calls merged them, under consent_mu, which also keeps tally_consent records in the
+     * intake in the order they were merged; what stamping them adds to a message (only grows). */
+    consent_cfg         consent;
+    pthread_mutex_t     consent_mu;
+    char               *consent_prefs;
+    _Atomic size_t      consent_stamp;
 
     /* Opened and closed by the runtime; while the threads run: the store and the transfer handle
      * are the worker's alone (the processor reads the identity from the store before they start);

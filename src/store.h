@@ -92,6 +92,11 @@ int  store_load(store *s, int dest_id, const store_cursor *after, const store_cu
 int  store_ack(store *s, int dest_id, const store_cursor *c, tly_err *err);
 /* Moves the messages of the batch at c to the dead-letter table with the reason. */
 int  store_dead(store *s, int dest_id, const store_cursor *c, int status, const char *reason, tly_err *err);
+/* Consent: removes dest's queued messages in rows up to sequence number upto (store_last_id() when
+ * they were queued), and with `dead` its dead letters too, in the open transaction; *purged counts
+ * the messages removed. Rows a batch in flight covers must not be purged (they are removed when it
+ * settles). */
+int  store_purge(store *s, int dest_id, int64_t upto, int dead, int64_t *purged, tly_err *err);
 /* Messages queued for dest. */
 int  store_pending(store *s, int dest_id, int64_t *n, tly_err *err);
 int64_t store_last_id(const store *s);

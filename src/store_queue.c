@@ -397,6 +397,36 @@ int store_ack(store *s, int dest_id, const store_cursor *c, tly_err *err)
     return rc ? rc : remove_batch(s, dest_id, c, err);
 }
 
+/* Purges are rare (a consent change): the dead-letter statements are prepared when used. */
+static int purge_dead(store *s, int dest_id, int64_t *n, tly_err *err)
+{
+    static const char *const sql[] = {"SELECT count(*) FROM dead WHERE dest = ?1", "DELETE FROM dead WHERE dest = ?1"};
+    for (int k = 0; k < 2; k++) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(s->db, sql[k], -1, &st, NULL) != SQLITE_OK) return store_failed(s, err);
+        sqlite3_bind_int(st, 1, dest_id);
+        int rc = sqlite3_step(st);
+        if (k == 0 && rc == SQLITE_ROW) *n += sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        if (rc != (k == 0 ? SQLITE_ROW : SQLITE_DONE)) {
+            s->txn_failed = 1;
+            return tly_err_set(err, TALLY_EIO, "store: purging dead letters failed");
+        }
+    }
+    return TALLY_OK;
+}
+
+int store_purge(store *s, int dest_id, int64_t upto, int dead, int64_t *purged, tly_err *err)
+{
+    *purged = 0;
+    int rc = store_begin(s, err);
+    if (rc) return rc;
+    int64_t before = s->rows;
+    if ((rc = delete_range(s, dest_id, 0, upto, err))) return rc;
+    *purged = before - s->rows;
+    return dead ? purge_dead(s, dest_id, purged, err) : TALLY_OK;
+}
+
 int store_dead(store *s, int dest_id, const store_cursor *c, int status, const char *reason, tly_err *err)
 {
     assert(cursor_ok(s, c));

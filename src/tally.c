@@ -45,6 +45,9 @@ static void free_handle(tally_t *t, int req_ready)
     if (req_ready) requests_destroy(&t->req);
     pthread_mutex_destroy(&t->ident_mu);
     pthread_mutex_destroy(&t->rules_mu);
+    pthread_mutex_destroy(&t->consent_mu);
+    consent_free(&t->consent);
+    free(t->consent_prefs);
     config_clear(&t->cfg);
     free(t->identity_snapshot);
     free(t);
@@ -61,6 +64,7 @@ int tally_open(const tally_config *cfg, tally_t **out)
     t->proc_wake_fd = t->work_wake_fd = -1;
     pthread_mutex_init(&t->ident_mu, NULL);
     pthread_mutex_init(&t->rules_mu, NULL);
+    pthread_mutex_init(&t->consent_mu, NULL);
     tly_err err = {""};
     int req_ready = requests_init(&t->req, &err) == TALLY_OK;
     if (!req_ready) {
@@ -73,6 +77,10 @@ int tally_open(const tally_config *cfg, tally_t **out)
     if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : tly_publish(config_apply_env(&t->cfg, &err), &err);
     if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : tly_publish(config_resolve_dests(&t->cfg, &err), &err);
     if (!rc) config_store_defaults(&t->cfg);
+    if (!rc) rc = tly_publish(consent_open(&t->consent, t->cfg.dests, t->cfg.ndests, &err), &err);
+    if (!rc && t->cfg.consent_required && t->cfg.mode == MODE_SERVER)
+        rc = tly_fail(TALLY_ECONFIG, "consent_required: only in client mode (in server mode each message's own "
+                      "context.consent decides, and consent_default the rest)");
     t->log = (tly_logger){t->cfg.log_fn, t->cfg.log_ud, t->cfg.log_level};
     t->fork_gen = atomic_load(&fork_gen);
     tly_clock_init();
@@ -118,9 +126,10 @@ int tally_close(tally_t *t, int timeout_ms)
 static size_t ids_reserve(tally_t *t)
 {
     if (t->cfg.mode == MODE_SERVER) return 0;
+    size_t consent = atomic_load_explicit(&t->consent_stamp, memory_order_relaxed);
     size_t applied = atomic_load_explicit(&t->stamp_ids, memory_order_relaxed);
     size_t pending = (size_t)(atomic_load_explicit(&t->stamp_pending, memory_order_relaxed) & STAMP_PENDING_BOUND);
-    return applied > pending ? applied : pending;
+    return (applied > pending ? applied : pending) + consent;
 }
 
 /* An identify is about to be queued: until it is applied, every call reserves `bound`. */
@@ -151,7 +160,7 @@ static int enqueue(tally_t *t, int kind, const char *s1, size_t l1, const char *
     }
     /* Control records are not messages. Counting them (rare) instead of the messages keeps a
      * locked add off every call: accepted = records queued - control records (tally_stats). */
-    int control = kind == REC_RESET || kind == REC_SESSION_START;
+    int control = kind == REC_RESET || kind == REC_SESSION_START || kind == REC_CONSENT;
     if (control) atomic_fetch_add_explicit(&t->n.control, 1, memory_order_relaxed);
     int dropped_oldest;
     if (intake_push(&t->q, r, &dropped_oldest)) {
@@ -307,6 +316,38 @@ int tally_reset(tally_t *t)
     return enqueue(t, REC_RESET, NULL, 0, NULL, 0, NULL, 0, 0);
 }
 
+/* Merged here, on the caller's thread, so a bad or too large result is the caller's error; the
+ * lock keeps merges and their records in one order, so the last call's preferences win. */
+int tally_consent(tally_t *t, const char *json)
+{
+    int rc = usable(t);
+    if (rc) return rc;
+    tly_err err;
+    if (!json) return tly_fail(TALLY_EINVAL, "consent: NULL");
+    if (t->cfg.mode == MODE_SERVER)
+        return tly_fail(TALLY_EINVAL, "consent: not in server mode (each message's own context.consent decides, "
+                        "consent_default the rest)");
+    char *merged = NULL;
+    pthread_mutex_lock(&t->consent_mu);
+    rc = consent_merge(&t->consent, t->consent_prefs, json, strlen(json), &merged, &err);
+    if (rc) {
+        tly_publish(rc, &err);
+    } else {
+        /* raised before the record is queued: a call queued after it reserves room for the stamp */
+        size_t stamp = sizeof ",\"consent\":{\"categoryPreferences\":}" - 1 + strlen(merged);
+        if (stamp > atomic_load(&t->consent_stamp)) atomic_store(&t->consent_stamp, stamp);
+        rc = enqueue(t, REC_CONSENT, NULL, 0, NULL, 0, merged, strlen(merged), 0);
+    }
+    if (!rc) {
+        free(t->consent_prefs);
+        t->consent_prefs = merged;
+    } else {
+        free(merged);
+    }
+    pthread_mutex_unlock(&t->consent_mu);
+    return rc;
+}
+
 int tally_session_start(tally_t *t)
 {
     int rc = usable(t);
@@ -388,12 +429,16 @@ int tally_stats(tally_t *t, char **json_out)
         if (!d->ops) continue;
         tbuf_puts(&b, i ? ",{\"name\":" : "{\"name\":");
         tj_write_string(&b, d->name, strlen(d->name));
-        tbuf_printf(&b, ",\"delivered\":%llu,\"failed\":%llu,\"retried\":%llu,\"batches\":%llu}",
+        tbuf_printf(&b, ",\"delivered\":%llu,\"failed\":%llu,\"retried\":%llu,\"batches\":%llu,"
+                    "\"consent_withheld\":%llu,\"consent_purged\":%llu}",
                     (unsigned long long)atomic_load(&d->delivered), (unsigned long long)atomic_load(&d->failed),
-                    (unsigned long long)atomic_load(&d->retried), (unsigned long long)atomic_load(&d->batches));
+                    (unsigned long long)atomic_load(&d->retried), (unsigned long long)atomic_load(&d->batches),
+                    (unsigned long long)atomic_load(&d->consent_withheld),
+                    (unsigned long long)atomic_load(&d->consent_purged));
     }
-    tbuf_printf(&b, "],\"violations\":%llu,\"rule_dropped\":%llu,\"rules\":",
-                (unsigned long long)atomic_load(&t->n.violations), (unsigned long long)atomic_load(&t->n.rule_dropped));
+    tbuf_printf(&b, "],\"violations\":%llu,\"rule_dropped\":%llu,\"opted_out\":%llu,\"rules\":",
+                (unsigned long long)atomic_load(&t->n.violations), (unsigned long long)atomic_load(&t->n.rule_dropped),
+                (unsigned long long)atomic_load(&t->n.opted_out));
     pthread_mutex_lock(&t->rules_mu);
     rules_stats(t->rules, &b);
     pthread_mutex_unlock(&t->rules_mu);

@@ -50,6 +50,9 @@ typedef struct dest_state {
     int        stale;        /* a rollback changed the rows under batches in flight: recount after them */
     tbuf       chunk;        /* messages not stored yet, joined by NUL bytes (store_impl.h) */
     int        chunk_n;
+    int        consent_hold; /* consent_required and no decision yet: kept in the store, not sent */
+    int        purge_due;    /* consent revoked while batches were in flight: purge once they settle */
+    int64_t    purge_upto;   /* the last row queued before the revocation */
 } dest_state;
 
 /* What the open transaction wrote that must survive it failing: the chunks it appended and the
@@ -93,6 +96,7 @@ struct worker {
     int         held_back;   /* store_on_full=block is holding rows back (logged once per spell) */
     int         chunk_max_n; /* a chunk is at most a batch, and never more than the store holds */
     size_t      chunk_max_bytes;
+    consent_state consent;   /* the preferences the rows taken so far were stamped under */
 };
 
 /* ---- rows from the processor -> chunks -> the store ---- */
@@ -295,6 +299,66 @@ static void rule_drops_row(struct worker *w, const char *data, size_t len)
     if (n > 0 && n <= INT_MAX) rule_drops_add(w, data, cls, (int)n);
 }
 
+/* ---- consent: purge and release ---- */
+
+static void purge_now(tally_t *t, struct worker *w, size_t i)
+{
+    dest_state *s = &w->ds[i];
+    int64_t n = 0;
+    tly_err e; /* a failed write is logged by the store and fails the commit, which recounts */
+    s->purge_due = 0;
+    if (store_purge(w->st, s->store_id, s->purge_upto, 1, &n, &e) == TALLY_OK && n) {
+        store_count(w->st, s->store_id, "consent_purged", n, &e);
+        atomic_fetch_add(&t->dests[i].consent_purged, (uint64_t)n);
+        tly_log(&t->log, TALLY_LOG_INFO, "%s: consent withdrawn: %lld queued and dead-lettered messages deleted",
+                t->dests[i].name, (long long)n);
+    }
+    s->pending = count_pending(w, s);
+    s->sent = 0;
+}
+
+/* Everything queued for destination i before now goes: what is being gathered at once, the stored
+ * rows and dead letters at once or, when batches are out, once they settle (a batch handed to a
+ * destination cannot be called back; it is removed when its answer comes). */
+static void purge_dest(tally_t *t, struct worker *w, size_t i)
+{
+    dest_state *s = &w->ds[i];
+    if (s->chunk_n) {
+        atomic_fetch_add(&t->dests[i].consent_purged, (uint64_t)s->chunk_n);
+        tly_err e;
+        store_count(w->st, s->store_id, "consent_purged", s->chunk_n, &e);
+        s->pending -= s->chunk_n;
+        tbuf_reset(&s->chunk);
+        s->chunk_n = 0;
+    }
+    s->purge_due = 1;
+    s->purge_upto = store_last_id(w->st);
+    if (!s->nf) purge_now(t, w, i);
+}
+
+/* A ROW_CONSENT row: the preferences every later row was stamped under. Kept in meta (in this
+ * transaction, with the rows before it); a destination they no longer allow loses what is queued
+ * for it (the first decision under consent_required: what was held); the others are released. */
+static void consent_row(tally_t *t, struct worker *w, const char *text)
+{
+    consent_state cs;
+    tly_err e;
+    if (consent_state_of(&t->consent, text, &cs, &e)) { /* checked by the caller: out of memory */
+        tly_log(&t->log, TALLY_LOG_ERROR, "consent: cannot apply the new preferences in the store: %s", e.msg);
+        return;
+    }
+    meta_set(w, CONSENT_META_KEY, text);
+    const consent_state *old = &w->consent;
+    for (size_t i = 0; i < t->ndests; i++) {
+        uint64_t need = t->consent.need[i];
+        int now_ok = !cs.opted_out && consent_allows(need, cs.granted);
+        int was_ok = old->decided && !old->opted_out && consent_allows(need, old->granted);
+        if (!now_ok && (was_ok || !old->decided || cs.opted_out)) purge_dest(t, w, i);
+        w->ds[i].consent_hold = 0;
+    }
+    w->consent = cs;
+}
+
 static int drain(tally_t *t, struct worker *w, int budget)
 {
     int n = 0;
@@ -303,6 +367,7 @@ static int drain(tally_t *t, struct worker *w, int budget)
     while (n < budget && w->log.bytes < w->log_max && !paused(t, w) && rowq_peek(t->rows, &r)) {
         if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
         else if (r.dest == ROW_RULE_DROPS) rule_drops_row(w, r.data, r.len);
+        else if (r.dest == ROW_CONSENT) consent_row(t, w, r.data);
         else meta_set(w, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
         rowq_release(t->rows);
         n++;
@@ -485,6 +550,7 @@ static void settle(tally_t *t, struct worker *w, size_t i)
             if (!s->nf) s->sent = s->stale = 0;
         }
     }
+    if (s->purge_due && !s->nf) purge_now(t, w, i);
 }
 
 static void outcome(tally_t *t, struct worker *w, size_t i, flight *f, const dest_outcome *o)
@@ -560,6 +626,7 @@ static int backing_off(const dest_state *s)
 static int64_t loadable(tally_t *t, const dest_state *s)
 {
     int64_t unsent = s->pending - s->sent;
+    if (s->consent_hold || s->purge_due) return 0;
     return s->nf >= t->cfg.max_in_flight || unsent <= 0 || backing_off(s) ? 0 : unsent;
 }
 
@@ -646,6 +713,7 @@ static int64_t delivered_frontier(tally_t *t, struct worker *w)
     for (size_t i = 0; i < t->ndests; i++) {
         int64_t oldest;
         tly_err e;
+        if (w->ds[i].consent_hold) continue; /* kept for the first consent decision, not for delivery */
         if (store_oldest(w->st, w->ds[i].store_id, &oldest, &e)) return 0; /* unknown: nothing is done */
         if (oldest < frontier) frontier = oldest;
     }
@@ -794,6 +862,17 @@ static void warn_orphan(void *ud, const char *name, int64_t rows)
             (long long)rows, name);
 }
 
+/* Before the first decision under consent_required, what a previous run queued stays held. */
+static void load_consent(tally_t *t, struct worker *w)
+{
+    char *prefs = NULL;
+    tly_err e; /* the processor reads the same key at open and reports what is wrong with it */
+    if (!store_meta_get(w->st, CONSENT_META_KEY, &prefs, &e) && consent_state_of(&t->consent, prefs, &w->consent, &e))
+        memset(&w->consent, 0, sizeof w->consent);
+    free(prefs);
+    for (size_t i = 0; i < t->ndests; i++) w->ds[i].consent_hold = t->cfg.consent_required && !w->consent.decided;
+}
+
 static int register_dests(tally_t *t, struct worker *w, tly_err *err)
 {
     int64_t now = tly_clock_mono(t);
@@ -807,6 +886,7 @@ static int register_dests(tally_t *t, struct worker *w, tly_err *err)
         s->since_ms = now - t->cfg.flush_interval_ms;
     }
     if (tly_fault() || store_commit(w->st, err)) return tly_err_set(err, TALLY_EIO, "store: cannot write");
+    if (t->cfg.mode != MODE_SERVER) load_consent(t, w);
     store_each_queued_dest(w->st, warn_orphan, t, &e); /* a warning only: its failure is logged */
     return TALLY_OK;
 }

@@ -23,7 +23,7 @@ static const struct {
 };
 
 static const char *const commands[] = {"track", "identify", "page", "screen", "group", "alias",
-                                       "send", "check", "inspect", "report", "help", "version", NULL};
+                                       "send", "check", "inspect", "report", "help", "version", "consent", NULL};
 
 /* Flags of the CLI itself (not message fields, not configuration keys). */
 static const char *const cli_flags[] = {"type", "config", "json", "wait_ms", "help", "version", NULL};
@@ -69,7 +69,7 @@ static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
     char quoted[80];
     snprintf(quoted, sizeof quoted, "%.60s", cmd);
     return fail(err, errlen, "unknown command \"%s\"%s; commands: track, identify, page, screen, group, alias, "
-                "send, check, inspect, report, help, version", quoted, hint);
+                "send, check, inspect, report, help, version, consent", quoted, hint);
 }
 
 static int is_switch(const char *name, size_t nlen)
@@ -122,7 +122,7 @@ static int parse_flag(cli_opts *o, const char *name, size_t nlen, const char *va
 static void arity(const char *cmd, int *min, int *max)
 {
     *min = *max = 0;
-    if (!strcmp(cmd, "send") || !strcmp(cmd, "check") || !strcmp(cmd, "help")) *max = 1;
+    if (!strcmp(cmd, "send") || !strcmp(cmd, "check") || !strcmp(cmd, "help") || !strcmp(cmd, "consent")) *max = 1;
     else if (!strcmp(cmd, "inspect")) *min = *max = 1;
 }
 

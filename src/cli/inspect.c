@@ -12,7 +12,7 @@
 #include "json.h"
 #include "store.h"
 
-static const char *const counters[] = {"queued", "delivered", "retried", "dead_lettered", "dropped"};
+static const char *const counters[] = {"queued", "delivered", "retried", "dead_lettered", "dropped", "consent_purged"};
 #define NCOUNTERS (sizeof counters / sizeof *counters)
 
 static long long int_of(const tj_value *d, const char *key)

@@ -29,6 +29,9 @@ static const struct { const char *cmd, *text; } usages[] = {
                 "                                     (by_rule, failed_closed, disabled); --json: the schema in README\n"},
     {"rules", "  tally rules keygen|pack|verify|test   signed rule bundles: sign, check, self-test (rules --help)\n"},
     {"report", "  tally report --events=DB [--store=S] [--plan=RULE.lua] [-o FILE]   HTML audit (report --help)\n"},
+    {"consent", "  tally consent --store=S (--config=FILE | --destinations=JSON) JSON   merge the device's consent\n"
+                "                                     preferences ({\"analytics\":true}; false: opt out) into S,\n"
+                "                                     purging what the destinations' categories no longer allow\n"},
 };
 
 static const char usage_single[] =
@@ -57,7 +60,9 @@ static void print_usage(const char *cmd)
     printf("usage: tally COMMAND [--flag=value ...]\n");
     for (size_t i = 0; i < sizeof usages / sizeof *usages; i++)
         if (all || !strcmp(cmd, usages[i].cmd)) fputs(usages[i].text, stdout);
-    if (all || (strcmp(cmd, "send") && strcmp(cmd, "check") && strcmp(cmd, "inspect") && strcmp(cmd, "report"))) fputs(usage_single, stdout);
+    if (all || (strcmp(cmd, "send") && strcmp(cmd, "check") && strcmp(cmd, "inspect") && strcmp(cmd, "report") &&
+                strcmp(cmd, "consent")))
+        fputs(usage_single, stdout);
     fputs(usage_common, stdout);
 }
 
@@ -266,6 +271,29 @@ static int run_send(const cli_opts *o, tally_config *cfg)
     return rc ? rc : bad ? 2 : 0;
 }
 
+/* The preferences live in the store, and what they purge depends on the destinations' consent
+ * categories: so the application's store and destinations, opened as the application does. */
+static int run_consent(const cli_opts *o, tally_config *cfg)
+{
+    if (!has_store(o)) return die(2, "--store", "required: the consent preferences are kept in the store");
+    if (o->npositional != 1) return die(2, "consent", "expected the preferences: tally consent --store=S '{\"analytics\":true}'");
+    /* Held, whatever the application sets: rows queued before the decision must not go out
+     * before it is applied (it is the first record; a decided store holds nothing). */
+    if (tally_config_set(cfg, "consent_required", "true") != TALLY_OK) return die(2, "", tally_errmsg(NULL));
+    tally_t *t;
+    if (tally_open(cfg, &t) != TALLY_OK) return die(2, "", tally_errmsg(NULL));
+    if (tally_consent(t, o->positional[0]) != TALLY_OK) {
+        char msg[600];
+        snprintf(msg, sizeof msg, "%s", tally_errmsg(t));
+        tally_close(t, 0);
+        return die(2, "", msg);
+    }
+    int rc = tally_flush(t, o->wait_ms);
+    tally_close(t, 0);
+    if (rc != TALLY_OK) return die(1, "consent", "applied and stored, but not everything queued was delivered within --wait_ms");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cli_opts o;
@@ -296,7 +324,8 @@ int main(int argc, char **argv)
     int single = strcmp(o.command, "send") && strcmp(o.command, "check") && strcmp(o.command, "inspect");
     int rc = configure(&o, cfg, single);
     if (!rc) {
-        if (single) rc = run_single(&o, cfg);
+        if (!strcmp(o.command, "consent")) rc = run_consent(&o, cfg);
+        else if (single) rc = run_single(&o, cfg);
         else if (!strcmp(o.command, "send")) rc = run_send(&o, cfg);
         else rc = die(2, o.command, "not available in this build yet");
     }

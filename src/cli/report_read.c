@@ -598,7 +598,7 @@ static void read_dest(sqlite3 *db, rep_dest *r, int id)
             if (!strcmp(n, "delivered")) r->delivered = v;
             else if (!strcmp(n, "retried")) r->retried = v;
             else if (!strcmp(n, "dropped")) r->dropped = v;
-            else if (!strcmp(n, "purged")) r->purged = v;
+            else if (!strcmp(n, "purged") || !strcmp(n, "consent_purged")) r->purged += v;
         }
         sqlite3_finalize(st);
     }

@@ -497,6 +497,20 @@ static int l_reset(lua_State *L)
     return status(L, b->t, tally_reset(b->t));
 }
 
+/* t:consent{analytics = true, advertising = false} merges the device's preferences; t:consent(false)
+ * opts out (tally_consent). Handles only: mods get no such function, consent is the host's. */
+static int l_consent(lua_State *L)
+{
+    binding *b = check_handle(L);
+    if (lua_isboolean(L, 2) && !lua_toboolean(L, 2)) return status(L, b->t, tally_consent(b->t, "false"));
+    luaL_checktype(L, 2, LUA_TTABLE);
+    build bd = {L, get_scratch(L), ""};
+    tj_value *prefs;
+    if (convert_object(&bd, 2, "consent", &prefs)) return fail(L, bd.err);
+    if (tj_write(&bd.s->out, prefs) || bd.s->out.oom) return fail(L, "out of memory");
+    return status(L, b->t, tally_consent(b->t, bd.s->out.data));
+}
+
 static int l_session_start(lua_State *L)
 {
     binding *b = check_handle(L);
@@ -803,6 +817,7 @@ static const luaL_Reg handle_methods[] = {
     {"alias", l_alias},
     {"send", l_send},
     {"reset", l_reset},
+    {"consent", l_consent},
     {"session_start", l_session_start},
     {"flush", l_flush},
     {"reload", l_reload},

@@ -124,7 +124,7 @@ assert set(d) == {"store", "destinations", "rule_drops"}, d
 assert d["rule_drops"] == {"total": 0, "by_rule": 0, "failed_closed": 0, "disabled": 0, "rules": []}, d
 assert len(d["destinations"]) == 1, d
 for dest in d["destinations"]:
-    assert set(dest) == {"name", "queued", "delivered", "retried", "dead_lettered", "dropped", "recent_dead"}, dest
+    assert set(dest) == {"name", "queued", "delivered", "retried", "dead_lettered", "dropped", "consent_purged", "recent_dead"}, dest
     assert all(isinstance(dest[k], int) for k in ("queued", "delivered", "retried", "dead_lettered", "dropped")), dest
     assert dest["delivered"] == 2 and dest["retried"] == 0 and dest["dead_lettered"] == 0 and dest["dropped"] == 0, dest
 PY
