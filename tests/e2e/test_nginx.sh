@@ -256,7 +256,9 @@ check("encode refuses a cycle", enc(cyc), nil)
 -- issue 14 #5: a 2-way cycle or a 40-level DAG (t = {a = u, b = u}) was walked as a tree
 local ca, cb = {}, {}
 ca.x, ca.y, cb.x, cb.y = cb, cb, ca, ca
-check("encode refuses a 2-way cycle at once", select(2, enc(ca)), 'cycle: the table contains itself (in "x") (in "x")')
+-- (LuaJIT seeds its string hash per process, so pairs() may visit x or y first)
+check("encode refuses a 2-way cycle at once",
+      (select(2, enc(ca)) or ""):match('^cycle: the table contains itself %(in "[xy]"%) %(in "[xy]"%)$') ~= nil, true)
 local dag = "leaf"
 for _ = 1, 40 do dag = { a = dag, b = dag } end
 local t0 = os.clock()
@@ -265,7 +267,10 @@ check("encode stops a 40-level DAG at the message limit", dag_json == nil and da
 check("encode stops a 40-level DAG quickly", os.clock() - t0 < 2, true)
 local small = { 1 }
 for _ = 1, 2 do small = { a = small, b = small } end
-check("encode writes a shared table at each place", enc(small), '{"a":{"a":[1],"b":[1]},"b":{"a":[1],"b":[1]}}')
+local small_json = enc(small) or ""
+local sd = tally.decode(small_json)
+check("encode writes a shared table at each place", #small_json == 45 and sd and sd.a.a[1] == 1 and sd.a.b[1] == 1
+      and sd.b.a[1] == 1 and sd.b.b[1] == 1, true)
 check("encode refuses a function", enc(print), nil)
 local d = tally.decode('{"a":[1,2.5,"x\\u00e9\\ud83d\\ude00",true,null],"b":{}}')
 check("decode string escapes", d and d.a[3], "xé😀")
@@ -450,7 +455,8 @@ grep -qE 'tally: cannot open|init_worker_by_lua error' "$tmp/error.log" && { che
 curl -s --max-time 10 -b tally_aid=selftest-aid "$base/__tally_selftest" >"$tmp/selftest.out"
 sed 's/^/#   /' "$tmp/selftest.out" | grep -E 'FAIL|cjson'
 grep -q '^selftest: passed$' "$tmp/selftest.out"
-check "binding API inside nginx ($(grep -c '^ok ' "$tmp/selftest.out") checks)" $?
+rc=$? # taken before the count below: a command substitution in check's arguments would reset $?
+check "binding API inside nginx ($(grep -c '^ok ' "$tmp/selftest.out") checks)" $rc
 cjson=$(sed -n 's/^cjson: //p' "$tmp/selftest.out")
 
 # ---------------------------------------------------------------- 1b. privacy options
