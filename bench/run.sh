@@ -37,7 +37,7 @@ die() { echo "bench: $*" >&2; exit 1; }
 have_all() {
     command -v nginx >/dev/null && [ -e /usr/lib/nginx/modules/ngx_http_lua_module.so ] &&
         command -v node >/dev/null && command -v npm >/dev/null &&
-        command -v python3 >/dev/null && command -v curl >/dev/null
+        command -v python3 >/dev/null && command -v curl >/dev/null && command -v wrk >/dev/null
 }
 if ! have_all; then
     echo "bench: installing missing components (scripts/deps.sh bench)"
@@ -50,6 +50,7 @@ command -v node >/dev/null || die "node is missing (Debian: nodejs)"
 command -v npm >/dev/null || die "npm is missing (Debian: npm)"
 command -v python3 >/dev/null || die "python3 is missing"
 command -v curl >/dev/null || die "curl is missing"
+command -v wrk >/dev/null || die "wrk is missing (Debian: wrk)"
 node -e 'process.exit(+process.versions.node.split(".")[0] >= 18 ? 0 : 1)' ||
     die "node $(node --version) is too old for @segment/analytics-node $SEGMENT_VERSION (needs 18+, declares 20+)"
 
@@ -177,6 +178,12 @@ done
 # tally report over 1,000,000 events: its own fixture and figures (bench/report_scale.sh)
 if [[ "report 1M" =~ $CASES ]]; then
     BUILD=$BUILD bash bench/report_scale.sh || failures=$((failures + 1))
+fi
+
+# what tracking costs an nginx (no logging, a JSON access_log line, resty.tally's page): its own
+# table (bench/nginx.sh), against this collector
+if [[ "nginx overhead" =~ $CASES ]]; then
+    BUILD=$BUILD COLLECTOR_BASE=$base bash bench/nginx.sh || failures=$((failures + 1))
 fi
 
 finished=$(date +%s)

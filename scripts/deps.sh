@@ -10,7 +10,7 @@ check_only=
 
 build_pkgs="gcc make pkg-config dpkg-dev liblua5.4-dev lua5.4 lua-cjson lua-cjson-dev libcurl4-openssl-dev libssl-dev libsqlite3-dev sqlite3 zlib1g-dev"
 test_pkgs="lua-busted python3 clang libclang-rt-14-dev nginx-light libnginx-mod-http-lua openssl luarocks chromium"
-bench_pkgs="nodejs npm time"
+bench_pkgs="nodejs npm time wrk"
 
 pkgs=$build_pkgs
 case $want in

@@ -430,16 +430,42 @@ static void processor_sleep(tally_t *t)
     atomic_store(&t->proc_sleeping, 0);
 }
 
+/* A host that sends a steady trickle (an nginx worker: one message per request, tens of
+ * thousands a second) made every call pay a wake: the caller's eventfd write, then this thread's
+ * trip through poll and a drain of one record, and the worker's wake and commit after it. So
+ * once a drain found work, the processor waits up to NAP_MS for more without setting
+ * proc_sleeping: callers see it awake and skip the write, and the next drain takes everything that
+ * came meanwhile. Forced wakes (flush, reload, stop: tly_wake_all) still end the nap at once. The
+ * price is at most NAP_MS more before a message reaches the worker. */
+#define NAP_MS 1
+
+static void processor_nap(tally_t *t)
+{
+    struct pollfd pfd = {t->proc_wake_fd, POLLIN, 0};
+    if (poll(&pfd, 1, NAP_MS) > 0) {
+        uint64_t v;
+        ssize_t r = read(t->proc_wake_fd, &v, sizeof v);
+        (void)r;
+    }
+}
+
 void *processor_main(void *arg)
 {
     tally_t *t = arg;
     struct processor *p = t->proc;
+    int busy = 0; /* a drain found work since the last nap */
     for (;;) {
         int did = drain(t, p, 256);
         int state = idle_state(t);
         if (state < 0) serve_reloads(t, p);
+        if (did) busy = 1;
         if (did || state < 0) continue;
         if (state == 1 && intake_position(&t->q) == intake_taken(&t->q)) break;
+        if (busy) {
+            busy = 0;
+            processor_nap(t);
+            continue;
+        }
         processor_sleep(t);
     }
     atomic_store(&t->proc_done, 1);

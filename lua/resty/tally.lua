@@ -421,11 +421,15 @@ end
 
 -- ---------------------------------------------------------------- request helpers (nginx only)
 
+-- The date part is kept for the last second formatted: os.date is not compiled by LuaJIT, and a
+-- busy worker logs many requests per second.
+local iso_sec, iso_prefix = nil, nil
 local function iso8601(sec)
     local whole = floor(sec)
     local ms = floor((sec - whole) * 1000 + 0.5)
     if ms >= 1000 then whole, ms = whole + 1, ms - 1000 end
-    return os.date("!%Y-%m-%dT%H:%M:%S", whole) .. format(".%03dZ", ms)
+    if whole ~= iso_sec then iso_sec, iso_prefix = whole, os.date("!%Y-%m-%dT%H:%M:%S.", whole) end
+    return iso_prefix .. format("%03dZ", ms)
 end
 _M.iso8601 = iso8601
 
@@ -441,9 +445,18 @@ local function clip(s, max)
     return sub(s, 1, cut)
 end
 
+local function get_var(name) return ngx.var[name] end
+
+-- req_var for code that knows it runs in a request: no pcall (see request_anonymous_id)
+local function in_req_var(name)
+    local v = ngx.var[name]
+    if v ~= nil and v ~= "" then return v end
+    return nil
+end
+
 local function req_var(name)
     if not ngx then return nil end
-    local ok, v = pcall(function() return ngx.var[name] end) -- raises outside a request
+    local ok, v = pcall(get_var, name) -- raises outside a request; no closure per call
     if ok and v ~= nil and v ~= "" then return v end
     return nil
 end
@@ -555,6 +568,130 @@ function _M.ensure_anonymous_id_cookie(name, opts)
     return id
 end
 
+-- ---------------------------------------------------------------- privacy: ip, consent
+
+local function ipv4_prefix(s) -- "a.b.c." of a dotted quad with every octet <= 255, else nil
+    local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
+    if not a or #a > 3 or #b > 3 or #c > 3 or #d > 3 or tonumber(a) > 255 or tonumber(b) > 255 or
+        tonumber(c) > 255 or tonumber(d) > 255 then
+        return nil
+    end
+    return tonumber(a), tonumber(b), tonumber(c)
+end
+
+-- The 8 groups of an IPv6 address (a zone "%eth0" is ignored), or nil.
+local function ipv6_groups(s)
+    s = s:gsub("%%.*$", "")
+    if s == "" or s:find("[^%x:.]") then return nil end
+    local head, tail = s, nil
+    local dc = s:find("::", 1, true)
+    if dc then
+        head, tail = s:sub(1, dc - 1), s:sub(dc + 2)
+        if tail:find("::", 1, true) then return nil end
+    end
+    local function parse(part, out, v4_ok)
+        if part == "" then return true end
+        local list = {}
+        for g in (part .. ":"):gmatch("([^:]*):") do list[#list + 1] = g end
+        for i, g in ipairs(list) do
+            if v4_ok and i == #list and g:find(".", 1, true) then
+                local a, b, c = ipv4_prefix(g)
+                if not a then return false end
+                local d = tonumber(g:match("(%d+)$"))
+                out[#out + 1] = a * 256 + b
+                out[#out + 1] = c * 256 + d
+            elseif #g >= 1 and #g <= 4 and not g:find("[^%x]") then
+                out[#out + 1] = tonumber(g, 16)
+            else
+                return false
+            end
+        end
+        return true
+    end
+    local h, t = {}, {}
+    if not parse(head, h, tail == nil) or (tail and not parse(tail, t, true)) then return nil end
+    if tail == nil then return #h == 8 and h or nil end
+    if #h + #t > 7 then return nil end
+    for _ = 1, 8 - #h - #t do h[#h + 1] = 0 end
+    for _, g in ipairs(t) do h[#h + 1] = g end
+    return h
+end
+
+-- anonymize_ip(s) -> address | nil
+-- s with its host part zeroed: IPv4 keeps 24 bits ("203.0.113.7" -> "203.0.113.0"), IPv6 keeps 48
+-- ("2001:db8:85a3:8d3:1319:8a2e:370:7348" -> "2001:db8:85a3::", RFC 5952 text), an IPv4-mapped
+-- IPv6 address is treated as IPv4 ("::ffff:203.0.113.0"). nil when s is not an address: the
+-- caller then drops it rather than send something it could not anonymize. The same result as
+-- the tally.privacy rule's ip = "anonymize".
+function _M.anonymize_ip(s)
+    if type(s) ~= "string" then return nil end
+    local a, b, c = ipv4_prefix(s)
+    if a then return a .. "." .. b .. "." .. c .. ".0" end
+    local g = ipv6_groups(s)
+    if not g then return nil end
+    if g[1] == 0 and g[2] == 0 and g[3] == 0 and g[4] == 0 and g[5] == 0 and g[6] == 0xffff then
+        return format("::ffff:%d.%d.%d.0", floor(g[7] / 256), g[7] % 256, floor(g[8] / 256))
+    end
+    -- the 5 zero groups at the end are the longest zero run, so "::" goes there (or earlier, when
+    -- the kept groups end in zeros too)
+    local keep = 3
+    while keep > 0 and g[keep] == 0 do keep = keep - 1 end
+    local parts = {}
+    for k = 1, keep do parts[k] = format("%x", g[k]) end
+    return concat(parts, ":") .. "::"
+end
+
+local MAX_CONSENT_BYTES, MAX_CONSENT_CATEGORIES = 1024, 32
+
+-- parse_consent(text) -> { category = boolean, ... } | nil, err
+-- The consent a request carries (consent_cookie / consent_header): either a list of
+-- category=value pairs separated by "," "&" or ";" ("analytics=1,advertising=0"; values 1, 0,
+-- true, false, yes, no), or a JSON object of booleans ({"analytics":true}). Percent-encoding (as
+-- cookies often carry it) is decoded first. Category ids are 1-64 bytes of letters, digits and
+-- "_-.:"; at most 32 categories in at most 1024 bytes.
+local consent_values = { ["1"] = true, ["true"] = true, yes = true, ["0"] = false, ["false"] = false, no = false }
+
+function _M.parse_consent(text)
+    if type(text) ~= "string" or text == "" then return nil, "empty" end
+    if #text > MAX_CONSENT_BYTES then return nil, "longer than " .. MAX_CONSENT_BYTES .. " bytes" end
+    if text:find("%", 1, true) then
+        text = ngx and ngx.unescape_uri(text) or text:gsub("%%(%x%x)", function(h) return char(tonumber(h, 16)) end)
+    end
+    local prefs, n = {}, 0
+    local function add(k, v)
+        if type(k) ~= "string" or #k == 0 or #k > 64 or k:find("[^%w_%-%.:]") then
+            return nil, "category id \"" .. clip(fix_utf8(tostring(k)), 64) .. "\" is not 1-64 of letters, digits, _-.:"
+        end
+        if type(v) ~= "boolean" then return nil, "category \"" .. k .. "\" is not a boolean" end
+        if prefs[k] == nil then n = n + 1 end
+        if n > MAX_CONSENT_CATEGORIES then return nil, "more than " .. MAX_CONSENT_CATEGORIES .. " categories" end
+        prefs[k] = v
+        return true
+    end
+    if text:find("^%s*{") then
+        local obj, err = _M.decode(text)
+        if type(obj) ~= "table" or getmetatable(obj) == array_mt then return nil, err or "not a JSON object" end
+        for k, v in pairs(obj) do
+            local ok, aerr = add(k, v)
+            if not ok then return nil, aerr end
+        end
+    else
+        for pair in (text .. ","):gmatch("([^,&;]*)[,&;]") do
+            pair = pair:match("^%s*(.-)%s*$")
+            if pair ~= "" then
+                local k, v = pair:match("^([^=]*)=(.*)$")
+                if not k then return nil, "\"" .. clip(fix_utf8(pair), 64) .. "\" is not category=value" end
+                local b = consent_values[v:lower()]
+                if b == nil then return nil, "category \"" .. clip(fix_utf8(k), 64) .. "\": value \"" .. clip(fix_utf8(v), 16) .. "\" is not 1/0/true/false/yes/no" end
+                local ok, aerr = add(k, b)
+                if not ok then return nil, aerr end
+            end
+        end
+    end
+    if n == 0 then return nil, "no categories" end
+    return prefs
+end
+
 -- ---------------------------------------------------------------- per-worker store slots
 
 -- claim_store(dir [, opts]) -> store path | nil, err
@@ -642,7 +779,8 @@ T.__index = T
 
 -- Keys of new() that belong to this binding; every other key goes to tally_config_set.
 local binding_keys = { lib = true, json = true, config_file = true, anonymous_id_cookie = true,
-                       anonymous_id_header = true, anonymous_id_fallback = true }
+                       anonymous_id_header = true, anonymous_id_fallback = true, anonymize_ip = true,
+                       consent_cookie = true, consent_header = true }
 
 local function config_value(k, v)
     local tv = type(v)
@@ -684,6 +822,14 @@ end
 --   anonymous_id_cookie   cookie holding the anonymous id (e.g. "tally_aid")
 --   anonymous_id_header   request header holding it (e.g. "X-Anonymous-Id")
 --   anonymous_id_fallback "ip_ua": else derive one from a hash of client address and user agent
+--   anonymize_ip          true: context.ip of every message leaves the binding with its host part
+--                         zeroed (see anonymize_ip), or without an ip when it is not an address
+--   consent_cookie        cookie holding the request's consent (see parse_consent), e.g. "consent"
+--   consent_header        request header holding it, e.g. "X-Consent" (wins over the cookie)
+--                         Their preferences become context.consent.categoryPreferences of messages
+--                         sent during the request that bring no context.consent of their own. A
+--                         request without one, or with one that does not parse (logged once per
+--                         worker), sends no consent: libtally's consent_default then decides.
 -- mode defaults to "server" here (not the library's "client"): a worker serves many users, so
 -- each message names its own, and a message without userId or anonymousId is refused.
 function _M.new(cfg)
@@ -700,6 +846,15 @@ function _M.new(cfg)
     end
     if cfg.anonymous_id_fallback ~= nil and cfg.anonymous_id_fallback ~= "ip_ua" then
         return nil, "anonymous_id_fallback: expected \"ip_ua\""
+    end
+    if cfg.anonymize_ip ~= nil and type(cfg.anonymize_ip) ~= "boolean" then
+        return nil, "anonymize_ip: expected true or false, got a " .. type(cfg.anonymize_ip)
+    end
+    for _, k in ipairs { "consent_cookie", "consent_header" } do
+        local v = cfg[k]
+        if v ~= nil and (type(v) ~= "string" or not find(v, "^[%w_%-]+$")) then
+            return nil, k .. ": expected a cookie or header name (letters, digits, _ and -)"
+        end
     end
 
     local c = lib.tally_config_new()
@@ -742,6 +897,9 @@ function _M.new(cfg)
         aid_cookie = cfg.anonymous_id_cookie and "cookie_" .. cfg.anonymous_id_cookie,
         aid_header = cfg.anonymous_id_header and "http_" .. gsub(cfg.anonymous_id_header:lower(), "-", "_"),
         aid_ip_ua = cfg.anonymous_id_fallback == "ip_ua",
+        anon_ip = cfg.anonymize_ip == true,
+        consent_hvar = cfg.consent_header and "http_" .. gsub(cfg.consent_header:lower(), "-", "_"),
+        consent_cvar = cfg.consent_cookie and "cookie_" .. cfg.consent_cookie,
     }, T)
 end
 
@@ -753,26 +911,33 @@ local function failure(self, rc)
     return nil, msg ~= "" and msg or ffi.string(self.lib.tally_strerror(rc)), rc
 end
 
--- The anonymous id for a message that brings neither id: this request's new cookie (set by
--- ensure_anonymous_id_cookie), the configured cookie or header, or the ip + user agent hash.
--- nil outside a request or when nothing is configured.
-function T:request_anonymous_id()
+local function get_ctx() return ngx.ctx end
+
+-- The anonymous id for a message that brings neither id: the configured cookie, this request's
+-- new cookie (set by ensure_anonymous_id_cookie when the request brought none), the configured
+-- header, or the ip + user agent hash. nil outside a request or when nothing is configured.
+-- (get: how to read a variable; log_page, which knows it is in a request, reads them without
+-- pcall, which would stop LuaJIT from compiling the caller.)
+function T:request_anonymous_id(get)
     if not ngx then return nil end
-    local ok, ctx = pcall(function() return ngx.ctx end)
-    local id = ok and ctx and ctx.tally_anonymous_id
-    if id then return id end
-    if self.aid_cookie then
-        id = sane_id(req_var(self.aid_cookie))
+    get = get or req_var
+    local id
+    if self.aid_cookie then -- first: the usual case, and it spares creating ngx.ctx
+        id = sane_id(get(self.aid_cookie))
         if id then return id end
     end
+    local ok, ctx
+    if get == req_var then ok, ctx = pcall(get_ctx) else ok, ctx = true, ngx.ctx end
+    id = ok and ctx and ctx.tally_anonymous_id
+    if id then return id end
     if self.aid_header then
-        id = sane_id(req_var(self.aid_header))
+        id = sane_id(get(self.aid_header))
         if id then return id end
     end
     if self.aid_ip_ua then
-        local ip = req_var("remote_addr")
+        local ip = get("remote_addr")
         if ip then
-            local h = ngx.md5(ip .. "\0" .. (req_var("http_user_agent") or ""))
+            local h = ngx.md5(ip .. "\0" .. (get("http_user_agent") or ""))
             return sub(h, 1, 8) .. "-" .. sub(h, 9, 12) .. "-" .. sub(h, 13, 16) .. "-" ..
                 sub(h, 17, 20) .. "-" .. sub(h, 21, 32)
         end
@@ -780,21 +945,61 @@ function T:request_anonymous_id()
     return nil
 end
 
+-- The current request's consent (consent_header, else consent_cookie): its preferences and their
+-- JSON, or nil when it brings none or one that does not parse. The last value seen is kept with
+-- its result: most requests of a site carry one of a few values.
+function T:request_consent(get)
+    get = get or req_var
+    local raw, which
+    if self.consent_hvar then raw, which = get(self.consent_hvar), "consent_header" end
+    if not raw and self.consent_cvar then raw, which = get(self.consent_cvar), "consent_cookie" end
+    if not raw then return nil end
+    if raw == self.consent_raw then return self.consent_prefs, self.consent_json end
+    local prefs, err = _M.parse_consent(raw)
+    local json
+    if prefs then
+        json = _M.encode(prefs)
+    elseif not self.consent_warned then
+        self.consent_warned = true -- a client can send anything: once per worker is enough
+        if ngx then
+            ngx.log(ngx.WARN, "tally: ", which, " \"", self.cfg[which], "\": ", err,
+                    "; such requests send no consent and follow consent_default (logged once)")
+        end
+    end
+    self.consent_raw, self.consent_prefs, self.consent_json = raw, prefs, json
+    return prefs, json
+end
+
 -- send(message) -> true | nil, err, rc
 -- A whole Segment message (type required). Fields given are kept; messageId and timestamp are
 -- stamped when missing; a number timestamp is taken as seconds since the epoch (ngx.now(),
 -- ngx.req.start_time()). Without userId and anonymousId, the request's anonymous id is added (see
--- request_anonymous_id). The caller's table is not modified.
+-- request_anonymous_id). With anonymize_ip, context.ip is anonymized; with consent_cookie /
+-- consent_header, a message without context.consent gets the request's. The caller's tables are
+-- not modified.
 function T:send(msg)
     if self.h == nil then return nil, "closed", TALLY_ECLOSED end
     if type(msg) ~= "table" then return nil, "send: expected a message table" end
     local m = msg
     local need_id = msg.userId == nil and msg.anonymousId == nil
-    if need_id or type(msg.timestamp) == "number" then
+    local ctx = msg.context
+    local fix_ip = self.anon_ip and type(ctx) == "table" and ctx.ip ~= nil
+    local consent
+    if (self.consent_hvar or self.consent_cvar) and (ctx == nil or type(ctx) == "table" and ctx.consent == nil) then
+        consent = self:request_consent()
+    end
+    if need_id or type(msg.timestamp) == "number" or fix_ip or consent then
         m = {}
         for k, v in pairs(msg) do m[k] = v end
         if need_id then m.anonymousId = self:request_anonymous_id() end
         if type(m.timestamp) == "number" then m.timestamp = iso8601(m.timestamp) end
+        if fix_ip or consent then
+            local c = {}
+            if ctx then for k, v in pairs(ctx) do c[k] = v end end
+            if fix_ip then c.ip = _M.anonymize_ip(c.ip) end -- nil (dropped) when not an address
+            if consent then c.consent = { categoryPreferences = consent } end
+            m.context = c
+        end
     end
     local json, err = self.encode(m)
     if not json then return nil, "message: " .. err end
@@ -836,6 +1041,113 @@ local page_extra = { category = true }
 -- page(name, properties, opts): name may be nil; opts.category as well as the common fields.
 function T:page(name, props, opts)
     return build(self, { type = "page", name = name, properties = props }, opts, page_extra)
+end
+
+-- A request value as a JSON string of at most max bytes: most need no escaping, no UTF-8 repair
+-- and no cut, and pay one scan.
+local function qval(s, max)
+    if not find(s, '[%z\1-\31"\\\128-\255]') then
+        if #s > max then s = sub(s, 1, max) end
+        return '"' .. s .. '"'
+    end
+    return quote(clip(fix_utf8(s), max))
+end
+
+-- ,"campaign":{...} from the utm_* arguments of args (the first of each, when not empty), or "".
+local function campaign_json(args, max)
+    local out, pos = "", 1
+    while true do
+        local at = find(args, "utm_", pos, true)
+        if not at then break end
+        local stop = find(args, "&", at, true) or #args + 1
+        pos = stop
+        if at == 1 or byte(args, at - 1) == 38 then -- "&": a key, not the inside of a value
+            local eq = find(args, "=", at, true)
+            local field = eq and eq < stop and campaign_args[sub(args, at, eq - 1)]
+            if field and not find(out, '"' .. field .. '":', 1, true) then
+                local v = sub(args, eq + 1, stop - 1)
+                if v ~= "" then
+                    out = out .. (out == "" and '"' or ',"') .. field .. '":' .. qval(ngx.unescape_uri(v), max)
+                end
+            end
+        end
+    end
+    return out ~= "" and '"campaign":{' .. out .. "}" or nil
+end
+
+local page_opt_fields = { title = true, name = true, category = true, userId = true, anonymousId = true,
+                          max_len = true }
+
+local function log_page_json(self, opts)
+    local var = ngx.var
+    local max = 2048
+    local title, name, category, user_id, aid = nil, nil, nil, nil, nil
+    if opts ~= nil then
+        if type(opts) ~= "table" then return nil, "opts: expected a table" end
+        for k in pairs(opts) do
+            if not page_opt_fields[k] then return nil, "opts: unknown field \"" .. tostring(k) .. "\"" end
+        end
+        title, name, category, user_id, aid = opts.title, opts.name, opts.category, opts.userId, opts.anonymousId
+        max = opts.max_len or max
+        for k, v in pairs { title = title, name = name, category = category, userId = user_id, anonymousId = aid } do
+            if type(v) ~= "string" then return nil, "opts." .. k .. ": expected a string" end
+        end
+        if type(max) ~= "number" or max < 1 then return nil, "opts.max_len: expected a positive number" end
+    end
+    if user_id == nil and aid == nil then aid = self:request_anonymous_id(in_req_var) end
+    local args = var.args
+    local host = var.http_host or var.host or ""
+    local referrer = var.http_referer
+    local ip, ua = var.remote_addr, var.http_user_agent
+    if ip and self.anon_ip then ip = _M.anonymize_ip(ip) end
+    local consent_json
+    if self.consent_hvar or self.consent_cvar then
+        local _
+        _, consent_json = self:request_consent(in_req_var)
+    end
+    local search = '""'
+    if args and args ~= "" then search = qval("?" .. args, max) end
+    local context = ip and '"ip":' .. quote(ip) or ""
+    if ua and ua ~= "" then context = context .. (context ~= "" and "," or "") .. '"userAgent":' .. qval(ua, max) end
+    local campaign = args and find(args, "utm_", 1, true) and campaign_json(args, max)
+    if campaign then context = context .. (context ~= "" and "," or "") .. campaign end
+    if consent_json then
+        context = context .. (context ~= "" and "," or "") .. '"consent":{"categoryPreferences":' .. consent_json .. "}"
+    end
+    return '{"type":"page"' ..
+        (user_id and ',"userId":' .. quote(user_id) or "") ..
+        (aid and ',"anonymousId":' .. quote(aid) or "") ..
+        (name and ',"name":' .. quote(name) or "") ..
+        (category and ',"category":' .. quote(category) or "") ..
+        ',"timestamp":"' .. iso8601(ngx.req.start_time()) ..
+        '","properties":{"path":' .. qval(var.uri or "/", max) ..
+        ',"search":' .. search ..
+        ',"url":' .. qval((var.scheme or "http") .. "://" .. host .. (var.request_uri or "/"), max) ..
+        (referrer and referrer ~= "" and ',"referrer":' .. qval(referrer, max) or "") ..
+        (title and ',"title":' .. quote(title) or "") ..
+        '},"context":{' .. context .. "}}"
+end
+
+-- log_page([opts]) -> true | nil, err, rc   (in a request: log_by_lua* and the other phases)
+-- The request's page event, the one page_from_request() + page() send (path, search, url,
+-- referrer, title; context ip, userAgent, campaign; the request's anonymous id; its start time),
+-- written straight from ngx.var into JSON: no tables, no encoder, the date formatted once a
+-- second. It is the cheap way to track every request (bench/README.md, "nginx"). opts: title,
+-- name, category, userId, anonymousId (strings), max_len (bytes per request value, default 2048).
+-- anonymize_ip and consent_cookie / consent_header apply as in send().
+local no_request = { init = true, init_worker = true, exit_worker = true, timer = true }
+
+function T:log_page(opts)
+    if self.h == nil then return nil, "closed", TALLY_ECLOSED end
+    if not ngx then return nil, "log_page: needs nginx" end
+    -- not pcall(log_page_json): LuaJIT compiles no trace through a pcall, and this runs per request
+    local phase = ngx.get_phase()
+    if no_request[phase] then return nil, "log_page: needs a request (called in " .. phase .. ")" end
+    local json, err = log_page_json(self, opts)
+    if not json then return nil, err end
+    local rc = self.lib.tally_send(self.h, json)
+    if rc ~= 0 then return failure(self, rc) end
+    return true
 end
 
 -- screen(name, properties, opts)
