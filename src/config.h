@@ -42,6 +42,10 @@ struct tally_config {
     long long lua_memory_per_script; /* 0: lua_memory / (scripts + 1) */
     long long lua_instructions;
     int    rule_breaker;
+    char  *rules_url;        /* signed rule bundles are polled from here (rules_remote.c) */
+    char  *rules_public_key; /* "ed25519:..." or a JSON array of them */
+    int    rules_poll_s;
+    long long rules_max_bytes;
     char **dests;          /* JSON objects, one per destination, in the order given */
     size_t ndests;
     tally_log_fn log_fn;

@@ -16,6 +16,7 @@
 #include "message.h"
 #include "rowq.h"
 #include "rules.h"
+#include "rules_remote.h"
 
 #if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ >= 12
 #pragma GCC diagnostic ignored "-Wtsan" /* see runtime.h */
@@ -40,6 +41,7 @@ struct processor {
         uint64_t n;
     } *drops;
     size_t     ndrops, drops_cap;
+    int64_t    remote_version; /* the remote bundle in use, 0: the local rules (rules_remote.h) */
 };
 
 /* ---- rows for the worker ---- */
@@ -295,6 +297,9 @@ static void publish_rules(tally_t *t, rules *R)
  * running one, and mappings must still resolve. */
 static int reload_rules(tally_t *t, struct processor *p, tly_err *err)
 {
+    if (p->remote_version)
+        return tly_err_set(err, TALLY_ECONFIG, "rules: remote bundle version %lld is active; local rules are not "
+                           "reloaded while one is", (long long)p->remote_version);
     if (!t->cfg.rules) return tly_err_set(err, TALLY_ECONFIG, "no rules configured");
     rules *R = NULL;
     int rc = open_rules(t, t->cfg.rules, &R, err);
@@ -317,6 +322,26 @@ static int reload_rules(tally_t *t, struct processor *p, tly_err *err)
     return TALLY_OK;
 }
 
+/* A remote bundle's rule set, loaded, checked and self-tested by the worker (rules_remote.c):
+ * taking it is a pointer swap, between two messages, like a reload. The worker checked that it
+ * has every mapping the destinations name. */
+static void take_remote_rules(tally_t *t, struct processor *p)
+{
+    rules_swap *s = rules_remote_take(t);
+    if (!s) return;
+    for (size_t i = 0; i < t->ndests; i++)
+        if (p->mapping[i]) {
+            p->map_idx[i] = rules_find_mapping(s->R, p->mapping[i]);
+            assert(p->map_idx[i] >= 0);
+        }
+    rules *old = p->R;
+    p->R = s->R;
+    p->remote_version = s->version;
+    publish_rules(t, s->R);
+    rules_free(old);
+    free(s);
+}
+
 /* Reload requests apply in order with messages: once every record before the call is processed.
  * The caller may give up while we reload: requests_finish finds its request by number. */
 static void serve_reloads(tally_t *t, struct processor *p)
@@ -336,6 +361,7 @@ static void serve_reloads(tally_t *t, struct processor *p)
 static int idle_state(tally_t *t)
 {
     if (requests_waiting(&t->req, REQ_RELOAD)) return -1;
+    if (atomic_load(&t->rules_next)) return -1;
     return atomic_load(&t->stop);
 }
 
@@ -362,6 +388,7 @@ void *processor_main(void *arg)
     tally_t *t = arg;
     struct processor *p = t->proc;
     for (;;) {
+        take_remote_rules(t, p);
         int did = drain(t, p, 256);
         int state = idle_state(t);
         if (state < 0) serve_reloads(t, p);
@@ -407,7 +434,15 @@ int processor_open(tally_t *t, tly_err *err)
     p->t = t;
     p->sink = (meta_sink){meta_to_worker, p};
     int rc = TALLY_OK;
-    if (t->cfg.rules) rc = open_rules(t, t->cfg.rules, &p->R, err);
+    /* a remote bundle kept in the store replaces the local rules (README, "Shipping rules") */
+    rules_swap *s = rules_remote_take(t);
+    if (s) {
+        p->R = s->R;
+        p->remote_version = s->version;
+        free(s);
+    } else if (t->cfg.rules) {
+        rc = open_rules(t, t->cfg.rules, &p->R, err);
+    }
     if (!rc) publish_rules(t, p->R);
     for (size_t i = 0; !rc && i < t->ndests; i++) rc = read_mapping(t, p, i, err);
     if (!rc && t->cfg.mode != MODE_SERVER &&

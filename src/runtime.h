@@ -79,6 +79,10 @@ struct tally {
     char               *identity_snapshot; /* under ident_mu: JSON of the processor's ids, for tally_identity */
     pthread_mutex_t     rules_mu;
     struct rules       *rules;         /* under rules_mu: the processor's rule set, for tally_stats */
+    /* Remote rules (rules_remote.h): the worker offers a loaded, tested rule set here and the
+     * processor takes it between two messages; remote is set at open, its counters are atomics. */
+    _Atomic(struct rules_swap *) rules_next;
+    struct rules_remote *remote;
 
     /* Opened and closed by the runtime; while the threads run: the store and the transfer handle
      * are the worker's alone (the processor reads the identity from the store before they start);
