@@ -43,6 +43,8 @@ void config_defaults(struct tally_config *c)
     c->rule_breaker = 10;
     c->rules_poll_s = 300;
     c->rules_max_bytes = BUNDLE_MAX_BYTES;
+    c->rules_canary_messages = 1000;
+    c->rules_canary_margin = 0.05;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -107,6 +109,17 @@ static int parse_long(const char *key, const char *v, long lo, long hi, long *ou
     if (errno || end == v || *end != '\0' || n < lo || n > hi)
         return tly_err_set(err, TALLY_ECONFIG, "%s: expected an integer from %ld to %ld, got \"%s\"", key, lo, hi, v);
     *out = n;
+    return TALLY_OK;
+}
+
+static int parse_fraction(const char *key, const char *v, double *out, tly_err *err)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || *end != '\0' || !(d >= 0 && d <= 1))
+        return tly_err_set(err, TALLY_ECONFIG, "%s: expected a number from 0 to 1, got \"%s\"", key, v);
+    *out = d;
     return TALLY_OK;
 }
 
@@ -245,7 +258,7 @@ static const choice level_names[] = {{"error", TALLY_LOG_ERROR}, {"warn", TALLY_
                                      {"debug", TALLY_LOG_DEBUG}, {"off", -1 /* below every level */}, {NULL, 0}};
 
 enum key_kind { K_STR, K_URL, K_PROXY, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_OUT, K_DESTS, K_JSON_OBJECT,
-                K_PUBKEYS };
+                K_PUBKEYS, K_FRACTION };
 
 /* Every configuration key: its type, where it lands, and its accepted range. */
 static const struct key_def {
@@ -269,6 +282,9 @@ static const struct key_def {
     {"rules_public_key", K_PUBKEYS, F(rules_public_key), 0, 0, NULL},
     {"rules_poll_s", K_INT, F(rules_poll_s), 1, 86400, NULL},
     {"rules_max_bytes", K_LLONG, F(rules_max_bytes), 1024, 64L << 20, NULL},
+    {"rules_canary", K_FRACTION, F(rules_canary), 0, 0, NULL},
+    {"rules_canary_messages", K_INT, F(rules_canary_messages), 1, 100000000, NULL},
+    {"rules_canary_margin", K_FRACTION, F(rules_canary_margin), 0, 0, NULL},
     {"ca_bundle", K_STR, F(ca_bundle), 0, 0, NULL},
     {"proxy", K_PROXY, F(proxy), 0, 0, NULL},
     {"out", K_OUT, 0, 0, 0, NULL},
@@ -447,6 +463,7 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v, tl
         *(size_t *)field = (size_t)n;
         return TALLY_OK;
     case K_BOOL: return parse_bool(k->key, v, (int *)field, err);
+    case K_FRACTION: return parse_fraction(k->key, v, (double *)field, err);
     case K_CHOICE: return parse_choice(k->key, v, k->choices, (int *)field, err);
     }
     assert(!"a key kind without a parser");

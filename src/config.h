@@ -46,6 +46,9 @@ struct tally_config {
     char  *rules_public_key; /* "ed25519:..." or a JSON array of them */
     int    rules_poll_s;
     long long rules_max_bytes;
+    double rules_canary;          /* fraction of identities a new bundle runs for first; 0: off */
+    int    rules_canary_messages; /* canary messages before it is judged */
+    double rules_canary_margin;   /* how much worse its error-or-drop rate may be */
     char **dests;          /* JSON objects, one per destination, in the order given */
     size_t ndests;
     tally_log_fn log_fn;

@@ -42,6 +42,13 @@ struct processor {
     } *drops;
     size_t     ndrops, drops_cap;
     int64_t    remote_version; /* the remote bundle in use, 0: the local rules (rules_remote.h) */
+    struct canary {            /* a new bundle running for some identities only (rules_canary) */
+        rules   *R;            /* NULL: none */
+        int     *map_idx;
+        int64_t  version;
+        uint64_t n, bad;       /* its messages, and those a rule failed on or dropped */
+        uint64_t base_n, base_bad; /* the same for the active set meanwhile */
+    } canary;
 };
 
 /* ---- rows for the worker ---- */
@@ -149,15 +156,16 @@ static void on_rule_drop(void *ud, const char *rule, int cls, const char *why)
 
 /* One row per destination: the message itself, or what the destination's mapping makes of it
  * (none, one or several payloads). */
-static void rows_for_dests(tally_t *t, struct processor *p, const tj_value *m, const char *json, size_t len)
+static void rows_for_dests(tally_t *t, struct processor *p, rules *R, const int *map_idx, const tj_value *m,
+                           const char *json, size_t len)
 {
     for (size_t i = 0; i < t->ndests; i++) {
-        if (p->map_idx[i] < 0) {
+        if (map_idx[i] < 0) {
             hand_over(t, (int)i, json, len);
             continue;
         }
         rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
-        rules_map(p->R, p->map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
+        rules_map(R, map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
         for (size_t k = 0; k < p->payloads.n; k++) {
             tbuf_reset(&p->mapped);
             if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) {
@@ -186,6 +194,50 @@ static void publish_identity(tally_t *t, struct processor *p)
     free(t->identity_snapshot);
     t->identity_snapshot = snap;
     pthread_mutex_unlock(&t->ident_mu);
+}
+
+/* ---- the canary of a remote bundle ---- */
+
+static void canary_end(struct processor *p)
+{
+    rules_free(p->canary.R);
+    free(p->canary.map_idx);
+    memset(&p->canary, 0, sizeof p->canary);
+}
+
+static void publish_rules(tally_t *t, rules *R);
+
+/* Counted per message; once the canary handled rules_canary_messages, it is judged: rolled back
+ * when its rate of messages a rule failed on or dropped exceeds the active set's (over the same
+ * time) by more than rules_canary_margin, else promoted to every identity. */
+static void canary_count(tally_t *t, struct processor *p, int canary, int bad)
+{
+    struct canary *c = &p->canary;
+    if (canary) {
+        c->n++;
+        c->bad += (uint64_t)bad;
+    } else {
+        c->base_n++;
+        c->base_bad += (uint64_t)bad;
+    }
+    if (c->n < (uint64_t)t->cfg.rules_canary_messages) return;
+    double rate = (double)c->bad / (double)c->n, base = c->base_n ? (double)c->base_bad / (double)c->base_n : 0;
+    int promote = rate <= base + t->cfg.rules_canary_margin;
+    int64_t version = c->version;
+    if (promote) {
+        rules *old = p->R;
+        p->R = c->R;
+        memcpy(p->map_idx, c->map_idx, t->ndests * sizeof *p->map_idx);
+        p->remote_version = version;
+        publish_rules(t, p->R);
+        rules_free(old);
+        c->R = NULL;
+    }
+    tly_log(&t->log, promote ? TALLY_LOG_INFO : TALLY_LOG_WARN, "remote rules: canary version %lld: %.4f of %llu "
+            "messages failed or dropped, against %.4f of %llu for the active rules: %s", (long long)version, rate,
+            (unsigned long long)c->n, base, (unsigned long long)c->base_n, promote ? "promoted" : "rolled back");
+    canary_end(p);
+    rules_remote_verdict(t, version, promote);
 }
 
 static void process(tally_t *t, struct processor *p, const intake_rec *r)
@@ -219,7 +271,15 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         return;
     }
     rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
-    rules_process(p->R, p->arena, m, p->wall_ms, &p->results, &rep);
+    rules *R = p->R;
+    const int *map_idx = p->map_idx;
+    int canary = p->canary.R && rules_remote_in_canary(t->cfg.rules_canary, m);
+    if (canary) {
+        R = p->canary.R;
+        map_idx = p->canary.map_idx;
+    }
+    rules_process(R, p->arena, m, p->wall_ms, &p->results, &rep);
+    if (p->canary.R) canary_count(t, p, canary, rep.failed || rep.dropped);
     for (size_t i = 0; i < p->results.n; i++) {
         tj_value *v = p->results.v[i];
         tbuf_reset(&p->out);
@@ -231,11 +291,11 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
             /* the call reserved room for stamping, so only rules grow a message this far */
             atomic_fetch_add(&t->n.oversize, 1);
             tly_log(&t->log, TALLY_LOG_WARN, "message dropped: %zu bytes after %s, over the %d-byte limit "
-                    "(counted as oversize)", p->out.len, rules_count(p->R) ? "the rules" : "stamping",
+                    "(counted as oversize)", p->out.len, rules_count(R) ? "the rules" : "stamping",
                     TALLY_MAX_MESSAGE_BYTES);
             continue;
         }
-        rows_for_dests(t, p, v, p->out.data, p->out.len);
+        rows_for_dests(t, p, R, map_idx, v, p->out.data, p->out.len);
         atomic_fetch_add(&t->n.processed, 1);
     }
 }
@@ -329,6 +389,22 @@ static void take_remote_rules(tally_t *t, struct processor *p)
 {
     rules_swap *s = rules_remote_take(t);
     if (!s) return;
+    canary_end(p); /* a newer bundle replaces a canary still running */
+    if (s->canary) {
+        if (!(p->canary.map_idx = calloc(t->ndests + 1, sizeof *p->canary.map_idx))) {
+            tly_log(&t->log, TALLY_LOG_ERROR, "remote rules: out of memory: canary version %lld not started",
+                    (long long)s->version);
+            rules_free(s->R);
+            free(s);
+            return;
+        }
+        for (size_t i = 0; i < t->ndests; i++)
+            p->canary.map_idx[i] = p->mapping[i] ? rules_find_mapping(s->R, p->mapping[i]) : -1;
+        p->canary.R = s->R;
+        p->canary.version = s->version;
+        free(s);
+        return;
+    }
     for (size_t i = 0; i < t->ndests; i++)
         if (p->mapping[i]) {
             p->map_idx[i] = rules_find_mapping(s->R, p->mapping[i]);
@@ -461,6 +537,7 @@ void processor_free(tally_t *t)
     free(p->map_idx);
     publish_rules(t, NULL);
     rules_free(p->R);
+    canary_end(p);
     msg_list_free(&p->results);
     msg_list_free(&p->payloads);
     for (size_t k = 0; k < p->ndrops; k++) free(p->drops[k].rule);

@@ -20,13 +20,14 @@
 /* What a poll came to: one counter each in tally_stats, one word in `tally inspect`. */
 enum {
     RR_APPLIED, RR_NOT_MODIFIED, RR_UNREACHABLE, RR_HTTP_ERROR, RR_TOO_BIG, RR_MALFORMED, RR_UNKNOWN_KEY,
-    RR_BAD_SIGNATURE, RR_NOT_NEWER, RR_LOAD_FAILED, RR_SELFTEST_FAILED, RR_RESULTS
+    RR_BAD_SIGNATURE, RR_NOT_NEWER, RR_LOAD_FAILED, RR_SELFTEST_FAILED, RR_CANARY, RR_ROLLED_BACK, RR_RESULTS
 };
 static const char *const result_name[RR_RESULTS] = {
     [RR_APPLIED] = "applied",           [RR_NOT_MODIFIED] = "not_modified", [RR_UNREACHABLE] = "unreachable",
     [RR_HTTP_ERROR] = "http_error",     [RR_TOO_BIG] = "too_big",           [RR_MALFORMED] = "malformed",
     [RR_UNKNOWN_KEY] = "unknown_key",   [RR_BAD_SIGNATURE] = "bad_signature", [RR_NOT_NEWER] = "not_newer",
     [RR_LOAD_FAILED] = "load_failed",   [RR_SELFTEST_FAILED] = "selftest_failed",
+    [RR_CANARY] = "canary",             [RR_ROLLED_BACK] = "rolled_back",
 };
 
 /* Store meta keys (the store's meta table, beside the identity). */
@@ -54,6 +55,9 @@ struct rules_remote {
     unsigned           rng;
     int                last_result;   /* the last failure logged, with its text: logged once each */
     char               last_why[256];
+    char              *cand;          /* the bundle in canary: its bytes, ETag and version (0: none) */
+    char              *cand_etag;
+    int64_t            cand_version;
     char             **mapping;       /* the mappings destinations name: a bundle must define them */
     size_t             nmapping;
     _Atomic int64_t    active;        /* version handed to the processor, 0: none */
@@ -129,17 +133,17 @@ static int load_rules(rules_remote *r, const bundle *b, rules **out, tly_err *er
 }
 
 /* Offers R to the processor; a set offered before and not taken yet is replaced. */
-static int hand_over(rules_remote *r, rules *R, int64_t version, tly_err *err)
+static int hand_over(rules_remote *r, rules *R, int64_t version, int canary, tly_err *err)
 {
     rules_swap *s = malloc(sizeof *s);
     if (!s) return tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
-    *s = (rules_swap){R, version};
+    *s = (rules_swap){R, version, canary};
     rules_swap *old = atomic_exchange(&r->t->rules_next, s);
     if (old) {
         rules_free(old->R);
         free(old);
     }
-    atomic_store(&r->active, version);
+    if (!canary) atomic_store(&r->active, version);
     atomic_store(&r->t->proc_sleeping, 1); /* forced: it looks at rules_next before it sleeps again */
     tly_wake_processor(r->t);
     return TALLY_OK;
@@ -193,9 +197,9 @@ static int apply(rules_remote *r, const char *etag, tly_err *err)
     if (rc) return rc == TALLY_ENOMEM ? RR_LOAD_FAILED : verify_result(rc, err->msg);
     int res = RR_APPLIED;
     rules *R = NULL;
-    if (b->version <= r->version) {
+    if (b->version <= r->version || b->version <= r->cand_version) {
         tly_err_set(err, TALLY_EINVAL, "version %" PRId64 " is not above %" PRId64 ", the highest accepted: refused",
-                    b->version, r->version);
+                    b->version, b->version <= r->version ? r->version : r->cand_version);
         res = RR_NOT_NEWER;
     } else if (load_rules(r, b, &R, err)) {
         tly_err_wrap(err, TALLY_ELUA, "the rules do not load");
@@ -211,7 +215,26 @@ static int apply(rules_remote *r, const char *etag, tly_err *err)
             res = RR_SELFTEST_FAILED;
         }
     }
-    if (res == RR_APPLIED) {
+    if (res == RR_APPLIED && r->t->cfg.rules_canary > 0) {
+        /* kept in memory only: stored once the processor promotes it (rules_remote_settle) */
+        char *bytes = tbuf_steal(&r->body), *tag = etag ? strdup(etag) : NULL;
+        if (!bytes || (etag && !tag) || hand_over(r, R, b->version, 1, err)) {
+            free(bytes);
+            free(tag);
+            res = RR_LOAD_FAILED;
+            tly_err_set(err, TALLY_ENOMEM, "out of memory");
+        } else {
+            free(r->cand);
+            free(r->cand_etag);
+            r->cand = bytes;
+            r->cand_etag = tag;
+            r->cand_version = b->version;
+            res = RR_CANARY;
+            tly_log(&r->t->log, TALLY_LOG_INFO, "remote rules: version %" PRId64 " runs as a canary for %g of "
+                    "identities", b->version, r->t->cfg.rules_canary);
+            R = NULL;
+        }
+    } else if (res == RR_APPLIED) {
         /* Kept before it is handed over: the version floor must hold even if we stop right now. */
         char v[24];
         snprintf(v, sizeof v, "%" PRId64, b->version);
@@ -221,7 +244,7 @@ static int apply(rules_remote *r, const char *etag, tly_err *err)
         r->version = b->version;
         free(r->etag);
         r->etag = etag ? strdup(etag) : NULL;
-        if (hand_over(r, R, b->version, err)) res = RR_LOAD_FAILED;
+        if (hand_over(r, R, b->version, 0, err)) res = RR_LOAD_FAILED;
         else {
             tly_log(&r->t->log, TALLY_LOG_INFO, "remote rules: version %" PRId64 " applied (%zu scripts, key %s)",
                     b->version, b->nscripts, b->key_id);
@@ -241,7 +264,7 @@ static void record(rules_remote *r, int res, const char *why)
     snprintf(text, sizeof text, "%s%s%s", result_name[res], why && *why ? ": " : "", why ? why : "");
     meta(r, META_AT, at);
     meta(r, META_RESULT, text);
-    if (res == RR_APPLIED || res == RR_NOT_MODIFIED) {
+    if (res == RR_APPLIED || res == RR_NOT_MODIFIED || res == RR_CANARY) {
         r->last_result = -1;
         return;
     }
@@ -311,15 +334,67 @@ static size_t on_body(char *p, size_t size, size_t n, void *ud)
     return r->body.oom ? 0 : len;
 }
 
+/* The processor judged the canary: keep it as the last good bundle, or refuse its version from
+ * now on (the floor rises to it, in the store too). A verdict on a canary that a newer bundle
+ * replaced meanwhile is stale and ignored. */
+static void settle(rules_remote *r, int64_t verdict)
+{
+    int64_t version = verdict < 0 ? -verdict : verdict;
+    if (!r->cand || version != r->cand_version) return;
+    char v[24];
+    snprintf(v, sizeof v, "%" PRId64, version);
+    meta(r, META_VERSION, v);
+    r->version = version;
+    free(r->etag);
+    r->etag = r->cand_etag; /* a rolled-back file is not fetched again: the server answers 304 */
+    r->cand_etag = NULL;
+    if (verdict > 0) {
+        meta(r, META_BUNDLE, r->cand);
+        meta(r, META_ETAG, r->etag);
+        atomic_store(&r->active, version);
+        atomic_fetch_add(&r->n[RR_APPLIED], 1);
+        tly_log(&r->t->log, TALLY_LOG_INFO, "remote rules: canary version %" PRId64 " promoted to all", version);
+    } else {
+        atomic_fetch_add(&r->n[RR_ROLLED_BACK], 1);
+        tly_log(&r->t->log, TALLY_LOG_WARN, "remote rules: canary version %" PRId64 " rolled back: its error or "
+                "drop rate exceeded the active rules' by more than %g; that version is refused from now on", version,
+                r->t->cfg.rules_canary_margin);
+    }
+    free(r->cand);
+    r->cand = NULL;
+    r->cand_version = 0;
+}
+
+void rules_remote_verdict(tally_t *t, int64_t version, int promoted)
+{
+    atomic_store(&t->canary_verdict, promoted ? version : -version);
+    tly_wake_worker_forced(t);
+}
+
+int rules_remote_in_canary(double fraction, const tj_value *m)
+{
+    const tj_value *id = tj_object_get(m, "userId");
+    if (!id || id->type != TJ_STRING) id = tj_object_get(m, "anonymousId");
+    if (!id || id->type != TJ_STRING) return 0;
+    /* FNV-1a salted, so the canary's identities do not line up with those ctx:sample keeps */
+    uint32_t h = 2166136261u;
+    for (const char *s = "tally-canary:"; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    for (size_t i = 0; i < id->u.str.len; i++) h = (h ^ (unsigned char)id->u.str.s[i]) * 16777619u;
+    return (double)(h % 10000) < fraction * 10000.0;
+}
+
 void rules_remote_tick(rules_remote *r, int64_t now)
 {
-    if (!r || r->busy || now < r->next_poll || atomic_load(&r->t->stop)) return;
+    if (!r) return;
+    if (atomic_load_explicit(&r->t->canary_verdict, memory_order_relaxed)) settle(r, atomic_exchange(&r->t->canary_verdict, 0));
+    if (r->busy || now < r->next_poll || atomic_load(&r->t->stop)) return;
     tally_t *t = r->t;
     curl_slist_free_all(r->headers);
     r->headers = NULL;
     char line[320];
-    if (r->etag && strlen(r->etag) < 256) {
-        snprintf(line, sizeof line, "If-None-Match: %s", r->etag);
+    const char *tag = r->cand_etag ? r->cand_etag : r->etag; /* the newest file seen that is not refused */
+    if (tag && strlen(tag) < 256) {
+        snprintf(line, sizeof line, "If-None-Match: %s", tag);
         r->headers = curl_slist_append(NULL, line);
     }
     CURL *e = r->easy;
@@ -394,7 +469,7 @@ static void load_kept(rules_remote *r)
     bundle *b = NULL;
     rules *R = NULL;
     if (text && !bundle_verify(text, strlen(text), r->max_bytes, r->keys, &b, &e) && !load_rules(r, b, &R, &e) &&
-        !hand_over(r, R, b->version, &e)) {
+        !hand_over(r, R, b->version, 0, &e)) {
         tly_log(&r->t->log, TALLY_LOG_INFO, "remote rules: version %" PRId64 " from the store is active", b->version);
         R = NULL;
     } else if (text) {
@@ -446,6 +521,8 @@ void rules_remote_free(tally_t *t, rules_remote *r)
     bundle_keys_free(r->keys);
     tbuf_free(&r->body);
     free(r->etag);
+    free(r->cand);
+    free(r->cand_etag);
     for (size_t i = 0; i < r->nmapping; i++) free(r->mapping[i]);
     free(r->mapping);
     free(r);

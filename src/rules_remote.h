@@ -24,10 +24,12 @@ typedef struct rules_remote rules_remote;
  * only checks). TALLY_OK, or TALLY_ECONFIG naming rules_public_key, TALLY_ENOMEM. */
 int rules_remote_keys(const char *text, bundle_keys *k, tly_err *err);
 
-/* A loaded rule set on its way from the worker to the processor. */
+/* A loaded rule set on its way from the worker to the processor. A canary runs beside the active
+ * set, for the identities rules_remote_in_canary picks, until the processor judges it (below). */
 typedef struct rules_swap {
     rules  *R;
     int64_t version;
+    int     canary;
 } rules_swap;
 
 /* Made by worker_open when rules_url is set: reads the last good bundle from the store, verifies
@@ -48,6 +50,13 @@ int     rules_remote_finished(rules_remote *r, void *easy, int curl_result);
 /* The processor, between two messages: the rule set to swap in, or NULL (cheap: one atomic
  * load). The caller owns the result (rules and the struct, free()). */
 rules_swap *rules_remote_take(struct tally *t);
+
+/* The canary (rules_canary): 1 when message m's identity (userId, else anonymousId) is in the
+ * fraction that runs the canary, by a hash of it, so an identity stays on one side; else 0. */
+int  rules_remote_in_canary(double fraction, const tj_value *m);
+/* The processor's verdict on canary `version`: promoted (it replaced the active set) or rolled
+ * back (freed). The worker keeps the bundle or refuses that version from then on. */
+void rules_remote_verdict(struct tally *t, int64_t version, int promoted);
 
 /* ,"rules_remote":{...} for tally_stats: the active version and a counter per poll result. */
 void rules_remote_stats(const rules_remote *r, tbuf *b);

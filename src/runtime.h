@@ -82,6 +82,7 @@ struct tally {
     /* Remote rules (rules_remote.h): the worker offers a loaded, tested rule set here and the
      * processor takes it between two messages; remote is set at open, its counters are atomics. */
     _Atomic(struct rules_swap *) rules_next;
+    _Atomic int64_t     canary_verdict; /* the processor's: +version promoted, -version rolled back */
     struct rules_remote *remote;
 
     /* Opened and closed by the runtime; while the threads run: the store and the transfer handle

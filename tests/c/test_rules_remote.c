@@ -15,6 +15,7 @@
 #include "fixtures.h"
 #include "harness.h"
 #include "jfields.h"
+#include "rules_remote.h"
 #include "runtime.h"
 #include "store.h"
 #include "tally.h"
@@ -415,5 +416,120 @@ TEST(remote_rules_configuration_is_checked)
     CHECK_EQ_INT(tf_open_rc(&t, "out", o, "rules_url", url, NULL), TALLY_ECONFIG);
     CHECK_CONTAINS(tally_errmsg(NULL), "rules_public_key: required with rules_url");
     free(o);
+    end();
+}
+
+/* ---- the canary ---- */
+
+static int in_canary(const char *user)
+{
+    char text[64];
+    snprintf(text, sizeof text, "{\"userId\":\"%s\"}", user);
+    tj_arena *a = tj_arena_new();
+    tj_value *m;
+    tj_error je;
+    int in = a && !tj_parse(a, text, strlen(text), &m, &je) && rules_remote_in_canary(0.5, m);
+    tj_arena_free(a);
+    return in;
+}
+
+/* Sends messages first..first+n-1 as track "E" from users u0..u(n-1), property n = their number. */
+static int send_batch(tally_t *t, int first, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "{\"type\":\"track\",\"userId\":\"u%d\",\"event\":\"E\",\"properties\":{\"n\":%d}}", i,
+                 first + i);
+        if (tally_send(t, msg)) return -1;
+    }
+    return tally_flush(t, 10000);
+}
+
+/* The event each message n in [0, cap) was delivered with ("" for none), from the NDJSON file. */
+static void delivered(const char *out, char events[][16], int cap)
+{
+    for (int i = 0; i < cap; i++) events[i][0] = '\0';
+    char *path = tu_path(out), *text = tu_read_file(path, NULL);
+    free(path);
+    tj_arena *a = tj_arena_new();
+    for (char *line = text ? strtok(text, "\n") : NULL; a && line; line = strtok(NULL, "\n")) {
+        tj_value *m, *props;
+        tj_error je;
+        tj_arena_reset(a);
+        if (tj_parse(a, line, strlen(line), &m, &je) || !(props = tj_object_get(m, "properties"))) continue;
+        long long n = tu_jint(props, "n");
+        const char *ev = tu_jstr(m, "event");
+        if (n >= 0 && n < cap && ev) snprintf(events[n], sizeof events[n], "%s", ev);
+    }
+    tj_arena_free(a);
+    free(text);
+}
+
+TEST(a_canary_that_drops_everything_is_rolled_back_and_other_identities_never_see_it)
+{
+    REQUIRE(begin());
+    char *b1 = make_bundle(K1, 1, "v1", 0, 0);
+    char payload[] = "{\"version\":2,\"created_at\":\"2026-12-07T18:00:00.000Z\",\"rules\":[{\"file\":\"10_drop.lua\","
+                     "\"source\":\"return {name='drop', process=function(m) return nil end}\"}],"
+                     "\"tests\":[{\"name\":\"drops\",\"input\":{\"type\":\"track\",\"event\":\"E\"},\"drop\":true}]}";
+    tbuf out = TBUF_INIT;
+    tly_err err;
+    REQUIRE(!bundle_sign(K1, payload, strlen(payload), &out, &err));
+    char *b2 = tu_path("dropall.bundle");
+    tu_write_file(b2, out.data);
+    tbuf_free(&out);
+    serve(b1, "c1");
+    char *o = tu_path("canary.ndjson");
+    unlink(o);
+    tally_t *t = tf_open("out", o, "mode", "server", "rules_url", url, "rules_public_key", bundle_signer_public(K1),
+                         "rules_poll_s", "3600", "rules_canary", "0.5", "rules_canary_messages", "20",
+                         "rules_canary_margin", "0.1", "flush_at", "1", "log_level", "info", NULL);
+    free(o);
+    REQUIRE(t);
+
+    /* the first bundle is a canary too, against no rules: it drops nothing, so it is promoted */
+    REQUIRE(wait_rstat(t, "canary", 1) == 0);
+    CHECK_EQ_INT(rstat(t, "version"), 0);
+    CHECK(send_batch(t, 0, 100) == TALLY_OK);
+    CHECK(wait_rstat(t, "applied", 1) == 0);
+    CHECK_EQ_INT(rstat(t, "version"), 1);
+
+    /* version 2 drops every message: the canary identities lose their first 20, then it is rolled back */
+    serve(b2, "c2");
+    CHECK(poll_now(t) == 0);
+    CHECK_EQ_INT(rstat(t, "canary"), 2);
+    CHECK(send_batch(t, 100, 100) == TALLY_OK);
+    CHECK(wait_rstat(t, "rolled_back", 1) == 0);
+    static char ev[200][16];
+    delivered("canary.ndjson", ev, 200);
+    int lost = 0, others_ok = 1, canaries = 0;
+    for (int i = 0; i < 100; i++) {
+        char user[16];
+        snprintf(user, sizeof user, "u%d", i);
+        if (in_canary(user)) {
+            canaries++;
+            if (!ev[100 + i][0]) lost++;
+            else if (strcmp(ev[100 + i], "E v1")) others_ok = 0;
+        } else if (strcmp(ev[100 + i], "E v1")) {
+            others_ok = 0;
+            fprintf(stderr, "  message %d of %s: \"%s\"\n", 100 + i, user, ev[100 + i]);
+        }
+    }
+    CHECK(canaries > 20 && canaries < 80);
+    CHECK_EQ_INT(lost, 20); /* rules_canary_messages, then back to version 1 */
+    CHECK(others_ok);
+    CHECK_CONTAINS(tf_logged(), "canary version 2 rolled back");
+    CHECK_EQ_INT(rstat(t, "version"), 1);
+
+    /* refused from then on: the same file is not modified, a new copy of it is not newer */
+    CHECK(poll_now(t) == 0);
+    CHECK_EQ_INT(rstat(t, "not_modified"), 1);
+    serve(b2, "c2-again");
+    CHECK(poll_now(t) == 0);
+    CHECK_EQ_INT(rstat(t, "not_newer"), 1);
+    CHECK(send_batch(t, 0, 10) == TALLY_OK);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    free(b1);
+    free(b2);
     end();
 }
