@@ -279,7 +279,6 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         map_idx = p->canary.map_idx;
     }
     rules_process(R, p->arena, m, p->wall_ms, &p->results, &rep);
-    if (p->canary.R) canary_count(t, p, canary, rep.failed || rep.dropped);
     for (size_t i = 0; i < p->results.n; i++) {
         tj_value *v = p->results.v[i];
         tbuf_reset(&p->out);
@@ -298,6 +297,8 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         rows_for_dests(t, p, R, map_idx, v, p->out.data, p->out.len);
         atomic_fetch_add(&t->n.processed, 1);
     }
+    /* after the rows: judging may free the set that just made them */
+    if (p->canary.R) canary_count(t, p, canary, rep.failed || rep.dropped);
 }
 
 #define WAKE_EVERY 32
