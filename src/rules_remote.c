@@ -429,7 +429,11 @@ void rules_remote_tick(rules_remote *r, int64_t now)
     r->busy = 1;
 }
 
-int64_t rules_remote_next(const rules_remote *r) { return !r ? INT64_MAX : r->busy ? INT64_MAX : r->next_poll; }
+/* No poll is started once the handle closes: the loop must not wake for one then. */
+int64_t rules_remote_next(const rules_remote *r)
+{
+    return !r || r->busy || atomic_load(&r->t->stop) ? INT64_MAX : r->next_poll;
+}
 
 /* ---- open / free ---- */
 
