@@ -189,7 +189,8 @@ TALLY_API int tally_consent(tally_t *t, const char *json);
  * messages: everything enqueued before the call runs through the old rules, everything after
  * through the new ones; nothing queued is lost. If any script fails to load, the running rules
  * stay and TALLY_ELUA names the script and line. Waits at most timeout_ms for the processor
- * thread. Returns TALLY_OK, TALLY_ELUA, TALLY_ECONFIG (no rules configured), TALLY_ETIMEDOUT.
+ * thread. Returns TALLY_OK, TALLY_ELUA, TALLY_ECONFIG (no rules configured, or a remote bundle
+ * from rules_url is active: it replaces the local rules, README "Shipping rules"), TALLY_ETIMEDOUT.
  * Any thread. */
 TALLY_API int tally_reload(tally_t *t, int timeout_ms);
 
@@ -201,7 +202,9 @@ TALLY_API int tally_reload(tally_t *t, int timeout_ms);
 TALLY_API int tally_flush(tally_t *t, int timeout_ms);
 
 /* Counters as a JSON object (accepted, rejected, dropped, delivered, failed, queue sizes, per
- * destination; every reason a message can be given up has its counter: README, "what can be lost"). *json_out is malloc'd: free it with tally_free(). Any thread, does not block on
+ * destination; every reason a message can be given up has its counter: README, "what can be lost";
+ * with rules_url, "rules_remote": the active bundle's version and a count per poll result, README
+ * "Shipping rules"). *json_out is malloc'd: free it with tally_free(). Any thread, does not block on
  * the background threads. Returns TALLY_OK, TALLY_EINVAL, TALLY_ENOMEM. */
 TALLY_API int tally_stats(tally_t *t, char **json_out);
 

@@ -12,6 +12,7 @@
 #include "consent.h"
 #include "intake.h"
 #include "json.h"
+#include "rules_remote.h"
 
 void config_defaults(struct tally_config *c)
 {
@@ -42,6 +43,10 @@ void config_defaults(struct tally_config *c)
     c->lua_memory = 64LL << 20;
     c->lua_instructions = 1000000;
     c->rule_breaker = 10;
+    c->rules_poll_s = 300;
+    c->rules_max_bytes = BUNDLE_MAX_BYTES;
+    c->rules_canary_messages = 1000;
+    c->rules_canary_margin = 0.05;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -56,12 +61,15 @@ int config_copy(struct tally_config *dst, const struct tally_config *src)
     dst->ca_bundle = dup_or_null(src->ca_bundle);
     dst->proxy = dup_or_null(src->proxy);
     dst->rule_config = dup_or_null(src->rule_config);
+    dst->rules_url = dup_or_null(src->rules_url);
+    dst->rules_public_key = dup_or_null(src->rules_public_key);
     dst->dests = NULL;
     dst->ndests = 0;
     int oom = (src->write_key && !dst->write_key) || (src->endpoint && !dst->endpoint) ||
               (src->store && !dst->store) || (src->rules && !dst->rules) ||
               (src->ca_bundle && !dst->ca_bundle) || (src->proxy && !dst->proxy) ||
-              (src->rule_config && !dst->rule_config);
+              (src->rule_config && !dst->rule_config) || (src->rules_url && !dst->rules_url) ||
+              (src->rules_public_key && !dst->rules_public_key);
     for (size_t i = 0; i < src->ndests && !oom; i++) oom = config_add_dest(dst, src->dests[i]) != 0;
     if (oom) { config_clear(dst); return TALLY_ENOMEM; }
     return TALLY_OK;
@@ -76,6 +84,8 @@ void config_clear(struct tally_config *c)
     free(c->ca_bundle);
     free(c->proxy);
     free(c->rule_config);
+    free(c->rules_url);
+    free(c->rules_public_key);
     for (size_t i = 0; i < c->ndests; i++) free(c->dests[i]);
     free(c->dests);
     memset(c, 0, sizeof *c);
@@ -101,6 +111,17 @@ static int parse_long(const char *key, const char *v, long lo, long hi, long *ou
     if (errno || end == v || *end != '\0' || n < lo || n > hi)
         return tly_err_set(err, TALLY_ECONFIG, "%s: expected an integer from %ld to %ld, got \"%s\"", key, lo, hi, v);
     *out = n;
+    return TALLY_OK;
+}
+
+static int parse_fraction(const char *key, const char *v, double *out, tly_err *err)
+{
+    char *end;
+    errno = 0;
+    double d = strtod(v, &end);
+    if (errno || end == v || *end != '\0' || !(d >= 0 && d <= 1))
+        return tly_err_set(err, TALLY_ECONFIG, "%s: expected a number from 0 to 1, got \"%s\"", key, v);
+    *out = d;
     return TALLY_OK;
 }
 
@@ -244,7 +265,8 @@ static const choice mode_names[] = {{"client", MODE_CLIENT}, {"server", MODE_SER
 static const choice level_names[] = {{"error", TALLY_LOG_ERROR}, {"warn", TALLY_LOG_WARN}, {"info", TALLY_LOG_INFO},
                                      {"debug", TALLY_LOG_DEBUG}, {"off", -1 /* below every level */}, {NULL, 0}};
 
-enum key_kind { K_STR, K_URL, K_PROXY, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_OUT, K_DESTS, K_JSON_OBJECT };
+enum key_kind { K_STR, K_URL, K_PROXY, K_INT, K_LLONG, K_SIZE, K_BOOL, K_CHOICE, K_OUT, K_DESTS, K_JSON_OBJECT,
+                K_PUBKEYS, K_FRACTION };
 
 /* Every configuration key: its type, where it lands, and its accepted range. */
 static const struct key_def {
@@ -264,6 +286,13 @@ static const struct key_def {
     {"lua_memory_per_script", K_LLONG, F(lua_memory_per_script), 0, 1L << 34, NULL},
     {"lua_instructions", K_LLONG, F(lua_instructions), 1000, 1000000000, NULL},
     {"rule_breaker", K_INT, F(rule_breaker), 0, 1000000, NULL},
+    {"rules_url", K_URL, F(rules_url), 0, 0, NULL},
+    {"rules_public_key", K_PUBKEYS, F(rules_public_key), 0, 0, NULL},
+    {"rules_poll_s", K_INT, F(rules_poll_s), 1, 86400, NULL},
+    {"rules_max_bytes", K_LLONG, F(rules_max_bytes), 1024, 64L << 20, NULL},
+    {"rules_canary", K_FRACTION, F(rules_canary), 0, 0, NULL},
+    {"rules_canary_messages", K_INT, F(rules_canary_messages), 1, 100000000, NULL},
+    {"rules_canary_margin", K_FRACTION, F(rules_canary_margin), 0, 0, NULL},
     {"ca_bundle", K_STR, F(ca_bundle), 0, 0, NULL},
     {"proxy", K_PROXY, F(proxy), 0, 0, NULL},
     {"out", K_OUT, 0, 0, 0, NULL},
@@ -428,6 +457,9 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v, tl
         return set_string(k->key, (char **)field, v, err);
     }
     case K_DESTS: return add_destinations(c, v, err);
+    case K_PUBKEYS:
+        if ((rc = rules_remote_keys(v, NULL, err))) return rc;
+        return set_string(k->key, (char **)field, v, err);
     case K_INT:
         if ((rc = parse_long(k->key, v, k->lo, k->hi, &n, err))) return rc;
         *(int *)field = (int)n;
@@ -441,6 +473,7 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v, tl
         *(size_t *)field = (size_t)n;
         return TALLY_OK;
     case K_BOOL: return parse_bool(k->key, v, (int *)field, err);
+    case K_FRACTION: return parse_fraction(k->key, v, (double *)field, err);
     case K_CHOICE: return parse_choice(k->key, v, k->choices, (int *)field, err);
     }
     assert(!"a key kind without a parser");

@@ -44,6 +44,13 @@ struct tally_config {
     int    rule_breaker;
     int    consent_required; /* messages wait in the store until the first tally_consent */
     int    consent_default;  /* CONSENT_DEFAULT_*: server mode, messages without their own consent */
+    char  *rules_url;        /* signed rule bundles are polled from here (rules_remote.c) */
+    char  *rules_public_key; /* "ed25519:..." or a JSON array of them */
+    int    rules_poll_s;
+    long long rules_max_bytes;
+    double rules_canary;          /* fraction of identities a new bundle runs for first; 0: off */
+    int    rules_canary_messages; /* canary messages before it is judged */
+    double rules_canary_margin;   /* how much worse its error-or-drop rate may be */
     char **dests;          /* JSON objects, one per destination, in the order given */
     size_t ndests;
     tally_log_fn log_fn;

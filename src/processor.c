@@ -17,6 +17,7 @@
 #include "rowq.h"
 #include "rules.h"
 #include "store.h"
+#include "rules_remote.h"
 
 #if defined(__SANITIZE_THREAD__) && !defined(__clang__) && __GNUC__ >= 12
 #pragma GCC diagnostic ignored "-Wtsan" /* see runtime.h */
@@ -44,6 +45,14 @@ struct processor {
     consent_state consent;       /* the device's preferences as applied so far (client mode) */
     char      *prefs;            /* their JSON text, stamped on messages; NULL until decided */
     size_t     prefs_len;
+    int64_t    remote_version; /* the remote bundle in use, 0: the local rules (rules_remote.h) */
+    struct canary {            /* a new bundle running for some identities only (rules_canary) */
+        rules   *R;            /* NULL: none */
+        int     *map_idx;
+        int64_t  version;
+        uint64_t n, bad;       /* its messages, and those a rule failed on or dropped */
+        uint64_t base_n, base_bad; /* the same for the active set meanwhile */
+    } canary;
 };
 
 /* ---- rows for the worker ---- */
@@ -152,20 +161,20 @@ static void on_rule_drop(void *ud, const char *rule, int cls, const char *why)
 /* One row per destination: the message itself, or what the destination's mapping makes of it
  * (none, one or several payloads); none for a destination whose consent categories the message's
  * preferences (`granted`) do not all grant. */
-static void rows_for_dests(tally_t *t, struct processor *p, const tj_value *m, const char *json, size_t len,
-                           uint64_t granted)
+static void rows_for_dests(tally_t *t, struct processor *p, rules *R, const int *map_idx, const tj_value *m,
+                           const char *json, size_t len, uint64_t granted)
 {
     for (size_t i = 0; i < t->ndests; i++) {
         if (!consent_allows(t->consent.need[i], granted)) {
             atomic_fetch_add_explicit(&t->dests[i].consent_withheld, 1, memory_order_relaxed);
             continue;
         }
-        if (p->map_idx[i] < 0) {
+        if (map_idx[i] < 0) {
             hand_over(t, (int)i, json, len);
             continue;
         }
         rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
-        rules_map(p->R, p->map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
+        rules_map(R, map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
         for (size_t k = 0; k < p->payloads.n; k++) {
             tbuf_reset(&p->mapped);
             if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) {
@@ -248,6 +257,50 @@ static uint64_t message_consent(tally_t *t, struct processor *p, tj_value *m, in
     return p->consent.granted;
 }
 
+/* ---- the canary of a remote bundle ---- */
+
+static void canary_end(struct processor *p)
+{
+    rules_free(p->canary.R);
+    free(p->canary.map_idx);
+    memset(&p->canary, 0, sizeof p->canary);
+}
+
+static void publish_rules(tally_t *t, rules *R);
+
+/* Counted per message; once the canary handled rules_canary_messages, it is judged: rolled back
+ * when its rate of messages a rule failed on or dropped exceeds the active set's (over the same
+ * time) by more than rules_canary_margin, else promoted to every identity. */
+static void canary_count(tally_t *t, struct processor *p, int canary, int bad)
+{
+    struct canary *c = &p->canary;
+    if (canary) {
+        c->n++;
+        c->bad += (uint64_t)bad;
+    } else {
+        c->base_n++;
+        c->base_bad += (uint64_t)bad;
+    }
+    if (c->n < (uint64_t)t->cfg.rules_canary_messages) return;
+    double rate = (double)c->bad / (double)c->n, base = c->base_n ? (double)c->base_bad / (double)c->base_n : 0;
+    int promote = rate <= base + t->cfg.rules_canary_margin;
+    int64_t version = c->version;
+    if (promote) {
+        rules *old = p->R;
+        p->R = c->R;
+        memcpy(p->map_idx, c->map_idx, t->ndests * sizeof *p->map_idx);
+        p->remote_version = version;
+        publish_rules(t, p->R);
+        rules_free(old);
+        c->R = NULL;
+    }
+    tly_log(&t->log, promote ? TALLY_LOG_INFO : TALLY_LOG_WARN, "remote rules: canary version %lld: %.4f of %llu "
+            "messages failed or dropped, against %.4f of %llu for the active rules: %s", (long long)version, rate,
+            (unsigned long long)c->n, base, (unsigned long long)c->base_n, promote ? "promoted" : "rolled back");
+    canary_end(p);
+    rules_remote_verdict(t, version, promote);
+}
+
 static void process(tally_t *t, struct processor *p, const intake_rec *r)
 {
     int server = t->cfg.mode == MODE_SERVER, control = r->kind == REC_RESET || r->kind == REC_SESSION_START;
@@ -290,7 +343,14 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         return;
     }
     rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
-    rules_process(p->R, p->arena, m, p->wall_ms, &p->results, &rep);
+    rules *R = p->R;
+    const int *map_idx = p->map_idx;
+    int canary = p->canary.R && rules_remote_in_canary(t->cfg.rules_canary, m);
+    if (canary) {
+        R = p->canary.R;
+        map_idx = p->canary.map_idx;
+    }
+    rules_process(R, p->arena, m, p->wall_ms, &p->results, &rep);
     for (size_t i = 0; i < p->results.n; i++) {
         tj_value *v = p->results.v[i];
         tbuf_reset(&p->out);
@@ -302,13 +362,15 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
             /* the call reserved room for stamping, so only rules grow a message this far */
             atomic_fetch_add(&t->n.oversize, 1);
             tly_log(&t->log, TALLY_LOG_WARN, "message dropped: %zu bytes after %s, over the %d-byte limit "
-                    "(counted as oversize)", p->out.len, rules_count(p->R) ? "the rules" : "stamping",
+                    "(counted as oversize)", p->out.len, rules_count(R) ? "the rules" : "stamping",
                     TALLY_MAX_MESSAGE_BYTES);
             continue;
         }
-        rows_for_dests(t, p, v, p->out.data, p->out.len, granted);
+        rows_for_dests(t, p, R, map_idx, v, p->out.data, p->out.len, granted);
         atomic_fetch_add(&t->n.processed, 1);
     }
+    /* after the rows: judging may free the set that just made them */
+    if (p->canary.R) canary_count(t, p, canary, rep.failed || rep.dropped);
 }
 
 #define WAKE_EVERY 32
@@ -368,6 +430,9 @@ static void publish_rules(tally_t *t, rules *R)
  * running one, and mappings must still resolve. */
 static int reload_rules(tally_t *t, struct processor *p, tly_err *err)
 {
+    if (p->remote_version)
+        return tly_err_set(err, TALLY_ECONFIG, "rules: remote bundle version %lld is active; local rules are not "
+                           "reloaded while one is", (long long)p->remote_version);
     if (!t->cfg.rules) return tly_err_set(err, TALLY_ECONFIG, "no rules configured");
     rules *R = NULL;
     int rc = open_rules(t, t->cfg.rules, &R, err);
@@ -390,6 +455,42 @@ static int reload_rules(tally_t *t, struct processor *p, tly_err *err)
     return TALLY_OK;
 }
 
+/* A remote bundle's rule set, loaded, checked and self-tested by the worker (rules_remote.c):
+ * taking it is a pointer swap, between two messages, like a reload. The worker checked that it
+ * has every mapping the destinations name. */
+static void take_remote_rules(tally_t *t, struct processor *p)
+{
+    rules_swap *s = rules_remote_take(t);
+    if (!s) return;
+    canary_end(p); /* a newer bundle replaces a canary still running */
+    if (s->canary) {
+        if (!(p->canary.map_idx = calloc(t->ndests + 1, sizeof *p->canary.map_idx))) {
+            tly_log(&t->log, TALLY_LOG_ERROR, "remote rules: out of memory: canary version %lld not started",
+                    (long long)s->version);
+            rules_free(s->R);
+            free(s);
+            return;
+        }
+        for (size_t i = 0; i < t->ndests; i++)
+            p->canary.map_idx[i] = p->mapping[i] ? rules_find_mapping(s->R, p->mapping[i]) : -1;
+        p->canary.R = s->R;
+        p->canary.version = s->version;
+        free(s);
+        return;
+    }
+    for (size_t i = 0; i < t->ndests; i++)
+        if (p->mapping[i]) {
+            p->map_idx[i] = rules_find_mapping(s->R, p->mapping[i]);
+            assert(p->map_idx[i] >= 0);
+        }
+    rules *old = p->R;
+    p->R = s->R;
+    p->remote_version = s->version;
+    publish_rules(t, s->R);
+    rules_free(old);
+    free(s);
+}
+
 /* Reload requests apply in order with messages: once every record before the call is processed.
  * The caller may give up while we reload: requests_finish finds its request by number. */
 static void serve_reloads(tally_t *t, struct processor *p)
@@ -409,6 +510,7 @@ static void serve_reloads(tally_t *t, struct processor *p)
 static int idle_state(tally_t *t)
 {
     if (requests_waiting(&t->req, REQ_RELOAD)) return -1;
+    if (atomic_load(&t->rules_next)) return -1;
     return atomic_load(&t->stop);
 }
 
@@ -455,6 +557,7 @@ void *processor_main(void *arg)
     struct processor *p = t->proc;
     int busy = 0; /* a drain found work since the last nap */
     for (;;) {
+        take_remote_rules(t, p);
         int did = drain(t, p, 256);
         int state = idle_state(t);
         if (state < 0) serve_reloads(t, p);
@@ -529,7 +632,15 @@ int processor_open(tally_t *t, tly_err *err)
     p->t = t;
     p->sink = (meta_sink){meta_to_worker, p};
     int rc = TALLY_OK;
-    if (t->cfg.rules) rc = open_rules(t, t->cfg.rules, &p->R, err);
+    /* a remote bundle kept in the store replaces the local rules (README, "Shipping rules") */
+    rules_swap *s = rules_remote_take(t);
+    if (s) {
+        p->R = s->R;
+        p->remote_version = s->version;
+        free(s);
+    } else if (t->cfg.rules) {
+        rc = open_rules(t, t->cfg.rules, &p->R, err);
+    }
     if (!rc) publish_rules(t, p->R);
     for (size_t i = 0; !rc && i < t->ndests; i++) rc = read_mapping(t, p, i, err);
     if (!rc && t->cfg.mode != MODE_SERVER &&
@@ -550,6 +661,7 @@ void processor_free(tally_t *t)
     free(p->map_idx);
     publish_rules(t, NULL);
     rules_free(p->R);
+    canary_end(p);
     msg_list_free(&p->results);
     msg_list_free(&p->payloads);
     for (size_t k = 0; k < p->ndrops; k++) free(p->drops[k].rule);

@@ -81,6 +81,11 @@ struct tally {
     char               *identity_snapshot; /* under ident_mu: JSON of the processor's ids, for tally_identity */
     pthread_mutex_t     rules_mu;
     struct rules       *rules;         /* under rules_mu: the processor's rule set, for tally_stats */
+    /* Remote rules (rules_remote.h): the worker offers a loaded, tested rule set here and the
+     * processor takes it between two messages; remote is set at open, its counters are atomics. */
+    _Atomic(struct rules_swap *) rules_next;
+    _Atomic int64_t     canary_verdict; /* the processor's: +version promoted, -version rolled back */
+    struct rules_remote *remote;
 
     /* Consent (consent.h): the destinations' categories, read-only once open; the preferences as
      * the calls merged them, under consent_mu, which also keeps tally_consent records in the

@@ -3,6 +3,7 @@
 #include "store.h"
 
 #include <sqlite3.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "json.h"
@@ -52,6 +53,36 @@ static void report_dest(sqlite3 *db, tbuf *b, int id, const char *name)
     tbuf_puts(b, "]}");
 }
 
+/* Remote rules (rules_remote.c keeps these in meta): the active version, the last fetch and what
+ * it came to; null when the store never polled. */
+static void report_remote(sqlite3 *db, tbuf *b)
+{
+    static const char *const keys[] = {"rules_remote_version", "rules_remote_fetched_at", "rules_remote_result"};
+    static const char *const names[] = {"version", "fetched_at", "result"};
+    char *v[3] = {NULL, NULL, NULL};
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &st, NULL) == SQLITE_OK) {
+        for (int i = 0; i < 3; i++) {
+            sqlite3_bind_text(st, 1, keys[i], -1, SQLITE_STATIC);
+            if (sqlite3_step(st) == SQLITE_ROW && sqlite3_column_text(st, 0))
+                v[i] = sqlite3_mprintf("%s", (const char *)sqlite3_column_text(st, 0));
+            sqlite3_reset(st);
+        }
+        sqlite3_finalize(st);
+    }
+    if (!v[1]) {
+        tbuf_puts(b, ",\"rules_remote\":null");
+    } else {
+        tbuf_printf(b, ",\"rules_remote\":{\"version\":%lld", v[0] ? strtoll(v[0], NULL, 10) : 0LL);
+        for (int i = 1; i < 3; i++) {
+            tbuf_printf(b, ",\"%s\":", names[i]);
+            tj_write_string(b, v[i] ? v[i] : "", v[i] ? strlen(v[i]) : 0);
+        }
+        tbuf_putc(b, '}');
+    }
+    for (int i = 0; i < 3; i++) sqlite3_free(v[i]);
+}
+
 int store_report(const char *path, char **json, tly_err *err)
 {
     *json = NULL;
@@ -90,7 +121,9 @@ int store_report(const char *path, char **json, tly_err *err)
         }
         sqlite3_finalize(st);
     }
-    tbuf_puts(&b, "]}");
+    tbuf_puts(&b, "]");
+    report_remote(db, &b);
+    tbuf_putc(&b, '}');
     sqlite3_close(db);
     if (b.oom) {
         tbuf_free(&b);

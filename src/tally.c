@@ -9,6 +9,7 @@
 
 #include "message.h"
 #include "rules.h"
+#include "rules_remote.h"
 #include "runtime.h"
 
 /* Fork detection without a getpid() syscall per call: the child handler bumps a generation that
@@ -442,6 +443,7 @@ int tally_stats(tally_t *t, char **json_out)
     pthread_mutex_lock(&t->rules_mu);
     rules_stats(t->rules, &b);
     pthread_mutex_unlock(&t->rules_mu);
+    rules_remote_stats(t->remote, &b); /* nothing without rules_url */
     tbuf_putc(&b, '}');
     if (b.oom) {
         tbuf_free(&b);

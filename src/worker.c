@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "rowq.h"
+#include "rules_remote.h"
 #include "store.h"
 #include "worker.h"
 
@@ -688,6 +689,7 @@ static void collect_transfers(tally_t *t, struct worker *w)
     int left;
     while ((m = curl_multi_info_read(w->multi, &left)) != NULL) {
         if (m->msg != CURLMSG_DONE) continue;
+        if (rules_remote_finished(t->remote, m->easy_handle, m->data.result)) continue;
         dest *d = NULL;
         curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&d);
         if (!d) continue;
@@ -751,6 +753,7 @@ static int next_timeout_ms(tally_t *t, struct worker *w)
     int64_t age = txn_age(t, w);
     if (age >= 0 && now - age + t->cfg.commit_interval_ms < next) next = now - age + t->cfg.commit_interval_ms;
     if (w->held.n && w->retry_at < next) next = w->retry_at;
+    if (rules_remote_next(t->remote) < next) next = rules_remote_next(t->remote);
     for (size_t i = 0; i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
         for (int k = 0; k < s->nf; k++) {
@@ -798,6 +801,7 @@ void *worker_main(void *arg)
             store_checkpoint(w->st);
         }
         collect_transfers(t, w);
+        rules_remote_tick(t->remote, tly_clock_mono(t));
         deliver(t, w, 0);
         if (requests_waiting(&t->req, REQ_FLUSH)) serve_flushes(t, w);
         /* the processor has stopped only once the intake was empty: nothing more will come */
@@ -842,6 +846,8 @@ void worker_free(tally_t *t)
         tly_log(&t->log, TALLY_LOG_INFO, "close: %lld deliveries left in the store for the next start", (long long)left);
     else if (left)
         tly_log(&t->log, TALLY_LOG_ERROR, "close: %lld undelivered messages lost (store is :memory:)", (long long)left);
+    rules_remote_free(t, t->remote); /* before the multi handle its transfer hangs on */
+    t->remote = NULL;
     redo_free(&w->log);
     redo_free(&w->held);
     free(w->ds);
@@ -908,5 +914,8 @@ int worker_open(tally_t *t, tly_err *err)
     if (w->chunk_max_n < 1) w->chunk_max_n = 1;
     w->chunk_max_bytes = t->cfg.max_store_bytes > 0 && (uint64_t)t->cfg.max_store_bytes < BATCH_MAX_BYTES
                              ? (size_t)t->cfg.max_store_bytes : BATCH_MAX_BYTES;
-    return register_dests(t, w, err);
+    int rc = register_dests(t, w, err);
+    /* before processor_open: the last good bundle is offered to it (rules_remote.h) */
+    if (!rc && t->cfg.rules_url) rc = rules_remote_open(t, w->st, &t->remote, err);
+    return rc;
 }

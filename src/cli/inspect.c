@@ -77,8 +77,24 @@ static void write_drop_counts(tbuf *b, const rule_drops *d)
     for (size_t c = 0; c < NCLASSES; c++) tbuf_printf(b, ",\"%s\":%lld", drop_classes[c], d->n[c]);
 }
 
+/* Remote rules (rules_remote.c): the active version, the last fetch and what it came to, or null
+ * when the store never polled a rules_url. */
+static void write_remote_json(const tj_value *rr, tbuf *b)
+{
+    if (!rr || rr->type != TJ_OBJECT) {
+        tbuf_puts(b, ",\"rules_remote\":null");
+        return;
+    }
+    const char *at = str_of(rr, "fetched_at"), *result = str_of(rr, "result");
+    tbuf_printf(b, ",\"rules_remote\":{\"version\":%lld,\"fetched_at\":", int_of(rr, "version"));
+    tj_write_string(b, at, strlen(at));
+    tbuf_puts(b, ",\"result\":");
+    tj_write_string(b, result, strlen(result));
+    tbuf_putc(b, '}');
+}
+
 static void write_json(const char *path, const tj_value *dests, const rule_drops *drops, size_t ndrops,
-                       const rule_drops *all, tbuf *b)
+                       const rule_drops *all, const tj_value *remote, tbuf *b)
 {
     tbuf_puts(b, "{\"store\":");
     tj_write_string(b, path, strlen(path));
@@ -111,7 +127,9 @@ static void write_json(const char *path, const tj_value *dests, const rule_drops
         write_drop_counts(b, &drops[i]);
         tbuf_putc(b, '}');
     }
-    tbuf_puts(b, "]}}");
+    tbuf_puts(b, "]}");
+    write_remote_json(remote, b);
+    tbuf_putc(b, '}');
 }
 
 static void print_drop_row(const char *name, const rule_drops *d)
@@ -143,6 +161,14 @@ static void write_table(const char *path, const tj_value *dests, const rule_drop
     print_drop_row("(all rules)", all);
 }
 
+static void write_remote_table(const tj_value *rr)
+{
+    if (!rr || rr->type != TJ_OBJECT) return;
+    long long v = int_of(rr, "version");
+    if (v) printf("\nremote rules: version %lld active; last fetch %s: %s\n", v, str_of(rr, "fetched_at"), str_of(rr, "result"));
+    else printf("\nremote rules: none accepted yet; last fetch %s: %s\n", str_of(rr, "fetched_at"), str_of(rr, "result"));
+}
+
 int cli_inspect(const cli_opts *o)
 {
     const char *path = o->positional[0];
@@ -170,7 +196,7 @@ int cli_inspect(const cli_opts *o)
             rc = 1;
         } else if (o->json_output) {
             tbuf b = TBUF_INIT;
-            write_json(path, dests, drops, ndrops, &all, &b);
+            write_json(path, dests, drops, ndrops, &all, tj_object_get(r, "rules_remote"), &b);
             if (b.oom) {
                 fprintf(stderr, "tally: inspect: out of memory\n");
                 rc = 1;
@@ -180,6 +206,7 @@ int cli_inspect(const cli_opts *o)
             tbuf_free(&b);
         } else {
             write_table(path, dests, drops, ndrops, &all);
+            write_remote_table(tj_object_get(r, "rules_remote"));
         }
         free(drops);
     }

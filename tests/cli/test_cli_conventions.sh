@@ -120,7 +120,8 @@ expect inspect_json 0 "" -- "$TALLY" inspect "$dir/srv.db" --json
 "$PY" - "$dir/out" <<'PY' && ok inspect_json_schema || bad inspect_json_schema "$(cat "$dir/out")"
 import json, sys
 d = json.load(open(sys.argv[1]))
-assert set(d) == {"store", "destinations", "rule_drops"}, d
+assert set(d) == {"store", "destinations", "rule_drops", "rules_remote"}, d
+assert d["rules_remote"] is None, d
 assert d["rule_drops"] == {"total": 0, "by_rule": 0, "failed_closed": 0, "disabled": 0, "rules": []}, d
 assert len(d["destinations"]) == 1, d
 for dest in d["destinations"]:

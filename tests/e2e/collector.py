@@ -9,7 +9,8 @@ nothing else there afterwards (the C helper stops reading after that line).
 Endpoints
   POST /v1/batch, /v1/import      body {"batch":[...], "sentAt":...}
   POST /v1/<type> (track, ...)    a single message, recorded as a batch of one
-  POST /control                   {"script":[step,...], "default":step, "down_ms":N}
+  POST /control                   {"script":[step,...], "default":step, "down_ms":N, "files":{...}}
+  GET  <a path in files>          a file served for tally to fetch (remote rules), see below
   GET  /received[?summary=1]      records and counts (summary=1 leaves out the records)
   POST /reset                     forget records, script and default
   GET  /health                    "ok"
@@ -25,6 +26,12 @@ next step from the script, and the default once the script is used up:
   {"reset":true,"read_bytes":N}       read N body bytes (default all), then RST
   {"close_mid_response":true}         send headers promising 100 bytes, then close
   {"body":...}                        answer with this body instead of the usual one
+"files" maps a path to what a GET of it answers, replacing earlier files:
+  {"/rules.bundle": {"file": "/tmp/x.bundle", "etag": "\"v3\""}}
+                                      the file's bytes with that ETag, or 304 (no body) when
+                                      the request's If-None-Match is that ETag
+  {"/rules.bundle": {"status": 500}}  that status, no file
+GETs of files are counted per answer status in /received ("file_answers").
 A request counts as accepted when its status (the one in the headers, for
 close_mid_response) is 2xx: close_mid_response and a delay the client gave up on
 are the "stored but the acknowledgement was lost" cases, which is exactly what
@@ -73,6 +80,8 @@ class State:
         self.script = []
         self.default = dict(DEFAULT_STEP)
         self.tls_failures = 0
+        self.files = {}
+        self.file_answers = {}
         self.conns = set()
         self.log_file = log_file
         self.verbose = verbose
@@ -133,6 +142,7 @@ class State:
                 "accepted_requests": sum(1 for r in self.records if r["accepted"]),
                 "script_remaining": len(self.script),
                 "tls_failures": self.tls_failures,
+                "file_answers": dict(self.file_answers),
             }
             if with_records:
                 out["requests"] = list(self.records)
@@ -298,8 +308,29 @@ class Handler(BaseHTTPRequestHandler):
             query = parse_qs(url.query)
             summary_only = query.get("summary", ["0"])[0] not in ("0", "", "false")
             self._send(200, STATE.summary(not summary_only))
+        elif url.path in STATE.files:
+            self._serve_file(STATE.files[url.path])
         else:
             self._send(404, {"error": "not found"})
+
+    def _serve_file(self, spec):
+        status = spec.get("status", 200)
+        body, headers = b"", {}
+        if status == 200:
+            headers["ETag"] = spec.get("etag", "")
+            if spec.get("etag") and self.headers.get("If-None-Match") == spec["etag"]:
+                status = 304
+            else:
+                with open(spec["file"], "rb") as f:
+                    body = f.read()
+        with STATE.lock:
+            STATE.file_answers[str(status)] = STATE.file_answers.get(str(status), 0) + 1
+        if status == 304:
+            self.send_response(304)
+            self.send_header("ETag", spec["etag"])
+            self.end_headers()
+            return
+        self._send(status, body, headers)
 
     def do_HEAD(self):
         self.do_GET()
@@ -329,7 +360,7 @@ class Handler(BaseHTTPRequestHandler):
             req = self._json_body()
             if not isinstance(req, dict):
                 raise ValueError("control body must be an object")
-            unknown = set(req) - {"script", "default", "down_ms"}
+            unknown = set(req) - {"script", "default", "down_ms", "files"}
             if unknown:
                 raise ValueError("unknown control keys: %s" % ", ".join(sorted(unknown)))
             script = req.get("script")
@@ -338,6 +369,10 @@ class Handler(BaseHTTPRequestHandler):
                     raise ValueError("script must be a list")
                 script = [validate_step(s) for s in script]
             default = validate_step(req["default"]) if "default" in req else None
+            files = req.get("files")
+            if files is not None and (not isinstance(files, dict) or not all(
+                    isinstance(v, dict) and ("file" in v or "status" in v) for v in files.values())):
+                raise ValueError("files must map paths to {\"file\":...,\"etag\":...} or {\"status\":N}")
             down_ms = req.get("down_ms")
             if down_ms is not None and (isinstance(down_ms, bool)
                                         or not isinstance(down_ms, (int, float)) or down_ms < 0):
@@ -352,6 +387,8 @@ class Handler(BaseHTTPRequestHandler):
                 STATE.script = script
             if default is not None:
                 STATE.default = default
+            if files is not None:
+                STATE.files = files
             queued = len(STATE.script)
             if down_ms is not None:
                 if STATE.going_down:

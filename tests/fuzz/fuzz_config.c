@@ -8,7 +8,7 @@
  * one of the fixture files below (FIFO, symlink, folder ...).
  *
  * Side effects stay in a private folder: the harness runs in a fresh temporary directory, and the
- * values that name files or hosts (store, rules, ca_bundle, proxy, endpoint, and path / url /
+ * values that name files or hosts (store, rules, ca_bundle, proxy, endpoint, rules_url, and path / url /
  * endpoint / proxy / ca_bundle inside destinations) are mapped onto fixtures there or onto a
  * closed port on loopback before tally_open: the fuzzer runs as whoever runs the tests, root
  * included, and must not write outside its folder or reach the network. The mapping happens
@@ -133,6 +133,7 @@ static void confine_config(struct tally_config *c)
     confine_field(&c->ca_bundle, files, N(files));
     confine_field(&c->proxy, hosts, N(hosts));
     confine_field(&c->endpoint, hosts, N(hosts));
+    confine_field(&c->rules_url, hosts, N(hosts));
     for (size_t i = 0; i < c->ndests; i++) confine_dest(&c->dests[i]);
 }
 
