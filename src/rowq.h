@@ -13,7 +13,9 @@
 
 /* ROW_RULE_DROPS: data is "rule\0class\0count" (RULE_DROP_* name, decimal): messages that rule
  * dropped since the last such row, for the store's rule_drops table (`tally inspect`). */
-enum { ROW_META_SET = -1, ROW_META_DEL = -2, ROW_RULE_DROPS = -3 };
+/* ROW_FORGET: data is "seq\0id" (the REQ_FORGET's number, decimal, and the id): erase the id's
+ * messages once every row before this one is stored (worker.c). */
+enum { ROW_META_SET = -1, ROW_META_DEL = -2, ROW_RULE_DROPS = -3, ROW_FORGET = -4 };
 
 typedef struct row {
     int      dest;   /* destination index, ROW_META_*: data is "key\0value\0", or ROW_RULE_DROPS */

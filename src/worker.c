@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "msg_owner.h"
 #include "rowq.h"
 #include "store.h"
 #include "worker.h"
@@ -93,6 +94,7 @@ struct worker {
     int         held_back;   /* store_on_full=block is holding rows back (logged once per spell) */
     int         chunk_max_n; /* a chunk is at most a batch, and never more than the store holds */
     size_t      chunk_max_bytes;
+    int64_t     prune_at;    /* monotonic: when dead letters are next checked against their retention */
 };
 
 /* ---- rows from the processor -> chunks -> the store ---- */
@@ -295,6 +297,8 @@ static void rule_drops_row(struct worker *w, const char *data, size_t len)
     if (n > 0 && n <= INT_MAX) rule_drops_add(w, data, cls, (int)n);
 }
 
+static void forget_row(tally_t *t, struct worker *w, const char *data, size_t len);
+
 static int drain(tally_t *t, struct worker *w, int budget)
 {
     int n = 0;
@@ -303,6 +307,7 @@ static int drain(tally_t *t, struct worker *w, int budget)
     while (n < budget && w->log.bytes < w->log_max && !paused(t, w) && rowq_peek(t->rows, &r)) {
         if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
         else if (r.dest == ROW_RULE_DROPS) rule_drops_row(w, r.data, r.len);
+        else if (r.dest == ROW_FORGET) forget_row(t, w, r.data, r.len);
         else meta_set(w, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
         rowq_release(t->rows);
         n++;
@@ -675,6 +680,110 @@ static void serve_flushes(tally_t *t, struct worker *w)
     requests_flush_done(&t->req, frontier);
 }
 
+/* ---- forget ---- */
+
+/* Removes the id's messages from a batch held in memory, keeping the others in order; how many. */
+static int64_t batch_forget(tj_arena *a, dest_batch *b, const char *id, size_t len)
+{
+    size_t n = 0, at = b->n ? b->off[0] : 0;
+    int64_t gone = 0;
+    for (size_t k = 0; k < b->n; k++) {
+        size_t from = b->off[k], to = b->off[k + 1]; /* with its newline */
+        if (msg_owned_by(a, b->data.data + from, to - from - 1, id, len)) {
+            gone++;
+            continue;
+        }
+        memmove(b->data.data + at, b->data.data + from, to - from);
+        b->off[n] = at;
+        at += to - from;
+        b->off[++n] = at;
+    }
+    /* the bytes past the kept ones held erased messages */
+    memset(b->data.data + at, 0, b->data.len - at);
+    b->data.len = at;
+    b->n = n;
+    return gone;
+}
+
+/* tally_forget, once every row before it is stored (rowq.h ROW_FORGET): the id's rows are
+ * erased from the store for good (store_erase_begin/end), and from the batches held in memory
+ * that are not on their way. A batch being sent keeps its copy until its transfer ends (curl
+ * reads it); its cursor is adjusted like the others, so a retry reloads it from the store without
+ * the erased messages, which are then never sent again. */
+static void forget_row(tally_t *t, struct worker *w, const char *data, size_t len)
+{
+    uint64_t seq = strtoull(data, NULL, 10);
+    size_t skip = strlen(data) + 1;
+    const char *id = data + skip;
+    size_t idlen = len - skip;
+    tly_err err = {""};
+    int64_t erased = 0;
+    commit(t, w); /* every row before this one, durable first: the erasure is a transaction of its own */
+    int rc = TALLY_OK;
+    if (w->held.n || store_in_txn(w->st))
+        rc = tly_err_set(&err, TALLY_EIO, "forget: the store cannot write now (%s); nothing erased",
+                         w->held.n ? "disk full?" : "busy");
+    size_t nlive = 0, cap = t->ndests * MAX_IN_FLIGHT;
+    store_cursor **live = rc ? NULL : calloc(cap + 1, sizeof *live), *saved = rc ? NULL : calloc(cap + 1, sizeof *saved);
+    int *live_dest = rc ? NULL : calloc(cap + 1, sizeof *live_dest);
+    tj_arena *a = rc ? NULL : tj_arena_new();
+    if (!rc && (!live || !saved || !live_dest || !a)) rc = tly_err_set(&err, TALLY_ENOMEM, "forget: out of memory");
+    for (size_t i = 0; !rc && i < t->ndests; i++)
+        for (int k = 0; k < w->ds[i].nf; k++) {
+            live[nlive] = &flight_at(&w->ds[i], k)->cur;
+            saved[nlive] = *live[nlive];
+            live_dest[nlive++] = w->ds[i].store_id;
+        }
+    if (!rc && !(rc = store_erase_begin(w->st, &err))) {
+        int e = store_forget(w->st, id, idlen, live, live_dest, nlive, &erased, &err);
+        rc = store_erase_end(w->st, &err); /* rolls back when the forget failed */
+        if (e) rc = e;
+    }
+    if (rc) {
+        for (size_t k = 0; k < nlive; k++) *live[k] = saved[k]; /* the rows are as they were */
+        erased = 0;
+    }
+    for (size_t i = 0; !rc && i < t->ndests; i++) {
+        dest_state *s = &w->ds[i];
+        for (int k = 0; k < s->nf; k++) {
+            flight *f = flight_at(s, k);
+            if (f->state != FL_SENDING) s->sent -= batch_forget(a, &f->batch, id, idlen);
+        }
+        /* as after a rollback: the rows under the batches changed, recount once they are settled */
+        s->pending = count_pending(w, s);
+        s->stale = s->nf > 0;
+    }
+    if (!rc) {
+        atomic_fetch_add(&t->n.forgotten, (uint64_t)erased);
+        tly_log(&t->log, TALLY_LOG_INFO, "forget: %lld messages erased", (long long)erased);
+    }
+    tj_arena_free(a);
+    free(live);
+    free(saved);
+    free(live_dest);
+    requests_finish_count(&t->req, seq, rc, &err, erased);
+}
+
+/* Dead letters are kept dead_letter_max_age_s and at most dead_letter_max_rows (README, Privacy);
+ * checked once a minute, in the group transaction. */
+#define PRUNE_EVERY_MS 60000
+
+static void prune_dead(tally_t *t, struct worker *w)
+{
+    int64_t now = tly_clock_mono(t);
+    if (now < w->prune_at) return;
+    w->prune_at = now + PRUNE_EVERY_MS;
+    int64_t age = (int64_t)t->cfg.dead_letter_max_age_s * 1000, pruned = 0;
+    tly_err e; /* a failed write is logged by the store and fails the commit; the next check tries again */
+    if (store_dead_prune(w->st, age ? tly_clock_wall(t) - age : 0,
+                         t->cfg.dead_letter_max_rows ? t->cfg.dead_letter_max_rows : -1, &pruned, &e) == TALLY_OK &&
+        pruned) {
+        atomic_fetch_add(&t->n.dead_pruned, (uint64_t)pruned);
+        tly_log(&t->log, TALLY_LOG_INFO, "%lld dead letters pruned (dead_letter_max_age_s=%d, dead_letter_max_rows=%lld)",
+                (long long)pruned, t->cfg.dead_letter_max_age_s, t->cfg.dead_letter_max_rows);
+    }
+}
+
 /* ---- the loop ---- */
 
 static int next_timeout_ms(tally_t *t, struct worker *w)
@@ -730,6 +839,7 @@ void *worker_main(void *arg)
             store_checkpoint(w->st);
         }
         collect_transfers(t, w);
+        prune_dead(t, w);
         deliver(t, w, 0);
         if (requests_waiting(&t->req, REQ_FLUSH)) serve_flushes(t, w);
         /* the processor has stopped only once the intake was empty: nothing more will come */
