@@ -29,6 +29,9 @@ static const struct { const char *cmd, *text; } usages[] = {
                 "                                     (by_rule, failed_closed, disabled); --json: the schema in README\n"},
     {"rules", "  tally rules keygen|pack|verify|test   signed rule bundles: sign, check, self-test (rules --help)\n"},
     {"report", "  tally report --events=DB [--store=S] [--plan=RULE.lua] [-o FILE]   HTML audit (report --help)\n"},
+    {"forget", "  tally forget --store=S ID          erase ID's queued and dead-lettered messages (userId or\n"
+               "                                     anonymousId) from a store no process has open; prints\n"
+               "                                     the count; resets the device identity when it is ID's\n"},
 };
 
 static const char usage_single[] =
@@ -57,7 +60,9 @@ static void print_usage(const char *cmd)
     printf("usage: tally COMMAND [--flag=value ...]\n");
     for (size_t i = 0; i < sizeof usages / sizeof *usages; i++)
         if (all || !strcmp(cmd, usages[i].cmd)) fputs(usages[i].text, stdout);
-    if (all || (strcmp(cmd, "send") && strcmp(cmd, "check") && strcmp(cmd, "inspect") && strcmp(cmd, "report"))) fputs(usage_single, stdout);
+    if (all || (strcmp(cmd, "send") && strcmp(cmd, "check") && strcmp(cmd, "inspect") && strcmp(cmd, "report") &&
+                strcmp(cmd, "forget")))
+        fputs(usage_single, stdout);
     fputs(usage_common, stdout);
 }
 
@@ -283,6 +288,7 @@ int main(int argc, char **argv)
     }
     if (o.help) { print_usage(o.command); return 0; }
     if (!strcmp(o.command, "inspect")) return cli_inspect(&o);
+    if (!strcmp(o.command, "forget")) return cli_forget(&o);
     if (!strcmp(o.command, "check")) {
         const char *spec = NULL, *rule_config = NULL;
         for (int i = 0; i < o.nset; i++) {
