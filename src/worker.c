@@ -475,6 +475,7 @@ static void settle(tally_t *t, struct worker *w, size_t i)
             atomic_fetch_add(&d->delivered, (uint64_t)n);
         } else {
             store_dead(w->st, s->store_id, &f->cur, f->status, f->reason, &e);
+            w->prune_at = 0; /* the row cap holds at once, not a minute later */
             store_count(w->st, s->store_id, "dead_lettered", n, &e);
             atomic_fetch_add(&d->failed, (uint64_t)n);
             tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)n,

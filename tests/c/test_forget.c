@@ -250,3 +250,26 @@ TEST(bad_ids_are_refused_naming_the_field_and_nothing_is_altered)
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     collector_stop(c);
 }
+
+/* dead_letter_max_rows keeps the newest dead letters; what goes is counted (stats, and per
+ * destination in the store for `tally inspect`). */
+TEST(dead_letters_over_the_row_cap_are_pruned_and_counted)
+{
+    collector *c = collector_start(NULL);
+    REQUIRE(c);
+    REQUIRE(collector_script(c, "{\"default\":{\"status\":400}}") == 0);
+    char *store = tu_path("prune-cap.db");
+    unlink(store);
+    tally_t *t = open_http(c, store, "dead_letter_max_rows", "2", NULL);
+    REQUIRE(t);
+    for (int i = 0; i < 5; i++) CHECK_EQ_INT(send_for(t, "userId", "u", "m", i), TALLY_OK);
+    CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
+    CHECK_EQ_INT(tu_wait_stat(t, NULL, "dead_pruned", 3, 10000), 0);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    int64_t rows = -1, smin, smax, queued;
+    char reasons[512];
+    CHECK_EQ_INT(read_dead(store, &rows, &smin, &smax, reasons, sizeof reasons, &queued), 0);
+    CHECK_EQ_INT(rows, 2);
+    free(store);
+    collector_stop(c);
+}
