@@ -699,11 +699,29 @@ static int64_t batch_forget(tj_arena *a, dest_batch *b, const char *id, size_t l
         at += to - from;
         b->off[++n] = at;
     }
-    /* the bytes past the kept ones held erased messages */
-    memset(b->data.data + at, 0, b->data.len - at);
-    b->data.len = at;
+    b->data.len = at; /* what lies past it held erased messages: scrub_buffers clears it */
     b->n = n;
     return gone;
+}
+
+/* Buffers kept for reuse still hold the messages they last carried: an erasure clears the unused
+ * part, so no copy of an erased message outlives it in the worker (the row queue's slots and the
+ * intake's spare records are overwritten by the next messages, not cleared). */
+static void scrub(tbuf *b, size_t from)
+{
+    if (b->data && b->cap > from) memset(b->data + from, 0, b->cap - from);
+}
+
+static void scrub_buffers(tally_t *t, struct worker *w)
+{
+    for (size_t k = w->log.n; k < w->log.cap; k++) scrub(&w->log.v[k].body, 0);
+    for (size_t i = 0; i < t->ndests; i++) {
+        dest_state *s = &w->ds[i];
+        scrub(&s->chunk, s->chunk.len);
+        for (int k = s->nf; k < MAX_IN_FLIGHT; k++) scrub(&flight_at(s, k)->batch.data, 0);
+        for (int k = 0; k < s->nf; k++)
+            if (flight_at(s, k)->state != FL_SENDING) scrub(&flight_at(s, k)->batch.data, flight_at(s, k)->batch.data.len);
+    }
 }
 
 /* tally_forget, once every row before it is stored (rowq.h ROW_FORGET): the id's rows are
@@ -755,6 +773,7 @@ static void forget_row(tally_t *t, struct worker *w, const char *data, size_t le
         s->stale = s->nf > 0;
     }
     if (!rc) {
+        scrub_buffers(t, w);
         atomic_fetch_add(&t->n.forgotten, (uint64_t)erased);
         tly_log(&t->log, TALLY_LOG_INFO, "forget: %lld messages erased", (long long)erased);
     }
