@@ -124,7 +124,8 @@ static int on_wal_commit(void *ud, sqlite3 *db, const char *name, int pages)
 void store_checkpoint(store *s)
 {
     tly_err ignored; /* logged by store_scrub; it is tried again at the next call */
-    if (s->db && !s->in_txn && s->scrub_due && store_scrub(s, &ignored) == TALLY_OK) return;
+    if (s->db && !s->in_txn && s->scrub_due && tly_now_ms() >= s->scrub_at && store_scrub(s, &ignored) == TALLY_OK)
+        return;
     if (!s->db || s->in_txn || s->wal_pages < s->wal_max_pages) return;
     int log = 0, done = 0;
     if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK && done >= log)

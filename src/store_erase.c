@@ -32,6 +32,7 @@ int store_scrub(store *s, tly_err *err)
 {
     assert(!s->in_txn);
     s->scrub_due = 1;
+    s->scrub_at = tly_now_ms() + 10000; /* should it fail: a retry every 10 s, not every turn of the worker */
     /* VACUUM writes every live page anew (into the WAL), so free pages that kept bytes of earlier
      * FAST deletes are gone from the file once the checkpoint copies them back and truncates it */
     int rc = run(s, "VACUUM", err);

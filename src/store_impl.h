@@ -55,6 +55,7 @@ struct store {
     int64_t           rows, bytes;   /* messages queued (all chunks), bytes of their bodies */
     int               wal_pages;  /* frames in the WAL after the last commit (wal hook) */
     int               scrub_due;  /* an erasure committed and its VACUUM + WAL truncation did not finish */
+    int64_t           scrub_at;   /* wall ms: when store_checkpoint tries it again */
 };
 
 /* store.c: the helpers every part of the store reads and writes through. */
