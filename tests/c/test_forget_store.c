@@ -161,6 +161,35 @@ TEST(batches_in_flight_keep_their_place_when_their_chunk_is_rewritten)
     store_close(s);
 }
 
+/* A batch all of whose messages were erased keeps its place: reloading it (a retry) finds nothing,
+ * and the batch after it still begins after it, not at the front of the queue. */
+TEST(a_batch_erased_whole_keeps_its_place_for_the_next_one)
+{
+    int d;
+    store *s = open_store("forget-whole.db", &d);
+    REQUIRE(s);
+    CHECK_EQ_INT(append(s, d, "aBCDeF"), 0);
+    loaded b1 = {0}, b2 = {0}, b3 = {0}, r = {0};
+    CHECK_STR(load(s, d, NULL, NULL, 2, &b1), "aB");
+    CHECK_STR(load(s, d, &b1, NULL, 2, &b2), "CD");
+    CHECK_STR(load(s, d, &b2, NULL, 2, &b3), "eF");
+    loaded *live[] = {&b1, &b2, &b3, NULL};
+    CHECK_EQ_INT(forget(s, "alice", live, d), 4);
+    CHECK_STR(load(s, d, &b1, &b2, 10, &b2), ""); /* the retry of b2, into its own cursor */
+    CHECK_STR(load(s, d, &b2, &b3, 10, &r), "e");
+    CHECK_EQ_INT(store_ack(s, d, &b1.cur, &err), 0);
+    CHECK_EQ_INT(store_ack(s, d, &b2.cur, &err), 0);
+    CHECK_EQ_INT(pending(s, d), 1);
+    CHECK_STR(load(s, d, &b2, &b3, 10, &r), "e");
+    CHECK_EQ_INT(store_ack(s, d, &b3.cur, &err), 0);
+    CHECK_EQ_INT(pending(s, d), 0);
+    batch_free(&b1.msgs);
+    batch_free(&b2.msgs);
+    batch_free(&b3.msgs);
+    batch_free(&r.msgs);
+    store_close(s);
+}
+
 static int64_t sql_int(const char *name, const char *sql)
 {
     char *path = tu_path(name);
