@@ -28,29 +28,6 @@ int store_erase_begin(store *s, tly_err *err)
     return rc;
 }
 
-int store_scrub(store *s, tly_err *err)
-{
-    assert(!s->in_txn);
-    s->scrub_due = 1;
-    s->scrub_at = tly_now_ms() + 10000; /* should it fail: a retry every 10 s, not every turn of the worker */
-    /* VACUUM writes every live page anew (into the WAL), so free pages that kept bytes of earlier
-     * FAST deletes are gone from the file once the checkpoint copies them back and truncates it */
-    int rc = run(s, "VACUUM", err);
-    if (rc) return rc;
-    if (strcmp(s->path, ":memory:") != 0) {
-        int log = 0, done = 0;
-        int e = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
-        if (e != SQLITE_OK) {
-            tly_log(s->log, TALLY_LOG_WARN, "store %s: erased rows still in the WAL (%s); truncating it at the next "
-                    "checkpoint", s->path, sqlite3_errmsg(s->db));
-            return tly_err_set(err, TALLY_EIO, "store %s: cannot truncate the WAL: %s", s->path, sqlite3_errmsg(s->db));
-        }
-    }
-    s->wal_pages = 0;
-    s->scrub_due = 0;
-    return TALLY_OK;
-}
-
 int store_erase_end(store *s, tly_err *err)
 {
     int rc = store_commit(s, err);

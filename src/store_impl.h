@@ -68,7 +68,7 @@ sqlite3_stmt *store_stmt(store *s, int q);      /* prepared statement q, reset, 
 int           store_step_done(store *s, sqlite3_stmt *st, tly_err *err);
 /* Logs SQLite's last error on the store's connection and writes it to err: TALLY_EIO. */
 int           store_failed(store *s, tly_err *err);
-/* store_erase.c: rebuilds the file and truncates the WAL after an erasure; TALLY_OK or TALLY_EIO
+/* store.c: rebuilds the file and truncates the WAL after an erasure; TALLY_OK or TALLY_EIO
  * (scrub_due stays set). Not inside a transaction. */
 int           store_scrub(store *s, tly_err *err);
 
