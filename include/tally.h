@@ -201,6 +201,20 @@ TALLY_API int tally_reload(tally_t *t, int timeout_ms);
  * can. Any thread; blocks. */
 TALLY_API int tally_flush(tally_t *t, int timeout_ms);
 
+/* Erasure on the device (GDPR art. 17 and the like): removes every message queued, held or
+ * dead-lettered for any destination whose top-level "userId" or "anonymousId" is `id` (a chunk
+ * of several messages is rewritten without them), and *erased (may be NULL) gets their number.
+ * In order with the calls: everything accepted before it is covered, wherever it is (intake,
+ * processor, rows not yet stored). When `id` is the device's current anonymous or user id, the
+ * identity is reset as by tally_reset, so later messages do not carry it. The bytes are
+ * overwritten: the store file is rebuilt and its WAL truncated (README, "Privacy"). A batch that
+ * was already on its way to a destination may still arrive; it is not sent again. Messages whose
+ * destination mapping renamed both fields are not found. `id` is copied; the caller keeps it.
+ * Waits (at most 30 s) for the threads. Any thread; blocks. Returns TALLY_OK, TALLY_EINVAL (id
+ * NULL, empty or over TALLY_MAX_MESSAGE_BYTES: nothing altered), TALLY_EIO (the store cannot
+ * write: nothing erased), TALLY_ETIMEDOUT, TALLY_ENOMEM, TALLY_ECLOSED, TALLY_EFORK. */
+TALLY_API int tally_forget(tally_t *t, const char *id, size_t *erased);
+
 /* Counters as a JSON object (accepted, rejected, dropped, delivered, failed, queue sizes, per
  * destination; every reason a message can be given up has its counter: README, "what can be lost";
  * with rules_url, "rules_remote": the active bundle's version and a count per poll result, README

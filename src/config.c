@@ -40,6 +40,10 @@ void config_defaults(struct tally_config *c)
     c->max_store_rows = 1000000;
     c->store_on_full = -1;   /* by store kind */
     c->session_timeout_s = 1800;
+    /* Dead letters hold whole messages, personal data included, and nothing else removes them:
+     * a month is long enough to find and replay a failure, and the cap bounds the file. */
+    c->dead_letter_max_age_s = 30 * 86400;
+    c->dead_letter_max_rows = 10000;
     c->lua_memory = 64LL << 20;
     c->lua_instructions = 1000000;
     c->rule_breaker = 10;
@@ -310,6 +314,8 @@ static const struct key_def {
     {"max_store_bytes", K_LLONG, F(max_store_bytes), 65536, LONG_MAX, NULL},
     {"max_store_rows", K_LLONG, F(max_store_rows), 16, LONG_MAX, NULL},
     {"session_timeout_s", K_INT, F(session_timeout_s), 1, 31536000, NULL},
+    {"dead_letter_max_age_s", K_INT, F(dead_letter_max_age_s), 0, 315360000, NULL},
+    {"dead_letter_max_rows", K_LLONG, F(dead_letter_max_rows), 0, LONG_MAX, NULL},
     {"gzip", K_BOOL, F(gzip), 0, 0, NULL},
     {"context_traits", K_BOOL, F(context_traits), 0, 0, NULL},
     {"on_full", K_CHOICE, F(on_full), 0, 0, on_full_names},

@@ -36,6 +36,8 @@ struct tally_config {
     long long max_store_rows;
     int    store_on_full;
     int    session_timeout_s;
+    int    dead_letter_max_age_s; /* dead letters older than this are pruned; 0: kept however old */
+    long long dead_letter_max_rows; /* the newest this many are kept; 0: no cap */
     int    context_traits;
     char  *rule_config;    /* JSON object: rule name -> ctx.config */
     long long lua_memory;

@@ -504,12 +504,46 @@ static void serve_reloads(tally_t *t, struct processor *p)
     }
 }
 
+/* ---- forget ---- */
+
+/* tally_forget, here once every record before the call is processed: when the id is the device's
+ * own, the identity is reset as tally_reset does (later messages must not carry it), and the
+ * erasure goes to the worker as a row, so it runs after every row before it is stored. */
+static void serve_forgets(tally_t *t, struct processor *p)
+{
+    size_t taken = intake_taken(&t->q);
+    uint64_t seq;
+    char *id;
+    size_t len;
+    while (requests_take_forget(&t->req, taken, &seq, &id, &len)) {
+        char num[24];
+        int nl = snprintf(num, sizeof num, "%llu", (unsigned long long)seq);
+        if (id && t->cfg.mode != MODE_SERVER &&
+            ((p->id.user_id && !strcmp(p->id.user_id, id)) || !strcmp(p->id.anonymous_id, id))) {
+            identity_apply(&p->id, &p->sink, REC_RESET, NULL, p->mono_ms, p->wall_ms);
+            publish_identity(t, p);
+        }
+        char *buf = id ? row_slot(t, (size_t)nl + 1 + len) : NULL;
+        if (buf) {
+            memcpy(buf, num, (size_t)nl + 1);
+            memcpy(buf + nl + 1, id, len);
+            rowq_publish(t->rows, ROW_FORGET, (uint32_t)(nl + 1 + len));
+            tly_wake_worker(t);
+        } else {
+            tly_err err;
+            tly_err_set(&err, TALLY_ENOMEM, "forget: out of memory");
+            requests_finish(&t->req, seq, TALLY_ENOMEM, &err);
+        }
+        free(id);
+    }
+}
+
 /* ---- the loop ---- */
 
-/* 1: stop (once the intake is empty); 0: sleep; -1: go on (a reload is waiting). */
+/* 1: stop (once the intake is empty); 0: sleep; -1: go on (a reload or forget is waiting). */
 static int idle_state(tally_t *t)
 {
-    if (requests_waiting(&t->req, REQ_RELOAD)) return -1;
+    if (requests_waiting(&t->req, REQ_RELOAD) || requests_forget_waiting(&t->req)) return -1;
     if (atomic_load(&t->rules_next)) return -1;
     return atomic_load(&t->stop);
 }
@@ -561,6 +595,7 @@ void *processor_main(void *arg)
         int did = drain(t, p, 256);
         int state = idle_state(t);
         if (state < 0) serve_reloads(t, p);
+        if (state < 0) serve_forgets(t, p);
         if (did) busy = 1;
         if (did || state < 0) continue;
         if (state == 1 && intake_position(&t->q) == intake_taken(&t->q)) break;

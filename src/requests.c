@@ -3,6 +3,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -31,7 +32,7 @@ void requests_destroy(requests *rq)
 
 void requests_post(requests *rq, tly_request *r)
 {
-    assert(r->kind == REQ_FLUSH || r->kind == REQ_RELOAD);
+    assert(r->kind == REQ_FLUSH || r->kind == REQ_RELOAD || r->kind == REQ_FORGET);
     pthread_mutex_lock(&rq->mu);
     r->seq = ++rq->next_seq;
     r->next = rq->list;
@@ -105,6 +106,44 @@ void requests_finish(requests *rq, uint64_t seq, int rc, const tly_err *err)
     }
     pthread_cond_broadcast(&rq->cv);
     pthread_mutex_unlock(&rq->mu);
+}
+
+static int forget_unhanded(const tly_request *r) { return r->kind == REQ_FORGET && !r->done && !r->handed; }
+
+int requests_forget_waiting(requests *rq)
+{
+    int any = 0;
+    pthread_mutex_lock(&rq->mu);
+    for (const tly_request *r = rq->list; r && !any; r = r->next) any = forget_unhanded(r);
+    pthread_mutex_unlock(&rq->mu);
+    return any;
+}
+
+int requests_take_forget(requests *rq, size_t taken, uint64_t *seq, char **id, size_t *id_len)
+{
+    pthread_mutex_lock(&rq->mu);
+    tly_request *r = rq->list;
+    while (r && !(forget_unhanded(r) && taken >= r->ticket)) r = r->next;
+    if (r) {
+        r->handed = 1;
+        *seq = r->seq;
+        *id_len = r->id_len;
+        if ((*id = malloc(r->id_len + 1)) != NULL) {
+            memcpy(*id, r->id, r->id_len);
+            (*id)[r->id_len] = '\0';
+        }
+    }
+    pthread_mutex_unlock(&rq->mu);
+    return r != NULL;
+}
+
+void requests_finish_count(requests *rq, uint64_t seq, int rc, const tly_err *err, int64_t count)
+{
+    pthread_mutex_lock(&rq->mu);
+    for (tly_request *r = rq->list; r; r = r->next)
+        if (r->seq == seq) r->count = count;
+    pthread_mutex_unlock(&rq->mu);
+    requests_finish(rq, seq, rc, err);
 }
 
 int requests_flush_drained(requests *rq, int all_in, size_t taken, int64_t mark)

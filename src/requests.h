@@ -37,6 +37,11 @@
 typedef enum req_kind {
     REQ_FLUSH = 1, /* everything queued before it delivered, and durable: the worker */
     REQ_RELOAD,    /* the rule set loaded again, in order with the messages: the processor */
+    /* tally_forget: the processor serves it in order with the messages (the identity reset when
+     * it is the id), then hands a ROW_FORGET row to the worker behind every row before it, and
+     * the worker, meeting it, erases and finishes the request with the count. A request and not a
+     * record: the caller waits for the count. */
+    REQ_FORGET,
 } req_kind;
 
 typedef struct tly_request {
@@ -48,6 +53,10 @@ typedef struct tly_request {
     tly_err             err;     /* the failure's text when result is not TALLY_OK */
     int                 drained; /* REQ_FLUSH: every record before the ticket is in the store */
     int64_t             mark;    /* REQ_FLUSH: the store's last row id when it drained */
+    const char         *id;      /* REQ_FORGET: the id (the caller's, read only under the lock) */
+    size_t              id_len;
+    int64_t             count;   /* REQ_FORGET: messages erased */
+    int                 handed;  /* REQ_FORGET: the processor passed it to the worker */
     struct tly_request *next;
 } tly_request;
 
@@ -75,6 +84,14 @@ int  requests_waiting(requests *rq, req_kind kind);
 int  requests_take(requests *rq, req_kind kind, size_t taken, uint64_t *seq);
 /* Marks request seq done with rc (and err's text when rc is not TALLY_OK), if it is still queued. */
 void requests_finish(requests *rq, uint64_t seq, int rc, const tly_err *err);
+
+/* REQ_FORGET, the processor's: whether one waits that it has not handed to the worker yet; and
+ * requests_take for those, marking it handed, with a malloc'd copy of its id in *id (NULL when
+ * out of memory). */
+int  requests_forget_waiting(requests *rq);
+int  requests_take_forget(requests *rq, size_t taken, uint64_t *seq, char **id, size_t *id_len);
+/* requests_finish with the number of messages erased. */
+void requests_finish_count(requests *rq, uint64_t seq, int rc, const tly_err *err, int64_t count);
 
 /* REQ_FLUSH, the worker's. When all_in (nothing waits in the row queue), every flush not drained
  * whose ticket is at most `taken` becomes drained with `mark`. Returns whether any flush is

@@ -15,7 +15,9 @@
  * dropped since the last such row, for the store's rule_drops table (`tally inspect`). */
 /* ROW_CONSENT: data is the device's new consent preferences (JSON text, tally_consent), in order
  * with the messages: the worker keeps them, purges and releases rows by them (consent.h). */
-enum { ROW_META_SET = -1, ROW_META_DEL = -2, ROW_RULE_DROPS = -3, ROW_CONSENT = -4 };
+/* ROW_FORGET: data is "seq\0id" (the REQ_FORGET's number, decimal, and the id): erase the id's
+ * messages once every row before this one is stored (worker.c). */
+enum { ROW_META_SET = -1, ROW_META_DEL = -2, ROW_RULE_DROPS = -3, ROW_CONSENT = -4, ROW_FORGET = -5 };
 
 typedef struct row {
     int      dest;   /* destination index, ROW_META_*: data is "key\0value\0", or ROW_RULE_DROPS */

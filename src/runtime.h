@@ -33,6 +33,8 @@ typedef struct tally_counters {
     _Atomic uint64_t violations;     /* ctx:violation calls by rules */
     _Atomic uint64_t rule_dropped;   /* messages dropped by rules (nil, block, fail closed) */
     _Atomic uint64_t opted_out;      /* messages not kept: the device opted out (consent) */
+    _Atomic uint64_t forgotten;      /* messages erased by tally_forget */
+    _Atomic uint64_t dead_pruned;    /* dead letters removed by their retention (dead_letter_max_*) */
 } tally_counters;
 
 struct tally {

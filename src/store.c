@@ -123,10 +123,36 @@ static int on_wal_commit(void *ud, sqlite3 *db, const char *name, int pages)
 
 void store_checkpoint(store *s)
 {
+    tly_err ignored; /* logged by store_scrub; it is tried again at the next call */
+    if (s->db && !s->in_txn && s->scrub_due && tly_now_ms() >= s->scrub_at && store_scrub(s, &ignored) == TALLY_OK)
+        return;
     if (!s->db || s->in_txn || s->wal_pages < s->wal_max_pages) return;
     int log = 0, done = 0;
     if (sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log, &done) == SQLITE_OK && done >= log)
         s->wal_pages = 0;
+}
+
+/* After an erasure (store_erase.c; here because store_checkpoint retries it). */
+int store_scrub(store *s, tly_err *err)
+{
+    assert(!s->in_txn);
+    s->scrub_due = 1;
+    s->scrub_at = tly_now_ms() + 10000; /* should it fail: a retry every 10 s, not every turn of the worker */
+    /* VACUUM writes every live page anew (into the WAL), so free pages that kept bytes of earlier
+     * FAST deletes are gone from the file once the checkpoint copies them back and truncates it */
+    if (exec(s, "VACUUM", err) != SQLITE_OK) return TALLY_EIO;
+    if (strcmp(s->path, ":memory:") != 0) {
+        int log = 0, done = 0;
+        int e = sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, &log, &done);
+        if (e != SQLITE_OK) {
+            tly_log(s->log, TALLY_LOG_WARN, "store %s: erased rows still in the WAL (%s); truncating it at the next "
+                    "checkpoint", s->path, sqlite3_errmsg(s->db));
+            return tly_err_set(err, TALLY_EIO, "store %s: cannot truncate the WAL: %s", s->path, sqlite3_errmsg(s->db));
+        }
+    }
+    s->wal_pages = 0;
+    s->scrub_due = 0;
+    return TALLY_OK;
 }
 
 /* Stores written before chunks: every row holds one message. */
@@ -185,6 +211,9 @@ static int open_db(store *s)
     exec(s, "PRAGMA secure_delete=FAST", NULL);
     if (!is_memory(s->path) && (rc = exec(s, "PRAGMA journal_mode=WAL", NULL)) != SQLITE_OK) return rc;
     sqlite3_wal_autocheckpoint(s->db, 0); /* see store_checkpoint */
+    /* An erasure commits before it truncates the WAL (store_erase_end): a crash in between left
+     * the erased rows' old frames there. Best effort: a reader holding the WAL only delays it. */
+    if (!is_memory(s->path)) sqlite3_wal_checkpoint_v2(s->db, NULL, SQLITE_CHECKPOINT_TRUNCATE, NULL, NULL);
     sqlite3_wal_hook(s->db, on_wal_commit, s);
     /* NORMAL in WAL mode: a commit survives a crash of the process; only an OS crash or power
      * loss can take back the last commits. */

@@ -118,6 +118,34 @@ int  store_rule_dropped(store *s, const char *rule, const char *cls, int64_t del
 int  store_meta_get(store *s, const char *key, char **value, tly_err *err);
 int  store_meta_set(store *s, const char *key, const char *value, tly_err *err);
 
+/* Erasing for good. Ordinary deletes run with secure_delete=FAST (store.c says why), which leaves
+ * the bytes of freed pages in the file; an erasure must not. Between store_erase_begin and
+ * store_erase_end, deletes and rewrites overwrite what they free (secure_delete=ON), in one
+ * transaction of their own: begin wants no group-commit transaction open (commit first). End
+ * commits it, goes back to FAST, rebuilds the file (VACUUM: no free page keeps bytes of earlier
+ * FAST deletes either) and truncates the WAL (checkpoint TRUNCATE: its old frames held the erased
+ * rows). TALLY_OK from end: the rows are gone for good. Should the scrub not finish (a reader such
+ * as `tally inspect` holds the WAL), it is logged and store_checkpoint retries it until it does;
+ * a crash before it does is finished at the next store_open (which truncates the WAL). A failed
+ * commit rolls everything back (TALLY_EIO): nothing was erased. Used by store_forget's callers
+ * and meant for any purge that must not leave bytes behind (consent). */
+int  store_erase_begin(store *s, tly_err *err);
+int  store_erase_end(store *s, tly_err *err);
+
+/* Removes every queued message and dead letter whose top-level "userId" or "anonymousId" is id
+ * (len bytes), for every destination: a chunk holding some of them is rewritten without them.
+ * *erased counts them. live[k] (dest live_dest[k], nlive of them, NULL for none) are the cursors
+ * of batches loaded and not yet removed: they are adjusted so that each still ends after the same
+ * message (a chunk that lost messages behind a batch's end must not shift it). In the open
+ * transaction: call it between store_erase_begin and store_erase_end. */
+int  store_forget(store *s, const char *id, size_t len, store_cursor *const *live, const int *live_dest,
+                  size_t nlive, int64_t *erased, tly_err *err);
+
+/* Dead-letter retention: removes dead letters older than older_than_ms (wall clock, 0: none by
+ * age) and the oldest beyond max_rows (<0: no cap), counting them per destination ("dead_pruned",
+ * `tally inspect`) and in *pruned. In the open transaction, with the ordinary FAST deletes. */
+int  store_dead_prune(store *s, int64_t older_than_ms, int64_t max_rows, int64_t *pruned, tly_err *err);
+
 /* Read-only report for `tally inspect`: *json is malloc'd JSON text. Opens path itself, read-only,
  * so it runs beside the process that writes the store. */
 int  store_report(const char *path, char **json, tly_err *err);

@@ -54,6 +54,8 @@ struct store {
     int               wal_max_pages;
     int64_t           rows, bytes;   /* messages queued (all chunks), bytes of their bodies */
     int               wal_pages;  /* frames in the WAL after the last commit (wal hook) */
+    int               scrub_due;  /* an erasure committed and its VACUUM + WAL truncation did not finish */
+    int64_t           scrub_at;   /* wall ms: when store_checkpoint tries it again */
 };
 
 /* store.c: the helpers every part of the store reads and writes through. */
@@ -66,5 +68,8 @@ sqlite3_stmt *store_stmt(store *s, int q);      /* prepared statement q, reset, 
 int           store_step_done(store *s, sqlite3_stmt *st, tly_err *err);
 /* Logs SQLite's last error on the store's connection and writes it to err: TALLY_EIO. */
 int           store_failed(store *s, tly_err *err);
+/* store.c: rebuilds the file and truncates the WAL after an erasure; TALLY_OK or TALLY_EIO
+ * (scrub_due stays set). Not inside a transaction. */
+int           store_scrub(store *s, tly_err *err);
 
 #endif

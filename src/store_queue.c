@@ -350,7 +350,11 @@ int store_load(store *s, int dest_id, const store_cursor *after, const store_cur
     }
     sqlite3_reset(st);
     if (rc != SQLITE_ROW && rc != SQLITE_DONE) return store_failed(s, err);
-    assert(cursor_ok(s, &c) && (c.last_id == 0) == (count == 0));
+    /* A reload that finds nothing left of its batch (the full policy or an erasure took it all)
+     * keeps the batch's bounds: the batch after it must still begin where this one ended, not at
+     * the front of the queue, and removing it removes only what is left in those bounds. */
+    if (count == 0 && until) c = *until;
+    assert(cursor_ok(s, &c) && (c.last_id == 0) == (count == 0 && !until));
     *cur = c;
     *n = count;
     return TALLY_OK;

@@ -396,6 +396,31 @@ int tally_reload(tally_t *t, int timeout_ms)
     return TALLY_OK;
 }
 
+/* Bounds the wait: the erasure runs behind every row queued before it, which the worker stores
+ * at its own pace; a caller that gives up leaves it to happen. */
+#define FORGET_WAIT_MS 30000
+
+int tally_forget(tally_t *t, const char *id, size_t *erased)
+{
+    if (erased) *erased = 0;
+    int rc = usable(t);
+    if (!rc) rc = from_log_callback("tally_forget");
+    if (rc) return rc;
+    if (!id) return tly_fail(TALLY_EINVAL, "forget: id: NULL");
+    size_t len = strlen(id);
+    if (!len) return tly_fail(TALLY_EINVAL, "forget: id: empty (expected a userId or anonymousId)");
+    if (len > TALLY_MAX_MESSAGE_BYTES)
+        return tly_fail(TALLY_EINVAL, "forget: id: %zu bytes, over the %d-byte limit (no message holds a longer one)",
+                        len, TALLY_MAX_MESSAGE_BYTES);
+    tly_request req = {.kind = REQ_FORGET, .ticket = intake_position(&t->q), .id = id, .id_len = len};
+    if (!wait_request(t, &req, FORGET_WAIT_MS))
+        return tly_fail(TALLY_ETIMEDOUT, "forget: not done within %d ms; it still happens if the threads had taken "
+                        "it (call again to be sure: forgetting twice is harmless)", FORGET_WAIT_MS);
+    if (req.result) return tly_publish(req.result, &req.err);
+    if (erased) *erased = (size_t)req.count;
+    return TALLY_OK;
+}
+
 int tally_identity(tally_t *t, char **json_out)
 {
     if (!t || !json_out) return tly_fail(TALLY_EINVAL, "tally_identity: NULL argument");
@@ -444,6 +469,8 @@ int tally_stats(tally_t *t, char **json_out)
     rules_stats(t->rules, &b);
     pthread_mutex_unlock(&t->rules_mu);
     rules_remote_stats(t->remote, &b); /* nothing without rules_url */
+    tbuf_printf(&b, ",\"forgotten\":%llu,\"dead_pruned\":%llu", (unsigned long long)atomic_load(&t->n.forgotten),
+                (unsigned long long)atomic_load(&t->n.dead_pruned));
     tbuf_putc(&b, '}');
     if (b.oom) {
         tbuf_free(&b);

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "msg_owner.h"
 #include "rowq.h"
 #include "rules_remote.h"
 #include "store.h"
@@ -98,6 +99,7 @@ struct worker {
     int         chunk_max_n; /* a chunk is at most a batch, and never more than the store holds */
     size_t      chunk_max_bytes;
     consent_state consent;   /* the preferences the rows taken so far were stamped under */
+    int64_t     prune_at;    /* monotonic: when dead letters are next checked against their retention */
 };
 
 /* ---- rows from the processor -> chunks -> the store ---- */
@@ -302,14 +304,29 @@ static void rule_drops_row(struct worker *w, const char *data, size_t len)
 
 /* ---- consent: purge and release ---- */
 
+static void commit(tally_t *t, struct worker *w);
+
 static void purge_now(tally_t *t, struct worker *w, size_t i)
 {
     dest_state *s = &w->ds[i];
     int64_t n = 0;
     tly_err e; /* a failed write is logged by the store and fails the commit, which recounts */
     s->purge_due = 0;
-    if (store_purge(w->st, s->store_id, s->purge_upto, 1, &n, &e) == TALLY_OK && n) {
-        store_count(w->st, s->store_id, "consent_purged", n, &e);
+    /* Withdrawn consent is an erasure: in a transaction of its own that overwrites what it frees
+     * (store_erase_begin/end), like tally_forget. Should that not be possible now (the store
+     * holds rows it cannot write, or a commit is pending), the rows still go, with the ordinary
+     * deletes, rather than being delivered against the person's choice. */
+    commit(t, w);
+    int secure = !w->held.n && !store_in_txn(w->st) && store_erase_begin(w->st, &e) == TALLY_OK;
+    int rc = store_purge(w->st, s->store_id, s->purge_upto, 1, &n, &e);
+    if (rc == TALLY_OK && n) store_count(w->st, s->store_id, "consent_purged", n, &e);
+    if (secure && store_erase_end(w->st, &e) != TALLY_OK) { /* rolled back: nothing was deleted */
+        tly_log(&t->log, TALLY_LOG_WARN, "%s: consent withdrawn: the secure purge failed (%s); deleting the rows "
+                "without overwriting them", t->dests[i].name, e.msg);
+        rc = store_purge(w->st, s->store_id, s->purge_upto, 1, &n, &e);
+        if (rc == TALLY_OK && n) store_count(w->st, s->store_id, "consent_purged", n, &e);
+    }
+    if (rc == TALLY_OK && n) {
         atomic_fetch_add(&t->dests[i].consent_purged, (uint64_t)n);
         tly_log(&t->log, TALLY_LOG_INFO, "%s: consent withdrawn: %lld queued and dead-lettered messages deleted",
                 t->dests[i].name, (long long)n);
@@ -359,6 +376,7 @@ static void consent_row(tally_t *t, struct worker *w, const char *text)
     }
     w->consent = cs;
 }
+static void forget_row(tally_t *t, struct worker *w, const char *data, size_t len);
 
 static int drain(tally_t *t, struct worker *w, int budget)
 {
@@ -369,6 +387,7 @@ static int drain(tally_t *t, struct worker *w, int budget)
         if (r.dest >= 0) store_row(t, w, (size_t)r.dest, r.data, r.len, now);
         else if (r.dest == ROW_RULE_DROPS) rule_drops_row(w, r.data, r.len);
         else if (r.dest == ROW_CONSENT) consent_row(t, w, r.data);
+        else if (r.dest == ROW_FORGET) forget_row(t, w, r.data, r.len);
         else meta_set(w, r.data, r.dest == ROW_META_SET ? r.data + strlen(r.data) + 1 : NULL);
         rowq_release(t->rows);
         n++;
@@ -536,6 +555,7 @@ static void settle(tally_t *t, struct worker *w, size_t i)
             atomic_fetch_add(&d->delivered, (uint64_t)n);
         } else {
             store_dead(w->st, s->store_id, &f->cur, f->status, f->reason, &e);
+            w->prune_at = 0; /* the row cap holds at once, not a minute later */
             store_count(w->st, s->store_id, "dead_lettered", n, &e);
             atomic_fetch_add(&d->failed, (uint64_t)n);
             tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)n,
@@ -745,6 +765,129 @@ static void serve_flushes(tally_t *t, struct worker *w)
     requests_flush_done(&t->req, frontier);
 }
 
+/* ---- forget ---- */
+
+/* Removes the id's messages from a batch held in memory, keeping the others in order; how many. */
+static int64_t batch_forget(tj_arena *a, dest_batch *b, const char *id, size_t len)
+{
+    size_t n = 0, at = b->n ? b->off[0] : 0;
+    int64_t gone = 0;
+    for (size_t k = 0; k < b->n; k++) {
+        size_t from = b->off[k], to = b->off[k + 1]; /* with its newline */
+        if (msg_owned_by(a, b->data.data + from, to - from - 1, id, len)) {
+            gone++;
+            continue;
+        }
+        memmove(b->data.data + at, b->data.data + from, to - from);
+        b->off[n] = at;
+        at += to - from;
+        b->off[++n] = at;
+    }
+    b->data.len = at; /* what lies past it held erased messages: scrub_buffers clears it */
+    b->n = n;
+    return gone;
+}
+
+/* Buffers kept for reuse still hold the messages they last carried: an erasure clears the unused
+ * part, so no copy of an erased message outlives it in the worker (the row queue's slots and the
+ * intake's spare records are overwritten by the next messages, not cleared). */
+static void scrub(tbuf *b, size_t from)
+{
+    if (b->data && b->cap > from) memset(b->data + from, 0, b->cap - from);
+}
+
+static void scrub_buffers(tally_t *t, struct worker *w)
+{
+    for (size_t k = w->log.n; k < w->log.cap; k++) scrub(&w->log.v[k].body, 0);
+    for (size_t i = 0; i < t->ndests; i++) {
+        dest_state *s = &w->ds[i];
+        scrub(&s->chunk, s->chunk.len);
+        for (int k = s->nf; k < MAX_IN_FLIGHT; k++) scrub(&flight_at(s, k)->batch.data, 0);
+        for (int k = 0; k < s->nf; k++)
+            if (flight_at(s, k)->state != FL_SENDING) scrub(&flight_at(s, k)->batch.data, flight_at(s, k)->batch.data.len);
+    }
+}
+
+/* tally_forget, once every row before it is stored (rowq.h ROW_FORGET): the id's rows are
+ * erased from the store for good (store_erase_begin/end), and from the batches held in memory
+ * that are not on their way. A batch being sent keeps its copy until its transfer ends (curl
+ * reads it); its cursor is adjusted like the others, so a retry reloads it from the store without
+ * the erased messages, which are then never sent again. */
+static void forget_row(tally_t *t, struct worker *w, const char *data, size_t len)
+{
+    uint64_t seq = strtoull(data, NULL, 10);
+    size_t skip = strlen(data) + 1;
+    const char *id = data + skip;
+    size_t idlen = len - skip;
+    tly_err err = {""};
+    int64_t erased = 0;
+    commit(t, w); /* every row before this one, durable first: the erasure is a transaction of its own */
+    int rc = TALLY_OK;
+    if (w->held.n || store_in_txn(w->st))
+        rc = tly_err_set(&err, TALLY_EIO, "forget: the store cannot write now (%s); nothing erased",
+                         w->held.n ? "disk full?" : "busy");
+    size_t nlive = 0, cap = t->ndests * MAX_IN_FLIGHT;
+    store_cursor **live = rc ? NULL : calloc(cap + 1, sizeof *live), *saved = rc ? NULL : calloc(cap + 1, sizeof *saved);
+    int *live_dest = rc ? NULL : calloc(cap + 1, sizeof *live_dest);
+    tj_arena *a = rc ? NULL : tj_arena_new();
+    if (!rc && (!live || !saved || !live_dest || !a)) rc = tly_err_set(&err, TALLY_ENOMEM, "forget: out of memory");
+    for (size_t i = 0; !rc && i < t->ndests; i++)
+        for (int k = 0; k < w->ds[i].nf; k++) {
+            live[nlive] = &flight_at(&w->ds[i], k)->cur;
+            saved[nlive] = *live[nlive];
+            live_dest[nlive++] = w->ds[i].store_id;
+        }
+    if (!rc && !(rc = store_erase_begin(w->st, &err))) {
+        int e = store_forget(w->st, id, idlen, live, live_dest, nlive, &erased, &err);
+        rc = store_erase_end(w->st, &err); /* rolls back when the forget failed */
+        if (e) rc = e;
+    }
+    if (rc) {
+        for (size_t k = 0; k < nlive; k++) *live[k] = saved[k]; /* the rows are as they were */
+        erased = 0;
+    }
+    for (size_t i = 0; !rc && i < t->ndests; i++) {
+        dest_state *s = &w->ds[i];
+        for (int k = 0; k < s->nf; k++) {
+            flight *f = flight_at(s, k);
+            if (f->state != FL_SENDING) s->sent -= batch_forget(a, &f->batch, id, idlen);
+        }
+        /* as after a rollback: the rows under the batches changed, recount once they are settled */
+        s->pending = count_pending(w, s);
+        s->stale = s->nf > 0;
+    }
+    if (!rc) {
+        scrub_buffers(t, w);
+        atomic_fetch_add(&t->n.forgotten, (uint64_t)erased);
+        tly_log(&t->log, TALLY_LOG_INFO, "forget: %lld messages erased", (long long)erased);
+    }
+    tj_arena_free(a);
+    free(live);
+    free(saved);
+    free(live_dest);
+    requests_finish_count(&t->req, seq, rc, &err, erased);
+}
+
+/* Dead letters are kept dead_letter_max_age_s and at most dead_letter_max_rows (README, Privacy);
+ * checked once a minute, in the group transaction. */
+#define PRUNE_EVERY_MS 60000
+
+static void prune_dead(tally_t *t, struct worker *w)
+{
+    int64_t now = tly_clock_mono(t);
+    if (now < w->prune_at) return;
+    w->prune_at = now + PRUNE_EVERY_MS;
+    int64_t age = (int64_t)t->cfg.dead_letter_max_age_s * 1000, pruned = 0;
+    tly_err e; /* a failed write is logged by the store and fails the commit; the next check tries again */
+    if (store_dead_prune(w->st, age ? tly_clock_wall(t) - age : 0,
+                         t->cfg.dead_letter_max_rows ? t->cfg.dead_letter_max_rows : -1, &pruned, &e) == TALLY_OK &&
+        pruned) {
+        atomic_fetch_add(&t->n.dead_pruned, (uint64_t)pruned);
+        tly_log(&t->log, TALLY_LOG_INFO, "%lld dead letters pruned (dead_letter_max_age_s=%d, dead_letter_max_rows=%lld)",
+                (long long)pruned, t->cfg.dead_letter_max_age_s, t->cfg.dead_letter_max_rows);
+    }
+}
+
 /* ---- the loop ---- */
 
 static int next_timeout_ms(tally_t *t, struct worker *w)
@@ -802,6 +945,7 @@ void *worker_main(void *arg)
         }
         collect_transfers(t, w);
         rules_remote_tick(t->remote, tly_clock_mono(t));
+        prune_dead(t, w);
         deliver(t, w, 0);
         if (requests_waiting(&t->req, REQ_FLUSH)) serve_flushes(t, w);
         /* the processor has stopped only once the intake was empty: nothing more will come */

@@ -44,6 +44,10 @@ int cli_check(const cli_opts *o, const char *rules_spec, const char *rule_config
 /* `tally inspect STORE [--json]`: 0, or 1 when the store cannot be read. */
 int cli_inspect(const cli_opts *o);
 
+/* `tally forget --store=S ID`: prints how many messages were erased. 0, 1 when the store cannot
+ * be opened (missing, or in use by a running process) or written, 2 usage. */
+int cli_forget(const cli_opts *o);
+
 /* `tally rules keygen|pack|verify|test ...` (argv[0] is "rules"): signed rule bundles
  * (rules_cmd.c). 0 done, 1 not verified or a self-test failed, 2 usage. */
 int cli_rules(int argc, char **argv);

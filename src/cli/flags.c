@@ -23,7 +23,7 @@ static const struct {
 };
 
 static const char *const commands[] = {"track", "identify", "page", "screen", "group", "alias",
-                                       "send", "check", "inspect", "report", "help", "version", "consent", NULL};
+                                       "send", "check", "inspect", "report", "forget", "help", "version", "consent", NULL};
 
 /* Flags of the CLI itself (not message fields, not configuration keys). */
 static const char *const cli_flags[] = {"type", "config", "json", "wait_ms", "help", "version", NULL};
@@ -69,7 +69,7 @@ static int set_command(cli_opts *o, const char *cmd, char *err, size_t errlen)
     char quoted[80];
     snprintf(quoted, sizeof quoted, "%.60s", cmd);
     return fail(err, errlen, "unknown command \"%s\"%s; commands: track, identify, page, screen, group, alias, "
-                "send, check, inspect, report, help, version, consent", quoted, hint);
+                "send, check, inspect, report, forget, help, version, consent", quoted, hint);
 }
 
 static int is_switch(const char *name, size_t nlen)
@@ -123,7 +123,7 @@ static void arity(const char *cmd, int *min, int *max)
 {
     *min = *max = 0;
     if (!strcmp(cmd, "send") || !strcmp(cmd, "check") || !strcmp(cmd, "help") || !strcmp(cmd, "consent")) *max = 1;
-    else if (!strcmp(cmd, "inspect")) *min = *max = 1;
+    else if (!strcmp(cmd, "inspect") || !strcmp(cmd, "forget")) *min = *max = 1;
 }
 
 static int check_positionals(cli_opts *o, char *err, size_t errlen)
@@ -138,6 +138,8 @@ static int check_positionals(cli_opts *o, char *err, size_t errlen)
         snprintf(text, sizeof text, "%s %s", o->command, what);
         return fail(err, errlen, "unexpected argument \"%s\": %s", arg, text);
     }
+    if (o->npositional < min && !o->help && !strcmp(o->command, "forget"))
+        return fail(err, errlen, "forget: expected the id to erase: tally forget --store=S ID%s%s", "", NULL);
     if (o->npositional < min && !o->help)
         return fail(err, errlen, "%s: expected a store path: tally %s STORE", o->command, o->command);
     if (!strcmp(o->command, "help") && o->npositional == 1) {

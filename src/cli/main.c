@@ -32,6 +32,9 @@ static const struct { const char *cmd, *text; } usages[] = {
     {"consent", "  tally consent --store=S (--config=FILE | --destinations=JSON) JSON   merge the device's consent\n"
                 "                                     preferences ({\"analytics\":true}; false: opt out) into S,\n"
                 "                                     purging what the destinations' categories no longer allow\n"},
+    {"forget", "  tally forget --store=S ID          erase ID's queued and dead-lettered messages (userId or\n"
+               "                                     anonymousId) from a store no process has open; prints\n"
+               "                                     the count; resets the device identity when it is ID's\n"},
 };
 
 static const char usage_single[] =
@@ -61,7 +64,7 @@ static void print_usage(const char *cmd)
     for (size_t i = 0; i < sizeof usages / sizeof *usages; i++)
         if (all || !strcmp(cmd, usages[i].cmd)) fputs(usages[i].text, stdout);
     if (all || (strcmp(cmd, "send") && strcmp(cmd, "check") && strcmp(cmd, "inspect") && strcmp(cmd, "report") &&
-                strcmp(cmd, "consent")))
+                strcmp(cmd, "consent") && strcmp(cmd, "forget")))
         fputs(usage_single, stdout);
     fputs(usage_common, stdout);
 }
@@ -311,6 +314,7 @@ int main(int argc, char **argv)
     }
     if (o.help) { print_usage(o.command); return 0; }
     if (!strcmp(o.command, "inspect")) return cli_inspect(&o);
+    if (!strcmp(o.command, "forget")) return cli_forget(&o);
     if (!strcmp(o.command, "check")) {
         const char *spec = NULL, *rule_config = NULL;
         for (int i = 0; i < o.nset; i++) {

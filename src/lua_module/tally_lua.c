@@ -523,6 +523,21 @@ static int l_flush(lua_State *L)
     return status(L, b->t, tally_flush(b->t, to_int_ms(L, 2)));
 }
 
+/* t:forget(id): the number of messages erased, or nil and why. */
+static int l_forget(lua_State *L)
+{
+    binding *b = check_handle(L);
+    if (lua_type(L, 2) != LUA_TSTRING) return fail(L, "forget: id: expected a string (a userId or anonymousId)");
+    size_t len;
+    const char *id = lua_tolstring(L, 2, &len);
+    if (strlen(id) != len) return fail(L, "forget: id: holds a NUL byte");
+    size_t erased = 0;
+    int rc = tally_forget(b->t, id, &erased);
+    if (rc != TALLY_OK) return fail(L, tally_errmsg(b->t));
+    lua_pushinteger(L, (lua_Integer)erased);
+    return 1;
+}
+
 static int l_reload(lua_State *L)
 {
     binding *b = check_handle(L);
@@ -821,6 +836,7 @@ static const luaL_Reg handle_methods[] = {
     {"session_start", l_session_start},
     {"flush", l_flush},
     {"reload", l_reload},
+    {"forget", l_forget},
     {"close", l_close},
     {"stats", l_stats},
     {"session", l_session},
