@@ -184,7 +184,8 @@ TEST(held_messages_stay_held_across_a_restart_until_the_decision)
     files_free(&f);
 }
 
-/* Dead letters are made the way a previous run would have left them: rows in `dead`. */
+/* Dead letters are made the way a previous run would have left them: rows in `dead`, written now
+ * (an older `at` would be pruned by dead_letter_max_age_s before the revocation could purge it). */
 static void add_dead(const char *db, const char *name, int n)
 {
     sqlite3 *h = NULL;
@@ -192,7 +193,7 @@ static void add_dead(const char *db, const char *name, int n)
     for (int i = 0; i < n; i++) {
         char sql[300];
         snprintf(sql, sizeof sql, "INSERT INTO dead(dest, body, status, reason, at) VALUES ((SELECT id FROM dests "
-                 "WHERE name LIKE '%%-%s.ndjson'), '{\"event\":\"Dead\"}', 400, 'refused', 0)", name);
+                 "WHERE name LIKE '%%-%s.ndjson'), '{\"event\":\"Dead\"}', 400, 'refused', CAST(unixepoch('subsec') * 1000 AS INTEGER))", name);
         CHECK_EQ_INT(sqlite3_exec(h, sql, NULL, NULL, NULL), SQLITE_OK);
     }
     sqlite3_close(h);
