@@ -380,7 +380,9 @@ EOF
 # The privacy options, for one request: a handle of its own (anonymize_ip, consent from the
 # tally_consent cookie or the X-Consent header) writes this request's log_page and a page sent with
 # an explicit IPv6 context.ip to the NDJSON file ?out=, and the handler answers with that file once
-# both lines are there. Its messages also go to a segment destination on a closed port, so the
+# both lines are there. Destination g, which needs the "advertising" category, writes ?out=.ads:
+# libtally enforces each message's own consent there (server mode; consent_default grants messages
+# without one). Its messages also go to a segment destination on a closed port, so the
 # environment's TALLY_ENDPOINT (the collector of phase 2) is not added to them.
 cat >"$tmp/lua/privacy.lua" <<'EOF'
 local tally = require "resty.tally"
@@ -389,6 +391,7 @@ local t, err = tally.new { lib = os.getenv("TALLY_LIB"), store = ":memory:", mod
                            anonymize_ip = true, consent_cookie = "tally_consent", consent_header = "X-Consent",
                            anonymous_id_cookie = "tally_aid",
                            destinations = { { type = "file", name = "f", path = out },
+                                            { type = "file", name = "g", path = out .. ".ads", consent = "advertising" },
                                             { type = "segment", name = "s", endpoint = "http://127.0.0.1:1",
                                               write_key = "k" } } }
 if not t then ngx.say("FAIL new: ", err) return end
@@ -403,7 +406,7 @@ for _ = 1, 250 do -- the file destination writes on libtally's thread: wait unti
     if select(2, text:gsub("\n", "")) >= 2 then break end
     ngx.sleep(0.02)
 end
-t:close(0)
+t:close(3000) -- the flush lets destination g (consent "advertising") write what it was given
 ngx.print(text)
 EOF
 
@@ -507,6 +510,15 @@ for name in ("bad1", "bad2"):
     check("malformed consent (%s): both messages sent, without consent" % name,
           lp.get("type") == "page" and ex.get("type") == "page" and "consent" not in lp.get("context", {})
           and "consent" not in ex.get("context", {}), (lp, ex))
+def ads(name):
+    try:
+        return sum(1 for l in open("%s/privacy-%s.ndjson.ads" % (tmp, name)) if l.strip())
+    except FileNotFoundError:
+        return 0
+check("consent enforced in nginx: advertising=0 (cookie) keeps both messages from the advertising destination",
+      ads("cookie") == 0, ads("cookie"))
+check("consent enforced in nginx: advertising=true (header) gives it both", ads("header") == 2, ads("header"))
+check("consent enforced in nginx: no consent object follows consent_default (grant)", ads("bad1") == 2, ads("bad1"))
 if c_v6 != "skipped":
     lp, _ = load("v6")
     check("anonymize_ip: IPv6 of the request (::1 from log_page) keeps 48 bits",
