@@ -104,6 +104,10 @@ collector_cpu() {
 cases=()
 cases+=("caller 1 thread|caller|--threads=1")
 cases+=("caller 4 threads|caller|--threads=4")
+# the server path: tally_send with a whole ~400-byte message, beside tally_track above (issue 18)
+cases+=("caller send 1 thread|caller|--threads=1 --api=send --mode=server")
+# consent (issue 17): two /dev/null destinations; on - stamp is the check, stamp - off the stamp
+for c in off stamp on; do cases+=("caller consent=$c|caller|--threads=1 --consent=$c"); done
 for store in mem file; do
     for gz in off on; do
         for rules in 0 1 3; do
