@@ -212,7 +212,9 @@ TALLY_API int tally_flush(tally_t *t, int timeout_ms);
  * destination mapping renamed both fields are not found. `id` is copied; the caller keeps it.
  * Waits (at most 30 s) for the threads. Any thread; blocks. Returns TALLY_OK, TALLY_EINVAL (id
  * NULL, empty or over TALLY_MAX_MESSAGE_BYTES: nothing altered), TALLY_EIO (the store cannot
- * write: nothing erased), TALLY_ETIMEDOUT, TALLY_ENOMEM, TALLY_ECLOSED, TALLY_EFORK. */
+ * write, e.g. a full disk: the id's messages held in memory until it can are erased, so they are
+ * never stored or sent, but the stored ones are not and *erased is 0: call again once it writes),
+ * TALLY_ETIMEDOUT, TALLY_ENOMEM, TALLY_ECLOSED, TALLY_EFORK. */
 TALLY_API int tally_forget(tally_t *t, const char *id, size_t *erased);
 
 /* Counters as a JSON object (accepted, rejected, dropped, delivered, failed, queue sizes, per

@@ -1,7 +1,8 @@
-/* Fault points: the failing paths of tally_open, made reachable from tests. */
+/* Fault points: the failing paths of tally_open and of store commits, made reachable from tests. */
 #include "internal.h"
 
 _Atomic long tly_fault_countdown;
+_Atomic int tly_fault_store_full;
 
 int tly_fault(void)
 {

@@ -80,5 +80,8 @@ int     tly_uuid4(char out[37]);
  * fails (once) as if its step had. 0, the default, costs one relaxed load per point. */
 extern _Atomic long tly_fault_countdown;
 int tly_fault(void);
+/* While non-zero, every store commit fails as a write on a full disk does (the transaction rolls
+ * back): the worker's held-rows path, reachable from tests without filling a filesystem. */
+extern _Atomic int tly_fault_store_full;
 
 #endif

@@ -379,6 +379,10 @@ int store_commit(store *s, tly_err *err)
     if (!s->in_txn) return TALLY_OK;
     /* A failed write (SQLITE_FULL, IOERR...) may have undone one statement or the whole
      * transaction: committing the rest would keep half of it, so it all goes back. */
+    if (!s->txn_failed && atomic_load_explicit(&tly_fault_store_full, memory_order_relaxed)) {
+        tly_log(s->log, TALLY_LOG_ERROR, "store %s: commit failed (fault point: store full)", s->path);
+        s->txn_failed = 1;
+    }
     int rc = s->txn_failed ? SQLITE_ABORT : exec(s, "COMMIT", err);
     if (rc == SQLITE_OK) {
         s->in_txn = 0;

@@ -302,56 +302,186 @@ static void rule_drops_row(struct worker *w, const char *data, size_t len)
     if (n > 0 && n <= INT_MAX) rule_drops_add(w, data, cls, (int)n);
 }
 
-/* ---- consent: purge and release ---- */
+/* ---- held rows: what an erasure takes from them ---- */
 
 static void commit(tally_t *t, struct worker *w);
+static void set_failing(tally_t *t, struct worker *w, int on);
 
+/* Takes the emptied message entries (n 0) out of the held list, keeping the rest in order and the
+ * held counts true. Emptied buffers stay for reuse, cleared: they held erased messages. */
+static void held_compact(tally_t *t, struct worker *w)
+{
+    redo_list *l = &w->held;
+    size_t keep = 0;
+    l->bytes = 0;
+    l->msgs = 0;
+    for (size_t k = 0; k < l->n; k++) {
+        redo *e = &l->v[k];
+        if (e->dest >= 0 && e->n <= 0) {
+            if (e->body.data) memset(e->body.data, 0, e->body.cap);
+            tbuf_reset(&e->body);
+            continue;
+        }
+        if (k != keep) {
+            redo tmp = l->v[keep];
+            l->v[keep] = *e;
+            *e = tmp;
+        }
+        l->bytes += l->v[keep].body.len;
+        if (l->v[keep].dest >= 0) l->msgs += l->v[keep].n;
+        keep++;
+    }
+    l->n = keep;
+    if (!w->failing) return;
+    if (l->n) {
+        atomic_store(&t->store_held, (uint64_t)l->msgs);
+        return;
+    }
+    /* nothing left to store again: the next commit says whether the store writes */
+    set_failing(t, w, 0);
+    for (size_t i = 0; i < t->ndests; i++) w->ds[i].pending = count_pending(w, &w->ds[i]);
+}
+
+/* Destination i's held messages, which a revocation purges like its stored ones: how many. */
+static int64_t held_drop_dest(tally_t *t, struct worker *w, size_t i)
+{
+    int64_t n = 0;
+    for (size_t k = 0; k < w->held.n; k++)
+        if (w->held.v[k].dest == (int)i) {
+            n += w->held.v[k].n;
+            w->held.v[k].n = 0;
+        }
+    if (n) held_compact(t, w);
+    return n;
+}
+
+/* Removes the id's messages from the held chunks, keeping the others in order; how many, per
+ * destination in gone[] (ndests entries, added to). */
+static int64_t held_forget(tally_t *t, struct worker *w, tj_arena *a, const char *id, size_t idlen, int64_t *gone)
+{
+    int64_t total = 0;
+    for (size_t k = 0; k < w->held.n; k++) {
+        redo *e = &w->held.v[k];
+        if (e->dest < 0) continue;
+        char *body = e->body.data;
+        size_t len = e->body.len, at = 0, from = 0;
+        int kept = 0, removed = 0;
+        while (from <= len && kept + removed < e->n) {
+            const char *sep = memchr(body + from, '\0', len - from);
+            size_t to = sep ? (size_t)(sep - body) : len;
+            if (msg_owned_by(a, body + from, to - from, id, idlen)) {
+                removed++;
+            } else {
+                if (kept++) body[at++] = '\0';
+                memmove(body + at, body + from, to - from);
+                at += to - from;
+            }
+            from = to + 1;
+        }
+        if (!removed) continue;
+        memset(body + at, 0, e->body.cap - at); /* the erased messages' bytes, wherever they were */
+        e->body.len = at;
+        e->n = kept;
+        gone[e->dest] += removed;
+        total += removed;
+    }
+    if (total) held_compact(t, w);
+    return total;
+}
+
+/* ---- erasure: a transaction of its own ---- */
+
+typedef int (*erase_op)(tally_t *t, struct worker *w, void *arg, tly_err *err);
+
+/* Runs op as an erasure: after every row before it is committed, in a transaction of its own that
+ * overwrites what it frees (store_erase_begin/end), so neither the file nor the WAL keeps the
+ * bytes. TALLY_OK, or a failure with nothing of op's kept (rolled back, or not begun: the store
+ * holds rows it cannot write, or the group commit is postponed by another connection). */
+static int erase_now(tally_t *t, struct worker *w, erase_op op, void *arg, tly_err *err)
+{
+    commit(t, w); /* a no-op when the caller just did */
+    if (w->held.n || store_in_txn(w->st))
+        return tly_err_set(err, TALLY_EIO, "the store cannot write now (%s)", w->held.n ? "disk full?" : "busy");
+    int rc = store_erase_begin(w->st, err);
+    if (rc) return rc;
+    tly_err end;
+    int op_rc = op(t, w, arg, err);
+    rc = store_erase_end(w->st, op_rc ? &end : err); /* rolls back when op failed */
+    return op_rc ? op_rc : rc;
+}
+
+/* ---- consent: purge and release ---- */
+
+struct purge {
+    size_t  i;
+    int64_t n;
+};
+
+static int purge_op(tally_t *t, struct worker *w, void *arg, tly_err *err)
+{
+    (void)t;
+    struct purge *p = arg;
+    dest_state *s = &w->ds[p->i];
+    int rc = store_purge(w->st, s->store_id, s->purge_upto, 1, &p->n, err);
+    if (!rc && p->n) rc = store_count(w->st, s->store_id, "consent_purged", p->n, err);
+    return rc;
+}
+
+/* Erases destination i's rows up to purge_upto. Until that commits nothing more goes to it
+ * (loadable): should the store not write now, purge_due stays and the loop tries again
+ * (purge_pending), so a rollback cannot bring the rows back to be delivered. */
 static void purge_now(tally_t *t, struct worker *w, size_t i)
 {
     dest_state *s = &w->ds[i];
-    int64_t n = 0;
-    tly_err e; /* a failed write is logged by the store and fails the commit, which recounts */
-    s->purge_due = 0;
-    /* Withdrawn consent is an erasure: in a transaction of its own that overwrites what it frees
-     * (store_erase_begin/end), like tally_forget. Should that not be possible now (the store
-     * holds rows it cannot write, or a commit is pending), the rows still go, with the ordinary
-     * deletes, rather than being delivered against the person's choice. */
-    commit(t, w);
-    int secure = !w->held.n && !store_in_txn(w->st) && store_erase_begin(w->st, &e) == TALLY_OK;
-    int rc = store_purge(w->st, s->store_id, s->purge_upto, 1, &n, &e);
-    if (rc == TALLY_OK && n) store_count(w->st, s->store_id, "consent_purged", n, &e);
-    if (secure && store_erase_end(w->st, &e) != TALLY_OK) { /* rolled back: nothing was deleted */
-        tly_log(&t->log, TALLY_LOG_WARN, "%s: consent withdrawn: the secure purge failed (%s); deleting the rows "
-                "without overwriting them", t->dests[i].name, e.msg);
-        rc = store_purge(w->st, s->store_id, s->purge_upto, 1, &n, &e);
-        if (rc == TALLY_OK && n) store_count(w->st, s->store_id, "consent_purged", n, &e);
-    }
-    if (rc == TALLY_OK && n) {
-        atomic_fetch_add(&t->dests[i].consent_purged, (uint64_t)n);
+    struct purge p = {i, 0};
+    tly_err e;
+    int rc = erase_now(t, w, purge_op, &p, &e);
+    if (rc && !s->purge_due)
+        tly_log(&t->log, TALLY_LOG_WARN, "%s: consent withdrawn: cannot purge now (%s); nothing is sent to it until "
+                "the purge is done", t->dests[i].name, e.msg);
+    if (!rc && p.n) {
+        atomic_fetch_add(&t->dests[i].consent_purged, (uint64_t)p.n);
         tly_log(&t->log, TALLY_LOG_INFO, "%s: consent withdrawn: %lld queued and dead-lettered messages deleted",
-                t->dests[i].name, (long long)n);
+                t->dests[i].name, (long long)p.n);
     }
+    s->purge_due = rc != TALLY_OK;
     s->pending = count_pending(w, s);
     s->sent = 0;
 }
 
-/* Everything queued for destination i before now goes: what is being gathered at once, the stored
- * rows and dead letters at once or, when batches are out, once they settle (a batch handed to a
- * destination cannot be called back; it is removed when its answer comes). */
+/* Purges whose store could not write when they were due, once no batch of theirs is out. */
+static void purge_pending(tally_t *t, struct worker *w)
+{
+    for (size_t i = 0; i < t->ndests; i++)
+        if (w->ds[i].purge_due && !w->ds[i].nf) purge_now(t, w, i);
+}
+
+/* Everything queued for destination i before now goes: what is being gathered and what a failed
+ * commit holds in memory at once, the stored rows and dead letters at once or, when batches are
+ * out, once they settle (a batch handed to a destination cannot be called back; it is removed when
+ * its answer comes). Every row before the revocation is committed first, so a later rollback can
+ * neither bring purged rows back nor give them new ids past purge_upto: what it gives back is held
+ * and stored again after the revocation, and belongs to it. */
 static void purge_dest(tally_t *t, struct worker *w, size_t i)
 {
     dest_state *s = &w->ds[i];
+    tly_err e;
+    int64_t mem = s->chunk_n;
     if (s->chunk_n) {
-        atomic_fetch_add(&t->dests[i].consent_purged, (uint64_t)s->chunk_n);
-        tly_err e;
-        store_count(w->st, s->store_id, "consent_purged", s->chunk_n, &e);
         s->pending -= s->chunk_n;
         tbuf_reset(&s->chunk);
         s->chunk_n = 0;
     }
-    s->purge_due = 1;
+    commit(t, w);
+    mem += held_drop_dest(t, w, i);
+    if (mem) {
+        atomic_fetch_add(&t->dests[i].consent_purged, (uint64_t)mem);
+        store_count(w->st, s->store_id, "consent_purged", mem, &e);
+    }
+    s->purge_due = 0;
     s->purge_upto = store_last_id(w->st);
     if (!s->nf) purge_now(t, w, i);
+    else s->purge_due = 1;
 }
 
 /* A ROW_CONSENT row: the preferences every later row was stamped under. Kept in meta (in this
@@ -808,64 +938,83 @@ static void scrub_buffers(tally_t *t, struct worker *w)
     }
 }
 
-/* tally_forget, once every row before it is stored (rowq.h ROW_FORGET): the id's rows are
- * erased from the store for good (store_erase_begin/end), and from the batches held in memory
- * that are not on their way. A batch being sent keeps its copy until its transfer ends (curl
- * reads it); its cursor is adjusted like the others, so a retry reloads it from the store without
- * the erased messages, which are then never sent again. */
+struct forget {
+    const char  *id;
+    size_t       idlen;
+    store_cursor **live;
+    int         *live_dest;
+    size_t       nlive;
+    int64_t     *held;      /* per destination: the id's messages taken from the held rows */
+    int64_t      erased;
+};
+
+static int forget_op(tally_t *t, struct worker *w, void *arg, tly_err *err)
+{
+    struct forget *f = arg;
+    int rc = store_forget(w->st, f->id, f->idlen, f->live, f->live_dest, f->nlive, &f->erased, err);
+    for (size_t i = 0; !rc && i < t->ndests; i++)
+        if (f->held[i]) rc = store_count(w->st, w->ds[i].store_id, "forgotten", f->held[i], err);
+    return rc;
+}
+
+/* tally_forget, once every row before it is stored (rowq.h ROW_FORGET): the id's messages are
+ * taken from the rows a failed commit holds in memory (so they can never be stored later), then
+ * erased from the store for good (erase_now), and from the batches held in memory that are not on
+ * their way. A batch being sent keeps its copy until its transfer ends (curl reads it); its cursor
+ * is adjusted like the others, so a retry reloads it from the store without the erased messages,
+ * which are then never sent again. Should the store not write, the caller gets TALLY_EIO: the held
+ * copies are gone, the stored ones stay until it calls again. */
 static void forget_row(tally_t *t, struct worker *w, const char *data, size_t len)
 {
     uint64_t seq = strtoull(data, NULL, 10);
     size_t skip = strlen(data) + 1;
-    const char *id = data + skip;
-    size_t idlen = len - skip;
     tly_err err = {""};
-    int64_t erased = 0;
-    commit(t, w); /* every row before this one, durable first: the erasure is a transaction of its own */
-    int rc = TALLY_OK;
-    if (w->held.n || store_in_txn(w->st))
-        rc = tly_err_set(&err, TALLY_EIO, "forget: the store cannot write now (%s); nothing erased",
-                         w->held.n ? "disk full?" : "busy");
-    size_t nlive = 0, cap = t->ndests * MAX_IN_FLIGHT;
-    store_cursor **live = rc ? NULL : calloc(cap + 1, sizeof *live), *saved = rc ? NULL : calloc(cap + 1, sizeof *saved);
-    int *live_dest = rc ? NULL : calloc(cap + 1, sizeof *live_dest);
-    tj_arena *a = rc ? NULL : tj_arena_new();
-    if (!rc && (!live || !saved || !live_dest || !a)) rc = tly_err_set(&err, TALLY_ENOMEM, "forget: out of memory");
+    struct forget f = {data + skip, len - skip, NULL, NULL, 0, NULL, 0};
+    commit(t, w); /* every row before this one, durable or held, first */
+    size_t cap = t->ndests * MAX_IN_FLIGHT;
+    store_cursor *saved = calloc(cap + 1, sizeof *saved);
+    f.live = calloc(cap + 1, sizeof *f.live);
+    f.live_dest = calloc(cap + 1, sizeof *f.live_dest);
+    f.held = calloc(t->ndests, sizeof *f.held);
+    tj_arena *a = tj_arena_new();
+    int rc = !saved || !f.live || !f.live_dest || !f.held || !a ? tly_err_set(&err, TALLY_ENOMEM, "forget: out of memory")
+                                                               : TALLY_OK;
+    int64_t from_held = rc ? 0 : held_forget(t, w, a, f.id, f.idlen, f.held);
     for (size_t i = 0; !rc && i < t->ndests; i++)
         for (int k = 0; k < w->ds[i].nf; k++) {
-            live[nlive] = &flight_at(&w->ds[i], k)->cur;
-            saved[nlive] = *live[nlive];
-            live_dest[nlive++] = w->ds[i].store_id;
+            f.live[f.nlive] = &flight_at(&w->ds[i], k)->cur;
+            saved[f.nlive] = *f.live[f.nlive];
+            f.live_dest[f.nlive++] = w->ds[i].store_id;
         }
-    if (!rc && !(rc = store_erase_begin(w->st, &err))) {
-        int e = store_forget(w->st, id, idlen, live, live_dest, nlive, &erased, &err);
-        rc = store_erase_end(w->st, &err); /* rolls back when the forget failed */
-        if (e) rc = e;
-    }
-    if (rc) {
-        for (size_t k = 0; k < nlive; k++) *live[k] = saved[k]; /* the rows are as they were */
-        erased = 0;
+    if (!rc && (rc = erase_now(t, w, forget_op, &f, &err))) {
+        for (size_t k = 0; k < f.nlive; k++) *f.live[k] = saved[k]; /* the rows are as they were */
+        f.erased = 0;
+        tly_err why = err;
+        tly_err_set(&err, rc, "forget: %s; the stored messages are not erased (call again once it writes)%s",
+                    why.msg, from_held ? ", the id's messages a failed commit held in memory are" : "");
     }
     for (size_t i = 0; !rc && i < t->ndests; i++) {
         dest_state *s = &w->ds[i];
         for (int k = 0; k < s->nf; k++) {
-            flight *f = flight_at(s, k);
-            if (f->state != FL_SENDING) s->sent -= batch_forget(a, &f->batch, id, idlen);
+            flight *fl = flight_at(s, k);
+            if (fl->state != FL_SENDING) s->sent -= batch_forget(a, &fl->batch, f.id, f.idlen);
         }
         /* as after a rollback: the rows under the batches changed, recount once they are settled */
         s->pending = count_pending(w, s);
         s->stale = s->nf > 0;
     }
     if (!rc) {
+        f.erased += from_held;
         scrub_buffers(t, w);
-        atomic_fetch_add(&t->n.forgotten, (uint64_t)erased);
-        tly_log(&t->log, TALLY_LOG_INFO, "forget: %lld messages erased", (long long)erased);
+        tly_log(&t->log, TALLY_LOG_INFO, "forget: %lld messages erased", (long long)f.erased);
     }
+    atomic_fetch_add(&t->n.forgotten, (uint64_t)(rc ? from_held : f.erased));
     tj_arena_free(a);
-    free(live);
+    free(f.live);
     free(saved);
-    free(live_dest);
-    requests_finish_count(&t->req, seq, rc, &err, erased);
+    free(f.live_dest);
+    free(f.held);
+    requests_finish_count(&t->req, seq, rc, &err, f.erased);
 }
 
 /* Dead letters are kept dead_letter_max_age_s and at most dead_letter_max_rows (README, Privacy);
@@ -936,6 +1085,7 @@ void *worker_main(void *arg)
     struct worker *w = t->work;
     for (;;) {
         if (w->held.n && tly_clock_mono(t) >= w->retry_at) restore_held(t, w);
+        purge_pending(t, w);
         int did = drain(t, w, 1024);
         if (txn_age(t, w) >= t->cfg.commit_interval_ms || w->log.bytes >= w->log_max) {
             commit(t, w);
@@ -960,6 +1110,7 @@ void *worker_main(void *arg)
     }
     commit(t, w);
     if (w->held.n) restore_held(t, w); /* one last try */
+    purge_pending(t, w);
     if (w->held.n) {
         size_t ids = 0, drops = 0;
         for (size_t k = 0; k < w->held.n; k++) {

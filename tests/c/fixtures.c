@@ -195,6 +195,64 @@ tally_t *tu_open_file(const char *file, ...)
     return t;
 }
 
+void tf_files_init(tf_files *f, const char *tag, int n, const char *const *consent)
+{
+    char name[128];
+    size_t at = 0;
+    memset(f, 0, sizeof *f);
+    f->n = n < TF_FILES_MAX ? n : TF_FILES_MAX;
+    snprintf(name, sizeof name, "%s.db", tag);
+    f->db = tu_path(name);
+    unlink(f->db);
+    at += (size_t)snprintf(f->dests, sizeof f->dests, "[");
+    for (int i = 0; i < f->n; i++) {
+        snprintf(name, sizeof name, "%s-%c.ndjson", tag, 'a' + i);
+        f->out[i] = tu_path(name);
+        unlink(f->out[i]);
+        at += (size_t)snprintf(f->dests + at, sizeof f->dests - at, "%s{\"type\":\"file\",\"name\":\"%c\",\"path\":\"%s\"%s%s}",
+                               i ? "," : "", 'a' + i, f->out[i], consent && consent[i] ? ",\"consent\":" : "",
+                               consent && consent[i] ? consent[i] : "");
+    }
+    snprintf(f->dests + at, sizeof f->dests - at, "]");
+}
+
+void tf_files_free(tf_files *f)
+{
+    free(f->db);
+    for (int i = 0; i < f->n; i++) free(f->out[i]);
+    memset(f, 0, sizeof *f);
+}
+
+tally_t *tf_files_open(tf_files *f, ...)
+{
+    const char *defaults[] = {"store", f->db, "destinations", f->dests, "log_level", "off", NULL};
+    va_list ap;
+    va_start(ap, f);
+    tally_t *t;
+    tf_vopen(&t, defaults, ap);
+    va_end(ap);
+    return t;
+}
+
+int tf_lines(const char *path)
+{
+    int n = tu_count_lines(path);
+    return n < 0 ? 0 : n;
+}
+
+int tf_lines_with(const char *path, const char *needle)
+{
+    FILE *fp = fopen(path, "r");
+    if (!fp) return 0;
+    char *line = NULL;
+    size_t room = 0;
+    int n = 0;
+    while (getline(&line, &room, fp) > 0) n += strstr(line, needle) != NULL;
+    free(line);
+    fclose(fp);
+    return n;
+}
+
 void tf_clean_http_environment(void)
 {
     static const char *const vars[] = {"TALLY_WRITE_KEY", "TALLY_ENDPOINT", "http_proxy", "HTTP_PROXY",

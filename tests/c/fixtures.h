@@ -48,6 +48,28 @@ struct tally_config *tf_vconfig(const char *const *defaults, va_list ap);
  * key/value pairs end with NULL. */
 struct tally *tu_open_file(const char *file, ...);
 
+/* ---- file destinations ---- */
+
+/* A store file and up to TF_FILES_MAX file destinations named "a", "b"...: tu_tmpdir()/<tag>.db
+ * and tu_tmpdir()/<tag>-<name>.ndjson, removed by tf_files_init. `consent` (NULL, or n entries)
+ * gives each destination's "consent" value as JSON text, NULL for none. */
+#define TF_FILES_MAX 4
+typedef struct tf_files {
+    char *db;
+    char *out[TF_FILES_MAX];
+    int   n;
+    char  dests[2048]; /* the "destinations" value */
+} tf_files;
+
+void tf_files_init(tf_files *f, const char *tag, int n, const char *const *consent);
+void tf_files_free(tf_files *f);
+/* Opens on f's store and destinations, log_level off, then the key/value pairs ending with NULL
+ * (a later value of a key replaces an earlier one). NULL when the open failed (printed). */
+struct tally *tf_files_open(tf_files *f, ...);
+/* Lines a file destination wrote (0 when it wrote none yet), and of them those holding needle. */
+int tf_lines(const char *path);
+int tf_lines_with(const char *path, const char *needle);
+
 /* ---- the environment of tests that talk HTTP ---- */
 
 /* Unsets what would change where a handle sends or whom it trusts: TALLY_WRITE_KEY and
