@@ -96,33 +96,50 @@ static int edit_row(tj_arena *a, const char *body, size_t len, int64_t n, const 
     return e->keep.oom ? TALLY_ENOMEM : TALLY_OK;
 }
 
+/* A walk over a table by rowid, one query per row, so that a row can be rewritten or deleted
+ * between steps without an open scan of the table under it. The query selects rows with rowid
+ * > ?1 ORDER BY rowid LIMIT 1, the rowid as column 0. */
+typedef struct row_walk {
+    sqlite3_stmt *next;
+    int64_t       after;
+} row_walk;
+
+static int walk_open(store *s, row_walk *w, const char *sql, tly_err *err)
+{
+    w->after = -1;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &w->next, NULL) == SQLITE_OK) return TALLY_OK;
+    w->next = NULL;
+    return store_failed(s, err);
+}
+
+/* 1 with the next row in w->next's columns, 0 past the last, or a TALLY_E* code. */
+static int walk_next(store *s, row_walk *w, tly_err *err)
+{
+    sqlite3_reset(w->next);
+    sqlite3_bind_int64(w->next, 1, w->after);
+    int step = sqlite3_step(w->next);
+    if (step == SQLITE_DONE) return 0;
+    if (step != SQLITE_ROW) return store_failed(s, err);
+    w->after = sqlite3_column_int64(w->next, 0);
+    return 1;
+}
+
 static int forget_queued(store *s, tj_arena *a, const char *id, size_t idlen, store_cursor *const *live,
                          const int *live_dest, size_t nlive, int64_t *erased, tly_err *err)
 {
-    sqlite3_stmt *next = NULL, *upd = NULL, *del = NULL;
+    row_walk rows = {NULL, -1};
+    sqlite3_stmt *upd = NULL, *del = NULL;
     row_edit e = {NULL, 0, 0, TBUF_INIT};
-    int rc = TALLY_OK;
-    /* one row at a time by rowid, so the rewrite never runs under an open scan of the table */
-    if (sqlite3_prepare_v2(s->db, "SELECT id, dest, n, body FROM queue WHERE id > ?1 ORDER BY id LIMIT 1", -1, &next,
-                           NULL) ||
-        sqlite3_prepare_v2(s->db, "UPDATE queue SET n = ?2, body = ?3 WHERE id = ?1", -1, &upd, NULL) ||
-        sqlite3_prepare_v2(s->db, "DELETE FROM queue WHERE id = ?1", -1, &del, NULL))
+    int rc = walk_open(s, &rows, "SELECT id, dest, n, body FROM queue WHERE id > ?1 ORDER BY id LIMIT 1", err);
+    if (!rc && (sqlite3_prepare_v2(s->db, "UPDATE queue SET n = ?2, body = ?3 WHERE id = ?1", -1, &upd, NULL) ||
+                sqlite3_prepare_v2(s->db, "DELETE FROM queue WHERE id = ?1", -1, &del, NULL)))
         rc = store_failed(s, err);
-    int64_t after = -1;
-    while (!rc) {
-        sqlite3_reset(next);
-        sqlite3_bind_int64(next, 1, after);
-        int step = sqlite3_step(next);
-        if (step == SQLITE_DONE) break;
-        if (step != SQLITE_ROW) {
-            rc = store_failed(s, err);
-            break;
-        }
-        int64_t rid = sqlite3_column_int64(next, 0), n = sqlite3_column_int64(next, 2);
-        int dest = sqlite3_column_int(next, 1);
-        const char *body = sqlite3_column_blob(next, 3);
-        size_t len = (size_t)sqlite3_column_bytes(next, 3);
-        after = rid;
+    while (!rc && (rc = walk_next(s, &rows, err)) == 1) {
+        rc = TALLY_OK;
+        int64_t rid = rows.after, n = sqlite3_column_int64(rows.next, 2);
+        int dest = sqlite3_column_int(rows.next, 1);
+        const char *body = sqlite3_column_blob(rows.next, 3);
+        size_t len = (size_t)sqlite3_column_bytes(rows.next, 3);
         if ((rc = edit_row(a, body ? body : "", len, n, id, idlen, &e))) {
             rc = tly_err_set(err, rc, "store: forget: out of memory");
             break;
@@ -145,7 +162,7 @@ static int forget_queued(store *s, tj_arena *a, const char *id, size_t idlen, st
         *erased += e.removed;
         if ((rc = store_count(s, dest, "forgotten", e.removed, err))) break;
     }
-    sqlite3_finalize(next);
+    sqlite3_finalize(rows.next);
     sqlite3_finalize(upd);
     sqlite3_finalize(del);
     free(e.gone);
@@ -155,34 +172,23 @@ static int forget_queued(store *s, tj_arena *a, const char *id, size_t idlen, st
 
 static int forget_dead(store *s, tj_arena *a, const char *id, size_t idlen, int64_t *erased, tly_err *err)
 {
-    sqlite3_stmt *next = NULL, *del = NULL;
-    int rc = TALLY_OK;
-    if (sqlite3_prepare_v2(s->db, "SELECT id, dest, body FROM dead WHERE id > ?1 ORDER BY id LIMIT 1", -1, &next,
-                           NULL) ||
-        sqlite3_prepare_v2(s->db, "DELETE FROM dead WHERE id = ?1", -1, &del, NULL))
-        rc = store_failed(s, err);
-    int64_t after = -1;
-    while (!rc) {
-        sqlite3_reset(next);
-        sqlite3_bind_int64(next, 1, after);
-        int step = sqlite3_step(next);
-        if (step == SQLITE_DONE) break;
-        if (step != SQLITE_ROW) {
-            rc = store_failed(s, err);
-            break;
-        }
-        after = sqlite3_column_int64(next, 0);
-        int dest = sqlite3_column_int(next, 1);
-        const char *body = sqlite3_column_blob(next, 2);
-        if (!msg_owned_by(a, body ? body : "", (size_t)sqlite3_column_bytes(next, 2), id, idlen)) continue;
+    row_walk rows = {NULL, -1};
+    sqlite3_stmt *del = NULL;
+    int rc = walk_open(s, &rows, "SELECT id, dest, body FROM dead WHERE id > ?1 ORDER BY id LIMIT 1", err);
+    if (!rc && sqlite3_prepare_v2(s->db, "DELETE FROM dead WHERE id = ?1", -1, &del, NULL)) rc = store_failed(s, err);
+    while (!rc && (rc = walk_next(s, &rows, err)) == 1) {
+        rc = TALLY_OK;
+        int dest = sqlite3_column_int(rows.next, 1);
+        const char *body = sqlite3_column_blob(rows.next, 2);
+        if (!msg_owned_by(a, body ? body : "", (size_t)sqlite3_column_bytes(rows.next, 2), id, idlen)) continue;
         /* the whole row goes, its reason with it: a destination's answer may quote the message */
         sqlite3_reset(del);
-        sqlite3_bind_int64(del, 1, after);
+        sqlite3_bind_int64(del, 1, rows.after);
         if ((rc = store_step_done(s, del, err))) break;
         ++*erased;
         if ((rc = store_count(s, dest, "forgotten", 1, err))) break;
     }
-    sqlite3_finalize(next);
+    sqlite3_finalize(rows.next);
     sqlite3_finalize(del);
     return rc;
 }
