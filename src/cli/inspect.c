@@ -1,5 +1,5 @@
-/* `tally inspect STORE`: what is queued, delivered, retried, dead-lettered and dropped, per
- * destination, and what rules dropped, per rule, read straight from the store (safe while the
+/* `tally inspect STORE`: what is queued, delivered, retried, dead-lettered and dropped, and what
+ * privacy deleted (consent_purged, forgotten, dead_pruned), per destination, and what rules dropped, per rule, read straight from the store (safe while the
  * owner is running: WAL readers).
  *
  * --json prints one fixed schema (README, "tally inspect --json"): every counter is present, zero
@@ -12,7 +12,8 @@
 #include "json.h"
 #include "store.h"
 
-static const char *const counters[] = {"queued", "delivered", "retried", "dead_lettered", "dropped", "consent_purged"};
+static const char *const counters[] = {"queued",         "delivered", "retried",  "dead_lettered", "dropped",
+                                       "consent_purged", "forgotten", "dead_pruned"};
 #define NCOUNTERS (sizeof counters / sizeof *counters)
 
 static long long int_of(const tj_value *d, const char *key)

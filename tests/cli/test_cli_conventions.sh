@@ -125,8 +125,10 @@ assert d["rules_remote"] is None, d
 assert d["rule_drops"] == {"total": 0, "by_rule": 0, "failed_closed": 0, "disabled": 0, "rules": []}, d
 assert len(d["destinations"]) == 1, d
 for dest in d["destinations"]:
-    assert set(dest) == {"name", "queued", "delivered", "retried", "dead_lettered", "dropped", "consent_purged", "recent_dead"}, dest
-    assert all(isinstance(dest[k], int) for k in ("queued", "delivered", "retried", "dead_lettered", "dropped")), dest
+    assert set(dest) == {"name", "queued", "delivered", "retried", "dead_lettered", "dropped", "consent_purged", "forgotten",
+                         "dead_pruned", "recent_dead"}, dest
+    assert all(isinstance(dest[k], int) for k in ("queued", "delivered", "retried", "dead_lettered", "dropped",
+                                                  "consent_purged", "forgotten", "dead_pruned")), dest
     assert dest["delivered"] == 2 and dest["retried"] == 0 and dest["dead_lettered"] == 0 and dest["dropped"] == 0, dest
 PY
 hasnt inspect_json_one_name_for_dead_letters "$dir/out" '"dead_letters"'

@@ -31,6 +31,12 @@ if [ "$(in_files GONE-5d2a)" != 0 ] || [ "$(in_files KEEP-81c4)" = 0 ]; then
 else ok erased_bytes_are_gone_from_the_file_and_wal; fi
 out=$("$TALLY" forget --store="$dir/s.db" alice 2>/dev/null)
 if [ "$out" != 0 ]; then bad forgetting_twice_erases_nothing_more "out '$out'"; else ok forgetting_twice_erases_nothing_more; fi
+# inspect FIELD: the counter of the store's one destination, from `tally inspect --json`
+inspect() { "$TALLY" inspect "$dir/s.db" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["destinations"][0][sys.argv[1]])' "$1"; }
+if [ "$(inspect forgotten)" != 2 ]; then bad inspect_counts_forgotten "forgotten $(inspect forgotten)"
+else ok inspect_counts_forgotten; fi
+if "$TALLY" inspect "$dir/s.db" | grep -qE "^ *destination .* forgotten +dead_pruned$"; then ok inspect_table_has_privacy_columns
+else bad inspect_table_has_privacy_columns "$("$TALLY" inspect "$dir/s.db")"; fi
 
 # bob's message carries the device's anonymous id: forgetting that id erases it and issues a new one
 anon=$(meta anonymous_id)
@@ -66,6 +72,12 @@ refused a_store_in_use_is_refused 1 "in use by another process" -- "$TALLY" forg
 kill "$holder"; wait "$holder" 2>/dev/null; holder=
 if [ "$(queued)" != "$before" ]; then bad refused_calls_alter_nothing "queued $before -> $(queued)"
 else ok refused_calls_alter_nothing; fi
+
+# dead letters removed by their retention are counted per destination in the store (the C suites
+# check the counting): inspect reports the store's count
+python3 -c "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"insert into counters(dest, name, value) values ((select min(id) from dests), 'dead_pruned', 4)\"); c.commit()" "$dir/s.db"
+if [ "$(inspect dead_pruned)" != 4 ]; then bad inspect_counts_dead_pruned "dead_pruned $(inspect dead_pruned)"
+else ok inspect_counts_dead_pruned; fi
 
 if "$TALLY" forget --help | grep -q "tally forget --store=S ID"; then ok help_lists_forget; else bad help_lists_forget "no usage line"; fi
 echo "$pass passed, $fail failed"
