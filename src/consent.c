@@ -127,8 +127,9 @@ int consent_merge(const consent_cfg *c, const char *prefs, const char *update, s
     int rc = TALLY_OK;
     if (tj_parse(a, update, ulen, &upd, &je))
         rc = tly_err_set(err, TALLY_EINVAL, "consent: invalid JSON: %s", je.msg);
-    else if (upd->type != TJ_FALSE)
-        rc = check_prefs(upd, "consent", err);
+    else if (upd->type != TJ_FALSE && !(rc = check_prefs(upd, "consent", err)) && upd->u.obj.n == 0)
+        rc = tly_err_set(err, TALLY_EINVAL, "consent: an empty object changes nothing: expected at least one "
+                         "category id -> true/false (or false to opt out)");
     if (!rc && prefs && (tj_parse(a, prefs, strlen(prefs), &cur, &je) || cur->type != TJ_OBJECT)) cur = NULL;
     if (!rc && !cur && !(cur = tj_new(a, TJ_OBJECT))) rc = tly_err_set(err, TALLY_ENOMEM, "out of memory");
     if (!rc && upd->type == TJ_FALSE) {

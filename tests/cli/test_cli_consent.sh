@@ -38,6 +38,36 @@ else
   bad bad_preferences_exit_2_and_change_nothing "exit $rc: $(cat "$dir/err")"
 fi
 
+# refused NAME WANT_STDERR -- args: exit 2, one line naming the field and what it expects, the store
+# byte for byte as it was (no process has it open between runs)
+refused() {
+  local name=$1 want=$2; shift 3
+  local before; before=$(sha256sum "$dir/s.db" | cut -c1-64)
+  run "$T" "$@"; local rc=$?
+  local after; after=$(sha256sum "$dir/s.db" | cut -c1-64)
+  if [ "$rc" -eq 2 ] && [ "$(wc -l <"$dir/err")" -eq 1 ] && grep -qF -- "$want" "$dir/err" && [ "$before" = "$after" ]; then ok "$name"
+  else bad "$name" "exit $rc, store $([ "$before" = "$after" ] && echo same || echo changed): $(cat "$dir/err")"; fi
+}
+refused consent_array_is_refused "consent: expected an object of category id -> true/false" -- \
+  consent --store=s.db --destinations="$D" '[1]'
+refused consent_number_value_is_refused "consent.a: expected true or false" -- consent --store=s.db --destinations="$D" '{"a":1}'
+refused consent_empty_object_is_refused "consent: an empty object changes nothing" -- \
+  consent --store=s.db --destinations="$D" '{}'
+refused consent_default_maybe_is_refused 'consent_default: expected one of grant, deny, got "maybe"' -- \
+  track --store=s.db --destinations="$D" --consent_default=maybe --event=E
+refused consent_required_yes_is_refused 'consent_required: expected true or false, got "yes"' -- \
+  track --store=s.db --destinations="$D" --consent_required=yes --event=E
+refused rules_url_without_key_is_refused "rules_public_key: required with rules_url" -- \
+  track --store=s.db --destinations="$D" --rules_url=https://rules.invalid/b --event=E
+refused short_public_key_is_refused 'rules_public_key: public key: expected "ed25519:" and the base64 of 32 bytes' -- \
+  track --store=s.db --destinations="$D" --rules_public_key=ed25519:AAAA --event=E
+refused negative_dead_letter_rows_are_refused 'dead_letter_max_rows: expected an integer from 0 to' -- \
+  track --store=s.db --destinations="$D" --dead_letter_max_rows=-5 --event=E
+refused canary_over_1_is_refused 'rules_canary: expected a number from 0 to 1, got "2"' -- \
+  track --store=s.db --destinations="$D" --rules_canary=2 --event=E
+refused poll_0_is_refused 'rules_poll_s: expected an integer from 1 to 86400, got "0"' -- \
+  track --store=s.db --destinations="$D" --rules_poll_s=0 --event=E
+
 run "$T" consent --destinations="$D" '{"analytics":true}'
 rc=$?
 if [ "$rc" -eq 2 ] && grep -qF -- "--store: required" "$dir/err"; then ok store_required; else bad store_required "exit $rc: $(cat "$dir/err")"; fi
