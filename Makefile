@@ -62,7 +62,8 @@ LUA_OBJ    := $(patsubst %,$(BUILD)/lua/%.o,$(LUA_CORE))
 
 TEST_SRC   := $(wildcard tests/c/test_*.c)
 TEST_BIN   := $(patsubst tests/c/%.c,$(BUILD)/tests/%,$(TEST_SRC))
-TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfields.c tests/c/fixtures.c tests/c/delivery.c
+TEST_SUPPORT := tests/c/harness.c tests/c/collector.c tests/c/util.c tests/c/jfields.c tests/c/fixtures.c tests/c/delivery.c \
+                tests/c/store_fixture.c
 TEST_OBJ   := $(patsubst tests/c/%.c,$(BUILD)/tests/obj/%.o,$(TEST_SRC) $(TEST_SUPPORT))
 TEST_SUPPORT_OBJ := $(patsubst tests/c/%.c,$(BUILD)/tests/obj/%.o,$(TEST_SUPPORT))
 

@@ -21,51 +21,13 @@
 #include "tally.h"
 #include "util.h"
 
-typedef struct files {
-    char *db, *a, *b, *c;
-    char dests[1024];
-} files;
+/* a needs analytics, b advertising, c nothing */
+static const char *const needs[] = {"\"analytics\"", "[\"advertising\"]", NULL};
 
-static void files_init(files *f, const char *tag)
+/* Opens on f's store and destinations; extra key/value pairs end with NULL (at most 2 pairs). */
+static tally_t *open_files(tf_files *f, const char *k1, const char *v1, const char *k2, const char *v2)
 {
-    char name[64];
-    snprintf(name, sizeof name, "%s.db", tag);
-    f->db = tu_path(name);
-    snprintf(name, sizeof name, "%s-a.ndjson", tag);
-    f->a = tu_path(name);
-    snprintf(name, sizeof name, "%s-b.ndjson", tag);
-    f->b = tu_path(name);
-    snprintf(name, sizeof name, "%s-c.ndjson", tag);
-    f->c = tu_path(name);
-    unlink(f->db);
-    unlink(f->a);
-    unlink(f->b);
-    unlink(f->c);
-    snprintf(f->dests, sizeof f->dests,
-             "[{\"type\":\"file\",\"name\":\"a\",\"path\":\"%s\",\"consent\":\"analytics\"},"
-             "{\"type\":\"file\",\"name\":\"b\",\"path\":\"%s\",\"consent\":[\"advertising\"]},"
-             "{\"type\":\"file\",\"name\":\"c\",\"path\":\"%s\"}]", f->a, f->b, f->c);
-}
-
-static void files_free(files *f)
-{
-    free(f->db);
-    free(f->a);
-    free(f->b);
-    free(f->c);
-}
-
-/* Opens on f's store and destinations; extra key/value pairs end with NULL (at most 4 pairs). */
-static tally_t *open_files(files *f, const char *k1, const char *v1, const char *k2, const char *v2)
-{
-    return tf_open("store", f->db, "destinations", f->dests, "log_level", "off", "flush_interval_ms", "3600000",
-                   "flush_at", "1000", k1, v1, k2, v2, NULL);
-}
-
-static int lines(const char *path)
-{
-    int n = tu_count_lines(path);
-    return n < 0 ? 0 : n;
+    return tf_files_open(f, "flush_interval_ms", "3600000", "flush_at", "1000", k1, v1, k2, v2, NULL);
 }
 
 /* SQL answering one integer, on the store file (read-only; the runtime may hold it open). */
@@ -128,42 +90,42 @@ static void track_n(tally_t *t, const char *event, int n)
 
 TEST(held_until_the_first_decision_then_released_to_granted_and_purged_for_the_others)
 {
-    files f;
-    files_init(&f, "held");
+    tf_files f;
+    tf_files_init(&f, "held", 3, needs);
     tally_t *t = open_files(&f, "consent_required", "true", NULL, NULL);
     REQUIRE(t);
     track_n(t, "Before", 5);
     /* a flush does not wait for held messages: they are kept for the decision, not delivered */
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.a) + lines(f.b) + lines(f.c), 0);
+    CHECK_EQ_INT(tf_lines(f.out[0]) + tf_lines(f.out[1]) + tf_lines(f.out[2]), 0);
     CHECK_EQ_INT(queued_for(f.db, "a"), 5);
     CHECK_EQ_INT(queued_for(f.db, "b"), 5);
     CHECK_EQ_INT(queued_for(f.db, "c"), 5);
     CHECK_EQ_INT(tally_consent(t, "{\"analytics\":true,\"advertising\":false}"), TALLY_OK);
     track_n(t, "After", 1);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.a), 6);
-    CHECK_EQ_INT(lines(f.b), 0);
-    CHECK_EQ_INT(lines(f.c), 6);
+    CHECK_EQ_INT(tf_lines(f.out[0]), 6);
+    CHECK_EQ_INT(tf_lines(f.out[1]), 0);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 6);
     CHECK_EQ_INT(queued_for(f.db, "b"), 0);
     CHECK_EQ_INT(tu_stat(t, "-b.ndjson", "consent_purged"), 5);
     CHECK_EQ_INT(tu_stat(t, "-b.ndjson", "consent_withheld"), 1);
     CHECK_EQ_INT(tu_stat(t, "-a.ndjson", "consent_purged"), 0);
     char prefs[256], ev[64];
-    stamped(f.a, 0, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[0], 0, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(ev, "Before");
     CHECK_STR(prefs, ""); /* accepted before any decision: no preferences were in force */
-    stamped(f.a, 5, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[0], 5, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(ev, "After");
     CHECK_STR(prefs, "{\"analytics\":true,\"advertising\":false}");
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(held_messages_stay_held_across_a_restart_until_the_decision)
 {
-    files f;
-    files_init(&f, "heldrestart");
+    tf_files f;
+    tf_files_init(&f, "heldrestart", 3, needs);
     tally_t *t = open_files(&f, "consent_required", "true", NULL, NULL);
     REQUIRE(t);
     track_n(t, "Before", 3);
@@ -172,16 +134,16 @@ TEST(held_messages_stay_held_across_a_restart_until_the_decision)
     t = open_files(&f, "consent_required", "true", NULL, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.c), 0);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 0);
     CHECK_EQ_INT(tally_consent(t, "{\"advertising\":true}"), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.a), 0);
-    CHECK_EQ_INT(lines(f.b), 3);
-    CHECK_EQ_INT(lines(f.c), 3);
+    CHECK_EQ_INT(tf_lines(f.out[0]), 0);
+    CHECK_EQ_INT(tf_lines(f.out[1]), 3);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 3);
     CHECK_EQ_INT(queued_for(f.db, "a"), 0);
     CHECK_EQ_INT(tu_stat(t, "-a.ndjson", "consent_purged"), 3);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 /* Dead letters are made the way a previous run would have left them: rows in `dead`, written now
@@ -201,8 +163,8 @@ static void add_dead(const char *db, const char *name, int n)
 
 TEST(revocation_purges_queued_and_dead_rows_of_the_destinations_that_need_it_only)
 {
-    files f;
-    files_init(&f, "revoke");
+    tf_files f;
+    tf_files_init(&f, "revoke", 3, needs);
     tally_t *t = open_files(&f, NULL, NULL, NULL, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(tally_consent(t, "{\"analytics\":true,\"advertising\":true}"), TALLY_OK);
@@ -217,9 +179,9 @@ TEST(revocation_purges_queued_and_dead_rows_of_the_destinations_that_need_it_onl
     CHECK_EQ_INT(tally_consent(t, "{\"advertising\":false}"), TALLY_OK);
     track_n(t, "After", 2);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.a), 6);
-    CHECK_EQ_INT(lines(f.b), 0);
-    CHECK_EQ_INT(lines(f.c), 6);
+    CHECK_EQ_INT(tf_lines(f.out[0]), 6);
+    CHECK_EQ_INT(tf_lines(f.out[1]), 0);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 6);
     CHECK_EQ_INT(dead_for(f.db, "a"), 2);
     CHECK_EQ_INT(dead_for(f.db, "b"), 0);
     CHECK_EQ_INT(dead_for(f.db, "c"), 1);
@@ -231,13 +193,13 @@ TEST(revocation_purges_queued_and_dead_rows_of_the_destinations_that_need_it_onl
     /* counted in the store too, for tally inspect */
     CHECK_EQ_INT(db_int(f.db, "SELECT value FROM counters WHERE name = 'consent_purged' AND dest = "
                               "(SELECT id FROM dests WHERE name LIKE '%-b.ndjson')"), 7);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(preferences_persist_across_close_and_open_and_merge)
 {
-    files f;
-    files_init(&f, "persist");
+    tf_files f;
+    tf_files_init(&f, "persist", 3, needs);
     tally_t *t = open_files(&f, NULL, NULL, NULL, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(tally_consent(t, "{\"analytics\":false,\"advertising\":true}"), TALLY_OK);
@@ -249,22 +211,22 @@ TEST(preferences_persist_across_close_and_open_and_merge)
     track_n(t, "Two", 1);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
     char prefs[256], ev[64];
-    stamped(f.c, 0, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[2], 0, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(prefs, "{\"analytics\":false,\"advertising\":true}");
-    stamped(f.c, 1, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[2], 1, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(prefs, "{\"analytics\":true,\"advertising\":true}");
-    CHECK_EQ_INT(lines(f.a), 1);
-    stamped(f.a, 0, prefs, sizeof prefs, ev, sizeof ev);
+    CHECK_EQ_INT(tf_lines(f.out[0]), 1);
+    stamped(f.out[0], 0, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(ev, "Two");
-    CHECK_EQ_INT(lines(f.b), 2);
+    CHECK_EQ_INT(tf_lines(f.out[1]), 2);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(messages_carry_the_preferences_in_force_when_they_were_accepted)
 {
-    files f;
-    files_init(&f, "order");
+    tf_files f;
+    tf_files_init(&f, "order", 3, needs);
     tally_t *t = open_files(&f, NULL, NULL, NULL, NULL);
     REQUIRE(t);
     /* no flush in between: only the order of the calls decides (two categories: with only one,
@@ -280,29 +242,29 @@ TEST(messages_carry_the_preferences_in_force_when_they_were_accepted)
     static const char *const want[] = {"", "{\"analytics\":true,\"advertising\":true}",
                                        "{\"analytics\":false,\"advertising\":true}",
                                        "{\"analytics\":true,\"advertising\":true}"};
-    REQUIRE(lines(f.c) == 4);
+    REQUIRE(tf_lines(f.out[2]) == 4);
     for (int i = 0; i < 4; i++) {
         char prefs[256], ev[64], name[16];
-        stamped(f.c, i, prefs, sizeof prefs, ev, sizeof ev);
+        stamped(f.out[2], i, prefs, sizeof prefs, ev, sizeof ev);
         snprintf(name, sizeof name, "e%d", i);
         CHECK_STR(ev, name);
         CHECK_STR(prefs, want[i]);
     }
     /* "a" had e1 queued when analytics was revoked: purged, and e3 reached it */
-    CHECK_EQ_INT(lines(f.a), 1);
+    CHECK_EQ_INT(tf_lines(f.out[0]), 1);
     char prefs[256], ev[64];
-    stamped(f.a, 0, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[0], 0, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(ev, "e3");
     CHECK_EQ_INT(tu_stat(t, "-a.ndjson", "consent_withheld"), 2); /* e0 (undecided), e2 */
     CHECK_EQ_INT(tu_stat(t, "-a.ndjson", "consent_purged"), 1);   /* e1 */
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(a_callers_own_consent_object_is_kept_and_decides)
 {
-    files f;
-    files_init(&f, "own");
+    tf_files f;
+    tf_files_init(&f, "own", 3, needs);
     tally_t *t = open_files(&f, NULL, NULL, NULL, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(tally_consent(t, "{\"analytics\":true,\"advertising\":true}"), TALLY_OK);
@@ -310,19 +272,19 @@ TEST(a_callers_own_consent_object_is_kept_and_decides)
                                "\"categoryPreferences\":{\"analytics\":false,\"advertising\":true,\"x\":true}}}}"),
                  TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.a), 0);
-    CHECK_EQ_INT(lines(f.b), 1);
+    CHECK_EQ_INT(tf_lines(f.out[0]), 0);
+    CHECK_EQ_INT(tf_lines(f.out[1]), 1);
     char prefs[256], ev[64];
-    stamped(f.b, 0, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[1], 0, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(prefs, "{\"analytics\":false,\"advertising\":true,\"x\":true}");
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 static void server_mode(const char *deflt, int a_without, int a_with_grant)
 {
-    files f;
-    files_init(&f, deflt);
+    tf_files f;
+    tf_files_init(&f, deflt, 3, needs);
     tally_t *t = open_files(&f, "mode", "server", "consent_default", deflt);
     REQUIRE(t);
     CHECK_EQ_INT(tally_send(t, "{\"type\":\"track\",\"event\":\"Without\",\"userId\":\"u\"}"), TALLY_OK);
@@ -331,18 +293,18 @@ static void server_mode(const char *deflt, int a_without, int a_with_grant)
     CHECK_EQ_INT(tally_send(t, "{\"type\":\"track\",\"event\":\"Denied\",\"userId\":\"u\",\"context\":{\"consent\":{"
                                "\"categoryPreferences\":{\"analytics\":false}}}}"), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.a), a_without + a_with_grant);
-    CHECK_EQ_INT(lines(f.c), 3);
+    CHECK_EQ_INT(tf_lines(f.out[0]), a_without + a_with_grant);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 3);
     char prefs[256], ev[64];
-    stamped(f.a, 0, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[0], 0, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(ev, a_without ? "Without" : "Granted");
-    stamped(f.c, 0, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[2], 0, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(prefs, ""); /* server mode stamps nothing: the device has no preferences */
     /* the device's preferences are not a server's */
     CHECK_EQ_INT(tally_consent(t, "{\"analytics\":true}"), TALLY_EINVAL);
     CHECK_CONTAINS(tally_errmsg(t), "server mode");
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(server_mode_without_consent_follows_consent_default_grant) { server_mode("grant", 1, 1); }
@@ -351,8 +313,8 @@ TEST(server_mode_without_consent_follows_consent_default_deny) { server_mode("de
 
 TEST(opt_out_keeps_nothing_new_purges_the_queue_and_opting_in_resumes)
 {
-    files f;
-    files_init(&f, "optout");
+    tf_files f;
+    tf_files_init(&f, "optout", 3, needs);
     tally_t *t = open_files(&f, NULL, NULL, NULL, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(tally_consent(t, "{\"analytics\":true}"), TALLY_OK);
@@ -361,7 +323,7 @@ TEST(opt_out_keeps_nothing_new_purges_the_queue_and_opting_in_resumes)
     track_n(t, "Out", 4); /* accepted: the caller is not told, only counted */
     CHECK_EQ_INT(tally_identify(t, "someone", "{\"email\":\"x@example.com\"}"), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.a) + lines(f.b) + lines(f.c), 0);
+    CHECK_EQ_INT(tf_lines(f.out[0]) + tf_lines(f.out[1]) + tf_lines(f.out[2]), 0);
     CHECK_EQ_INT(db_int(f.db, "SELECT count(*) FROM queue"), 0);
     CHECK_EQ_INT(tu_stat(t, NULL, "opted_out"), 5);
     CHECK_EQ_INT(tu_stat(t, "-a.ndjson", "consent_purged"), 3);
@@ -373,22 +335,22 @@ TEST(opt_out_keeps_nothing_new_purges_the_queue_and_opting_in_resumes)
     CHECK_EQ_INT(tally_consent(t, "{\"analytics\":true}"), TALLY_OK);
     track_n(t, "Back", 1);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.a), 1);
-    CHECK_EQ_INT(lines(f.c), 1);
+    CHECK_EQ_INT(tf_lines(f.out[0]), 1);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 1);
     char prefs[256], ev[64];
-    stamped(f.a, 0, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[0], 0, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(ev, "Back");
     /* the shorthand set every category known false: the one set before and the destinations' */
     CHECK_STR(prefs, "{\"analytics\":true,\"advertising\":false}");
     CHECK_EQ_INT(tu_stat(t, NULL, "opted_out"), 5);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(opt_out_persists_across_a_restart)
 {
-    files f;
-    files_init(&f, "optout2");
+    tf_files f;
+    tf_files_init(&f, "optout2", 3, needs);
     tally_t *t = open_files(&f, NULL, NULL, NULL, NULL);
     REQUIRE(t);
     CHECK_EQ_INT(tally_consent(t, "{\"analytics\":false,\"advertising\":false}"), TALLY_OK);
@@ -397,16 +359,16 @@ TEST(opt_out_persists_across_a_restart)
     REQUIRE(t);
     track_n(t, "Out", 2);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.c), 0);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 0);
     CHECK_EQ_INT(tu_stat(t, NULL, "opted_out"), 2);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(bad_consent_is_refused_naming_the_field_and_the_limit_and_changes_nothing)
 {
-    files f;
-    files_init(&f, "bad");
+    tf_files f;
+    tf_files_init(&f, "bad", 3, needs);
     tally_t *t = open_files(&f, "consent_required", "true", NULL, NULL);
     REQUIRE(t);
     track_n(t, "Held", 2);
@@ -445,22 +407,22 @@ TEST(bad_consent_is_refused_naming_the_field_and_the_limit_and_changes_nothing)
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
     /* the refused calls changed nothing: the held messages were released by the one good call
      * (which grants neither category), and what it merged is all that is stamped */
-    CHECK_EQ_INT(lines(f.c), 2);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 2);
     CHECK_EQ_INT(queued_for(f.db, "a"), 0);
     track_n(t, "After", 1);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
     char prefs[2048], ev[64];
-    stamped(f.c, 2, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[2], 2, prefs, sizeof prefs, ev, sizeof ev);
     CHECK(strstr(prefs, "\"k39\":true") != NULL);
     CHECK(strstr(prefs, "\"K") == NULL);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(a_refused_call_leaves_held_messages_held)
 {
-    files f;
-    files_init(&f, "badheld");
+    tf_files f;
+    tf_files_init(&f, "badheld", 3, needs);
     tally_t *t = open_files(&f, "consent_required", "true", NULL, NULL);
     REQUIRE(t);
     track_n(t, "Held", 3);
@@ -469,10 +431,10 @@ TEST(a_refused_call_leaves_held_messages_held)
     CHECK_EQ_INT(queued_for(f.db, "a"), 3);
     CHECK_EQ_INT(queued_for(f.db, "b"), 3);
     CHECK_EQ_INT(queued_for(f.db, "c"), 3);
-    CHECK_EQ_INT(lines(f.c), 0);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 0);
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
     CHECK_EQ_INT(queued_for(f.db, "c"), 3);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(a_destinations_consent_must_be_a_category_id_or_a_list_of_them)
@@ -525,8 +487,8 @@ static void *consent_thread(void *arg)
 
 TEST(concurrent_calls_merge_without_losing_a_category)
 {
-    files f;
-    files_init(&f, "threads");
+    tf_files f;
+    tf_files_init(&f, "threads", 3, needs);
     tally_t *t = open_files(&f, NULL, NULL, NULL, NULL);
     REQUIRE(t);
     pthread_t th[4];
@@ -538,9 +500,9 @@ TEST(concurrent_calls_merge_without_losing_a_category)
     }
     CHECK_EQ_INT(tally_track(t, "Last", NULL), TALLY_OK);
     CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
-    CHECK_EQ_INT(lines(f.c), 201);
+    CHECK_EQ_INT(tf_lines(f.out[2]), 201);
     char prefs[4096], ev[64];
-    stamped(f.c, 200, prefs, sizeof prefs, ev, sizeof ev);
+    stamped(f.out[2], 200, prefs, sizeof prefs, ev, sizeof ev);
     CHECK_STR(ev, "Last");
     for (int me = 0; me < 4; me++)
         for (int k = 0; k < 10; k++) {
@@ -549,12 +511,12 @@ TEST(concurrent_calls_merge_without_losing_a_category)
             CHECK(strstr(prefs, key) != NULL);
         }
     /* every message "a" got was stamped with analytics true */
-    for (int i = 0; i < lines(f.a); i++) {
-        stamped(f.a, i, prefs, sizeof prefs, ev, sizeof ev);
+    for (int i = 0; i < tf_lines(f.out[0]); i++) {
+        stamped(f.out[0], i, prefs, sizeof prefs, ev, sizeof ev);
         CHECK(strstr(prefs, "\"analytics\":true") != NULL);
     }
     CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
-    files_free(&f);
+    tf_files_free(&f);
 }
 
 TEST(more_distinct_categories_than_bits_is_refused_at_open)

@@ -11,24 +11,14 @@
 #include "dest.h"
 #include "harness.h"
 #include "store.h"
+#include "store_fixture.h"
 #include "util.h"
 
-static const tly_logger quiet = {NULL, NULL, 0};
 static tly_err err;
 
 static store *open_store(const char *name, int *d)
 {
-    char *path = tu_path(name);
-    unlink(path);
-    store_limits lim = {1 << 30, 1000000, STORE_FULL_DROP_OLDEST};
-    store *s = NULL;
-    if (store_open(&s, path, &lim, &quiet, &err) != TALLY_OK) s = NULL;
-    free(path);
-    if (s && store_dest_id(s, "d", d, &err) != TALLY_OK) {
-        store_close(s);
-        s = NULL;
-    }
-    return s;
+    return tsf_open(name, 1000000, STORE_FULL_DROP_OLDEST, d, &err);
 }
 
 /* One message per letter: an upper-case letter is alice's, a lower-case one bob's. The letter is

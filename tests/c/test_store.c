@@ -9,25 +9,14 @@
 #include "dest.h"
 #include "harness.h"
 #include "store.h"
+#include "store_fixture.h"
 #include "util.h"
 
-static const tly_logger quiet = {NULL, NULL, 0};
 static tly_err err; /* where the store writes why a call failed */
 
-/* A fresh store file with one destination, "d", whose id goes to *d. */
 static store *open_store(const char *name, int64_t max_rows, int on_full, int *d)
 {
-    char *path = tu_path(name);
-    unlink(path);
-    store_limits lim = {1 << 30, max_rows, on_full};
-    store *s = NULL;
-    if (store_open(&s, path, &lim, &quiet, &err) != TALLY_OK) s = NULL;
-    free(path);
-    if (s && store_dest_id(s, "d", d, &err) != TALLY_OK) {
-        store_close(s);
-        s = NULL;
-    }
-    return s;
+    return tsf_open(name, max_rows, on_full, d, &err);
 }
 
 /* Appends the messages in `msgs` (one letter each) as one chunk: how many of its newest the full
