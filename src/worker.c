@@ -550,6 +550,12 @@ static void hold_log(tally_t *t, struct worker *w, int intact_left_known)
         int64_t left = e->n;
         if (e->dest >= 0 && e->seq >= 0 && intact_left_known && e->left >= 0) left = e->left;
         if (e->dest >= 0 && left <= 0) continue;
+        /* A revocation that found this transaction still open (its commit postponed as busy)
+         * could not purge these rows; held, they would come back with ids past purge_upto. */
+        if (e->dest >= 0 && w->ds[e->dest].purge_due && e->seq <= w->ds[e->dest].purge_upto) {
+            atomic_fetch_add(&t->dests[e->dest].consent_purged, (uint64_t)left);
+            continue;
+        }
         /* delivered messages are the front of a chunk: keep its back */
         size_t skip = e->dest >= 0 && left < e->n ? front_len(e->body.data, e->body.len, e->n - left) + 1 : 0;
         if (!redo_push(&w->held, e->dest, -1, (int)left, e->body.data + skip, e->body.len - skip) && e->dest >= 0) {
