@@ -94,8 +94,8 @@ static void slab_free(void *s)
 }
 
 /* The pool grows only when every record it has is queued or being processed, so it holds at
- * most as many as the queue did at its deepest (a full queue of the class's smallest records,
- * plus a slab): memory the queue had in use then anyway, kept for the next burst. */
+ * most as many as the queue did at its deepest (up to max_records, plus a slab): memory the
+ * queue had in use then anyway, kept for the next burst. */
 static int pool_init(rec_pool *p, size_t slot, size_t max_records)
 {
     size_t per = REC_SLAB_BYTES / slot, max_slabs = max_records / per + 1;
@@ -208,7 +208,8 @@ int64_t intake_rec_time(const intake_rec *r) { return r->at_ticks ? tly_ticks_wa
 int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
 {
     if (ring_init(&q->ring, rows)) return TALLY_ENOMEM;
-    size_t small = max_bytes / (sizeof(intake_rec) + 3), big = max_bytes / (REC_SPARE_BYTES + 1);
+    /* sized for records of half the class or more: a queue of smaller ones mallocs the rest */
+    size_t small = max_bytes / (REC_SPARE_BYTES / 2), big = max_bytes / (REC_SPARE_BIG_BYTES / 2);
     if (pool_init(&q->spare, REC_SPARE_BYTES, small < rows ? small : rows)) {
         free(q->ring.cells);
         q->ring.cells = NULL;

@@ -66,7 +66,7 @@ typedef struct ptr_ring {
  * where there is one): a first touch of fresh heap page by page put a page fault (~17 us on the
  * bench VM) into every 4th tally_send and 16th tally_track while the queue grew, the p99 of both
  * (bench/README.md). A pool grows only when all its records are in use, up to what a full queue
- * of its class can hold, and keeps its slabs until intake_destroy. */
+ * of half-class records can hold, and keeps its slabs until intake_destroy. */
 #define REC_SLAB_BYTES (64 * 1024)
 
 typedef struct rec_pool {
