@@ -533,6 +533,7 @@ typedef struct {
     int       escaped;  /* the last string read held a backslash */
     int       oom;
     uint64_t  parents;  /* bit i: field i has children */
+    uint64_t  by_len[16]; /* bit i of [n]: field i's key is n bytes long ([0]: 16 or more) */
 } scan_state;
 
 /* What tj_write writes for the decoded escape at p (the backslash; validated). */
@@ -645,9 +646,11 @@ static int s_match(const scan_state *sc, int parent, const unsigned char *k, siz
         len = (size_t)(unescape(buf, k, k + len) - buf);
         k = (const unsigned char *)buf;
     }
-    for (size_t i = 0; i < sc->nf; i++) {
+    /* only the fields whose key has this length: one or two of a message's, not all sixteen */
+    for (uint64_t c = sc->by_len[len < 16 ? len : 0]; c; c &= c - 1) {
+        int i = __builtin_ctzll(c);
         tj_field *f = &sc->f[i];
-        if (f->klen == len && f->parent == parent && f->key[0] == k[0] && !memcmp(f->key, k, len)) return (int)i;
+        if (f->klen == len && f->parent == parent && f->key[0] == k[0] && !memcmp(f->key, k, len)) return i;
     }
     return -1;
 }
@@ -768,12 +771,13 @@ int tj_scan(const char *s, size_t len, tj_field *f, size_t nf, size_t *written, 
 {
     tj_error scratch_err;
     if (!err) err = &scratch_err;
-    scan_state sc = {f, nf, 0, {-1, -1, -1}, {NULL, NULL, NULL}, {0, 0, 0}, 0, 0, 0};
+    scan_state sc = {f, nf, 0, {-1, -1, -1}, {NULL, NULL, NULL}, {0, 0, 0}, 0, 0, 0, {0}};
     assert(nf <= 64);
     for (size_t i = 0; i < nf; i++) {
-        assert(f[i].parent < (int)i && (f[i].parent < 0 || f[f[i].parent].parent < 0));
+        assert(f[i].parent < (int)i && (f[i].parent < 0 || f[f[i].parent].parent < 0) && f[i].klen > 0);
         f[i].found = 0;
         if (f[i].parent >= 0) sc.parents |= 1ull << f[i].parent;
+        sc.by_len[f[i].klen < 16 ? f[i].klen : 0] |= 1ull << i;
     }
     int rc = validate(s, len, err, &sc);
     *written = sc.w;
