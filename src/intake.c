@@ -3,6 +3,7 @@
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
@@ -68,6 +69,86 @@ static intake_rec *ring_pop(ptr_ring *g)
     }
 }
 
+/* ---- record pools ---- */
+
+static void *slab_new(void)
+{
+#ifdef MAP_POPULATE
+    /* one call faults every page in, far cheaper than a fault per page on first touch */
+    void *s = mmap(NULL, REC_SLAB_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+    return s == MAP_FAILED ? NULL : s;
+#else
+    void *s = malloc(REC_SLAB_BYTES);
+    if (s) memset(s, 0, REC_SLAB_BYTES);
+    return s;
+#endif
+}
+
+static void slab_free(void *s)
+{
+#ifdef MAP_POPULATE
+    if (s) munmap(s, REC_SLAB_BYTES);
+#else
+    free(s);
+#endif
+}
+
+/* The pool grows only when every record it has is queued or being processed, so it holds at
+ * most as many as the queue did at its deepest (up to max_records, plus a slab): memory the
+ * queue had in use then anyway, kept for the next burst. */
+static int pool_init(rec_pool *p, size_t slot, size_t max_records)
+{
+    size_t per = REC_SLAB_BYTES / slot, max_slabs = max_records / per + 1;
+    if (max_slabs > 1024) max_slabs = 1024; /* 64 MiB: past that, records beyond it are malloc'd */
+    p->slot = slot;
+    p->max_slabs = max_slabs;
+    atomic_init(&p->nslabs, 0);
+    if (!(p->slabs = calloc(max_slabs, sizeof *p->slabs))) return -1;
+    if (ring_init(&p->spare, max_slabs * (REC_SLAB_BYTES / slot))) {
+        free(p->slabs);
+        p->slabs = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+static void pool_destroy(rec_pool *p)
+{
+    if (!p->slabs) return;
+    size_t n = atomic_load(&p->nslabs);
+    for (size_t i = 0; i < n && i < p->max_slabs; i++) slab_free(p->slabs[i]);
+    free(p->slabs);
+    free(p->spare.cells);
+    p->slabs = NULL;
+    p->spare.cells = NULL;
+}
+
+/* A free record of the pool, making a slab when none is left; NULL when the pool is at its cap
+ * or out of memory (the caller mallocs). Callers may race here: each claims its own slab index. */
+static intake_rec *pool_get(rec_pool *p)
+{
+    intake_rec *r = ring_pop(&p->spare);
+    if (r) return r;
+    size_t i = atomic_load_explicit(&p->nslabs, memory_order_relaxed);
+    do {
+        if (i >= p->max_slabs) return NULL;
+    } while (!atomic_compare_exchange_weak_explicit(&p->nslabs, &i, i + 1, memory_order_relaxed,
+                                                    memory_order_relaxed));
+    char *slab = slab_new();
+    p->slabs[i] = slab; /* read only by pool_destroy, after every thread is done */
+    if (!slab) return NULL;
+    for (size_t k = 1; k < REC_SLAB_BYTES / p->slot; k++) {
+        intake_rec *o = (intake_rec *)(slab + k * p->slot);
+        o->pooled = 1;
+        int full = ring_push(&p->spare, o);
+        assert(!full); /* the ring holds every record the pool can have */
+        (void)full;
+    }
+    r = (intake_rec *)slab;
+    r->pooled = 1;
+    return r;
+}
+
 /* ---- records ---- */
 
 intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
@@ -75,11 +156,14 @@ intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const
 {
     size_t size = sizeof(intake_rec) + l1 + 1 + l2 + 1 + json_len + 1;
     intake_rec *r = NULL;
-    if (size > REC_SPARE_BIG_BYTES) r = malloc(size);
-    else if (size > REC_SPARE_BYTES) {
-        if (!q || !(r = ring_pop(&q->spare_big))) r = malloc(REC_SPARE_BIG_BYTES);
-    } else if (!q || !(r = ring_pop(&q->spare))) r = malloc(REC_SPARE_BYTES);
-    if (!r) return NULL;
+    rec_pool *pool = !q || size > REC_SPARE_BIG_BYTES ? NULL : size > REC_SPARE_BYTES ? &q->spare_big : &q->spare;
+    if (pool && (r = pool_get(pool))) {
+        assert(r->pooled);
+    } else {
+        if (!(r = malloc(size > REC_SPARE_BIG_BYTES ? size : size > REC_SPARE_BYTES ? REC_SPARE_BIG_BYTES : REC_SPARE_BYTES)))
+            return NULL;
+        r->pooled = 0;
+    }
     r->size = (uint32_t)size;
     r->kind = (uint8_t)kind;
     r->reserved = 0;
@@ -106,30 +190,35 @@ intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const
 void intake_rec_free(intake *q, intake_rec *r)
 {
     if (!r) return;
-    if (q && r->size <= REC_SPARE_BYTES && ring_push(&q->spare, r) == 0) return;
-    if (q && r->size > REC_SPARE_BYTES && r->size <= REC_SPARE_BIG_BYTES && ring_push(&q->spare_big, r) == 0) return;
-    free(r);
+    if (!r->pooled) {
+        free(r);
+        return;
+    }
+    /* only q's own pools hand out pooled records, and their rings hold all of them */
+    assert(q);
+    int full = ring_push(r->size <= REC_SPARE_BYTES ? &q->spare.spare : &q->spare_big.spare, r);
+    assert(!full);
+    (void)full;
 }
 
 int64_t intake_rec_time(const intake_rec *r) { return r->at_ticks ? tly_ticks_wall_ms((uint64_t)r->at) : r->at; }
 
 /* ---- the queue ---- */
 
-#define SPARES 1024 /* records kept for reuse: SPARES * REC_SPARE_BYTES (256 KiB) at most */
-#define SPARES_BIG 256 /* and SPARES_BIG * REC_SPARE_BIG_BYTES (256 KiB) */
-
 int intake_init(intake *q, size_t rows, size_t max_bytes, int on_full)
 {
     if (ring_init(&q->ring, rows)) return TALLY_ENOMEM;
-    if (ring_init(&q->spare, SPARES)) {
+    /* sized for records of half the class or more: a queue of smaller ones mallocs the rest */
+    size_t small = max_bytes / (REC_SPARE_BYTES / 2), big = max_bytes / (REC_SPARE_BIG_BYTES / 2);
+    if (pool_init(&q->spare, REC_SPARE_BYTES, small < rows ? small : rows)) {
         free(q->ring.cells);
         q->ring.cells = NULL;
         return TALLY_ENOMEM;
     }
-    if (ring_init(&q->spare_big, SPARES_BIG)) {
+    if (pool_init(&q->spare_big, REC_SPARE_BIG_BYTES, big < rows ? big : rows)) {
         free(q->ring.cells);
-        free(q->spare.cells);
-        q->ring.cells = q->spare.cells = NULL;
+        pool_destroy(&q->spare);
+        q->ring.cells = NULL;
         return TALLY_ENOMEM;
     }
     q->max_bytes = max_bytes;
@@ -143,13 +232,11 @@ void intake_destroy(intake *q)
 {
     if (!q->ring.cells) return; /* never made (tally_open failed before it), or destroyed already */
     intake_rec *r;
-    while ((r = intake_pop(q)) != NULL) free(r);
-    while ((r = ring_pop(&q->spare)) != NULL) free(r);
-    while ((r = ring_pop(&q->spare_big)) != NULL) free(r);
+    while ((r = intake_pop(q)) != NULL) intake_rec_free(q, r);
+    pool_destroy(&q->spare);
+    pool_destroy(&q->spare_big);
     free(q->ring.cells);
-    free(q->spare.cells);
-    free(q->spare_big.cells);
-    q->ring.cells = q->spare.cells = q->spare_big.cells = NULL;
+    q->ring.cells = NULL;
 }
 
 intake_rec *intake_pop(intake *q)

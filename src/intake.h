@@ -24,6 +24,7 @@ typedef struct intake_rec {
     uint8_t  kind;       /* enum rec_kind */
     uint8_t  at_ticks;   /* `at` is tly_ticks(), not wall ms */
     uint8_t  reserved;   /* an identify counted in tally_t.stamp_pending */
+    uint8_t  pooled;     /* carved from a rec_pool slab: goes back to the pool, never to free() */
     int64_t  at;         /* when the call happened: the message's timestamp (intake_rec_time) */
     const char *s1, *s2, *json;
     uint32_t s1_len, s2_len, json_len;
@@ -35,8 +36,7 @@ typedef struct intake intake;
  * caller measured them when it checked them); NULL ones are 0. */
 intake_rec *intake_rec_new(intake *q, int kind, const char *s1, size_t l1, const char *s2, size_t l2, const char *json,
                            size_t json_len);
-/* Gives a record back: to q's spares when it is a spare (size <= REC_SPARE_BYTES) and there is
- * room, else free. */
+/* Gives a record back: to q's pool when it came from one, else free. */
 void intake_rec_free(intake *q, intake_rec *r);
 int64_t intake_rec_time(const intake_rec *r); /* wall ms of the call */
 
@@ -62,12 +62,26 @@ typedef struct ptr_ring {
 /* Whole messages (tally_send: a server's request, ~300-1000 bytes) get a second class of spares,
  * for the same reason; larger records are malloc'd and freed each time. */
 #define REC_SPARE_BIG_BYTES 1024
+/* Spares are carved from slabs whose pages are faulted in when the slab is made (MAP_POPULATE
+ * where there is one): a first touch of fresh heap page by page put a page fault (~17 us on the
+ * bench VM) into every 4th tally_send and 16th tally_track while the queue grew, the p99 of both
+ * (bench/README.md). A pool grows only when all its records are in use, up to what a full queue
+ * of half-class records can hold, and keeps its slabs until intake_destroy. */
+#define REC_SLAB_BYTES (64 * 1024)
+
+typedef struct rec_pool {
+    ptr_ring         spare;      /* free records of `slot` bytes; holds every record of the pool */
+    void           **slabs;      /* [max_slabs]; slabs[i] NULL: that slab could not be made */
+    size_t           max_slabs;
+    size_t           slot;       /* REC_SPARE_BYTES or REC_SPARE_BIG_BYTES */
+    _Atomic size_t   nslabs;     /* slabs claimed so far */
+} rec_pool;
 
 struct intake {
     ptr_ring     ring;                  /* head: producers (callers); tail: the processor, and
                                          * drop_oldest producers */
-    ptr_ring     spare;                 /* records of REC_SPARE_BYTES to reuse */
-    ptr_ring     spare_big;             /* records of REC_SPARE_BIG_BYTES to reuse */
+    rec_pool     spare;                 /* records of REC_SPARE_BYTES to reuse */
+    rec_pool     spare_big;             /* records of REC_SPARE_BIG_BYTES to reuse */
     size_t       max_bytes;
     int          on_full;
     _Alignas(64) _Atomic size_t bytes;  /* bytes of queued records */

@@ -533,6 +533,7 @@ typedef struct {
     int       escaped;  /* the last string read held a backslash */
     int       oom;
     uint64_t  parents;  /* bit i: field i has children */
+    uint64_t  by_len[16]; /* bit i of [n]: field i's key is n bytes long ([0]: 16 or more) */
 } scan_state;
 
 /* What tj_write writes for the decoded escape at p (the backslash; validated). */
@@ -645,9 +646,11 @@ static int s_match(const scan_state *sc, int parent, const unsigned char *k, siz
         len = (size_t)(unescape(buf, k, k + len) - buf);
         k = (const unsigned char *)buf;
     }
-    for (size_t i = 0; i < sc->nf; i++) {
+    /* only the fields whose key has this length: one or two of a message's, not all sixteen */
+    for (uint64_t c = sc->by_len[len < 16 ? len : 0]; c; c &= c - 1) {
+        int i = __builtin_ctzll(c);
         tj_field *f = &sc->f[i];
-        if (f->klen == len && f->parent == parent && f->key[0] == k[0] && !memcmp(f->key, k, len)) return (int)i;
+        if (f->klen == len && f->parent == parent && f->key[0] == k[0] && !memcmp(f->key, k, len)) return i;
     }
     return -1;
 }
@@ -768,12 +771,13 @@ int tj_scan(const char *s, size_t len, tj_field *f, size_t nf, size_t *written, 
 {
     tj_error scratch_err;
     if (!err) err = &scratch_err;
-    scan_state sc = {f, nf, 0, {-1, -1, -1}, {NULL, NULL, NULL}, {0, 0, 0}, 0, 0, 0};
+    scan_state sc = {f, nf, 0, {-1, -1, -1}, {NULL, NULL, NULL}, {0, 0, 0}, 0, 0, 0, {0}};
     assert(nf <= 64);
     for (size_t i = 0; i < nf; i++) {
-        assert(f[i].parent < (int)i && (f[i].parent < 0 || f[f[i].parent].parent < 0));
+        assert(f[i].parent < (int)i && (f[i].parent < 0 || f[f[i].parent].parent < 0) && f[i].klen > 0);
         f[i].found = 0;
         if (f[i].parent >= 0) sc.parents |= 1ull << f[i].parent;
+        sc.by_len[f[i].klen < 16 ? f[i].klen : 0] |= 1ull << i;
     }
     int rc = validate(s, len, err, &sc);
     *written = sc.w;
@@ -1218,7 +1222,7 @@ int tj_parse_shallow(tj_arena *a, const char *s, size_t len, const char *deep, t
     if (!v) return TALLY_ENOMEM;
     c.p++;
     b_ws(&c);
-    size_t dlen = strlen(deep);
+    size_t dlen = deep ? strlen(deep) : 0;
     while (*c.p != '}') {
         tj_member m;
         b_ws(&c);
@@ -1227,7 +1231,7 @@ int tj_parse_shallow(tj_arena *a, const char *s, size_t len, const char *deep, t
         c.p++; /* ':' */
         b_ws(&c);
         m.val = NULL;
-        if ((*c.p == '{' || *c.p == '[') && !(m.klen == dlen && !memcmp(m.key, deep, dlen))) {
+        if ((*c.p == '{' || *c.p == '[') && !(deep && m.klen == dlen && !memcmp(m.key, deep, dlen))) {
             int canon;
             const unsigned char *e = container_extent(c.p, c.end, &canon);
             if (canon) {
@@ -1249,6 +1253,59 @@ int tj_parse_shallow(tj_arena *a, const char *s, size_t len, const char *deep, t
         v->u.obj.n = v->u.obj.cap = n;
     }
     *out = v;
+    return TALLY_OK;
+}
+
+static int write_value(tbuf *b, const tj_value *v);
+
+unsigned tj_raw_keys(const char *s, size_t len, const char *const *keys, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s, *end = p + len;
+    unsigned found = 0;
+    int canon;
+    assert(n <= 32 && len >= 2 && *p == '{');
+    for (p = skip_ws(p + 1, end); *p == '"';) {
+        const unsigned char *k = p + 1;
+        p = string_extent(p, end, &canon);
+        size_t klen = (size_t)(p - 1 - k);
+        for (size_t i = 0; i < n; i++)
+            if (strlen(keys[i]) == klen && !memcmp(keys[i], k, klen)) found |= 1u << i;
+        p = skip_ws(skip_ws(p, end) + 1, end); /* past ':' */
+        if (*p == '{' || *p == '[') p = container_extent(p, end, &canon);
+        else if (*p == '"') p = string_extent(p, end, &canon);
+        else while (p < end && *p != ',' && *p != '}' && !is_ws(*p)) p++; /* a number or literal */
+        p = skip_ws(p, end);
+        if (*p == ',') p = skip_ws(p + 1, end);
+    }
+    return found;
+}
+
+int tj_raw_append(tj_arena *a, tj_value *raw, const tj_value *add)
+{
+    const char *s = raw->u.str.s;
+    size_t len = raw->u.str.len;
+    assert(raw->type == TJ_RAW && len >= 2 && s[0] == '{' && s[len - 1] == '}' && add->type == TJ_OBJECT);
+    if (!add->u.obj.n) return TALLY_OK;
+    /* written in the arena's parse stack (free between parses), then copied into the arena */
+    tbuf b = {(char *)a->scratch, 0, a->scratch_cap, 0};
+    tbuf_append(&b, s, len - 1);
+    int rc = 0;
+    for (size_t i = 0; i < add->u.obj.n && !rc; i++) {
+        const tj_member *m = &add->u.obj.m[i];
+        if (i || len > 2) tbuf_putc(&b, ',');
+        tj_write_string(&b, m->key, m->klen);
+        tbuf_putc(&b, ':');
+        rc = write_value(&b, m->val);
+    }
+    tbuf_putc(&b, '}');
+    a->scratch = (unsigned char *)b.data;
+    a->scratch_cap = b.cap;
+    if (b.oom) return TALLY_ENOMEM;
+    if (rc) return TALLY_EINVAL;
+    char *t = tj_strdup(a, b.data, b.len);
+    if (!t) return TALLY_ENOMEM;
+    raw->u.str.s = t;
+    raw->u.str.len = b.len;
     return TALLY_OK;
 }
 

@@ -94,6 +94,16 @@ int tj_parse_valid(tj_arena *a, const char *s, size_t len, tj_value **out);
  * the same escapes, numbers in their written form) stays TJ_RAW, a copy of its text, so that
  * tj_write writes the same bytes either way. TALLY_OK or TALLY_ENOMEM. */
 int tj_parse_shallow(tj_arena *a, const char *s, size_t len, const char *deep, tj_value **out);
+/* deep may be NULL: every member whose text is canonical stays TJ_RAW. */
+/* Which of keys[0..n) (n <= 32) are the key of a member of the object text s (validated, keys
+ * compared as written, which is as decoded for a text tj_write wrote): bit i set for keys[i]. */
+unsigned tj_raw_keys(const char *s, size_t len, const char *const *keys, size_t n);
+/* raw: a TJ_RAW object whose text is what tj_write writes for it (as tj_parse_shallow keeps).
+ * Its text becomes, in the arena, what tj_write would write had it been expanded and each member
+ * of the object add then set with tj_object_set (add's keys must not be in raw): the members
+ * spliced in before the closing brace, in add's order, without building raw's tree.
+ * TALLY_OK, TALLY_EINVAL (a non-finite double in add), TALLY_ENOMEM. */
+int tj_raw_append(tj_arena *a, tj_value *raw, const tj_value *add);
 
 /* Walks a JSON text without building a tree: after the same checks as tj_parse, calls the handler
  * for each token in document order. Strings and keys are given as their body in the input (between

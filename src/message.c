@@ -275,9 +275,9 @@ int msg_from_rec(tj_arena *a, const intake_rec *r, tj_value **out, tly_err *err)
     if (r->kind == REC_SEND) {
         /* tally_send checked this text (msg_check_text) before queueing it: built without a second
          * check, and its objects kept as text where writing them would give the same bytes, as a
-         * typed call's properties are (context is stamped: a tree) */
+         * typed call's properties are (context too: stamping splices its members into the text) */
         assert(tj_validate(r->json, r->json_len, NULL) == TALLY_OK);
-        return tj_parse_shallow(a, r->json, r->json_len, "context", out) ? tly_err_set(err, TALLY_ENOMEM, "out of memory")
+        return tj_parse_shallow(a, r->json, r->json_len, NULL, out) ? tly_err_set(err, TALLY_ENOMEM, "out of memory")
                                                                           : TALLY_OK;
     }
     tj_value *m = tj_new(a, TJ_OBJECT);
@@ -294,26 +294,56 @@ int msg_from_rec(tj_arena *a, const intake_rec *r, tj_value **out, tly_err *err)
 
 /* ---- stamping ---- */
 
+enum { CTX_LIBRARY = 1, CTX_TRAITS = 2, CTX_SESSION = 4 };
+
+static int add_context(tj_arena *a, tj_value *ctx, unsigned have, const msg_ids *ids, tly_err *err);
+
+/* A context kept as text (tally_send's, as written) gets the members it lacks spliced into the
+ * text: the same bytes as expanding it and adding them, without parsing it into a tree. */
+static int stamp_raw_context(tj_arena *a, tj_value *ctx, const msg_ids *ids, tly_err *err);
+
 static int stamp_context(tj_arena *a, tj_value *m, const msg_ids *ids, tly_err *err)
 {
     tj_error je = {0, ""};
     tj_value *ctx = tj_object_get(m, "context");
+    if (ctx && ctx->type == TJ_RAW && ctx->u.str.len >= 2 && ctx->u.str.s[0] == '{') return stamp_raw_context(a, ctx, ids, err);
     if (!ctx) {
         if (!(ctx = tj_new(a, TJ_OBJECT)) || tj_object_set(a, m, "context", 7, ctx)) return tj_failed(err, &je);
     } else if (ctx->type == TJ_RAW && tj_expand(a, ctx, &je)) {
         return tj_failed(err, &je);
     }
     if (ctx->type != TJ_OBJECT) return tly_err_set(err, TALLY_EINVAL, "context: expected an object");
-    if (!tj_object_get(ctx, "library")) {
+    unsigned have = (tj_object_get(ctx, "library") ? CTX_LIBRARY : 0) | (tj_object_get(ctx, "traits") ? CTX_TRAITS : 0) |
+                    (tj_object_get(ctx, "session") ? CTX_SESSION : 0);
+    return add_context(a, ctx, have, ids, err);
+}
+
+static int stamp_raw_context(tj_arena *a, tj_value *ctx, const msg_ids *ids, tly_err *err)
+{
+    static const char *const keys[] = {"library", "traits", "session"}; /* CTX_* bits, in order */
+    unsigned have = tj_raw_keys(ctx->u.str.s, ctx->u.str.len, keys, 3);
+    tj_value *add = tj_new(a, TJ_OBJECT);
+    if (!add) return tly_err_set(err, TALLY_ENOMEM, "out of memory");
+    int rc = add_context(a, add, have, ids, err);
+    if (rc) return rc;
+    if ((rc = tj_raw_append(a, ctx, add)))
+        return rc == TALLY_ENOMEM ? tly_err_set(err, rc, "out of memory") : tly_err_set(err, rc, "context: cannot be written");
+    return TALLY_OK;
+}
+
+/* The context members the runtime adds, into ctx (a tree), but those in have (CTX_*). */
+static int add_context(tj_arena *a, tj_value *ctx, unsigned have, const msg_ids *ids, tly_err *err)
+{
+    if (!(have & CTX_LIBRARY)) {
         tj_value *lib = tj_new(a, TJ_OBJECT);
         if (!lib || put_str(a, lib, "name", "tally", 5) ||
             put_str(a, lib, "version", TALLY_VERSION, strlen(TALLY_VERSION)) ||
             tj_object_set(a, ctx, "library", 7, lib))
             return tly_err_set(err, TALLY_ENOMEM, "out of memory");
     }
-    if (ids->traits && !tj_object_get(ctx, "traits") && put_raw(a, ctx, "traits", ids->traits, strlen(ids->traits)))
+    if (ids->traits && !(have & CTX_TRAITS) && put_raw(a, ctx, "traits", ids->traits, strlen(ids->traits)))
         return tly_err_set(err, TALLY_ENOMEM, "out of memory");
-    if (ids->session_id && !tj_object_get(ctx, "session")) {
+    if (ids->session_id && !(have & CTX_SESSION)) {
         char started[25];
         tly_iso8601(ids->session_started_ms, started);
         tj_value *s = tj_new(a, TJ_OBJECT), *idx = tj_new_int(a, ids->session_index);

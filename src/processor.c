@@ -236,7 +236,9 @@ static void apply_consent(tally_t *t, struct processor *p, const intake_rec *r)
  * with consent_required everything is handed over, and the worker holds it. */
 static uint64_t message_consent(tally_t *t, struct processor *p, tj_value *m, int server)
 {
-    tj_value *ctx = tj_object_get(m, "context"), *c = ctx ? tj_object_get(ctx, "consent") : NULL;
+    tj_value *ctx = tj_object_get(m, "context"), *c;
+    if (ctx && ctx->type == TJ_RAW && tj_expand(p->arena, ctx, NULL)) ctx = NULL; /* tally_send's, kept as text */
+    c = ctx ? tj_object_get(ctx, "consent") : NULL;
     if (c && c->type == TJ_RAW && tj_expand(p->arena, c, NULL)) c = NULL;
     tj_value *own = c ? tj_object_get(c, "categoryPreferences") : NULL;
     if (own) return consent_granted(&t->consent, own);
