@@ -179,7 +179,7 @@ for c = 0, 31 do
     if not escapes[ch] then escapes[ch] = format("\\u%04x", c) end
 end
 
--- True when s goes into a JSON string as it is: printable ASCII without '"' or '\'. A loop over
+-- True when s goes into a JSON string as it is: bytes 32-127 without '"' or '\'. A loop over
 -- string.byte, which LuaJIT compiles to a few instructions a byte, where find() with a [...] set
 -- runs LuaJIT's pattern matcher in C at ~13 ns a byte: that one scan of each request value was
 -- the largest cost of log_page (bench/README.md, "nginx").
