@@ -209,7 +209,8 @@ LIBDIR      ?= $(PREFIX)/lib
 INCLUDEDIR  ?= $(PREFIX)/include
 MANDIR      ?= $(PREFIX)/share/man
 DOCDIR      ?= $(PREFIX)/share/doc/tally
-# resty.tally runs in nginx's LuaJIT, which reads Lua 5.1 module paths.
+# resty.tally runs in nginx's LuaJIT, which reads Lua 5.1 module paths; it requires tally.ip from
+# there (libtally carries its own copy of lua/tally/*.lua for the rules).
 LUAJIT_SHAREDIR ?= $(PREFIX)/share/lua/5.1
 # The pkg-config name of the host Lua that tally-lua.pc requires (Debian: lua5.4).
 LUA_PC      ?= lua5.4
@@ -217,12 +218,12 @@ INSTALLED    = $(BINDIR)/tally $(INCLUDEDIR)/tally.h \
                $(LIBDIR)/libtally.so.$(VERSION) $(LIBDIR)/libtally.so.$(SOVERSION) $(LIBDIR)/libtally.so \
                $(LIBDIR)/libtally.a $(LIBDIR)/libtally_lua.a \
                $(LIBDIR)/pkgconfig/tally.pc $(LIBDIR)/pkgconfig/tally-lua.pc \
-               $(LUA_LIBDIR)/tally.so $(LUAJIT_SHAREDIR)/resty/tally.lua \
+               $(LUA_LIBDIR)/tally.so $(LUAJIT_SHAREDIR)/resty/tally.lua $(LUAJIT_SHAREDIR)/tally/ip.lua \
                $(MANDIR)/man1/tally.1 $(MANDIR)/man3/tally.3 $(DOCDIR)/LICENSE
 
 install: all luamod
 	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(LIBDIR)/pkgconfig \
-	    $(DESTDIR)$(LUA_LIBDIR) $(DESTDIR)$(LUAJIT_SHAREDIR)/resty \
+	    $(DESTDIR)$(LUA_LIBDIR) $(DESTDIR)$(LUAJIT_SHAREDIR)/resty $(DESTDIR)$(LUAJIT_SHAREDIR)/tally \
 	    $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(DOCDIR)
 	install -m 755 $(BUILD)/tally $(DESTDIR)$(BINDIR)/
 	install -m 644 include/tally.h $(DESTDIR)$(INCLUDEDIR)/
@@ -237,6 +238,7 @@ install: all luamod
 	chmod 644 $(DESTDIR)$(LIBDIR)/pkgconfig/tally.pc $(DESTDIR)$(LIBDIR)/pkgconfig/tally-lua.pc
 	install -m 755 $(LUAMOD)/tally.so $(DESTDIR)$(LUA_LIBDIR)/
 	install -m 644 lua/resty/tally.lua $(DESTDIR)$(LUAJIT_SHAREDIR)/resty/
+	install -m 644 lua/tally/ip.lua $(DESTDIR)$(LUAJIT_SHAREDIR)/tally/
 	install -m 644 man/tally.1 $(DESTDIR)$(MANDIR)/man1/
 	install -m 644 man/tally.3 $(DESTDIR)$(MANDIR)/man3/
 	install -m 644 LICENSE $(DESTDIR)$(DOCDIR)/
@@ -244,7 +246,7 @@ install: all luamod
 # Removes the files `install` wrote, then whichever of its directories are left empty.
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
-	-rmdir $(DESTDIR)$(LUAJIT_SHAREDIR)/resty $(DESTDIR)$(DOCDIR) 2>/dev/null
+	-rmdir $(DESTDIR)$(LUAJIT_SHAREDIR)/resty $(DESTDIR)$(LUAJIT_SHAREDIR)/tally $(DESTDIR)$(DOCDIR) 2>/dev/null
 
 clean:
 	rm -rf build/release build/asan build/tsan build/current build/fuzz

@@ -20,7 +20,8 @@
 # collector, e.g. bench/run.sh's; otherwise one is started here), KEEP_TMP=1 keeps the temp folder,
 # NGINX_PERF=1 records a perf profile of the workers during each measured run and prints its top
 # NGINX_PERF_LINES (25) lines (not part of make bench: perf itself costs CPU); to compare with
-# another version, NGINX_TALLY_LIB (a libtally.so) and NGINX_LUA_DIR (a folder with resty/tally.lua).
+# another version, NGINX_TALLY_LIB (a libtally.so) and NGINX_LUA_DIR (a folder with resty/tally.lua);
+# NGINX_TALLY_CONFIG adds fields to the page cases' tally.new{...} (e.g. 'commit_interval_ms = 50').
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -107,7 +108,7 @@ write_conf() {
         local store = assert(tally.claim_store(\"$dir/store\"))
         tally.instance = assert(tally.new { lib = \"$lib\", store = store, mode = \"server\",
             endpoint = \"$COLLECTOR_BASE\", write_key = \"bench\", anonymous_id_cookie = \"tally_aid\",
-            log_level = \"warn\" })
+            log_level = \"warn\"${NGINX_TALLY_CONFIG:+, $NGINX_TALLY_CONFIG} })
     }
     exit_worker_by_lua_block { local t = require(\"resty.tally\").instance; if t then t:close(10000) end }"
             if [ "$case" = page ]; then

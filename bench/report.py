@@ -274,6 +274,7 @@ def main():
     ap.add_argument("--tally-bin")
     ap.add_argument("--build", default="build/release")
     ap.add_argument("--collector-conf")
+    ap.add_argument("--nginx-table", help="bench/nginx.sh's table of this run, printed under the main one")
     args = ap.parse_args()
     recs = load(args.runs)
     cases = aggregate(recs, args.n)
@@ -307,6 +308,9 @@ def main():
            "queues did push back." % args.full_wait_us,
            "track() ns include the timing itself: an empty timed region measures %s ns (p50). whole run: %ss." % (
                timer_floor(recs), args.seconds)])
+    if args.nginx_table and os.path.exists(args.nginx_table):
+        # no analytics-node row there: its peer is the access_log line, so its ratios are to that
+        text += "\n\n" + open(args.nginx_table).read().rstrip("\n")
     doc["table"] = text
     os.makedirs(args.out_dir, exist_ok=True)
     stamp = now.strftime("%Y%m%d-%H%M%S")

@@ -120,6 +120,15 @@ for store in mem file; do
         done
         # the rules most users run: naming + a 20-event tracking plan + a hand-written rule
         [ $gz = off ] && cases+=("e2e $store gzip=off rules=plan|e2e-$store|--gzip=false --rules=bench/rules/plan")
+        # the server path end to end (issue 18): tally_send of whole messages in server mode, beside
+        # the tally_track rows above: no rules, three, and the plan set
+        if [ $gz = off ]; then
+            for rules in 0 3 plan; do
+                args="--gzip=false --api=send --mode=server"
+                case $rules in 3) args="$args --rules=bench/rules/three" ;; plan) args="$args --rules=bench/rules/plan" ;; esac
+                cases+=("e2e $store gzip=off rules=$rules send|e2e-$store|$args")
+            done
+        fi
     done
 done
 cases+=("segment analytics-node|segment|--window=$NODE_WINDOW --flush_interval=1000")
@@ -186,13 +195,18 @@ fi
 
 # what tracking costs an nginx (no logging, a JSON access_log line, resty.tally's page): its own
 # table (bench/nginx.sh), against this collector
+nginx_table=()
 if [[ "nginx overhead" =~ $CASES ]]; then
-    BUILD=$BUILD COLLECTOR_BASE=$base bash bench/nginx.sh || failures=$((failures + 1))
+    if BUILD=$BUILD COLLECTOR_BASE=$base bash bench/nginx.sh; then
+        nginx_table=(--nginx-table bench/results/nginx-latest.txt) # printed again under the main table
+    else
+        failures=$((failures + 1))
+    fi
 fi
 
 finished=$(date +%s)
 mkdir -p bench/results
 python3 bench/report.py --runs "$runs" --out-dir bench/results --n "$N" --runs-per-case "$RUNS" \
     --node-window "$NODE_WINDOW" --full-wait-us "$FULL_WAIT_US" --seconds $((finished - started)) \
-    --tally-bin "$bin" --build "$BUILD" --collector-conf "$tmp/collector/nginx.conf"
+    --tally-bin "$bin" --build "$BUILD" --collector-conf "$tmp/collector/nginx.conf" "${nginx_table[@]}"
 [ $failures -eq 0 ] || die "$failures run(s) failed (see above)"

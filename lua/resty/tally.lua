@@ -17,6 +17,9 @@
 -- close it with a deadline in exit_worker_by_lua*. examples/nginx/ shows the whole setup.
 local ffi = require "ffi"
 local C = ffi.C
+-- The IP address parser (lua/tally/ip.lua, installed beside resty/ in share/lua/5.1): the
+-- tally.privacy rule uses the same one, so both anonymize an address alike.
+local ip = require "tally.ip"
 
 local ngx = ngx -- nil when loaded outside nginx (the encoder and helpers still work there)
 local type, pairs, ipairs, tostring, tonumber, error, pcall, setmetatable, getmetatable =
@@ -176,10 +179,21 @@ for c = 0, 31 do
     if not escapes[ch] then escapes[ch] = format("\\u%04x", c) end
 end
 
+-- True when s goes into a JSON string as it is: bytes 32-127 without '"' or '\'. A loop over
+-- string.byte, which LuaJIT compiles to a few instructions a byte, where find() with a [...] set
+-- runs LuaJIT's pattern matcher in C at ~13 ns a byte: that one scan of each request value was
+-- the largest cost of log_page (bench/README.md, "nginx").
+local function json_plain(s)
+    for i = 1, #s do
+        local c = byte(s, i)
+        if c < 32 or c > 127 or c == 34 or c == 92 then return false end
+    end
+    return true
+end
+
 local function quote(s)
-    -- Most strings need nothing done: one scan (the pattern functions run interpreted in
-    -- LuaJIT 2.1, so the fewer calls the better) and a concatenation.
-    if not find(s, '[%z\1-\31"\\\128-\255]') then return '"' .. s .. '"' end
+    -- Most strings need nothing done: one scan and a concatenation.
+    if json_plain(s) then return '"' .. s .. '"' end
     return '"' .. gsub(fix_utf8(s), '[%z\1-\31"\\]', escapes) .. '"'
 end
 
@@ -530,9 +544,17 @@ end
 
 -- An id taken from a client (cookie or header) is used only when it looks like one: bounded
 -- and printable, so a forged cookie cannot smuggle anything odd into every message.
+local ID_BYTE = {} -- [%w%-%._:], as a table: a byte loop is compiled, a find() set is not (json_plain)
+for c = 0, 255 do
+    ID_BYTE[c] = (c >= 48 and c <= 58) or (c >= 65 and c <= 90) or (c >= 97 and c <= 122) or c == 45 or c == 46
+        or c == 95
+end
 local function sane_id(v)
-    if v and #v > 0 and #v <= 128 and not find(v, "[^%w%-%._:]") then return v end
-    return nil
+    if not v or #v == 0 or #v > 128 then return nil end
+    for i = 1, #v do
+        if not ID_BYTE[byte(v, i)] then return nil end
+    end
+    return v
 end
 
 -- For header_filter_by_lua*: makes sure the client holds an anonymous-id cookie. When the request
@@ -570,76 +592,14 @@ end
 
 -- ---------------------------------------------------------------- privacy: ip, consent
 
-local function ipv4_prefix(s) -- "a.b.c." of a dotted quad with every octet <= 255, else nil
-    local a, b, c, d = s:match("^(%d+)%.(%d+)%.(%d+)%.(%d+)$")
-    if not a or #a > 3 or #b > 3 or #c > 3 or #d > 3 or tonumber(a) > 255 or tonumber(b) > 255 or
-        tonumber(c) > 255 or tonumber(d) > 255 then
-        return nil
-    end
-    return tonumber(a), tonumber(b), tonumber(c)
-end
-
--- The 8 groups of an IPv6 address (a zone "%eth0" is ignored), or nil.
-local function ipv6_groups(s)
-    s = s:gsub("%%.*$", "")
-    if s == "" or s:find("[^%x:.]") then return nil end
-    local head, tail = s, nil
-    local dc = s:find("::", 1, true)
-    if dc then
-        head, tail = s:sub(1, dc - 1), s:sub(dc + 2)
-        if tail:find("::", 1, true) then return nil end
-    end
-    local function parse(part, out, v4_ok)
-        if part == "" then return true end
-        local list = {}
-        for g in (part .. ":"):gmatch("([^:]*):") do list[#list + 1] = g end
-        for i, g in ipairs(list) do
-            if v4_ok and i == #list and g:find(".", 1, true) then
-                local a, b, c = ipv4_prefix(g)
-                if not a then return false end
-                local d = tonumber(g:match("(%d+)$"))
-                out[#out + 1] = a * 256 + b
-                out[#out + 1] = c * 256 + d
-            elseif #g >= 1 and #g <= 4 and not g:find("[^%x]") then
-                out[#out + 1] = tonumber(g, 16)
-            else
-                return false
-            end
-        end
-        return true
-    end
-    local h, t = {}, {}
-    if not parse(head, h, tail == nil) or (tail and not parse(tail, t, true)) then return nil end
-    if tail == nil then return #h == 8 and h or nil end
-    if #h + #t > 7 then return nil end
-    for _ = 1, 8 - #h - #t do h[#h + 1] = 0 end
-    for _, g in ipairs(t) do h[#h + 1] = g end
-    return h
-end
-
 -- anonymize_ip(s) -> address | nil
 -- s with its host part zeroed: IPv4 keeps 24 bits ("203.0.113.7" -> "203.0.113.0"), IPv6 keeps 48
--- ("2001:db8:85a3:8d3:1319:8a2e:370:7348" -> "2001:db8:85a3::", RFC 5952 text), an IPv4-mapped
--- IPv6 address is treated as IPv4 ("::ffff:203.0.113.0"). nil when s is not an address: the
--- caller then drops it rather than send something it could not anonymize. The same result as
--- the tally.privacy rule's ip = "anonymize".
-function _M.anonymize_ip(s)
-    if type(s) ~= "string" then return nil end
-    local a, b, c = ipv4_prefix(s)
-    if a then return a .. "." .. b .. "." .. c .. ".0" end
-    local g = ipv6_groups(s)
-    if not g then return nil end
-    if g[1] == 0 and g[2] == 0 and g[3] == 0 and g[4] == 0 and g[5] == 0 and g[6] == 0xffff then
-        return format("::ffff:%d.%d.%d.0", floor(g[7] / 256), g[7] % 256, floor(g[8] / 256))
-    end
-    -- the 5 zero groups at the end are the longest zero run, so "::" goes there (or earlier, when
-    -- the kept groups end in zeros too)
-    local keep = 3
-    while keep > 0 and g[keep] == 0 do keep = keep - 1 end
-    local parts = {}
-    for k = 1, keep do parts[k] = format("%x", g[k]) end
-    return concat(parts, ":") .. "::"
-end
+-- ("2001:db8:85a3:8d3:1319:8a2e:370:7348" -> "2001:db8:85a3::", RFC 5952 text, a zone id
+-- dropped), an IPv4-mapped IPv6 address is treated as IPv4 ("::ffff:203.0.113.0"). nil when s is
+-- not an address (an IPv4 octet with a leading zero is not one): the caller then drops it rather
+-- than send something it could not anonymize. The same result as the tally.privacy rule's
+-- ip = "anonymize".
+_M.anonymize_ip = ip.anonymize
 
 local MAX_CONSENT_BYTES, MAX_CONSENT_CATEGORIES = 1024, 32
 
@@ -1046,7 +1006,7 @@ end
 -- A request value as a JSON string of at most max bytes: most need no escaping, no UTF-8 repair
 -- and no cut, and pay one scan.
 local function qval(s, max)
-    if not find(s, '[%z\1-\31"\\\128-\255]') then
+    if json_plain(s) then
         if #s > max then s = sub(s, 1, max) end
         return '"' .. s .. '"'
     end

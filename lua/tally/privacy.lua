@@ -10,6 +10,7 @@
 -- then are checked with bounded work. docs/rules.md has the exact definitions and what is not
 -- caught.
 local util = require("tally.util")
+local ip = require("tally.ip")
 
 local M = {}
 local MODULE = "tally.privacy"
@@ -94,97 +95,17 @@ function M.iban_valid(s)
 end
 
 ------------------------------------------------------------------------------------------------
--- IP addresses (exported helpers).
+-- IP addresses (exported helpers): tally.ip parses them, the same code the nginx binding uses.
 
-local function ipv4_octets(s)
-  local a, b, c, d = s:match("^(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)%.(%d%d?%d?)$")
-  if not a then return nil end
-  local o = { a, b, c, d }
-  for i = 1, 4 do
-    -- "010" is octal to some parsers and decimal to others: not an address we can read safely
-    if #o[i] > 1 and byte(o[i], 1) == 48 then return nil end
-    o[i] = tonumber(o[i])
-    if o[i] > 255 then return nil end
-  end
-  return o
-end
-
---- The 8 groups (integers) of an IPv6 address, or nil. Accepts "::" compression and an IPv4 tail.
-local function ipv6_groups(s)
-  if #s < 2 or #s > 45 or find(s, "[^%x:.]") then return nil end
-  local head, tail = s, nil
-  local dc = find(s, "::", 1, true)
-  if dc then
-    head, tail = sub(s, 1, dc - 1), sub(s, dc + 2)
-    if find(tail, "::", 1, true) then return nil end
-  end
-  local function parse(part, out, allow_v4)
-    if part == "" then return true end
-    local list = {}
-    for g in (part .. ":"):gmatch("([^:]*):") do list[#list + 1] = g end
-    for i, g in ipairs(list) do
-      if allow_v4 and i == #list and find(g, ".", 1, true) then
-        local o = ipv4_octets(g)
-        if not o then return false end
-        out[#out + 1] = o[1] * 256 + o[2]
-        out[#out + 1] = o[3] * 256 + o[4]
-      elseif #g >= 1 and #g <= 4 and not find(g, "[^%x]") then
-        out[#out + 1] = tonumber(g, 16)
-      else
-        return false
-      end
-    end
-    return true
-  end
-  local h, t = {}, {}
-  if not parse(head, h, tail == nil) or (tail and not parse(tail, t, true)) then return nil end
-  if tail == nil then return #h == 8 and h or nil end
-  if #h + #t > 7 then return nil end
-  for _ = 1, 8 - #h - #t do h[#h + 1] = 0 end
-  for _, g in ipairs(t) do h[#h + 1] = g end
-  return h
-end
-
--- RFC 5952 text: lower case, no leading zeros, the longest run of two or more zero groups as "::".
-local function ipv6_text(g)
-  local best, best_len, i = nil, 1, 1
-  while i <= 8 do
-    if g[i] == 0 then
-      local j = i
-      while j < 8 and g[j + 1] == 0 do j = j + 1 end
-      if j - i + 1 > best_len then best, best_len = i, j - i + 1 end
-      i = j + 1
-    else
-      i = i + 1
-    end
-  end
-  local parts = {}
-  for k = 1, 8 do parts[k] = format("%x", g[k]) end
-  if not best then return table.concat(parts, ":") end
-  return table.concat(parts, ":", 1, best - 1) .. "::" .. table.concat(parts, ":", best + best_len, 8)
-end
+local ipv4_octets, ipv6_groups = ip.ipv4, ip.ipv6
 
 --- "ipv4", "ipv6" or nil.
-function M.ip_kind(s)
-  if type(s) ~= "string" then return nil end
-  if ipv4_octets(s) then return "ipv4" end
-  if ipv6_groups(s) then return "ipv6" end
-  return nil
-end
+M.ip_kind = ip.kind
 
 --- The address with its host part zeroed: IPv4 keeps 24 bits ("203.0.113.7" -> "203.0.113.0"),
 -- IPv6 keeps 48 ("2001:db8:85a3:8d3:1319:8a2e:370:7348" -> "2001:db8:85a3::"); an IPv4-mapped
 -- IPv6 address is anonymized as IPv4 ("::ffff:203.0.113.0"). nil when s is not an address.
-function M.anonymize_ip(s)
-  local o = ipv4_octets(s)
-  if o then return format("%d.%d.%d.0", o[1], o[2], o[3]) end
-  local g = ipv6_groups(s)
-  if not g then return nil end
-  if g[1] == 0 and g[2] == 0 and g[3] == 0 and g[4] == 0 and g[5] == 0 and g[6] == 0xffff then
-    return format("::ffff:%d.%d.%d.0", g[7] >> 8, g[7] & 255, g[8] >> 8)
-  end
-  return ipv6_text({ g[1], g[2], g[3], 0, 0, 0, 0, 0 })
-end
+M.anonymize_ip = ip.anonymize
 
 ------------------------------------------------------------------------------------------------
 -- Detectors. Each appends { first, last, detector, normalized } for the matches in s. The
@@ -254,10 +175,10 @@ local function scan_ipv4(s, out)
     local tok_end = b
     while tok_end > a and byte(s, tok_end) == 46 do tok_end = tok_end - 1 end -- sentence end
     local tok = sub(s, a, tok_end)
-    local o = ipv4_octets(tok)
+    local o1, o2, o3, o4 = ipv4_octets(tok)
     -- all four octets under 10 ("1.2.3.4", "8.8.8.8"): a version far more often than a person's
     -- address (those few addresses are infrastructure: resolvers, test hosts)
-    if o and o[1] ~= 0 and (o[1] >= 10 or o[2] >= 10 or o[3] >= 10 or o[4] >= 10) and not is_word(byte(s, a - 1)) and not is_word(byte(s, b + 1))
+    if o1 and o1 ~= 0 and (o1 >= 10 or o2 >= 10 or o3 >= 10 or o4 >= 10) and not is_word(byte(s, a - 1)) and not is_word(byte(s, b + 1))
        and byte(s, a - 1) ~= 45 and not follows_version_word(s, a) then
       out[#out + 1] = { a, tok_end, "ip", tok }
     end

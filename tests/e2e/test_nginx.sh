@@ -235,6 +235,10 @@ check("encode 1/3", enc(1 / 3), "0.3333333333333333")
 check("encode 1e300", enc(1e300), "1e+300")
 check("encode escapes", enc('q"\\\n\r\t\b\f\0\31/'), [["q\"\\\n\r\t\b\f\u0000\u001f/"]])
 check("encode keeps UTF-8", enc("é€😀"), '"é€😀"')
+-- the byte scan that decides whether a string needs escaping (json_plain): its edges
+check("encode keeps DEL and valid UTF-8 as they are", enc("a\127b é"), '"a\127b é"')
+check("encode escapes a quote after a long plain run", enc(("x"):rep(300) .. '"'), '"' .. ("x"):rep(300) .. '\\""')
+check("encode escapes the first byte", enc("\31x"), [["\u001fx"]])
 check("encode replaces invalid UTF-8", enc("a\255b\192\175c\237\160\128"),
       '"a\239\191\189b\239\191\189\239\191\189c\239\191\189\239\191\189\239\191\189"')
 check("encode empty table as object", enc({}), "{}")
@@ -293,6 +297,14 @@ check("anonymize_ip v6 with a zone", anon("fe80::1:2:3:4%eth0"), "fe80::")
 check("anonymize_ip v4-mapped v6 as v4", anon("::ffff:198.51.100.9"), "::ffff:198.51.100.0")
 check("anonymize_ip refuses two ::", anon("1::2::3"), nil)
 check("anonymize_ip refuses text", anon("unix:"), nil)
+-- the parser is tally.ip, the module the tally.privacy rule uses (one copy, read here by LuaJIT)
+local ipmod = require "tally.ip"
+check("anonymize_ip is tally.ip's", anon == ipmod.anonymize, true)
+check("tally.ip under LuaJIT: ::", anon("::"), "::")
+check("tally.ip under LuaJIT: v4-mapped groups", ipmod.ipv6("::ffff:192.0.2.128")[8], 0x0280)
+check("tally.ip under LuaJIT: an octet with a leading zero is refused", anon("010.1.2.3"), nil)
+check("tally.ip under LuaJIT: a v4 tail only at the end", anon("1.2.3.4::"), nil)
+check("tally.ip under LuaJIT: kind", ipmod.kind("fe80::1%eth0"), "ipv6")
 local pc, perr = tally.parse_consent("analytics=1, advertising=0,functional=true")
 check("parse_consent pairs", pc and pc.analytics == true and pc.advertising == false and pc.functional == true, true)
 pc = tally.parse_consent("analytics%3D1%26ads%3Dno")
@@ -547,6 +559,7 @@ for i in $(seq 1 "$N"); do
         3) uri="/caf%C3%A9/$i"; kind=utf8 ;;
         4) uri="/bad-ua/$i"; args=(-A $'bot\xff/1'); kind=badua ;;
         5) uri="/page/$i?q=$i&x=%22y%22"; kind=query ;;
+        6) uri="/forged/$i"; args=(-b 'tally_aid=x"<y>'); kind=forged ;; # refused: a fresh id instead
         *) uri="/page/$i"; kind=plain ;;
     esac
     if [ "$i" = 7 ]; then # the cookie set on a cookie-less request must be the event's anonymousId

@@ -76,7 +76,7 @@ esac
 
 expected_files="bin/tally include/tally.h lib/libtally.so.0.1.0 lib/libtally.so.0 lib/libtally.so lib/libtally.a
 lib/libtally_lua.a lib/pkgconfig/tally.pc lib/pkgconfig/tally-lua.pc lib/lua/5.4/tally.so
-share/lua/5.1/resty/tally.lua share/man/man1/tally.1 share/man/man3/tally.3 share/doc/tally/LICENSE"
+share/lua/5.1/resty/tally.lua share/lua/5.1/tally/ip.lua share/man/man1/tally.1 share/man/man3/tally.3 share/doc/tally/LICENSE"
 
 installed_files() { (cd "$1" && find . \( -type f -o -type l \) | sed 's|^\./||' | sort); }
 
