@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Bad input a stranger types: config files with a mistake (named by file and line, counted from
+# 1), keys whose values contradict each other, blank write keys, oversized flags. Each is exit 2
+# with a message naming the file, flag or key and the limit.
+set -u
+TALLY=${TALLY_BIN:-build/release/tally}
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+pass=0 fail=0
+ok()  { pass=$((pass + 1)); echo "ok   $1"; }
+bad() { fail=$((fail + 1)); echo "FAIL $1: $2"; }
+
+# expect NAME WANT_EXIT STDERR_SUBSTRING -- command...   (no inherited key or endpoint)
+expect() {
+  local name=$1 want=$2 errsub=$3; shift 4
+  (cd "$dir" && env -u TALLY_WRITE_KEY -u TALLY_ENDPOINT "$@") >"$dir/out" 2>"$dir/err"; local rc=$?
+  if [ "$rc" -ne "$want" ]; then bad "$name" "exit $rc, wanted $want; stderr: $(cat "$dir/err")"; return; fi
+  if [ -n "$errsub" ] && ! grep -qF -- "$errsub" "$dir/err"; then bad "$name" "stderr lacks '$errsub': $(cat "$dir/err")"; return; fi
+  ok "$name"
+}
+T=$(cd "$(dirname "$TALLY")" && pwd)/$(basename "$TALLY")
+
+# ---- config files: the file and the line (from 1) ----
+printf 'return {\n  out = "a.ndjson",\n  flush_at = "abc",\n}\n' >"$dir/value.lua"
+expect lua_config_bad_value_names_file_and_line 2 "value.lua:3: flush_at: expected an integer from 1 to 10000" -- \
+  "$T" track --config=value.lua --userId=u --event=E
+printf 'return {\n  out = "a.ndjson",\n  ["retry_cap_ms"] = -1,\n}\n' >"$dir/bracket.lua"
+expect lua_config_bracket_key_line 2 'bracket.lua:3: retry_cap_ms: expected an integer from 1 to 3600000, got "-1"' -- \
+  "$T" track --config=bracket.lua --userId=u --event=E
+printf 'return {\n  out = "a.ndjson",\n  flush_at = ,\n}\n' >"$dir/syntax.lua"
+expect lua_config_syntax_error_line 2 "syntax.lua:3:" -- "$T" track --config=syntax.lua --userId=u --event=E
+printf '{\n  "out": "a.ndjson",\n  "flushAt": 0\n}\n' >"$dir/value.json"
+expect json_config_bad_value_names_file_and_line 2 'value.json:3: flush_at: expected an integer from 1 to 10000, got "0"' -- \
+  "$T" track --config=value.json --userId=u --event=E
+printf '{\n  "out": "a.ndjson",\n  "flush_at": }\n' >"$dir/syntax.json"
+expect json_config_syntax_error_line_and_column 2 "syntax.json:3:15: invalid JSON" -- \
+  "$T" track --config=syntax.json --userId=u --event=E
+printf '[1]\n' >"$dir/array.json"
+expect json_config_not_an_object 2 "array.json: must be a JSON object of configuration keys" -- \
+  "$T" track --config=array.json --userId=u --event=E
+printf '{"out": "good.ndjson", "flush_at": 3, "gzip": false, "rule_config": {"x": {"y": 1}}}\n' >"$dir/good.json"
+expect json_config_applies 0 "" -- "$T" track --config=good.json --userId=u --event=FromJson
+if grep -q '"event":"FromJson"' "$dir/good.ndjson" 2>/dev/null; then ok json_config_delivers; else bad json_config_delivers "no FromJson in good.ndjson"; fi
+
+# ---- keys that bound each other ----
+expect retry_cap_below_base 2 "retry_cap_ms: 100 is less than retry_base_ms: 200" -- \
+  "$T" track --out=o.ndjson --retry_cap_ms=100 --userId=u --event=E
+expect retry_cap_equal_base_ok 0 "" -- "$T" track --out=o.ndjson --retry_base_ms=500 --retry_cap_ms=500 --userId=u --event=E
+expect retry_pair_from_config_file 2 "retry_cap_ms: 300 is less than retry_base_ms: 400" -- \
+  "$T" track --config=good.json --retryBaseMs=400 --retryCapMs=300 --userId=u --event=E
+expect lua_memory_per_script_over_total 2 "lua_memory_per_script: 2097152 is more than lua_memory: 1048576" -- \
+  "$T" track --out=o.ndjson --lua_memory=1048576 --lua_memory_per_script=2097152 --userId=u --event=E
+
+# ---- blank write keys ----
+expect blank_write_key_flag 2 "write_key: must not be blank" -- "$T" track --writeKey='  ' --userId=u --event=E
+expect blank_env_write_key_with_endpoint 2 "write_key: required with endpoint (set write_key or TALLY_WRITE_KEY); TALLY_WRITE_KEY is blank" -- \
+  env TALLY_WRITE_KEY=' ' "$T" track --endpoint=http://127.0.0.1:1 --userId=u --event=E
+expect blank_env_write_key_segment_dest 2 "destinations: segment: write_key required (or TALLY_WRITE_KEY)" -- \
+  env TALLY_WRITE_KEY="$(printf '\t')" "$T" track --destinations='[{"type":"segment","endpoint":"http://127.0.0.1:1"}]' --userId=u --event=E
+expect blank_write_key_http_dest 2 "destinations: http: write_key: must not be blank" -- \
+  "$T" track --destinations='[{"type":"http","url":"http://127.0.0.1:1","write_key":" "}]' --userId=u --event=E
+expect blank_env_write_key_unneeded 0 "" -- env TALLY_WRITE_KEY='  ' "$T" track --out=o.ndjson --userId=u --event=E
+
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
