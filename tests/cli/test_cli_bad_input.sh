@@ -61,5 +61,29 @@ expect blank_write_key_http_dest 2 "destinations: http: write_key: must not be b
   "$T" track --destinations='[{"type":"http","url":"http://127.0.0.1:1","write_key":" "}]' --userId=u --event=E
 expect blank_env_write_key_unneeded 0 "" -- env TALLY_WRITE_KEY='  ' "$T" track --out=o.ndjson --userId=u --event=E
 
+# ---- inspect in a read-only folder: reads the store, creates nothing; with a -wal file it says
+# the folder is read-only. Root writes anywhere, so as root the reader is nobody (setpriv). ----
+ro=$(mktemp -d /tmp/tally-ro.XXXXXX)
+chmod 0711 "$ro"
+trap 'chmod -R u+rwx "$ro" 2>/dev/null; rm -rf "$dir" "$ro"' EXIT
+mkdir "$ro/d"
+"$T" track --store="$ro/d/s.db" --out="$ro/o.ndjson" --userId=u --event=E >/dev/null 2>&1
+reader=()
+[ "$(id -u)" -eq 0 ] && reader=(setpriv --reuid=nobody --regid=nogroup --clear-groups)
+as_reader() { "${reader[@]}" "$@"; }
+[ "$(id -u)" -eq 0 ] && chown -R nobody:nogroup "$ro/d"
+as_reader chmod 0500 "$ro/d"
+before=$(ls -A "$ro/d" | tr '\n' ' ')
+expect inspect_read_only_folder 0 "" -- "${reader[@]}" "$T" inspect "$ro/d/s.db"
+grep -qE "file:$ro/o.ndjson +0 +1 " "$dir/out" && ok inspect_read_only_counts || bad inspect_read_only_counts "$(cat "$dir/out")"
+after=$(ls -A "$ro/d" | tr '\n' ' ')
+[ "$before" = "$after" ] && ok inspect_read_only_creates_nothing || bad inspect_read_only_creates_nothing "$before -> $after"
+as_reader chmod 0700 "$ro/d"
+as_reader sh -c "printf x > '$ro/d/s.db-wal'"
+as_reader chmod 0500 "$ro/d"
+expect inspect_read_only_folder_with_wal 1 "s.db: its folder is read-only" -- "${reader[@]}" "$T" inspect "$ro/d/s.db"
+[ "$(ls -A "$ro/d" | tr '\n' ' ')" = "s.db s.db-wal " ] && ok inspect_read_only_wal_creates_nothing || \
+  bad inspect_read_only_wal_creates_nothing "$(ls -A "$ro/d")"
+
 echo "$pass passed, $fail failed"
 [ "$fail" -eq 0 ]
