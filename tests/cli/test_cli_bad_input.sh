@@ -61,6 +61,20 @@ expect blank_write_key_http_dest 2 "destinations: http: write_key: must not be b
   "$T" track --destinations='[{"type":"http","url":"http://127.0.0.1:1","write_key":" "}]' --userId=u --event=E
 expect blank_env_write_key_unneeded 0 "" -- env TALLY_WRITE_KEY='  ' "$T" track --out=o.ndjson --userId=u --event=E
 
+# ---- message flags over the 32768-byte message limit: the flag is named, not "message" ----
+big=$(head -c 40000 /dev/zero | tr '\0' a)
+half=$(head -c 20000 /dev/zero | tr '\0' a)
+edge=$(head -c 32650 /dev/zero | tr '\0' a)
+expect oversized_event_names_flag 2 "--event: 40000 bytes, over the 32768-byte message limit" -- \
+  "$T" track --out=o.ndjson --userId=u --event="$big"
+expect oversized_name_names_flag 2 "--name: 40000 bytes, over the 32768-byte message limit" -- \
+  "$T" page --out=o.ndjson --userId=u --name="$big"
+expect oversized_sum_names_largest_flag 2 "--event: 20010 bytes make the message" -- \
+  "$T" track --out=o.ndjson --userId=u --event="${half}xxxxxxxxxx" --properties="{\"a\":\"$half\"}"
+# under the limit as typed, over it once the runtime stamped ids and context
+expect oversized_once_stamped_names_flag 2 "--properties: 32658 bytes make the message" -- \
+  "$T" track --out=o.ndjson --userId=u --event=E --properties="{\"a\":\"$edge\"}"
+
 # ---- inspect in a read-only folder: reads the store, creates nothing; with a -wal file it says
 # the folder is read-only. Root writes anywhere, so as root the reader is nobody (setpriv). ----
 ro=$(mktemp -d /tmp/tally-ro.XXXXXX)
