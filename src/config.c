@@ -257,6 +257,8 @@ static int add_destinations(struct tally_config *c, const char *v, tly_err *err)
 static int add_file_dest(struct tally_config *c, const char *path, tly_err *err)
 {
     if (!*path) return tly_err_set(err, TALLY_ECONFIG, "out: must not be empty");
+    if (strlen(path) >= PATH_MAX)
+        return tly_err_set(err, TALLY_ECONFIG, "out: %zu bytes, over the %d-byte path limit", strlen(path), PATH_MAX - 1);
     tbuf b = TBUF_INIT;
     tbuf_puts(&b, "{\"type\":\"file\",\"path\":");
     tj_write_string(&b, path, strlen(path));

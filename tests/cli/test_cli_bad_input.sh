@@ -61,6 +61,28 @@ expect blank_write_key_http_dest 2 "destinations: http: write_key: must not be b
   "$T" track --destinations='[{"type":"http","url":"http://127.0.0.1:1","write_key":" "}]' --userId=u --event=E
 expect blank_env_write_key_unneeded 0 "" -- env TALLY_WRITE_KEY='  ' "$T" track --out=o.ndjson --userId=u --event=E
 
+# ---- configuration values fuzzed: wrong type, NaN, hex, huge, unicode; each names the key ----
+expect fuzz_int_nan 2 'flush_at: expected an integer from 1 to 10000, got "NaN"' -- "$T" track --out=o.ndjson --flush_at=NaN --userId=u --event=E
+expect fuzz_int_exponent 2 'flush_at: expected an integer from 1 to 10000, got "1e3"' -- "$T" track --out=o.ndjson --flushAt=1e3 --userId=u --event=E
+expect fuzz_int_hex 2 'timeout_ms: expected an integer from 1 to 600000, got "0x10"' -- "$T" track --out=o.ndjson --timeout_ms=0x10 --userId=u --event=E
+expect fuzz_int_huge 2 'max_store_rows: expected an integer from 16 to' -- "$T" track --out=o.ndjson --max_store_rows=99999999999999999999999 --userId=u --event=E
+expect fuzz_int_unicode 2 'lua_memory: expected an integer from 1048576 to 17179869184' -- "$T" track --out=o.ndjson --lua_memory='　' --userId=u --event=E
+expect fuzz_fraction_nan 2 'rules_canary: expected a number from 0 to 1, got "NaN"' -- "$T" track --out=o.ndjson --rules_canary=NaN --userId=u --event=E
+expect fuzz_fraction_inf 2 'rules_canary_margin: expected a number from 0 to 1, got "inf"' -- "$T" track --out=o.ndjson --rules_canary_margin=inf --userId=u --event=E
+expect fuzz_bool_unicode 2 'gzip: expected true or false, got "é"' -- "$T" track --out=o.ndjson --gzip=é --userId=u --event=E
+expect fuzz_choice_empty 2 'mode: expected one of client, server, got ""' -- "$T" track --out=o.ndjson --mode= --userId=u --event=E
+expect fuzz_out_path_huge 2 'out: 5000 bytes, over the 4095-byte path limit' -- "$T" track --out="$(head -c 5000 /dev/zero | tr '\0' 9)" --userId=u --event=E
+printf 'return { out = "a.ndjson", rules_canary = 0/0 }\n' >"$dir/nan.lua"
+expect fuzz_lua_config_nan 2 'nan.lua:1: rules_canary: expected a number from 0 to 1' -- "$T" track --config=nan.lua --userId=u --event=E
+printf 'return { out = "a.ndjson", flush_at = math.huge }\n' >"$dir/huge.lua"
+expect fuzz_lua_config_huge 2 'huge.lua:1: flush_at: expected an integer from 1 to 10000, got "inf"' -- "$T" track --config=huge.lua --userId=u --event=E
+printf '{"out": "a.ndjson",\n "gzip": "yes"}\n' >"$dir/type.json"
+expect fuzz_json_config_wrong_type 2 'type.json:2: gzip: expected true or false, got "yes"' -- "$T" track --config=type.json --userId=u --event=E
+printf '{"out": "a.ndjson",\n "flush_at": 1e400}\n' >"$dir/overflow.json"
+expect fuzz_json_config_overflow 2 'overflow.json:2:' -- "$T" track --config=overflow.json --userId=u --event=E
+printf '{"out": "a.ndjson", "store": null}\n' >"$dir/null.json"
+expect fuzz_json_config_null 2 'null.json:1: store: a null is not a configuration value' -- "$T" track --config=null.json --userId=u --event=E
+
 # ---- message flags over the 32768-byte message limit: the flag is named, not "message" ----
 big=$(head -c 40000 /dev/zero | tr '\0' a)
 half=$(head -c 20000 /dev/zero | tr '\0' a)
