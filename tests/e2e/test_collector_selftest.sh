@@ -140,9 +140,9 @@ check "lost ack still accepted" "close_mid_response True" "$(q '"%s %s" % (d["re
 # A client that gives up during the delay: it is stopped once the collector has read its request
 # (the step is taken), not after a guessed time, which a loaded machine can spend before the
 # request is even sent. The bounds of the waits are limits, not expectations (the delay only has
-# to outlast one poll of /received).
+# to outlast one poll of /received, which takes seconds on a loaded machine).
 before=$(q 'd["total_requests"]')
-control '{"script":[{"delay_ms":6000,"status":503}]}'
+control '{"script":[{"delay_ms":15000,"status":503}]}'
 curl -sS --noproxy '*' -o /dev/null -H 'Content-Type: application/json' -u "$KEY:" \
     --data-binary '{"batch":[{"messageId":"d1"}]}' --max-time 60 "$URL/v1/batch" 2>/dev/null &
 client=$!
