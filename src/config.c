@@ -151,6 +151,13 @@ static int parse_choice(const char *key, const char *v, const choice *names, int
     return tly_err_set(err, TALLY_ECONFIG, "%s: expected one of %s, got \"%s\"", key, list, v);
 }
 
+/* Only spaces, tabs and line breaks: a write key like that is a paste gone wrong, never a key. */
+int tly_blank(const char *v)
+{
+    while (*v == ' ' || *v == '\t' || *v == '\n' || *v == '\r') v++;
+    return !*v;
+}
+
 static int set_string(const char *key, char **slot, const char *v, tly_err *err)
 {
     if (!*v) return tly_err_set(err, TALLY_ECONFIG, "%s: must not be empty", key);
@@ -250,6 +257,8 @@ static int add_destinations(struct tally_config *c, const char *v, tly_err *err)
 static int add_file_dest(struct tally_config *c, const char *path, tly_err *err)
 {
     if (!*path) return tly_err_set(err, TALLY_ECONFIG, "out: must not be empty");
+    if (strlen(path) >= PATH_MAX)
+        return tly_err_set(err, TALLY_ECONFIG, "out: %zu bytes, over the %d-byte path limit", strlen(path), PATH_MAX - 1);
     tbuf b = TBUF_INIT;
     tbuf_puts(&b, "{\"type\":\"file\",\"path\":");
     tj_write_string(&b, path, strlen(path));
@@ -452,7 +461,10 @@ static int apply_key(tally_config *c, const struct key_def *k, const char *v, tl
     case K_PROXY:
         if ((rc = tly_check_url(k->key, v, 1, err))) return rc;
         /* fall through */
-    case K_STR: return set_string(k->key, (char **)field, v, err);
+    case K_STR:
+        if (*v && k->off == offsetof(struct tally_config, write_key) && tly_blank(v))
+            return tly_err_set(err, TALLY_ECONFIG, "%s: must not be blank (only whitespace)", k->key);
+        return set_string(k->key, (char **)field, v, err);
     case K_OUT: return add_file_dest(c, v, err);
     case K_JSON_OBJECT: {
         tj_error je;
@@ -529,11 +541,29 @@ int config_apply_env(struct tally_config *c, tly_err *err)
 {
     const char *k = getenv("TALLY_WRITE_KEY"), *e = getenv("TALLY_ENDPOINT");
     int rc;
-    if (!c->write_key && k && *k && (rc = set_string("TALLY_WRITE_KEY", &c->write_key, k, err))) return rc;
+    /* a blank TALLY_WRITE_KEY counts as none: a destination that needs a key says it is missing */
+    if (!c->write_key && k && !tly_blank(k) && (rc = set_string("TALLY_WRITE_KEY", &c->write_key, k, err))) return rc;
     if (!c->endpoint && e && *e) {
         if ((rc = tly_check_url("TALLY_ENDPOINT", e, 0, err))) return rc;
         if ((rc = set_string("TALLY_ENDPOINT", &c->endpoint, e, err))) return rc;
     }
+    return TALLY_OK;
+}
+
+/* Keys whose values bound each other: each one is in its own range, but together they must
+ * agree, or the runtime would quietly use something else than either says. Checked at open,
+ * when every source (set, file, flags, environment) has been applied. */
+int config_check_pairs(const struct tally_config *c, tly_err *err)
+{
+    if (c->retry_cap_ms < c->retry_base_ms)
+        return tly_err_set(err, TALLY_ECONFIG, "retry_cap_ms: %d is less than retry_base_ms: %d (the cap must be at least "
+                           "the base the backoff starts from)", c->retry_cap_ms, c->retry_base_ms);
+    if (c->lua_memory_per_script > c->lua_memory)
+        return tly_err_set(err, TALLY_ECONFIG, "lua_memory_per_script: %lld is more than lua_memory: %lld (one script "
+                           "cannot hold more than all of them together)", c->lua_memory_per_script, c->lua_memory);
+    if (c->rules_url && (long long)c->rules_poll_s * 1000 < c->timeout_ms)
+        return tly_err_set(err, TALLY_ECONFIG, "rules_poll_s: %d s is shorter than timeout_ms: %d ms (a poll could still "
+                           "be running when the next is due)", c->rules_poll_s, c->timeout_ms);
     return TALLY_OK;
 }
 
@@ -561,7 +591,11 @@ int config_resolve_dests(struct tally_config *c, tly_err *err)
 {
     if ((!c->write_key && !c->endpoint) || has_segment_dest(c)) return TALLY_OK;
     if (!c->write_key)
-        return tly_err_set(err, TALLY_ECONFIG, "write_key: required with endpoint (set write_key or TALLY_WRITE_KEY)");
+    {
+        const char *env = getenv("TALLY_WRITE_KEY");
+        return tly_err_set(err, TALLY_ECONFIG, "write_key: required with endpoint (set write_key or TALLY_WRITE_KEY)%s",
+                           env && *env ? "; TALLY_WRITE_KEY is blank (only whitespace)" : "");
+    }
     tbuf b = TBUF_INIT;
     tbuf_puts(&b, "{\"type\":\"segment\",\"endpoint\":");
     const char *ep = c->endpoint ? c->endpoint : "https://api.segment.io";

@@ -84,6 +84,11 @@ void config_clear(struct tally_config *c);
 int  config_add_dest(struct tally_config *c, const char *json_object);
 /* Fills write_key/endpoint from TALLY_WRITE_KEY/TALLY_ENDPOINT when unset. */
 int  config_apply_env(struct tally_config *c, tly_err *err);
+/* Refuses keys whose values contradict each other (retry_cap_ms < retry_base_ms, ...), naming
+ * both keys and values. */
+int  config_check_pairs(const struct tally_config *c, tly_err *err);
+/* 1 when v is empty or only spaces, tabs and line breaks (a write key that cannot be one). */
+int  tly_blank(const char *v);
 /* Settles max_store_bytes and store_on_full left unset (-1), which depend on the kind of store. */
 void config_store_defaults(struct tally_config *c);
 /* Builds the final destination list: explicit ones plus the write_key/endpoint shorthand. */

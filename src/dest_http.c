@@ -304,8 +304,9 @@ static int segment_open(dest *d, const tj_value *cfg, const dest_env *env, tly_e
     const char *key = str_opt(cfg, "write_key", env->write_key);
     if (tly_check_url("destinations: segment: endpoint", endpoint, 0, err) || check_transport(cfg, env, "segment", err))
         return TALLY_ECONFIG;
-    if (!key || !*key)
-        return tly_err_set(err, TALLY_ECONFIG, "destinations: segment: write_key required (or TALLY_WRITE_KEY)");
+    if (!key || tly_blank(key))
+        return tly_err_set(err, TALLY_ECONFIG, "destinations: segment: write_key required (or TALLY_WRITE_KEY)%s",
+                           key && *key ? "; it is blank (only whitespace)" : "");
     size_t elen = strlen(endpoint);
     while (elen > 0 && endpoint[elen - 1] == '/') elen--;
     /* an endpoint copied from Segment's docs often already ends in the path: do not double it */
@@ -328,7 +329,10 @@ static int http_open(dest *d, const tj_value *cfg, const dest_env *env, tly_err 
     if (name && name->type == TJ_STRING ? check_headers(h, name->u.str.s, name->u.str.len, err)
                                         : check_headers(h, url, strlen(url), err))
         return TALLY_ECONFIG;
-    return common_open(d, cfg, env, url, strlen(url), "", str_opt(cfg, "write_key", NULL), 1, err);
+    const char *key = str_opt(cfg, "write_key", NULL);
+    if (key && tly_blank(key))
+        return tly_err_set(err, TALLY_ECONFIG, "destinations: http: write_key: must not be blank (only whitespace)");
+    return common_open(d, cfg, env, url, strlen(url), "", key, 1, err);
 }
 
 static int gzip_into(tbuf *out, const char *p, size_t n)

@@ -94,6 +94,10 @@ static void meta_to_worker(void *ud, const char *key, const char *value)
 
 /* ---- processing ---- */
 
+/* A message lost for want of memory (a message list that could not grow): counted as the
+ * store's other messages it never took. */
+static void given_up(tally_t *t) { atomic_fetch_add(&t->n.store_given_up, 1); }
+
 static void reject(tally_t *t, const char *why)
 {
     atomic_fetch_add(&t->n.invalid, 1);
@@ -175,6 +179,7 @@ static void rows_for_dests(tally_t *t, struct processor *p, rules *R, const int 
         }
         rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
         rules_map(R, map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
+        if (p->payloads.cap < RULES_MAX_PARTS) given_up(t); /* lost for this destination: logged by rules.c */
         for (size_t k = 0; k < p->payloads.n; k++) {
             tbuf_reset(&p->mapped);
             if (tj_write(&p->mapped, p->payloads.v[k]) || p->mapped.oom) {
@@ -353,6 +358,7 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         map_idx = p->canary.map_idx;
     }
     rules_process(R, p->arena, m, p->wall_ms, &p->results, &rep);
+    if (p->results.cap < RULES_MAX_PARTS) given_up(t); /* no room for the results: rules.c logged it */
     for (size_t i = 0; i < p->results.n; i++) {
         tj_value *v = p->results.v[i];
         tbuf_reset(&p->out);

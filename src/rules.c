@@ -58,7 +58,7 @@ static const char *const stage_names[] = {
 int msg_list_reserve(msg_list *l, size_t n)
 {
     if (l->cap >= n) return TALLY_OK;
-    tj_value **p = realloc(l->v, n * sizeof *p);
+    tj_value **p = tly_fault() ? NULL : realloc(l->v, n * sizeof *p);
     if (!p) return TALLY_ENOMEM;
     l->v = p;
     l->cap = n;

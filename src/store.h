@@ -73,6 +73,8 @@ int  store_txn_intact(const store *s);
 int  store_row_left(store *s, int dest_id, int64_t seq, int64_t *left, tly_err *err);
 /* Whether the store is at its limits (rows or bytes). */
 int  store_full(const store *s);
+/* Messages queued for every destination together, as the open transaction has them. */
+int64_t store_queued_total(const store *s);
 /* Moves the WAL into the database once it grew past its bound (16 MiB); not inside a transaction.
  * Best effort: a checkpoint that cannot finish is tried again at the next call. */
 void store_checkpoint(store *s);

@@ -9,6 +9,7 @@
 
 int store_full(const store *s) { return s->rows >= s->lim.max_rows || s->bytes >= s->lim.max_bytes; }
 int64_t store_last_id(const store *s) { return s->last_id; }
+int64_t store_queued_total(const store *s) { return s->rows; }
 
 /* A cursor is empty (all zero) or names rows this store handed out (ids are never reused within
  * a run), in order, of whose last it took at least one message. That last_taken <= last_n is NOT

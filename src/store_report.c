@@ -2,9 +2,13 @@
  * run beside the runtime that writes it. */
 #include "store.h"
 
+#include <errno.h>
 #include <sqlite3.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "json.h"
 
@@ -83,6 +87,41 @@ static void report_remote(sqlite3 *db, tbuf *b)
     for (int i = 0; i < 3; i++) sqlite3_free(v[i]);
 }
 
+/* 1 when the folder holding path cannot be written to by this process. */
+static int folder_read_only(const char *path)
+{
+    char dir[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, sizeof dir, ".");
+    else if (slash == path) snprintf(dir, sizeof dir, "/");
+    else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    return access(dir, W_OK) != 0 && (errno == EACCES || errno == EROFS || errno == EPERM);
+}
+
+/* A store in WAL mode is read through its -shm file, which SQLite creates next to it even to
+ * read. In a read-only folder it cannot: when no -wal file holds commits the main file lacks,
+ * the file alone is the whole store, and SQLite may read it as immutable (no lock, no file
+ * created). With a -wal file, reading the file alone would show an older state: refused. */
+static int open_in_read_only_folder(const char *path, sqlite3 **db)
+{
+    char wal[4200];
+    struct stat sb;
+    snprintf(wal, sizeof wal, "%s-wal", path);
+    if (stat(wal, &sb) == 0 && sb.st_size > 0) return -1;
+    tbuf uri = TBUF_INIT;
+    tbuf_puts(&uri, "file:");
+    for (const char *p = path; *p; p++) {
+        /* a name's ?, # and % would be read as the URI's own */
+        if (*p == '?' || *p == '#' || *p == '%') tbuf_printf(&uri, "%%%02X", (unsigned char)*p);
+        else tbuf_putc(&uri, *p);
+    }
+    tbuf_puts(&uri, "?immutable=1");
+    int rc = uri.oom ? SQLITE_NOMEM
+                     : sqlite3_open_v2(uri.data, db, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL);
+    tbuf_free(&uri);
+    return rc == SQLITE_OK ? 0 : -1;
+}
+
 int store_report(const char *path, char **json, tly_err *err)
 {
     *json = NULL;
@@ -94,7 +133,20 @@ int store_report(const char *path, char **json, tly_err *err)
     }
     sqlite3_busy_timeout(db, 2000);
     sqlite3_stmt *st;
-    if (sqlite3_prepare_v2(db, "SELECT id, name FROM dests ORDER BY id", -1, &st, NULL) != SQLITE_OK) {
+    int prc = sqlite3_prepare_v2(db, "SELECT id, name FROM dests ORDER BY id", -1, &st, NULL);
+    if (prc != SQLITE_OK && ((prc & 0xff) == SQLITE_READONLY || (prc & 0xff) == SQLITE_CANTOPEN) &&
+        folder_read_only(path)) {
+        sqlite3_close(db);
+        db = NULL;
+        if (open_in_read_only_folder(path, &db) ||
+            (prc = sqlite3_prepare_v2(db, "SELECT id, name FROM dests ORDER BY id", -1, &st, NULL)) != SQLITE_OK) {
+            tly_err_set(err, TALLY_EIO, "%s: its folder is read-only, and SQLite must create %s-shm there to read a "
+                        "store that has a -wal file (%s)", path, path, db ? sqlite3_errmsg(db) : "not opened");
+            sqlite3_close(db);
+            return TALLY_EIO;
+        }
+    }
+    if (prc != SQLITE_OK) {
         tly_err_set(err, TALLY_EIO, "%s: not a tally store (%s)", path, sqlite3_errmsg(db));
         sqlite3_close(db);
         return TALLY_EIO;

@@ -77,6 +77,7 @@ int tally_open(const tally_config *cfg, tally_t **out)
     int rc = tly_fault() || config_copy(&t->cfg, cfg ? cfg : &defaults) ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : 0;
     if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : tly_publish(config_apply_env(&t->cfg, &err), &err);
     if (!rc) rc = tly_fault() ? tly_fail(TALLY_ENOMEM, "tally_open: out of memory") : tly_publish(config_resolve_dests(&t->cfg, &err), &err);
+    if (!rc) rc = tly_publish(config_check_pairs(&t->cfg, &err), &err);
     if (!rc) config_store_defaults(&t->cfg);
     if (!rc) rc = tly_publish(consent_open(&t->consent, t->cfg.dests, t->cfg.ndests, &err), &err);
     if (!rc && t->cfg.consent_required && t->cfg.mode == MODE_SERVER)

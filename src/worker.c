@@ -683,18 +683,26 @@ static void settle(tally_t *t, struct worker *w, size_t i)
     dest_state *s = &w->ds[i];
     while (s->nf > 0 && (flight_at(s, 0)->state == FL_OK || flight_at(s, 0)->state == FL_DEAD)) {
         flight *f = flight_at(s, 0);
-        int64_t n = (int64_t)f->batch.n;
+        int64_t n = (int64_t)f->batch.n, queued = store_queued_total(w->st), gone = 0;
         tly_err e; /* a failed write is logged by the store and fails the commit, which recounts */
+        /* the store's drop_oldest may have removed (and counted as dropped) the front of a batch
+         * while it was out: `gone` of its messages were no longer queued when it settled */
         if (f->state == FL_OK) {
-            store_ack(w->st, s->store_id, &f->cur, &e);
+            if (store_ack(w->st, s->store_id, &f->cur, &e) == TALLY_OK) gone = n - (queued - store_queued_total(w->st));
+            if (gone > 0) { /* they reached the destination after all: delivered, not dropped */
+                store_count(w->st, s->store_id, "dropped", -gone, &e);
+                atomic_fetch_sub(&t->n.store_dropped, (uint64_t)gone);
+            }
             store_count(w->st, s->store_id, "delivered", n, &e);
             atomic_fetch_add(&d->delivered, (uint64_t)n);
         } else {
-            store_dead(w->st, s->store_id, &f->cur, f->status, f->reason, &e);
+            if (store_dead(w->st, s->store_id, &f->cur, f->status, f->reason, &e) == TALLY_OK)
+                gone = n - (queued - store_queued_total(w->st));
+            int64_t dead = gone > 0 ? n - gone : n; /* the gone ones count as dropped, not dead letters */
             w->prune_at = 0; /* the row cap holds at once, not a minute later */
-            store_count(w->st, s->store_id, "dead_lettered", n, &e);
-            atomic_fetch_add(&d->failed, (uint64_t)n);
-            tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)n,
+            store_count(w->st, s->store_id, "dead_lettered", dead, &e);
+            atomic_fetch_add(&d->failed, (uint64_t)dead);
+            tly_log(&t->log, TALLY_LOG_ERROR, "%s: %lld messages moved to dead letters: %s", d->name, (long long)dead,
                     f->reason);
         }
         f->state = 0;

@@ -35,6 +35,10 @@ int cli_parse(int argc, char **argv, cli_opts *o, char *err, size_t errlen);
 /* Builds the JSON message of a single-message command. 0, or 2 with err naming the flag. */
 int cli_build_message(const cli_opts *o, tbuf *out, char *err, size_t errlen);
 
+/* The error for a message of `total` bytes over TALLY_MAX_MESSAGE_BYTES, naming the largest
+ * message flag. Returns 2. */
+int cli_too_big(const cli_opts *o, size_t total, char *err, size_t errlen);
+
 /* The configuration key (a static string) a flag name sets, aliases included, or NULL. */
 const char *cli_config_key(const char *flag, size_t len);
 

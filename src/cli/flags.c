@@ -221,5 +221,25 @@ int cli_build_message(const cli_opts *o, tbuf *out, char *err, size_t errlen)
         else tj_write_string(out, v, len);
     }
     tbuf_putc(out, '}');
-    return out->oom ? fail(err, errlen, "out of memory%s%s", "", NULL) : 0;
+    if (out->oom) return fail(err, errlen, "out of memory%s%s", "", NULL);
+    return out->len > TALLY_MAX_MESSAGE_BYTES ? cli_too_big(o, out->len, err, errlen) : 0;
+}
+
+/* A message over the limit, named by the flag that made it so (the largest): the user typed
+ * flags, and "message: 40040 bytes" does not say which one to shorten. */
+int cli_too_big(const cli_opts *o, size_t total, char *err, size_t errlen)
+{
+    int big = -1;
+    size_t biglen = 0;
+    for (int f = 0; f < CF_COUNT; f++)
+        if (o->fields[f] && strlen(o->fields[f]) > biglen) { big = f; biglen = strlen(o->fields[f]); }
+    if (big < 0)
+        snprintf(err, errlen, "message: %zu bytes, over the %d-byte message limit", total, TALLY_MAX_MESSAGE_BYTES);
+    else if (biglen > TALLY_MAX_MESSAGE_BYTES)
+        snprintf(err, errlen, "--%s: %zu bytes, over the %d-byte message limit", field_flags[big].flag, biglen,
+                 TALLY_MAX_MESSAGE_BYTES);
+    else
+        snprintf(err, errlen, "--%s: %zu bytes make the message %zu bytes, over the %d-byte message limit",
+                 field_flags[big].flag, biglen, total, TALLY_MAX_MESSAGE_BYTES);
+    return 2;
 }

@@ -193,7 +193,10 @@ static int run_single(const cli_opts *o, tally_config *cfg)
     tbuf_free(&msg);
     if (rc != TALLY_OK) {
         char flag[600];
-        name_flags(tally_errmsg(t), flag, sizeof flag);
+        /* "message: N bytes, ...": N counts what the runtime stamped, more than was built here */
+        if (rc == TALLY_ETOOBIG && !strncmp(tally_errmsg(t), "message: ", 9))
+            cli_too_big(o, (size_t)strtoull(tally_errmsg(t) + 9, NULL, 10), flag, sizeof flag);
+        else name_flags(tally_errmsg(t), flag, sizeof flag);
         tally_close(t, 0);
         return die(2, "", flag);
     }

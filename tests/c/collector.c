@@ -386,6 +386,18 @@ int collector_wait_requests(collector *c, long n, int timeout_ms)
     return wait_count(c, "total_requests", n, timeout_ms);
 }
 
+int collector_wait_script_taken(collector *c, int timeout_ms)
+{
+    long deadline = now_ms() + timeout_ms;
+    for (;;) {
+        long v = summary_count(c, "script_remaining");
+        if (v == 0) return 0;
+        long left = deadline - now_ms();
+        if (left <= 0) return -1;
+        sleep_ms(left < POLL_MS ? left : POLL_MS);
+    }
+}
+
 void collector_reset(collector *c)
 {
     if (control_request(c, "/reset", "", NULL) != 200) fprintf(stderr, "collector: /reset failed\n");

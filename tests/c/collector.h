@@ -49,6 +49,10 @@ long collector_requests(collector *c);
 int collector_wait_accepted(collector *c, long n, int timeout_ms);
 int collector_wait_requests(collector *c, long n, int timeout_ms);
 
+/* Poll every 10 ms until every scripted step has been taken by a request (the collector takes a
+ * request's step when it reads its headers, before any held answer): 0, or -1 on timeout. */
+int collector_wait_script_taken(collector *c, int timeout_ms);
+
 /* POST /reset: forget records, script and default answer. */
 void collector_reset(collector *c);
 

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "jfields.h"
 #include "internal.h"
 #include "tally.h"
 #include "util.h"
@@ -210,3 +211,44 @@ TEST(second_open_of_a_locked_store_fails_cleanly)
     free(out_path);
     tally_config_free(c);
 }
+
+/* A message list that cannot grow (out of memory in the processor) loses the message it was for:
+ * counted as store_given_up, not lost silently. After open, fault point 1 is the first growth of
+ * the rules' result list, point 2 that of the destination mapping's payload list. */
+static void list_growth_fails(long point, const char *tag)
+{
+    char name[64];
+    snprintf(name, sizeof name, "%s-rules", tag);
+    char *rules = tu_path(name);
+    mkdir(rules, 0755);
+    char rule[512];
+    snprintf(rule, sizeof rule, "%s/20_map.lua", rules);
+    tu_write_file(rule, "return { name = 'map', stage = 'destination', map = function(m) return m end }\n");
+    snprintf(name, sizeof name, "%s.ndjson", tag);
+    char *out_path = tu_path(name);
+    char dests[1024];
+    snprintf(dests, sizeof dests, "[{\"type\":\"file\",\"path\":\"%s\",\"mapping\":\"map\"}]", out_path);
+    tally_config *c = tally_config_new();
+    REQUIRE(tally_config_set(c, "rules", rules) == TALLY_OK);
+    REQUIRE(tally_config_set(c, "destinations", dests) == TALLY_OK);
+    REQUIRE(tally_config_set(c, "log_level", "off") == TALLY_OK);
+    tally_t *t = NULL;
+    REQUIRE(tally_open(c, &t) == TALLY_OK);
+    atomic_store(&tly_fault_countdown, point);
+    CHECK_EQ_INT(tally_track(t, "lost", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_track(t, "kept", NULL), TALLY_OK);
+    CHECK_EQ_INT(tally_flush(t, 10000), TALLY_OK);
+    CHECK_EQ_INT(atomic_exchange(&tly_fault_countdown, 0), 0); /* the point was reached */
+    CHECK_EQ_INT(tu_stat(t, NULL, "store_given_up"), 1);
+    char *text = tu_read_file(out_path, NULL);
+    CHECK(text && !strstr(text, "\"lost\"") && strstr(text, "\"kept\""));
+    free(text);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    tally_config_free(c);
+    free(out_path);
+    free(rules);
+}
+
+TEST(result_list_out_of_memory_counts_the_message) { list_growth_fails(1, "oom-results"); }
+
+TEST(payload_list_out_of_memory_counts_the_message) { list_growth_fails(2, "oom-payloads"); }

@@ -90,6 +90,7 @@ class State:
         # Set once the /control response that asked for the outage has been
         # written, so the main thread does not cut that connection before it.
         self.down_acked = threading.Event()
+        self.in_progress = 0  # batch requests read and not answered yet
 
     def next_step(self):
         with self.lock:
@@ -141,6 +142,7 @@ class State:
                 "total_requests": len(self.records),
                 "accepted_requests": sum(1 for r in self.records if r["accepted"]),
                 "script_remaining": len(self.script),
+                "in_progress": self.in_progress,
                 "tls_failures": self.tls_failures,
                 "file_answers": dict(self.file_answers),
             }
@@ -338,7 +340,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         path = urlsplit(self.path).path
         if path in BATCH_PATHS or path in SINGLE_PATHS:
-            self._batch(path)
+            # counted while being answered, so a test can wait for "a batch is in flight"
+            with STATE.lock:
+                STATE.in_progress += 1
+            try:
+                self._batch(path)
+            finally:
+                with STATE.lock:
+                    STATE.in_progress -= 1
         elif path == "/control":
             self._control()
         elif path == "/reset":

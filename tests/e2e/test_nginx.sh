@@ -774,13 +774,23 @@ if [ -n "$col_pid" ] && curl -s -o /dev/null --max-time 5 -X POST -d '{"default"
         "http://127.0.0.1:$col_port/control" && start_nginx; then
     : >"$tmp/hang.txt"
     t0=$EPOCHREALTIME
+    # A request that waited for delivery would wait out the 30 s hang: each must be answered well
+    # before it (10 s is a bound for a loaded machine, not a speed target; bench/ measures speed).
     for i in $(seq 1 20); do
-        curl -s -o /dev/null -w '%{http_code} %{time_total}\n' --max-time 5 "$base/hang/$i" >>"$tmp/hang.txt"
+        curl -s -o /dev/null -w '%{http_code} %{time_total}\n' --max-time 10 "$base/hang/$i" >>"$tmp/hang.txt"
     done
     ms=$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%d", (b - a) * 1000 }')
-    bad=$(awk '$1 != 200 || $2 > 1.0' "$tmp/hang.txt" | wc -l)
-    check "20 requests fast with the collector hanging ($ms ms)" "$([ "$bad" = 0 ] && [ "$ms" -lt 5000 ]; echo $?)" "$bad slow or failed"
-    sleep 1.5 # past flush_interval_ms: a batch is now waiting for its answer
+    bad=$(awk '$1 != 200' "$tmp/hang.txt" | wc -l)
+    check "20 requests answered with the collector hanging ($ms ms)" "$([ "$bad" = 0 ]; echo $?)" "$bad failed or timed out"
+    # a batch is now waiting for its answer: the collector holds it (not a guess at flush_interval_ms)
+    hung=1
+    for _ in $(seq 1 300); do
+        n=$(curl -s --max-time 5 "http://127.0.0.1:$col_port/received?summary=1" |
+            python3 -c 'import json,sys; print(json.load(sys.stdin)["in_progress"])' 2>/dev/null)
+        [ "${n:-0}" -ge 1 ] && { hung=0; break; }
+        sleep 0.1
+    done
+    check "a batch is in flight to the hanging collector" "$hung"
     t0=$SECONDS
     quit_nginx 20; check "nginx quits with a batch stuck in flight" $?
     took=$((SECONDS - t0))
