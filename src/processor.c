@@ -63,6 +63,11 @@ struct processor {
     struct lane *lane;
     pthread_mutex_t *rows_mu;
     rules    **sets;           /* the router's: each state's R, published for tally_stats */
+    /* Several states: the canary's messages so far, over all of them (the router's counter;
+     * every state points to it), so that it runs exactly rules_canary_messages although it is
+     * judged only between drains. NULL with one state, which judges it at once. */
+    _Atomic uint64_t canary_taken;
+    _Atomic uint64_t *canary_cap;
 };
 
 /* ---- rule states ----
@@ -411,6 +416,8 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
     rules *R = p->R;
     const int *map_idx = p->map_idx;
     int canary = p->canary.R && rules_remote_in_canary(t->cfg.rules_canary, m);
+    if (canary && p->canary_cap && atomic_fetch_add(p->canary_cap, 1) >= (uint64_t)t->cfg.rules_canary_messages)
+        canary = 0; /* the canary had its share: the active set until it is judged */
     if (canary) {
         R = p->canary.R;
         map_idx = p->canary.map_idx;
@@ -670,6 +677,7 @@ static void take_remote_rules(tally_t *t, struct processor *p)
                 q->canary.map_idx[i] = p->mapping[i] ? rules_find_mapping(q->canary.R, p->mapping[i]) : -1;
             q->canary.version = s->version;
         }
+        atomic_store(&p->canary_taken, 0);
         rules_swap_free(s);
         return;
     }
@@ -870,6 +878,7 @@ static int state_open(tally_t *t, struct processor *p, size_t k, rules *R, tly_e
     s->R = R;
     s->t = t;
     s->rows_mu = p->rows_mu;
+    s->canary_cap = &p->canary_taken;
     s->consent = p->consent;
     if (!(s->arena = tj_arena_new()) || !(s->map_idx = calloc(t->ndests + 1, sizeof *s->map_idx)) ||
         !(s->lane = calloc(1, sizeof *s->lane)))
@@ -948,6 +957,7 @@ int processor_open(tally_t *t, tly_err *err)
     if (p->rows_mu) pthread_mutex_init(p->rows_mu, NULL);
     p->states[0] = p;
     p->nstates = 1;
+    if (n > 1) p->canary_cap = &p->canary_taken;
     p->t = t;
     p->sink = (meta_sink){meta_to_worker, p};
     int rc = TALLY_OK;
