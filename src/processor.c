@@ -81,7 +81,7 @@ struct processor {
  *
  * Everything else is ordered against all messages: at the end of every drain, and before a
  * record that must not overtake any message (consent), the router waits until every lane is
- * empty and its state idle (lane_join). Between two drains, then, no state runs: reloads, remote
+ * empty and its state idle (lanes_join). Between two drains, then, no state runs: reloads, remote
  * swaps and canary verdicts change every state there, forgets write their row behind every
  * message before them, rule drops are handed over, and processed_pos (the worker's flushes)
  * moves past records that are all written. */
