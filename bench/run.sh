@@ -131,6 +131,13 @@ for store in mem file; do
         fi
     done
 done
+# rule_threads (issue 18): server mode, tally_send's messages from 5000 identities, three rules run
+# by one rule state and by two (routed by userId)
+for store in mem file; do
+    for rt in 1 2; do
+        cases+=("e2e $store server rules=three rule_threads=$rt|e2e-$store|--gzip=false --api=send --mode=server --rules=bench/rules/three --rule_threads=$rt")
+    done
+done
 cases+=("segment analytics-node|segment|--window=$NODE_WINDOW --flush_interval=1000")
 for w in $NODE_SWEEP; do
     cases+=("segment window=$w|segment-sweep|--window=$w --flush_interval=1000")

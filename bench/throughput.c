@@ -2,7 +2,7 @@
  *
  *   throughput [--n=200000] [--threads=1] [--rules=PATH] [--store=:memory:|FILE] [--out=/dev/null]
  *              [--endpoint=URL --write_key=K] [--gzip=true] [--label=NAME] [--full_wait_us=0]
- *              [--api=track|send] [--consent=on|stamp|off]
+ *              [--api=track|send] [--consent=on|stamp|off] [--rule_threads=N]
  *              [any other --key=value: passed to tally_config_set]
  *
  * --consent=on: two file destinations (/dev/null) that need consent categories ("analytics";
@@ -24,7 +24,10 @@
  *
  * --api=send times tally_send instead, the way a server host calls it: a whole ~400-byte message
  * with the same event and properties plus the ids and a request's context (works in either mode;
- * --mode=server is the host's usual setting). The latency fields keep their track_ names. */
+ * --mode=server is the host's usual setting). The latency fields keep their track_ names.
+ *
+ * --rule_threads=N (a config key, like any other) runs the rules on N states; it takes effect in
+ * server mode, so with --api=send --mode=server, whose messages come from 5000 userIds. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

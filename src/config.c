@@ -47,6 +47,7 @@ void config_defaults(struct tally_config *c)
     c->lua_memory = 64LL << 20;
     c->lua_instructions = 1000000;
     c->rule_breaker = 10;
+    c->rule_threads = 1;
     c->rules_poll_s = 300;
     c->rules_max_bytes = BUNDLE_MAX_BYTES;
     c->rules_canary_messages = 1000;
@@ -299,6 +300,7 @@ static const struct key_def {
     {"lua_memory_per_script", K_LLONG, F(lua_memory_per_script), 0, 1L << 34, NULL},
     {"lua_instructions", K_LLONG, F(lua_instructions), 1000, 1000000000, NULL},
     {"rule_breaker", K_INT, F(rule_breaker), 0, 1000000, NULL},
+    {"rule_threads", K_INT, F(rule_threads), 1, TALLY_MAX_RULE_THREADS, NULL},
     {"rules_url", K_URL, F(rules_url), 0, 0, NULL},
     {"rules_public_key", K_PUBKEYS, F(rules_public_key), 0, 0, NULL},
     {"rules_poll_s", K_INT, F(rules_poll_s), 1, 86400, NULL},

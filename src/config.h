@@ -9,6 +9,7 @@
 
 enum { MODE_CLIENT, MODE_SERVER };
 enum { STORE_FULL_DROP_NEWEST, STORE_FULL_DROP_OLDEST, STORE_FULL_BLOCK }; /* store_on_full */
+#define TALLY_MAX_RULE_THREADS 16 /* rule_threads: more states than cores buys nothing */
 #define MAX_IN_FLIGHT 8 /* the most batches one destination may have out at once */
 
 struct tally_config {
@@ -44,6 +45,7 @@ struct tally_config {
     long long lua_memory_per_script; /* 0: lua_memory / (scripts + 1) */
     long long lua_instructions;
     int    rule_breaker;
+    int    rule_threads;     /* Lua rule states, each on a thread of its own (server mode; processor.c) */
     int    consent_required; /* messages wait in the store until the first tally_consent */
     int    consent_default;  /* CONSENT_DEFAULT_*: server mode, messages without their own consent */
     char  *rules_url;        /* signed rule bundles are polled from here (rules_remote.c) */

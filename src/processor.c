@@ -7,6 +7,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,50 @@ struct processor {
         uint64_t n, bad;       /* its messages, and those a rule failed on or dropped */
         uint64_t base_n, base_bad; /* the same for the active set meanwhile */
     } canary;
+    /* rule_threads > 1 (server mode, see "Rule states" below): t->proc is the router and rule
+     * state 0, states[] every state (states[0] == t->proc, the others of their own thread, each
+     * with its lane); rows_mu, shared by all, lets several threads write the row queue. With one
+     * state: nstates 1, no lane, no lock, and the processor works as it always did. */
+    struct processor **states;
+    size_t     nstates;
+    struct lane *lane;
+    pthread_mutex_t *rows_mu;
+    rules    **sets;           /* the router's: each state's R, published for tally_stats */
+    /* Several states: the canary's messages so far, over all of them (the router's counter;
+     * every state points to it), so that it runs exactly rules_canary_messages although it is
+     * judged only between drains. NULL with one state, which judges it at once. */
+    _Atomic uint64_t canary_taken;
+    _Atomic uint64_t *canary_cap;
+};
+
+/* ---- rule states ----
+ * Several Lua states, to use more than one core for the rules in server mode, where messages
+ * come from many identities and order is promised per identity only. The processor thread (the
+ * router) pops the intake as always and sends each message to the state picked by a hash of its
+ * userId (else anonymousId), running state 0's itself; state k > 0 runs on its own thread, fed
+ * through its lane (a single-producer single-consumer ring). One identity always reaches the same
+ * state, which handles its messages in order and writes their rows in order: per-identity order
+ * holds to the row queue, and from there as before.
+ *
+ * Everything else is ordered against all messages: at the end of every drain, and before a
+ * record that must not overtake any message (consent), the router waits until every lane is
+ * empty and its state idle (lanes_join). Between two drains, then, no state runs: reloads, remote
+ * swaps and canary verdicts change every state there, forgets write their row behind every
+ * message before them, rule drops are handed over, and processed_pos (the worker's flushes)
+ * moves past records that are all written. */
+#define LANE_SLOTS 512 /* more than a drain's budget: a drain ends with a join */
+
+struct lane {
+    intake_rec     *ring[LANE_SLOTS];
+    _Alignas(64) _Atomic size_t head; /* the router: records sent */
+    _Alignas(64) _Atomic size_t done; /* the state's thread: records processed */
+    _Atomic int     sleeping;         /* the state's thread waits for records (under mu) */
+    _Atomic int     joining;          /* the router waits for done == head (under mu) */
+    _Atomic int     quit;
+    pthread_mutex_t mu;
+    pthread_cond_t  cv;
+    pthread_t       th;
+    int             started;
 };
 
 /* ---- rows for the worker ---- */
@@ -71,12 +116,15 @@ static char *row_slot(tally_t *t, size_t len)
     return buf;
 }
 
-static void hand_over(tally_t *t, int dest_idx, const char *data, size_t len)
+static void hand_over(tally_t *t, pthread_mutex_t *mu, int dest_idx, const char *data, size_t len)
 {
+    if (mu) pthread_mutex_lock(mu); /* several rule states write the queue: one row at a time */
     char *buf = row_slot(t, len);
-    if (!buf) return;
-    memcpy(buf, data, len);
-    rowq_publish(t->rows, dest_idx, (uint32_t)len);
+    if (buf) {
+        memcpy(buf, data, len);
+        rowq_publish(t->rows, dest_idx, (uint32_t)len);
+    }
+    if (mu) pthread_mutex_unlock(mu);
 }
 
 /* Identity changes go to the store through the same queue as the messages they stamp. */
@@ -106,7 +154,7 @@ static void reject(tally_t *t, const char *why)
 
 static void on_violation(void *ud, const char *rule, const char *code, const char *text)
 {
-    tally_t *t = ud;
+    tally_t *t = ((struct processor *)ud)->t;
     atomic_fetch_add(&t->n.violations, 1);
     tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s: violation %s: %s", rule, code, text);
 }
@@ -156,9 +204,10 @@ static void rule_drops_to_worker(struct processor *p)
 
 static void on_rule_drop(void *ud, const char *rule, int cls, const char *why)
 {
-    tally_t *t = ud;
+    struct processor *p = ud; /* the rule state that ran the rule */
+    tally_t *t = p->t;
     atomic_fetch_add(&t->n.rule_dropped, 1);
-    count_rule_drop(t->proc, rule, cls);
+    count_rule_drop(p, rule, cls);
     tly_log(&t->log, TALLY_LOG_DEBUG, "rule %s dropped a message: %s", rule, why);
 }
 
@@ -174,10 +223,10 @@ static void rows_for_dests(tally_t *t, struct processor *p, rules *R, const int 
             continue;
         }
         if (map_idx[i] < 0) {
-            hand_over(t, (int)i, json, len);
+            hand_over(t, p->rows_mu, (int)i, json, len);
             continue;
         }
-        rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
+        rules_report rep = {on_violation, NULL, on_rule_drop, p, 0, 0};
         rules_map(R, map_idx[i], p->arena, m, p->wall_ms, &p->payloads, &rep);
         if (p->payloads.cap < RULES_MAX_PARTS) given_up(t); /* lost for this destination: logged by rules.c */
         for (size_t k = 0; k < p->payloads.n; k++) {
@@ -187,7 +236,7 @@ static void rows_for_dests(tally_t *t, struct processor *p, rules *R, const int 
                 reject(t, p->mapped.oom ? "a mapped payload: out of memory" : "a mapped payload cannot be written as JSON");
                 continue;
             }
-            hand_over(t, (int)i, p->mapped.data, p->mapped.len);
+            hand_over(t, p->rows_mu, (int)i, p->mapped.data, p->mapped.len);
         }
     }
 }
@@ -229,6 +278,8 @@ static void apply_consent(tally_t *t, struct processor *p, const intake_rec *r)
     p->prefs = text;
     p->prefs_len = r->json_len;
     p->consent = cs;
+    /* every rule state is idle here (drain joined them first): they drop messages as we do */
+    for (size_t k = 1; k < p->nstates; k++) p->states[k]->consent = cs;
     char *data = row_slot(t, r->json_len);
     if (!data) return;
     memcpy(data, r->json, r->json_len);
@@ -273,11 +324,47 @@ static void canary_end(struct processor *p)
     memset(&p->canary, 0, sizeof p->canary);
 }
 
-static void publish_rules(tally_t *t, rules *R);
+static void publish_rules(tally_t *t, struct processor *p);
 
-/* Counted per message; once the canary handled rules_canary_messages, it is judged: rolled back
- * when its rate of messages a rule failed on or dropped exceeds the active set's (over the same
- * time) by more than rules_canary_margin, else promoted to every identity. */
+/* Once the canary handled rules_canary_messages (over every rule state), it is judged: rolled
+ * back when its rate of messages a rule failed on or dropped exceeds the active set's (over the
+ * same time) by more than rules_canary_margin, else promoted to every identity. p is the router;
+ * with several states it runs between two drains, when none of them runs. */
+static void canary_judge(tally_t *t, struct processor *p)
+{
+    uint64_t n = 0, bad = 0, base_n = 0, base_bad = 0;
+    for (size_t k = 0; k < p->nstates; k++) {
+        const struct canary *c = &p->states[k]->canary;
+        n += c->n;
+        bad += c->bad;
+        base_n += c->base_n;
+        base_bad += c->base_bad;
+    }
+    if (n < (uint64_t)t->cfg.rules_canary_messages) return;
+    double rate = (double)bad / (double)n, base = base_n ? (double)base_bad / (double)base_n : 0;
+    int promote = rate <= base + t->cfg.rules_canary_margin;
+    int64_t version = p->canary.version;
+    if (promote) {
+        rules *old[TALLY_MAX_RULE_THREADS];
+        for (size_t k = 0; k < p->nstates; k++) {
+            struct processor *s = p->states[k];
+            old[k] = s->R;
+            s->R = s->canary.R;
+            memcpy(s->map_idx, s->canary.map_idx, t->ndests * sizeof *s->map_idx);
+            s->remote_version = version;
+            s->canary.R = NULL;
+        }
+        publish_rules(t, p);
+        for (size_t k = 0; k < p->nstates; k++) rules_free(old[k]);
+    }
+    tly_log(&t->log, promote ? TALLY_LOG_INFO : TALLY_LOG_WARN, "remote rules: canary version %lld: %.4f of %llu "
+            "messages failed or dropped, against %.4f of %llu for the active rules: %s", (long long)version, rate,
+            (unsigned long long)n, base, (unsigned long long)base_n, promote ? "promoted" : "rolled back");
+    for (size_t k = 0; k < p->nstates; k++) canary_end(p->states[k]);
+    rules_remote_verdict(t, version, promote);
+}
+
+/* Counted per message and per rule state. One state judges at once; several, after each drain. */
 static void canary_count(tally_t *t, struct processor *p, int canary, int bad)
 {
     struct canary *c = &p->canary;
@@ -288,24 +375,7 @@ static void canary_count(tally_t *t, struct processor *p, int canary, int bad)
         c->base_n++;
         c->base_bad += (uint64_t)bad;
     }
-    if (c->n < (uint64_t)t->cfg.rules_canary_messages) return;
-    double rate = (double)c->bad / (double)c->n, base = c->base_n ? (double)c->base_bad / (double)c->base_n : 0;
-    int promote = rate <= base + t->cfg.rules_canary_margin;
-    int64_t version = c->version;
-    if (promote) {
-        rules *old = p->R;
-        p->R = c->R;
-        memcpy(p->map_idx, c->map_idx, t->ndests * sizeof *p->map_idx);
-        p->remote_version = version;
-        publish_rules(t, p->R);
-        rules_free(old);
-        c->R = NULL;
-    }
-    tly_log(&t->log, promote ? TALLY_LOG_INFO : TALLY_LOG_WARN, "remote rules: canary version %lld: %.4f of %llu "
-            "messages failed or dropped, against %.4f of %llu for the active rules: %s", (long long)version, rate,
-            (unsigned long long)c->n, base, (unsigned long long)c->base_n, promote ? "promoted" : "rolled back");
-    canary_end(p);
-    rules_remote_verdict(t, version, promote);
+    if (p->nstates == 1) canary_judge(t, p);
 }
 
 static void process(tally_t *t, struct processor *p, const intake_rec *r)
@@ -349,10 +419,12 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
         reject(t, err.msg);
         return;
     }
-    rules_report rep = {on_violation, NULL, on_rule_drop, t, 0, 0};
+    rules_report rep = {on_violation, NULL, on_rule_drop, p, 0, 0};
     rules *R = p->R;
     const int *map_idx = p->map_idx;
     int canary = p->canary.R && rules_remote_in_canary(t->cfg.rules_canary, m);
+    if (canary && p->canary_cap && atomic_fetch_add(p->canary_cap, 1) >= (uint64_t)t->cfg.rules_canary_messages)
+        canary = 0; /* the canary had its share: the active set until it is judged */
     if (canary) {
         R = p->canary.R;
         map_idx = p->canary.map_idx;
@@ -381,6 +453,76 @@ static void process(tally_t *t, struct processor *p, const intake_rec *r)
     if (p->canary.R) canary_count(t, p, canary, rep.failed || rep.dropped);
 }
 
+/* ---- rule states: routing and lanes (see "rule states" at the top) ---- */
+
+/* The state that runs message record r: by a hash of its userId, else its anonymousId, as the
+ * message will carry them (a string's text unescaped, so that one id always lands in one state);
+ * a message with neither goes to state 0. FNV-1a, salted apart from the canary's hash. */
+static size_t route(const struct processor *p, const intake_rec *r)
+{
+    const char *id = NULL;
+    size_t len = 0, w;
+    char buf[256];
+    if (r->kind == REC_SEND) {
+        tj_field f[2] = {TJ_FIELD("userId", -1), TJ_FIELD("anonymousId", -1)};
+        if (tj_scan(r->json, r->json_len, f, 2, &w, NULL) == TALLY_OK) {
+            const tj_field *g = f[0].found && f[0].first == '"' ? &f[0] : f[1].found && f[1].first == '"' ? &f[1] : NULL;
+            if (g) {
+                id = r->json + g->at;
+                len = g->len;
+                if (g->escaped && len <= sizeof buf) {
+                    len = tj_unescape(buf, id, len);
+                    id = buf;
+                }
+            }
+        }
+    } else if (r->kind == REC_IDENTIFY || r->kind == REC_ALIAS) {
+        id = r->s1;
+        len = r->s1_len;
+    }
+    if (!id) return 0;
+    uint32_t h = 2166136261u;
+    for (const char *c = "tally-rule-state:"; *c; c++) h = (h ^ (unsigned char)*c) * 16777619u;
+    for (size_t i = 0; i < len; i++) h = (h ^ (unsigned char)id[i]) * 16777619u;
+    return h % p->nstates;
+}
+
+static void lane_signal(struct lane *l)
+{
+    pthread_mutex_lock(&l->mu);
+    pthread_cond_broadcast(&l->cv);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* The router: record r is state s's now (it frees it). */
+static void lane_push(struct processor *s, intake_rec *r)
+{
+    struct lane *l = s->lane;
+    size_t h = atomic_load_explicit(&l->head, memory_order_relaxed);
+    assert(h - atomic_load(&l->done) < LANE_SLOTS); /* a drain sends fewer, and ends with a join */
+    l->ring[h % LANE_SLOTS] = r;
+    /* seq_cst, like the load of sleeping after it: either the thread sees the record before it
+     * waits, or we see it waiting (lane_main sets sleeping under mu, so the signal is not lost) */
+    atomic_store(&l->head, h + 1);
+    if (atomic_load(&l->sleeping)) lane_signal(l);
+}
+
+/* The router: returns once every state has processed every record it was sent, their rows
+ * published in the row queue. */
+static void lanes_join(struct processor *p)
+{
+    for (size_t k = 1; k < p->nstates; k++) {
+        struct lane *l = p->states[k]->lane;
+        size_t h = atomic_load_explicit(&l->head, memory_order_relaxed);
+        if (atomic_load(&l->done) == h) continue;
+        pthread_mutex_lock(&l->mu);
+        atomic_store(&l->joining, 1);
+        while (atomic_load(&l->done) != h) pthread_cond_wait(&l->cv, &l->mu);
+        atomic_store(&l->joining, 0);
+        pthread_mutex_unlock(&l->mu);
+    }
+}
+
 #define WAKE_EVERY 32
 
 /* The clocks sessions and ctx.now go by (ms). Read for every record they were ~8% of the
@@ -393,26 +535,70 @@ static void read_clocks(tally_t *t, struct processor *p)
     p->wall_ms = tly_clock_wall(t);
 }
 
+/* The thread of rule state s (k > 0): processes what the router sends, in order, until told to
+ * quit with nothing left. */
+static void *lane_main(void *arg)
+{
+    struct processor *s = arg;
+    tally_t *t = s->t;
+    struct lane *l = s->lane;
+    size_t tail = 0;
+    for (;;) {
+        if (tail == atomic_load(&l->head)) {
+            pthread_mutex_lock(&l->mu);
+            atomic_store(&l->sleeping, 1);
+            while (tail == atomic_load(&l->head) && !atomic_load(&l->quit)) pthread_cond_wait(&l->cv, &l->mu);
+            atomic_store(&l->sleeping, 0);
+            pthread_mutex_unlock(&l->mu);
+            if (tail == atomic_load(&l->head)) break; /* quit */
+            continue;
+        }
+        intake_rec *r = l->ring[tail % LANE_SLOTS];
+        read_clocks(t, s);
+        process(t, s, r);
+        if (r->reserved) tly_stamp_applied(t);
+        intake_rec_free(&t->q, r);
+        atomic_store(&l->done, ++tail); /* seq_cst: pairs with joining, as in lane_push */
+        if (atomic_load(&l->joining)) lane_signal(l);
+        if (tail % WAKE_EVERY == 0) tly_wake_worker(t);
+    }
+    return NULL;
+}
+
 static int drain(tally_t *t, struct processor *p, int budget)
 {
-    int n = 0, every = rules_count(p->R) ? 1 : WAKE_EVERY;
+    int n = 0, every = rules_count(p->R) ? 1 : WAKE_EVERY, lanes = p->nstates > 1;
     intake_rec *r;
     read_clocks(t, p);
     while (n < budget && (r = intake_pop(&t->q)) != NULL) {
-        process(t, p, r);
-        if (r->reserved) tly_stamp_applied(t);
-        intake_rec_free(&t->q, r);
+        size_t k = 0;
+        if (lanes && r->kind == REC_CONSENT) lanes_join(p); /* between two messages of every state */
+        else if (lanes && r->kind != REC_RESET && r->kind != REC_SESSION_START) k = route(p, r);
+        if (k) {
+            lane_push(p->states[k], r);
+        } else {
+            process(t, p, r);
+            if (r->reserved) tly_stamp_applied(t);
+            intake_rec_free(&t->q, r);
+        }
         n++;
         /* Everything the intake gave up so far is handled: processed here, or dropped by its
-         * full policy (drop_oldest advances the same counter). The worker's flushes count on it. */
-        atomic_store_explicit(&t->processed_pos, intake_taken(&t->q), memory_order_release);
+         * full policy (drop_oldest advances the same counter). The worker's flushes count on it.
+         * With several rule states, only once they are joined (below). */
+        if (!lanes) atomic_store_explicit(&t->processed_pos, intake_taken(&t->q), memory_order_release);
         /* Not after every record: a worker that keeps up sleeps between two rows, and waking it
          * for each was an eventfd write per message (11% of the samples with three rules). Every
          * WAKE_EVERY records, when the row queue fills (row_slot) and when this drain ends. */
         if (n % WAKE_EVERY == 0) tly_wake_worker(t);
         if (n % every == 0) read_clocks(t, p);
     }
-    if (p->ndrops) rule_drops_to_worker(p);
+    if (lanes) {
+        lanes_join(p);
+        atomic_store_explicit(&t->processed_pos, intake_taken(&t->q), memory_order_release);
+        if (p->canary.R) canary_judge(t, p);
+    }
+    for (size_t k = 0; k < p->nstates; k++)
+        if (p->states[k]->ndrops) rule_drops_to_worker(p->states[k]);
     if (n) tly_wake_worker(t);
     return n;
 }
@@ -426,40 +612,51 @@ static int open_rules(tally_t *t, const char *spec, rules **out, tly_err *err)
     return rules_open(out, spec, &o, &t->log, err);
 }
 
-/* The set tally_stats reads: replaced only under rules_mu, since the old one is freed after. */
-static void publish_rules(tally_t *t, rules *R)
+/* The sets tally_stats reads (every rule state's): replaced only under rules_mu, since the old
+ * ones are freed after. p is the router. */
+static void publish_rules(tally_t *t, struct processor *p)
 {
     pthread_mutex_lock(&t->rules_mu);
-    t->rules = R;
+    for (size_t k = 0; k < p->nstates; k++) p->sets[k] = p->states[k]->R;
+    t->rules = p->nstates ? p->sets[0] : NULL;
+    t->rule_sets = p->sets;
+    t->nrule_sets = p->nstates;
     pthread_mutex_unlock(&t->rules_mu);
 }
 
-/* Loads the rule set again into a new state; only a set that loads completely replaces the
- * running one, and mappings must still resolve. */
+/* Loads the rule set again into new states, one per rule state; only sets that all load
+ * completely replace the running ones, and mappings must still resolve. */
 static int reload_rules(tally_t *t, struct processor *p, tly_err *err)
 {
     if (p->remote_version)
         return tly_err_set(err, TALLY_ECONFIG, "rules: remote bundle version %lld is active; local rules are not "
                            "reloaded while one is", (long long)p->remote_version);
     if (!t->cfg.rules) return tly_err_set(err, TALLY_ECONFIG, "no rules configured");
-    rules *R = NULL;
-    int rc = open_rules(t, t->cfg.rules, &R, err);
-    for (size_t i = 0; !rc && i < t->ndests; i++)
-        if (p->mapping[i] && rules_find_mapping(R, p->mapping[i]) < 0)
-            rc = tly_err_set(err, TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", p->mapping[i],
-                             t->dests[i].name);
+    rules *R[TALLY_MAX_RULE_THREADS] = {NULL};
+    int rc = TALLY_OK;
+    for (size_t k = 0; !rc && k < p->nstates; k++) {
+        rc = open_rules(t, t->cfg.rules, &R[k], err);
+        for (size_t i = 0; !rc && i < t->ndests; i++)
+            if (p->mapping[i] && rules_find_mapping(R[k], p->mapping[i]) < 0)
+                rc = tly_err_set(err, TALLY_ELUA, "mapping \"%s\" of %s is missing from the new rules", p->mapping[i],
+                                 t->dests[i].name);
+    }
     if (rc) {
         tly_log(&t->log, TALLY_LOG_ERROR, "rules reload failed, the previous rules stay: %s", err->msg);
-        rules_free(R);
+        for (size_t k = 0; k < p->nstates; k++) rules_free(R[k]);
         return rc;
     }
-    for (size_t i = 0; i < t->ndests; i++)
-        if (p->mapping[i]) p->map_idx[i] = rules_find_mapping(R, p->mapping[i]);
-    rules *old = p->R;
-    p->R = R;
-    publish_rules(t, R);
-    rules_free(old);
-    tly_log(&t->log, TALLY_LOG_INFO, "rules reloaded: %zu scripts", rules_count(R));
+    for (size_t k = 0; k < p->nstates; k++) {
+        struct processor *s = p->states[k];
+        for (size_t i = 0; i < t->ndests; i++)
+            if (p->mapping[i]) s->map_idx[i] = rules_find_mapping(R[k], p->mapping[i]);
+        rules *old = s->R;
+        s->R = R[k];
+        R[k] = old;
+    }
+    publish_rules(t, p);
+    for (size_t k = 0; k < p->nstates; k++) rules_free(R[k]); /* the old ones now */
+    tly_log(&t->log, TALLY_LOG_INFO, "rules reloaded: %zu scripts", rules_count(p->R));
     return TALLY_OK;
 }
 
@@ -470,33 +667,44 @@ static void take_remote_rules(tally_t *t, struct processor *p)
 {
     rules_swap *s = rules_remote_take(t);
     if (!s) return;
-    canary_end(p); /* a newer bundle replaces a canary still running */
+    assert(s->nmore + 1 == p->nstates); /* the worker loads one copy per rule state */
+    for (size_t k = 0; k < p->nstates; k++) canary_end(p->states[k]); /* a newer bundle replaces a canary still running */
     if (s->canary) {
-        if (!(p->canary.map_idx = calloc(t->ndests + 1, sizeof *p->canary.map_idx))) {
-            tly_log(&t->log, TALLY_LOG_ERROR, "remote rules: out of memory: canary version %lld not started",
-                    (long long)s->version);
-            rules_free(s->R);
-            free(s);
-            return;
+        for (size_t k = 0; k < p->nstates; k++) {
+            struct processor *q = p->states[k];
+            if (!(q->canary.map_idx = calloc(t->ndests + 1, sizeof *q->canary.map_idx))) {
+                tly_log(&t->log, TALLY_LOG_ERROR, "remote rules: out of memory: canary version %lld not started",
+                        (long long)s->version);
+                for (size_t j = 0; j < p->nstates; j++) canary_end(p->states[j]);
+                for (size_t j = k; j < p->nstates; j++) rules_free(j ? s->more[j - 1] : s->R);
+                rules_swap_free(s);
+                return;
+            }
+            q->canary.R = k ? s->more[k - 1] : s->R;
+            for (size_t i = 0; i < t->ndests; i++)
+                q->canary.map_idx[i] = p->mapping[i] ? rules_find_mapping(q->canary.R, p->mapping[i]) : -1;
+            q->canary.version = s->version;
         }
-        for (size_t i = 0; i < t->ndests; i++)
-            p->canary.map_idx[i] = p->mapping[i] ? rules_find_mapping(s->R, p->mapping[i]) : -1;
-        p->canary.R = s->R;
-        p->canary.version = s->version;
-        free(s);
+        atomic_store(&p->canary_taken, 0);
+        rules_swap_free(s);
         return;
     }
-    for (size_t i = 0; i < t->ndests; i++)
-        if (p->mapping[i]) {
-            p->map_idx[i] = rules_find_mapping(s->R, p->mapping[i]);
-            assert(p->map_idx[i] >= 0);
-        }
-    rules *old = p->R;
-    p->R = s->R;
-    p->remote_version = s->version;
-    publish_rules(t, s->R);
-    rules_free(old);
-    free(s);
+    rules *old[TALLY_MAX_RULE_THREADS];
+    for (size_t k = 0; k < p->nstates; k++) {
+        struct processor *q = p->states[k];
+        rules *R = k ? s->more[k - 1] : s->R;
+        for (size_t i = 0; i < t->ndests; i++)
+            if (p->mapping[i]) {
+                q->map_idx[i] = rules_find_mapping(R, p->mapping[i]);
+                assert(q->map_idx[i] >= 0);
+            }
+        old[k] = q->R;
+        q->R = R;
+        q->remote_version = s->version;
+    }
+    publish_rules(t, p);
+    for (size_t k = 0; k < p->nstates; k++) rules_free(old[k]);
+    rules_swap_free(s);
 }
 
 /* Reload requests apply in order with messages: once every record before the call is processed.
@@ -664,32 +872,129 @@ static int load_consent(tally_t *t, struct processor *p, tly_err *err)
     return TALLY_OK;
 }
 
+/* Rule state k > 0 (rule_threads): its own arena, rule set (R when given, taken either way), the
+ * mappings' indexes in it and its lane; its thread starts later (start_lanes). */
+static int state_open(tally_t *t, struct processor *p, size_t k, rules *R, tly_err *err)
+{
+    struct processor *s = calloc(1, sizeof *s);
+    if (!s) {
+        rules_free(R);
+        return tly_err_set(err, TALLY_ENOMEM, "tally_open: out of memory");
+    }
+    p->states[k] = s;
+    p->nstates = k + 1;
+    s->R = R;
+    s->t = t;
+    s->rows_mu = p->rows_mu;
+    s->canary_cap = &p->canary_taken;
+    s->consent = p->consent;
+    if (!(s->arena = tj_arena_new()) || !(s->map_idx = calloc(t->ndests + 1, sizeof *s->map_idx)) ||
+        !(s->lane = calloc(1, sizeof *s->lane)))
+        return tly_err_set(err, TALLY_ENOMEM, "tally_open: out of memory");
+    pthread_mutex_init(&s->lane->mu, NULL);
+    pthread_cond_init(&s->lane->cv, NULL);
+    int rc = !R && t->cfg.rules ? open_rules(t, t->cfg.rules, &s->R, err) : TALLY_OK;
+    for (size_t i = 0; !rc && i < t->ndests; i++) {
+        s->map_idx[i] = p->mapping[i] ? rules_find_mapping(s->R, p->mapping[i]) : -1;
+        assert(!p->mapping[i] || s->map_idx[i] >= 0); /* the same rules as state 0, where it resolved */
+    }
+    return rc;
+}
+
+/* The rule states' threads start with every signal blocked, as the runtime's do (runtime.c). */
+static int start_lanes(struct processor *p, tly_err *err)
+{
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    int e = 0;
+    for (size_t k = 1; !e && k < p->nstates; k++) {
+        struct lane *l = p->states[k]->lane;
+        if (!(e = pthread_create(&l->th, NULL, lane_main, p->states[k]))) {
+            l->started = 1;
+            pthread_setname_np(l->th, "tally-rules");
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return e ? tly_err_set(err, TALLY_ENOMEM, "tally_open: cannot start a rule thread: %s", strerror(e)) : TALLY_OK;
+}
+
+static void state_free(struct processor *s)
+{
+    if (!s) return;
+    struct lane *l = s->lane;
+    if (l && l->started) { /* idle: the router joined it after its last drain */
+        pthread_mutex_lock(&l->mu);
+        atomic_store(&l->quit, 1);
+        pthread_cond_broadcast(&l->cv);
+        pthread_mutex_unlock(&l->mu);
+        pthread_join(l->th, NULL);
+    }
+    if (l) {
+        pthread_cond_destroy(&l->cv);
+        pthread_mutex_destroy(&l->mu);
+        free(l);
+    }
+    free(s->map_idx);
+    rules_free(s->R);
+    canary_end(s);
+    msg_list_free(&s->results);
+    msg_list_free(&s->payloads);
+    for (size_t k = 0; k < s->ndrops; k++) free(s->drops[k].rule);
+    free(s->drops);
+    tbuf_free(&s->mapped);
+    tbuf_free(&s->out);
+    tj_arena_free(s->arena);
+    free(s);
+}
+
 int processor_open(tally_t *t, tly_err *err)
 {
     assert(t->store && !t->proc);
+    /* client mode has one identity, whose messages must stay in one order: one chain */
+    if (t->cfg.rule_threads > 1 && t->cfg.mode != MODE_SERVER)
+        return tly_err_set(err, TALLY_ECONFIG, "rule_threads: %d needs mode = server (client mode runs one rule "
+                           "state: its messages are one identity's, in one order)", t->cfg.rule_threads);
+    size_t n = t->cfg.mode == MODE_SERVER ? (size_t)t->cfg.rule_threads : 1;
     struct processor *p = calloc(1, sizeof *p);
     t->proc = p;
     if (!p || !(p->arena = tj_arena_new()) || !(p->mapping = calloc(t->ndests + 1, sizeof *p->mapping)) ||
-        !(p->map_idx = calloc(t->ndests + 1, sizeof *p->map_idx)))
+        !(p->map_idx = calloc(t->ndests + 1, sizeof *p->map_idx)) || !(p->states = calloc(n, sizeof *p->states)) ||
+        !(p->sets = calloc(n, sizeof *p->sets)) || (n > 1 && !(p->rows_mu = malloc(sizeof *p->rows_mu))))
         return tly_err_set(err, TALLY_ENOMEM, "tally_open: out of memory");
+    if (p->rows_mu) pthread_mutex_init(p->rows_mu, NULL);
+    p->states[0] = p;
+    p->nstates = 1;
+    if (n > 1) p->canary_cap = &p->canary_taken;
     p->t = t;
     p->sink = (meta_sink){meta_to_worker, p};
     int rc = TALLY_OK;
     /* a remote bundle kept in the store replaces the local rules (README, "Shipping rules") */
     rules_swap *s = rules_remote_take(t);
     if (s) {
+        assert(s->nmore + 1 == n); /* the worker loads one copy per rule state */
         p->R = s->R;
         p->remote_version = s->version;
-        free(s);
     } else if (t->cfg.rules) {
         rc = open_rules(t, t->cfg.rules, &p->R, err);
     }
-    if (!rc) publish_rules(t, p->R);
     for (size_t i = 0; !rc && i < t->ndests; i++) rc = read_mapping(t, p, i, err);
+    for (size_t k = 1; k < n; k++) {
+        rules *R = s ? s->more[k - 1] : NULL;
+        if (!rc) {
+            rc = state_open(t, p, k, R, err);
+            if (s) p->states[k]->remote_version = s->version;
+        } else {
+            rules_free(R);
+        }
+    }
+    rules_swap_free(s);
+    if (!rc) publish_rules(t, p);
     if (!rc && t->cfg.mode != MODE_SERVER &&
         !(rc = identity_load(&p->id, t->store, (int64_t)t->cfg.session_timeout_s * 1000, tly_clock_wall(t), err)))
         publish_identity(t, p);
     if (!rc && t->cfg.mode != MODE_SERVER) rc = load_consent(t, p, err);
+    if (!rc) rc = start_lanes(p, err);
     return rc;
 }
 
@@ -697,12 +1002,23 @@ void processor_free(tally_t *t)
 {
     struct processor *p = t->proc;
     if (!p) return;
+    pthread_mutex_lock(&t->rules_mu);
+    t->rules = NULL;
+    t->rule_sets = NULL;
+    t->nrule_sets = 0;
+    pthread_mutex_unlock(&t->rules_mu);
+    for (size_t k = 1; k < p->nstates; k++) state_free(p->states[k]);
+    free(p->states);
+    free(p->sets);
+    if (p->rows_mu) {
+        pthread_mutex_destroy(p->rows_mu);
+        free(p->rows_mu);
+    }
     identity_free(&p->id);
     free(p->prefs);
     for (size_t i = 0; p->mapping && i < t->ndests; i++) free(p->mapping[i]);
     free(p->mapping);
     free(p->map_idx);
-    publish_rules(t, NULL);
     rules_free(p->R);
     canary_end(p);
     msg_list_free(&p->results);

@@ -1,7 +1,9 @@
 /* The processor thread: intake record -> identity -> stamped, checked message -> rules ->
  * destination mappings -> serialized rows, handed over through the row queue (rowq.h) to the
  * worker thread, which stores and delivers them. Two threads so that rules and SQLite use two
- * cores; the runtime (runtime.c) opens, starts and stops both. */
+ * cores; the runtime (runtime.c) opens, starts and stops both. With rule_threads > 1 (server
+ * mode) the processor runs the rules on several states, the others on threads it starts in
+ * processor_open and stops in processor_free (processor.c, "rule states"). */
 #ifndef TALLY_PROCESSOR_H
 #define TALLY_PROCESSOR_H
 

@@ -1155,20 +1155,35 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
     R->rep = NULL;
 }
 
-void rules_stats(const rules *R, tbuf *b)
+void rules_stats(const rules *R, tbuf *b) { rules_stats_sum(&R, 1, b); }
+
+void rules_stats_sum(const rules *const *sets, size_t nsets, tbuf *b)
 {
+    const rules *R = nsets ? sets[0] : NULL;
     tbuf_putc(b, '[');
     for (size_t i = 0; R && i < R->n; i++) {
         const rule *r = &R->r[i];
+        unsigned long long calls = 0, errors = 0, dropped = 0, violations = 0, suppressed = 0, cut = 0;
+        size_t memory = 0, disabled = 0;
+        for (size_t k = 0; k < nsets; k++) {
+            const rule *rk = &sets[k]->r[i];
+            assert(sets[k]->n == R->n); /* copies of one set: the processor swaps them together */
+            calls += atomic_load(&rk->calls);
+            errors += atomic_load(&rk->errors);
+            dropped += atomic_load(&rk->dropped);
+            violations += atomic_load(&rk->violations);
+            suppressed += atomic_load(&rk->log_suppressed);
+            cut += atomic_load(&rk->parts_cut);
+            memory += sb_script_memory(sets[k]->sb, rk->slot);
+            disabled += atomic_load(&rk->disabled) != 0;
+        }
         tbuf_puts(b, i ? ",{\"name\":" : "{\"name\":");
         tj_write_string(b, r->name, strlen(r->name));
         tbuf_printf(b, ",\"stage\":\"%s\",\"calls\":%llu,\"errors\":%llu,\"dropped\":%llu,\"violations\":%llu,\"disabled\":%s",
-                    stage_names[r->stage], (unsigned long long)atomic_load(&r->calls),
-                    (unsigned long long)atomic_load(&r->errors), (unsigned long long)atomic_load(&r->dropped),
-                    (unsigned long long)atomic_load(&r->violations), atomic_load(&r->disabled) ? "true" : "false");
-        tbuf_printf(b, ",\"log_suppressed\":%llu,\"parts_cut\":%llu,\"memory\":%zu}",
-                    (unsigned long long)atomic_load(&r->log_suppressed), (unsigned long long)atomic_load(&r->parts_cut),
-                    sb_script_memory(R->sb, r->slot));
+                    stage_names[r->stage], calls, errors, dropped, violations, disabled ? "true" : "false");
+        /* with several rule states (rule_threads) the breaker trips in each on its own */
+        if (nsets > 1) tbuf_printf(b, ",\"disabled_states\":%zu", disabled);
+        tbuf_printf(b, ",\"log_suppressed\":%llu,\"parts_cut\":%llu,\"memory\":%zu}", suppressed, cut, memory);
     }
     tbuf_putc(b, ']');
 }

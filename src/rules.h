@@ -82,5 +82,8 @@ void rules_map(rules *R, int idx, tj_arena *a, const tj_value *m, int64_t now_ms
 
 /* Per-script counters as a JSON array (appended to b); safe from any thread. */
 void rules_stats(const rules *R, tbuf *b);
+/* The same for copies of one rule set (one per rule state, rule_threads): counts and memory summed,
+ * "disabled" when any copy disabled the rule, and "disabled_states" how many did (nsets > 1). */
+void rules_stats_sum(const rules *const *sets, size_t nsets, tbuf *b);
 
 #endif

@@ -132,21 +132,49 @@ static int load_rules(rules_remote *r, const bundle *b, rules **out, tly_err *er
     return rc;
 }
 
-/* Offers R to the processor; a set offered before and not taken yet is replaced. */
-static int hand_over(rules_remote *r, rules *R, int64_t version, int canary, tly_err *err)
+/* Offers R (loaded from b) to the processor, with one more copy of b's rules for each further
+ * rule state (rule_threads, server mode); a set offered before and not taken yet is replaced. On
+ * failure R stays the caller's. */
+static int hand_over(rules_remote *r, const bundle *b, rules *R, int64_t version, int canary, tly_err *err)
 {
-    rules_swap *s = malloc(sizeof *s);
-    if (!s) return tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
-    *s = (rules_swap){R, version, canary};
-    rules_swap *old = atomic_exchange(&r->t->rules_next, s);
-    if (old) {
-        rules_free(old->R);
-        free(old);
+    tally_t *t = r->t;
+    size_t nmore = t->cfg.mode == MODE_SERVER ? (size_t)t->cfg.rule_threads - 1 : 0;
+    rules_swap *s = calloc(1, sizeof *s);
+    if (!s || (nmore && !(s->more = calloc(nmore, sizeof *s->more)))) {
+        free(s);
+        return tly_err_set(err, TALLY_ENOMEM, "rules: out of memory");
     }
+    int rc = TALLY_OK;
+    for (; !rc && s->nmore < nmore; s->nmore++)
+        if ((rc = load_rules(r, b, &s->more[s->nmore], err))) break;
+    if (rc) {
+        rules_swap_discard(s); /* the copies made; R is not in it yet */
+        return rc;
+    }
+    s->R = R;
+    s->version = version;
+    s->canary = canary;
+    rules_swap *old = atomic_exchange(&r->t->rules_next, s);
+    rules_swap_discard(old);
     if (!canary) atomic_store(&r->active, version);
     atomic_store(&r->t->proc_sleeping, 1); /* forced: it looks at rules_next before it sleeps again */
     tly_wake_processor(r->t);
     return TALLY_OK;
+}
+
+void rules_swap_free(rules_swap *s)
+{
+    if (!s) return;
+    free(s->more);
+    free(s);
+}
+
+void rules_swap_discard(rules_swap *s)
+{
+    if (!s) return;
+    rules_free(s->R);
+    for (size_t i = 0; i < s->nmore; i++) rules_free(s->more[i]);
+    rules_swap_free(s);
 }
 
 rules_swap *rules_remote_take(tally_t *t)
@@ -218,7 +246,7 @@ static int apply(rules_remote *r, const char *etag, tly_err *err)
     if (res == RR_APPLIED && r->t->cfg.rules_canary > 0) {
         /* kept in memory only: stored once the processor promotes it (rules_remote_settle) */
         char *bytes = tbuf_steal(&r->body), *tag = etag ? strdup(etag) : NULL;
-        if (!bytes || (etag && !tag) || hand_over(r, R, b->version, 1, err)) {
+        if (!bytes || (etag && !tag) || hand_over(r, b, R, b->version, 1, err)) {
             free(bytes);
             free(tag);
             res = RR_LOAD_FAILED;
@@ -244,7 +272,7 @@ static int apply(rules_remote *r, const char *etag, tly_err *err)
         r->version = b->version;
         free(r->etag);
         r->etag = etag ? strdup(etag) : NULL;
-        if (hand_over(r, R, b->version, 0, err)) res = RR_LOAD_FAILED;
+        if (hand_over(r, b, R, b->version, 0, err)) res = RR_LOAD_FAILED;
         else {
             tly_log(&r->t->log, TALLY_LOG_INFO, "remote rules: version %" PRId64 " applied (%zu scripts, key %s)",
                     b->version, b->nscripts, b->key_id);
@@ -473,7 +501,7 @@ static void load_kept(rules_remote *r)
     bundle *b = NULL;
     rules *R = NULL;
     if (text && !bundle_verify(text, strlen(text), r->max_bytes, r->keys, &b, &e) && !load_rules(r, b, &R, &e) &&
-        !hand_over(r, R, b->version, 0, &e)) {
+        !hand_over(r, b, R, b->version, 0, &e)) {
         tly_log(&r->t->log, TALLY_LOG_INFO, "remote rules: version %" PRId64 " from the store is active", b->version);
         R = NULL;
     } else if (text) {
@@ -513,11 +541,7 @@ int rules_remote_open(tally_t *t, store *st, rules_remote **out, tly_err *err)
 
 void rules_remote_free(tally_t *t, rules_remote *r)
 {
-    rules_swap *s = atomic_exchange(&t->rules_next, NULL);
-    if (s) {
-        rules_free(s->R);
-        free(s);
-    }
+    rules_swap_discard(atomic_exchange(&t->rules_next, NULL));
     if (!r) return;
     if (r->busy) curl_multi_remove_handle(r->multi, r->easy);
     curl_easy_cleanup(r->easy);

@@ -30,7 +30,13 @@ typedef struct rules_swap {
     rules  *R;
     int64_t version;
     int     canary;
+    rules **more;   /* rule_threads - 1 more copies of R in server mode, one per further rule state */
+    size_t  nmore;
 } rules_swap;
+/* Frees the struct and its `more` array, not the rule sets (the processor took them)... */
+void rules_swap_free(rules_swap *s);
+/* ...or everything, the sets too (a swap replaced or never taken). NULL is fine for both. */
+void rules_swap_discard(rules_swap *s);
 
 /* Made by worker_open when rules_url is set: reads the last good bundle from the store, verifies
  * it again and, when it holds, offers it (t->rules_next) so that processor_open starts with it,

@@ -83,6 +83,8 @@ struct tally {
     char               *identity_snapshot; /* under ident_mu: JSON of the processor's ids, for tally_identity */
     pthread_mutex_t     rules_mu;
     struct rules       *rules;         /* under rules_mu: the processor's rule set, for tally_stats */
+    struct rules      **rule_sets;     /* under rules_mu: every rule state's copy of it (rule_threads), summed */
+    size_t              nrule_sets;
     /* Remote rules (rules_remote.h): the worker offers a loaded, tested rule set here and the
      * processor takes it between two messages; remote is set at open, its counters are atomics. */
     _Atomic(struct rules_swap *) rules_next;

@@ -467,7 +467,7 @@ int tally_stats(tally_t *t, char **json_out)
                 (unsigned long long)atomic_load(&t->n.violations), (unsigned long long)atomic_load(&t->n.rule_dropped),
                 (unsigned long long)atomic_load(&t->n.opted_out));
     pthread_mutex_lock(&t->rules_mu);
-    rules_stats(t->rules, &b);
+    rules_stats_sum((const struct rules *const *)t->rule_sets, t->nrule_sets, &b);
     pthread_mutex_unlock(&t->rules_mu);
     rules_remote_stats(t->remote, &b); /* nothing without rules_url */
     tbuf_printf(&b, ",\"forgotten\":%llu,\"dead_pruned\":%llu", (unsigned long long)atomic_load(&t->n.forgotten),

@@ -533,3 +533,60 @@ TEST(a_canary_that_drops_everything_is_rolled_back_and_other_identities_never_se
     free(b2);
     end();
 }
+
+/* rule_threads = 2: a bundle and its canary reach both rule states (each loads its own copy), the
+ * canary runs for exactly rules_canary_messages over both, and its verdict applies to both. */
+TEST(with_two_rule_states_bundles_and_canaries_apply_to_every_state)
+{
+    REQUIRE(begin());
+    char *b1 = make_bundle(K1, 1, "v1", 0, 0);
+    char payload[] = "{\"version\":2,\"created_at\":\"2026-12-07T18:00:00.000Z\",\"rules\":[{\"file\":\"10_drop.lua\","
+                     "\"source\":\"return {name='drop', process=function(m) return nil end}\"}],"
+                     "\"tests\":[{\"name\":\"drops\",\"input\":{\"type\":\"track\",\"event\":\"E\"},\"drop\":true}]}";
+    tbuf out = TBUF_INIT;
+    tly_err err;
+    REQUIRE(!bundle_sign(K1, payload, strlen(payload), &out, &err));
+    char *b2 = tu_path("dropall2.bundle");
+    tu_write_file(b2, out.data);
+    tbuf_free(&out);
+    serve(b1, "s1");
+    char *o = tu_path("states.ndjson");
+    unlink(o);
+    tally_t *t = tf_open("out", o, "mode", "server", "rule_threads", "2", "rules_url", url, "rules_public_key",
+                         bundle_signer_public(K1), "rules_poll_s", "3600", "rules_canary", "0.5",
+                         "rules_canary_messages", "20", "rules_canary_margin", "0.1", "flush_at", "1", "log_level",
+                         "info", NULL);
+    free(o);
+    REQUIRE(t);
+    REQUIRE(wait_rstat(t, "canary", 1) == 0);
+    CHECK(send_batch(t, 0, 100) == TALLY_OK);
+    CHECK(wait_rstat(t, "applied", 1) == 0);
+    CHECK(send_batch(t, 100, 100) == TALLY_OK); /* promoted: every identity, both states */
+    static char ev[300][16];
+    delivered("states.ndjson", ev, 300);
+    int v1 = 0;
+    for (int i = 100; i < 200; i++) v1 += !strcmp(ev[i], "E v1");
+    CHECK_EQ_INT(v1, 100);
+    serve(b2, "s2");
+    CHECK(poll_now(t) == 0);
+    CHECK_EQ_INT(rstat(t, "canary"), 2);
+    CHECK(send_batch(t, 200, 100) == TALLY_OK);
+    CHECK(wait_rstat(t, "rolled_back", 1) == 0);
+    delivered("states.ndjson", ev, 300);
+    int lost = 0;
+    for (int i = 200; i < 300; i++) {
+        lost += !ev[i][0];
+        CHECK(!ev[i][0] || !strcmp(ev[i], "E v1"));
+    }
+    CHECK_EQ_INT(lost, 20); /* the canary's share over both states, not a drain's worth */
+    CHECK_EQ_INT(rstat(t, "version"), 1);
+    char *stats = NULL;
+    CHECK_EQ_INT(tally_stats(t, &stats), TALLY_OK);
+    CHECK_CONTAINS(stats, "\"name\":\"tag\",\"stage\":\"before\",\"calls\":");
+    CHECK_CONTAINS(stats, "\"disabled_states\":0");
+    tally_free(stats);
+    CHECK_EQ_INT(tally_close(t, 5000), TALLY_OK);
+    free(b1);
+    free(b2);
+    end();
+}
