@@ -523,6 +523,42 @@ TEST(tally_helpers_inside_the_sandbox)
     free(dir);
 }
 
+/* The sandbox's own type() and getmetatable() answer as the base library's do. */
+TEST(type_and_getmetatable_inside_the_sandbox_answer_as_the_base_library)
+{
+    char *dir = rules_dir("10_t.lua",
+                          "return { name = 't', process = function(m)\n"
+                          "  local co = coroutine.create(function() end)\n"
+                          "  local guarded = setmetatable({}, { __metatable = 'locked' })\n"
+                          "  local plain_mt = {}\n"
+                          "  local plain = setmetatable({}, plain_mt)\n"
+                          "  local ok, err = pcall(function() return type() end)\n"
+                          "  local ok2, err2 = pcall(function() return getmetatable() end)\n"
+                          "  m.properties = { types = table.concat({ type(nil), type(true), type(tally.null), type(1), type(1.5),\n"
+                          "      type('s'), type({}), type(print), type(co), type(m.properties.items) }, ','),\n"
+                          "    no_arg = err, no_arg_mt = err2, ok = ok or ok2,\n"
+                          "    guarded = getmetatable(guarded), plain = getmetatable(plain) == plain_mt,\n"
+                          "    none = getmetatable({}) == nil, str = getmetatable(''), num = getmetatable(1) == nil,\n"
+                          "    array = getmetatable(m.properties.items) }\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("type.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "E", "{\"items\":[1]}");
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *line = tu_line(out, 0);
+    CHECK_CONTAINS(line, "\"array\":\"tally.array\",\"guarded\":\"locked\",");
+    CHECK_CONTAINS(line, "10_t.lua:6: bad argument #1 to 'type' (value expected)\",");
+    CHECK_CONTAINS(line, "10_t.lua:7: bad argument #1 to 'getmetatable' (value expected)\",");
+    CHECK_CONTAINS(line, "\"none\":true,\"num\":true,\"ok\":false,\"plain\":true,\"str\":false,");
+    CHECK_CONTAINS(line, "\"types\":\"nil,boolean,userdata,number,number,string,table,function,thread,table\"");
+    free(line);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
 /* Issue 14 #19: a rule sees an integer beyond 64 bits as the nearest float; when it leaves the
  * field alone (or copies it) the original digits go out, not 100000000000000000000.0. */
 TEST(rule_leaving_a_big_integer_alone_keeps_its_digits)
