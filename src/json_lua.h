@@ -112,8 +112,10 @@ int tjl_push(lua_State *L, const tj_value *v);
  * from (a TJ_RAW text stays that text: written out byte for byte, as a message no rule changed
  * is), instead of converting it; any other table is converted as tjl_to_json_max does. Against a
  * Lua without that patch (the Lua module's host Lua) nothing is recorded and every table is
- * converted. C memory only, owned by the caller; one message at a time: each tjl_push_from
- * forgets the previous one, whose nodes must stay alive until its conversion is done. */
+ * converted. C memory, owned by the caller, plus a list in the state's registry (keyed by the
+ * origin's address) that holds the recorded tables until the next push replaces them; one message
+ * at a time: each tjl_push_from forgets the previous one, whose nodes must stay alive until its
+ * conversion is done. */
 typedef struct tjl_origin tjl_origin;
 tjl_origin *tjl_origin_new(void);   /* NULL when out of memory */
 void        tjl_origin_free(tjl_origin *o);
