@@ -87,11 +87,21 @@ typedef struct oentry {
     const tj_value *node;   /* what it was pushed from; NULL for a table made inside a TJ_RAW */
     unsigned        gen;    /* the entry is live when this is the origin's gen */
     int             height; /* levels of tables in it, itself included */
+    unsigned        seq;    /* its place in the order tables were recorded (1-based) */
+    unsigned        first;  /* the seq of the first table recorded inside it (seq when none) */
 } oentry;
 
+/* Tables are recorded when they are full, after every table inside them (post-order), and once
+ * ORIGIN_MAX is reached nothing more is: so a recorded table's descendants are exactly the tables
+ * recorded just before it, seqs first..seq-1. The Lua list (the registry, keyed by the origin's
+ * address) holds table seq at index seq, so whether a subtree is untouched is a look at the
+ * touched bit of each table in that range (reversed post-order: a table is looked at before the
+ * ones inside it), not a walk of every key in it. */
 struct tjl_origin {
     unsigned  gen; /* bumped per message, so the slots need no clearing */
     size_t    n;
+    size_t    listed; /* the Lua list's highest index holding a table, so stale ones get cleared */
+    long      values[ORIGIN_MAX + 1]; /* values[s]: the members of tables 1..s (a prefix sum) */
     tj_arena *scratch; /* a TJ_RAW's text parsed to size its tables; C memory, so a Lua error
                         * raised while they are made leaks nothing; reset per message */
     oentry    e[ORIGIN_SLOTS];
@@ -143,20 +153,36 @@ static const oentry *origin_find(const tjl_origin *o, const void *t)
 }
 #endif
 
-/* The table on top of the stack was just made from node (NULL inside a TJ_RAW) and filled:
- * marks it untouched and records it. */
-static void origin_note(lua_State *L, tjl_origin *o, const tj_value *node, int height)
+/* Pushes the origin's list of recorded tables (made on first use). */
+static void push_origin_list(lua_State *L, const tjl_origin *o)
+{
+    if (lua_rawgetp(L, LUA_REGISTRYINDEX, o) == LUA_TTABLE) return;
+    lua_pop(L, 1);
+    lua_createtable(L, ORIGIN_MAX, 0);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, o);
+}
+
+/* The table on top of the stack was just made from node (NULL inside a TJ_RAW) and filled with
+ * `members` values: marks it untouched and records it, in the list at stack index `list`. `first`
+ * is what o->n was when the table was begun (the seq before its first descendant's). */
+static void origin_note(lua_State *L, tjl_origin *o, int list, const tj_value *node, int height,
+                        size_t first, long members)
 {
 #ifdef LUA_TALLY_TOUCH
     if (!o || o->n == ORIGIN_MAX) return;
     const void *t = lua_topointer(L, -1);
     size_t i = origin_slot(t);
     while (o->e[i].gen == o->gen) i = (i + 1) & (ORIGIN_SLOTS - 1);
-    o->e[i] = (oentry){t, node, o->gen, height};
-    o->n++;
+    unsigned seq = (unsigned)++o->n;
+    o->e[i] = (oentry){t, node, o->gen, height, seq, (unsigned)first + 1};
+    o->values[seq] = o->values[seq - 1] + members;
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, list, seq); /* before untouching: the list is not the table */
+    if (seq > o->listed) o->listed = seq;
     lua_tableuntouch(L, -1);
 #else
-    (void)L, (void)o, (void)node, (void)height;
+    (void)L, (void)o, (void)list, (void)node, (void)height, (void)first, (void)members;
 #endif
 }
 
@@ -166,6 +192,7 @@ typedef struct {
     lua_State *L;
     int mt; /* stack index of the array metatable */
     tjl_origin *o; /* NULL: nothing recorded */
+    int list;      /* stack index of o's list (when o) */
     const tj_value *raw; /* pushing the parse of this TJ_RAW (at depth raw_depth), else NULL */
     int raw_depth;
 } pctx;
@@ -183,7 +210,7 @@ static int push_value(pctx *c, const tj_value *v, int depth, int *height);
 static int push_array(pctx *c, const tj_value *v, int depth, int *height)
 {
     lua_State *L = c->L;
-    size_t n = v->u.arr.n;
+    size_t n = v->u.arr.n, first = c->o ? c->o->n : 0;
     int below = 0, h;
     lua_createtable(L, n <= INT_MAX ? (int)n : 0, 0);
     for (size_t i = 0; i < n; i++) {
@@ -194,14 +221,14 @@ static int push_array(pctx *c, const tj_value *v, int depth, int *height)
     lua_pushvalue(L, c->mt);
     lua_setmetatable(L, -2);
     *height = below + 1;
-    origin_note(L, c->o, made_from(c, v, depth), *height);
+    origin_note(L, c->o, c->list, made_from(c, v, depth), *height, first, (long)n);
     return 0;
 }
 
 static int push_object(pctx *c, const tj_value *v, int depth, int *height)
 {
     lua_State *L = c->L;
-    size_t n = v->u.obj.n;
+    size_t n = v->u.obj.n, first = c->o ? c->o->n : 0;
     int below = 0, h;
     lua_createtable(L, 0, n <= INT_MAX ? (int)n : 0);
     for (size_t i = 0; i < n; i++) {
@@ -212,7 +239,9 @@ static int push_object(pctx *c, const tj_value *v, int depth, int *height)
         lua_rawset(L, -3);
     }
     *height = below + 1;
-    origin_note(L, c->o, made_from(c, v, depth), *height);
+    /* n counts a duplicated key each time: the members charged for this table (between rules,
+     * tjl_untouched_size) are never fewer than it holds */
+    origin_note(L, c->o, c->list, made_from(c, v, depth), *height, first, (long)n);
     return 0;
 }
 
@@ -248,8 +277,9 @@ typedef struct {
     lua_State *L;
     int mt;    /* stack index of the array metatable */
     int depth; /* open containers */
-    struct { int object, below; lua_Integer n; } open[TJ_MAX_DEPTH + 1];
+    struct { int object, below; lua_Integer n; size_t first; } open[TJ_MAX_DEPTH + 1];
     tjl_origin *o;        /* NULL: nothing recorded */
+    int list;             /* stack index of o's list (when o) */
     const tj_value *raw;  /* the TJ_RAW being pushed, recorded for the outermost table */
     int height;           /* levels of tables in the value pushed */
 } dctx;
@@ -258,8 +288,13 @@ typedef struct {
 static int d_place(dctx *c)
 {
     if (c->depth == 0) return 0;
-    if (c->open[c->depth - 1].object) lua_rawset(c->L, -3);
-    else lua_rawseti(c->L, -2, ++c->open[c->depth - 1].n);
+    /* n counts the members of objects too (what origin_note is told) */
+    if (c->open[c->depth - 1].object) {
+        lua_rawset(c->L, -3);
+        c->open[c->depth - 1].n++;
+    } else {
+        lua_rawseti(c->L, -2, ++c->open[c->depth - 1].n);
+    }
     return 0;
 }
 
@@ -271,6 +306,7 @@ static int d_begin(void *ud, int object)
     c->open[c->depth].object = object;
     c->open[c->depth].below = 0;
     c->open[c->depth].n = 0;
+    c->open[c->depth].first = c->o ? c->o->n : 0;
     c->depth++;
     return 0;
 }
@@ -285,7 +321,9 @@ static int d_end(void *ud)
     int h = c->open[c->depth].below + 1;
     if (c->depth && h > c->open[c->depth - 1].below) c->open[c->depth - 1].below = h;
     if (!c->depth) c->height = h;
-    if (c->o) origin_note(c->L, c->o, c->depth ? NULL : c->raw, h);
+    if (c->o)
+        origin_note(c->L, c->o, c->list, c->depth ? NULL : c->raw, h, c->open[c->depth].first,
+                    (long)c->open[c->depth].n);
     return d_place(c);
 }
 
@@ -353,12 +391,18 @@ static int decode_from(lua_State *L, const char *text, size_t len, tj_error *err
     c.mt = lua_gettop(L);
     c.depth = 0;
     c.o = o;
+    c.list = 0;
+    if (o) {
+        push_origin_list(L, o);
+        c.list = lua_gettop(L);
+    }
     c.raw = raw;
     c.height = 0;
     if (tj_walk(text, len, &to_lua, &c, err)) {
         lua_settop(L, top);
         return TALLY_EINVAL;
     }
+    if (o) lua_remove(L, c.list);
     lua_remove(L, c.mt);
     if (height) *height = c.height;
     return TALLY_OK;
@@ -419,10 +463,23 @@ int tjl_push_more(lua_State *L, const tj_value *v, tjl_origin *o)
     int top = lua_gettop(L), height;
     if (!lua_checkstack(L, 8)) return TALLY_ENOMEM;
     push_array_mt(L);
-    pctx c = {L, lua_gettop(L), o, NULL, 0};
+    pctx c = {L, lua_gettop(L), o, 0, NULL, 0};
+    if (o) {
+        push_origin_list(L, o);
+        c.list = lua_gettop(L);
+    }
     if (push_value(&c, v, 0, &height)) {
         lua_settop(L, top);
         return TALLY_EINVAL;
+    }
+    if (o) {
+        /* an earlier message's tables past this one's are let go */
+        for (size_t k = o->n + 1; k <= o->listed; k++) {
+            lua_pushnil(L);
+            lua_rawseti(L, c.list, (lua_Integer)k);
+        }
+        o->listed = o->n;
+        lua_remove(L, c.list);
     }
     lua_remove(L, c.mt);
     return TALLY_OK;
@@ -858,31 +915,51 @@ static size_t node_bytes(const tj_value *v)
 }
 
 /* The origin's entry of the table at idx when it, and every table below it, is untouched since
- * it was pushed (so it holds exactly what it was made from); else NULL. Untouched tables hold
- * only what was pushed, a tree as deep as the message, so the walk ends. */
-static const oentry *untouched(lua_State *L, const tjl_origin *o, int idx, int depth)
+ * it was pushed (so it holds exactly what it was made from); else NULL. An untouched table holds
+ * the tables it was made with, and they were recorded just before it (see tjl_origin): its
+ * descendants are looked at in the list, last recorded first, so each is reached only after the
+ * tables holding it were found untouched. */
+static const oentry *untouched(lua_State *L, const tjl_origin *o, int idx)
 {
     const oentry *e = origin_find(o, lua_topointer(L, idx));
-    if (!e || lua_tabletouched(L, idx) || depth > TJ_MAX_DEPTH || !lua_checkstack(L, 4)) return NULL;
-    idx = lua_absindex(L, idx);
-    unsigned cur = 0;
-    while (tjl_next(L, idx, &cur)) {
-        int ok = lua_type(L, -1) != LUA_TTABLE || untouched(L, o, lua_gettop(L), depth + 1);
+    if (!e || lua_tabletouched(L, idx)) return NULL;
+    if (e->first == e->seq) return e;
+    if (!lua_checkstack(L, 2)) return NULL;
+    push_origin_list(L, o);
+    for (unsigned s = e->seq - 1; s >= e->first; s--) {
+        lua_rawgeti(L, -1, s);
+        int touched = lua_tabletouched(L, -1);
         lua_pop(L, 1);
-        if (!ok) {
+        if (touched) {
             lua_pop(L, 1);
             return NULL;
         }
     }
+    lua_pop(L, 1);
     return e;
 }
 #endif
+
+int tjl_untouched_size(lua_State *L, int idx, const tjl_origin *o, long *values, int *height)
+{
+#ifdef LUA_TALLY_TOUCH
+    if (!o || lua_type(L, idx) != LUA_TTABLE) return 0;
+    const oentry *e = untouched(L, o, lua_absindex(L, idx));
+    if (!e) return 0;
+    *values = o->values[e->seq] - o->values[e->first - 1];
+    *height = e->height;
+    return 1;
+#else
+    (void)L, (void)idx, (void)o, (void)values, (void)height;
+    return 0;
+#endif
+}
 
 const tj_value *tjl_untouched_node(lua_State *L, int idx, const tjl_origin *o)
 {
 #ifdef LUA_TALLY_TOUCH
     if (!o || lua_type(L, idx) != LUA_TTABLE) return NULL;
-    const oentry *e = untouched(L, o, lua_absindex(L, idx), 0);
+    const oentry *e = untouched(L, o, lua_absindex(L, idx));
     return e ? e->node : NULL;
 #else
     (void)L, (void)idx, (void)o;
@@ -896,7 +973,7 @@ static int reuse_origin(cctx *c, int idx, tj_value **out)
 {
 #ifdef LUA_TALLY_TOUCH
     if (!c->origin) return 0;
-    const oentry *e = untouched(c->L, c->origin, idx, 0);
+    const oentry *e = untouched(c->L, c->origin, idx);
     /* moved deeper than the limit allows: converted, to report that */
     if (!e || !e->node || c->depth + e->height > TJ_MAX_DEPTH) return 0;
     if (charge(c, node_bytes(e->node))) return -1;

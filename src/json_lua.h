@@ -112,8 +112,10 @@ int tjl_push(lua_State *L, const tj_value *v);
  * from (a TJ_RAW text stays that text: written out byte for byte, as a message no rule changed
  * is), instead of converting it; any other table is converted as tjl_to_json_max does. Against a
  * Lua without that patch (the Lua module's host Lua) nothing is recorded and every table is
- * converted. C memory only, owned by the caller; one message at a time: each tjl_push_from
- * forgets the previous one, whose nodes must stay alive until its conversion is done. */
+ * converted. C memory, owned by the caller, plus a list in the state's registry (keyed by the
+ * origin's address) that holds the recorded tables until the next push replaces them; one message
+ * at a time: each tjl_push_from forgets the previous one, whose nodes must stay alive until its
+ * conversion is done. */
 typedef struct tjl_origin tjl_origin;
 tjl_origin *tjl_origin_new(void);   /* NULL when out of memory */
 void        tjl_origin_free(tjl_origin *o);
@@ -124,6 +126,12 @@ int tjl_push_more(lua_State *L, const tj_value *v, tjl_origin *o);
 /* The node the table at idx was pushed from, when it and every table below it are untouched
  * (see above); NULL otherwise, for a non-table, and against a Lua without the patch. */
 const tj_value *tjl_untouched_node(lua_State *L, int idx, const tjl_origin *o);
+/* 1 when the table at idx and every table below it are untouched since o recorded them (also
+ * tables made inside a TJ_RAW's text, which have no node of their own), with *values the members
+ * of all those tables (a key duplicated in the text it came from counts each time, so never fewer
+ * than a walk would find) and *height its levels of tables; else 0. Costs a look at each table in
+ * it, not a walk of its keys. */
+int tjl_untouched_size(lua_State *L, int idx, const tjl_origin *o, long *values, int *height);
 
 #define TJL_MAX_BYTES (1024 * 1024) /* default limit of one Lua -> JSON conversion's text */
 

@@ -902,12 +902,24 @@ static int run_one_as(rules *R, rule *r, int idx, int64_t now_ms, lua_Integer ro
  * (sb_script_set_metatables), and after the last rule no walk is needed at all, since the
  * message is then only converted, by raw reads bounded in the same way. */
 
-static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, long *budget, const char **why)
+#define TOO_MANY_VALUES "holds more than " TALLY_STR(RULES_MAX_VALUES) " values (shared subtables count each time)"
+
+static int strip_walk(lua_State *L, int idx, const void *array_mt, const tjl_origin *o, int depth, long *budget,
+                      const char **why)
 {
     if (lua_type(L, idx) != LUA_TTABLE) return 0;
     if (depth > TJ_MAX_DEPTH) { *why = "nested deeper than 64 levels (a cycle?)"; return -1; }
     if (!lua_checkstack(L, 4)) { *why = "nested too deep for the Lua stack"; return -1; }
     idx = lua_absindex(L, idx);
+    /* a subtree no script wrote to is as it was pushed: a tree, no metatable but the array tag,
+     * its size and depth known, so it is charged without a walk */
+    long values;
+    int height;
+    if (tjl_untouched_size(L, idx, o, &values, &height)) {
+        if (depth + height - 1 > TJ_MAX_DEPTH) { *why = "nested deeper than 64 levels (a cycle?)"; return -1; }
+        if ((*budget -= values) < 0) { *why = TOO_MANY_VALUES; return -1; }
+        return 0;
+    }
     if (array_mt && lua_getmetatable(L, idx)) {
         int keep = lua_topointer(L, -1) == array_mt;
         lua_pop(L, 1);
@@ -918,8 +930,9 @@ static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, lo
     }
     unsigned cur = 0;
     while (tjl_next(L, idx, &cur)) {
-        if (--*budget < 0) { *why = "holds more than " TALLY_STR(RULES_MAX_VALUES) " values (shared subtables count each time)"; }
-        if (*budget < 0 || strip_walk(L, -2, array_mt, depth + 1, budget, why) || strip_walk(L, -1, array_mt, depth + 1, budget, why)) {
+        if (--*budget < 0) { *why = TOO_MANY_VALUES; }
+        if (*budget < 0 || strip_walk(L, -2, array_mt, o, depth + 1, budget, why) ||
+            strip_walk(L, -1, array_mt, o, depth + 1, budget, why)) {
             lua_pop(L, 2);
             return -1;
         }
@@ -930,7 +943,7 @@ static int strip_walk(lua_State *L, int idx, const void *array_mt, int depth, lo
 
 /* Makes the value at idx plain data (strip: metatables too); 0, or -1 with *why set when it is
  * out of bounds. */
-static int make_plain(lua_State *L, int idx, int strip, const char **why)
+static int make_plain(lua_State *L, int idx, int strip, const tjl_origin *o, const char **why)
 {
     long budget = RULES_MAX_VALUES;
     const void *array_mt = NULL;
@@ -940,7 +953,7 @@ static int make_plain(lua_State *L, int idx, int strip, const char **why)
         array_mt = lua_type(L, -1) == LUA_TTABLE ? lua_topointer(L, -1) : (const void *)&array_mt;
         lua_pop(L, 1);
     }
-    return strip_walk(L, idx, array_mt, 0, &budget, why);
+    return strip_walk(L, idx, array_mt, o, 0, &budget, why);
 }
 
 /* Can a process rule after R->r[i] (of stage `stage`) see what R->r[i] returns? */
@@ -1059,7 +1072,7 @@ void rules_process(rules *R, tj_arena *a, tj_value *m, int64_t now_ms, msg_list 
             int strip = sb_script_set_metatables(R->sb, r->slot);
             for (size_t k = n; k-- > 0;) {
                 const char *why = NULL;
-                if (R->last[k] != (int)i || !make_plain(L, first + (int)k, strip, &why)) continue;
+                if (R->last[k] != (int)i || !make_plain(L, first + (int)k, strip, R->origin, &why)) continue;
                 char text[200];
                 snprintf(text, sizeof text, "returned a message that %s", why);
                 script_failed(R, r, text);

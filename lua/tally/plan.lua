@@ -186,10 +186,33 @@ local ANNOTATIONS = util.set{ "title", "description", "$comment", "$schema", "$i
   "examples", "format" }
 local TYPE_NAMES = util.set{ "string", "number", "integer", "boolean", "object", "array", "null" }
 
-local function field_join(field, key)
+local function join(field, key)
   if type(key) == "number" then return string.format("%s[%d]", field, key - 1) end
   if key:match("^[%a_][%w_]*$") then return field .. "." .. key end
   return field .. "[" .. string.format("%q", key) .. "]"
+end
+
+-- Every checked value gets its path before it is checked (the checks are plain functions of
+-- (value, field, out)), and the same paths come back message after message: remember them, in a
+-- bounded cache dropped when full, rather than match and concatenate for every property. The
+-- bound is on bytes (a path and ~64 bytes of table slot each), since keys come from the messages.
+local PATHS_MAX = 256 * 1024
+local paths, paths_size = {}, 0
+
+local function field_join(field, key)
+  local under = paths[field]
+  local hit = under and under[key]
+  if hit then return hit end
+  local path = join(field, key)
+  if paths_size >= PATHS_MAX then paths, paths_size = {}, 0 end
+  under = paths[field]
+  if not under then
+    under = {}
+    paths[field] = under
+  end
+  under[key] = path
+  paths_size = paths_size + #path + 64
+  return path
 end
 
 local function add(out, keyword, field, description)
@@ -493,7 +516,18 @@ local function apply(policy, findings, msg, ctx)
   return policy == "block" and #findings > 0
 end
 
+local NONE = {}
+
 local function unplanned(payload, pkey, planned)
+  -- most messages have only planned properties: find that out without sorting the keys
+  local all_planned = true
+  for k in pairs(payload) do
+    if type(k) == "string" and not planned[k] then
+      all_planned = false
+      break
+    end
+  end
+  if all_planned then return NONE end
   local out = {}
   for _, k in ipairs(util.sorted_keys(payload)) do
     if not planned[k] then

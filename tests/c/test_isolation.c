@@ -646,6 +646,66 @@ TEST(shared_subtable_graph_is_bounded_and_blamed_on_its_maker)
     free(dir);
 }
 
+/* A subtree no script wrote to is charged its size between rules without being walked
+ * (tjl_untouched_size): reached n times it counts n times, and moved deep it counts its depth,
+ * exactly as the walk of a written one does. "fan" references the caller's untouched properties
+ * (100 members) `copies` times, "nest" hangs them `levels` tables down; "tidy" undoes both, so a
+ * message that passes the bounds is delivered. */
+static char *fan_out(int copies, int levels, char **stats)
+{
+    char fan[512], props[2048];
+    snprintf(fan, sizeof fan,
+             "return { name = 'fan', process = function(m)\n"
+             "  m.fan = {} for i = 1, %d do m.fan[i] = m.properties end\n"
+             "  local t = m for i = 1, %d do t.c = {} t = t.c end t.x = m.properties\n"
+             "  return m end }\n", copies, levels);
+    size_t n = (size_t)snprintf(props, sizeof props, "{\"deep\":{\"er\":{}}");
+    for (int i = 1; i < 100; i++) n += (size_t)snprintf(props + n, sizeof props - n, ",\"k%d\":%d", i, i);
+    snprintf(props + n, sizeof props - n, "}");
+    char *dir = rules_dir("10_fan.lua", fan, "20_tidy.lua",
+                          "return { name = 'tidy', process = function(m) m.fan = nil m.c = nil return m end }\n", NULL);
+    char *line = run_one_message(dir, props, stats);
+    free(dir);
+    return line;
+}
+
+TEST(untouched_subtree_reached_many_times_is_charged_each_time)
+{
+    char *stats = NULL;
+    /* 300 x 100 members and the rest: under 32768 values */
+    char *line = fan_out(300, 1, &stats);
+    CHECK_CONTAINS(line, "\"properties\":{\"deep\":{\"er\":{}},\"k1\":1,");
+    CHECK(line && !strstr(line, "\"fan\""));
+    CHECK_EQ_INT(rule_stat(stats, "fan", "errors"), 0);
+    free(line);
+    tally_free(stats);
+    /* 400 x 100: over it, blamed on the rule that made it */
+    line = fan_out(400, 1, &stats);
+    CHECK(line == NULL);
+    CHECK_EQ_INT(rule_stat(stats, "fan", "errors"), 1);
+    CHECK_EQ_INT(rule_stat(stats, "tidy", "calls"), 0);
+    CHECK_CONTAINS(tf_logged(), "rule fan failed: returned a message that holds more than 32768 values");
+    free(line);
+    tally_free(stats);
+}
+
+TEST(untouched_subtree_moved_too_deep_is_blamed_on_its_mover)
+{
+    char *stats = NULL;
+    /* properties are 3 levels of tables: hung below 61 new ones, the deepest is at level 64 */
+    char *line = fan_out(1, 61, &stats);
+    CHECK_CONTAINS(line, "\"properties\":{\"deep\":{\"er\":{}},\"k1\":1,");
+    CHECK_EQ_INT(rule_stat(stats, "fan", "errors"), 0);
+    free(line);
+    tally_free(stats);
+    line = fan_out(1, 62, &stats);
+    CHECK(line == NULL);
+    CHECK_EQ_INT(rule_stat(stats, "fan", "errors"), 1);
+    CHECK_CONTAINS(tf_logged(), "rule fan failed: returned a message that nested deeper than 64 levels");
+    free(line);
+    tally_free(stats);
+}
+
 /* ---- 9: memory is limited per script and given back when a script is disabled ---- */
 
 static const char hog_src[] =

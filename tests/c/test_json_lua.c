@@ -657,6 +657,107 @@ TEST(lua_untouched_subtrees_keep_the_limits)
                              "local m = ... local t = m for i = 1, 60 do t.c = {} t = t.c end t.x = m.p return m"));
 }
 
+/* tjl_untouched_size: for each path (a Lua expression on m) after a script ran, whether that
+ * table and all below it count as untouched, and then the members and levels of tables charged. */
+static const char *sizes_after(const char *raw, int as_tree, const char *script, const char *const *paths)
+{
+    static tbuf b = TBUF_INIT;
+    tbuf_reset(&b);
+    lua_State *L = new_state();
+    tj_arena *a = tj_arena_new();
+    tjl_origin *o = tjl_origin_new();
+    tj_value *v;
+    tj_error err;
+    if (as_tree) {
+        if (tj_parse(a, raw, strlen(raw), &v, &err)) v = tj_new(a, TJ_NULL);
+    } else {
+        v = tj_new(a, TJ_OBJECT);
+        tj_object_set(a, v, "p", 1, tj_new_raw(a, raw, strlen(raw)));
+    }
+    if (luaL_loadstring(L, script) || tjl_push_from(L, v, o) || lua_pcall(L, 1, 1, 0)) {
+        tbuf_printf(&b, "SETUP FAILED: %s", lua_tostring(L, -1));
+    } else {
+        lua_setglobal(L, "m");
+        for (size_t i = 0; paths[i]; i++) {
+            char expr[200];
+            snprintf(expr, sizeof expr, "return %s", paths[i]);
+            long values = -1;
+            int height = -1;
+            if (luaL_dostring(L, expr)) tbuf_printf(&b, "%s: %s ", paths[i], lua_tostring(L, -1));
+            else if (tjl_untouched_size(L, -1, o, &values, &height)) tbuf_printf(&b, "%s=%ld/%d ", paths[i], values, height);
+            else tbuf_printf(&b, "%s=touched ", paths[i]);
+            lua_settop(L, 0);
+        }
+    }
+    tjl_origin_free(o);
+    tj_arena_free(a);
+    lua_close(L);
+    return b.data ? b.data : "";
+}
+
+TEST(lua_untouched_size_counts_the_subtree_and_sees_deep_writes)
+{
+    static const char doc[] = "{\"a\":{\"b\":{\"c\":[1,2,{\"d\":true}]},\"e\":[]},\"f\":{\"g\":1,\"g\":2},\"h\":1}";
+    static const char *const paths[] = {"m", "m.p", "m.p.a", "m.p.a.b", "m.p.a.b.c", "m.p.a.b.c[3]", "m.p.a.e", "m.p.f", NULL};
+    /* members: d 1, c 3, b 1, e 0, a 2, f 2 (the duplicated key counts twice), p 3, m 1 */
+    CHECK_STR(sizes_after(doc, 0, "return ...", paths),
+              "m=13/6 m.p=12/5 m.p.a=7/4 m.p.a.b=5/3 m.p.a.b.c=4/2 m.p.a.b.c[3]=1/1 m.p.a.e=0/1 m.p.f=2/1 ");
+    /* the same from a tree instead of text (the root is the tree's) */
+    CHECK_STR(sizes_after(doc, 1, "return ...", (const char *const[]){"m", "m.a", "m.a.b.c", "m.f", NULL}),
+              "m=12/5 m.a=7/4 m.a.b.c=4/2 m.f=2/1 ");
+    /* a write into the deepest table: every table holding it is touched, its siblings are not */
+    CHECK_STR(sizes_after(doc, 0, "local m = ... m.p.a.b.c[3].d = false return m", paths),
+              "m=touched m.p=touched m.p.a=touched m.p.a.b=touched m.p.a.b.c=touched m.p.a.b.c[3]=touched "
+              "m.p.a.e=0/1 m.p.f=2/1 ");
+    /* a subtree replaced (the old one still untouched, where it was moved), a key deleted */
+    CHECK_STR(sizes_after(doc, 0, "local m = ... m.q = m.p.a.b m.p.a.b = { c = 1 } m.p.f.g = nil return m",
+                          (const char *const[]){"m.q", "m.q.c", "m.p.a", "m.p.a.b", "m.p.f", "m.p.a.e", NULL}),
+              "m.q=5/3 m.q.c=4/2 m.p.a=touched m.p.a.b=touched m.p.f=touched m.p.a.e=0/1 ");
+    /* reads, pairs, # and a metatable read leave everything untouched */
+    CHECK_STR(sizes_after(doc, 0,
+                          "local m = ... for k, v in pairs(m.p.a) do local _ = v end local n = #m.p.a.b.c + #m.p.a.e "
+                          "local mt = getmetatable(m.p.a.e) return m", paths),
+              "m=13/6 m.p=12/5 m.p.a=7/4 m.p.a.b=5/3 m.p.a.b.c=4/2 m.p.a.b.c[3]=1/1 m.p.a.e=0/1 m.p.f=2/1 ");
+    /* a table a script made is never untouched, nor is one holding it */
+    CHECK_STR(sizes_after(doc, 0, "local m = ... m.p.a.e = {} return m",
+                          (const char *const[]){"m.p.a.e", "m.p.a", "m.p.a.b", NULL}),
+              "m.p.a.e=touched m.p.a=touched m.p.a.b=5/3 ");
+}
+
+TEST(lua_untouched_size_is_per_message)
+{
+    /* a second message with fewer tables: the first one's are not taken for its own */
+    lua_State *L = new_state();
+    tj_arena *a = tj_arena_new();
+    tjl_origin *o = tjl_origin_new();
+    tj_value *big, *small;
+    tj_error err;
+    const char *t1 = "{\"a\":{\"b\":{\"c\":{}}},\"x\":[[],[],[]]}", *t2 = "{\"a\":{\"b\":1}}";
+    REQUIRE(tj_parse(a, t1, strlen(t1), &big, &err) == TALLY_OK);
+    REQUIRE(tj_parse(a, t2, strlen(t2), &small, &err) == TALLY_OK);
+    REQUIRE(tjl_push_from(L, big, o) == TALLY_OK);
+    long values;
+    int height;
+    CHECK(tjl_untouched_size(L, -1, o, &values, &height));
+    CHECK_EQ_INT(values, 7);
+    REQUIRE(tjl_push_from(L, small, o) == TALLY_OK);
+    CHECK(tjl_untouched_size(L, -1, o, &values, &height));
+    CHECK_EQ_INT(values, 2);
+    CHECK_EQ_INT(height, 2);
+    /* the first message's root is no longer recorded: it counts as written */
+    CHECK(!tjl_untouched_size(L, -2, o, &values, &height));
+    /* a part pushed again (tjl_push_more) is recorded beside the message's tables */
+    REQUIRE(tjl_push_more(L, big, o) == TALLY_OK);
+    CHECK(tjl_untouched_size(L, -1, o, &values, &height));
+    CHECK_EQ_INT(values, 7);
+    CHECK_EQ_INT(height, 4);
+    CHECK(tjl_untouched_size(L, -2, o, &values, &height));
+    CHECK_EQ_INT(values, 2);
+    tjl_origin_free(o);
+    tj_arena_free(a);
+    lua_close(L);
+}
+
 TEST(lua_helpers)
 {
     lua_State *L = new_state();

@@ -523,6 +523,85 @@ TEST(tally_helpers_inside_the_sandbox)
     free(dir);
 }
 
+/* A chain of rules over every JSON shape: a subtree one rule writes deep inside is what the next
+ * rule reads (not the pushed original), and what goes out holds the same values as the caller's
+ * text, written ones converted (sorted keys, tally's spelling of numbers). */
+TEST(chain_reads_what_an_earlier_rule_wrote_deep_and_keeps_the_rest_raw)
+{
+    char *dir = rules_dir("10_deep.lua",
+                          "return { name = 'deep', process = function(m)\n"
+                          "  m.properties.w.d[2].x = 5\n"            /* deep write: w, d, d[2] touched */
+                          "  m.properties.w.gone = nil\n"            /* a key deleted */
+                          "  m.properties.w.o = { k = 'v' }\n"       /* a subtree replaced */
+                          "  return m end }\n",
+                          "20_read.lua",
+                          "return { name = 'read', stage = 'enrichment', on_error = 'pass', process = function(m)\n"
+                          "  local n = 0 for _ in pairs(m.properties.r) do n = n + 1 end\n"
+                          "  m.context.seen = { x = m.properties.w.d[2].x, k = m.properties.w.o.k, n = n,\n"
+                          "    len = #m.properties.w.d, gone = m.properties.w.gone == nil }\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("deep.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    static const char props[] =
+        "{\"r\":{\"z\":1,\"a\":[],\"o\":{},\"s\":\"\\u00e9\\ud83d\\ude00\\/\",\"f\":1.50,\"e\":1e2,\"m\":-0,"
+        "\"big\":9007199254740993},"
+        "\"w\":{\"d\":[1,{\"x\":null,\"y\":[[]]}],\"gone\":true,\"o\":{\"q\":[]},\"n\":-0.0,\"big\":9007199254740993}}";
+    CHECK_EQ_INT(tally_track(t, "E", props), TALLY_OK);
+    CHECK_EQ_INT(tally_track(t, "E", "{\"x\":1e400}"), TALLY_EINVAL); /* refused at the call, as without rules */
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *line = tu_line(out, 0);
+    /* untouched, but a table made inside the caller's text (not a node of its own) beside a
+     * written one: the same values, in tally's spelling (json_lua.h) */
+    CHECK_CONTAINS(line, "\"r\":{\"a\":[],\"big\":9007199254740993,\"e\":100.0,\"f\":1.5,\"m\":-0.0,\"o\":{},"
+                         "\"s\":\"\xC3\xA9\xF0\x9F\x98\x80/\",\"z\":1}");
+    /* written: converted, the untouched array inside d[2] as it came, 2^53+1 and -0.0 kept */
+    CHECK_CONTAINS(line, "\"w\":{\"big\":9007199254740993,\"d\":[1,{\"x\":5,\"y\":[[]]}],\"n\":-0.0,\"o\":{\"k\":\"v\"}}");
+    CHECK_CONTAINS(line, "\"seen\":{\"gone\":true,\"k\":\"v\",\"len\":2,\"n\":8,\"x\":5}");
+    CHECK(tu_line(out, 1) == NULL);
+    free(line);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
+/* The sandbox's own type() and getmetatable() answer as the base library's do. */
+TEST(type_and_getmetatable_inside_the_sandbox_answer_as_the_base_library)
+{
+    char *dir = rules_dir("10_t.lua",
+                          "return { name = 't', process = function(m)\n"
+                          "  local co = coroutine.create(function() end)\n"
+                          "  local guarded = setmetatable({}, { __metatable = 'locked' })\n"
+                          "  local plain_mt = {}\n"
+                          "  local plain = setmetatable({}, plain_mt)\n"
+                          "  local ok, err = pcall(function() return type() end)\n"
+                          "  local ok2, err2 = pcall(function() return getmetatable() end)\n"
+                          "  m.properties = { types = table.concat({ type(nil), type(true), type(tally.null), type(1), type(1.5),\n"
+                          "      type('s'), type({}), type(print), type(co), type(m.properties.items) }, ','),\n"
+                          "    no_arg = err, no_arg_mt = err2, ok = ok or ok2,\n"
+                          "    guarded = getmetatable(guarded), plain = getmetatable(plain) == plain_mt,\n"
+                          "    none = getmetatable({}) == nil, str = getmetatable(''), num = getmetatable(1) == nil,\n"
+                          "    array = getmetatable(m.properties.items) }\n"
+                          "  return m end }\n",
+                          NULL);
+    char *out = tu_path("type.ndjson");
+    tally_t *t = open_rules(dir, out, NULL, NULL);
+    REQUIRE(t);
+    tally_track(t, "E", "{\"items\":[1]}");
+    REQUIRE(tally_flush(t, 5000) == TALLY_OK);
+    char *line = tu_line(out, 0);
+    CHECK_CONTAINS(line, "\"array\":\"tally.array\",\"guarded\":\"locked\",");
+    CHECK_CONTAINS(line, "10_t.lua:6: bad argument #1 to 'type' (value expected)\",");
+    CHECK_CONTAINS(line, "10_t.lua:7: bad argument #1 to 'getmetatable' (value expected)\",");
+    CHECK_CONTAINS(line, "\"none\":true,\"num\":true,\"ok\":false,\"plain\":true,\"str\":false,");
+    CHECK_CONTAINS(line, "\"types\":\"nil,boolean,userdata,number,number,string,table,function,thread,table\"");
+    free(line);
+    tally_close(t, 1000);
+    free(out);
+    free(dir);
+}
+
 /* Issue 14 #19: a rule sees an integer beyond 64 bits as the nearest float; when it leaves the
  * field alone (or copies it) the original digits go out, not 100000000000000000000.0. */
 TEST(rule_leaving_a_big_integer_alone_keeps_its_digits)

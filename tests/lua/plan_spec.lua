@@ -178,6 +178,25 @@ end }
       assert.same({ 'plan.additionalProperties properties["odd key"]' }, problems(s, { id = "x", ["odd key"] = 1 }))
     end)
 
+    it("gives the same paths again once they are remembered, and for other roots and keys", function()
+      local s = { properties = { a = { type = "string" }, ["odd key"] = { type = "string" },
+                                 items = { items = { type = "string" } } } }
+      local bad = { a = 1, ["odd key"] = 2, items = { "x", 3 } }
+      local want = { "plan.type properties.a", "plan.type properties.items[1]", 'plan.type properties["odd key"]' }
+      for _ = 1, 3 do assert.same(want, problems(s, bad)) end
+      local other = {}
+      for i, p in ipairs(plan.validate(s, bad, "traits")) do other[i] = p.field end
+      assert.same({ "traits.a", "traits.items[1]", 'traits["odd key"]' }, other)
+      -- more distinct keys than the cache holds: each path is still right when it is dropped
+      local many = { additionalProperties = { type = "string" } }
+      for round = 1, 2 do
+        for i = 1, 3000 do
+          local key = string.rep("k", 100) .. i
+          assert.same({ "plan.type properties." .. key }, problems(many, { [key] = round }))
+        end
+      end
+    end)
+
     it("validates additional properties against a schema", function()
       local s = { properties = { id = {} }, additionalProperties = { type = "number" } }
       assert.is_true(valid(s, { id = "x", n = 1 }))
@@ -338,6 +357,17 @@ end }
       it("blocks", function()
         local out = run({ unplanned_properties = "block" }, track("Order Completed", props()))
         assert.is_nil(out)
+      end)
+
+      it("flags them after messages whose properties were all planned", function()
+        local planned = { order_id = "o", total = 1, platform = "web" }
+        local out, ctx = run({ unplanned_properties = "block" }, track("Order Completed", planned))
+        assert.is_table(out)
+        assert.same({}, ctx.violations)
+        local msg = track("Order Completed", props())
+        run({ unplanned_properties = "flag" }, msg)
+        assert.equal(2, #msg.context.protocols.violations)
+        assert.equal("properties.zz", msg.context.protocols.violations[2].field)
       end)
 
       it("omits: flags and removes them, keeping the message", function()
