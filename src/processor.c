@@ -919,6 +919,22 @@ static int start_lanes(struct processor *p, tly_err *err)
     return e ? tly_err_set(err, TALLY_ENOMEM, "tally_open: cannot start a rule thread: %s", strerror(e)) : TALLY_OK;
 }
 
+/* What every rule state holds, the processor's own (state 0) and each lane's: freed the same way. */
+static void state_parts_free(struct processor *s)
+{
+    free(s->map_idx);
+    rules_free(s->R);
+    canary_end(s);
+    msg_list_free(&s->results);
+    msg_list_free(&s->payloads);
+    for (size_t k = 0; k < s->ndrops; k++) free(s->drops[k].rule);
+    free(s->drops);
+    tbuf_free(&s->mapped);
+    tbuf_free(&s->out);
+    tj_arena_free(s->arena);
+    free(s);
+}
+
 static void state_free(struct processor *s)
 {
     if (!s) return;
@@ -935,17 +951,7 @@ static void state_free(struct processor *s)
         pthread_mutex_destroy(&l->mu);
         free(l);
     }
-    free(s->map_idx);
-    rules_free(s->R);
-    canary_end(s);
-    msg_list_free(&s->results);
-    msg_list_free(&s->payloads);
-    for (size_t k = 0; k < s->ndrops; k++) free(s->drops[k].rule);
-    free(s->drops);
-    tbuf_free(&s->mapped);
-    tbuf_free(&s->out);
-    tj_arena_free(s->arena);
-    free(s);
+    state_parts_free(s);
 }
 
 int processor_open(tally_t *t, tly_err *err)
@@ -1018,16 +1024,6 @@ void processor_free(tally_t *t)
     free(p->prefs);
     for (size_t i = 0; p->mapping && i < t->ndests; i++) free(p->mapping[i]);
     free(p->mapping);
-    free(p->map_idx);
-    rules_free(p->R);
-    canary_end(p);
-    msg_list_free(&p->results);
-    msg_list_free(&p->payloads);
-    for (size_t k = 0; k < p->ndrops; k++) free(p->drops[k].rule);
-    free(p->drops);
-    tbuf_free(&p->mapped);
-    tbuf_free(&p->out);
-    tj_arena_free(p->arena);
-    free(p);
+    state_parts_free(p);
     t->proc = NULL;
 }
