@@ -191,15 +191,6 @@ TEST(batches_waiting_for_a_retry_and_dead_letters_lose_the_ids_messages)
     collector_stop(c);
 }
 
-static int in_file(const char *path, const char *needle)
-{
-    size_t len = 0;
-    char *data = tu_read_file(path, &len);
-    int found = data && memmem(data, len, needle, strlen(needle)) != NULL;
-    free(data);
-    return found;
-}
-
 TEST(the_erased_bytes_are_gone_from_the_store_file_and_its_wal)
 {
     char *store = tu_path("forget-bytes.db"), wal[4200];
@@ -214,12 +205,12 @@ TEST(the_erased_bytes_are_gone_from_the_store_file_and_its_wal)
     size_t erased = 0;
     CHECK_EQ_INT(tally_forget(t, "alice", &erased), TALLY_OK);
     CHECK_EQ_INT(erased, 10);
-    CHECK(!in_file(store, "GONE-93fa"));
-    CHECK(!in_file(wal, "GONE-93fa"));
-    CHECK(in_file(store, "KEEP-7c1e") || in_file(wal, "KEEP-7c1e"));
+    CHECK(!tu_file_contains(store, "GONE-93fa"));
+    CHECK(!tu_file_contains(wal, "GONE-93fa"));
+    CHECK(tu_file_contains(store, "KEEP-7c1e") || tu_file_contains(wal, "KEEP-7c1e"));
     CHECK_EQ_INT(tally_close(t, 100), TALLY_ETIMEDOUT);
-    CHECK(!in_file(store, "GONE-93fa"));
-    CHECK(!in_file(wal, "GONE-93fa"));
+    CHECK(!tu_file_contains(store, "GONE-93fa"));
+    CHECK(!tu_file_contains(wal, "GONE-93fa"));
     CHECK_EQ_INT(count_queued(store), 20);
     free(store);
 }

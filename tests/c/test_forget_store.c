@@ -212,16 +212,6 @@ TEST(forget_removes_the_ids_dead_letters_and_counts_them)
     batch_free(&b.msgs);
 }
 
-/* Whether `needle` occurs in the file's raw bytes: 1, 0, or 0 when there is no file. */
-static int in_file(const char *path, const char *needle)
-{
-    size_t len = 0;
-    char *data = tu_read_file(path, &len);
-    int found = data && memmem(data, len, needle, strlen(needle)) != NULL;
-    free(data);
-    return found;
-}
-
 /* alice's marker was in chunks rewritten, in a row acknowledged earlier (an ordinary FAST delete
  * leaves its bytes in a free page) and in a dead letter; afterwards it is in neither file, while
  * bob's, still queued, is. */
@@ -248,20 +238,20 @@ TEST(erased_bytes_are_gone_from_the_file_and_the_wal)
     CHECK_EQ_INT(store_commit(s, &err), 0);
     char *db = tu_path("forget-bytes.db"), wal[4200];
     snprintf(wal, sizeof wal, "%s-wal", db);
-    CHECK(in_file(db, "MARK") || in_file(wal, "MARK")); /* the markers are written before the erasure */
+    CHECK(tu_file_contains(db, "MARK") || tu_file_contains(wal, "MARK")); /* the markers are written before the erasure */
     CHECK_EQ_INT(forget(s, "alice", NULL, d), 4); /* B (dead), D, F, G */
     static const char alice[] = "\"userId\":\"alice\"", bob[] = "\"userId\":\"bob\"";
-    CHECK(!in_file(db, alice));
-    CHECK(!in_file(wal, alice));
-    CHECK(in_file(db, bob) || in_file(wal, bob));
+    CHECK(!tu_file_contains(db, alice));
+    CHECK(!tu_file_contains(wal, alice));
+    CHECK(tu_file_contains(db, bob) || tu_file_contains(wal, bob));
     /* each message's pad ends with its letter: none of alice's is left anywhere */
     char tail[16];
     for (const char *l = "ABDFG"; *l; l++) {
         snprintf(tail, sizeof tail, "xxx%c\"}", *l);
-        CHECK(!in_file(db, tail) && !in_file(wal, tail));
+        CHECK(!tu_file_contains(db, tail) && !tu_file_contains(wal, tail));
     }
     snprintf(tail, sizeof tail, "xxx%c\"}", 'e');
-    CHECK(in_file(db, tail) || in_file(wal, tail));
+    CHECK(tu_file_contains(db, tail) || tu_file_contains(wal, tail));
     batch_free(&b.msgs);
     store_close(s);
     free(db);

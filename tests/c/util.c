@@ -29,6 +29,15 @@ char *tu_read_file(const char *path, size_t *len)
     return buf;
 }
 
+int tu_file_contains(const char *path, const char *needle)
+{
+    size_t len = 0;
+    char *data = tu_read_file(path, &len);
+    int found = data && memmem(data, len, needle, strlen(needle)) != NULL;
+    free(data);
+    return found;
+}
+
 int tu_count_lines(const char *path)
 {
     char *s = tu_read_file(path, NULL);

@@ -6,6 +6,8 @@
 
 char *tu_read_file(const char *path, size_t *len);   /* malloc'd, NUL-terminated; NULL if missing */
 int   tu_count_lines(const char *path);              /* -1 if missing */
+/* Whether needle occurs in the file's raw bytes (binary files too): 1, else 0 (also when missing). */
+int   tu_file_contains(const char *path, const char *needle);
 char *tu_line(const char *path, int n);              /* the n-th line (0-based), malloc'd */
 const char *tu_tmpdir(void);                         /* a fresh directory for this process */
 char *tu_path(const char *name);                     /* tu_tmpdir()/name, malloc'd */
